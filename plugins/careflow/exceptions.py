@@ -1,0 +1,60 @@
+"""Every error careflow raises on purpose.
+
+Messages say what was wrong, where (workflow, node, field) and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class CareflowError(Exception):
+    """Base class of careflow's own errors."""
+
+
+class ConfigurationError(CareflowError):
+    """careflow is not set up correctly (a connection, a setting, a missing table)."""
+
+
+class WorkflowInvalid(CareflowError):
+    """A workflow has validation errors and cannot be published or compiled."""
+
+    def __init__(self, workflow_id: str | None, diagnostics: list) -> None:  # list[Diagnostic]
+        self.workflow_id = workflow_id
+        self.diagnostics = diagnostics
+        errors = [d for d in diagnostics if getattr(d, "severity", "error") == "error"]
+        first = errors[0] if errors else None
+        where = f" ({first.code} at {first.node_id or first.edge_id or 'workflow'}: {first.message})" if first else ""
+        super().__init__(f"workflow {workflow_id or '?'} has {len(errors)} error(s){where}")
+
+
+class SnapshotError(CareflowError):
+    """A published snapshot file cannot be loaded by the DAG factory."""
+
+
+class TemplateError(CareflowError):
+    """A message template is refused (syntax, unknown variable, unsafe construct, size, time)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class ProviderError(CareflowError):
+    """The messaging provider answered in a way that stops the task (configuration, unknown)."""
+
+
+class ProviderConfigurationError(ProviderError):
+    """The provider refused careflow's credentials (401/403): stop and alert, do not retry."""
+
+
+class BreakerOpen(CareflowError):
+    """The circuit breaker of a provider is open; sending must wait until ``retry_at``."""
+
+    def __init__(self, name: str, retry_at: float) -> None:
+        self.name = name
+        self.retry_at = retry_at
+        super().__init__(f"circuit breaker {name!r} is open until {retry_at:.0f}")
+
+
+class NotImplementedYet(CareflowError):
+    """A feature that is announced but not built yet."""
