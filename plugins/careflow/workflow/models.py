@@ -99,6 +99,9 @@ class WorkflowSettings(_Strict):
     run_deadline_hours: float | None = Field(
         None, gt=0, le=168, description="Alert when a run has not finished this long after it was queued."
     )
+    task_timeout_seconds: int = Field(
+        3600, ge=10, le=86400, description="execution_timeout of one node task (all its batches)."
+    )
     owner: str = Field("careflow", min_length=1, max_length=64)
 
 

@@ -1,0 +1,40 @@
+"""The one clock the engine asks for "now".
+
+In production it is the wall clock. In simulation (``careflow simulate``) the DAG run's conf
+carries ``careflow_clock``: the simulated time of that run, so the same DAG and operators run a
+month of a workflow in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+CLOCK_KEY = "careflow_clock"
+SIMULATED_KEY = "careflow_simulated"
+
+
+def wall_clock() -> datetime:
+    """Aware UTC now."""
+    return datetime.now(timezone.utc)
+
+
+def parse_time(value: str | datetime) -> datetime:
+    """An aware UTC datetime from an ISO string or datetime (naive means UTC)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def is_simulated(conf: Mapping[str, Any] | None) -> bool:
+    """True when the run carries a simulated clock."""
+    return bool(conf) and bool(conf.get(CLOCK_KEY))  # type: ignore[union-attr]
+
+
+def now_for(conf: Mapping[str, Any] | None) -> datetime:
+    """The run's "now": the simulated time when the run has one, else the wall clock."""
+    if conf and conf.get(CLOCK_KEY):
+        return parse_time(conf[CLOCK_KEY])
+    return wall_clock()

@@ -1,0 +1,367 @@
+"""The action node: render, check consent and channel, dedupe, send, record; exactly once.
+
+Per batch: (1) decide for each due execution (expired, skipped with a reason, template failure,
+or a message to send) and *claim* the messages in the ledger, whose primary key is the
+idempotency key, in one transaction; (2) send the claimed messages concurrently, outside any
+transaction; (3) record every outcome. A claim is a lease: a worker killed mid-send leaves
+``claimed`` rows that the next attempt reconciles by asking the provider for the key before it
+sends again (and the provider dedupes on the same key). Unknown outcomes are never resent blindly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+
+from careflow.compiler import CompiledNode
+from careflow.engine import steps as st
+from careflow.engine.context import NodeReport, RunContext
+from careflow.exceptions import ProviderConfigurationError, TemplateError
+from careflow.store import tables
+from careflow.workflow.timezones import zone
+
+#: A claim older than this belongs to a worker that died: the next attempt reconciles it.
+CLAIM_LEASE = timedelta(minutes=5)
+m = tables.messages
+
+
+def idempotency_key(execution_id: str, node_id: str) -> str:
+    """The ledger key and provider Idempotency-Key of one (execution, action node)."""
+    return f"cf-{execution_id}-{node_id}"
+
+
+def worker_name() -> str:
+    """Who holds a claim (host and pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _wall() -> datetime:
+    from careflow.clock import wall_clock
+
+    return wall_clock()
+
+
+def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
+    """Send the action's message to every execution due at this node."""
+    report = NodeReport(node.id, node.type)
+    after = 0
+    batch = ctx.compiled.settings.batch_size
+    while True:
+        prepared = _prepare_batch(ctx, node, after, batch, report)
+        if prepared is None:
+            break
+        after, to_send, rows_by_key, last_full = prepared
+        if to_send:
+            _send_and_record(ctx, node, to_send, rows_by_key, report)
+        if report.stop_reason:
+            break
+        if not last_full:
+            break
+    return report
+
+
+def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
+    from careflow.engine.consent import check_consent, quiet_hours_end
+    from careflow.engine.recipients import missing_recipient_reason, recipient_for
+    from careflow.templates import render_message, render_subject
+
+    config = node.config
+    lateness = (config.max_lateness or ctx.compiled.settings.max_lateness).minutes()
+    default_tz = zone(ctx.compiled.timezone)
+    wall = _wall()
+    with ctx.engine.begin() as conn:
+        rows = st.due_steps(conn, ctx, node.id, after, batch)
+        report.queries += 1
+        if not rows:
+            return None
+        report.batches += 1
+        last_id = rows[-1]["id"]
+        facts = st.load_facts(conn, ctx, rows, report)
+        keys = [idempotency_key(r["execution_id"], node.id) for r in rows]
+        ledger = {
+            row["idempotency_key"]: row
+            for row in conn.execute(
+                select(m.c.idempotency_key, m.c.status, m.c.claimed_at, m.c.attempts).where(
+                    m.c.idempotency_key.in_(keys)
+                )
+            ).mappings()
+        }
+        report.queries += 1
+        new_rows: list[dict[str, Any]] = []
+        step_updates: list[dict[str, Any]] = []
+        arrivals: list[tuple[str, str, datetime]] = []
+        exits: dict[str, str] = {}
+        candidates: dict[str, dict[str, Any]] = {}
+        for row, key in zip(rows, keys, strict=True):
+            report.processed += 1
+            existing = ledger.get(key)
+            if existing is not None and existing["status"] in ("sent", "expired", "skipped", "failed"):
+                # Already decided by an earlier attempt: move the step on, never send again.
+                status = "done" if existing["status"] == "sent" else ("failed" if existing["status"] == "failed" else "skipped")
+                step_updates.append({"id": row["id"], "status": status, "output": {"message": existing["status"]}})
+                if status == "done":
+                    arrivals += [(row["execution_id"], t, ctx.now) for t in node.targets()]
+                report.reasons[f"ledger_{existing['status']}"] += 1
+                continue
+            if existing is not None and existing["status"] == "claimed" and existing["claimed_at"] > wall - CLAIM_LEASE:
+                report.reasons["claimed_elsewhere"] += 1
+                report.pending += 1
+                continue
+            fact = facts.get(row["execution_id"])
+            due = row["due_at"] if row["status"] == "waiting" and row["due_at"] else row["arrived_at"]
+            base = {
+                "idempotency_key": key,
+                "execution_id": row["execution_id"],
+                "workflow_id": ctx.workflow_id,
+                "node_id": node.id,
+                "version": ctx.compiled.version,
+                "channel": config.channel,
+                "purpose": config.purpose,
+                "patient_id": row["patient_id"],
+                "due_at": due,
+                "updated_at": ctx.now,
+                "attempts": 0,
+            }
+            outcome: tuple[str, str] | None = None  # (ledger status, reason)
+            if fact is None:
+                outcome = ("skipped", "patient_or_appointment_missing")
+            elif ctx.now - due > timedelta(minutes=lateness):
+                outcome = ("expired", f"late_by_{int((ctx.now - due).total_seconds() // 60)}_min")
+            else:
+                patient = fact["patient"]
+                tz = _zone(patient.get("timezone"), default_tz)
+                refusal = check_consent(
+                    purpose=config.purpose, channel=config.channel, patient=patient, local_now=ctx.now.astimezone(tz)
+                )
+                if refusal == "marketing_quiet_hours":
+                    resume = quiet_hours_end(ctx.now.astimezone(tz))
+                    step_updates.append({"id": row["id"], "status": "waiting", "due_at": resume})
+                    report.waiting += 1
+                    report.reasons["marketing_quiet_hours"] += 1
+                    report.next_due = resume if report.next_due is None else min(report.next_due, resume)
+                    continue
+                if refusal:
+                    outcome = ("skipped", refusal)
+                else:
+                    to = recipient_for(config.channel, patient)
+                    if not to:
+                        outcome = ("skipped", missing_recipient_reason(config.channel, patient))
+                    else:
+                        try:
+                            body = render_message(config.template, fact, channel=config.channel)
+                            subject = render_subject(config.subject, fact) if config.subject else None
+                        except TemplateError as exc:
+                            outcome = ("failed", exc.code)
+                        else:
+                            candidates[key] = {"row": row, "to": to, "body": body, "subject": subject, "base": base}
+                            if existing is None:
+                                new_rows.append({**base, "status": "pending"})
+                            continue
+            status, reason = outcome
+            if existing is None:
+                new_rows.append({**base, "status": status, "reason": reason})
+            else:
+                conn.execute(
+                    update(m).where(m.c.idempotency_key == key).values(status=status, reason=reason, updated_at=ctx.now)
+                )
+            step_status = "failed" if status == "failed" else "skipped"
+            step_updates.append({"id": row["id"], "status": step_status, "error": reason, "output": {"message": status}})
+            if status == "failed":
+                report.failed += 1
+            elif status == "expired":
+                report.expired += 1
+            else:
+                report.skipped += 1
+            report.reasons[reason] += 1
+            ctx.event("message_outcome", node_id=node.id, channel=config.channel, outcome=status, reason=reason)
+        st.insert_ignore(conn, m, new_rows, ["idempotency_key"])
+        claimed = _claim(conn, ctx, list(candidates), wall)
+        report.queries += 2
+        to_send = {k: v for k, v in candidates.items() if k in claimed}
+        report.reasons["claimed_elsewhere"] += len(candidates) - len(to_send)
+        report.pending += len(candidates) - len(to_send)
+        for key, item in to_send.items():
+            item["previous"] = ledger.get(key)
+        st.finish_steps(conn, ctx, step_updates)
+        st.create_steps(conn, ctx, arrivals)
+        st.exit_executions(conn, ctx, exits)
+        st.settle_executions(conn, ctx, [r["execution_id"] for r in rows])
+        report.queries += 4
+    return last_id, to_send, candidates, len(rows) == batch
+
+
+def _zone(name: str | None, default: Any) -> Any:
+    if not name:
+        return default
+    try:
+        return zone(name)
+    except ValueError:
+        return default
+
+
+def _claim(conn: Any, ctx: RunContext, keys: list[str], wall: datetime) -> set[str]:
+    """Take the lease on pending (or abandoned) messages; returns the keys this worker now owns."""
+    if not keys:
+        return set()
+    stale = wall - CLAIM_LEASE
+    stmt = (
+        update(m)
+        .where(
+            m.c.idempotency_key.in_(keys),
+            (m.c.status.in_(("pending", "unknown"))) | ((m.c.status == "claimed") & (m.c.claimed_at < stale)),
+        )
+        .values(status="claimed", claimed_by=ctx.worker, claimed_at=wall, attempts=m.c.attempts + 1)
+        .returning(m.c.idempotency_key)
+    )
+    return set(conn.execute(stmt).scalars())
+
+
+def _send_and_record(
+    ctx: RunContext,
+    node: CompiledNode,
+    to_send: dict[str, dict[str, Any]],
+    rows_by_key: dict[str, dict[str, Any]],
+    report: NodeReport,
+) -> None:
+    from careflow.providers.client import Message, Outcome
+
+    config = node.config
+    results: dict[str, Any] = {}
+    # A claim that an earlier attempt may have sent: ask the provider before sending again.
+    suspects = [k for k, item in to_send.items() if item.get("previous") is not None and item["previous"]["attempts"]]
+    if suspects and not ctx.dry_run:
+        found = ctx.sender.lookup_many(suspects)
+        for key, result in found.items():
+            if result is not None and result.delivered:
+                results[key] = result
+        report.reasons["reconciled"] += len(results)
+    messages = [
+        Message(
+            idempotency_key=key,
+            channel=config.channel,
+            to=item["to"],
+            body=item["body"],
+            subject=item["subject"],
+            metadata={"workflow_id": ctx.workflow_id, "node_id": node.id, "execution_id": item["row"]["execution_id"]},
+        )
+        for key, item in to_send.items()
+        if key not in results
+    ]
+    if ctx.dry_run:
+        from careflow.providers.client import SendResult
+
+        for msg in messages:
+            results[msg.idempotency_key] = SendResult(msg.idempotency_key, Outcome.ACCEPTED, provider_id="dry-run")
+    elif messages:
+        for result in ctx.sender.send_batch(messages, gate=ctx.gate):
+            results[result.idempotency_key] = result
+        unknown = [k for k, r in results.items() if r.outcome == Outcome.UNKNOWN]
+        if unknown:
+            # The request left but its answer was lost: the provider knows whether it took it.
+            for key, found in ctx.sender.lookup_many(unknown).items():
+                if found is not None and found.delivered:
+                    results[key] = found
+                    report.reasons["reconciled"] += 1
+    _record(ctx, node, to_send, results, report)
+
+
+def _record(
+    ctx: RunContext,
+    node: CompiledNode,
+    to_send: dict[str, dict[str, Any]],
+    results: dict[str, Any],
+    report: NodeReport,
+) -> None:
+    from careflow.providers.client import Outcome
+
+    config = node.config
+    ledger_rows: list[dict[str, Any]] = []
+    step_updates: list[dict[str, Any]] = []
+    arrivals: list[tuple[str, str, datetime]] = []
+    configuration_error: Any = None
+    for key, item in to_send.items():
+        row = item["row"]
+        result = results.get(key)
+        outcome = result.outcome if result is not None else Outcome.NOT_SENT
+        entry = {
+            "k": key,
+            "status": "pending",
+            "outcome": outcome.value,
+            "reason": None,
+            "provider_id": None,
+            "last_error": None,
+            "sent_at": None,
+            "latency": int(result.latency_ms) if result is not None and result.latency_ms else None,
+        }
+        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            entry.update(status="sent", provider_id=result.provider_id, sent_at=ctx.now)
+            step_updates.append({"id": row["id"], "status": "done", "output": {"message": "sent", "channel": config.channel}})
+            arrivals += [(row["execution_id"], t, ctx.now) for t in node.targets()]
+            report.sent += 1
+            report.passed += 1
+            lateness = max(0.0, (ctx.now - item["base"]["due_at"]).total_seconds())
+            ctx.event("message_sent", node_id=node.id, channel=config.channel, latency_ms=entry["latency"] or 0, lateness_s=lateness)
+        elif outcome == Outcome.PERMANENT:
+            reason = f"provider_{result.error_code or result.status_code}"
+            entry.update(status="failed", reason=reason, last_error=_safe_error(result))
+            step_updates.append({"id": row["id"], "status": "failed", "error": reason, "output": {"message": "failed"}})
+            report.failed += 1
+            report.reasons[reason] += 1
+            ctx.event("message_outcome", node_id=node.id, channel=config.channel, outcome="failed", reason=reason)
+        elif outcome == Outcome.UNKNOWN:
+            # Leave the claim in place as "unknown": the next attempt asks the provider first.
+            entry.update(status="unknown", last_error=_safe_error(result))
+            report.pending += 1
+            report.reasons["unknown_outcome"] += 1
+        else:
+            if outcome == Outcome.CONFIGURATION:
+                configuration_error = result
+            entry.update(last_error=_safe_error(result) if result is not None else "not sent")
+            report.pending += 1
+            report.reasons[outcome.value] += 1
+            if outcome == Outcome.THROTTLED:
+                ctx.event("message_outcome", node_id=node.id, channel=config.channel, outcome="throttled", reason="429")
+        ledger_rows.append(entry)
+    with ctx.engine.begin() as conn:
+        if ledger_rows:
+            conn.execute(
+                update(m)
+                .where(m.c.idempotency_key == bindparam("k"))
+                .values(
+                    status=bindparam("status"),
+                    outcome=bindparam("outcome"),
+                    reason=bindparam("reason"),
+                    provider_id=bindparam("provider_id"),
+                    last_error=bindparam("last_error"),
+                    sent_at=bindparam("sent_at"),
+                    latency_ms=bindparam("latency"),
+                    updated_at=ctx.now,
+                ),
+                ledger_rows,
+            )
+        st.finish_steps(conn, ctx, step_updates)
+        st.create_steps(conn, ctx, arrivals)
+        st.settle_executions(conn, ctx, [item["row"]["execution_id"] for item in to_send.values()])
+        report.queries += 4
+    if configuration_error is not None:
+        report.stop_reason = "provider_configuration"
+        raise ProviderConfigurationError(
+            f"the provider refused careflow's credentials (HTTP {configuration_error.status_code}) while "
+            f"workflow {ctx.workflow_id} node {node.id} was sending: fix the careflow_messaging connection"
+        )
+
+
+def _safe_error(result: Any) -> str | None:
+    """An error description with codes only: never the message body or the recipient."""
+    if result is None:
+        return None
+    parts = [str(result.outcome.value)]
+    if result.status_code:
+        parts.append(f"HTTP {result.status_code}")
+    if result.error_code:
+        parts.append(str(result.error_code))
+    return " ".join(parts)[:500]

@@ -1,0 +1,341 @@
+"""What each node type does to the executions due at it, one batch at a time.
+
+Every processor takes the run's context and a node id, walks the due steps in batches (a fixed
+number of queries per batch), records each step's outcome and creates the successor steps.
+Nothing here imports Airflow: the operators call :func:`process_node`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from careflow.compiler import CompiledNode
+from careflow.engine import steps as st
+from careflow.engine.context import NodeReport, RunContext
+from careflow.store import tables
+from careflow.workflow.timezones import zone
+
+
+def execution_id_for(workflow_id: str, event_id: str) -> str:
+    """Deterministic execution id: one execution per (workflow, trigger event)."""
+    return hashlib.sha256(f"{workflow_id}\x00{event_id}".encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- trigger: enrollment
+
+
+def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
+    """Enroll the matching appointment events since the last enrollment, idempotently.
+
+    The window is [watermark, now): a skipped or late run loses nothing, a re-run enrolls nothing
+    twice (the unique (workflow, trigger event) key decides).
+    """
+    report = NodeReport(node.id, node.type)
+    config = node.config
+    e, a, p, w = tables.appointment_events, tables.appointments, tables.patients, tables.enrollment_watermarks
+    engine = ctx.engine
+    with engine.begin() as conn:
+        _exit_removed_nodes(conn, ctx, report)
+        mark = conn.execute(select(w.c.enrolled_until).where(w.c.workflow_id == ctx.workflow_id)).scalar()
+        report.queries += 2
+    start = tables.UTCDateTime().process_result_value(mark, engine.dialect) if mark else None
+    if start is None:
+        start = ctx.interval_start or (ctx.now - timedelta(days=1))
+    if ctx.interval_start is not None:
+        start = min(start, ctx.interval_start)
+    end = ctx.now
+    filters = config.filters
+    last_at: datetime | None = None
+    last_id = ""
+    batch = ctx.compiled.settings.batch_size
+    targets = node.targets()
+    while True:
+        query = (
+            select(e.c.id, e.c.appointment_id, e.c.patient_id, e.c.clinic_id, e.c.occurred_at, p.c.birth_date)
+            .join(a, a.c.id == e.c.appointment_id)
+            .join(p, p.c.id == e.c.patient_id)
+            .where(
+                e.c.clinic_id == ctx.compiled.clinic_id,
+                e.c.type == config.event,
+                e.c.occurred_at >= start,
+                e.c.occurred_at < end,
+            )
+            .order_by(e.c.occurred_at, e.c.id)
+            .limit(batch)
+        )
+        if filters.appointment_types:
+            query = query.where(a.c.type.in_(filters.appointment_types))
+        if last_at is not None:
+            query = query.where(
+                or_(e.c.occurred_at > last_at, and_(e.c.occurred_at == last_at, e.c.id > last_id))
+            )
+        with engine.begin() as conn:
+            rows = list(conn.execute(query).mappings())
+            report.queries += 1
+            if not rows:
+                break
+            report.batches += 1
+            last_at, last_id = rows[-1]["occurred_at"], rows[-1]["id"]
+            eligible = [r for r in rows if _age_ok(r["birth_date"], r["occurred_at"], filters)]
+            report.reasons["filtered_age"] += len(rows) - len(eligible)
+            executions = [
+                {
+                    "id": execution_id_for(ctx.workflow_id, r["id"]),
+                    "workflow_id": ctx.workflow_id,
+                    "version": ctx.compiled.version,
+                    "trigger_event_id": r["id"],
+                    "patient_id": r["patient_id"],
+                    "appointment_id": r["appointment_id"],
+                    "clinic_id": r["clinic_id"],
+                    "status": "running",
+                    "enrolled_at": ctx.now,
+                    "event_at": r["occurred_at"],
+                    "updated_at": ctx.now,
+                    "run_id": ctx.run_id,
+                }
+                for r in eligible
+            ]
+            ids = [ex["id"] for ex in executions]
+            existing = set(
+                conn.execute(select(tables.executions.c.id).where(tables.executions.c.id.in_(ids))).scalars()
+            )
+            fresh = [ex for ex in executions if ex["id"] not in existing]
+            st.insert_ignore(conn, tables.executions, fresh, ["workflow_id", "trigger_event_id"])
+            arrivals = [(ex["id"], node.id, ex["event_at"]) for ex in fresh]
+            arrivals += [(ex["id"], t, ex["event_at"]) for ex in fresh for t in targets]
+            st.create_steps(conn, ctx, arrivals)
+            conn.execute(
+                update(tables.steps)
+                .where(
+                    tables.steps.c.workflow_id == ctx.workflow_id,
+                    tables.steps.c.node_id == node.id,
+                    tables.steps.c.execution_id.in_([ex["id"] for ex in fresh]),
+                )
+                .values(status="done", finished_at=ctx.now, started_at=ctx.now, attempts=1)
+            )
+            if not targets:
+                st.settle_executions(conn, ctx, [ex["id"] for ex in fresh])
+            report.queries += 4
+            report.enrolled += len(fresh)
+            report.reasons["already_enrolled"] += len(executions) - len(fresh)
+            report.processed += len(rows)
+        if len(rows) < batch:
+            break
+    with engine.begin() as conn:
+        st.insert_ignore(conn, w, [{"workflow_id": ctx.workflow_id, "enrolled_until": end}], ["workflow_id"])
+        conn.execute(
+            update(w)
+            .where(w.c.workflow_id == ctx.workflow_id, w.c.enrolled_until < end)
+            .values(enrolled_until=end)
+        )
+        report.queries += 2
+    report.passed = report.enrolled
+    if report.enrolled:
+        ctx.event("executions_enrolled", node_id=node.id, count=report.enrolled)
+    return report
+
+
+def _age_ok(birth_date: Any, at: datetime, filters: Any) -> bool:
+    if filters.min_age is None and filters.max_age is None:
+        return True
+    if birth_date is None:
+        return False
+    if isinstance(birth_date, str):
+        from datetime import date
+
+        birth_date = date.fromisoformat(birth_date[:10])
+    age = at.year - birth_date.year - ((at.month, at.day) < (birth_date.month, birth_date.day))
+    if filters.min_age is not None and age < filters.min_age:
+        return False
+    return not (filters.max_age is not None and age > filters.max_age)
+
+
+def _exit_removed_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:
+    """Executions waiting at a node the current version no longer has exit with a reason (DESIGN §3)."""
+    s = tables.steps
+    known = list(ctx.compiled.nodes)
+    orphans = list(
+        conn.execute(
+            select(s.c.id, s.c.execution_id, s.c.node_id).where(
+                s.c.workflow_id == ctx.workflow_id, s.c.status.in_(st.OPEN_STATES), s.c.node_id.notin_(known)
+            )
+        ).mappings()
+    )
+    if not orphans:
+        return
+    reason = f"node_removed_in_version_{ctx.compiled.version}"
+    st.finish_steps(conn, ctx, [{"id": o["id"], "status": "skipped", "error": reason} for o in orphans])
+    st.exit_executions(conn, ctx, {o["execution_id"]: f"{reason}:{o['node_id']}" for o in orphans})
+    report.reasons[reason] += len(orphans)
+
+
+# ---------------------------------------------------------------- the generic batch loop
+
+Decision = tuple[
+    str, Any
+]  # ("pass", {"at": datetime, "handle": str|None, "output": {...}}) / ("wait", due) / ...
+
+
+def _walk(
+    ctx: RunContext,
+    node: CompiledNode,
+    decide: Callable[[Any, Any], Decision],
+    *,
+    needs_facts: bool,
+) -> NodeReport:
+    """Process every due step at ``node`` in batches; ``decide(row, facts)`` says what happens to each."""
+    report = NodeReport(node.id, node.type)
+    after = 0
+    batch = ctx.compiled.settings.batch_size
+    while True:
+        with ctx.engine.begin() as conn:
+            rows = st.due_steps(conn, ctx, node.id, after, batch)
+            report.queries += 1
+            if not rows:
+                break
+            report.batches += 1
+            after = rows[-1]["id"]
+            facts = st.load_facts(conn, ctx, rows, report) if needs_facts else {}
+            updates: list[dict[str, Any]] = []
+            arrivals: list[tuple[str, str, datetime]] = []
+            exits: dict[str, str] = {}
+            for row in rows:
+                fact = facts.get(row["execution_id"]) if needs_facts else None
+                if needs_facts and fact is None:
+                    kind, detail = "exit", "patient_or_appointment_missing"
+                else:
+                    kind, detail = decide(row, fact)
+                report.processed += 1
+                if kind == "pass":
+                    updates.append({"id": row["id"], "status": "done", "output": detail.get("output")})
+                    for target in node.targets(detail.get("handle")):
+                        arrivals.append((row["execution_id"], target, detail["at"]))
+                    report.passed += 1
+                elif kind == "wait":
+                    updates.append({"id": row["id"], "status": "waiting", "due_at": detail})
+                    report.waiting += 1
+                    report.next_due = detail if report.next_due is None else min(report.next_due, detail)
+                else:  # exit: the execution stops here, with a reason
+                    updates.append({"id": row["id"], "status": "skipped", "error": detail})
+                    exits[row["execution_id"]] = f"{detail}@{node.id}"
+                    report.skipped += 1
+                    report.reasons[detail] += 1
+            st.finish_steps(conn, ctx, updates)
+            st.create_steps(conn, ctx, arrivals)
+            st.exit_executions(conn, ctx, exits)
+            st.settle_executions(
+                conn, ctx, [r["execution_id"] for r in rows if r["execution_id"] not in exits]
+            )
+            report.queries += 5
+        if len(rows) < batch:
+            break
+    return report
+
+
+def _arrival(row: Any) -> datetime:
+    # A waiting step moves on at its due time; a pending one at its arrival time.
+    return row["due_at"] if row["status"] == "waiting" and row["due_at"] else row["arrived_at"]
+
+
+# ---------------------------------------------------------------- condition, delay, time window
+
+
+def condition(ctx: RunContext, node: CompiledNode) -> NodeReport:
+    """Evaluate the rules once, on facts read now, and follow the ``true`` or ``false`` handle."""
+    from careflow.engine.rules import evaluate
+
+    group = node.config
+
+    def decide(row: Any, facts: Any) -> Decision:
+        branch = "true" if evaluate(group, facts) else "false"
+        return "pass", {
+            "at": max(_arrival(row), row["arrived_at"]),
+            "handle": branch,
+            "output": {"branch": branch},
+        }
+
+    report = _walk(ctx, node, decide, needs_facts=True)
+    return report
+
+
+def delay(ctx: RunContext, node: CompiledNode) -> NodeReport:
+    """Park each execution until ``arrival + delay`` (or until an appointment field ± offset at HH:MM)."""
+    from careflow.engine.delays import release_time
+
+    config = node.config
+    default_tz = zone(ctx.compiled.timezone)
+    needs_facts = config.until is not None
+
+    def decide(row: Any, facts: Any) -> Decision:
+        if row["status"] == "waiting" and row["due_at"] is not None:
+            release = row["due_at"]
+        else:
+            tz = _patient_zone(facts, default_tz)
+            release = release_time(config, row["arrived_at"], facts or {}, tz)
+            if release is None:
+                return "exit", "delay_field_missing"
+        if release <= ctx.now:
+            return "pass", {"at": release, "output": {"released_at": release.isoformat()}}
+        return "wait", release
+
+    return _walk(ctx, node, decide, needs_facts=needs_facts)
+
+
+def time_window(ctx: RunContext, node: CompiledNode) -> NodeReport:
+    """Let executions through while the window is open (patient's timezone); park the others until it opens."""
+    from careflow.engine.time_window import is_open, next_opening
+
+    config = node.config
+    default_tz = zone(config.timezone or ctx.compiled.timezone)
+
+    def decide(row: Any, facts: Any) -> Decision:
+        tz = _patient_zone(facts, default_tz)
+        if is_open(config, ctx.now, tz):
+            opened = next_opening(config, row["arrived_at"], tz) or ctx.now
+            return "pass", {"at": min(max(row["arrived_at"], opened), ctx.now), "output": {"window": "open"}}
+        opening = next_opening(config, ctx.now, tz)
+        if opening is None:
+            return "exit", "window_never_opens"
+        return "wait", opening
+
+    return _walk(ctx, node, decide, needs_facts=True)
+
+
+def _patient_zone(facts: Any, default: Any) -> Any:
+    if facts:
+        name = (facts.get("patient") or {}).get("timezone")
+        if name:
+            try:
+                return zone(name)
+            except ValueError:
+                return default
+    return default
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def process_node(ctx: RunContext, node_id: str) -> NodeReport:
+    """Advance every execution due at ``node_id``."""
+    from careflow.engine.actions import send_action
+
+    node = ctx.compiled.node(node_id)
+    handler = {
+        "trigger": enroll,
+        "condition": condition,
+        "delay": delay,
+        "timeWindow": time_window,
+        "action": send_action,
+    }[node.type]
+    return handler(ctx, node)
+
+
+def next_wake(ctx: RunContext) -> datetime | None:
+    """When the earliest parked execution of this workflow becomes due (None: nothing is parked)."""
+    with ctx.engine.connect() as conn:
+        return st.next_due(conn, ctx)

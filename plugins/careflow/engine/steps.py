@@ -1,0 +1,220 @@
+"""Set-based queries on executions and steps: a fixed number of queries per batch, never per patient."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, RowMapping
+
+from careflow.engine.context import NodeReport, RunContext
+from careflow.store import tables
+
+OPEN_STATES = ("pending", "waiting")
+s = tables.steps
+x = tables.executions
+
+
+def insert_ignore(conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
+    """Insert rows, silently skipping those that violate the unique ``keys`` (idempotent writes)."""
+    if not rows:
+        return
+    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(make(table).on_conflict_do_nothing(index_elements=list(keys)), list(rows))
+
+
+def due_steps(conn: Connection, ctx: RunContext, node_id: str, after_id: int, limit: int) -> list[RowMapping]:
+    """The next batch of steps at ``node_id`` that are due now (pending, or waiting and due)."""
+    query = (
+        select(
+            s.c.id,
+            s.c.execution_id,
+            s.c.status,
+            s.c.arrived_at,
+            s.c.due_at,
+            s.c.attempts,
+            x.c.patient_id,
+            x.c.appointment_id,
+            x.c.clinic_id,
+            x.c.event_at,
+            x.c.version,
+            x.c.trigger_event_id,
+        )
+        .join(x, x.c.id == s.c.execution_id)
+        .where(
+            s.c.workflow_id == ctx.workflow_id,
+            s.c.node_id == node_id,
+            s.c.id > after_id,
+            or_(s.c.status == "pending", and_(s.c.status == "waiting", s.c.due_at <= ctx.now)),
+        )
+        .order_by(s.c.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        # Two workers on the same node never process the same step at once.
+        query = query.with_for_update(skip_locked=True, of=s)
+    return list(conn.execute(query).mappings())
+
+
+def finish_steps(conn: Connection, ctx: RunContext, updates: list[dict[str, Any]]) -> None:
+    """Write step outcomes: dicts with id, status, error, output, due_at (bulk, paged)."""
+    if not updates:
+        return
+    rows = [
+        {
+            "b_id": u["id"],
+            "b_status": u["status"],
+            "b_error": u.get("error"),
+            "b_output": u.get("output"),
+            "b_due": u.get("due_at"),
+            "b_finished": ctx.now if u["status"] not in OPEN_STATES else None,
+        }
+        for u in updates
+    ]
+    conn.execute(
+        update(s)
+        .where(s.c.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            error=bindparam("b_error"),
+            output=bindparam("b_output"),
+            due_at=bindparam("b_due"),
+            finished_at=bindparam("b_finished"),
+            started_at=func.coalesce(s.c.started_at, ctx.now),
+            attempts=s.c.attempts + 1,
+            version=ctx.compiled.version,
+            run_id=ctx.run_id,
+        ),
+        rows,
+    )
+
+
+def create_steps(conn: Connection, ctx: RunContext, arrivals: Iterable[tuple[str, str, datetime]]) -> int:
+    """Create a pending step for each (execution id, node id, arrival time); an existing one is kept."""
+    rows = [
+        {
+            "execution_id": execution_id,
+            "workflow_id": ctx.workflow_id,
+            "node_id": node_id,
+            "status": "pending",
+            "arrived_at": arrived_at,
+            "attempts": 0,
+            "version": ctx.compiled.version,
+            "run_id": ctx.run_id,
+        }
+        for execution_id, node_id, arrived_at in arrivals
+    ]
+    insert_ignore(conn, s, rows, ["execution_id", "node_id"])
+    return len(rows)
+
+
+def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable[str]) -> None:
+    """Recompute the status of executions from their steps (two queries plus one update per status)."""
+    ids = sorted(set(execution_ids))
+    if not ids:
+        return
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for row in conn.execute(
+        select(s.c.execution_id, s.c.status, func.count())
+        .where(s.c.execution_id.in_(ids))
+        .group_by(s.c.execution_id, s.c.status)
+    ):
+        counts[row[0]][row[1]] = row[2]
+    by_status: dict[str, list[str]] = defaultdict(list)
+    for execution_id in ids:
+        states = counts.get(execution_id, {})
+        if states.get("pending"):
+            by_status["running"].append(execution_id)
+        elif states.get("waiting"):
+            by_status["waiting"].append(execution_id)
+        elif states.get("failed"):
+            by_status["failed"].append(execution_id)
+        else:
+            by_status["completed"].append(execution_id)
+    for status, members in by_status.items():
+        finished = ctx.now if status in ("completed", "failed") else None
+        conn.execute(
+            update(x)
+            .where(x.c.id.in_(members), x.c.status != "exited")
+            .values(status=status, updated_at=ctx.now, finished_at=finished)
+        )
+
+
+def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) -> None:
+    """Mark executions as exited with a recorded reason (grouped by reason)."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for execution_id, reason in reasons.items():
+        grouped[reason].append(execution_id)
+    for reason, ids in grouped.items():
+        conn.execute(
+            update(x)
+            .where(x.c.id.in_(ids))
+            .values(status="exited", exit_reason=reason[:200], updated_at=ctx.now, finished_at=ctx.now)
+        )
+
+
+def next_due(conn: Connection, ctx: RunContext, node_ids: Sequence[str] | None = None) -> datetime | None:
+    """The earliest due time among waiting steps of this workflow after now."""
+    query = select(func.min(s.c.due_at)).where(
+        s.c.workflow_id == ctx.workflow_id, s.c.status == "waiting", s.c.due_at > ctx.now
+    )
+    if node_ids is not None:
+        query = query.where(s.c.node_id.in_(list(node_ids)))
+    value = conn.execute(query).scalar()
+    return tables.UTCDateTime().process_result_value(value, conn.dialect) if value is not None else None
+
+
+def load_facts(
+    conn: Connection, ctx: RunContext, rows: Sequence[RowMapping], report: NodeReport
+) -> dict[str, Any]:
+    """Facts per execution id, read now (four queries for the whole batch)."""
+    from careflow.engine.facts_builder import build_facts
+
+    p, a, c = tables.patients, tables.appointments, tables.clinics
+    patient_ids = sorted({r["patient_id"] for r in rows})
+    appointment_ids = sorted({r["appointment_id"] for r in rows})
+    patients = {
+        row["id"]: dict(row) for row in conn.execute(select(p).where(p.c.id.in_(patient_ids))).mappings()
+    }
+    appointments = {
+        row["id"]: dict(row) for row in conn.execute(select(a).where(a.c.id.in_(appointment_ids))).mappings()
+    }
+    clinic_row = conn.execute(select(c).where(c.c.id == ctx.compiled.clinic_id)).mappings().first()
+    clinic = (
+        dict(clinic_row) if clinic_row else {"id": ctx.compiled.clinic_id, "timezone": ctx.compiled.timezone}
+    )
+    clinic.setdefault("timezone", ctx.compiled.timezone)
+    upcoming = dict(
+        conn.execute(
+            select(a.c.patient_id, func.count())
+            .where(a.c.patient_id.in_(patient_ids), a.c.status == "scheduled", a.c.scheduled_at > ctx.now)
+            .group_by(a.c.patient_id)
+        ).all()
+    )
+    report.queries += 4
+    facts: dict[str, Any] = {}
+    event_type = ctx.compiled.trigger.config.event
+    for r in rows:
+        patient = patients.get(r["patient_id"])
+        appointment = appointments.get(r["appointment_id"])
+        if patient is None or appointment is None:
+            facts[r["execution_id"]] = None
+            continue
+        for record in (patient, appointment):
+            if isinstance(record.get("attributes"), str):
+                record["attributes"] = json.loads(record["attributes"] or "{}")
+        facts[r["execution_id"]] = build_facts(
+            patient=patient,
+            appointment=appointment,
+            clinic=clinic,
+            event={"type": event_type, "occurred_at": r["event_at"]},
+            upcoming_count=int(upcoming.get(r["patient_id"], 0)),
+            now=ctx.now,
+        )
+    return facts

@@ -1,0 +1,255 @@
+"""``careflow workflows publish`` and ``list``: immutable versions in the DB, snapshots on disk.
+
+Publishing validates, stores a new version when the content hash differs from the latest one
+(the same content twice is a no-op), and writes the snapshot the DAG factory reads. Executions in
+flight keep running on the new version where their node still exists (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from careflow import settings
+from careflow.compiler.hashing import canonical_document, content_hash
+from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
+from careflow.store import tables
+from careflow.store.db import get_engine
+from careflow.workflow.validation import ValidationReport, validate_path
+
+
+@dataclass
+class PublishResult:
+    """What happened to one file."""
+
+    source: str
+    workflow_id: str | None
+    action: str  # published, unchanged, refused
+    version: int | None = None
+    content_hash: str | None = None
+    report: ValidationReport | None = None
+    snapshot: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "source": self.source,
+            "workflow_id": self.workflow_id,
+            "action": self.action,
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "snapshot": self.snapshot,
+            "diagnostics": [d.to_dict() for d in self.report.diagnostics] if self.report else [],
+        }
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def publish_report(
+    report: ValidationReport,
+    *,
+    engine: Engine | None = None,
+    workflows_dir: Path | None = None,
+    published_by: str | None = None,
+    start_date: datetime | None = None,
+) -> PublishResult:
+    """Store a validated workflow as a new version (when its content changed) and write its snapshot."""
+    if not report.ok or report.workflow is None:
+        return PublishResult(report.source, report.workflow_id, "refused", report=report)
+    engine = engine or get_engine()
+    workflows_dir = workflows_dir or settings.workflows_dir()
+    workflow = report.workflow
+    digest = content_hash(workflow)
+    v = tables.workflow_versions
+    with engine.begin() as conn:
+        latest = conn.execute(
+            select(v.c.version, v.c.content_hash, v.c.published_at)
+            .where(v.c.workflow_id == workflow.id)
+            .order_by(v.c.version.desc())
+            .limit(1)
+        ).first()
+        first_published = conn.execute(
+            select(func.min(v.c.published_at)).where(v.c.workflow_id == workflow.id)
+        ).scalar()
+        if latest is not None and latest.content_hash == digest:
+            version, action, published_at = latest.version, "unchanged", latest.published_at
+        else:
+            version = (latest.version + 1) if latest is not None else 1
+            published_at = _now()
+            conn.execute(
+                v.insert().values(
+                    workflow_id=workflow.id,
+                    version=version,
+                    content_hash=digest,
+                    name=workflow.name,
+                    clinic_id=workflow.clinic_id,
+                    status=workflow.status,
+                    document=canonical_document(workflow),
+                    diagnostics=[d.to_dict() for d in report.diagnostics],
+                    published_at=published_at,
+                    published_by=published_by or _who(),
+                )
+            )
+            action = "published"
+    # The DAG's start date is the first publication: a new version must not reschedule history.
+    start = start_date or first_published or published_at
+    snap = Snapshot(
+        workflow_id=workflow.id,
+        version=version,
+        content_hash=digest,
+        published_at=published_at.isoformat(),
+        start_date=start.isoformat(),
+        document=canonical_document(workflow),
+        path=snapshot_path(workflows_dir, workflow.id),
+    )
+    existing = _read_existing(snap.path)
+    if action == "published" or existing != snap.to_json():
+        write_snapshot(workflows_dir, snap)
+    if action == "published":
+        _invalidate_caches(workflow.id, digest)
+    return PublishResult(report.source, workflow.id, action, version, digest, report, str(snap.path))
+
+
+def _read_existing(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _invalidate_caches(workflow_id: str, digest: str) -> None:
+    try:
+        from careflow.resilience.cache import invalidate_workflow
+    except ImportError:
+        return
+    invalidate_workflow(workflow_id, digest)
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def publish_paths(
+    paths: list[str | Path],
+    *,
+    engine: Engine | None = None,
+    workflows_dir: Path | None = None,
+    published_by: str | None = None,
+    start_date: datetime | None = None,
+) -> list[PublishResult]:
+    """Validate and publish each file; a refused file never stops the others."""
+    return [
+        publish_report(
+            validate_path(p),
+            engine=engine,
+            workflows_dir=workflows_dir,
+            published_by=published_by,
+            start_date=start_date,
+        )
+        for p in paths
+    ]
+
+
+@dataclass
+class WorkflowListing:
+    """One line of ``careflow workflows list``."""
+
+    workflow_id: str
+    name: str = ""
+    version: int | None = None
+    status: str = ""
+    content_hash: str = ""
+    validation: str = ""  # ok, N warning(s)
+    snapshot: str = "missing"  # ok, missing, stale, broken
+    problem: str | None = None
+    published_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "workflow_id": self.workflow_id,
+            "name": self.name,
+            "version": self.version,
+            "status": self.status,
+            "content_hash": self.content_hash,
+            "validation": self.validation,
+            "snapshot": self.snapshot,
+            "problem": self.problem,
+            "published_at": self.published_at,
+        }
+
+
+def list_workflows(*, engine: Engine | None = None, workflows_dir: Path | None = None) -> list[WorkflowListing]:
+    """Latest version of each workflow, joined with its snapshot state, plus unloadable snapshot files."""
+    workflows_dir = workflows_dir or settings.workflows_dir()
+    good, problems = load_all(workflows_dir)
+    snaps = {snap.workflow_id: snap for snap, _ in good}
+    listings: dict[str, WorkflowListing] = {}
+    try:
+        engine = engine or get_engine()
+        v = tables.workflow_versions
+        latest = (
+            select(v.c.workflow_id, func.max(v.c.version).label("version")).group_by(v.c.workflow_id).subquery()
+        )
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(v).join(
+                    latest, (v.c.workflow_id == latest.c.workflow_id) & (v.c.version == latest.c.version)
+                )
+            ).mappings()
+            for row in rows:
+                warnings = sum(1 for d in row["diagnostics"] or [] if d.get("severity") == "warning")
+                snap = snaps.get(row["workflow_id"])
+                state = "missing" if snap is None else ("ok" if snap.version == row["version"] else "stale")
+                listings[row["workflow_id"]] = WorkflowListing(
+                    workflow_id=row["workflow_id"],
+                    name=row["name"],
+                    version=row["version"],
+                    status=row["status"],
+                    content_hash=row["content_hash"],
+                    validation="ok" if not warnings else f"ok, {warnings} warning(s)",
+                    snapshot=state,
+                    published_at=row["published_at"].isoformat(),
+                )
+    except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
+        listings["(database)"] = WorkflowListing(
+            workflow_id="(database)", snapshot="n/a", problem=f"cannot read versions: {type(exc).__name__}: {exc}"
+        )
+    for snap, compiled in good:
+        if snap.workflow_id not in listings:
+            listings[snap.workflow_id] = WorkflowListing(
+                workflow_id=snap.workflow_id,
+                name=compiled.name,
+                version=snap.version,
+                status=compiled.status,
+                content_hash=snap.content_hash,
+                validation="ok",
+                snapshot="ok (not in database)",
+                published_at=snap.published_at,
+            )
+    for problem in problems:
+        wid = problem.path.stem
+        listing = listings.get(wid) or WorkflowListing(workflow_id=wid)
+        listing.snapshot = "broken"
+        listing.problem = problem.message
+        listings[wid] = listing
+    return sorted(listings.values(), key=lambda item: item.workflow_id)
+
+
+def snapshot_problems(workflows_dir: Path | None = None) -> list[SnapshotProblem]:
+    """Snapshot files the factory cannot load."""
+    return load_all(workflows_dir or settings.workflows_dir())[1]

@@ -1,0 +1,151 @@
+"""Published snapshots: the files the DAG factory reads (no database while DAGs are parsed).
+
+One file per workflow, ``<workflows_dir>/<workflow id>.json``, written atomically (temp file,
+fsync, rename) so a parser never sees half a file. A snapshot that cannot be loaded is reported
+(``careflow workflows list``, the plugin API, the DAG factory's log) and never hides the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from careflow.compiler import CompiledWorkflow, compile_workflow
+from careflow.exceptions import SnapshotError
+from careflow.workflow.models import Workflow
+
+SNAPSHOT_FORMAT = 1
+SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A published workflow version as the factory sees it."""
+
+    workflow_id: str
+    version: int
+    content_hash: str
+    published_at: str
+    start_date: str
+    document: dict[str, Any]
+    path: Path
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content."""
+        return {
+            "snapshot_format": SNAPSHOT_FORMAT,
+            "workflow_id": self.workflow_id,
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "published_at": self.published_at,
+            "start_date": self.start_date,
+            "workflow": self.document,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotProblem:
+    """A snapshot file the factory could not load."""
+
+    path: Path
+    message: str
+
+
+def snapshot_path(workflows_dir: Path, workflow_id: str) -> Path:
+    """Where a workflow's snapshot lives."""
+    return workflows_dir / f"{workflow_id}{SUFFIX}"
+
+
+def write_snapshot(workflows_dir: Path, snapshot: Snapshot) -> Path:
+    """Write a snapshot atomically; returns its path."""
+    workflows_dir.mkdir(parents=True, exist_ok=True)
+    target = snapshot_path(workflows_dir, snapshot.workflow_id)
+    data = json.dumps(snapshot.to_json(), ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{snapshot.workflow_id}.", suffix=".tmp", dir=workflows_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """Load one snapshot file (SnapshotError naming the file and the problem)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotError(f"{path.name}: not a readable JSON snapshot ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("snapshot_format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"{path.name}: not a careflow snapshot (format {SNAPSHOT_FORMAT} expected)")
+    try:
+        snap = Snapshot(
+            workflow_id=str(raw["workflow_id"]),
+            version=int(raw["version"]),
+            content_hash=str(raw["content_hash"]),
+            published_at=str(raw["published_at"]),
+            start_date=str(raw.get("start_date") or raw["published_at"]),
+            document=dict(raw["workflow"]),
+            path=path,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"{path.name}: snapshot field missing or malformed ({exc})") from exc
+    if path.stem != snap.workflow_id:
+        raise SnapshotError(f"{path.name}: holds workflow {snap.workflow_id!r}; the file name must match")
+    datetime.fromisoformat(snap.start_date)
+    return snap
+
+
+_compiled: dict[str, CompiledWorkflow] = {}
+
+
+def compile_snapshot(snap: Snapshot) -> CompiledWorkflow:
+    """Compile a snapshot, cached by content hash (a snapshot's content never changes under one hash)."""
+    key = f"{snap.content_hash}:{snap.version}"
+    cached = _compiled.get(key)
+    if cached is not None:
+        return cached
+    try:
+        workflow = Workflow.model_validate(snap.document)
+        compiled = compile_workflow(workflow, version=snap.version, content_hash=snap.content_hash)
+    except (ValidationError, ValueError, KeyError, StopIteration) as exc:
+        raise SnapshotError(f"{snap.path.name}: the workflow in it does not compile ({exc})") from exc
+    _compiled[key] = compiled
+    return compiled
+
+
+def load_all(workflows_dir: Path) -> tuple[list[tuple[Snapshot, CompiledWorkflow]], list[SnapshotProblem]]:
+    """Every loadable snapshot (compiled) and a problem for each file that is not."""
+    good: list[tuple[Snapshot, CompiledWorkflow]] = []
+    problems: list[SnapshotProblem] = []
+    if not workflows_dir.is_dir():
+        return good, problems
+    for path in sorted(workflows_dir.glob(f"*{SUFFIX}")):
+        try:
+            snap = read_snapshot(path)
+            good.append((snap, compile_snapshot(snap)))
+        except SnapshotError as exc:
+            problems.append(SnapshotProblem(path, str(exc)))
+        except Exception as exc:  # a bug must not hide the other workflows either
+            problems.append(SnapshotProblem(path, f"{path.name}: unexpected error {type(exc).__name__}: {exc}"))
+    return good, problems
+
+
+def load_one(workflows_dir: Path, workflow_id: str) -> tuple[Snapshot, CompiledWorkflow]:
+    """One workflow's snapshot, compiled (SnapshotError when missing or broken)."""
+    path = snapshot_path(workflows_dir, workflow_id)
+    if not path.exists():
+        raise SnapshotError(f"workflow {workflow_id!r} has no published snapshot in {workflows_dir}")
+    snap = read_snapshot(path)
+    return snap, compile_snapshot(snap)

@@ -1,0 +1,1 @@
+"""careflow's persistent state: tables, migrations and the queries the engine runs."""

@@ -1,0 +1,105 @@
+"""``careflow db upgrade``: create or migrate careflow's tables, and the clinic tables where absent.
+
+Migrations are numbered and applied in order inside one transaction each; the applied versions
+are recorded in ``careflow_schema_migrations``. Add a migration by appending to ``MIGRATIONS``;
+never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import Connection, Engine
+
+from careflow.store import tables
+from careflow.store.db import get_engine
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _initial(conn: Connection) -> None:
+    tables.metadata.create_all(conn, tables=list(tables.CAREFLOW_TABLES), checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "careflow tables: versions, executions, steps, ledger", _initial),)
+
+
+@dataclass
+class UpgradeReport:
+    """What ``db upgrade`` did."""
+
+    url: str
+    applied: list[int]
+    current: int
+    clinic_tables_created: list[str]
+
+
+def current_version(conn: Connection) -> int:
+    """The highest applied migration (0 on an empty database)."""
+    if not inspect(conn).has_table(tables.schema_migrations.name):
+        return 0
+    versions = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
+    return max(versions, default=0)
+
+
+def upgrade(engine: Engine | None = None) -> UpgradeReport:
+    """Bring careflow's tables to the latest version and create missing clinic tables."""
+    engine = engine or get_engine()
+    created: list[str] = []
+    with engine.begin() as conn:
+        existing = set(inspect(conn).get_table_names())
+        for table in tables.CLINIC_TABLES:
+            if table.name not in existing and not _is_view(conn, table.name):
+                table.create(conn)
+                created.append(table.name)
+        tables.schema_migrations.create(conn, checkfirst=True)
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        with engine.begin() as conn:
+            if migration.version <= current_version(conn):
+                continue
+            migration.apply(conn)
+            conn.execute(
+                tables.schema_migrations.insert().values(
+                    version=migration.version,
+                    description=migration.description,
+                    applied_at=datetime.now(timezone.utc),
+                )
+            )
+            applied.append(migration.version)
+    with engine.connect() as conn:
+        version = current_version(conn)
+    return UpgradeReport(
+        url=engine.url.render_as_string(hide_password=True),
+        applied=applied,
+        current=version,
+        clinic_tables_created=created,
+    )
+
+
+def _is_view(conn: Connection, name: str) -> bool:
+    return name in inspect(conn).get_view_names()
+
+
+def check_ready(engine: Engine | None = None) -> None:
+    """Raise ConfigurationError when the database has not been upgraded."""
+    from careflow.exceptions import ConfigurationError
+
+    engine = engine or get_engine()
+    with engine.connect() as conn:
+        version = current_version(conn)
+    latest = MIGRATIONS[-1].version
+    if version < latest:
+        raise ConfigurationError(
+            f"careflow's tables are at version {version}, the code needs {latest}: run `careflow db upgrade`"
+        )

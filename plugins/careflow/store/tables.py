@@ -1,0 +1,225 @@
+"""careflow's tables and the clinic tables (DESIGN §8), as SQLAlchemy Core metadata.
+
+The same definitions run on Postgres (production, tests) and SQLite (the embedded default).
+Times are stored in UTC; :class:`UTCDateTime` hands back aware datetimes on both.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware datetime stored as UTC (naive UTC on SQLite)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+# --- the clinic's data (read-only for careflow; created by `careflow db upgrade` when absent) ---
+
+clinics = Table(
+    "clinics",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("phone", String(32)),
+    Column("timezone", String(64), nullable=False, server_default="Asia/Seoul"),
+)
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("clinic_id", String(64), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("phone", String(32)),
+    Column("email", String(320)),
+    Column("birth_date", Date),
+    Column("timezone", String(64)),
+    Column("consent_messages", Boolean, nullable=False, server_default="1"),
+    Column("consent_marketing", Boolean, nullable=False, server_default="0"),
+    Column("consent_night_marketing", Boolean, nullable=False, server_default="0"),
+    Column("attributes", JSON),
+)
+
+appointments = Table(
+    "appointments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("patient_id", String(64), nullable=False, index=True),
+    Column("clinic_id", String(64), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("scheduled_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("completed_at", UTCDateTime),
+    Column("attributes", JSON),
+    Index("ix_appointments_patient_status", "patient_id", "status", "scheduled_at"),
+)
+
+appointment_events = Table(
+    "appointment_events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("appointment_id", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("clinic_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Index("ix_appointment_events_lookup", "clinic_id", "type", "occurred_at"),
+)
+
+CLINIC_TABLES = (clinics, patients, appointments, appointment_events)
+
+# --- careflow's own state ---
+
+schema_migrations = Table(
+    "careflow_schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+workflow_versions = Table(
+    "careflow_workflow_versions",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("clinic_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("document", JSON, nullable=False),
+    Column("diagnostics", JSON, nullable=False),
+    Column("published_at", UTCDateTime, nullable=False),
+    Column("published_by", String(128)),
+    Index("ix_workflow_versions_hash", "workflow_id", "content_hash"),
+)
+
+enrollment_watermarks = Table(
+    "careflow_enrollment_watermarks",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("enrolled_until", UTCDateTime, nullable=False),
+)
+
+executions = Table(
+    "careflow_executions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workflow_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("trigger_event_id", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("appointment_id", String(64), nullable=False),
+    Column("clinic_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # running, waiting, completed, failed, exited
+    Column("enrolled_at", UTCDateTime, nullable=False),
+    Column("event_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("exit_reason", String(200)),
+    Column("run_id", String(250)),
+    UniqueConstraint("workflow_id", "trigger_event_id", name="uq_executions_event"),
+    Index("ix_executions_workflow_status", "workflow_id", "status"),
+    Index("ix_executions_patient", "patient_id"),
+)
+
+steps = Table(
+    "careflow_steps",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("execution_id", String(64), ForeignKey("careflow_executions.id"), nullable=False),
+    Column("workflow_id", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # pending, waiting, done, failed, skipped
+    Column("arrived_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("output", JSON),
+    Column("version", Integer),
+    Column("run_id", String(250)),
+    UniqueConstraint("execution_id", "node_id", name="uq_steps_execution_node"),
+    Index("ix_steps_due", "workflow_id", "node_id", "status", "due_at"),
+)
+
+messages = Table(
+    "careflow_messages",
+    metadata,
+    Column("idempotency_key", String(128), primary_key=True),
+    Column("execution_id", String(64), nullable=False),
+    Column("workflow_id", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("patient_id", String(64), nullable=False),  # recipient reference, never the address
+    Column("status", String(16), nullable=False),  # claimed, sent, failed, skipped, expired, unknown, pending
+    Column("outcome", String(32)),
+    Column("reason", String(200)),
+    Column("provider_id", String(128)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("claimed_at", UTCDateTime),
+    Column("claimed_by", String(250)),
+    Column("sent_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("latency_ms", Integer),
+    UniqueConstraint("execution_id", "node_id", name="uq_messages_execution_node"),
+    Index("ix_messages_workflow_status", "workflow_id", "node_id", "status"),
+)
+
+CAREFLOW_TABLES = (
+    schema_migrations,
+    workflow_versions,
+    enrollment_watermarks,
+    executions,
+    steps,
+    messages,
+)
