@@ -276,7 +276,7 @@ class Workflow(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    schema_version: str = Field(SCHEMA_VERSION, description="careflow workflow schema version.")
+    schema_version: Literal["1.0"] = Field(SCHEMA_VERSION, description="careflow workflow schema version.")
     id: str = Field(pattern=ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     clinic_id: str = Field(min_length=1, max_length=64)

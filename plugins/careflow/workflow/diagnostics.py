@@ -1,0 +1,183 @@
+"""Diagnostics: what validation says about a workflow, Elyra-style.
+
+Every diagnostic has a severity, a stable code from :data:`CODES`, a message a clinic admin
+understands, and the node, edge or field it concerns. Errors block publishing; warnings and
+infos are optimisation suggestions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Severity = Literal["error", "warning", "info"]
+
+SEVERITY_RANK: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding of validation, tied to a node, an edge or a field where it can be."""
+
+    severity: Severity
+    code: str
+    message: str
+    node_id: str | None = None
+    edge_id: str | None = None
+    field: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with every key present (None where it does not apply)."""
+        return asdict(self)
+
+
+_E, _W, _I = "error", "warning", "info"
+
+#: Every stable diagnostic code: severity and a short description. Codes never change meaning;
+#: new ones are added, retired ones are kept documented.
+CODES: dict[str, tuple[Severity, str]] = {
+    # The document itself.
+    "WF_UNREADABLE": (_E, "The file cannot be read (missing, a directory, no permission)."),
+    "WF_EMPTY": (_E, "The input is empty."),
+    "WF_NOT_JSON": (
+        _E,
+        "The input is not valid JSON (or not UTF-8 text); the message gives line and column.",
+    ),
+    "WF_NOT_OBJECT": (_E, "The top level is not a JSON object."),
+    "WF_TOO_LARGE": (_E, "Too many bytes, nodes or edges; refused before any other check."),
+    "WF_TOO_DEEP": (_E, "JSON nested deeper than careflow accepts."),
+    "WF_MISSING_FIELD": (_E, "A required workflow field (id, name, clinic_id, nodes) is missing."),
+    "WF_BAD_FIELD": (_E, "A workflow field has the wrong type or an invalid value."),
+    "WF_BAD_SCHEMA_VERSION": (_E, "schema_version is not one careflow understands."),
+    "WF_BAD_ID": (_E, "The workflow id is not a valid id (letters, digits, '_', '.', '-'; max 64)."),
+    "WF_BAD_STATUS": (_E, "status is not one of draft, active, paused, archived."),
+    "WF_BAD_TIMEZONE": (_E, "timezone is not a known IANA timezone."),
+    "WF_BAD_SETTING": (_E, "A value under settings is out of range or of the wrong type."),
+    "WF_INVALID": (_E, "The workflow model refused the document (a check the staged validation missed)."),
+    "WF_INTERNAL_ERROR": (
+        _E,
+        "Validation itself failed; the workflow cannot be published until it is fixed.",
+    ),
+    "WF_NO_ACTIONS": (_W, "The workflow has no action: it never sends anything."),
+    "FIELD_IGNORED": (_I, "Fields careflow does not know (and that are not builder UI fields) are ignored."),
+    "DIAGNOSTICS_TRUNCATED": (_I, "Too many findings; only the first ones are listed."),
+    # Nodes.
+    "NODE_MALFORMED": (_E, "A node entry is not a JSON object."),
+    "NODE_MISSING_ID": (_E, "A node has no id."),
+    "NODE_BAD_ID": (_E, "A node id is not a valid id (letters, digits, '_', '.', '-'; max 64)."),
+    "NODE_DUPLICATE_ID": (_E, "Two nodes share an id."),
+    "NODE_MISSING_TYPE": (_E, "A node has no type."),
+    "NODE_UNKNOWN_TYPE": (_E, "A node type is not trigger, action, condition, delay or timeWindow."),
+    "NODE_MISSING_DATA": (_E, "A node has no data object."),
+    "NODE_UNKNOWN_FIELD": (_E, "A node's data carries a field careflow does not know."),
+    "NODE_BAD_FIELD": (_E, "A field of a node's data has the wrong type or an invalid value."),
+    "NODE_UNREACHABLE": (_W, "The node cannot be reached from the trigger: it never runs."),
+    "NODE_DEAD_END": (
+        _W,
+        "A trigger, delay, condition or time window leads nowhere: nothing happens after it.",
+    ),
+    # Trigger.
+    "TRIGGER_MISSING": (_E, "The workflow has no trigger node."),
+    "TRIGGER_MULTIPLE": (_E, "The workflow has more than one trigger node."),
+    "TRIGGER_UNKNOWN_EVENT": (_E, "The trigger's event is not an appointment event careflow knows."),
+    "TRIGGER_BAD_SCHEDULE": (_E, "The schedule is not @hourly, @daily, @weekly, @monthly or a 5-field cron."),
+    "TRIGGER_BAD_FILTER": (
+        _E,
+        "A trigger filter is invalid (wrong type, empty list, min_age above max_age).",
+    ),
+    "TRIGGER_HAS_INCOMING": (_E, "An edge leads into the trigger."),
+    "LATENESS_BELOW_SCHEDULE": (
+        _W,
+        "An action's max_lateness is shorter than the time between runs: a send that misses one run expires.",
+    ),
+    # Edges and the graph.
+    "EDGE_MALFORMED": (_E, "An edge entry is not a JSON object."),
+    "EDGE_BAD_FIELD": (_E, "An edge lacks id, source or target, or one of its fields is not valid text."),
+    "EDGE_DUPLICATE_ID": (_E, "Two edges share an id."),
+    "EDGE_UNKNOWN_SOURCE": (_E, "An edge starts at a node that does not exist."),
+    "EDGE_UNKNOWN_TARGET": (_E, "An edge ends at a node that does not exist."),
+    "EDGE_SELF_LOOP": (_E, "An edge connects a node to itself."),
+    "DUPLICATE_EDGE": (_E, "Two edges connect the same nodes from the same handle."),
+    "GRAPH_CYCLE": (_E, "The edges form a cycle; workflows must flow one way."),
+    # Conditions.
+    "CONDITION_BAD_GROUP": (_E, "A condition or rule group needs exactly one non-empty 'all' or 'any' list."),
+    "CONDITION_BAD_RULE": (_E, "A rule is not an object with 'field', 'op' and (usually) 'value'."),
+    "CONDITION_UNKNOWN_OPERATOR": (
+        _E,
+        "A rule's op is not eq, ne, gt, gte, lt, lte, in, not_in, exists, contains.",
+    ),
+    "CONDITION_UNKNOWN_FIELD": (_E, "A rule's field is not a known fact."),
+    "CONDITION_BAD_VALUE": (_E, "A rule's value does not fit its operator or its fact."),
+    "CONDITION_MISSING_HANDLE": (_E, "An edge leaves a condition without sourceHandle true or false."),
+    "CONDITION_BAD_HANDLE": (_E, "An edge leaves a condition on a handle other than true or false."),
+    "CONDITION_BRANCH_EMPTY": (_I, "A condition has no edge on its true or its false handle."),
+    "CONDITION_REDUNDANT": (
+        _W,
+        "Both branches of a condition go to the same node: the condition changes nothing.",
+    ),
+    # Delays.
+    "DELAY_BAD_DURATION": (_E, "A delay needs amount and unit, or until; amount is a whole number 0-3650."),
+    "DELAY_BAD_UNIT": (_E, "A delay's unit is not minutes, hours, days or weeks."),
+    "DELAY_BAD_TIME": (_E, "A delay's 'at' is not a time of day HH:MM."),
+    "DELAY_BAD_UNTIL": (_E, "A delay's 'until' is not an appointment time careflow knows."),
+    "DELAY_BAD_OFFSET": (_E, "A delay's offset is not {amount, unit} with a whole amount -3650..3650."),
+    "DELAY_ZERO": (_W, "A delay of zero waits for nothing."),
+    "DELAYS_MERGEABLE": (
+        _W,
+        "Two duration delays follow each other with nothing between: one delay would do.",
+    ),
+    "DELAY_EXCEEDS_RETENTION": (_W, "The waits up to this delay are longer than settings.retention_days."),
+    "DELAY_UNTIL_PAST": (_W, "A delay waits until a time that has always passed for this trigger event."),
+    # Time windows.
+    "WINDOW_BAD_TIME": (_E, "A time window's start or end is not a time of day HH:MM."),
+    "WINDOW_BAD_DAY": (_E, "A time window's days are not a list of mon..sun."),
+    "WINDOW_BAD_TIMEZONE": (_E, "A time window's timezone is not a known IANA timezone."),
+    "WINDOW_NEVER_OPENS": (_W, "A time window has no days, or starts when it ends: it never opens."),
+    # Actions.
+    "ACTION_UNKNOWN_CHANNEL": (_E, "An action's channel is not sms, lms, kakao or email."),
+    "ACTION_BAD_PURPOSE": (_E, "An action's purpose is not care or marketing."),
+    "ACTION_EMAIL_SUBJECT_MISSING": (_E, "An email action has no subject."),
+    "ACTION_SUBJECT_IGNORED": (_W, "A subject is set on a channel that has none (only email has a subject)."),
+    "ACTION_TEMPLATE_MISSING": (_E, "An action has no message template."),
+    # ACTION_TEMPLATE_*: the template checker's (careflow.templates) TEMPLATE_* codes, renamed.
+    "ACTION_TEMPLATE_SYNTAX": (_E, "A message template (or subject) has a template syntax error."),
+    "ACTION_TEMPLATE_UNSAFE": (
+        _E,
+        "A template uses something message templates may not (internals, arithmetic…).",
+    ),
+    "ACTION_TEMPLATE_UNKNOWN_VARIABLE": (_E, "A template uses a variable that is not a known fact."),
+    "ACTION_TEMPLATE_CHANNEL_LIMIT": (
+        _E,
+        "The rendered message is too long for its channel (SMS: 90 bytes).",
+    ),
+    "ACTION_TEMPLATE_EMPTY": (_E, "The template renders an empty message."),
+    "ACTION_TEMPLATE_INVALID": (
+        _E,
+        "The template checker refused a template for another reason (code in the message).",
+    ),
+    "ACTIONS_CHAINED": (
+        _W,
+        "Two actions follow each other with no wait between: they could run in parallel.",
+    ),
+    "MARKETING_WITHOUT_WINDOW": (
+        _W,
+        "A marketing action is not right behind a time window: at night (21:00-08:00) it is skipped.",
+    ),
+    "MARKETING_WINDOW_AT_NIGHT": (
+        _W,
+        "A marketing action's time window is open during quiet hours (21:00-08:00), when it is skipped.",
+    ),
+}
+
+
+def make(
+    code: str,
+    message: str,
+    *,
+    node_id: str | None = None,
+    edge_id: str | None = None,
+    field: str | None = None,
+) -> Diagnostic:
+    """A diagnostic whose severity comes from the registry (KeyError on an unregistered code)."""
+    severity, _ = CODES[code]
+    return Diagnostic(severity, code, message, node_id=node_id, edge_id=edge_id, field=field)
