@@ -1,0 +1,115 @@
+"""The Jinja2 environment message templates run in.
+
+An immutable sandbox with no globals, no loader, strict undefined variables, autoescape off (SMS
+and KakaoTalk texts are not HTML), only careflow's filters and tests. Attribute access is
+narrowed to what templates need: keys of the context dicts and ``loop.<x>``; a dict's methods
+(``patient.attributes.items``) are never reached, so a clinic attribute named ``items`` reads
+the attribute. Calls and arithmetic are refused here too, behind the policy that refuses them
+before compiling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, Undefined, pass_context
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, LoopContext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from careflow.exceptions import TemplateError
+from careflow.templates import codes
+from careflow.templates.budget import LOOP_GUARD, loop_guard
+from careflow.templates.filters import (
+    FILTERS,
+    TESTS,
+    MissingValue,
+    format_datetime,
+    local_datetime,
+    recipient_zone,
+)
+from careflow.templates.policy import LOOP_ATTRIBUTES
+
+
+class MessageSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox: context dicts by key, ``loop.<x>``, nothing else."""
+
+    # Every binary operator goes through call_binop, which refuses it.
+    intercepted_binops = frozenset({"*", "**", "/", "//", "%", "+", "-"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Undefined):
+            return obj  # keep the first missing name for the error message
+        if isinstance(attribute, str) and not attribute.startswith("_"):
+            if isinstance(obj, Mapping):
+                if attribute in obj:
+                    return obj[attribute]
+            elif isinstance(obj, LoopContext) and attribute in LOOP_ATTRIBUTES:
+                return getattr(obj, attribute)
+        return self.undefined(obj=obj, name=attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, Undefined):
+            return obj
+        if isinstance(obj, Mapping) and isinstance(argument, str):
+            return self.getattr(obj, argument)
+        if (
+            isinstance(obj, (list, tuple, str))
+            and isinstance(argument, int)
+            and not isinstance(argument, bool)
+        ):
+            try:
+                return obj[argument]
+            except IndexError:
+                pass
+        return self.undefined(obj=obj, name=argument)
+
+    # Jinja's own signature (dunder names keep template kwargs from clashing with ours).
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        raise SecurityError("calling functions or methods is not allowed in message templates")
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        raise SecurityError(f"the operator {operator!r} is not allowed in message templates")
+
+
+@pass_context
+def _finalize(context: Context, value: Any) -> Any:
+    """What ``{{ x }}`` prints: missing values refused, dates in the recipient's timezone."""
+    if value is None:
+        raise MissingValue()
+    if isinstance(value, (datetime, date)):
+        return format_datetime(
+            local_datetime(value, recipient_zone(context), "print"),
+            "%Y-%m-%d %H:%M" if isinstance(value, datetime) else "%Y-%m-%d",
+        )
+    if isinstance(value, Mapping):
+        raise TemplateError(
+            codes.RENDER_FAILED, "a group of values cannot be printed as a whole; print one of its fields"
+        )
+    return value
+
+
+@lru_cache(maxsize=1)
+def environment() -> MessageSandbox:
+    """The one shared sandbox (Jinja environments are safe to render from many threads)."""
+    env = MessageSandbox(
+        undefined=StrictUndefined,
+        autoescape=False,
+        finalize=_finalize,
+        # Block tags on their own line leave no blank line behind in the message.
+        trim_blocks=True,
+        lstrip_blocks=True,
+        loader=None,
+        cache_size=0,
+        auto_reload=False,
+    )
+    env.globals.clear()
+    env.filters.clear()
+    env.filters.update({name: function for name, (function, _) in FILTERS.items()})
+    env.filters[LOOP_GUARD] = loop_guard
+    env.tests.clear()
+    env.tests.update(TESTS)
+    return env
