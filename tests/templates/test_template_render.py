@@ -1,0 +1,176 @@
+"""Rendering at send time, checking at publish time, bounds and the compile cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from careflow.exceptions import TemplateError
+from careflow.templates import (
+    cache_info,
+    check_template,
+    compile_template,
+    limits,
+    render_message,
+    render_subject,
+)
+from careflow.templates.render import clear_cache
+
+DESIGN_TEMPLATE = (
+    "{{ patient.name }}님, {{ appointment.scheduled_at | date('%m월 %d일') }} 수술 후 경과는 어떠신가요?"
+    "{% if clinic.phone %} 문의: {{ clinic.phone }}{% endif %}"
+)
+
+
+def test_the_design_example_renders_with_the_sample_context(render, context):
+    assert check_template(DESIGN_TEMPLATE, channel="kakao") == []
+    assert render(DESIGN_TEMPLATE) == "김민지님, 03월 14일 수술 후 경과는 어떠신가요? 문의: 02-555-0101"
+    context["clinic"]["phone"] = None
+    assert render(DESIGN_TEMPLATE) == "김민지님, 03월 14일 수술 후 경과는 어떠신가요?"
+
+
+def test_a_misspelt_variable_is_refused_at_publish_with_a_suggestion():
+    problems = check_template("{{ patient.nmae }}님 안녕하세요", channel="kakao")
+    assert [p.code for p in problems] == ["TEMPLATE_UNKNOWN_VARIABLE"]
+    assert "'patient.nmae'" in problems[0].message
+    assert "did you mean 'patient.name'" in problems[0].message
+
+
+def test_a_misspelt_variable_is_refused_at_send(context):
+    with pytest.raises(TemplateError) as err:
+        render_message("{{ appointmnet.type }}", context, channel="kakao")
+    assert err.value.code == "TEMPLATE_UNKNOWN_VARIABLE"
+    assert "did you mean 'appointment'" in err.value.message
+
+
+def test_a_value_missing_for_one_recipient_fails_at_send_naming_it(context):
+    del context["clinic"]["phone"]
+    context["patient"]["email"] = None
+    for source, path in [
+        ("문의 {{ clinic.phone }}", "clinic.phone"),
+        ("\n{{ patient.email }}", "patient.email"),
+    ]:
+        with pytest.raises(TemplateError) as err:
+            render_message(source, context, channel="kakao")
+        assert err.value.code == "TEMPLATE_UNKNOWN_VARIABLE"
+        assert f"'{path}' has no value" in err.value.message
+    assert "line 2: " in err.value.message
+
+
+def test_clinic_attributes_publish_without_a_sample_value():
+    source = (
+        "{{ patient.attributes.grade }} 등급, 포인트 {{ patient.attributes.points | number }}점, "
+        "다음 방문 {{ patient.attributes.next.visit | korean_date }}"
+        "{% for t in patient.attributes.teeth %}{{ t }}{% endfor %}"
+        "{% if patient.attributes.visits > 3 and patient.attributes.tier != 'gold' %}단골{% endif %}"
+    )
+    assert check_template(source, channel="lms") == []
+
+
+def test_sms_counts_cp949_bytes():
+    hangul_45 = "가" * 45  # 90 bytes
+    assert check_template(hangul_45, channel="sms") == []
+    problems = check_template(hangul_45 + "A", channel="sms")
+    assert [p.code for p in problems] == ["TEMPLATE_CHANNEL_LIMIT"]
+    assert "91 bytes" in problems[0].message and "90 bytes" in problems[0].message
+    assert check_template(hangul_45 + "A", channel="lms") == []
+
+
+def test_send_time_channel_limit_depends_on_the_recipient(context):
+    source = "{{ patient.name }}님 안녕하세요. 내일 오전 10시 임플란트 수술이 예정되어 있습니다."
+    assert render_message(source, context, channel="sms").startswith("김민지님")
+    context["patient"]["name"] = "가" * 30
+    with pytest.raises(TemplateError) as err:
+        render_message(source, context, channel="sms")
+    assert err.value.code == "TEMPLATE_CHANNEL_LIMIT"
+
+
+def test_kakao_counts_characters():
+    assert check_template("가" * 1000, channel="kakao") == []
+    assert [p.code for p in check_template("가" * 1001, channel="kakao")] == ["TEMPLATE_CHANNEL_LIMIT"]
+
+
+def test_email_needs_a_subject_checked_by_the_same_rules():
+    assert [(p.code, p.field) for p in check_template("본문", channel="email")] == [
+        ("TEMPLATE_SUBJECT_REQUIRED", "subject")
+    ]
+    assert check_template("본문", channel="email", subject="{{ clinic.name }} 안내") == []
+    problems = check_template("본문", channel="email", subject="{{ config }}")
+    assert [(p.code, p.field) for p in problems] == [("TEMPLATE_UNSAFE", "subject")]
+    problems = check_template("본문", channel="email", subject="가" * 201)
+    assert [(p.code, p.field) for p in problems] == [("TEMPLATE_CHANNEL_LIMIT", "subject")]
+
+
+def test_subject_whitespace_is_collapsed(context):
+    context["clinic"]["name"] = "강남\r\nBcc: x@example.com"
+    assert render_subject("[{{ clinic.name }}]\n안내 ", context) == "[강남 Bcc: x@example.com] 안내"
+
+
+def test_an_unknown_channel_is_a_problem_not_a_crash(context):
+    assert [p.code for p in check_template("안녕", channel="fax")] == ["TEMPLATE_UNKNOWN_CHANNEL"]
+    with pytest.raises(TemplateError) as err:
+        render_message("안녕", context, channel="fax")
+    assert err.value.code == "TEMPLATE_UNKNOWN_CHANNEL"
+
+
+def test_an_empty_message_is_not_sent(context):
+    context["clinic"]["phone"] = None
+    with pytest.raises(TemplateError) as err:
+        render_message("{% if clinic.phone %}{{ clinic.phone }}{% endif %}", context, channel="sms")
+    assert err.value.code == "TEMPLATE_EMPTY"
+
+
+def test_check_template_never_raises_for_bad_input():
+    for source in (None, 42, "{% if %}", "{{ patient.name | date('%') }}"):
+        problems = check_template(source, channel="sms")  # type: ignore[arg-type]
+        assert problems and problems[0].code in {"TEMPLATE_SYNTAX", "TEMPLATE_UNSAFE"}
+
+
+def test_a_long_loop_is_refused(context):
+    context["patient"]["attributes"] = {"items": ["x"] * (limits.MAX_LOOP_ITEMS + 1)}
+    with pytest.raises(TemplateError) as err:
+        render_message("{% for i in patient.attributes.items %}{{ i }}{% endfor %}", context, channel="lms")
+    assert err.value.code == "TEMPLATE_OUTPUT_TOO_LARGE"
+
+
+def test_nested_loops_share_one_iteration_budget(context):
+    row = ["x"] * limits.MAX_LOOP_ITEMS
+    context["patient"]["attributes"] = {"rows": [row] * limits.MAX_LOOP_ITEMS}
+    source = "{% for r in patient.attributes.rows %}{% for c in r %}{% endfor %}{% endfor %}"
+    with pytest.raises(TemplateError) as err:
+        render_message(source, context, channel="email")
+    assert err.value.code == "TEMPLATE_OUTPUT_TOO_LARGE"
+    assert str(limits.MAX_LOOP_ITERATIONS) in err.value.message
+
+
+def test_output_is_capped_while_rendering(context):
+    context["patient"]["attributes"] = {"notes": ["가" * 5_000] * 50}  # 250,000 characters
+    with pytest.raises(TemplateError) as err:
+        render_message("{% for n in patient.attributes.notes %}{{ n }}{% endfor %}", context, channel="email")
+    assert err.value.code == "TEMPLATE_OUTPUT_TOO_LARGE"
+
+
+def test_render_time_is_bounded(context, monkeypatch):
+    monkeypatch.setattr(limits, "RENDER_BUDGET_SECONDS", -1.0)
+    with pytest.raises(TemplateError) as err:
+        render_message("{{ patient.name }}님", context, channel="sms")
+    assert err.value.code == "TEMPLATE_RENDER_TIMEOUT"
+
+
+def test_compiled_templates_are_cached_by_source():
+    clear_cache()
+    source = "{{ patient.name }}님 캐시 확인"
+    first = compile_template(source)
+    assert cache_info() == {"hits": 0, "misses": 1, "size": 1}
+    assert compile_template(source) is first
+    assert compile_template(source) is first
+    assert cache_info() == {"hits": 2, "misses": 1, "size": 1}
+    compile_template(source + " ")
+    assert cache_info() == {"hits": 2, "misses": 2, "size": 2}
+
+
+def test_refused_templates_are_not_cached():
+    clear_cache()
+    for _ in range(2):
+        with pytest.raises(TemplateError):
+            compile_template("{{ conn }}")
+    assert cache_info()["size"] == 0
