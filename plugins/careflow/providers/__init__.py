@@ -1,0 +1,8 @@
+"""The messaging provider: HTTP client (DESIGN §7), Airflow hook and a local fake provider.
+
+``client`` is plain asyncio + aiohttp; ``hook`` is the only module that imports Airflow.
+"""
+
+from careflow.providers.client import Message, Outcome, ProviderClient, SendGate, SendResult
+
+__all__ = ["Message", "Outcome", "ProviderClient", "SendGate", "SendResult"]

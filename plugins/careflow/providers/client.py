@@ -1,0 +1,646 @@
+"""The messaging provider's HTTP client (DESIGN §7), plain asyncio + aiohttp, no Airflow.
+
+One ``ProviderClient`` sends a batch of messages concurrently over one keep-alive session and
+turns every answer into a ``SendResult`` with an ``Outcome``. It never raises for a single
+message: a failure is a result, classified so the caller knows what to do next.
+
+======================  =======================================================  ===================
+outcome                 when                                                      caller does
+======================  =======================================================  ===================
+``ACCEPTED``            2xx with a well-formed ``{"id", "status"}``               record as sent
+``DUPLICATE``           409: the key was already accepted                         record as sent
+``PERMANENT``           400/422 (and other 4xx): this message will never go       record as failed
+``CONFIGURATION``       401/403/404/3xx: credentials or URL wrong; batch stops    alert, do not retry
+``THROTTLED``           429; the rest of the batch waits ``Retry-After``          retry later
+``TRANSIENT``           5xx, 408, or the request never left (refused, DNS,        retry (same key)
+                        connect timeout: ``request_sent=False``)
+``UNKNOWN``             the request left but no proof of the outcome: read        reconcile with
+                        timeout, dropped connection, malformed 2xx answer         ``lookup``
+``NOT_SENT``            the batch stopped (gate open, configuration error,        send again later
+                        throttled too long) before this message was sent
+======================  =======================================================  ===================
+
+Malformed answers are never ``ACCEPTED``: a 2xx body that is not the contract (HTML from a proxy,
+truncated JSON, an ``id`` that is not a non-empty string) proves only that *something* answered,
+not that the provider took the message. Recording it as sent could lose a patient's message;
+recording it as failed and resending could send it twice. ``UNKNOWN`` sends the caller to
+``lookup``, which asks the provider what it really has under that idempotency key.
+
+Nothing here logs or raises with a message body or a recipient in it: ids only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Annotated, Any, Protocol, TypeVar
+
+import aiohttp
+import yarl
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+log = logging.getLogger("careflow.providers")
+
+T = TypeVar("T")
+
+DEFAULT_RETRY_AFTER = 1.0
+"""Seconds to pause after a 429 that carries no usable ``Retry-After``."""
+
+
+class Outcome(str, Enum):
+    """What became of one send (see the module docstring for the table)."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    PERMANENT = "permanent"
+    CONFIGURATION = "configuration"
+    THROTTLED = "throttled"
+    TRANSIENT = "transient"
+    UNKNOWN = "unknown"
+    NOT_SENT = "not_sent"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message to send. ``metadata`` carries ``workflow_id``, ``node_id`` and ``execution_id``."""
+
+    idempotency_key: str
+    channel: str
+    to: str
+    body: str
+    subject: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # keep recipients and bodies out of tracebacks and logs
+        return f"Message(idempotency_key={self.idempotency_key!r}, channel={self.channel!r})"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The outcome of one message. ``request_sent`` says whether the provider may have seen it."""
+
+    idempotency_key: str
+    outcome: Outcome
+    provider_id: str | None = None
+    status_code: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retry_after: float | None = None
+    latency_ms: float = 0.0
+    request_sent: bool = False
+
+    @property
+    def delivered(self) -> bool:
+        """True when the provider has the message (accepted now or before)."""
+        return self.outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE)
+
+
+class SendGate(Protocol):
+    """What the client asks before and tells after each send (the circuit breaker adapts to it)."""
+
+    def before_send(self) -> float | None:
+        """None: go ahead. A unix time: do not send, sending is paused until then."""
+
+    def after_send(self, result: SendResult) -> None:
+        """Called with every result of a request that was attempted."""
+
+
+# -- the provider's answers ------------------------------------------------------------------
+
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class AcceptedBody(BaseModel):
+    """A 2xx answer (and a lookup record): strict, so ``{"id": 123}`` is not an acceptance."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    id: NonEmptyStr
+    status: str | None = None
+
+
+_PHONE_OR_EMAIL = re.compile(r"\+?\d[\d\-\s().]{5,}\d|[\w.+-]+@[\w-]+\.[\w.-]+")
+
+
+def redact(text: str, limit: int = 200) -> str:
+    """A provider's error text without anything that looks like a phone number or an e-mail."""
+    return _PHONE_OR_EMAIL.sub("[redacted]", text)[:limit]
+
+
+def _error_details(raw: bytes) -> tuple[str | None, str | None, str | None]:
+    """(code, message, id) from ``{"error": {"code", "message"}}`` or ``{"id"}``, leniently."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, None, None
+    if not isinstance(data, dict):
+        return None, None, None
+    code = message = None
+    error = data.get("error")
+    if isinstance(error, dict):
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+    elif isinstance(error, str):
+        code = error
+    provider_id = data.get("id") if isinstance(data.get("id"), str) and data.get("id") else None
+    return code, (redact(message) if message else None), provider_id
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return DEFAULT_RETRY_AFTER
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return DEFAULT_RETRY_AFTER
+        if when is None:
+            return DEFAULT_RETRY_AFTER
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
+        return DEFAULT_RETRY_AFTER
+    return max(0.0, seconds)
+
+
+def classify_response(
+    key: str, status: int, raw: bytes, retry_after: str | None = None, latency_ms: float = 0.0
+) -> SendResult:
+    """Turn one HTTP answer to ``POST /v1/messages`` into a ``SendResult`` (pure, no I/O)."""
+    if 200 <= status < 300:
+        try:
+            accepted = AcceptedBody.model_validate_json(raw)
+        except ValidationError:
+            # See the module docstring: a 2xx we cannot read proves nothing.
+            return SendResult(
+                key,
+                Outcome.UNKNOWN,
+                status_code=status,
+                error_code="malformed_response",
+                error_message=f"HTTP {status} answer is not {{'id': str, 'status': str}}",
+                latency_ms=latency_ms,
+                request_sent=True,
+            )
+        return SendResult(
+            key,
+            Outcome.ACCEPTED,
+            provider_id=accepted.id,
+            status_code=status,
+            latency_ms=latency_ms,
+            request_sent=True,
+        )
+    code, message, provider_id = _error_details(raw)
+    if status == 409:
+        outcome = Outcome.DUPLICATE
+    elif status == 429:
+        return SendResult(
+            key,
+            Outcome.THROTTLED,
+            status_code=status,
+            error_code=code or "throttled",
+            error_message=message,
+            retry_after=parse_retry_after(retry_after),
+            latency_ms=latency_ms,
+            request_sent=True,
+        )
+    elif status in (401, 403, 404, 405) or 300 <= status < 400:
+        # Wrong token, wrong base URL or a redirect (http -> https): every message would fail alike.
+        outcome = Outcome.CONFIGURATION
+    elif status == 408 or status >= 500:
+        outcome = Outcome.TRANSIENT
+    elif 400 <= status < 500:
+        outcome = Outcome.PERMANENT
+    else:  # 1xx or nonsense: the request left, the outcome is not proven
+        outcome = Outcome.UNKNOWN
+    return SendResult(
+        key,
+        outcome,
+        provider_id=provider_id if outcome is Outcome.DUPLICATE else None,
+        status_code=status,
+        error_code=code or (None if outcome is Outcome.DUPLICATE else f"http_{status}"),
+        error_message=message,
+        latency_ms=latency_ms,
+        request_sent=True,
+    )
+
+
+def classify_exception(key: str, exc: BaseException, latency_ms: float = 0.0) -> SendResult:
+    """Turn a transport failure into a ``SendResult``: did the request leave or not?"""
+    kind = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return SendResult(
+            key,
+            Outcome.CONFIGURATION,
+            error_code="tls_certificate",
+            error_message=kind,
+            latency_ms=latency_ms,
+        )
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        # Refused, DNS, connect timeout, no free connection in time: nothing was written.
+        return SendResult(
+            key, Outcome.TRANSIENT, error_code="connect_failed", error_message=kind, latency_ms=latency_ms
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return SendResult(
+            key, Outcome.CONFIGURATION, error_code="invalid_url", error_message=kind, latency_ms=latency_ms
+        )
+    # Read timeout, server disconnected, truncated payload, reset while writing, anything else:
+    # the provider may have the message. Never resend blindly; reconcile with lookup().
+    code = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection_lost"
+    return SendResult(
+        key, Outcome.UNKNOWN, error_code=code, error_message=kind, latency_ms=latency_ms, request_sent=True
+    )
+
+
+_KEY_OK = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, also when this thread already runs a loop."""
+
+    async def main() -> T:
+        return await make()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    # Called from inside a running loop (a trigger, a notebook): use a private thread.
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(main())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="careflow-provider-client", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@dataclass
+class _Transport:
+    """One session and its semaphore; both belong to the event loop that created them."""
+
+    session: aiohttp.ClientSession
+    semaphore: asyncio.Semaphore
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _BatchState:
+    stop_code: str | None = None
+    stop_until: float | None = None  # unix time, when known
+    pause_until: float = 0.0  # loop.time()
+    callback_error: BaseException | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_code is not None
+
+    def stop(self, code: str, until: float | None = None) -> None:
+        if self.stop_code is None:
+            self.stop_code, self.stop_until = code, until
+
+
+class ProviderClient:
+    """Sends messages to one provider over HTTP (DESIGN §7). Thread-safe to share; cheap to build.
+
+    Parameters: ``base_url`` like ``http://127.0.0.1:8025``; ``token`` the bearer token;
+    ``max_concurrency`` requests in flight at most (also the connection pool size); ``timeout``
+    seconds to connect and, separately, to wait for the answer; ``name`` the provider's name
+    (the circuit breaker and the metrics key on it); ``max_throttle_wait`` the longest shared
+    pause a 429 may impose on a batch before the rest of it comes back ``NOT_SENT``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        max_concurrency: int = 50,
+        timeout: float = 10.0,
+        name: str = "default",
+        max_throttle_wait: float = 30.0,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.max_concurrency = int(max_concurrency)
+        self.timeout = float(timeout)
+        self.name = name
+        self.max_throttle_wait = float(max_throttle_wait)
+        # A parsed URL spares aiohttp from parsing it again for every request.
+        self._messages_url = yarl.URL(f"{self.base_url}/v1/messages")
+        self._shared: _Transport | None = None
+
+    def __repr__(self) -> str:
+        return f"ProviderClient(name={self.name!r}, base_url={self.base_url!r}, max_concurrency={self.max_concurrency})"
+
+    # -- session handling ------------------------------------------------------------------
+
+    def _open_transport(self) -> _Transport:
+        connector = aiohttp.TCPConnector(
+            limit=self.max_concurrency, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
+        )
+        # total bounds a slow-drip answer; it is longer than connect, so a timeout raised by it
+        # always happens after the request left (UNKNOWN), never while connecting.
+        timeout = aiohttp.ClientTimeout(total=2 * self.timeout, connect=self.timeout, sock_read=self.timeout)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": "careflow",
+            },
+            raise_for_status=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        )
+        return _Transport(session, asyncio.Semaphore(self.max_concurrency), asyncio.get_running_loop())
+
+    async def __aenter__(self) -> ProviderClient:
+        """Keep one session open across several ``send_many``/``lookup`` calls in this loop."""
+        if self._shared is None:
+            self._shared = self._open_transport()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session opened by ``async with``."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.session.close()
+
+    @contextlib.asynccontextmanager
+    async def _transport(self) -> AsyncIterator[_Transport]:
+        shared = self._shared
+        if shared is not None and shared.loop is asyncio.get_running_loop() and not shared.session.closed:
+            yield shared
+            return
+        transport = self._open_transport()
+        try:
+            yield transport
+        finally:
+            await transport.session.close()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _post(self, session: aiohttp.ClientSession, message: Message) -> SendResult:
+        key = message.idempotency_key
+        if not isinstance(key, str) or not _KEY_OK.match(key):
+            return SendResult(
+                str(key)[:255],
+                Outcome.PERMANENT,
+                error_code="invalid_idempotency_key",
+                error_message="idempotency key must be 1-255 printable ASCII characters",
+            )
+        payload: dict[str, Any] = {
+            "channel": message.channel,
+            "to": message.to,
+            "body": message.body,
+            "idempotency_key": key,
+            "metadata": message.metadata,
+        }
+        if message.subject is not None:
+            payload["subject"] = message.subject
+        try:
+            data = json.dumps(payload, ensure_ascii=False).encode()
+        except (TypeError, ValueError):
+            return SendResult(
+                key,
+                Outcome.PERMANENT,
+                error_code="invalid_message",
+                error_message="message is not JSON-serialisable",
+            )
+        started = time.perf_counter()
+        try:
+            async with session.post(
+                self._messages_url, data=data, headers={"Idempotency-Key": key}, allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return classify_exception(key, exc, (time.perf_counter() - started) * 1000)
+        return classify_response(key, status, raw, retry_after, (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _not_sent(key: str, state: _BatchState) -> SendResult:
+        retry_after = max(0.0, state.stop_until - time.time()) if state.stop_until else None
+        return SendResult(
+            key,
+            Outcome.NOT_SENT,
+            error_code=state.stop_code,
+            error_message=f"not sent: batch stopped ({state.stop_code})",
+            retry_after=retry_after,
+        )
+
+    async def send_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        gate: SendGate | None = None,
+        on_result: Callable[[SendResult], None] | None = None,
+    ) -> list[SendResult]:
+        """Send messages concurrently; one result per message, in input order. Never raises per message.
+
+        ``gate.before_send()`` is asked before each request (a unix time stops the batch) and
+        ``gate.after_send(result)`` hears every attempted request. A ``CONFIGURATION`` outcome
+        stops the batch at once; a ``THROTTLED`` one pauses the rest of it for ``Retry-After``.
+        Messages not sent once the batch stopped come back ``NOT_SENT``. ``on_result`` is called
+        once per message as soon as its result is known (``NOT_SENT`` included). If it raises,
+        the batch stops, the requests in flight finish, and the first error is re-raised.
+        """
+        loop = asyncio.get_running_loop()
+        state = _BatchState()
+        results: dict[int, SendResult] = {}
+        items = enumerate(messages)
+        started = time.perf_counter()
+
+        def emit(index: int, result: SendResult) -> None:
+            results[index] = result
+            if on_result is not None and state.callback_error is None:
+                try:
+                    on_result(result)
+                except Exception as exc:
+                    state.callback_error = exc
+                    state.stop("result_callback_failed")
+
+        async with self._transport() as transport:
+            session, semaphore = transport.session, transport.semaphore
+
+            async def worker() -> None:
+                for index, message in items:  # shared iterator: each message is taken once
+                    if state.stopped:
+                        emit(index, self._not_sent(message.idempotency_key, state))
+                        continue
+                    wait = state.pause_until - loop.time()
+                    if wait > 0:
+                        if wait > self.max_throttle_wait:
+                            state.stop("throttled", time.time() + wait)
+                        else:
+                            await asyncio.sleep(wait)
+                        if state.stopped:
+                            emit(index, self._not_sent(message.idempotency_key, state))
+                            continue
+                    if gate is not None:
+                        try:
+                            until = gate.before_send()
+                        except Exception:
+                            log.exception("provider %s: send gate failed; stopping the batch", self.name)
+                            until, code = time.time(), "gate_error"
+                        else:
+                            code = "breaker_open"
+                        if until is not None:
+                            state.stop(code, until)
+                            emit(index, self._not_sent(message.idempotency_key, state))
+                            continue
+                    async with semaphore:
+                        result = await self._post(session, message)
+                    if gate is not None:
+                        try:
+                            gate.after_send(result)
+                        except Exception:
+                            log.exception("provider %s: send gate failed to record a result", self.name)
+                    if result.outcome is Outcome.CONFIGURATION:
+                        state.stop("configuration")
+                    elif result.outcome is Outcome.THROTTLED:
+                        state.pause_until = max(state.pause_until, loop.time() + (result.retry_after or 0.0))
+                    emit(index, result)
+
+            size = len(messages) if hasattr(messages, "__len__") else self.max_concurrency  # type: ignore[arg-type]
+            workers = max(1, min(self.max_concurrency, size))
+            await asyncio.gather(*(worker() for _ in range(workers)))
+
+        ordered = [results[i] for i in range(len(results))]
+        self._log_batch(ordered, state, time.perf_counter() - started)
+        if state.callback_error is not None:
+            raise state.callback_error
+        return ordered
+
+    def _log_batch(self, results: list[SendResult], state: _BatchState, seconds: float) -> None:
+        if not results:
+            return
+        counts = Counter(r.outcome.value for r in results)
+        summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        if state.stopped:
+            log.warning(
+                "provider %s: batch of %d stopped (%s) after %.2fs: %s",
+                self.name,
+                len(results),
+                state.stop_code,
+                seconds,
+                summary,
+            )
+        else:
+            log.info("provider %s: batch of %d in %.2fs: %s", self.name, len(results), seconds, summary)
+
+    def send_batch(
+        self,
+        messages: Iterable[Message],
+        *,
+        gate: SendGate | None = None,
+        on_result: Callable[[SendResult], None] | None = None,
+    ) -> list[SendResult]:
+        """``send_many`` from synchronous code (an Airflow task): runs its own event loop."""
+        return _run_sync(lambda: self.send_many(messages, gate=gate, on_result=on_result))
+
+    # -- reconciling -------------------------------------------------------------------------
+
+    async def _get(self, session: aiohttp.ClientSession, key: str) -> SendResult | None:
+        started = time.perf_counter()
+        try:
+            async with session.get(
+                self._messages_url, params={"idempotency_key": key}, allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = classify_exception(key, exc, (time.perf_counter() - started) * 1000)
+            # A lookup changes nothing at the provider: "unknown" here just means "still unknown".
+            return (
+                result
+                if result.outcome is Outcome.CONFIGURATION
+                else replace(result, outcome=Outcome.UNKNOWN)
+            )
+        latency_ms = (time.perf_counter() - started) * 1000
+        if status == 404:
+            return None
+        if status == 200:
+            try:
+                record = AcceptedBody.model_validate_json(raw)
+            except ValidationError:
+                return SendResult(
+                    key,
+                    Outcome.UNKNOWN,
+                    status_code=200,
+                    error_code="malformed_response",
+                    latency_ms=latency_ms,
+                )
+            return SendResult(
+                key,
+                Outcome.ACCEPTED,
+                provider_id=record.id,
+                status_code=200,
+                latency_ms=latency_ms,
+                request_sent=True,
+            )
+        result = classify_response(key, status, raw, retry_after, latency_ms)
+        if result.outcome is Outcome.CONFIGURATION:
+            return result
+        return replace(result, outcome=Outcome.UNKNOWN)
+
+    async def lookup(self, idempotency_key: str) -> SendResult | None:
+        """What the provider has under this key: ``ACCEPTED`` with its id, or None when it has nothing.
+
+        A lookup that itself fails is not "nothing": it answers ``UNKNOWN`` (or ``CONFIGURATION``
+        for a refused token) so that the caller keeps the message unresolved.
+        """
+        async with self._transport() as transport, transport.semaphore:
+            return await self._get(transport.session, idempotency_key)
+
+    async def lookup_many_async(self, keys: Iterable[str]) -> dict[str, SendResult | None]:
+        """``lookup`` for many keys, ``max_concurrency`` at a time."""
+        keys = list(dict.fromkeys(keys))
+        async with self._transport() as transport:
+
+            async def one(key: str) -> SendResult | None:
+                async with transport.semaphore:
+                    return await self._get(transport.session, key)
+
+            found = await asyncio.gather(*(one(k) for k in keys))
+        return dict(zip(keys, found, strict=True))
+
+    def lookup_many(self, keys: Iterable[str]) -> dict[str, SendResult | None]:
+        """``lookup`` for many keys from synchronous code, concurrently."""
+        return _run_sync(lambda: self.lookup_many_async(keys))

@@ -1,0 +1,120 @@
+"""The Airflow hook of the messaging provider: a ``ProviderClient`` built from a connection.
+
+The connection (DESIGN §9) is ``careflow_messaging``, type http: ``host`` is the base URL
+(``http://127.0.0.1:8025``), ``password`` the bearer token, extra ``{"max_concurrency": 50,
+"timeout": 10}``. ``careflow.settings`` reads it (environment first, then Airflow's secrets
+backends); this hook only turns it into a client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from careflow import settings
+from careflow.exceptions import ConfigurationError
+from careflow.providers.client import Message, Outcome, ProviderClient, SendGate, SendResult
+
+
+def _config_for(conn_id: str) -> settings.MessagingConfig:
+    if conn_id == settings.MESSAGING_CONN_ID:
+        return settings.messaging_config()
+    # Another provider's connection: same shape as careflow_messaging.
+    conn = settings.get_connection(conn_id)
+    if conn is None:
+        raise ConfigurationError(
+            f"connection {conn_id!r} is not defined: add it (type http, host = provider base URL, "
+            "password = bearer token)"
+        )
+    host = conn.host
+    if not host.startswith(("http://", "https://")):
+        scheme = "https" if conn.conn_type == "https" or conn.extra.get("https") else "http"
+        host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+    return settings.MessagingConfig(
+        base_url=host.rstrip("/"),
+        token=conn.password,
+        max_concurrency=int(conn.extra.get("max_concurrency", 50)),
+        timeout=float(conn.extra.get("timeout", 10)),
+        name=str(conn.extra.get("provider_name", conn_id)),
+    )
+
+
+class MessagingHook(BaseHook):
+    """Talks to the messaging provider of an Airflow connection.
+
+    :param careflow_conn_id: the connection id (default ``careflow_messaging``).
+    """
+
+    conn_name_attr = "careflow_conn_id"
+    default_conn_name = settings.MESSAGING_CONN_ID
+    conn_type = "http"
+    hook_name = "careflow messaging"
+
+    def __init__(self, careflow_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.careflow_conn_id = careflow_conn_id
+        self._client: ProviderClient | None = None
+
+    def get_config(self) -> settings.MessagingConfig:
+        """The connection as a ``MessagingConfig`` (ConfigurationError when it is missing or has no host)."""
+        config = _config_for(self.careflow_conn_id)
+        if config.base_url in ("", "http://", "https://"):
+            raise ConfigurationError(
+                f"connection {self.careflow_conn_id!r} has no host: set it to the provider's base URL"
+            )
+        return config
+
+    def get_client(self) -> ProviderClient:
+        """The provider client of this connection (built once per hook)."""
+        if self._client is None:
+            config = self.get_config()
+            self._client = ProviderClient(
+                config.base_url,
+                config.token,
+                max_concurrency=config.max_concurrency,
+                timeout=config.timeout,
+                name=config.name,
+            )
+        return self._client
+
+    def get_conn(self) -> ProviderClient:
+        """Airflow's name for ``get_client``."""
+        return self.get_client()
+
+    def send_batch(
+        self,
+        messages: Iterable[Message],
+        *,
+        gate: SendGate | None = None,
+        on_result: Callable[[SendResult], None] | None = None,
+    ) -> list[SendResult]:
+        """``ProviderClient.send_batch`` on this connection's client."""
+        return self.get_client().send_batch(messages, gate=gate, on_result=on_result)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Ask the provider for a key it cannot have: a 404 proves the URL and the token."""
+        try:
+            found = self.get_client().lookup_many([f"careflow-connection-test-{uuid.uuid4().hex}"])
+        except ConfigurationError as exc:
+            return False, str(exc)
+        result = next(iter(found.values()))
+        if result is None:
+            return True, "provider reachable, token accepted"
+        if result.outcome is Outcome.CONFIGURATION:
+            return False, f"provider refused the connection ({result.error_code}, HTTP {result.status_code})"
+        return False, f"provider did not answer as expected ({result.error_code})"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """How the connection form looks in the Airflow UI."""
+        return {
+            "hidden_fields": ["schema", "login", "port"],
+            "relabeling": {"host": "Base URL", "password": "Bearer token"},
+            "placeholders": {
+                "host": "http://127.0.0.1:8025",
+                "extra": '{"max_concurrency": 50, "timeout": 10}',
+            },
+        }

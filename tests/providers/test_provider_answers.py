@@ -1,0 +1,134 @@
+"""Answers that break the contract are never taken for an acceptance; classification edge cases."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+from conftest import PHONE, AppThread, make_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from careflow.providers.client import (
+    DEFAULT_RETRY_AFTER,
+    Outcome,
+    ProviderClient,
+    classify_response,
+    parse_retry_after,
+    redact,
+)
+
+
+def send_one(server: AppThread, mode: str):
+    client = ProviderClient(f"{server.url}/{mode}", "token", timeout=2)
+    [result] = client.send_batch([make_message(1)])
+    return result
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["html", "truncated", "int_id", "null_id", "empty_id", "missing_id", "list", "empty", "status_int"],
+)
+def test_a_malformed_2xx_is_unknown_never_accepted(odd_server: AppThread, mode: str) -> None:
+    result = send_one(odd_server, mode)
+
+    assert result.outcome is Outcome.UNKNOWN and not result.delivered
+    assert result.request_sent and result.error_code == "malformed_response" and result.provider_id is None
+
+
+def test_a_connection_dropped_after_the_request_is_unknown(odd_server: AppThread) -> None:
+    result = send_one(odd_server, "drop")
+    assert (result.outcome, result.request_sent, result.error_code) == (
+        Outcome.UNKNOWN,
+        True,
+        "connection_lost",
+    )
+
+
+def test_provider_error_text_is_kept_without_phone_numbers(odd_server: AppThread) -> None:
+    result = send_one(odd_server, "phone_in_error")
+
+    assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "invalid_recipient")
+    assert PHONE not in (result.error_message or "") and "[redacted]" in (result.error_message or "")
+
+
+def test_a_redirect_is_a_configuration_error_and_is_not_followed(odd_server: AppThread) -> None:
+    result = send_one(odd_server, "redirect")
+    assert (result.outcome, result.status_code) == (Outcome.CONFIGURATION, 302)
+
+
+def test_retry_after_as_an_http_date(odd_server: AppThread) -> None:
+    result = send_one(odd_server, "http_date")
+    assert result.outcome is Outcome.THROTTLED and 27 <= (result.retry_after or 0) <= 30
+
+
+def test_a_409_without_a_body_is_still_a_duplicate(odd_server: AppThread) -> None:
+    result = send_one(odd_server, "duplicate_no_body")
+    assert result.outcome is Outcome.DUPLICATE and result.delivered and result.provider_id is None
+
+
+def test_an_html_502_from_a_gateway_is_transient(odd_server: AppThread) -> None:
+    result = send_one(odd_server, "gateway_html")
+    assert (result.outcome, result.status_code, result.error_code) == (Outcome.TRANSIENT, 502, "http_502")
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.UNKNOWN),  # body below is not an acceptance
+        (400, Outcome.PERMANENT),
+        (413, Outcome.PERMANENT),
+        (422, Outcome.PERMANENT),
+        (401, Outcome.CONFIGURATION),
+        (403, Outcome.CONFIGURATION),
+        (404, Outcome.CONFIGURATION),
+        (301, Outcome.CONFIGURATION),
+        (408, Outcome.TRANSIENT),
+        (500, Outcome.TRANSIENT),
+        (503, Outcome.TRANSIENT),
+        (429, Outcome.THROTTLED),
+        (409, Outcome.DUPLICATE),
+        (101, Outcome.UNKNOWN),
+    ],
+)
+def test_status_codes(status: int, outcome: Outcome) -> None:
+    result = classify_response("k", status, b'{"error": {"code": "x", "message": "y"}}')
+    assert result.outcome is outcome and result.request_sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=st.integers(100, 599), raw=st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
+def test_nothing_but_a_2xx_with_a_string_id_is_accepted(status: int, raw: bytes) -> None:
+    result = classify_response("k", status, raw)
+    if result.outcome is Outcome.ACCEPTED:
+        assert 200 <= status < 300 and isinstance(result.provider_id, str) and result.provider_id
+    assert result.outcome is not Outcome.NOT_SENT and result.request_sent
+
+
+@settings(max_examples=100, deadline=None)
+@given(provider_id=st.text(min_size=1, max_size=40), status=st.integers(200, 299))
+def test_a_well_formed_acceptance_is_accepted(provider_id: str, status: int) -> None:
+    import json
+
+    result = classify_response("k", status, json.dumps({"id": provider_id, "status": "accepted"}).encode())
+    assert result.outcome is Outcome.ACCEPTED and result.provider_id == provider_id
+
+
+def test_parse_retry_after() -> None:
+    now = time.time()
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after(None) == DEFAULT_RETRY_AFTER
+    assert parse_retry_after("soon") == DEFAULT_RETRY_AFTER
+    assert parse_retry_after("nan") == DEFAULT_RETRY_AFTER
+    assert parse_retry_after(email.utils.formatdate(now + 60, usegmt=True), now=now) == pytest.approx(
+        60, abs=1
+    )
+    assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
+
+
+def test_redact_removes_phone_numbers_and_emails() -> None:
+    text = redact("bad recipient 010-5550-1234 / +82 10 5550 1234 / kim@example.com for key wf1:a1:ex1")
+    assert "5550" not in text and "kim@" not in text and "wf1:a1:ex1" in text
