@@ -49,7 +49,10 @@ class Graph:
     pred: dict[str, list[EdgeRef]] = field(default_factory=dict)
     trigger_id: str | None = None
     reachable: set[str] = field(default_factory=set)
+    depth: dict[str, int] = field(default_factory=dict)
     order: list[str] | None = None
+    #: False when nodes or edges were dropped as invalid: graph-wide suggestions would mislead.
+    complete: bool = True
 
     @classmethod
     def build(cls, nodes: dict[str, NodeRef], edges: list[EdgeRef]) -> Graph:
@@ -63,22 +66,28 @@ class Graph:
         triggers = [n.id for n in nodes.values() if n.type == "trigger"]
         graph.trigger_id = triggers[0] if len(triggers) == 1 else None
         if graph.trigger_id is not None:
-            seen = {graph.trigger_id}
+            depth = {graph.trigger_id: 0}
             queue = deque([graph.trigger_id])
             while queue:
-                for edge in graph.succ[queue.popleft()]:
-                    if edge.target not in seen:
-                        seen.add(edge.target)
+                current = queue.popleft()
+                for edge in graph.succ[current]:
+                    if edge.target not in depth:
+                        depth[edge.target] = depth[current] + 1
                         queue.append(edge.target)
-            graph.reachable = seen
+            graph.depth = depth
+            graph.reachable = set(depth)
         graph.order = _topological_order(nodes, graph.succ, graph.pred)
         return graph
 
 
 def check_edges(
-    raw_edges: list[Any], nodes: dict[str, NodeRef]
+    raw_edges: list[Any], nodes: dict[str, NodeRef], broken: set[str] | frozenset[str] = frozenset()
 ) -> tuple[list[Diagnostic], list[EdgeRef], set[str]]:
-    """Problems of the edge list, the edges the graph can use, and unknown edge keys (ignored)."""
+    """Problems of the edge list, the edges the graph can use, and unknown edge keys (ignored).
+
+    Edges touching a ``broken`` node (one already reported, e.g. for its type) are left out
+    without a diagnostic of their own.
+    """
     found: list[Diagnostic] = []
     usable: list[EdgeRef] = []
     ignored: set[str] = set()
@@ -126,6 +135,8 @@ def check_edges(
             )
             continue
         source, target = raw["source"], raw["target"]
+        if source in broken or target in broken:
+            continue
         if source not in nodes:
             found.append(
                 make(
@@ -233,7 +244,16 @@ def check_cycles(graph: Graph) -> list[Diagnostic]:
         if len(component) < 2:
             continue
         members = set(component)
-        closing = next(e for e in graph.edges if e.source in members and e.target in members)
+        inside = [e for e in graph.edges if e.source in members and e.target in members]
+        # The edge that leads back towards the trigger is the one the admin most likely drew last.
+        backwards = [
+            e
+            for e in inside
+            if e.source in graph.depth
+            and e.target in graph.depth
+            and graph.depth[e.target] <= graph.depth[e.source]
+        ]
+        closing = backwards[-1] if backwards else inside[0]
         path = _path(graph, closing.target, closing.source, members)
         loop = " → ".join([*path, closing.target][:12])
         found.append(

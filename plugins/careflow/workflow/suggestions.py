@@ -34,7 +34,7 @@ def suggest(graph: Graph, settings: WorkflowSettings) -> list[Diagnostic]:
     found.extend(_node_suggestions(graph))
     if graph.nodes and not any(n.type == "action" for n in graph.nodes.values()):
         found.append(make("WF_NO_ACTIONS", "The workflow has no action node: it never sends a message"))
-    if graph.trigger_id is None:
+    if graph.trigger_id is None or not graph.complete:
         return found
     found.extend(_reachability(graph))
     found.extend(_condition_branches(graph))

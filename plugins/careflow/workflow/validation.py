@@ -144,15 +144,16 @@ def _validate(raw: Any, source: str) -> ValidationReport:
     ]
     settings = _check_workflow_fields(document, found)
 
-    nodes, node_ignored = _check_nodes(document.get("nodes"), found)
+    nodes, broken, node_ignored = _check_nodes(document.get("nodes"), found)
     raw_edges = document.get("edges", [])
     if not isinstance(raw_edges, list):
         found.append(make("WF_BAD_FIELD", f"'edges' must be a list — got {show(raw_edges)}", field="edges"))
         raw_edges = []
-    edge_problems, edges, edge_ignored = check_edges(raw_edges, nodes)
+    edge_problems, edges, edge_ignored = check_edges(raw_edges, nodes, broken)
     found.extend(edge_problems)
 
     graph = Graph.build(nodes, edges)
+    graph.complete = not broken and len(edges) == len(raw_edges)
     _check_triggers(graph, found, document.get("nodes"))
     found.extend(check_cycles(graph))
     found.extend(suggest(graph, settings))
@@ -165,8 +166,24 @@ def _validate(raw: Any, source: str) -> ValidationReport:
         except ValidationError as exc:
             for error in exc.errors(include_url=False)[:20]:
                 loc = tuple(error.get("loc") or ())
-                found.append(make("WF_INVALID", describe(error), field=field_path(loc) or None))
+                found.append(
+                    make(
+                        "WF_INVALID",
+                        f"Workflow: {describe(error)}",
+                        node_id=_node_at(document, loc),
+                        field=field_path(loc) or None,
+                    )
+                )
     return _report(source, workflow, found, workflow_id)
+
+
+def _node_at(document: dict[str, Any], loc: tuple[Any, ...]) -> str | None:
+    """The id of the node a pydantic error location such as ``("nodes", 1, ...)`` points at."""
+    if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+        item = document["nodes"][loc[1]]
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            return item["id"]
+    return None
 
 
 def _report(
@@ -176,7 +193,10 @@ def _report(
     if len(ordered) > MAX_DIAGNOSTICS:
         extra = len(ordered) - MAX_DIAGNOSTICS
         ordered = ordered[:MAX_DIAGNOSTICS] + [
-            make("DIAGNOSTICS_TRUNCATED", f"{extra} more finding(s) are not listed; fix these first")
+            make(
+                "DIAGNOSTICS_TRUNCATED",
+                f"Only the first {MAX_DIAGNOSTICS} findings are listed ({extra} more); fix these first",
+            )
         ]
     return ValidationReport(source, workflow, ordered, workflow_id)
 
@@ -290,7 +310,7 @@ def _check_workflow_fields(document: dict[str, Any], found: list[Diagnostic]) ->
         found.append(
             make(
                 "WF_BAD_SCHEMA_VERSION",
-                f"schema_version {show(version)} is not supported; this careflow reads {SCHEMA_VERSION}",
+                f"Workflow: schema_version {show(version)} is not supported; this careflow reads {SCHEMA_VERSION}",
                 field="schema_version",
             )
         )
@@ -329,11 +349,13 @@ def _check_workflow_fields(document: dict[str, Any], found: list[Diagnostic]) ->
 # --- stage 4: nodes ------------------------------------------------------------------------------
 
 
-def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, NodeRef], set[str]]:
+def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, NodeRef], set[str], set[str]]:
+    """The usable nodes by id, the ids of nodes dropped as invalid, and unknown node keys."""
     nodes: dict[str, NodeRef] = {}
+    broken: set[str] = set()
     ignored: set[str] = set()
     if not isinstance(raw_nodes, list):
-        return nodes, ignored
+        return nodes, broken, ignored
     import re
 
     id_pattern = re.compile(ID_PATTERN)
@@ -354,11 +376,14 @@ def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, Nod
             found.append(make("NODE_MISSING_ID", f"Node #{index + 1} has no id", field=f"{where}.id"))
             continue
         if not isinstance(node_id, str) or not id_pattern.match(node_id):
+            if isinstance(node_id, str):
+                broken.add(node_id)
             found.append(
                 make(
                     "NODE_BAD_ID",
                     f"Node #{index + 1}: id {show(node_id)} may only hold letters, digits, '_', '.' and '-' "
                     "(max 64, starting with a letter or digit)",
+                    node_id=node_id[:64] if isinstance(node_id, str) else None,
                     field=f"{where}.id",
                 )
             )
@@ -378,6 +403,7 @@ def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, Nod
         title = node_title(node_id, data)
         node_type = raw.get("type")
         if node_type is None:
+            broken.add(node_id)
             found.append(
                 make(
                     "NODE_MISSING_TYPE",
@@ -388,6 +414,7 @@ def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, Nod
             )
             continue
         if node_type not in NODE_TYPES:
+            broken.add(node_id)
             found.append(
                 make(
                     "NODE_UNKNOWN_TYPE",
@@ -412,7 +439,7 @@ def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, Nod
             continue
         problems, node.model = check_node_data(node_id, node_type, data)
         found.extend(problems)
-    return nodes, ignored
+    return nodes, broken, ignored
 
 
 def _did_you_mean(value: Any) -> str:
@@ -461,4 +488,6 @@ def _ignored_fields(top: list[str], node_keys: set[str], edge_keys: set[str]) ->
         parts.append(f"edges: {', '.join(sorted(edge_keys)[:10])}")
     if not parts:
         return []
-    return [make("FIELD_IGNORED", f"careflow ignores these fields ({'; '.join(parts)})")]
+    return [
+        make("FIELD_IGNORED", f"These fields mean nothing to careflow and are ignored ({'; '.join(parts)})")
+    ]
