@@ -1,0 +1,1 @@
+"""The journey semantics: what happens to an execution at each node."""
