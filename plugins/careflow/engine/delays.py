@@ -1,0 +1,84 @@
+"""Delays: when an execution parked at a delay node is released.
+
+* Minutes and hours are elapsed time: ``arrived_at + 90 minutes``.
+* Days and weeks are calendar time on the patient's wall clock: "3 days" after Monday 14:00 is
+  Thursday 14:00 local, even when a daylight-saving change makes that 71 or 73 hours.
+* ``until`` delays start from an appointment field (``appointment.scheduled_at``…) read from the
+  facts, add the signed ``offset`` (same rules as above), then, if ``at`` is set, move to that
+  local time on the resulting local date. "scheduled_at, -1 day, at 10:00" is 10:00 local on the
+  day before the appointment.
+* A wall time the clock skips (02:30 on a spring-forward day) is read with the offset in force
+  before the change, i.e. an hour later on the new clock (03:30); a repeated wall time is its
+  first occurrence. This is Python's ``fold=0`` rule.
+* A missing, null or unreadable field gives None: the caller records the execution as exited
+  with a reason instead of guessing a time.
+
+Naive datetimes (argument or fact) are read as UTC; every datetime returned is aware and in UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, time, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from careflow.engine.rules import lookup
+from careflow.workflow.models import DelayData
+
+UTC = timezone.utc
+
+
+def release_time(
+    delay: DelayData, arrived_at: datetime, facts: Mapping[str, Any], tz: ZoneInfo
+) -> datetime | None:
+    """When an execution that reached ``delay`` at ``arrived_at`` may move on (UTC), or None."""
+    arrived_at = _aware(arrived_at)
+    duration = delay.duration()
+    if duration is not None:
+        return shift(arrived_at, duration.amount, duration.unit, tz)
+    if delay.until is None:  # unreachable for validated models
+        return None
+    found, raw = lookup(facts, delay.until)
+    base = to_utc(raw) if found else None
+    if base is None:
+        return None
+    if delay.offset is not None:
+        base = shift(base, delay.offset.amount, delay.offset.unit, tz)
+    if delay.at is not None:
+        hour, minute = (int(part) for part in delay.at.split(":"))
+        local_date = base.astimezone(tz).date()
+        base = datetime.combine(local_date, time(hour, minute), tzinfo=tz).astimezone(UTC)
+    return base
+
+
+def shift(instant: datetime, amount: int, unit: str, tz: ZoneInfo) -> datetime:
+    """``instant`` moved by ``amount`` ``unit``: elapsed for minutes/hours, local calendar for days/weeks."""
+    # In UTC first: adding to a datetime that carries a ZoneInfo moves its wall time, not the instant.
+    instant = _aware(instant).astimezone(UTC)
+    if unit in ("minutes", "hours"):
+        return instant + timedelta(**{unit: amount})
+    if unit not in ("days", "weeks"):
+        raise ValueError(f"unknown duration unit {unit!r}: use minutes, hours, days or weeks")
+    days = amount * (7 if unit == "weeks" else 1)
+    local = instant.astimezone(tz)
+    # Arithmetic on the naive wall time keeps the clock reading; re-attaching tz picks the
+    # offset of the target day (fold=0 for skipped or repeated wall times).
+    wall = local.replace(tzinfo=None) + timedelta(days=days)
+    return wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+
+
+def to_utc(value: Any) -> datetime | None:
+    """An aware UTC datetime from a datetime or ISO string (naive = UTC), or None if unreadable."""
+    if isinstance(value, datetime):
+        return _aware(value).astimezone(UTC)
+    if isinstance(value, str) and value.strip():
+        try:
+            return _aware(datetime.fromisoformat(value.strip())).astimezone(UTC)
+        except ValueError:
+            return None
+    return None
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -1,0 +1,149 @@
+"""Delays: durations (elapsed and calendar), ``until`` an appointment field, missing fields."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from careflow.engine.delays import release_time, shift, to_utc
+from careflow.workflow.models import DelayData
+
+UTC = timezone.utc
+SEOUL = ZoneInfo("Asia/Seoul")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def duration(amount: int, unit: str) -> DelayData:
+    return DelayData(amount=amount, unit=unit)
+
+
+def until(
+    field: str = "appointment.scheduled_at", offset: tuple[int, str] | None = None, at: str | None = None
+):
+    data: dict = {"until": field, "at": at}
+    if offset:
+        data["offset"] = {"amount": offset[0], "unit": offset[1]}
+    return DelayData.model_validate(data)
+
+
+def facts_with(**appointment: object) -> dict:
+    return {"appointment": appointment}
+
+
+def ny(*args: int) -> datetime:
+    return datetime(*args, tzinfo=NEW_YORK)
+
+
+def elapsed(a: datetime, b: datetime) -> timedelta:
+    return b.astimezone(UTC) - a.astimezone(UTC)
+
+
+class TestDuration:
+    def test_minutes_and_hours_are_elapsed_time(self) -> None:
+        arrived = datetime(2026, 3, 14, 1, 30, tzinfo=UTC)
+        assert release_time(duration(90, "minutes"), arrived, {}, SEOUL) == arrived + timedelta(minutes=90)
+        assert release_time(duration(0, "days"), arrived, {}, SEOUL) == arrived
+
+    def test_hours_across_spring_forward_stay_elapsed(self) -> None:
+        released = release_time(duration(2, "hours"), ny(2026, 3, 8, 1, 30), {}, NEW_YORK)
+        assert released == ny(2026, 3, 8, 4, 30)  # 01:30 EST + 2 h = 04:30 EDT
+        assert elapsed(ny(2026, 3, 8, 1, 30), released) == timedelta(hours=2)
+
+    def test_days_keep_the_local_wall_time_across_spring_forward(self) -> None:
+        arrived = ny(2026, 3, 6, 14, 0)  # Friday, EST
+        released = release_time(duration(3, "days"), arrived, {}, NEW_YORK)
+        assert released == ny(2026, 3, 9, 14, 0)  # Monday 14:00 EDT
+        assert released.tzinfo is UTC
+        assert elapsed(arrived, released) == timedelta(hours=71)
+
+    def test_weeks_keep_the_local_wall_time_across_fall_back(self) -> None:
+        arrived = ny(2026, 10, 29, 9, 0)  # EDT
+        released = release_time(duration(1, "weeks"), arrived, {}, NEW_YORK)
+        assert released == ny(2026, 11, 5, 9, 0)  # EST
+        assert elapsed(arrived, released) == timedelta(hours=169)
+
+    def test_day_landing_in_the_skipped_hour_moves_an_hour_later(self) -> None:
+        released = release_time(duration(3, "days"), ny(2026, 3, 5, 2, 30), {}, NEW_YORK)
+        assert released == datetime(2026, 3, 8, 7, 30, tzinfo=UTC)  # 03:30 EDT
+
+    def test_naive_arrival_is_utc(self) -> None:
+        released = release_time(duration(1, "days"), datetime(2026, 3, 14, 1, 30), {}, SEOUL)
+        assert released == datetime(2026, 3, 15, 1, 30, tzinfo=UTC)
+
+    def test_unknown_unit_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="unknown duration unit"):
+            shift(datetime(2026, 1, 1, tzinfo=UTC), 1, "months", SEOUL)
+
+
+class TestUntil:
+    def test_day_before_at_ten_in_seoul(self) -> None:
+        facts = facts_with(scheduled_at=datetime(2026, 3, 15, 14, 0, tzinfo=SEOUL))
+        released = release_time(until(offset=(-1, "days"), at="10:00"), datetime.now(UTC), facts, SEOUL)
+        assert released == datetime(2026, 3, 14, 1, 0, tzinfo=UTC)
+        assert released.tzinfo is UTC
+
+    @pytest.mark.parametrize(
+        "scheduled_at",
+        [
+            "2026-03-15T14:00:00+09:00",
+            "2026-03-15T05:00:00Z",
+            "2026-03-15 05:00:00",  # SQLite text without offset: UTC
+            datetime(2026, 3, 15, 5, 0),  # naive: UTC
+        ],
+    )
+    def test_field_forms(self, scheduled_at: object) -> None:
+        facts = facts_with(scheduled_at=scheduled_at)
+        released = release_time(until(offset=(-1, "days"), at="10:00"), datetime.now(UTC), facts, SEOUL)
+        assert released == datetime(2026, 3, 14, 1, 0, tzinfo=UTC)
+
+    def test_local_date_not_utc_date_decides_the_day(self) -> None:
+        # 08:00 KST on the 15th is still the 14th in UTC: the reminder is on the 14th local.
+        facts = facts_with(scheduled_at=datetime(2026, 3, 15, 8, 0, tzinfo=SEOUL))
+        released = release_time(until(offset=(-1, "days"), at="10:00"), datetime.now(UTC), facts, SEOUL)
+        assert released == datetime(2026, 3, 14, 10, 0, tzinfo=SEOUL)
+
+    def test_day_before_across_dst_in_new_york(self) -> None:
+        facts = facts_with(scheduled_at=ny(2026, 3, 9, 9, 0))  # Monday, EDT
+        released = release_time(until(offset=(-1, "days"), at="10:00"), datetime.now(UTC), facts, NEW_YORK)
+        assert released == datetime(2026, 3, 8, 14, 0, tzinfo=UTC)  # Sunday 10:00 EDT
+
+    def test_at_without_offset_is_the_same_local_day(self) -> None:
+        facts = facts_with(scheduled_at=datetime(2026, 3, 15, 14, 0, tzinfo=SEOUL))
+        released = release_time(until(at="08:30"), datetime.now(UTC), facts, SEOUL)
+        assert released == datetime(2026, 3, 15, 8, 30, tzinfo=SEOUL)
+
+    def test_offset_in_hours_without_at(self) -> None:
+        facts = facts_with(completed_at=datetime(2026, 3, 15, 5, 0, tzinfo=UTC))
+        released = release_time(
+            until("appointment.completed_at", offset=(2, "hours")), datetime.now(UTC), facts, SEOUL
+        )
+        assert released == datetime(2026, 3, 15, 7, 0, tzinfo=UTC)
+
+    def test_hours_offset_then_at_uses_the_shifted_date(self) -> None:
+        # 01:00 KST minus 2 hours is 23:00 the day before; "at 10:00" applies to that day.
+        facts = facts_with(scheduled_at=datetime(2026, 3, 15, 1, 0, tzinfo=SEOUL))
+        released = release_time(until(offset=(-2, "hours"), at="10:00"), datetime.now(UTC), facts, SEOUL)
+        assert released == datetime(2026, 3, 14, 10, 0, tzinfo=SEOUL)
+
+    @pytest.mark.parametrize(
+        "facts",
+        [
+            {},
+            {"appointment": {}},
+            facts_with(scheduled_at=None),
+            facts_with(scheduled_at=""),
+            facts_with(scheduled_at="next tuesday"),
+            facts_with(scheduled_at=1773451800),
+        ],
+    )
+    def test_missing_or_unreadable_field_gives_none(self, facts: dict) -> None:
+        assert release_time(until(offset=(-1, "days"), at="10:00"), datetime.now(UTC), facts, SEOUL) is None
+
+
+def test_to_utc() -> None:
+    assert to_utc("2026-03-14T10:30:00+09:00") == datetime(2026, 3, 14, 1, 30, tzinfo=UTC)
+    assert to_utc("2026-03-14T10:30:00+09:00").tzinfo is UTC
+    assert to_utc(None) is None
+    assert to_utc("garbage") is None
