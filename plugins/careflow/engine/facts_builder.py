@@ -1,0 +1,206 @@
+"""The facts an execution sees: clinic rows (DESIGN §8) turned into the catalog of ``FACTS``.
+
+Rows are plain dicts of the table columns, as Postgres or SQLite return them, so values are
+normalised here and nowhere else:
+
+* datetimes: aware datetimes, naive datetimes (UTC) or ISO strings -> aware UTC datetimes;
+* ``birth_date``: a date, a datetime or an ISO string -> a date;
+* booleans: bools, 0/1 (SQLite) or "true"/"false"/"t"/"f"/"1"/"0"; null takes the documented
+  default (care messages allowed, marketing and night marketing not);
+* ``attributes``: a dict or a JSON object string (SQLite stores JSON as text); null -> ``{}``.
+
+Derived facts, computed at the run's ``now``:
+
+* ``patient.timezone``: the patient's, else the clinic's (an unknown name counts as unset);
+* ``patient.age``: whole years on the patient's local date (a birthday counts from local
+  midnight; 29 February birthdays count from 1 March in other years);
+* ``patient.has_upcoming_appointment`` / ``upcoming_appointment_count`` from ``upcoming_count``;
+* ``appointment.days_since_completed``: local calendar days between completion and ``now``
+  (completed Monday 17:00, it is 3 on Thursday 09:00), None when not completed.
+
+Unreadable values raise ValueError naming the row id and column, never the value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from careflow.workflow.timezones import check_timezone, zone
+
+UTC = timezone.utc
+
+_TRUE = frozenset({"true", "t", "1", "yes", "y"})
+_FALSE = frozenset({"false", "f", "0", "no", "n"})
+
+
+def build_facts(
+    *,
+    patient: Mapping[str, Any],
+    appointment: Mapping[str, Any],
+    clinic: Mapping[str, Any],
+    event: Mapping[str, Any],
+    upcoming_count: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The nested facts dict (``facts["patient"]["age"]``…) for one execution at ``now``."""
+    now = _aware(now)
+    pid, aid = _row_id("patient", patient), _row_id("appointment", appointment)
+    clinic_tz = _known_timezone(clinic.get("timezone"))
+    tz_name = _known_timezone(patient.get("timezone")) or clinic_tz
+    tz = zone(tz_name) if tz_name else UTC
+    local_today = now.astimezone(tz).date()
+
+    birth_date = as_date(patient.get("birth_date"), where=f"{pid}.birth_date")
+    completed_at = as_utc(appointment.get("completed_at"), where=f"{aid}.completed_at")
+    upcoming = int(upcoming_count)
+
+    return {
+        "patient": {
+            "id": _text(patient.get("id")),
+            "name": patient.get("name"),
+            "phone": patient.get("phone"),
+            "email": patient.get("email"),
+            "birth_date": birth_date,
+            "age": age_on(birth_date, local_today) if birth_date else None,
+            "timezone": tz_name,
+            "consent_messages": as_bool(
+                patient.get("consent_messages"), True, where=f"{pid}.consent_messages"
+            ),
+            "consent_marketing": as_bool(
+                patient.get("consent_marketing"), False, where=f"{pid}.consent_marketing"
+            ),
+            "consent_night_marketing": as_bool(
+                patient.get("consent_night_marketing"), False, where=f"{pid}.consent_night_marketing"
+            ),
+            "has_upcoming_appointment": upcoming > 0,
+            "upcoming_appointment_count": upcoming,
+            "attributes": as_attributes(patient.get("attributes"), where=f"{pid}.attributes"),
+        },
+        "appointment": {
+            "id": _text(appointment.get("id")),
+            "type": appointment.get("type"),
+            "status": appointment.get("status"),
+            "scheduled_at": as_utc(appointment.get("scheduled_at"), where=f"{aid}.scheduled_at"),
+            "created_at": as_utc(appointment.get("created_at"), where=f"{aid}.created_at"),
+            "completed_at": completed_at,
+            "days_since_completed": (
+                (local_today - completed_at.astimezone(tz).date()).days if completed_at else None
+            ),
+            "attributes": as_attributes(appointment.get("attributes"), where=f"{aid}.attributes"),
+        },
+        "clinic": {
+            "id": _text(clinic.get("id")),
+            "name": clinic.get("name"),
+            "phone": clinic.get("phone"),
+            "timezone": clinic_tz,
+        },
+        "event": {
+            "type": event.get("type"),
+            "occurred_at": as_utc(event.get("occurred_at"), where=f"{_row_id('event', event)}.occurred_at"),
+        },
+    }
+
+
+def patient_timezone(facts: Mapping[str, Any], default: str) -> ZoneInfo:
+    """The timezone to read the patient's wall clock in: ``patient.timezone``, else ``default``."""
+    patient = facts.get("patient")
+    name = patient.get("timezone") if isinstance(patient, Mapping) else None
+    return zone(_known_timezone(name) or default)
+
+
+def age_on(birth_date: date, today: date) -> int:
+    """Whole years between ``birth_date`` and ``today``."""
+    before_birthday = (today.month, today.day) < (birth_date.month, birth_date.day)
+    return today.year - birth_date.year - int(before_birthday)
+
+
+def as_utc(value: Any, *, where: str = "value") -> datetime | None:
+    """An aware UTC datetime from a datetime (naive = UTC) or ISO string; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return _aware(value).astimezone(UTC)
+    if isinstance(value, str) and value.strip():
+        try:
+            return _aware(datetime.fromisoformat(value.strip())).astimezone(UTC)
+        except ValueError:
+            pass
+    raise ValueError(f"{where} is not a datetime")
+
+
+def as_date(value: Any, *, where: str = "value") -> date | None:
+    """A date from a date, a datetime (its date) or an ISO string; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            return date.fromisoformat(text[:10]) if len(text) > 10 else date.fromisoformat(text)
+        except ValueError:
+            pass
+    raise ValueError(f"{where} is not a date")
+
+
+def as_bool(value: Any, default: bool, *, where: str = "value") -> bool:
+    """A boolean from a bool, 0/1 or a yes/no string; None gives ``default``."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError(f"{where} is not a boolean")
+
+
+def as_attributes(value: Any, *, where: str = "attributes") -> dict[str, Any]:
+    """A dict from a mapping or a JSON object string; None or an empty string gives ``{}``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (str, bytes)):
+        if not value.strip():
+            return {}
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise ValueError(f"{where} is not valid JSON") from None
+        if isinstance(parsed, dict):
+            return parsed
+    raise ValueError(f"{where} is not a JSON object")
+
+
+def _known_timezone(name: Any) -> str | None:
+    if not isinstance(name, str) or not name.strip():
+        return None
+    try:
+        check_timezone(name.strip())
+    except ValueError:
+        return None
+    return name.strip()
+
+
+def _row_id(kind: str, row: Mapping[str, Any]) -> str:
+    return f"{kind} {row.get('id', '?')}"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
