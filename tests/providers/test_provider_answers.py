@@ -6,7 +6,6 @@ import email.utils
 import time
 
 import pytest
-from conftest import PHONE, AppThread, make_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,8 @@ from careflow.providers.client import (
     parse_retry_after,
     redact,
 )
+
+from .conftest import PHONE, AppThread, make_message
 
 
 def send_one(server: AppThread, mode: str):

@@ -8,10 +8,11 @@ import threading
 import time
 
 import pytest
-from conftest import BODY, PHONE, free_port, make_message
 
 from careflow.providers.client import Message, Outcome, ProviderClient, SendResult
 from careflow.providers.fake_server import FakeProviderServer
+
+from .conftest import BODY, PHONE, free_port, make_message
 
 
 def client_for(fake: FakeProviderServer, **kwargs: object) -> ProviderClient:

@@ -495,12 +495,19 @@ class FakeProviderServer:
 
         def target() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
             try:
                 loop.run_until_complete(serve())
             except BaseException:
                 pass
             finally:
+                # Answers still stalling (accept-then-timeout) end with the server.
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.close()
 
         self._thread = threading.Thread(target=target, name=f"fake-provider-{self.port}", daemon=True)

@@ -1,0 +1,93 @@
+"""MessagingHook: a provider client from the ``careflow_messaging`` connection (DESIGN §9)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+
+from careflow.exceptions import ConfigurationError
+from careflow.providers.client import Outcome
+from careflow.providers.fake_server import FakeProviderServer
+from careflow.providers.hook import MessagingHook
+
+from .conftest import make_message
+
+
+@pytest.fixture(autouse=True)
+def env_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")
+    monkeypatch.delenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", raising=False)
+
+
+def test_uri_connection_with_extras_in_the_query(
+    fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING", f"http://:{fake.token}@127.0.0.1:{fake.port}?max_concurrency=7"
+    )
+    hook = MessagingHook()
+    client = hook.get_client()
+
+    assert (client.base_url, client.token, client.max_concurrency, client.timeout) == (
+        fake.url,
+        fake.token,
+        7,
+        10.0,
+    )
+    assert hook.get_client() is client
+    assert [r.outcome for r in hook.send_batch([make_message(1)])] == [Outcome.ACCEPTED]
+
+
+def test_json_connection(fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = {
+        "conn_type": "http",
+        "host": fake.url,
+        "password": fake.token,
+        "extra": {"max_concurrency": 3, "timeout": 2.5},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps(conn))
+    client = MessagingHook().get_client()
+
+    assert (client.base_url, client.max_concurrency, client.timeout) == (fake.url, 3, 2.5)
+    assert client.send_batch([make_message(1)])[0].outcome is Outcome.ACCEPTED
+
+
+def test_airflow_style_uri_with_an_encoded_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+        f"http://:tok@{quote('https://sms.example.com', safe='')}?timeout=4",
+    )
+    client = MessagingHook().get_client()
+    assert (client.base_url, client.token, client.timeout) == ("https://sms.example.com", "tok", 4.0)
+
+
+def test_another_connection_id(fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_KAKAO_PROVIDER", f"http://:{fake.token}@127.0.0.1:{fake.port}")
+    client = MessagingHook(careflow_conn_id="kakao_provider").get_client()
+    assert (client.base_url, client.name) == (fake.url, "kakao_provider")
+
+
+def test_a_missing_connection_says_what_to_add() -> None:
+    with pytest.raises(ConfigurationError, match="AIRFLOW_CONN_CAREFLOW_MESSAGING"):
+        MessagingHook().get_client()
+    ok, message = MessagingHook(careflow_conn_id="nowhere").test_connection()
+    assert not ok and "nowhere" in message
+
+
+def test_test_connection(fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", f"http://:{fake.token}@127.0.0.1:{fake.port}")
+    assert MessagingHook().test_connection()[0] is True
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", f"http://:wrong@127.0.0.1:{fake.port}")
+    ok, message = MessagingHook().test_connection()
+    assert not ok and "401" in message
+
+
+def test_hook_metadata() -> None:
+    assert (MessagingHook.conn_name_attr, MessagingHook.default_conn_name) == (
+        "careflow_conn_id",
+        "careflow_messaging",
+    )
+    assert (MessagingHook.conn_type, MessagingHook.hook_name) == ("http", "careflow messaging")
+    assert MessagingHook.get_ui_field_behaviour()["relabeling"]["host"] == "Base URL"
