@@ -239,7 +239,7 @@ def instants(draw: st.DrawFn) -> datetime:
     return base + timedelta(seconds=draw(st.sampled_from([0, 0, 0, 1, 59])))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(w=windows(), at=instants(), tz_name=st.sampled_from(ZONES))
 def test_next_opening_is_the_first_open_minute(w: TimeWindowData, at: datetime, tz_name: str) -> None:
     tz = ZoneInfo(tz_name)
