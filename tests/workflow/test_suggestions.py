@@ -1,0 +1,133 @@
+"""Optimisation suggestions: they fire where a clinic admin would want them, and only there."""
+
+from __future__ import annotations
+
+from careflow.workflow.validation import validate_workflow
+
+from .builders import base, data, edge
+
+
+def codes(workflow) -> list[str]:
+    return validate_workflow(workflow).codes
+
+
+def insert_after_d1(workflow, node) -> None:
+    workflow["nodes"].append(node)
+    edge(workflow, "e2").update(target=node["id"])
+    workflow["edges"].append({"id": "e9", "source": node["id"], "target": "c1"})
+
+
+def test_mergeable_delays_name_the_total():
+    workflow = base()
+    insert_after_d1(workflow, {"id": "d2", "type": "delay", "data": {"amount": 4, "unit": "days"}})
+    report = validate_workflow(workflow)
+    [hint] = [d for d in report.warnings if d.code == "DELAYS_MERGEABLE"]
+    assert "1 weeks" in hint.message and report.ok
+
+
+def test_delays_are_not_mergeable_when_the_first_waits_for_a_time_of_day_or_the_chain_branches():
+    workflow = base()
+    data(workflow, "d1")["at"] = "10:00"
+    insert_after_d1(workflow, {"id": "d2", "type": "delay", "data": {"amount": 4, "unit": "days"}})
+    assert "DELAYS_MERGEABLE" not in codes(workflow)
+
+    workflow = base()
+    insert_after_d1(workflow, {"id": "d2", "type": "delay", "data": {"amount": 4, "unit": "days"}})
+    workflow["nodes"].append(
+        {"id": "a2", "type": "action", "data": {"channel": "kakao", "template": "{{ clinic.name }}"}}
+    )
+    workflow["edges"].append({"id": "e10", "source": "d1", "target": "a2"})
+    assert "DELAYS_MERGEABLE" not in codes(workflow)
+
+
+def test_retention_counts_the_waits_along_the_path():
+    workflow = base()
+    data(workflow, "d1").update(amount=20, unit="weeks")  # 140 days: fine alone
+    insert_after_d1(workflow, {"id": "w2", "type": "timeWindow", "data": {"start": "09:00", "end": "18:00"}})
+    workflow["nodes"].append({"id": "d3", "type": "delay", "data": {"amount": 8, "unit": "weeks"}})
+    edge(workflow, "e9").update(target="d3")
+    workflow["edges"].append({"id": "e11", "source": "d3", "target": "c1"})
+    report = validate_workflow(workflow)
+    hits = [d for d in report.warnings if d.code == "DELAY_EXCEEDS_RETENTION"]
+    assert [d.node_id for d in hits] == ["d3"]
+    workflow["settings"]["retention_days"] = 365
+    assert "DELAY_EXCEEDS_RETENTION" not in codes(workflow)
+
+
+def test_a_care_message_behind_an_overnight_window_is_fine_but_marketing_is_warned():
+    workflow = base()
+    data(workflow, "w1").update(start="22:00", end="06:00")
+    assert "MARKETING_WINDOW_AT_NIGHT" not in codes(workflow)
+    data(workflow, "a1")["purpose"] = "marketing"
+    assert "MARKETING_WINDOW_AT_NIGHT" in codes(workflow)
+
+
+def test_a_delay_between_window_and_marketing_action_breaks_the_window():
+    workflow = base()
+    data(workflow, "a1")["purpose"] = "marketing"
+    assert validate_workflow(workflow).warnings == []
+    workflow["nodes"].append({"id": "d2", "type": "delay", "data": {"amount": 2, "unit": "hours"}})
+    edge(workflow, "e4").update(target="d2")
+    workflow["edges"].append({"id": "e5", "source": "d2", "target": "a1"})
+    assert "MARKETING_WITHOUT_WINDOW" in codes(workflow)
+
+
+def test_siblings_are_not_chained_actions():
+    workflow = base()
+    workflow["nodes"].append(
+        {"id": "a2", "type": "action", "data": {"channel": "kakao", "template": "{{ clinic.name }}"}}
+    )
+    workflow["edges"].append({"id": "e5", "source": "w1", "target": "a2"})
+    report = validate_workflow(workflow)
+    assert report.ok and report.warnings == []
+
+
+def test_overnight_window_opens_and_equal_times_never_do():
+    workflow = base()
+    data(workflow, "w1").update(start="22:00", end="06:00")
+    assert "WINDOW_NEVER_OPENS" not in codes(workflow)
+    data(workflow, "w1").update(start="09:00", end="09:00")
+    assert "WINDOW_NEVER_OPENS" in codes(workflow)
+
+
+def test_a_reminder_before_the_appointment_is_not_in_the_past_for_new_bookings():
+    workflow = base()
+    data(workflow, "t1").update(event="appointment_created", filters={})
+    data(workflow, "d1").clear()
+    data(workflow, "d1").update(
+        until="appointment.scheduled_at", offset={"amount": -1, "unit": "days"}, at="10:00"
+    )
+    assert "DELAY_UNTIL_PAST" not in codes(workflow)
+    data(workflow, "t1")["event"] = "appointment_no_show"
+    assert "DELAY_UNTIL_PAST" in codes(workflow)
+
+
+def test_lateness_is_compared_with_the_cron_gap():
+    workflow = base()
+    data(workflow, "t1")["schedule"] = "0 9 * * 1-5"  # weekdays: the weekend gap is 72 hours
+    assert "LATENESS_BELOW_SCHEDULE" in codes(workflow)
+    data(workflow, "a1")["max_lateness"] = {"amount": 3, "unit": "days"}
+    assert "LATENESS_BELOW_SCHEDULE" not in codes(workflow)
+
+
+def test_no_graph_suggestions_on_a_graph_with_dropped_nodes():
+    workflow = base()
+    workflow["nodes"][3]["type"] = "window"
+    report = validate_workflow(workflow)
+    assert report.codes == ["NODE_UNKNOWN_TYPE"]
+
+
+def test_ui_fields_are_silent_and_unknown_fields_are_one_info():
+    workflow = base()
+    workflow["viewport"] = {"x": 0, "y": 0, "zoom": 1}
+    workflow["nodes"][0].update(position={"x": 1, "y": 2}, measured={"width": 1, "height": 1}, selected=True)
+    workflow["edges"][0].update(type="smoothstep", markerEnd={"type": "arrowclosed"}, animated=True)
+    assert validate_workflow(workflow).diagnostics[-1].code == "CONDITION_BRANCH_EMPTY"
+    workflow["team"] = "front"
+    workflow["nodes"][0]["icon"] = "bell"
+    workflow["nodes"][1]["icon"] = "clock"
+    workflow["edges"][0]["weight"] = 3
+    report = validate_workflow(workflow)
+    ignored = [d for d in report.diagnostics if d.code == "FIELD_IGNORED"]
+    assert len(ignored) == 1 and report.ok
+    assert "team" in ignored[0].message and "icon" in ignored[0].message and "weight" in ignored[0].message
