@@ -110,7 +110,7 @@ def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
     return found
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(SOURCES), st.data())
 def test_mutated_examples_get_a_report(path, draw):
     workflow = copy.deepcopy(load(path))

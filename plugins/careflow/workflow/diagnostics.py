@@ -31,7 +31,9 @@ class Diagnostic:
         return asdict(self)
 
 
-_E, _W, _I = "error", "warning", "info"
+_E: Severity = "error"
+_W: Severity = "warning"
+_I: Severity = "info"
 
 #: Every stable diagnostic code: severity and a short description. Codes never change meaning;
 #: new ones are added, retired ones are kept documented.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -62,7 +63,7 @@ _TYPE_WORDS = {
 }
 
 
-def describe(error: dict[str, Any]) -> str:
+def describe(error: Mapping[str, Any]) -> str:
     """One pydantic error as ``'unit' must be one of minutes, hours, days, weeks — got 'x'``."""
     kind = error.get("type", "")
     ctx = error.get("ctx") or {}

@@ -7,11 +7,11 @@ JSON Schema (``careflow schema``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION: Final = "1.0"
 
 #: Largest workflow careflow accepts; larger ones are refused before any graph work.
 MAX_NODES = 1000

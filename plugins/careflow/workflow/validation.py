@@ -325,7 +325,7 @@ def _check_workflow_fields(document: dict[str, Any], found: list[Diagnostic]) ->
         and k not in ("nodes", "edges", "schema_version")
         and not (v is None and k in ("id", "name", "clinic_id"))
     }
-    settings = WorkflowSettings()
+    settings = WorkflowSettings.model_validate({})
     try:
         Workflow.model_validate({**head, "nodes": [], "edges": []}, strict=True)
     except ValidationError as exc:
