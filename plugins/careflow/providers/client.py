@@ -321,7 +321,11 @@ class _BatchState:
 
 
 class ProviderClient:
-    """Sends messages to one provider over HTTP (DESIGN §7). Thread-safe to share; cheap to build.
+    """Sends messages to one provider over HTTP (DESIGN §7). Cheap to build, safe to share.
+
+    Each batch (or each ``async with client:`` block) uses one keep-alive session of its own, and
+    ``max_concurrency`` bounds the requests in flight within it; batches running side by side in
+    several threads each get their own bound (the Airflow pool caps those).
 
     Parameters: ``base_url`` like ``http://127.0.0.1:8025``; ``token`` the bearer token;
     ``max_concurrency`` requests in flight at most (also the connection pool size); ``timeout``
