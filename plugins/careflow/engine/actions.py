@@ -101,13 +101,23 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
             existing = ledger.get(key)
             if existing is not None and existing["status"] in ("sent", "expired", "skipped", "failed"):
                 # Already decided by an earlier attempt: move the step on, never send again.
-                status = "done" if existing["status"] == "sent" else ("failed" if existing["status"] == "failed" else "skipped")
-                step_updates.append({"id": row["id"], "status": status, "output": {"message": existing["status"]}})
+                status = (
+                    "done"
+                    if existing["status"] == "sent"
+                    else ("failed" if existing["status"] == "failed" else "skipped")
+                )
+                step_updates.append(
+                    {"id": row["id"], "status": status, "output": {"message": existing["status"]}}
+                )
                 if status == "done":
                     arrivals += [(row["execution_id"], t, ctx.now) for t in node.targets()]
                 report.reasons[f"ledger_{existing['status']}"] += 1
                 continue
-            if existing is not None and existing["status"] == "claimed" and existing["claimed_at"] > wall - CLAIM_LEASE:
+            if (
+                existing is not None
+                and existing["status"] == "claimed"
+                and existing["claimed_at"] > wall - CLAIM_LEASE
+            ):
                 report.reasons["claimed_elsewhere"] += 1
                 report.pending += 1
                 continue
@@ -125,6 +135,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 "due_at": due,
                 "updated_at": ctx.now,
                 "attempts": 0,
+                "reason": None,
             }
             outcome: tuple[str, str] | None = None  # (ledger status, reason)
             if fact is None:
@@ -135,7 +146,10 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 patient = fact["patient"]
                 tz = _zone(patient.get("timezone"), default_tz)
                 refusal = check_consent(
-                    purpose=config.purpose, channel=config.channel, patient=patient, local_now=ctx.now.astimezone(tz)
+                    purpose=config.purpose,
+                    channel=config.channel,
+                    patient=patient,
+                    local_now=ctx.now.astimezone(tz),
                 )
                 if refusal == "marketing_quiet_hours":
                     resume = quiet_hours_end(ctx.now.astimezone(tz))
@@ -157,7 +171,13 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                         except TemplateError as exc:
                             outcome = ("failed", exc.code)
                         else:
-                            candidates[key] = {"row": row, "to": to, "body": body, "subject": subject, "base": base}
+                            candidates[key] = {
+                                "row": row,
+                                "to": to,
+                                "body": body,
+                                "subject": subject,
+                                "base": base,
+                            }
                             if existing is None:
                                 new_rows.append({**base, "status": "pending"})
                             continue
@@ -166,10 +186,14 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 new_rows.append({**base, "status": status, "reason": reason})
             else:
                 conn.execute(
-                    update(m).where(m.c.idempotency_key == key).values(status=status, reason=reason, updated_at=ctx.now)
+                    update(m)
+                    .where(m.c.idempotency_key == key)
+                    .values(status=status, reason=reason, updated_at=ctx.now)
                 )
             step_status = "failed" if status == "failed" else "skipped"
-            step_updates.append({"id": row["id"], "status": step_status, "error": reason, "output": {"message": status}})
+            step_updates.append(
+                {"id": row["id"], "status": step_status, "error": reason, "output": {"message": status}}
+            )
             if status == "failed":
                 report.failed += 1
             elif status == "expired":
@@ -177,7 +201,9 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
             else:
                 report.skipped += 1
             report.reasons[reason] += 1
-            ctx.event("message_outcome", node_id=node.id, channel=config.channel, outcome=status, reason=reason)
+            ctx.event(
+                "message_outcome", node_id=node.id, channel=config.channel, outcome=status, reason=reason
+            )
         st.insert_ignore(conn, m, new_rows, ["idempotency_key"])
         claimed = _claim(conn, ctx, list(candidates), wall)
         report.queries += 2
@@ -232,7 +258,9 @@ def _send_and_record(
     config = node.config
     results: dict[str, Any] = {}
     # A claim that an earlier attempt may have sent: ask the provider before sending again.
-    suspects = [k for k, item in to_send.items() if item.get("previous") is not None and item["previous"]["attempts"]]
+    suspects = [
+        k for k, item in to_send.items() if item.get("previous") is not None and item["previous"]["attempts"]
+    ]
     if suspects and not ctx.dry_run:
         found = ctx.sender.lookup_many(suspects)
         for key, result in found.items():
@@ -246,7 +274,11 @@ def _send_and_record(
             to=item["to"],
             body=item["body"],
             subject=item["subject"],
-            metadata={"workflow_id": ctx.workflow_id, "node_id": node.id, "execution_id": item["row"]["execution_id"]},
+            metadata={
+                "workflow_id": ctx.workflow_id,
+                "node_id": node.id,
+                "execution_id": item["row"]["execution_id"],
+            },
         )
         for key, item in to_send.items()
         if key not in results
@@ -255,7 +287,9 @@ def _send_and_record(
         from careflow.providers.client import SendResult
 
         for msg in messages:
-            results[msg.idempotency_key] = SendResult(msg.idempotency_key, Outcome.ACCEPTED, provider_id="dry-run")
+            results[msg.idempotency_key] = SendResult(
+                msg.idempotency_key, Outcome.ACCEPTED, provider_id="dry-run"
+            )
     elif messages:
         for result in ctx.sender.send_batch(messages, gate=ctx.gate):
             results[result.idempotency_key] = result
@@ -299,19 +333,31 @@ def _record(
         }
         if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             entry.update(status="sent", provider_id=result.provider_id, sent_at=ctx.now)
-            step_updates.append({"id": row["id"], "status": "done", "output": {"message": "sent", "channel": config.channel}})
+            step_updates.append(
+                {"id": row["id"], "status": "done", "output": {"message": "sent", "channel": config.channel}}
+            )
             arrivals += [(row["execution_id"], t, ctx.now) for t in node.targets()]
             report.sent += 1
             report.passed += 1
             lateness = max(0.0, (ctx.now - item["base"]["due_at"]).total_seconds())
-            ctx.event("message_sent", node_id=node.id, channel=config.channel, latency_ms=entry["latency"] or 0, lateness_s=lateness)
+            ctx.event(
+                "message_sent",
+                node_id=node.id,
+                channel=config.channel,
+                latency_ms=entry["latency"] or 0,
+                lateness_s=lateness,
+            )
         elif outcome == Outcome.PERMANENT:
             reason = f"provider_{result.error_code or result.status_code}"
             entry.update(status="failed", reason=reason, last_error=_safe_error(result))
-            step_updates.append({"id": row["id"], "status": "failed", "error": reason, "output": {"message": "failed"}})
+            step_updates.append(
+                {"id": row["id"], "status": "failed", "error": reason, "output": {"message": "failed"}}
+            )
             report.failed += 1
             report.reasons[reason] += 1
-            ctx.event("message_outcome", node_id=node.id, channel=config.channel, outcome="failed", reason=reason)
+            ctx.event(
+                "message_outcome", node_id=node.id, channel=config.channel, outcome="failed", reason=reason
+            )
         elif outcome == Outcome.UNKNOWN:
             # Leave the claim in place as "unknown": the next attempt asks the provider first.
             entry.update(status="unknown", last_error=_safe_error(result))
@@ -324,7 +370,13 @@ def _record(
             report.pending += 1
             report.reasons[outcome.value] += 1
             if outcome == Outcome.THROTTLED:
-                ctx.event("message_outcome", node_id=node.id, channel=config.channel, outcome="throttled", reason="429")
+                ctx.event(
+                    "message_outcome",
+                    node_id=node.id,
+                    channel=config.channel,
+                    outcome="throttled",
+                    reason="429",
+                )
         ledger_rows.append(entry)
     with ctx.engine.begin() as conn:
         if ledger_rows:

@@ -1,0 +1,1 @@
+"""The Airflow skin: DAG factory, node operators, triggers, callbacks and the plugin."""

@@ -1,0 +1,156 @@
+"""Render compiled workflows into Airflow DAGs (one DAG per active workflow).
+
+Parsing reads snapshot files only: no database, no network. Each DAG is built in its own
+``try``: one broken workflow is logged and reported, the others are registered.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param, get_parsing_context
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+
+from careflow import settings
+from careflow.compiler import CompiledWorkflow
+from careflow.compiler.graph import dag_id_for, describe
+from careflow.compiler.schedule import cron_of
+from careflow.snapshots import Snapshot, SnapshotProblem, load_all, load_one
+
+log = logging.getLogger(__name__)
+
+WAKE_TASK_ID = "careflow_wake"
+DAG_START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def timetable_for(compiled: CompiledWorkflow) -> CronDataIntervalTimetable:
+    """A cron timetable *with* a data interval, in the workflow's timezone.
+
+    Airflow 3 maps ``@daily`` to a CronTriggerTimetable whose data interval is empty; enrollment
+    reads the events of [previous run, this run), so careflow uses CronDataIntervalTimetable.
+    """
+    cron = cron_of(compiled.schedule)
+    return CronDataIntervalTimetable(cron, timezone=compiled.timezone)
+
+
+def doc_md(compiled: CompiledWorkflow, snap: Snapshot | None) -> str:
+    """The DAG's documentation: name, version, hash and a readable outline of the graph."""
+    published = f"published {snap.published_at}" if snap else ""
+    return (
+        f"# {html.escape(compiled.name)}\n\n"
+        f"careflow workflow `{compiled.workflow_id}` · clinic `{compiled.clinic_id}` · "
+        f"version **{compiled.version}** · hash `{compiled.content_hash[:12]}` {published}\n\n"
+        f"Timezone {compiled.timezone}; schedule `{compiled.schedule}`; "
+        f"provider concurrency {compiled.settings.max_concurrency}.\n\n"
+        f"## Graph\n{_escape_md(compiled.outline())}\n"
+    )
+
+
+def _escape_md(text: str) -> str:
+    return text.replace("{{", "{ {").replace("}}", "} }")
+
+
+def node_doc(compiled: CompiledWorkflow, node_id: str) -> str:
+    """A task's documentation: what the node does and its full configuration."""
+    node = compiled.node(node_id)
+    config = json.dumps(node.config.model_dump(mode="json"), ensure_ascii=False, indent=2)
+    return (
+        f"**{html.escape(node.display_name)}** ({node.type}): {html.escape(describe(node))}\n\n"
+        f"```json\n{config}\n```\n"
+    )
+
+
+def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
+    """One DAG for one compiled workflow."""
+    from careflow.airflow.operators import operator_for
+    from careflow.airflow.operators.wake import WakeOperator
+
+    s = compiled.settings
+    default_args: dict[str, Any] = {
+        "owner": s.owner,
+        "retries": s.retries,
+        "retry_delay": timedelta(seconds=s.retry_delay_seconds),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(seconds=s.task_timeout_seconds),
+    }
+    dag = DAG(
+        dag_id=compiled.dag_id,
+        dag_display_name=f"{compiled.name} ({compiled.workflow_id})",
+        description=f"careflow workflow {compiled.workflow_id} v{compiled.version}",
+        schedule=timetable_for(compiled),
+        # catchup is off and enrollment follows careflow's own watermark, so an early fixed start
+        # date costs nothing and lets simulations and backfills run on any past day.
+        start_date=DAG_START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        max_active_tasks=s.max_concurrency,
+        default_args=default_args,
+        doc_md=doc_md(compiled, snap),
+        tags=["careflow", f"clinic:{compiled.clinic_id}"],
+        params={
+            "careflow_clock": Param(
+                None,
+                type=["null", "string"],
+                description="Simulated time of this run (ISO 8601). Empty: the wall clock.",
+            ),
+            "careflow_dry_run": Param(False, type="boolean", description="Record messages without sending."),
+        },
+        render_template_as_native_obj=False,
+        is_paused_upon_creation=False,
+    )
+    tasks = {}
+    for node_id in compiled.order:
+        node = compiled.node(node_id)
+        cls = operator_for(node.type)
+        tasks[node_id] = cls(
+            task_id=node_id,
+            task_display_name=node.display_name,
+            compiled=compiled,
+            node_id=node_id,
+            doc_md=node_doc(compiled, node_id),
+            dag=dag,
+        )
+    for node_id in compiled.order:
+        for target in compiled.node(node_id).targets():
+            tasks[node_id] >> tasks[target]
+    wake = WakeOperator(task_id=WAKE_TASK_ID, task_display_name="다음 대기 (next wait)", compiled=compiled, dag=dag)
+    sinks = [tasks[n] for n in compiled.order if not compiled.node(n).successors]
+    for sink in sinks:
+        sink >> wake
+    return dag
+
+
+def build_dags(workflows_dir: Path | None = None) -> tuple[dict[str, DAG], list[SnapshotProblem]]:
+    """Every active workflow's DAG, keyed by dag id, and the snapshots that failed.
+
+    When Airflow runs a single task, ``get_parsing_context()`` names its DAG and only that one is
+    built.
+    """
+    workflows_dir = workflows_dir or settings.workflows_dir()
+    wanted = get_parsing_context().dag_id
+    dags: dict[str, DAG] = {}
+    problems: list[SnapshotProblem] = []
+    if wanted and wanted.startswith("careflow__"):
+        try:
+            pairs = [load_one(workflows_dir, wanted[len("careflow__"):])]
+        except Exception as exc:
+            log.error("careflow: cannot load %s: %s", wanted, exc)
+            return dags, [SnapshotProblem(workflows_dir / wanted, str(exc))]
+    else:
+        pairs, problems = load_all(workflows_dir)
+    for snap, compiled in pairs:
+        if compiled.status != "active":
+            continue
+        try:
+            dags[dag_id_for(compiled.workflow_id)] = build_dag(compiled, snap)
+        except Exception as exc:
+            problems.append(SnapshotProblem(snap.path, f"{snap.path.name}: DAG build failed: {exc}"))
+    for problem in problems:
+        log.error("careflow: skipped snapshot %s: %s", problem.path, problem.message)
+    return dags, problems

@@ -1,0 +1,94 @@
+"""The action node: send one message per execution, exactly once, breaker-aware."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from careflow.airflow.operators.base import CareflowNodeOperator
+from careflow.exceptions import ProviderConfigurationError
+
+#: The pool that caps concurrent send tasks against the messaging provider (created by setup).
+PROVIDER_POOL = "careflow_messaging"
+
+
+class ActionOperator(CareflowNodeOperator):
+    """Render, check consent and channel, dedupe in the ledger, send and record each message.
+
+    Sends go out concurrently inside the task up to the provider connection's
+    ``max_concurrency``; the task runs in the ``careflow_messaging`` pool. While the provider's
+    circuit breaker is open the task stops sending, leaves the unsent messages pending and
+    defers in the triggerer until the breaker may half-open. Transient failures left pending
+    fail the attempt so that Airflow retries it with exponential backoff; permanent failures are
+    recorded per patient and never fail the others.
+    """
+
+    ui_color = "#fecaca"
+    node_type = "action"
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("pool", PROVIDER_POOL)
+        super().__init__(**kwargs)
+        self.channel = self._compiled.node(self.careflow_node_id).config.channel
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        """Send every due message of this node, then defer or retry what is left."""
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        from careflow.engine.nodes import process_node
+
+        ctx = self.run_context(context)
+        breaker = None
+        if not ctx.dry_run:
+            from careflow.providers.hook import MessagingHook
+
+            hook = MessagingHook()
+            ctx.sender = hook.get_client()
+            breaker = _breaker(f"{getattr(ctx.sender, 'name', 'default')}:{self.channel}")
+            ctx.gate = breaker.gate() if breaker is not None else None
+        try:
+            report = process_node(ctx, self.careflow_node_id)
+        except ProviderConfigurationError as exc:
+            ctx.event("provider_configuration_error", node_id=self.careflow_node_id, channel=self.channel, run_id=ctx.run_id)
+            raise AirflowFailException(str(exc)) from exc
+        self.log_report(report)
+        if report.pending:
+            retry_at = _breaker_retry_at(breaker)
+            if retry_at is not None and not ctx.simulated:
+                return self._defer_until(retry_at, report.to_xcom())
+            raise AirflowException(
+                f"{report.pending} message(s) of node {self.careflow_node_id} are still pending "
+                f"({dict(report.reasons)}); the next attempt sends them"
+            )
+        return report.to_xcom()
+
+    def _defer_until(self, retry_at: float, counts: dict[str, Any]) -> dict[str, Any]:
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        moment = datetime.fromtimestamp(retry_at, tz=timezone.utc)
+        self.log.info("careflow %s/%s: breaker open, waiting until %s in the triggerer", self.workflow_id, self.careflow_node_id, moment)
+        self.defer(trigger=DateTimeTrigger(moment=moment), method_name="execute_complete")
+        return counts
+
+    def execute_complete(self, context: Any, event: Any = None) -> dict[str, Any]:
+        """Resume after the breaker's wait: send what is still pending."""
+        return self.execute(context)
+
+
+def _breaker(name: str) -> Any:
+    try:
+        from careflow.resilience import get_breaker
+    except ImportError:
+        return None
+    return get_breaker(name)
+
+
+def _breaker_retry_at(breaker: Any) -> float | None:
+    if breaker is None:
+        return None
+    snap = breaker.snapshot()
+    if snap.state == "open" and snap.next_probe_at:
+        return float(snap.next_probe_at)
+    if snap.paused_until:
+        return float(snap.paused_until)
+    return None

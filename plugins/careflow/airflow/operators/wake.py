@@ -1,0 +1,86 @@
+"""``careflow_wake``: wait in the triggerer for the next parked execution, then start a wake run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from careflow.clock import CLOCK_KEY, is_simulated, now_for, parse_time
+from careflow.compiler import CompiledWorkflow
+from careflow.compiler.schedule import next_run_after
+
+
+class WakeOperator(BaseOperator):
+    """The last task of every careflow DAG run.
+
+    A delay or time window that ends before the next scheduled run must not wait for that run
+    (a 10:00 reminder goes out at 10:00). This task finds the earliest parked execution; when it
+    falls before the next scheduled run it defers in the triggerer until then (no worker slot is
+    held) and starts a *wake run* of the same DAG, which advances everything due at that moment
+    through the real node tasks. Later waits are left to the scheduled runs.
+
+    In simulation (``careflow simulate``) it only reports the wake time: the simulator starts the
+    wake run at that simulated time.
+    """
+
+    template_fields: Sequence[str] = ()
+    ui_color = "#e5e7eb"
+
+    def __init__(self, *, compiled: CompiledWorkflow, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        kwargs.setdefault("retries", 2)
+        super().__init__(**kwargs)
+        self.workflow_id = compiled.workflow_id
+        self._compiled = compiled
+
+    def _next(self, context: Any) -> tuple[datetime, datetime | None, datetime]:
+        from careflow.engine.context import RunContext
+        from careflow.engine.nodes import next_wake
+        from careflow.store.db import get_engine
+
+        conf = dict(context["dag_run"].conf or {})
+        now = now_for(conf)
+        ctx = RunContext(compiled=self._compiled, now=now, engine=get_engine(), run_id=context["run_id"])
+        return now, next_wake(ctx), next_run_after(self._compiled, now)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        """Report the next wake and defer until it when it comes before the next scheduled run."""
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        now, wake, scheduled = self._next(context)
+        result = {
+            "now": now.isoformat(),
+            "next_scheduled_run": scheduled.isoformat(),
+            "next_wake": wake.isoformat() if wake and wake < scheduled else None,
+            "parked_until": wake.isoformat() if wake else None,
+        }
+        self.log.info("careflow %s: %s", self.workflow_id, result)
+        if result["next_wake"] is None or is_simulated(context["dag_run"].conf):
+            return result
+        self.defer(trigger=DateTimeTrigger(moment=wake), method_name="execute_complete", kwargs={"result": result})
+        return result
+
+    def execute_complete(self, context: Any, event: Any = None, result: dict[str, Any] | None = None) -> None:
+        """Start the wake run (one per wake time: a second request for it is skipped)."""
+        from airflow.sdk.exceptions import DagRunTriggerException
+
+        wake = parse_time((result or {}).get("next_wake") or now_for(None))
+        raise DagRunTriggerException(
+            trigger_dag_id=self.dag_id,
+            dag_run_id=f"careflow_wake__{wake.strftime('%Y%m%dT%H%M%S')}",
+            conf={},
+            logical_date=None,
+            reset_dag_run=False,
+            skip_when_already_exists=True,
+            wait_for_completion=False,
+            allowed_states=["success"],
+            failed_states=["failed"],
+            poke_interval=60,
+            deferrable=False,
+        )
+
+
+__all__ = ["CLOCK_KEY", "WakeOperator"]

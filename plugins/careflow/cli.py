@@ -1,0 +1,215 @@
+"""The ``careflow`` command (also ``python -m careflow``).
+
+Every subcommand answers bad input with a clear message and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+# ------------------------------------------------------------------ db
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from careflow.store.migrations import upgrade
+
+    report = upgrade()
+    applied = ", ".join(map(str, report.applied)) or "none (up to date)"
+    print(f"careflow tables at version {report.current} in {report.url}; applied: {applied}")
+    if report.clinic_tables_created:
+        print(f"created clinic tables: {', '.join(report.clinic_tables_created)}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ workflows
+
+
+def _diagnostic_line(d: Any) -> str:
+    where = d.node_id and f"node {d.node_id}" or d.edge_id and f"edge {d.edge_id}" or "workflow"
+    field = f" [{d.field}]" if getattr(d, "field", None) else ""
+    return f"  {d.severity:<7} {d.code:<28} {where}{field}: {d.message}"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from careflow.workflow.validation import validate_path
+
+    reports = [validate_path(path) for path in args.files]
+    if args.json:
+        _print_json([r.to_dict() for r in reports])
+    else:
+        for report in reports:
+            verdict = "ok" if report.ok else "INVALID"
+            print(f"{report.source}: {verdict} ({len(report.errors)} error(s), {len(report.warnings)} warning(s))")
+            for d in report.diagnostics:
+                print(_diagnostic_line(d))
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_INVALID
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from careflow.publishing import publish_paths
+
+    workflows_dir = Path(args.workflows_dir) if args.workflows_dir else None
+    results = publish_paths(args.files, workflows_dir=workflows_dir, published_by=args.by)
+    if args.json:
+        _print_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            if r.action == "refused":
+                print(f"{r.source}: refused ({len(r.report.errors) if r.report else 0} error(s))")
+                for d in r.report.diagnostics if r.report else []:
+                    if d.severity == "error":
+                        print(_diagnostic_line(d))
+            else:
+                print(f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({r.content_hash[:12]}) -> {r.snapshot}")
+    return EXIT_OK if all(r.action != "refused" for r in results) else EXIT_INVALID
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from careflow.publishing import list_workflows
+
+    workflows_dir = Path(args.workflows_dir) if args.workflows_dir else None
+    listings = list_workflows(workflows_dir=workflows_dir)
+    if args.json:
+        _print_json([item.to_dict() for item in listings])
+        return EXIT_OK
+    header = f"{'workflow':<28} {'ver':>4} {'status':<9} {'hash':<12} {'validation':<18} snapshot"
+    print(header)
+    print("-" * len(header))
+    for item in listings:
+        print(
+            f"{item.workflow_id:<28} {item.version if item.version is not None else '-':>4} {item.status or '-':<9} "
+            f"{(item.content_hash or '-')[:12]:<12} {item.validation or '-':<18} {item.snapshot}"
+            + (f"  ({item.problem})" if item.problem else "")
+        )
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from careflow.workflow.jsonschema import workflow_json_schema
+
+    print(json.dumps(workflow_json_schema(), ensure_ascii=False, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ simulate, demo, provider, setup
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from careflow.simulation import simulate
+
+    return simulate(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from careflow.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_fake_provider(args: argparse.Namespace) -> int:
+    from careflow.providers import fake_server
+
+    return int(fake_server.run(args) or 0)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from careflow.airflow.setup import setup_airflow
+
+    return setup_airflow(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``careflow`` command."""
+    parser = argparse.ArgumentParser(prog="careflow", description="Patient-messaging workflows on Apache Airflow.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    db = sub.add_parser("db", help="careflow's database").add_subparsers(dest="db_command", metavar="ACTION")
+    db.required = True
+    db.add_parser("upgrade", help="create or migrate careflow's tables (and the clinic tables where absent)").set_defaults(
+        func=cmd_db_upgrade
+    )
+
+    wf = sub.add_parser("workflows", help="validate, publish and list workflows").add_subparsers(
+        dest="workflows_command", metavar="ACTION"
+    )
+    wf.required = True
+    v = wf.add_parser("validate", help="validate workflow files (exit 1 when any has an error)")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
+    v.set_defaults(func=cmd_validate)
+    p = wf.add_parser("publish", help="validate, store a new version and write the snapshot")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--by", help="who publishes (recorded)")
+    p.add_argument("--workflows-dir", help="override [careflow] workflows_dir")
+    p.set_defaults(func=cmd_publish)
+    ls = wf.add_parser("list", help="published workflows and the state of their snapshots")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--workflows-dir", help="override [careflow] workflows_dir")
+    ls.set_defaults(func=cmd_list)
+
+    sub.add_parser("schema", help="print the workflow JSON Schema").set_defaults(func=cmd_schema)
+
+    sim = sub.add_parser("simulate", help="run a workflow's real DAG run by run on a simulated clock")
+    sim.add_argument("--workflow", required=True, metavar="ID")
+    sim.add_argument("--start", required=True, metavar="DATE", help="first day, e.g. 2026-03-01")
+    sim.add_argument("--days", type=int, default=7)
+    sim.add_argument("--dry-run", action="store_true", help="record messages without sending")
+    sim.add_argument("--json", action="store_true", help="one JSON object per message, then a summary")
+    sim.add_argument(
+        "--airflow-runner",
+        action="store_true",
+        help="run each DAG run through dag.test() (Airflow's task runner; about a second per task)",
+    )
+    sim.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="set up the embedded default, load demo data and simulate two weeks")
+    demo.add_argument("--home", default=None, help="AIRFLOW_HOME for the demo (default ./.careflow/demo)")
+    demo.add_argument("--days", type=int, default=14)
+    demo.add_argument("--patients", type=int, default=300)
+    demo.set_defaults(func=cmd_demo)
+
+    fp = sub.add_parser("fake-provider", help="run the local fake messaging provider")
+    try:
+        from careflow.providers import fake_server
+
+        fake_server.add_arguments(fp)
+    except ImportError:
+        pass
+    fp.set_defaults(func=cmd_fake_provider)
+
+    st = sub.add_parser("setup", help="create careflow's Airflow pool and connections")
+    st.add_argument("--pool-slots", type=int, default=4)
+    st.set_defaults(func=cmd_setup)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code."""
+    from careflow.exceptions import CareflowError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CareflowError as exc:
+        print(f"careflow: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error instead of a traceback
+        print(f"careflow: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
