@@ -1,0 +1,50 @@
+"""Where breaker state lives: Redis (shared by every worker), SQLite (shared on one machine), memory.
+
+Every backend answers the same four calls; the state machine itself is in
+:mod:`careflow.resilience.state_machine` (and its Lua mirror for Redis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from careflow.resilience.state_machine import BreakerConfig, Event, State, StepResult
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one backend call did: the step result, the backend's clock, and which backend answered."""
+
+    result: StepResult
+    now: float
+    backend: str  # "redis" | "embedded" | "local" | "local-fallback"
+
+
+class BreakerBackend(Protocol):
+    """Storage of breaker state with atomic steps."""
+
+    @property
+    def kind(self) -> str:
+        """The backend that will answer the next call ("redis", "embedded", "local", "local-fallback")."""
+        ...
+
+    def apply(self, name: str, config: BreakerConfig, event: Event) -> Applied:
+        """Run one event through the state machine atomically."""
+        ...
+
+    def peek(self, name: str, config: BreakerConfig) -> tuple[State, float, str]:
+        """Current state, the backend's clock, and which backend answered; changes nothing."""
+        ...
+
+    def transitions(self, name: str, limit: int = 50) -> list[dict]:
+        """Latest state changes, newest first."""
+        ...
+
+    def names(self) -> list[str]:
+        """Names of the breakers this backend holds state for."""
+        ...
+
+
+TRANSITIONS_KEPT = 100
+"""How many transitions each backend keeps per breaker."""

@@ -1,0 +1,181 @@
+"""Breaker state in Redis, shared by every worker; each step is one Lua script run (atomic).
+
+Keys (``{name}`` is a hash tag, so one breaker's keys share a cluster slot):
+
+- ``<prefix>:breaker:{<name>}`` hash: the fields of :class:`~careflow.resilience.state_machine.State`
+- ``<prefix>:breaker:{<name>}:log`` list: transitions, newest first, the last 100
+- ``<prefix>:breakers`` set: every breaker name
+
+Time is Redis' ``TIME`` inside the script, never a worker's clock. When Redis is unreachable the
+backend answers from a per-process :class:`MemoryBackend` (``kind == "local-fallback"``) and goes
+back to Redis once :class:`~careflow.resilience.redis_link.RedisLink` sees it again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+
+from careflow.resilience.backends import TRANSITIONS_KEPT, Applied
+from careflow.resilience.backends.memory_backend import MemoryBackend
+from careflow.resilience.redis_link import DOWN, RedisLink, key_prefix
+from careflow.resilience.state_machine import (
+    Acquire,
+    BreakerConfig,
+    Decision,
+    Event,
+    Record,
+    Reset,
+    State,
+    StepResult,
+    Transition,
+)
+
+STATE_TTL_MS = 7 * 24 * 3600 * 1000  # an idle breaker is forgotten after a week (it starts closed again)
+
+
+def _lua_source() -> str:
+    return resources.files("careflow.resilience").joinpath("lua/breaker.lua").read_text(encoding="utf-8")
+
+
+def _transition(entry: dict) -> Transition:
+    return Transition(
+        at=float(entry["at"]),
+        from_state=entry["from"],
+        to_state=entry["to"],
+        reason=entry["reason"],
+        generation=int(entry["generation"]),
+        by=entry.get("by") or None,
+    )
+
+
+def _as_list(value: object) -> list:
+    # cjson encodes an empty Lua table as {}.
+    return value if isinstance(value, list) else []
+
+
+class RedisBackend:
+    """Breaker state in Redis with an in-process fallback."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        *,
+        prefix: str | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``clock`` replaces Redis' TIME; only tests that need a controlled clock pass it."""
+        self.link = link
+        self.prefix = prefix or key_prefix()
+        self._clock = clock
+        self._script = link.register_script(_lua_source())
+        self._fallback = MemoryBackend(kind="local-fallback", **({"clock": clock} if clock else {}))
+        self._registered: set[str] = set()
+
+    @property
+    def kind(self) -> str:
+        return "local-fallback" if self.link.down else "redis"
+
+    @property
+    def fallback_events(self) -> int:
+        """How many times this process switched from Redis to its fallback."""
+        return self.link.fallback_events
+
+    def state_key(self, name: str) -> str:
+        return f"{self.prefix}:breaker:{{{name}}}"
+
+    def _names_key(self) -> str:
+        return f"{self.prefix}:breakers"
+
+    def _args(self, op: str, config: BreakerConfig, extra: list) -> list:
+        now = repr(float(self._clock())) if self._clock is not None else ""
+        return [
+            op,
+            now,
+            repr(float(config.window_seconds)),
+            config.min_calls,
+            repr(float(config.failure_rate_threshold)),
+            config.consecutive_failures,
+            repr(float(config.open_seconds)),
+            repr(float(config.max_open_seconds)),
+            config.half_open_probes,
+            repr(float(config.probe_timeout_seconds)),
+            TRANSITIONS_KEPT,
+            STATE_TTL_MS,
+            *extra,
+        ]
+
+    def _run(self, name: str, op: str, config: BreakerConfig, extra: list) -> dict | None:
+        key = self.state_key(name)
+        args = self._args(op, config, extra)
+        register = name not in self._registered and op != "peek"
+
+        def call(client):
+            raw = self._script(keys=[key, f"{key}:log"], args=args, client=client)
+            if register:
+                client.sadd(self._names_key(), name)
+            return raw
+
+        raw = self.link.run(call)
+        if raw is DOWN:
+            return None
+        if register:
+            self._registered.add(name)
+        return json.loads(raw)
+
+    def apply(self, name: str, config: BreakerConfig, event: Event) -> Applied:
+        if isinstance(event, Acquire):
+            op, extra = "acquire", []
+        elif isinstance(event, Record):
+            pause = "" if event.pause_seconds is None else repr(float(event.pause_seconds))
+            op = "record"
+            extra = [event.generation, 1 if event.probe else 0, event.successes, event.failures, pause]
+        elif isinstance(event, Reset):
+            op, extra = "reset", [event.by]
+        else:
+            raise TypeError(f"unknown breaker event {event!r}")
+        data = self._run(name, op, config, extra)
+        if data is None:
+            return self._fallback.apply(name, config, event)
+        decision = None
+        if "decision" in data:
+            d = data["decision"]
+            decision = Decision(
+                granted=bool(d["granted"]),
+                generation=int(d["generation"]),
+                probe=bool(d["probe"]),
+                retry_at=float(d["retry_at"]) if d["retry_at"] != "" else None,
+            )
+        result = StepResult(
+            state=State.from_fields(data["state"]),
+            decision=decision,
+            transitions=tuple(_transition(t) for t in _as_list(data.get("transitions"))),
+            ignored=bool(data.get("ignored")),
+        )
+        return Applied(result, float(data["now"]), "redis")
+
+    def peek(self, name: str, config: BreakerConfig) -> tuple[State, float, str]:
+        data = self._run(name, "peek", config, [])
+        if data is None:
+            return self._fallback.peek(name, config)
+        return State.from_fields(data["state"]), float(data["now"]), "redis"
+
+    def transitions(self, name: str, limit: int = 50) -> list[dict]:
+        key = f"{self.state_key(name)}:log"
+        raw = self.link.run(lambda client: client.lrange(key, 0, max(limit, 1) - 1))
+        if raw is DOWN:
+            return self._fallback.transitions(name, limit)
+        entries = []
+        for item in raw[:limit]:
+            entry = json.loads(item)
+            entry["at"] = float(entry["at"])
+            entry["by"] = entry.get("by") or None
+            entries.append(entry)
+        return entries
+
+    def names(self) -> list[str]:
+        raw = self.link.run(lambda client: client.smembers(self._names_key()))
+        if raw is DOWN:
+            return self._fallback.names()
+        return sorted(n.decode() if isinstance(n, bytes) else n for n in raw)

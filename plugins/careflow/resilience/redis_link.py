@@ -1,0 +1,153 @@
+"""One process's connection to Redis, and what happens when Redis is gone.
+
+Breakers and caches run every Redis call through :meth:`RedisLink.run`. A connection error (or a
+timeout, or a read-only replica after a failover) marks the link *down*: the caller gets
+:data:`DOWN` and uses its per-process fallback instead of failing the send. While down, Redis is
+tried again at most every ``retry_seconds`` so an outage costs no connect timeout per message.
+Each change (up -> down, down -> up) is logged once, counted in ``fallback_events`` and emitted as
+``breaker_redis_fallback`` / ``breaker_redis_recovered`` (see :mod:`careflow.resilience.events`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from careflow.resilience import events
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "careflow"
+RETRY_SECONDS = 3.0
+CONNECT_TIMEOUT = 0.5
+SOCKET_TIMEOUT = 1.0
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    OSError,
+)
+
+
+class _Down:
+    def __repr__(self) -> str:
+        return "DOWN"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+DOWN: Any = _Down()
+"""Returned by :meth:`RedisLink.run` instead of a value when Redis cannot be used right now."""
+
+
+def key_prefix() -> str:
+    """Prefix of every careflow key in Redis: ``CAREFLOW_REDIS_PREFIX`` or ``careflow``."""
+    return os.environ.get("CAREFLOW_REDIS_PREFIX") or DEFAULT_PREFIX
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and events."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, parts.fragment))
+
+
+class RedisLink:
+    """A Redis client plus the up/down bookkeeping shared by every breaker and cache of the process."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_seconds: float = RETRY_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        socket_timeout: float = SOCKET_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.retry_seconds = retry_seconds
+        self.client = redis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout
+        )
+        self.fallback_events = 0
+        self.recoveries = 0
+        self._down = False
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def down(self) -> bool:
+        """True while the process works on its fallbacks."""
+        return self._down
+
+    def register_script(self, source: str) -> Any:
+        return self.client.register_script(source)
+
+    def run(self, fn: Callable[[redis.Redis], T]) -> T:
+        """``fn(client)``, or :data:`DOWN` when Redis is unreachable (now, or recently enough)."""
+        if self._down and time.monotonic() < self._retry_at:
+            return DOWN
+        try:
+            value = fn(self.client)
+        except UNAVAILABLE_ERRORS as exc:
+            self._mark_down(exc)
+            return DOWN
+        if self._down:
+            self._mark_up()
+        return value
+
+    def _mark_down(self, exc: BaseException) -> None:
+        with self._lock:
+            self._retry_at = time.monotonic() + self.retry_seconds
+            if self._down:
+                return
+            self._down = True
+            self.fallback_events += 1
+        log.warning(
+            "Redis at %s is unreachable (%s): circuit breakers and caches use per-process state until it is back",
+            redact(self.url),
+            type(exc).__name__,
+        )
+        events.emit("breaker_redis_fallback", url=redact(self.url), error=type(exc).__name__)
+
+    def _mark_up(self) -> None:
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+            self.recoveries += 1
+        log.warning(
+            "Redis at %s is reachable again: circuit breakers and caches use it again", redact(self.url)
+        )
+        events.emit("breaker_redis_recovered", url=redact(self.url))
+
+
+_links: dict[str, RedisLink] = {}
+_links_lock = threading.Lock()
+
+
+def link_for(url: str) -> RedisLink:
+    """The process' link to ``url`` (one per URL, so up/down is decided once for everyone)."""
+    with _links_lock:
+        link = _links.get(url)
+        if link is None:
+            link = _links[url] = RedisLink(url)
+        return link
+
+
+def forget_links() -> None:
+    """Drop every link (tests, and a process that changed its configuration)."""
+    with _links_lock:
+        _links.clear()

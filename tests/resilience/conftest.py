@@ -1,0 +1,85 @@
+"""Fixtures for the resilience tests: a unique Redis key prefix per test (cleaned up), backends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+
+from careflow.resilience import events
+from careflow.resilience.backends.redis_backend import RedisBackend
+from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
+from careflow.resilience.redis_link import RedisLink
+
+REDIS_URL = os.environ.get("CAREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DEAD_REDIS_URL = "redis://127.0.0.1:6390/0"  # nothing listens there
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.fail(f"the resilience tests need Redis at {REDIS_URL}")
+    return client
+
+
+@pytest.fixture
+def prefix(redis_client: redis.Redis):
+    """A key prefix no other test uses; every key under it is deleted afterwards."""
+    value = f"cftest:{uuid.uuid4().hex[:12]}"
+    yield value
+    keys = list(redis_client.scan_iter(match=f"{value}:*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def redis_backend(prefix: str):
+    """Factory of RedisBackend objects on the test prefix, each with its own link (like another worker)."""
+
+    def make(clock=None, url: str = REDIS_URL, retry_seconds: float = 3.0) -> RedisBackend:
+        return RedisBackend(RedisLink(url, retry_seconds=retry_seconds), prefix=prefix, clock=clock)
+
+    return make
+
+
+@pytest.fixture
+def embedded_backend(tmp_path):
+    """Factory of EmbeddedBackend objects on one SQLite file of the test."""
+    path = tmp_path / "breakers.db"
+
+    def make(clock=None) -> EmbeddedBackend:
+        return EmbeddedBackend(path, **({"clock": clock} if clock else {}))
+
+    return make
+
+
+@pytest.fixture
+def emitted():
+    """Events emitted during the test, as (name, fields) pairs."""
+    seen: list[tuple[str, dict]] = []
+    unsubscribe = events.subscribe(lambda name, **fields: seen.append((name, fields)))
+    yield seen
+    unsubscribe()
+
+
+class FakeClock:
+    """A controllable clock (unix seconds)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
