@@ -5,6 +5,7 @@
 - :mod:`~careflow.resilience.state_machine`: the breaker's rules as one pure function
   (mirrored in ``lua/breaker.lua`` for Redis).
 - :mod:`~careflow.resilience.backends`: where breaker state lives (Redis, SQLite, memory).
+- :mod:`~careflow.resilience.cache`: ``get_cache(name, ttl_seconds)`` and the standard caches.
 - :mod:`~careflow.resilience.events`: hook for metrics and alerts (``subscribe``, ``emit``).
 
 No Airflow import anywhere in this package.
@@ -18,14 +19,40 @@ from careflow.resilience.breaker import (
     get_breaker,
     list_breakers,
 )
+from careflow.resilience.cache import (
+    COMPILED_WORKFLOWS,
+    COMPILED_WORKFLOWS_TTL,
+    SENT_KEYS,
+    SENT_KEYS_TTL,
+    STANDARD_CACHES,
+    TEMPLATES,
+    TEMPLATES_TTL,
+    VALIDATION,
+    VALIDATION_TTL,
+    Cache,
+    cache_stats,
+    get_cache,
+)
 from careflow.resilience.state_machine import BreakerConfig
 
 __all__ = [
+    "COMPILED_WORKFLOWS",
+    "COMPILED_WORKFLOWS_TTL",
+    "SENT_KEYS",
+    "SENT_KEYS_TTL",
+    "STANDARD_CACHES",
+    "TEMPLATES",
+    "TEMPLATES_TTL",
+    "VALIDATION",
+    "VALIDATION_TTL",
     "BreakerConfig",
     "BreakerGate",
     "BreakerSnapshot",
+    "Cache",
     "CircuitBreaker",
     "Permit",
+    "cache_stats",
     "get_breaker",
+    "get_cache",
     "list_breakers",
 ]

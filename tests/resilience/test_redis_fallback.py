@@ -1,0 +1,117 @@
+"""Redis unreachable: the breaker keeps working per process, says so once, and returns to Redis."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+
+from careflow.exceptions import BreakerOpen
+from careflow.resilience import BreakerConfig, CircuitBreaker
+from careflow.resilience.cache import Cache
+from careflow.resilience.redis_link import RedisLink
+
+from .conftest import DEAD_REDIS_URL
+
+
+def test_unreachable_redis_falls_back_to_a_process_breaker_and_says_so_once(redis_backend, emitted, caplog):
+    backend = redis_backend(url=DEAD_REDIS_URL)
+    breaker = CircuitBreaker("down:sms", BreakerConfig(), backend=backend)
+    caplog.set_level(logging.WARNING, logger="careflow.resilience")
+
+    permit = breaker.acquire()
+    assert permit.backend == "local-fallback"
+    for _ in range(5):  # the fallback has the same rules: five failures in a row open it
+        breaker.record(breaker.acquire(), "transient")
+    with pytest.raises(BreakerOpen):
+        breaker.acquire()
+    snap = breaker.snapshot()
+    assert (snap.state, snap.backend) == ("open", "local-fallback")
+
+    assert breaker.fallback_events == 1
+    assert [name for name, _ in emitted if name.startswith("breaker_redis")] == ["breaker_redis_fallback"]
+    assert emitted[0][1]["url"] == DEAD_REDIS_URL
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_cache_without_redis_works_in_process():
+    cache = Cache("templates", 60, link=RedisLink(DEAD_REDIS_URL), prefix="cftest-dead")
+    assert cache.get("t1") is None
+    cache.set("t1", "compiled")
+    assert cache.get("t1") == "compiled"
+    stats = cache.stats()
+    assert (stats["backend"], stats["hits"], stats["misses"], stats["size"]) == ("local-fallback", 1, 1, 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_redis(port: int, workdir) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"private redis-server on port {port} did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_redis_restart_fallback_then_recovery(tmp_path, emitted):
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    try:
+        link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=0.2)
+        from careflow.resilience.backends.redis_backend import RedisBackend
+
+        breaker = CircuitBreaker(
+            "restart:sms", backend=RedisBackend(link, prefix="cftest"), verdict_seconds=0
+        )
+        cache = Cache("validation", 60, link=link, prefix="cftest")
+        assert breaker.acquire().backend == "redis"
+        cache.set("wf-1", "ok")
+
+        _stop(proc)
+        during = breaker.acquire()
+        assert during.backend == "local-fallback"
+        assert cache.get("wf-1") is None and cache.stats()["backend"] == "local-fallback"
+        assert breaker.snapshot().backend == "local-fallback"
+
+        proc = _start_redis(port, tmp_path)
+        time.sleep(0.25)  # the link retries Redis at most every retry_seconds
+        after = breaker.acquire()
+        assert after.backend == "redis"
+        # a permit from the outage belongs to the per-process breaker: Redis ignores its result
+        breaker.record(during, "transient")
+        assert breaker.snapshot().consecutive_failures == 0
+        breaker.record(after, "transient")
+        assert breaker.snapshot().consecutive_failures == 1
+        assert cache.stats()["backend"] == "redis"
+
+        names = [name for name, _ in emitted if name.startswith("breaker_redis")]
+        assert names == ["breaker_redis_fallback", "breaker_redis_recovered"]
+        assert link.fallback_events == 1 and link.recoveries == 1
+    finally:
+        _stop(proc)
