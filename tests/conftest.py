@@ -1,0 +1,121 @@
+"""Shared fixtures: real Postgres and SQLite databases, a workflows dir, a migrated Airflow home.
+
+Postgres tests get a fresh database per session (``CAREFLOW_TEST_PG``, default
+``postgresql+psycopg2://postgres@127.0.0.1:5432``), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from support import EXAMPLES, airflow_env
+
+PG_SERVER = os.environ.get("CAREFLOW_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+
+
+def _pg_available() -> bool:
+    try:
+        engine = create_engine(f"{PG_SERVER}/postgres")
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh Postgres database for this test session (its URL)."""
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"Postgres is not reachable at {PG_SERVER}; .ci/run should have started it")
+        pytest.skip("Postgres is not reachable")
+    name = f"careflow_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield f"{PG_SERVER}/{name}"
+    from careflow.store.db import dispose_engines
+
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _reset_schema(url: str) -> None:
+    """Drop every table so each test starts from an empty, then upgraded, database."""
+    from careflow.store import tables
+
+    engine = create_engine(url)
+    tables.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An upgraded careflow database on Postgres and on the embedded SQLite (the test runs twice)."""
+    from careflow.store.db import dispose_engines
+    from careflow.store.migrations import upgrade
+
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_server_url")
+        _reset_schema(url)
+    else:
+        url = f"sqlite:///{tmp_path / 'careflow.db'}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    dispose_engines()
+    upgrade()
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Engine:
+    """The pooled engine of ``db_url``."""
+    from careflow.store.db import get_engine
+
+    return get_engine(db_url)
+
+
+@pytest.fixture
+def workflows_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``[careflow] workflows_dir``."""
+    path = tmp_path / "workflows"
+    path.mkdir()
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__WORKFLOWS_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated Airflow home (SQLite metadata) whose dags folder is the repo's; one per session.
+
+    Tests that use it run Airflow commands in subprocesses with :func:`airflow_env`.
+    """
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = airflow_env(home, home / "workflows")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return home
+
+
+@pytest.fixture
+def example_files() -> list[Path]:
+    """The example workflows shipped in ``include/workflows``."""
+    return sorted(EXAMPLES.glob("*.json"))
