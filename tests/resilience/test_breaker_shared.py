@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 import multiprocessing
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from careflow.exceptions import BreakerOpen
+from careflow.providers.client import Outcome, SendGate, SendResult
 from careflow.resilience import BreakerConfig, CircuitBreaker, get_breaker, list_breakers
 from careflow.resilience.backends.redis_backend import RedisBackend
 from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
@@ -165,21 +164,14 @@ def test_a_busy_closed_breaker_rarely_asks_redis(redis_backend):
     assert breaker.snapshot().calls == 2000
 
 
-class Outcome(str, enum.Enum):
-    ACCEPTED = "accepted"
-    TRANSIENT = "transient"
-    THROTTLED = "throttled"
-
-
-@dataclass
-class Result:
-    outcome: Outcome
-    retry_after: float | None = None
+def Result(outcome: Outcome, retry_after: float | None = None) -> SendResult:
+    return SendResult("idem-1", outcome, retry_after=retry_after)
 
 
 def test_gate_speaks_the_send_gate_protocol(redis_backend):
-    gate = CircuitBreaker("gate:sms", FAST, backend=redis_backend(), flush_every=1).gate()
+    gate: SendGate = CircuitBreaker("gate:sms", FAST, backend=redis_backend(), flush_every=1).gate()
     assert gate.before_send() is None
+    gate.after_send(Result(Outcome.NOT_SENT))
     gate.after_send(Result(Outcome.ACCEPTED))
     for _ in range(5):
         assert gate.before_send() is None

@@ -16,6 +16,8 @@ from careflow.resilience.cache import (
     cache_stats,
     forget_caches,
     get_cache,
+    invalidate_workflow,
+    workflow_key,
 )
 from careflow.resilience.redis_link import RedisLink, forget_links
 
@@ -128,6 +130,26 @@ def test_standard_caches_and_registry(monkeypatch, prefix):
         assert stats[SENT_KEYS]["misses"] == 1 and stats[SENT_KEYS]["backend"] == "redis"
         assert cache_module.COMPILED_WORKFLOWS_TTL == 24 * 3600 and cache_module.VALIDATION_TTL == 600
         assert cache_module.TEMPLATES_TTL == 3600 and SENT_KEYS_TTL == 300
+    finally:
+        forget_caches()
+        forget_links()
+
+
+def test_publishing_a_workflow_drops_its_cached_entries(monkeypatch, prefix):
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("CAREFLOW_REDIS_PREFIX", prefix)
+    forget_caches()
+    forget_links()
+    try:
+        compiled = get_cache(cache_module.COMPILED_WORKFLOWS, cache_module.COMPILED_WORKFLOWS_TTL)
+        validation = get_cache(cache_module.VALIDATION, cache_module.VALIDATION_TTL)
+        compiled.set(workflow_key("wf-1", "aaa"), "graph v1")
+        validation.set(workflow_key("wf-1", "aaa"), "ok")
+        compiled.set(workflow_key("wf-10", "bbb"), "other workflow")
+        assert invalidate_workflow("wf-1", "ccc") == 2
+        assert compiled.get(workflow_key("wf-1", "aaa")) is None
+        assert validation.get(workflow_key("wf-1", "aaa")) is None
+        assert compiled.get(workflow_key("wf-10", "bbb")) == "other workflow"
     finally:
         forget_caches()
         forget_links()

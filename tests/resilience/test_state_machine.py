@@ -165,6 +165,7 @@ def test_state_fields_round_trip():
         ("permanent", "neutral"),
         ("configuration", "neutral"),
         ("throttled", "throttled"),
+        ("not_sent", "neutral"),
     ],
 )
 def test_outcomes_classify(outcome, kind):

@@ -136,7 +136,7 @@ class Cache:
         self._hits = 0
         self._misses = 0
         self._count_lock = threading.Lock()
-        self._get_script = link.register_script(_lua("cache_get.lua")) if link is not None else None
+        self._get_script: Any = link.register_script(_lua("cache_get.lua")) if link is not None else None
         self._base = f"{self.prefix}:cache:{{{name}}}"
         self._registered = False
 
@@ -307,6 +307,26 @@ def cache_stats() -> list[dict[str, Any]]:
     with _caches_lock:
         caches = sorted(_caches.values(), key=lambda c: c.name)
     return [cache.stats() for cache in caches]
+
+
+def workflow_key(workflow_id: str, digest: str) -> str:
+    """Key of an entry about one version of a workflow in ``compiled_workflows`` and ``validation``."""
+    return f"{workflow_id}:{digest}"
+
+
+def invalidate_workflow(workflow_id: str, digest: str | None = None) -> int:
+    """Drop what ``compiled_workflows`` and ``validation`` hold about a workflow (called on publish).
+
+    Removes every :func:`workflow_key` entry of ``workflow_id`` and an entry keyed by the bare
+    ``digest``; returns how many entries went. Never raises for an unreachable Redis.
+    """
+    removed = 0
+    for name in (COMPILED_WORKFLOWS, VALIDATION):
+        cache = get_cache(name, STANDARD_CACHES[name])
+        removed += cache.invalidate_prefix(workflow_key(workflow_id, ""))
+        if digest:
+            cache.invalidate(digest)
+    return removed
 
 
 def forget_caches() -> None:

@@ -386,6 +386,7 @@ OUTCOME_KINDS = {
     "permanent": NEUTRAL,
     "configuration": NEUTRAL,
     "throttled": THROTTLED,
+    "not_sent": NEUTRAL,  # the batch stopped before this message: it says nothing about the provider
 }
 
 
