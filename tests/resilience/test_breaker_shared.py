@@ -18,6 +18,8 @@ from careflow.resilience.redis_link import RedisLink, forget_links
 
 from .conftest import REDIS_URL
 
+pytestmark = pytest.mark.redis
+
 FAST = BreakerConfig(open_seconds=0.3, max_open_seconds=1.0, half_open_probes=2)
 WORKERS = 6
 
@@ -212,8 +214,10 @@ def test_operator_reset_is_logged_and_listed(kind, monkeypatch, prefix, tmp_path
         assert latest["at"] == pytest.approx(time.time(), abs=5)
         snap = breaker.snapshot()
         assert snap.state == "closed" and snap.generation == 2 and snap.backend == kind
+        get_breaker("default:email").acquire()  # used once, never failed: listed all the same
         listed = {s.name: s for s in list_breakers()}
         assert listed["default:sms"].generation == 2
+        assert listed["default:email"].state == "closed" and listed["default:email"].backend == kind
         assert [e[1]["to_state"] for e in emitted if e[0] == "breaker_transition"] == ["open", "closed"]
     finally:
         forget_breakers()

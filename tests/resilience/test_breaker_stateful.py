@@ -22,6 +22,8 @@ from careflow.resilience.redis_link import RedisLink
 
 from .conftest import REDIS_URL
 
+pytestmark = pytest.mark.redis
+
 CONFIG = BreakerConfig(
     window_seconds=4.0,
     min_calls=4,

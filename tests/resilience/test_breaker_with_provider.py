@@ -9,6 +9,8 @@ from careflow.providers.client import Message, Outcome, ProviderClient
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.resilience import CircuitBreaker
 
+pytestmark = pytest.mark.redis
+
 
 def message(i: int) -> Message:
     return Message(f"wf1:a1:ex{i}", "sms", "+821055501234", "Your check-up is tomorrow", None, {})

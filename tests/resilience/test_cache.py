@@ -23,6 +23,8 @@ from careflow.resilience.redis_link import RedisLink, forget_links
 
 from .conftest import REDIS_URL
 
+pytestmark = pytest.mark.redis
+
 
 @pytest.fixture(params=["redis", "local"])
 def make_cache(request, prefix):

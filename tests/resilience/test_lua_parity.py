@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from careflow.resilience.state_machine import Acquire, BreakerConfig, Record, Reset, State, step
 
+pytestmark = pytest.mark.redis
+
 # Small numbers so that random sequences reach every state; times are multiples of 1/8 s so both
 # sides compute with exact binary fractions.
 CONFIG = BreakerConfig(

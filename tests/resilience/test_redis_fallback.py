@@ -18,6 +18,8 @@ from careflow.resilience.redis_link import RedisLink
 
 from .conftest import DEAD_REDIS_URL
 
+pytestmark = pytest.mark.redis
+
 
 def test_unreachable_redis_falls_back_to_a_process_breaker_and_says_so_once(redis_backend, emitted, caplog):
     backend = redis_backend(url=DEAD_REDIS_URL)

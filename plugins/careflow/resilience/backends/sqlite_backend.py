@@ -115,7 +115,7 @@ class EmbeddedBackend:
             state = State.from_fields(json.loads(row[0])) if row else State()
             now = self._clock()
             result = step(state, event, config, now)
-            if result.state != state:
+            if row is None or result.state != state:  # the first call lists the breaker
                 conn.execute(
                     "INSERT INTO breaker_state (name, fields, updated_at) VALUES (?, ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET fields = excluded.fields, updated_at = excluded.updated_at",
