@@ -113,7 +113,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from careflow.demo import run_demo
+    from careflow.demo.run import run_demo
 
     return run_demo(args)
 

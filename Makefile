@@ -1,0 +1,30 @@
+# The two commands the README names: `make demo` and `make test`. Both install what they need.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+
+.PHONY: demo test lint typecheck install fake-provider
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	PATH=$(BIN):$$PATH $(BIN)/careflow demo
+
+test: $(VENV)/.installed
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check plugins dags tests benchmarks
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+fake-provider: $(VENV)/.installed
+	$(BIN)/careflow fake-provider --port 8025 --token dev-token

@@ -1,0 +1,204 @@
+"""``careflow demo``: the whole product on the embedded default, in one command.
+
+1. an Airflow home on SQLite (LocalExecutor), careflow's tables in SQLite, no Redis;
+2. demo clinic data (a few hundred patients, a month of appointments and events);
+3. the example workflows published;
+4. the fake provider started;
+5. two weeks simulated through the real DAGs, then a readable summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import careflow
+
+REPO = Path(careflow.__file__).resolve().parents[2]
+DEMO_START = date(2026, 3, 2)  # a Monday: the data is generated around it, so the demo is reproducible
+DEMO_TOKEN = "demo-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def demo_env(home: Path, port: int) -> dict[str, str]:
+    """The environment of the embedded default for this demo home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_CAREFLOW"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CAREFLOW__WORKFLOWS_DIR": str(home / "workflows"),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+            "AIRFLOW_CONN_CAREFLOW_DB": json.dumps(
+                {"conn_type": "sqlite", "host": str(home / "careflow.db")}
+            ),
+            "AIRFLOW_CONN_CAREFLOW_MESSAGING": json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": f"http://127.0.0.1:{port}",
+                    "password": DEMO_TOKEN,
+                    "extra": {"max_concurrency": 20, "timeout": 5},
+                }
+            ),
+            "CAREFLOW_DB_URL": f"sqlite:///{home / 'careflow.db'}",
+            "CAREFLOW_REDIS_URL": "",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    return env
+
+
+def _step(text: str) -> float:
+    print(f"==> {text}", flush=True)
+    return time.monotonic()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit code."""
+    home = Path(args.home or Path.cwd() / ".careflow" / "demo").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = demo_env(home, port)
+    careflow_bin = [sys.executable, "-m", "careflow"]
+    began = time.monotonic()
+
+    _step(f"embedded default in {home} (Airflow on SQLite, LocalExecutor, no Redis)")
+    if not (home / "airflow.db").exists():
+        _run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env, "airflow db migrate")
+    (home / "careflow.db").unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        (home / f"careflow.db{suffix}").unlink(missing_ok=True)
+    _run([*careflow_bin, "db", "upgrade"], env, "careflow db upgrade")
+
+    _step("loading demo clinic data")
+    _run([sys.executable, "-c", _LOAD_DATA.format(start=DEMO_START.isoformat(), patients=args.patients)], env, "load data")
+
+    _step("publishing the example workflows")
+    for old in (home / "workflows").glob("*.json"):
+        old.unlink()
+    examples = sorted(str(p) for p in (REPO / "include" / "workflows").glob("*.json"))
+    _run([*careflow_bin, "workflows", "publish", *examples], env, "publish", show=True)
+
+    _step(f"starting the fake provider on 127.0.0.1:{port}")
+    provider = subprocess.Popen(
+        [sys.executable, "-m", "careflow.providers.fake_server", "--port", str(port), "--token", DEMO_TOKEN,
+         "--latency-ms", "5", "--error-rate", "0.03", "--seed", "11"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port)
+        _step(f"simulating {args.days} days from {DEMO_START} through the real DAGs")
+        sim = subprocess.run(
+            [*careflow_bin, "simulate", "--workflow", "all", "--start", DEMO_START.isoformat(),
+             "--days", str(args.days), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        messages, summary = _parse_simulation(sim.stdout)
+        if summary is None:
+            print(sim.stderr[-3000:], file=sys.stderr)
+            print("careflow demo: the simulation did not finish; see the error above", file=sys.stderr)
+            return 1
+        stats = _provider_stats(port)
+    finally:
+        provider.terminate()
+        provider.wait(timeout=10)
+
+    from careflow.simulation import print_summary
+
+    print(f"\n== first messages (of {len(messages)}; times UTC, ids only) ==")
+    for item in messages[:12]:
+        reason = f" ({item['reason']})" if item.get("reason") else ""
+        print(
+            f"  {item['time'][:16]}  {item['workflow_id']:<24} {item['node_id']:<14} patient {item['patient_id']:<6} "
+            f"{item['channel']:<6} {item['outcome']}{reason}"
+        )
+    print_summary(summary)
+    if stats:
+        print(
+            f"\n== the fake provider received {stats.get('received')} request(s): accepted {stats.get('accepted')}, "
+            f"transient errors {stats.get('errors')}, duplicates answered 409 {stats.get('duplicates')}, "
+            f"accepted twice {stats.get('accepted_twice')} =="
+        )
+    print(f"\ndone in {time.monotonic() - began:.0f} s. Open the same setup in the Airflow UI:")
+    print(f"  export AIRFLOW_HOME={home} AIRFLOW__CORE__DAGS_FOLDER={REPO / 'dags'} "
+          f"AIRFLOW__CORE__PLUGINS_FOLDER={REPO / 'plugins'} AIRFLOW__CAREFLOW__WORKFLOWS_DIR={home / 'workflows'} "
+          f"CAREFLOW_DB_URL=sqlite:///{home / 'careflow.db'} AIRFLOW__CORE__LOAD_EXAMPLES=False")
+    print(f"  PATH={Path(sys.executable).parent}:$PATH airflow standalone   # then http://localhost:8080")
+    return 0 if not summary.get("failed_runs") else 1
+
+
+_LOAD_DATA = """
+from datetime import date
+from careflow.demo.data import generate, load
+from careflow.store.db import get_engine
+counts = load(get_engine(), generate(date.fromisoformat("{start}"), patients={patients}))
+print("   " + ", ".join(f"{{k}}: {{v}}" for k, v in counts.items()))
+"""
+
+
+def _run(cmd: list[str], env: dict[str, str], what: str, show: bool = True) -> None:
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stdout[-2000:], result.stderr[-4000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"careflow demo: {what} failed (exit {result.returncode})")
+    if show and result.stdout.strip():
+        for line in result.stdout.strip().splitlines()[-12:]:
+            print(f"   {line}")
+
+
+def _wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"careflow demo: the fake provider did not start on port {port}")
+
+
+def _parse_simulation(stdout: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    messages: list[dict[str, Any]] = []
+    summary = None
+    for line in stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        item = json.loads(line)
+        if item.get("type") == "message":
+            messages.append(item)
+        elif item.get("type") == "summary":
+            summary = item
+    return messages, summary
+
+
+def _provider_stats(port: int) -> dict[str, Any]:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/stats?brief=1", headers={"Authorization": f"Bearer {DEMO_TOKEN}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+    except Exception:
+        return {}
