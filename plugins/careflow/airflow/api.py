@@ -1,0 +1,71 @@
+"""careflow's HTTP API, mounted by the plugin at ``/careflow`` on Airflow's api-server.
+
+Airflow mounts plugin apps without authentication: every route here depends on Airflow's own
+``get_user`` (a JWT in the ``Authorization: Bearer`` header or Airflow's session cookie), so an
+anonymous call gets 401 on every route.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def _get_user_dependency() -> Any:
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return get_user
+
+
+get_user = _get_user_dependency()
+
+app = FastAPI(
+    title="careflow",
+    description="careflow workflows, circuit breakers and caches.",
+    dependencies=[Depends(get_user)],
+)
+
+
+@app.get("/api/workflows")
+def workflows() -> list[dict[str, Any]]:
+    """Published workflows: id, version, status, validation state and snapshot problems."""
+    from careflow.publishing import list_workflows
+
+    return [item.to_dict() for item in list_workflows()]
+
+
+@app.get("/api/breakers")
+def breakers() -> list[dict[str, Any]]:
+    """Every known circuit breaker: state, failure rate, next probe time."""
+    from careflow.resilience import list_breakers
+
+    return [asdict(snap) for snap in list_breakers()]
+
+
+@app.post("/api/breakers/{name}/reset")
+def reset_breaker(name: str, user: Any = Depends(get_user)) -> dict[str, Any]:
+    """Close a breaker by hand; who and when is recorded in its transitions."""
+    from careflow.resilience import get_breaker, list_breakers
+
+    if name not in {snap.name for snap in list_breakers()}:
+        raise HTTPException(status_code=404, detail=f"no circuit breaker named {name!r}")
+    who = getattr(user, "get_name", lambda: "unknown")()
+    breaker = get_breaker(name)
+    breaker.reset(by=str(who))
+    log.info("careflow: breaker %s reset by %s", name, who)
+    return {"name": name, "reset_by": who, "at": datetime.now(timezone.utc).isoformat(), **asdict(breaker.snapshot())}
+
+
+@app.get("/api/cache")
+def cache() -> dict[str, Any]:
+    """Hit and miss counts per cache, and the compiled-template cache."""
+    from careflow.resilience import cache_stats
+    from careflow.templates import cache_info
+
+    return {"caches": cache_stats(), "templates": cache_info()}
