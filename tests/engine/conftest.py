@@ -1,0 +1,30 @@
+"""Fixtures of the journey-engine tests: the fake provider and a journey factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from careflow.providers.fake_server import FakeProviderServer
+
+from .harness import Journey, compile_doc
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProviderServer]:
+    """The fake messaging provider on a free port (fresh counters per test)."""
+    with FakeProviderServer() as server:
+        yield server
+
+
+@pytest.fixture
+def journey(engine: Engine, fake: FakeProviderServer) -> Callable[..., Journey]:
+    """``journey(doc, version=1)``: a :class:`Journey` of a workflow document on this database."""
+
+    def make(doc: dict[str, Any], version: int = 1, **kw: Any) -> Journey:
+        return Journey(compile_doc(doc, version), engine, fake, **kw)
+
+    return make
