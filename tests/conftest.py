@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,14 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from support import EXAMPLES, airflow_env
+
+# Every Airflow import in the test session sees one private home (never ~/airflow); the
+# `airflow_home` fixture migrates its metadata DB once, for the tests that need it.
+TEST_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="careflow-test-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{TEST_AIRFLOW_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("AIRFLOW__CAREFLOW__WORKFLOWS_DIR", str(TEST_AIRFLOW_HOME / "workflows"))
 
 PG_SERVER = os.environ.get("CAREFLOW_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 
@@ -97,12 +106,12 @@ def workflows_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated Airflow home (SQLite metadata) whose dags folder is the repo's; one per session.
+def airflow_home() -> Path:
+    """The session's Airflow home (SQLite metadata, the repo's dags folder), migrated once.
 
-    Tests that use it run Airflow commands in subprocesses with :func:`airflow_env`.
+    In-process Airflow code (the auth manager…) uses it; subprocesses get it with ``airflow_env``.
     """
-    home = tmp_path_factory.mktemp("airflow_home")
+    home = TEST_AIRFLOW_HOME
     env = airflow_env(home, home / "workflows")
     result = subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],

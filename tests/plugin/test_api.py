@@ -12,7 +12,21 @@ from fastapi.routing import APIRoute
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 from fastapi.testclient import TestClient  # noqa: E402
 
-from careflow.airflow.api import app, get_user  # noqa: E402
+from careflow.airflow.api import app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def auth_manager(airflow_home):  # type: ignore[no-untyped-def]
+    """Airflow's configured auth manager, as the api-server creates it."""
+    from airflow.api_fastapi.app import create_auth_manager
+
+    return create_auth_manager()
+
+
+def _token(auth_manager) -> str:  # type: ignore[no-untyped-def]
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return auth_manager.generate_jwt(SimpleAuthManagerUser(username="ops-kim", role="admin"))
 
 
 def _concrete(path: str) -> str:
@@ -35,28 +49,22 @@ def test_anonymous_calls_are_refused(method: str, path: str) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), [(m, p) for m, p in ROUTES])
-def test_a_forged_token_is_refused(method: str, path: str) -> None:
+def test_a_forged_token_is_refused(method: str, path: str, auth_manager) -> None:  # type: ignore[no-untyped-def]
     client = TestClient(app)
     response = client.request(method, _concrete(path), headers={"Authorization": "Bearer not-a-jwt"})
     assert response.status_code in (401, 403)
 
 
-class _User:
-    def get_name(self) -> str:
-        return "ops-kim"
-
-
-def test_an_authenticated_call_lists_the_workflows(db_url: str, workflows_dir: Path, example_files: list[Path]) -> None:
+def test_an_authenticated_call_lists_the_workflows(  # type: ignore[no-untyped-def]
+    db_url: str, workflows_dir: Path, example_files: list[Path], auth_manager
+) -> None:
     from careflow.publishing import publish_paths
 
     results = publish_paths(example_files, workflows_dir=workflows_dir)
     assert all(r.action == "published" for r in results)
     (workflows_dir / "corrupt.json").write_text("{not json", encoding="utf-8")
-    app.dependency_overrides[get_user] = _User
-    try:
-        response = TestClient(app).get("/api/workflows")
-    finally:
-        app.dependency_overrides.clear()
+    headers = {"Authorization": f"Bearer {_token(auth_manager)}"}
+    response = TestClient(app).get("/api/workflows", headers=headers)
     assert response.status_code == 200
     body = response.json()
     by_id = {item["workflow_id"]: item for item in body}
