@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
+
 from support import EXAMPLES, airflow_env
 
 # Every Airflow import in the test session sees one private home (never ~/airflow); the

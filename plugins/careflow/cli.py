@@ -51,7 +51,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         for report in reports:
             verdict = "ok" if report.ok else "INVALID"
-            print(f"{report.source}: {verdict} ({len(report.errors)} error(s), {len(report.warnings)} warning(s))")
+            print(
+                f"{report.source}: {verdict} ({len(report.errors)} error(s), {len(report.warnings)} warning(s))"
+            )
             for d in report.diagnostics:
                 print(_diagnostic_line(d))
     return EXIT_OK if all(r.ok for r in reports) else EXIT_INVALID
@@ -72,7 +74,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
                     if d.severity == "error":
                         print(_diagnostic_line(d))
             else:
-                print(f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({r.content_hash[:12]}) -> {r.snapshot}")
+                print(
+                    f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({r.content_hash[:12]}) -> {r.snapshot}"
+                )
     return EXIT_OK if all(r.action != "refused" for r in results) else EXIT_INVALID
 
 
@@ -132,15 +136,17 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``careflow`` command."""
-    parser = argparse.ArgumentParser(prog="careflow", description="Patient-messaging workflows on Apache Airflow.")
+    parser = argparse.ArgumentParser(
+        prog="careflow", description="Patient-messaging workflows on Apache Airflow."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     db = sub.add_parser("db", help="careflow's database").add_subparsers(dest="db_command", metavar="ACTION")
     db.required = True
-    db.add_parser("upgrade", help="create or migrate careflow's tables (and the clinic tables where absent)").set_defaults(
-        func=cmd_db_upgrade
-    )
+    db.add_parser(
+        "upgrade", help="create or migrate careflow's tables (and the clinic tables where absent)"
+    ).set_defaults(func=cmd_db_upgrade)
 
     wf = sub.add_parser("workflows", help="validate, publish and list workflows").add_subparsers(
         dest="workflows_command", metavar="ACTION"

@@ -22,7 +22,9 @@ def wall_clock() -> datetime:
 
 def parse_time(value: str | datetime) -> datetime:
     """An aware UTC datetime from an ISO string or datetime (naive means UTC)."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    moment = (
+        value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    )
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)

@@ -22,7 +22,11 @@ class WorkflowInvalid(CareflowError):
         self.diagnostics = diagnostics
         errors = [d for d in diagnostics if getattr(d, "severity", "error") == "error"]
         first = errors[0] if errors else None
-        where = f" ({first.code} at {first.node_id or first.edge_id or 'workflow'}: {first.message})" if first else ""
+        where = (
+            f" ({first.code} at {first.node_id or first.edge_id or 'workflow'}: {first.message})"
+            if first
+            else ""
+        )
         super().__init__(f"workflow {workflow_id or '?'} has {len(errors)} error(s){where}")
 
 

@@ -193,7 +193,9 @@ class WorkflowListing:
         }
 
 
-def list_workflows(*, engine: Engine | None = None, workflows_dir: Path | None = None) -> list[WorkflowListing]:
+def list_workflows(
+    *, engine: Engine | None = None, workflows_dir: Path | None = None
+) -> list[WorkflowListing]:
     """Latest version of each workflow, joined with its snapshot state, plus unloadable snapshot files."""
     workflows_dir = workflows_dir or settings.workflows_dir()
     good, problems = load_all(workflows_dir)
@@ -203,7 +205,9 @@ def list_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
         engine = engine or get_engine()
         v = tables.workflow_versions
         latest = (
-            select(v.c.workflow_id, func.max(v.c.version).label("version")).group_by(v.c.workflow_id).subquery()
+            select(v.c.workflow_id, func.max(v.c.version).label("version"))
+            .group_by(v.c.workflow_id)
+            .subquery()
         )
         with engine.connect() as conn:
             rows = conn.execute(
@@ -227,7 +231,9 @@ def list_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
                 )
     except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
         listings["(database)"] = WorkflowListing(
-            workflow_id="(database)", snapshot="n/a", problem=f"cannot read versions: {type(exc).__name__}: {exc}"
+            workflow_id="(database)",
+            snapshot="n/a",
+            problem=f"cannot read versions: {type(exc).__name__}: {exc}",
         )
     for snap, compiled in good:
         if snap.workflow_id not in listings:

@@ -72,7 +72,9 @@ def _ledger_rows(workflow_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(select(m).where(m.c.workflow_id == workflow_id)).mappings()]
 
 
-def _run_once(dag: Any, moment: datetime, dry_run: bool, kind: str, *, airflow_runner: bool, order: list[str]) -> str:
+def _run_once(
+    dag: Any, moment: datetime, dry_run: bool, kind: str, *, airflow_runner: bool, order: list[str]
+) -> str:
     conf = {CLOCK_KEY: moment.isoformat(), "careflow_simulated": True, "careflow_dry_run": dry_run}
     if airflow_runner:
         from airflow.utils.state import DagRunState
@@ -174,14 +176,22 @@ def simulate_workflow(
                 on_message(item)
 
     for moment in runs_between(compiled, start, end):
-        collect(moment, "scheduled", _run_once(dag, moment, dry_run, "scheduled", airflow_runner=airflow_runner, order=order))
+        collect(
+            moment,
+            "scheduled",
+            _run_once(dag, moment, dry_run, "scheduled", airflow_runner=airflow_runner, order=order),
+        )
         upcoming = next_run_after(compiled, moment)
         clock = moment
         for _ in range(MAX_WAKES_PER_RUN):
             wake = next_wake(RunContext(compiled=compiled, now=clock, engine=get_engine()))
             if wake is None or wake >= upcoming or wake >= end:
                 break
-            collect(wake, "wake", _run_once(dag, wake, dry_run, "wake", airflow_runner=airflow_runner, order=order))
+            collect(
+                wake,
+                "wake",
+                _run_once(dag, wake, dry_run, "wake", airflow_runner=airflow_runner, order=order),
+            )
             clock = wake
     return result
 
@@ -199,9 +209,12 @@ def summarize(messages: list[dict[str, Any]]) -> dict[str, Any]:
         if m["outcome"] != "sent":
             reasons[(m["workflow_id"], m["node_id"], m["outcome"], m["reason"])] += 1
     return {
-        "by_workflow": [{"workflow_id": w, "outcome": o, "count": c} for (w, o), c in sorted(by_workflow.items())],
+        "by_workflow": [
+            {"workflow_id": w, "outcome": o, "count": c} for (w, o), c in sorted(by_workflow.items())
+        ],
         "by_node": [
-            {"workflow_id": w, "node_id": n, "outcome": o, "count": c} for (w, n, o), c in sorted(by_node.items())
+            {"workflow_id": w, "node_id": n, "outcome": o, "count": c}
+            for (w, n, o), c in sorted(by_node.items())
         ],
         "by_day": [{"day": d, "outcome": o, "count": c} for (d, o), c in sorted(by_day.items())],
         "not_sent": [
@@ -281,8 +294,12 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
     for day, counts in days.items():
         w(f"  {day}  " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n")
     w("\n== not sent, by reason ==\n")
-    for row in summary["not_sent"] or [{"workflow_id": "-", "node_id": "-", "outcome": "-", "reason": "none", "count": 0}]:
-        w(f"  {row['workflow_id']:<28} {row['node_id']:<12} {row['outcome']:<8} {row['reason'] or '-':<36} {row['count']:>5}\n")
+    for row in summary["not_sent"] or [
+        {"workflow_id": "-", "node_id": "-", "outcome": "-", "reason": "none", "count": 0}
+    ]:
+        w(
+            f"  {row['workflow_id']:<28} {row['node_id']:<12} {row['outcome']:<8} {row['reason'] or '-':<36} {row['count']:>5}\n"
+        )
     if summary.get("failed_runs"):
         w(f"\n!! {len(summary['failed_runs'])} DAG run(s) did not succeed: {summary['failed_runs'][:5]}\n")
 

@@ -138,7 +138,9 @@ def load_all(workflows_dir: Path) -> tuple[list[tuple[Snapshot, CompiledWorkflow
         except SnapshotError as exc:
             problems.append(SnapshotProblem(path, str(exc)))
         except Exception as exc:  # a bug must not hide the other workflows either
-            problems.append(SnapshotProblem(path, f"{path.name}: unexpected error {type(exc).__name__}: {exc}"))
+            problems.append(
+                SnapshotProblem(path, f"{path.name}: unexpected error {type(exc).__name__}: {exc}")
+            )
     return good, problems
 
 

@@ -33,7 +33,9 @@ def _concrete(path: str) -> str:
     return path.replace("{name}", "default:sms")
 
 
-ROUTES = [(method, route.path) for route in app.routes if isinstance(route, APIRoute) for method in route.methods]
+ROUTES = [
+    (method, route.path) for route in app.routes if isinstance(route, APIRoute) for method in route.methods
+]
 
 
 def test_the_api_has_the_documented_routes() -> None:

@@ -59,7 +59,12 @@ def reset_breaker(name: str, user: Any = Depends(get_user)) -> dict[str, Any]:
     breaker = get_breaker(name)
     breaker.reset(by=str(who))
     log.info("careflow: breaker %s reset by %s", name, who)
-    return {"name": name, "reset_by": who, "at": datetime.now(timezone.utc).isoformat(), **asdict(breaker.snapshot())}
+    return {
+        "name": name,
+        "reset_by": who,
+        "at": datetime.now(timezone.utc).isoformat(),
+        **asdict(breaker.snapshot()),
+    }
 
 
 @app.get("/api/cache")

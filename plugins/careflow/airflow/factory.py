@@ -119,7 +119,9 @@ def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
     for node_id in compiled.order:
         for target in compiled.node(node_id).targets():
             tasks[node_id] >> tasks[target]
-    wake = WakeOperator(task_id=WAKE_TASK_ID, task_display_name="다음 대기 (next wait)", compiled=compiled, dag=dag)
+    wake = WakeOperator(
+        task_id=WAKE_TASK_ID, task_display_name="다음 대기 (next wait)", compiled=compiled, dag=dag
+    )
     sinks = [tasks[n] for n in compiled.order if not compiled.node(n).successors]
     for sink in sinks:
         sink >> wake
@@ -138,7 +140,7 @@ def build_dags(workflows_dir: Path | None = None) -> tuple[dict[str, DAG], list[
     problems: list[SnapshotProblem] = []
     if wanted and wanted.startswith("careflow__"):
         try:
-            pairs = [load_one(workflows_dir, wanted[len("careflow__"):])]
+            pairs = [load_one(workflows_dir, wanted[len("careflow__") :])]
         except Exception as exc:
             log.error("careflow: cannot load %s: %s", wanted, exc)
             return dags, [SnapshotProblem(workflows_dir / wanted, str(exc))]

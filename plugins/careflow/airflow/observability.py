@@ -50,8 +50,13 @@ def emit(name: str, **fields: Any) -> None:
             channel = _part(fields.get("channel"))
             if name == "message_sent":
                 stats.incr(f"careflow.messages.sent.{wf}.{node}.{channel}")
-                stats.timing(f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}", float(fields.get("latency_ms") or 0))
-                stats.timing(f"careflow.messages.lateness_s.{wf}.{node}", float(fields.get("lateness_s") or 0))
+                stats.timing(
+                    f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}",
+                    float(fields.get("latency_ms") or 0),
+                )
+                stats.timing(
+                    f"careflow.messages.lateness_s.{wf}.{node}", float(fields.get("lateness_s") or 0)
+                )
             elif name == "message_outcome":
                 stats.incr(f"careflow.messages.{_part(fields.get('outcome'))}.{wf}.{node}.{channel}")
             elif name == "executions_enrolled":

@@ -114,7 +114,9 @@ def describe(node: CompiledNode) -> str:
             return f"wait until {c.until}{off}{at}"
         return f"wait {c.amount} {c.unit}"
     if node.type == "condition":
-        return f"{'all' if c.all is not None else 'any'} of {len(c.all if c.all is not None else c.any)} rule(s)"
+        return (
+            f"{'all' if c.all is not None else 'any'} of {len(c.all if c.all is not None else c.any)} rule(s)"
+        )
     if node.type == "timeWindow":
         return f"{','.join(c.days)} {c.start}-{c.end}"
     if node.type == "action":

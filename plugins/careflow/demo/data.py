@@ -17,8 +17,29 @@ from careflow.store import tables
 
 CLINIC = {"id": "gangnam-01", "name": "강남 미소 치과", "phone": "02-555-0101", "timezone": "Asia/Seoul"}
 SURNAMES = "김이박최정강조윤장임한오서신권황안송류홍"
-GIVEN = ["민준", "서연", "도윤", "지우", "하준", "서윤", "은우", "지아", "시우", "하윤", "예준", "수아", "지호", "채원"]
-TYPES = [("checkup", 0.35), ("scaling", 0.25), ("implant_surgery", 0.12), ("consultation", 0.18), ("orthodontics", 0.10)]
+GIVEN = [
+    "민준",
+    "서연",
+    "도윤",
+    "지우",
+    "하준",
+    "서윤",
+    "은우",
+    "지아",
+    "시우",
+    "하윤",
+    "예준",
+    "수아",
+    "지호",
+    "채원",
+]
+TYPES = [
+    ("checkup", 0.35),
+    ("scaling", 0.25),
+    ("implant_surgery", 0.12),
+    ("consultation", 0.18),
+    ("orthodontics", 0.10),
+]
 KST = timezone(timedelta(hours=9))
 
 
@@ -31,10 +52,17 @@ def _pick_type(rng: random.Random) -> str:
     return TYPES[-1][0]
 
 
-def generate(start: date, *, patients: int = 300, days: int = 30, seed: int = 7) -> dict[str, list[dict[str, Any]]]:
+def generate(
+    start: date, *, patients: int = 300, days: int = 30, seed: int = 7
+) -> dict[str, list[dict[str, Any]]]:
     """Rows for the four clinic tables, around ``start`` (a week before it to ``days`` after)."""
     rng = random.Random(seed)
-    out: dict[str, list[dict[str, Any]]] = {"clinics": [CLINIC], "patients": [], "appointments": [], "appointment_events": []}
+    out: dict[str, list[dict[str, Any]]] = {
+        "clinics": [CLINIC],
+        "patients": [],
+        "appointments": [],
+        "appointment_events": [],
+    }
     for i in range(patients):
         pid = f"p{i:04d}"
         has_phone = rng.random() > 0.04
@@ -61,7 +89,9 @@ def generate(start: date, *, patients: int = 300, days: int = 30, seed: int = 7)
             aid = f"a{n:05d}"
             created = day0 + timedelta(days=rng.uniform(0, days + 7), hours=rng.uniform(9, 18) - 9)
             scheduled = created + timedelta(days=rng.randint(1, 10))
-            scheduled = scheduled.replace(hour=rng.randint(9, 17), minute=rng.choice([0, 30]), second=0, microsecond=0)
+            scheduled = scheduled.replace(
+                hour=rng.randint(9, 17), minute=rng.choice([0, 30]), second=0, microsecond=0
+            )
             kind = _pick_type(rng)
             roll = rng.random()
             status = "scheduled"

@@ -88,7 +88,11 @@ def run_demo(args: argparse.Namespace) -> int:
     _run([*careflow_bin, "db", "upgrade"], env, "careflow db upgrade")
 
     _step("loading demo clinic data")
-    _run([sys.executable, "-c", _LOAD_DATA.format(start=DEMO_START.isoformat(), patients=args.patients)], env, "load data")
+    _run(
+        [sys.executable, "-c", _LOAD_DATA.format(start=DEMO_START.isoformat(), patients=args.patients)],
+        env,
+        "load data",
+    )
 
     _step("publishing the example workflows")
     for old in (home / "workflows").glob("*.json"):
@@ -98,8 +102,21 @@ def run_demo(args: argparse.Namespace) -> int:
 
     _step(f"starting the fake provider on 127.0.0.1:{port}")
     provider = subprocess.Popen(
-        [sys.executable, "-m", "careflow.providers.fake_server", "--port", str(port), "--token", DEMO_TOKEN,
-         "--latency-ms", "5", "--error-rate", "0.03", "--seed", "11"],
+        [
+            sys.executable,
+            "-m",
+            "careflow.providers.fake_server",
+            "--port",
+            str(port),
+            "--token",
+            DEMO_TOKEN,
+            "--latency-ms",
+            "5",
+            "--error-rate",
+            "0.03",
+            "--seed",
+            "11",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -108,8 +125,17 @@ def run_demo(args: argparse.Namespace) -> int:
         _wait_for_port(port)
         _step(f"simulating {args.days} days from {DEMO_START} through the real DAGs")
         sim = subprocess.run(
-            [*careflow_bin, "simulate", "--workflow", "all", "--start", DEMO_START.isoformat(),
-             "--days", str(args.days), "--json"],
+            [
+                *careflow_bin,
+                "simulate",
+                "--workflow",
+                "all",
+                "--start",
+                DEMO_START.isoformat(),
+                "--days",
+                str(args.days),
+                "--json",
+            ],
             env=env,
             capture_output=True,
             text=True,
@@ -141,9 +167,11 @@ def run_demo(args: argparse.Namespace) -> int:
             f"accepted twice {stats.get('accepted_twice')} =="
         )
     print(f"\ndone in {time.monotonic() - began:.0f} s. Open the same setup in the Airflow UI:")
-    print(f"  export AIRFLOW_HOME={home} AIRFLOW__CORE__DAGS_FOLDER={REPO / 'dags'} "
-          f"AIRFLOW__CORE__PLUGINS_FOLDER={REPO / 'plugins'} AIRFLOW__CAREFLOW__WORKFLOWS_DIR={home / 'workflows'} "
-          f"CAREFLOW_DB_URL=sqlite:///{home / 'careflow.db'} AIRFLOW__CORE__LOAD_EXAMPLES=False")
+    print(
+        f"  export AIRFLOW_HOME={home} AIRFLOW__CORE__DAGS_FOLDER={REPO / 'dags'} "
+        f"AIRFLOW__CORE__PLUGINS_FOLDER={REPO / 'plugins'} AIRFLOW__CAREFLOW__WORKFLOWS_DIR={home / 'workflows'} "
+        f"CAREFLOW_DB_URL=sqlite:///{home / 'careflow.db'} AIRFLOW__CORE__LOAD_EXAMPLES=False"
+    )
     print(f"  PATH={Path(sys.executable).parent}:$PATH airflow standalone   # then http://localhost:8080")
     return 0 if not summary.get("failed_runs") else 1
 

@@ -296,8 +296,11 @@ def time_window(ctx: RunContext, node: CompiledNode) -> NodeReport:
     def decide(row: Any, facts: Any) -> Decision:
         tz = _patient_zone(facts, default_tz)
         if is_open(config, ctx.now, tz):
-            opened = next_opening(config, row["arrived_at"], tz) or ctx.now
-            return "pass", {"at": min(max(row["arrived_at"], opened), ctx.now), "output": {"window": "open"}}
+            # A parked step moves on from the opening it waited for, not from its arrival: the
+            # window may have been open when it arrived and closed before this node ran.
+            since = _arrival(row)
+            opened = next_opening(config, since, tz) or ctx.now
+            return "pass", {"at": min(max(since, opened), ctx.now), "output": {"window": "open"}}
         opening = next_opening(config, ctx.now, tz)
         if opening is None:
             return "exit", "window_never_opens"

@@ -31,7 +31,9 @@ def _initial(conn: Connection) -> None:
     tables.metadata.create_all(conn, tables=list(tables.CAREFLOW_TABLES), checkfirst=True)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "careflow tables: versions, executions, steps, ledger", _initial),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "careflow tables: versions, executions, steps, ledger", _initial),
+)
 
 
 @dataclass

@@ -49,7 +49,12 @@ class ActionOperator(CareflowNodeOperator):
         try:
             report = process_node(ctx, self.careflow_node_id)
         except ProviderConfigurationError as exc:
-            ctx.event("provider_configuration_error", node_id=self.careflow_node_id, channel=self.channel, run_id=ctx.run_id)
+            ctx.event(
+                "provider_configuration_error",
+                node_id=self.careflow_node_id,
+                channel=self.channel,
+                run_id=ctx.run_id,
+            )
             raise AirflowFailException(str(exc)) from exc
         self.log_report(report)
         if report.pending:
@@ -66,7 +71,12 @@ class ActionOperator(CareflowNodeOperator):
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         moment = datetime.fromtimestamp(retry_at, tz=timezone.utc)
-        self.log.info("careflow %s/%s: breaker open, waiting until %s in the triggerer", self.workflow_id, self.careflow_node_id, moment)
+        self.log.info(
+            "careflow %s/%s: breaker open, waiting until %s in the triggerer",
+            self.workflow_id,
+            self.careflow_node_id,
+            moment,
+        )
         self.defer(trigger=DateTimeTrigger(moment=moment), method_name="execute_complete")
         return counts
 

@@ -60,7 +60,9 @@ class WakeOperator(BaseOperator):
         self.log.info("careflow %s: %s", self.workflow_id, result)
         if result["next_wake"] is None or is_simulated(context["dag_run"].conf):
             return result
-        self.defer(trigger=DateTimeTrigger(moment=wake), method_name="execute_complete", kwargs={"result": result})
+        self.defer(
+            trigger=DateTimeTrigger(moment=wake), method_name="execute_complete", kwargs={"result": result}
+        )
         return result
 
     def execute_complete(self, context: Any, event: Any = None, result: dict[str, Any] | None = None) -> None:
