@@ -268,14 +268,20 @@ class Journey:
         """Scheduled runs in [start, end) and the wake runs before each next scheduled run."""
         for moment in runs_between(self.compiled, start, end):
             self.run_at(moment)
-            upcoming = next_run_after(self.compiled, moment)
-            clock = moment
-            for _ in range(max_wakes):
-                wake = self.wake_after(clock)
-                if wake is None or wake >= upcoming or wake >= end:
-                    break
-                self.run_at(wake, kind="wake")
-                clock = wake
+            self.wakes(moment, end, max_wakes=max_wakes)
+
+    def wakes(self, after: datetime, end: datetime | None = None, *, max_wakes: int = 50) -> None:
+        """The wake runs that follow the run at ``after``, up to the next scheduled run (or ``end``)."""
+        upcoming = next_run_after(self.compiled, after)
+        if end is not None:
+            upcoming = min(upcoming, end)
+        clock = after
+        for _ in range(max_wakes):
+            wake = self.wake_after(clock)
+            if wake is None or wake >= upcoming:
+                return
+            self.run_at(wake, kind="wake")
+            clock = wake
 
 
 # ------------------------------------------------------------------ reading what happened

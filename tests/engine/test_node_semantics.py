@@ -1,0 +1,307 @@
+"""What each node type does to the executions due at it (DESIGN §3, §8)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from .harness import (
+    Clinic,
+    action,
+    assert_exactly_once,
+    chain,
+    example,
+    executions,
+    kst,
+    ledger,
+    steps_of,
+)
+
+UTC = timezone.utc
+
+
+# ------------------------------------------------------------------ trigger
+
+
+def test_trigger_enrolls_matching_events_in_window_once(engine, journey, fake):
+    t0 = kst(2025, 3, 4)  # the daily run at Tuesday 00:00
+    c = Clinic()
+    c.completed("p1", t0 - timedelta(hours=5))  # matches
+    c.patient("p2")
+    a2 = c.appointment("p2-a", "p2", scheduled_at=t0 - timedelta(hours=6), status="scheduled")
+    c.event("p2-e", a2, "appointment_created", t0 - timedelta(hours=5))  # wrong event type
+    c.completed("p3", t0 - timedelta(hours=5), type="scaling")  # wrong appointment type
+    c.patient("p4")
+    a4 = c.appointment("p4-a", "p4", clinic_id="other-01", scheduled_at=t0 - timedelta(hours=6))
+    c.event("p4-e", a4, "appointment_completed", t0 - timedelta(hours=5))  # another clinic
+    c.completed("p5", t0 + timedelta(hours=1))  # after this run: the next run's
+    c.completed("p6", t0 - timedelta(days=2))  # before the first run's interval
+    c.load(engine)
+    doc = chain(
+        "trigger-test",
+        ("d", "delay", {"amount": 30, "unit": "days"}),
+        ("a", "action", action()),
+        filters={"appointment_types": ["implant_surgery"]},
+    )
+    j = journey(doc)
+
+    first = j.run_at(t0)["t"]
+    assert first.enrolled == 1
+    assert set(executions(engine, "trigger-test")) == {"p1"}
+    steps = steps_of(engine, "trigger-test")
+    assert steps[("p1", "t")]["status"] == "done"
+    assert steps[("p1", "d")]["status"] == "waiting"
+
+    again = j.run_at(t0)["t"]  # the same run again
+    assert again.enrolled == 0
+    cleared = j.node("t", t0, interval_start=t0 - timedelta(days=1))  # re-reads the whole interval
+    assert cleared.enrolled == 0
+    assert cleared.reasons["already_enrolled"] == 1
+    assert len(executions(engine, "trigger-test")) == 1
+    assert len(steps_of(engine, "trigger-test")) == 2
+
+    nxt = j.run_at(t0 + timedelta(days=1))["t"]
+    assert nxt.enrolled == 1
+    assert set(executions(engine, "trigger-test")) == {"p1", "p5"}
+    assert fake.stats()["received"] == 0
+
+
+# ------------------------------------------------------------------ condition
+
+
+def test_condition_follows_and_records_the_branch(engine, journey, fake):
+    t0 = kst(2025, 3, 4)
+    c = Clinic()
+    c.completed("vip", t0 - timedelta(hours=3), attributes={"vip": True})
+    c.completed("std", t0 - timedelta(hours=3), attributes={"vip": False})
+    c.completed("unset", t0 - timedelta(hours=3))  # a missing fact is not equal to true
+    c.load(engine)
+    doc = chain(
+        "condition-test",
+        ("c", "condition", {"all": [{"field": "patient.attributes.vip", "op": "eq", "value": True}]}),
+        ("yes", "action", action("VIP {{ patient.name }}")),
+        ("no", "action", action("일반 {{ patient.name }}")),
+        edges=[("t", "c", None), ("c", "yes", "true"), ("c", "no", "false")],
+    )
+    j = journey(doc)
+    reports = j.run_at(t0)
+
+    assert reports["c"].passed == 3
+    steps = steps_of(engine, "condition-test")
+    assert steps[("vip", "c")]["output"] == {"branch": "true"}
+    assert steps[("std", "c")]["output"] == {"branch": "false"}
+    assert steps[("unset", "c")]["output"] == {"branch": "false"}
+    assert set(j.sent) == {"vip/yes", "std/no", "unset/no"}
+    assert ("vip", "no") not in steps and ("std", "yes") not in steps
+    assert [m["body"][:3] for m in fake.messages() if m["metadata"]["node_id"] == "yes"] == ["VIP"]
+
+
+# ------------------------------------------------------------------ delay
+
+
+def test_delay_by_duration_parks_then_releases_on_time(engine, journey, fake):
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 4, 10, 15))
+    c.load(engine)
+    doc = chain(
+        "delay-test",
+        ("d", "delay", {"amount": 2, "unit": "hours"}),
+        ("a", "action", action()),
+        schedule="@hourly",
+    )
+    j = journey(doc)
+    j.run_days(kst(2025, 3, 4, 10), kst(2025, 3, 4, 12))
+    step = steps_of(engine, "delay-test")[("p1", "d")]
+    assert (step["status"], step["due_at"]) == ("waiting", kst(2025, 3, 4, 12, 15))
+    assert fake.stats()["received"] == 0
+
+    j.run_days(kst(2025, 3, 4, 12), kst(2025, 3, 4, 15))
+    assert j.sent == {"p1/a": (kst(2025, 3, 4, 12, 15), "wake")}  # not at the 13:00 run
+    step = steps_of(engine, "delay-test")[("p1", "d")]
+    assert step["status"] == "done"
+    assert step["output"] == {"released_at": "2025-03-04T03:15:00+00:00"}
+    assert ledger(engine, "delay-test")["p1"]["sent_at"] == kst(2025, 3, 4, 12, 15)
+
+
+def test_delay_until_day_before_at_ten_goes_out_at_ten_via_a_wake_run(engine, journey, fake):
+    doc = example("day-before-reminder")
+    doc["nodes"][0]["data"]["schedule"] = "@daily"  # so that only a wake run can send at 10:00
+    c = Clinic()
+    c.patient("p1")
+    aid = c.appointment(
+        "p1-a", "p1", status="scheduled", scheduled_at=kst(2025, 3, 6, 15), created_at=kst(2025, 3, 3, 11, 20)
+    )
+    c.event("p1-e", aid, "appointment_created", kst(2025, 3, 3, 11, 20))
+    c.load(engine)
+    j = journey(doc)
+    j.run_days(kst(2025, 3, 3), kst(2025, 3, 7))
+
+    ten_kst = datetime(2025, 3, 5, 1, 0, tzinfo=UTC)  # 10:00 Asia/Seoul
+    assert j.sent == {"p1/remind": (ten_kst, "wake")}
+    assert (ten_kst, "wake") in j.runs
+    row = ledger(engine, "day-before-reminder")["p1"]
+    assert (row["status"], row["sent_at"], row["due_at"]) == ("sent", ten_kst, ten_kst)
+    assert "내일" in fake.messages()[0]["body"]
+
+
+# ------------------------------------------------------------------ time window
+
+
+def test_time_window_passes_inside_and_parks_until_the_opening(engine, journey, fake):
+    c = Clinic()
+    c.completed("inside", kst(2025, 3, 5, 10, 10))  # Wednesday morning
+    c.completed("friday", kst(2025, 3, 7, 17, 40))  # Friday 18:00 run: closed until Monday 09:00
+    c.completed("london", kst(2025, 3, 7, 17, 40), timezone="Europe/London")  # 08:40 there: opens 09:00 GMT
+    c.load(engine)
+    doc = chain(
+        "window-test",
+        ("w", "timeWindow", {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}),
+        ("a", "action", action()),
+        schedule="@hourly",
+    )
+    j = journey(doc)
+    j.run_days(kst(2025, 3, 5, 10), kst(2025, 3, 5, 12))
+    assert j.sent == {"inside/a": (kst(2025, 3, 5, 11), "scheduled")}
+    assert steps_of(engine, "window-test")[("inside", "w")]["output"] == {"window": "open"}
+
+    j.run_days(kst(2025, 3, 7, 17), kst(2025, 3, 7, 19))
+    step = steps_of(engine, "window-test")[("friday", "w")]
+    assert (step["status"], step["due_at"]) == ("waiting", kst(2025, 3, 10, 9))
+    assert "friday/a" not in j.sent
+    assert j.sent["london/a"] == (kst(2025, 3, 7, 18), "scheduled")  # 09:00 in London
+
+    j.run_days(kst(2025, 3, 10, 0), kst(2025, 3, 10, 10))
+    assert j.sent["friday/a"] == (kst(2025, 3, 10, 9), "scheduled")
+    assert_exactly_once(fake)
+
+
+def test_time_window_opening_before_the_next_daily_run_is_a_wake_run(engine, journey, fake):
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 7, 17, 40))  # Friday evening; the daily run is at 00:00
+    c.load(engine)
+    doc = chain(
+        "window-wake",
+        ("w", "timeWindow", {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}),
+        ("a", "action", action()),
+    )
+    j = journey(doc)
+    j.run_days(kst(2025, 3, 8), kst(2025, 3, 11))
+    assert j.sent == {"p1/a": (kst(2025, 3, 10, 9), "wake")}
+
+
+# ------------------------------------------------------------------ action
+
+
+def test_action_skips_with_a_reason_and_never_sends(engine, journey, fake):
+    at = kst(2025, 3, 4, 9, 30)
+    c = Clinic()
+    c.completed("ok", at)
+    c.completed("no_care", at, consent_messages=False)
+    c.completed("no_phone", at, phone=None)
+    c.completed("landline", at, phone="02-555-0101")
+    c.completed("marketing_ok", at, consent_marketing=True)
+    c.load(engine)
+    doc = chain(
+        "skip-test",
+        ("care", "action", action("{{ patient.name }}님 진료 안내")),
+        ("promo", "action", action("(광고) {{ patient.name }}님 이벤트", purpose="marketing")),
+        schedule="@hourly",
+        edges=[("t", "care", None), ("t", "promo", None)],
+    )
+    j = journey(doc)
+    reports = j.run_at(kst(2025, 3, 4, 10))
+
+    assert set(j.sent) == {"ok/care", "landline/care"} - {"landline/care"} | {
+        "marketing_ok/care",
+        "marketing_ok/promo",
+    }
+    steps = steps_of(engine, "skip-test")
+    expected = {
+        ("no_care", "care"): "no_consent_messages",
+        ("no_phone", "care"): "no_phone",
+        ("landline", "care"): "invalid_phone",
+        ("ok", "promo"): "no_consent_marketing",
+        ("no_care", "promo"): "no_consent_marketing",
+    }
+    for key, reason in expected.items():
+        assert (steps[key]["status"], steps[key]["error"]) == ("skipped", reason), key
+    assert reports["care"].reasons["no_consent_messages"] == 1
+    assert reports["care"].skipped == 3 and reports["care"].sent == 2
+    from careflow.store import tables
+
+    from .harness import rows
+
+    by_key = {
+        (r["patient_id"], r["node_id"]): r for r in rows(engine, tables.messages, workflow_id="skip-test")
+    }
+    for key, reason in expected.items():
+        assert (by_key[key]["status"], by_key[key]["reason"]) == ("skipped", reason), key
+    assert executions(engine, "skip-test")["no_phone"]["status"] == "completed"  # skipped, not failed
+    assert fake.stats()["received"] == 3
+
+
+def test_marketing_in_quiet_hours_waits_instead_of_skipping(engine, journey, fake):
+    c = Clinic()
+    c.completed("day_only", kst(2025, 3, 4, 21, 30), consent_marketing=True)
+    c.completed("night_ok", kst(2025, 3, 4, 21, 30), consent_marketing=True, consent_night_marketing=True)
+    c.load(engine)
+    doc = chain("quiet-test", ("promo", "action", action("(광고) 이벤트", purpose="marketing")))
+    j = journey(doc)
+    first = j.run_at(kst(2025, 3, 5))["promo"]
+    assert first.waiting == 1 and first.skipped == 0
+    assert first.reasons["marketing_quiet_hours"] == 1
+    step = steps_of(engine, "quiet-test")[("day_only", "promo")]
+    assert (step["status"], step["due_at"]) == ("waiting", kst(2025, 3, 5, 8))
+
+    j.wakes(kst(2025, 3, 5))
+    assert j.sent == {
+        "night_ok/promo": (kst(2025, 3, 5), "scheduled"),
+        "day_only/promo": (kst(2025, 3, 5, 8), "wake"),
+    }
+    assert ledger(engine, "quiet-test")["day_only"]["status"] == "sent"
+
+
+def test_message_past_max_lateness_expires_and_is_never_sent(engine, journey, fake):
+    c = Clinic()
+    c.completed("late", kst(2025, 3, 4, 10))  # 14 h before the daily run
+    c.completed("fresh", kst(2025, 3, 4, 23, 30))  # 30 min before it
+    c.load(engine)
+    doc = chain("lateness-test", ("a", "action", action(max_lateness={"amount": 1, "unit": "hours"})))
+    j = journey(doc)
+    report = j.run_at(kst(2025, 3, 5))["a"]
+
+    assert (report.sent, report.expired) == (1, 1)
+    assert set(j.sent) == {"fresh/a"}
+    row = ledger(engine, "lateness-test")["late"]
+    assert (row["status"], row["reason"]) == ("expired", "late_by_840_min")
+    step = steps_of(engine, "lateness-test")[("late", "a")]
+    assert (step["status"], step["error"]) == ("skipped", "late_by_840_min")
+    j.run_at(kst(2025, 3, 6))
+    assert fake.stats()["received"] == 1
+
+
+def test_template_failing_for_one_patient_fails_only_that_patient(engine, journey, fake):
+    at = kst(2025, 3, 4, 10)
+    c = Clinic()
+    c.completed("p1", at, attributes={"nickname": "민지"})
+    c.completed("p2", at)  # no nickname: the template cannot render for this patient
+    c.completed("p3", at, attributes={"nickname": "서연"})
+    c.load(engine)
+    doc = chain(
+        "template-test", ("a", "action", action("{{ patient.attributes.nickname }}님, 경과는 어떠신가요?"))
+    )
+    j = journey(doc)
+    report = j.run_at(kst(2025, 3, 5))["a"]
+
+    assert (report.sent, report.failed) == (2, 1)
+    assert sorted(m["body"] for m in fake.messages()) == [
+        "민지님, 경과는 어떠신가요?",
+        "서연님, 경과는 어떠신가요?",
+    ]
+    row = ledger(engine, "template-test")["p2"]
+    assert (row["status"], row["reason"]) == ("failed", "TEMPLATE_UNKNOWN_VARIABLE")
+    step = steps_of(engine, "template-test")[("p2", "a")]
+    assert (step["status"], step["error"]) == ("failed", "TEMPLATE_UNKNOWN_VARIABLE")
+    status = {p: e["status"] for p, e in executions(engine, "template-test").items()}
+    assert status == {"p1": "completed", "p2": "failed", "p3": "completed"}
+    j.run_at(kst(2025, 3, 5, 0, 30))  # a retry does not resend nor retry the failure
+    assert fake.stats()["received"] == 2
