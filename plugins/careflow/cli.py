@@ -75,7 +75,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                         print(_diagnostic_line(d))
             else:
                 print(
-                    f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({r.content_hash[:12]}) -> {r.snapshot}"
+                    f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({(r.content_hash or '')[:12]}) -> {r.snapshot}"
                 )
     return EXIT_OK if all(r.action != "refused" for r in results) else EXIT_INVALID
 

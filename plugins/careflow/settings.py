@@ -85,10 +85,10 @@ def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:
         )
     parts = urlsplit(uri)
     query = dict(parse_qsl(parts.query))
-    extra: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     if "__extra__" in query:
-        extra = json.loads(query.pop("__extra__"))
-    extra.update(query)
+        options = json.loads(query.pop("__extra__"))
+    options.update(query)
     host = unquote(parts.hostname or "")
     conn_type = parts.scheme.replace("-", "_")
     # Airflow encodes a URL host (http://…) inside the host part: keep it as a base URL.
@@ -102,7 +102,7 @@ def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:
         login=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
         schema=unquote(parts.path.lstrip("/")),
-        extra=extra,
+        extra=options,
     )
 
 

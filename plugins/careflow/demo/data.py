@@ -115,9 +115,9 @@ def generate(
                     "attributes": {},
                 }
             )
-            events = [("appointment_created", created)]
+            events: list[tuple[str, datetime]] = [("appointment_created", created)]
             if status == "completed":
-                events.append(("appointment_completed", completed))
+                events.append(("appointment_completed", completed or scheduled))
             elif status == "no_show":
                 events.append(("appointment_no_show", scheduled + timedelta(minutes=30)))
             elif status == "cancelled":

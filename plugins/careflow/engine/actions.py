@@ -331,7 +331,7 @@ def _record(
             "sent_at": None,
             "latency": int(result.latency_ms) if result is not None and result.latency_ms else None,
         }
-        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) and result is not None:
             entry.update(status="sent", provider_id=result.provider_id, sent_at=ctx.now)
             step_updates.append(
                 {"id": row["id"], "status": "done", "output": {"message": "sent", "channel": config.channel}}
@@ -347,7 +347,7 @@ def _record(
                 latency_ms=entry["latency"] or 0,
                 lateness_s=lateness,
             )
-        elif outcome == Outcome.PERMANENT:
+        elif outcome == Outcome.PERMANENT and result is not None:
             reason = f"provider_{result.error_code or result.status_code}"
             entry.update(status="failed", reason=reason, last_error=_safe_error(result))
             step_updates.append(

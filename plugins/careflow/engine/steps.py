@@ -190,7 +190,7 @@ def load_facts(
         dict(clinic_row) if clinic_row else {"id": ctx.compiled.clinic_id, "timezone": ctx.compiled.timezone}
     )
     clinic.setdefault("timezone", ctx.compiled.timezone)
-    upcoming = dict(
+    upcoming: dict[str, int] = dict(
         conn.execute(
             select(a.c.patient_id, func.count())
             .where(a.c.patient_id.in_(patient_ids), a.c.status == "scheduled", a.c.scheduled_at > ctx.now)

@@ -126,7 +126,7 @@ class TriggerData(_Strict):
         "appointment_no_show",
         "appointment_rescheduled",
     ]
-    filters: TriggerFilters = Field(default_factory=TriggerFilters)
+    filters: TriggerFilters = Field(default_factory=lambda: TriggerFilters())
     schedule: str = Field("@daily", description="@daily, @hourly or a five-field cron expression.")
 
 
@@ -215,7 +215,7 @@ class TimeWindowData(_Strict):
 
     label: str = Field("", max_length=200)
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: list(WEEKDAYS)
+        default_factory=lambda: list(WEEKDAYS),  # type: ignore[arg-type]
     )
     start: str = Field(pattern=HHMM_PATTERN)
     end: str = Field(pattern=HHMM_PATTERN)
@@ -282,7 +282,7 @@ class Workflow(BaseModel):
     clinic_id: str = Field(min_length=1, max_length=64)
     status: Literal["draft", "active", "paused", "archived"] = "active"
     timezone: str = "Asia/Seoul"
-    settings: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    settings: WorkflowSettings = Field(default_factory=lambda: WorkflowSettings())
     nodes: list[Node] = Field(max_length=MAX_NODES)
     edges: list[Edge] = Field(default_factory=list, max_length=MAX_EDGES)
 
