@@ -339,3 +339,27 @@ def assert_exactly_once(server: Any) -> dict[str, Any]:
     assert stats["accepted_twice"] == 0, stats
     assert all(n == 1 for n in stats["accepts_by_key"].values()), stats["accepts_by_key"]
     return stats
+
+
+# ------------------------------------------------------------------ a worker in another process
+
+
+def send_in_child(db_url: str, doc: dict[str, Any], now_iso: str, node_id: str, url: str, token: str) -> None:
+    """Run one action node in a fresh process (spawned): the worker a test kills mid-batch."""
+    from careflow.store.db import get_engine
+
+    compiled = compile_doc(doc)
+    ctx = RunContext(
+        compiled=compiled,
+        now=datetime.fromisoformat(now_iso),
+        engine=get_engine(db_url),
+        run_id="child",
+        worker="child",
+        sender=ProviderClient(url, token, max_concurrency=2, timeout=5),
+    )
+    process_node(ctx, node_id)
+
+
+def cohort(clinic: Clinic, n: int, at: datetime, prefix: str = "p", **patient: Any) -> list[str]:
+    """``n`` patients whose implant surgery completed at ``at``."""
+    return [clinic.completed(f"{prefix}{i:04d}", at, **patient) and f"{prefix}{i:04d}" for i in range(n)]
