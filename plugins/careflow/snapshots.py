@@ -7,6 +7,7 @@ fsync, rename) so a parser never sees half a file. A snapshot that cannot be loa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,8 @@ from careflow.workflow.models import Workflow
 
 SNAPSHOT_FORMAT = 1
 SUFFIX = ".json"
+#: Snapshot files are world-readable: they hold workflow definitions, never patient data.
+SNAPSHOT_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ def write_snapshot(workflows_dir: Path, snapshot: Snapshot) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{snapshot.workflow_id}.", suffix=".tmp", dir=workflows_dir)
     try:
         with os.fdopen(fd, "wb") as fh:
+            # mkstemp creates the file 0600; the DAG processor and workers may run as another user.
+            os.fchmod(fh.fileno(), SNAPSHOT_MODE)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -78,7 +83,22 @@ def write_snapshot(workflows_dir: Path, snapshot: Snapshot) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(workflows_dir)
     return target
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_snapshot(path: Path) -> Snapshot:
@@ -112,6 +132,12 @@ _compiled: dict[str, CompiledWorkflow] = {}
 
 def compile_snapshot(snap: Snapshot) -> CompiledWorkflow:
     """Compile a snapshot, cached by content hash (a snapshot's content never changes under one hash)."""
+    # The cache trusts the hash, so the hash must be the content's: a snapshot edited by hand is refused.
+    if document_hash(snap.document) != snap.content_hash:
+        raise SnapshotError(
+            f"{snap.path.name}: the workflow does not match the snapshot's content hash "
+            "(edited by hand?); publish it with `careflow workflows publish`"
+        )
     key = f"{snap.content_hash}:{snap.version}"
     cached = _compiled.get(key)
     if cached is not None:
@@ -119,10 +145,27 @@ def compile_snapshot(snap: Snapshot) -> CompiledWorkflow:
     try:
         workflow = Workflow.model_validate(snap.document)
         compiled = compile_workflow(workflow, version=snap.version, content_hash=snap.content_hash)
-    except (ValidationError, ValueError, KeyError, StopIteration) as exc:
-        raise SnapshotError(f"{snap.path.name}: the workflow in it does not compile ({exc})") from exc
+    except ValidationError as exc:
+        raise SnapshotError(
+            f"{snap.path.name}: the workflow in it does not compile ({_summary(exc)})"
+        ) from exc
+    except (ValueError, KeyError, StopIteration) as exc:
+        raise SnapshotError(f"{snap.path.name}: the workflow in it does not compile ({exc!r})") from exc
     _compiled[key] = compiled
     return compiled
+
+
+def document_hash(document: dict[str, Any]) -> str:
+    """sha256 of a canonical workflow document, as :func:`careflow.compiler.hashing.content_hash` computes it."""
+    data = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def _summary(exc: ValidationError) -> str:
+    # One line per snapshot in logs and in `careflow workflows list`.
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'workflow'}: {e['msg']}" for e in exc.errors()[:5]]
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def load_all(workflows_dir: Path) -> tuple[list[tuple[Snapshot, CompiledWorkflow]], list[SnapshotProblem]]:

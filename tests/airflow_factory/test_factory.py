@@ -184,3 +184,22 @@ def test_parsing_touches_no_database_and_no_network(
 
 def test_a_missing_workflows_dir_gives_no_dags_and_no_error(tmp_path: Path) -> None:
     assert build_dags(tmp_path / "nowhere") == ({}, [])
+
+
+def test_a_snapshot_edited_by_hand_is_refused(published_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    shutil.copy(published_dir / "implant-aftercare.json", tmp_path / "implant-aftercare.json")
+    assert list(build_dags(tmp_path)[0]) == ["careflow__implant-aftercare"]  # now compiled and cached
+    snap = json.loads((tmp_path / "implant-aftercare.json").read_text(encoding="utf-8"))
+    snap["workflow"]["nodes"][1]["data"]["amount"] = 30
+    (tmp_path / "implant-aftercare.json").write_text(json.dumps(snap, ensure_ascii=False), encoding="utf-8")
+    dags, problems = build_dags(tmp_path)
+    assert dags == {}
+    assert len(problems) == 1 and "content hash" in problems[0].message
+
+
+def test_problems_are_one_line_each(built: tuple[dict, list]) -> None:
+    for problem in built[1]:
+        assert "\n" not in problem.message, problem.message
