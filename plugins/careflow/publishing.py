@@ -201,6 +201,7 @@ def list_workflows(
     good, problems = load_all(workflows_dir)
     snaps = {snap.workflow_id: snap for snap, _ in good}
     listings: dict[str, WorkflowListing] = {}
+    db_read = False
     try:
         engine = engine or get_engine()
         v = tables.workflow_versions
@@ -229,11 +230,13 @@ def list_workflows(
                     snapshot=state,
                     published_at=row["published_at"].isoformat(),
                 )
+        db_read = True
     except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
+        reason = (str(exc).strip().splitlines() or [""])[0]  # drivers' messages run over several lines
         listings["(database)"] = WorkflowListing(
             workflow_id="(database)",
             snapshot="n/a",
-            problem=f"cannot read versions: {type(exc).__name__}: {exc}",
+            problem=f"cannot read versions: {type(exc).__name__}: {reason}",
         )
     for snap, compiled in good:
         if snap.workflow_id not in listings:
@@ -244,7 +247,7 @@ def list_workflows(
                 status=compiled.status,
                 content_hash=snap.content_hash,
                 validation="ok",
-                snapshot="ok (not in database)",
+                snapshot="ok (not in database)" if db_read else "ok",
                 published_at=snap.published_at,
             )
     for problem in problems:

@@ -1,0 +1,105 @@
+"""``careflow workflows list``: what is published, what the factory sees, and what is broken."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from careflow.cli import main
+from careflow.publishing import publish_paths
+from support import EXAMPLES
+
+UNREACHABLE = "postgresql+psycopg2://careflow@127.0.0.1:1/careflow"
+
+
+@pytest.fixture(autouse=True)
+def _embedded_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
+
+
+@pytest.fixture
+def published(engine: Engine, workflows_dir: Path) -> Path:
+    """Every example published, and a corrupt snapshot file next to them."""
+    results = publish_paths(sorted(EXAMPLES.glob("*.json")), engine=engine, workflows_dir=workflows_dir)
+    assert {r.action for r in results} == {"published"}
+    (workflows_dir / "corrupt.json").write_bytes(b"\x00\x01 not json")
+    return workflows_dir
+
+
+def _list_json(capsys: pytest.CaptureFixture[str], workflows_dir: Path) -> dict[str, dict]:
+    assert main(["workflows", "list", "--json", "--workflows-dir", str(workflows_dir)]) == 0
+    return {item["workflow_id"]: item for item in json.loads(capsys.readouterr().out)}
+
+
+def test_list_shows_versions_hashes_validation_and_broken_snapshots(
+    published: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items = _list_json(capsys, published)
+    ids = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+    assert sorted(items) == sorted([*ids, "corrupt"])
+    for wid in ids:
+        snap = json.loads((published / f"{wid}.json").read_text(encoding="utf-8"))
+        item = items[wid]
+        assert item["version"] == 1
+        assert item["content_hash"] == snap["content_hash"]
+        assert item["snapshot"] == "ok"
+        assert item["validation"].startswith("ok")
+        assert item["problem"] is None
+    assert items["scaling-whitening-offer"]["status"] == "draft"
+    assert items["implant-aftercare"]["status"] == "active"
+    assert items["corrupt"]["snapshot"] == "broken"
+    assert "corrupt.json" in items["corrupt"]["problem"]
+
+    assert main(["workflows", "list", "--workflows-dir", str(published)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["workflow", "ver", "status", "hash", "validation", "snapshot"]
+    implant = next(line for line in table if line.startswith("implant-aftercare "))
+    assert implant.split()[:4] == [
+        "implant-aftercare",
+        "1",
+        "active",
+        items["implant-aftercare"]["content_hash"][:12],
+    ]
+    corrupt = next(line for line in table if line.startswith("corrupt "))
+    assert "broken" in corrupt and "not a readable JSON snapshot" in corrupt
+
+
+def test_list_marks_a_stale_or_missing_snapshot(
+    published: Path, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = json.loads((EXAMPLES / "implant-aftercare.json").read_text(encoding="utf-8"))
+    changed["name"] = "changed"
+    source = published.parent / "implant-v2.json"
+    source.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    other_dir = published.parent / "elsewhere"
+    publish_paths([source], engine=engine, workflows_dir=other_dir)  # v2 stored, snapshot written elsewhere
+    (published / "day-before-reminder.json").unlink()
+    items = _list_json(capsys, published)
+    assert items["implant-aftercare"]["version"] == 2
+    assert items["implant-aftercare"]["snapshot"] == "stale"
+    assert items["day-before-reminder"]["snapshot"] == "missing"
+
+
+def test_list_works_without_the_database(
+    published: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from careflow.store.db import dispose_engines
+
+    dispose_engines()
+    monkeypatch.setenv("CAREFLOW_DB_URL", UNREACHABLE)
+    items = _list_json(capsys, published)
+    assert "cannot read versions" in items["(database)"]["problem"]
+    for wid in (p.stem for p in EXAMPLES.glob("*.json")):
+        assert items[wid]["version"] == 1
+        assert items[wid]["snapshot"].startswith("ok")
+        assert len(items[wid]["content_hash"]) == 64
+    assert items["corrupt"]["snapshot"] == "broken"
+
+    assert main(["workflows", "list", "--workflows-dir", str(published)]) == 0
+    out = capsys.readouterr().out
+    assert "implant-aftercare" in out and "broken" in out and "cannot read versions" in out
+    # one line per row: the database's multi-line error does not break the table
+    assert len(out.splitlines()) == 2 + 1 + len(list(EXAMPLES.glob("*.json"))) + 1

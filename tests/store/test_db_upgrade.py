@@ -1,0 +1,135 @@
+"""``careflow db upgrade``: careflow's tables, the clinic tables of DESIGN §8, idempotent, views respected."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from careflow.cli import main
+from careflow.store import tables
+from careflow.store.migrations import MIGRATIONS, upgrade
+
+#: DESIGN §8, column for column.
+CLINIC_COLUMNS = {
+    "clinics": {"id", "name", "phone", "timezone"},
+    "patients": {
+        "id",
+        "clinic_id",
+        "name",
+        "phone",
+        "email",
+        "birth_date",
+        "timezone",
+        "consent_messages",
+        "consent_marketing",
+        "consent_night_marketing",
+        "attributes",
+    },
+    "appointments": {
+        "id",
+        "patient_id",
+        "clinic_id",
+        "type",
+        "status",
+        "scheduled_at",
+        "created_at",
+        "completed_at",
+        "attributes",
+    },
+    "appointment_events": {"id", "appointment_id", "patient_id", "clinic_id", "type", "occurred_at"},
+}
+CAREFLOW_TABLES = {
+    "careflow_schema_migrations",
+    "careflow_workflow_versions",
+    "careflow_enrollment_watermarks",
+    "careflow_executions",
+    "careflow_steps",
+    "careflow_messages",
+}
+
+
+def test_upgrade_creates_careflow_and_clinic_tables(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "upgrade"]) == 0
+    out = capsys.readouterr().out
+    latest = MIGRATIONS[-1].version
+    assert f"careflow tables at version {latest}" in out
+    assert "created clinic tables: clinics, patients, appointments, appointment_events" in out
+
+    engine = create_engine(empty_db_url)
+    insp = inspect(engine)
+    names = set(insp.get_table_names())
+    assert names >= CAREFLOW_TABLES
+    for table, columns in CLINIC_COLUMNS.items():
+        assert {c["name"] for c in insp.get_columns(table)} == columns, table
+    # the consent defaults of §8 hold when a row says nothing
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO patients (id, clinic_id, name) VALUES ('p1', 'c1', 'x')"))
+        row = conn.execute(
+            text("SELECT consent_messages, consent_marketing, consent_night_marketing FROM patients")
+        ).one()
+    assert tuple(bool(v) for v in row) == (True, False, False)
+    engine.dispose()
+
+
+def test_second_upgrade_applies_nothing(empty_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    first = upgrade()
+    assert first.applied == [m.version for m in MIGRATIONS]
+    second = upgrade()
+    assert second.applied == []
+    assert second.clinic_tables_created == []
+    assert second.current == first.current == MIGRATIONS[-1].version
+    assert main(["db", "upgrade"]) == 0
+    out = capsys.readouterr().out
+    assert "applied: none (up to date)" in out and "created clinic tables" not in out
+    engine = create_engine(empty_db_url)
+    with engine.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM careflow_schema_migrations")).scalar()
+    engine.dispose()
+    assert count == len(MIGRATIONS)
+
+
+def test_existing_clinic_table_and_view_are_left_alone(empty_db_url: str) -> None:
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        # a clinic's own schema: a table careflow would have created differently, and a view
+        conn.execute(text("CREATE TABLE clinic_people (pid TEXT, clinic TEXT, full_name TEXT)"))
+        conn.execute(text("INSERT INTO clinic_people VALUES ('p1', 'c1', 'Kim')"))
+        conn.execute(
+            text(
+                "CREATE VIEW patients AS SELECT pid AS id, clinic AS clinic_id, full_name AS name, "
+                "NULL AS phone FROM clinic_people"
+            )
+        )
+        conn.execute(text("CREATE TABLE clinics (id TEXT PRIMARY KEY, name TEXT, legacy_code TEXT)"))
+        conn.execute(text("INSERT INTO clinics VALUES ('c1', 'Gangnam', 'G-01')"))
+    report = upgrade()
+    assert report.clinic_tables_created == ["appointments", "appointment_events"]
+
+    insp = inspect(engine)
+    assert "patients" in insp.get_view_names()
+    assert "patients" not in insp.get_table_names()
+    assert {c["name"] for c in insp.get_columns("patients")} == {"id", "clinic_id", "name", "phone"}
+    assert {c["name"] for c in insp.get_columns("clinics")} == {"id", "name", "legacy_code"}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM patients")).scalar() == "Kim"
+        assert conn.execute(text("SELECT legacy_code FROM clinics")).scalar() == "G-01"
+    engine.dispose()
+    assert upgrade().clinic_tables_created == []
+
+
+def test_check_ready_refuses_an_unmigrated_database(empty_db_url: str) -> None:
+    from careflow.exceptions import ConfigurationError
+    from careflow.store.migrations import check_ready
+
+    with pytest.raises(ConfigurationError, match="careflow db upgrade"):
+        check_ready()
+    upgrade()
+    check_ready()
+
+
+def test_metadata_and_migrations_agree() -> None:
+    """Every careflow table of the metadata is created by a migration (none forgotten)."""
+    assert {t.name for t in tables.CAREFLOW_TABLES} == CAREFLOW_TABLES
+    assert {t.name for t in tables.CLINIC_TABLES} == set(CLINIC_COLUMNS)
