@@ -37,7 +37,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _diagnostic_line(d: Any) -> str:
-    where = d.node_id and f"node {d.node_id}" or d.edge_id and f"edge {d.edge_id}" or "workflow"
+    # a diagnostic may name both a node and an edge (a loop closed by an edge): show both
+    places = [f"node {d.node_id}" if d.node_id else "", f"edge {d.edge_id}" if d.edge_id else ""]
+    where = ", ".join(p for p in places if p) or "workflow"
     field = f" [{d.field}]" if getattr(d, "field", None) else ""
     return f"  {d.severity:<7} {d.code:<28} {where}{field}: {d.message}"
 

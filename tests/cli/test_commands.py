@@ -1,0 +1,152 @@
+"""The ``careflow`` command: exit codes, JSON diagnostics, the schema, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from careflow.cli import main
+from support import EXAMPLES, REPO
+
+BROKEN = REPO / "include" / "broken"
+CAREFLOW = str(Path(sys.executable).parent / "careflow")
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_valid_examples_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in EXAMPLES.glob("*.json"))
+    code, out, _ = _run(capsys, "workflows", "validate", *files)
+    assert code == 0
+    assert out.count(": ok (0 error(s)") == len(files)
+
+
+def test_one_bad_file_among_good_ones_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys,
+        "workflows",
+        "validate",
+        str(EXAMPLES / "implant-aftercare.json"),
+        str(BROKEN / "graph-cycle.json"),
+    )
+    assert code == 1
+    assert "implant-aftercare.json: ok" in out
+    assert "graph-cycle.json: INVALID" in out and "GRAPH_CYCLE" in out and "edge e5" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "code"),
+    [
+        ("binary.json", bytes(range(256)) * 4, "WF_NOT_JSON"),
+        ("text.json", b"this is not json", "WF_NOT_JSON"),
+        ("truncated.json", b'{"id": "x", "nodes": [', "WF_NOT_JSON"),
+        ("list.json", b"[1, 2, 3]", "WF_NOT_OBJECT"),
+        ("empty.json", b"", "WF_EMPTY"),
+        ("missing.json", None, "WF_UNREADABLE"),
+        ("a-directory", "dir", "WF_UNREADABLE"),
+    ],
+)
+def test_unreadable_input_is_a_diagnostic_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes | str | None, code: str
+) -> None:
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    exit_code, out, err = _run(capsys, "workflows", "validate", "--json", str(path))
+    assert exit_code == 1
+    assert "Traceback" not in out + err
+    (report,) = json.loads(out)
+    assert report["ok"] is False
+    assert [d["code"] for d in report["diagnostics"]] == [code]
+
+
+def test_json_output_names_the_offending_node_or_edge_for_every_broken_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = sorted(BROKEN.glob("*.json"))
+    assert len(files) >= 25
+    code, out, err = _run(capsys, "workflows", "validate", "--json", *map(str, files))
+    assert code == 1
+    assert err == ""
+    reports = {Path(r["source"]).name: r for r in json.loads(out)}
+    assert set(reports) == {f.name for f in files}
+    refused = {name for name, r in reports.items() if not r["ok"] and r["errors"] >= 1}
+    assert refused == set(reports), sorted(set(reports) - refused)
+    unlocated = []
+    for name, report in reports.items():
+        errors = [d for d in report["diagnostics"] if d["severity"] == "error"]
+        assert all({"severity", "code", "message", "node_id", "edge_id", "field"} <= set(d) for d in errors)
+        if not any(d["node_id"] or d["edge_id"] for d in errors):
+            unlocated.append(name)
+    # every fixture breaks one node or edge of implant-aftercare: each refusal must point at it
+    assert unlocated == []
+
+
+def test_validate_without_files_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["workflows", "validate"])
+    assert exc.value.code == 2
+    assert "FILE" in capsys.readouterr().err
+
+
+def test_schema_is_the_published_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "schema")
+    assert code == 0
+    published = json.loads((REPO / "include" / "schema" / "workflow.schema.json").read_text(encoding="utf-8"))
+    assert json.loads(out) == published
+
+
+def test_an_unexpected_error_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAREFLOW_DB_URL", "postgresql+psycopg2://careflow@127.0.0.1:1/careflow")
+    from careflow.store.db import dispose_engines
+
+    dispose_engines()
+    code, out, err = _run(capsys, "db", "upgrade")
+    dispose_engines()
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.startswith("careflow: ") and "OperationalError" in err
+
+
+def test_console_script_validates_and_upgrades(tmp_path: Path) -> None:
+    """The installed ``careflow`` script: exit codes and ``db upgrade`` printing the version."""
+    import os
+
+    env = {**os.environ, "CAREFLOW_DB_URL": f"sqlite:///{tmp_path / 'careflow.db'}", "CAREFLOW_REDIS_URL": ""}
+    bad = subprocess.run(
+        [CAREFLOW, "workflows", "validate", str(BROKEN / "node-unknown-type.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert bad.returncode == 1, bad.stderr
+    assert "NODE_UNKNOWN_TYPE" in bad.stdout and "Traceback" not in bad.stderr
+    upgraded = subprocess.run(
+        [CAREFLOW, "db", "upgrade"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "careflow tables at version 1" in upgraded.stdout
+    assert (tmp_path / "careflow.db").exists()
+
+
+def test_python_dash_m_careflow_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "careflow", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: careflow")
+    for command in ("db", "workflows", "schema", "simulate"):
+        assert command in result.stdout
