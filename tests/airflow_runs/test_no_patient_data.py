@@ -1,0 +1,125 @@
+"""Real Airflow task runs (dag.test) leave no patient name, phone number or message body behind.
+
+The workflow runs through Airflow's task runner with task logging on; then the task output, every
+XCom value and every log file are searched for each patient's name and phone number and for each
+message body the provider received.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from careflow.demo.data import generate, load
+from careflow.providers.fake_server import FakeProviderServer
+from careflow.publishing import publish_paths
+from careflow.store.db import dispose_engines, get_engine
+from careflow.store.migrations import upgrade
+from support import airflow_env
+
+pytestmark = pytest.mark.airflow
+
+
+WORKFLOW = {
+    "id": "booking-thanks",
+    "name": "예약 감사 문자",
+    "clinic_id": "gangnam-01",
+    "timezone": "Asia/Seoul",
+    "nodes": [
+        {
+            "id": "booked",
+            "type": "trigger",
+            "data": {"label": "예약", "event": "appointment_created", "schedule": "@daily"},
+        },
+        {
+            "id": "thanks",
+            "type": "action",
+            "data": {
+                "label": "감사 문자",
+                "channel": "lms",
+                "template": "{{ patient.name }}님, {{ clinic.name }} 예약 감사합니다. 문의 {{ clinic.phone }} / {{ patient.phone }}",
+            },
+        },
+    ],
+    "edges": [{"id": "e1", "source": "booked", "target": "thanks"}],
+}
+
+
+def _digits(phone: str) -> str:
+    return "".join(ch for ch in phone if ch.isdigit())
+
+
+def test_task_logs_and_xcom_hold_ids_only(airflow_home: Path, tmp_path: Path) -> None:
+    db = tmp_path / "careflow.db"
+    url = f"sqlite:///{db}"
+    workflows = tmp_path / "workflows"
+    engine = get_engine(url)
+    upgrade(engine)
+    data = generate(date(2026, 3, 2), patients=120)
+    load(engine, data)
+    source = tmp_path / "booking-thanks.json"
+    source.write_text(json.dumps(WORKFLOW, ensure_ascii=False), encoding="utf-8")
+    published = publish_paths([source], engine=engine, workflows_dir=workflows)
+    assert published[0].action == "published"
+    dispose_engines()
+
+    with FakeProviderServer() as provider:
+        env = airflow_env(
+            airflow_home,
+            workflows,
+            CAREFLOW_DB_URL=url,
+            CAREFLOW_REDIS_URL="",
+            CAREFLOW_BREAKER_DB=str(tmp_path / "breakers.db"),
+            AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+            AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(
+                {"conn_type": "http", "host": provider.url, "password": provider.token}
+            ),
+        )
+        env.pop("AIRFLOW__LOGGING__LOGGING_LEVEL", None)
+        env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "careflow",
+                "simulate",
+                "--workflow",
+                "booking-thanks",
+                "--start",
+                "2026-03-04",
+                "--days",
+                "1",
+                "--airflow-runner",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        bodies = [m["body"] for m in provider.messages()]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert bodies, (
+        f"the run sent nothing: the scan would prove nothing\n{run.stdout[-1500:]}\n{run.stderr[-1500:]}"
+    )
+    # The task runner really ran the node tasks (their count lines are in the output).
+    assert "careflow booking-thanks/thanks" in run.stdout + run.stderr
+
+    haystacks = [run.stdout, run.stderr]
+    with sqlite3.connect(airflow_home / "airflow.db") as conn:
+        haystacks += [str(row[0]) for row in conn.execute("select value from xcom")]
+    haystacks += [p.read_text(errors="replace") for p in (airflow_home / "logs").rglob("*") if p.is_file()]
+    text = "\n".join(haystacks)
+
+    names = {p["name"] for p in data["patients"]}
+    phones = {p["phone"] for p in data["patients"] if p["phone"]}
+    leaks = [n for n in names if n in text]
+    leaks += [p for p in phones if p in text or _digits(p) in text]
+    leaks += [b[:40] for b in bodies if b in text]
+    assert not leaks, f"patient data found in task output, XCom or logs: {leaks[:5]}"
