@@ -257,9 +257,14 @@ def _send_and_record(
 
     config = node.config
     results: dict[str, Any] = {}
-    # A claim that an earlier attempt may have sent: ask the provider before sending again.
+    # A claim that an earlier attempt may have sent (left "claimed" by a worker that died, or
+    # "unknown" after a lost answer): ask the provider before sending again. A "pending" message
+    # is not a suspect: its last attempt was refused (5xx, 429, 401) or never left (breaker open),
+    # and asking about every one of them would hit a failing provider once per message per attempt.
     suspects = [
-        k for k, item in to_send.items() if item.get("previous") is not None and item["previous"]["attempts"]
+        k
+        for k, item in to_send.items()
+        if item.get("previous") is not None and item["previous"]["status"] in ("claimed", "unknown")
     ]
     if suspects and not ctx.dry_run:
         found = ctx.sender.lookup_many(suspects)
