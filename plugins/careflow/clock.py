@@ -31,8 +31,8 @@ def parse_time(value: str | datetime) -> datetime:
 
 
 def is_simulated(conf: Mapping[str, Any] | None) -> bool:
-    """True when the run carries a simulated clock."""
-    return bool(conf) and bool(conf.get(CLOCK_KEY))  # type: ignore[union-attr]
+    """True for a run started by ``careflow simulate`` (nothing waits for real there)."""
+    return bool(conf) and bool(conf.get(SIMULATED_KEY))  # type: ignore[union-attr]
 
 
 def now_for(conf: Mapping[str, Any] | None) -> datetime:

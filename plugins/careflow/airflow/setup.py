@@ -1,0 +1,28 @@
+"""``careflow setup``: what careflow needs inside Airflow's metadata DB.
+
+Creates (or resizes) the ``careflow_messaging`` pool that caps concurrent send tasks against the
+messaging provider. Deferred tasks do not hold a slot: a task waiting for the circuit breaker in
+the triggerer frees its slot for another workflow's sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from careflow.airflow.operators.action import PROVIDER_POOL
+
+
+def setup_airflow(args: argparse.Namespace) -> int:
+    """Create or update careflow's pool; returns the exit code."""
+    from airflow.models.pool import Pool
+
+    if args.pool_slots < 1:
+        raise SystemExit("careflow setup: --pool-slots must be at least 1")
+    pool = Pool.create_or_update_pool(
+        name=PROVIDER_POOL,
+        slots=args.pool_slots,
+        description="careflow: send tasks running against the messaging provider at once",
+        include_deferred=False,
+    )
+    print(f"pool {pool.pool} has {pool.slots} slot(s)")
+    return 0

@@ -1,0 +1,99 @@
+"""The Airflow skin: the wake task defers in the triggerer and starts a wake run; setup makes the pool."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+from airflow.sdk.exceptions import DagRunTriggerException, TaskDeferred
+from sqlalchemy import insert
+
+from careflow.airflow.factory import build_dag
+from careflow.compiler import compile_workflow
+from careflow.store import tables
+from careflow.workflow.validation import validate_path
+from support import EXAMPLES
+
+NOW = datetime(2026, 3, 9, 15, 0, tzinfo=timezone.utc)  # midnight in Seoul: the daily run
+
+
+def _compiled():  # type: ignore[no-untyped-def]
+    workflow = validate_path(EXAMPLES / "day-before-reminder.json").workflow
+    assert workflow is not None
+    return compile_workflow(workflow, version=1, content_hash="h")
+
+
+def _park(engine, compiled, due: datetime) -> None:  # type: ignore[no-untyped-def]
+    node = next(n for n in compiled.order if compiled.node(n).type == "delay")
+    with engine.begin() as conn:
+        conn.execute(
+            insert(tables.executions).values(
+                id="x1",
+                workflow_id=compiled.workflow_id,
+                version=1,
+                trigger_event_id="e1",
+                patient_id="p1",
+                appointment_id="a1",
+                clinic_id=compiled.clinic_id,
+                status="waiting",
+                enrolled_at=NOW,
+                event_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        conn.execute(
+            insert(tables.steps).values(
+                execution_id="x1",
+                workflow_id=compiled.workflow_id,
+                node_id=node,
+                status="waiting",
+                arrived_at=NOW - timedelta(days=2),
+                due_at=due,
+                attempts=1,
+                version=1,
+            )
+        )
+
+
+def _context(conf: dict) -> dict:  # type: ignore[type-arg]
+    return {"dag_run": SimpleNamespace(conf=conf, run_id="scheduled__x"), "run_id": "scheduled__x"}
+
+
+def test_a_wait_before_the_next_run_is_waited_for_in_the_triggerer(engine) -> None:  # type: ignore[no-untyped-def]
+    compiled = _compiled()
+    due = NOW + timedelta(minutes=30)  # this workflow runs hourly: the wait ends before the next run
+    _park(engine, compiled, due)
+    wake = build_dag(compiled).get_task("careflow_wake")
+    with pytest.raises(TaskDeferred) as deferred:
+        wake.execute(_context({"careflow_clock": NOW.isoformat()} | {"careflow_simulated": False}) | {})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, DateTimeTrigger)
+    assert trigger.moment == due
+    with pytest.raises(DagRunTriggerException) as started:
+        wake.execute_complete(_context({}), event=None, **deferred.value.kwargs)
+    assert started.value.trigger_dag_id == "careflow__day-before-reminder"
+    assert started.value.dag_run_id == "careflow_wake__20260309T153000"
+    assert started.value.skip_when_already_exists is True
+
+
+def test_a_wait_after_the_next_run_is_left_to_that_run(engine) -> None:  # type: ignore[no-untyped-def]
+    compiled = _compiled()
+    _park(engine, compiled, NOW + timedelta(days=3))
+    wake = build_dag(compiled).get_task("careflow_wake")
+    result = wake.execute(_context({"careflow_clock": NOW.isoformat()}))
+    assert result["next_wake"] is None
+    assert result["parked_until"] == (NOW + timedelta(days=3)).isoformat()
+
+
+def test_setup_creates_the_provider_pool(airflow_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from airflow.models.pool import Pool
+
+    from careflow.airflow.setup import setup_airflow
+
+    assert setup_airflow(argparse.Namespace(pool_slots=6)) == 0
+    assert Pool.get_pool("careflow_messaging").slots == 6
+    assert "careflow_messaging has 6 slot(s)" in capsys.readouterr().out
