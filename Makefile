@@ -21,7 +21,7 @@ test: $(VENV)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check plugins dags tests benchmarks
+	$(BIN)/ruff check .
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
