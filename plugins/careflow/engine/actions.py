@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,9 @@ from careflow.workflow.timezones import zone
 #: A claim older than this belongs to a worker that died: the next attempt reconciles it.
 CLAIM_LEASE = timedelta(minutes=5)
 m = tables.messages
+#: Why a batch stopped before sending a message when the breaker (open, or half-open with its
+#: probes out) or a provider's Retry-After held it back: the send waits, the attempt did not fail.
+_HELD_BACK = ("breaker_open", "throttled")
 
 
 def idempotency_key(execution_id: str, node_id: str) -> str:
@@ -374,6 +378,10 @@ def _record(
             entry.update(last_error=_safe_error(result) if result is not None else "not sent")
             report.pending += 1
             report.reasons[outcome.value] += 1
+            if outcome == Outcome.NOT_SENT and result is not None and result.error_code in _HELD_BACK:
+                # Held back by the breaker or a provider's pause, not failed: when to try again.
+                until = time.time() + (result.retry_after or 0.0)
+                report.retry_at = until if report.retry_at is None else max(report.retry_at, until)
             if outcome == Outcome.THROTTLED:
                 ctx.event(
                     "message_outcome",

@@ -58,7 +58,7 @@ class ActionOperator(CareflowNodeOperator):
             raise AirflowFailException(str(exc)) from exc
         self.log_report(report)
         if report.pending:
-            retry_at = _breaker_retry_at(breaker)
+            retry_at = resume_at(breaker, report)
             if retry_at is not None and not ctx.simulated:
                 return self._defer_until(retry_at, report.to_xcom())
             raise AirflowException(
@@ -91,6 +91,20 @@ def _breaker(name: str) -> Any:
     except ImportError:
         return None
     return get_breaker(name)
+
+
+def resume_at(breaker: Any, report: Any) -> float | None:
+    """When a task that left messages pending should send again without spending a retry.
+
+    While the breaker is open (or a 429 paused the provider) that is when it may let sends
+    through. When it held messages back during the attempt but lets sends through again by its
+    end (its half-open probes succeeded after it refused the rest of their batch), it is the wait
+    the breaker gave (``report.retry_at``). None: the pending messages failed; Airflow retries.
+    """
+    retry_at = _breaker_retry_at(breaker)
+    if retry_at is None and breaker is not None:
+        retry_at = getattr(report, "retry_at", None)
+    return retry_at
 
 
 def _breaker_retry_at(breaker: Any) -> float | None:
