@@ -205,6 +205,7 @@ def _walk(
             arrivals: list[tuple[str, str, datetime]] = []
             exits: dict[str, str] = {}
             for row in rows:
+                detail: Any
                 fact = facts.get(row["execution_id"]) if needs_facts else None
                 if needs_facts and fact is None:
                     kind, detail = "exit", "patient_or_appointment_missing"
