@@ -203,3 +203,19 @@ def test_a_snapshot_edited_by_hand_is_refused(published_dir: Path, tmp_path: Pat
 def test_problems_are_one_line_each(built: tuple[dict, list]) -> None:
     for problem in built[1]:
         assert "\n" not in problem.message, problem.message
+
+
+def test_task_docs_show_the_node_configuration_as_readable_json(
+    built: tuple[dict, list], published_dir: Path
+) -> None:
+    import json
+
+    from careflow.snapshots import load_one
+
+    dag = built[0]["careflow__implant-aftercare"]
+    _, compiled = load_one(published_dir, "implant-aftercare")
+    for node_id in compiled.order:
+        config = compiled.node(node_id).config.model_dump(mode="json")
+        expected = json.dumps(config, ensure_ascii=False, indent=2)
+        assert f"```json\n{expected}\n```" in dag.get_task(node_id).doc_md
+    assert "리마인드 알림톡" in dag.get_task("a1").doc_md  # Korean stays readable, not \\u-escaped

@@ -7,7 +7,6 @@ Parsing reads snapshot files only: no database, no network. Each DAG is built in
 from __future__ import annotations
 
 import html
-import json
 import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -58,7 +57,8 @@ def _escape_md(text: str) -> str:
 def node_doc(compiled: CompiledWorkflow, node_id: str) -> str:
     """A task's documentation: what the node does and its full configuration."""
     node = compiled.node(node_id)
-    config = json.dumps(node.config.model_dump(mode="json"), ensure_ascii=False, indent=2)
+    # pydantic's serializer writes the same text as json.dumps(model_dump(), indent=2) at a tenth of the cost
+    config = node.config.model_dump_json(indent=2)
     return (
         f"**{html.escape(node.display_name)}** ({node.type}): {html.escape(describe(node))}\n\n"
         f"```json\n{config}\n```\n"
@@ -117,14 +117,13 @@ def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
             dag=dag,
         )
     for node_id in compiled.order:
-        for target in compiled.node(node_id).targets():
-            tasks[node_id] >> tasks[target]
+        targets = compiled.node(node_id).targets()
+        if targets:  # one call per node: Airflow's bookkeeping costs per call, not per edge
+            tasks[node_id].set_downstream([tasks[target] for target in targets])
     wake = WakeOperator(
         task_id=WAKE_TASK_ID, task_display_name="다음 대기 (next wait)", compiled=compiled, dag=dag
     )
-    sinks = [tasks[n] for n in compiled.order if not compiled.node(n).successors]
-    for sink in sinks:
-        sink >> wake
+    wake.set_upstream([tasks[n] for n in compiled.order if not compiled.node(n).successors])
     return dag
 
 
