@@ -133,3 +133,35 @@ def test_metadata_and_migrations_agree() -> None:
     """Every careflow table of the metadata is created by a migration (none forgotten)."""
     assert {t.name for t in tables.CAREFLOW_TABLES} == CAREFLOW_TABLES
     assert {t.name for t in tables.CLINIC_TABLES} == set(CLINIC_COLUMNS)
+
+
+def test_concurrent_upgrades_both_succeed(empty_db_url: str) -> None:
+    """Several services may run ``careflow db upgrade`` as they start: the second waits, applies nothing."""
+    import threading
+
+    from careflow.store.db import get_engine
+
+    barrier = threading.Barrier(3)
+    reports: list = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            reports.append(upgrade(get_engine(empty_db_url)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(len(r.applied) for r in reports) == [0, 0, len(MIGRATIONS)]
+    created = [name for r in reports for name in r.clinic_tables_created]
+    assert sorted(created) == sorted(CLINIC_COLUMNS)
+    with get_engine(empty_db_url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM careflow_schema_migrations")).scalar() == len(
+            MIGRATIONS
+        )

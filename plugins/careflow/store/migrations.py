@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from careflow.store import tables
@@ -59,6 +59,7 @@ def upgrade(engine: Engine | None = None) -> UpgradeReport:
     engine = engine or get_engine()
     created: list[str] = []
     with engine.begin() as conn:
+        _lock(conn)
         existing = set(inspect(conn).get_table_names())
         for table in tables.CLINIC_TABLES:
             if table.name not in existing and not _is_view(conn, table.name):
@@ -68,6 +69,7 @@ def upgrade(engine: Engine | None = None) -> UpgradeReport:
     applied: list[int] = []
     for migration in MIGRATIONS:
         with engine.begin() as conn:
+            _lock(conn)
             if migration.version <= current_version(conn):
                 continue
             migration.apply(conn)
@@ -87,6 +89,17 @@ def upgrade(engine: Engine | None = None) -> UpgradeReport:
         current=version,
         clinic_tables_created=created,
     )
+
+
+#: Postgres advisory lock key of ``db upgrade`` (any constant shared by every careflow process).
+UPGRADE_LOCK_KEY = 0x63617265666C6F77 & 0x7FFFFFFFFFFFFFFF  # "careflow"
+
+
+def _lock(conn: Connection) -> None:
+    # Services may run `db upgrade` as they start, at the same time: the second one waits for the
+    # first's transaction, then finds the work done. SQLite serialises through BEGIN IMMEDIATE.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
 
 
 def _is_view(conn: Connection, name: str) -> bool:
