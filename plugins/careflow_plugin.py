@@ -1,12 +1,17 @@
-"""The careflow Airflow plugin: its API at ``/careflow`` (behind Airflow's authentication)."""
+"""The careflow Airflow plugin: its API and view at ``/careflow`` (behind Airflow's authentication)."""
 
 from airflow.plugins_manager import AirflowPlugin
 
 from careflow.airflow.api import app
+from careflow.airflow.links import registered_node_link
 
 
 class CareflowPlugin(AirflowPlugin):
-    """Registers careflow's FastAPI app on the api-server."""
+    """careflow's FastAPI app on the api-server, its nav entry, and the task link to the node's view."""
 
     name = "careflow"
     fastapi_apps = [{"app": app, "url_prefix": "/careflow", "name": "careflow"}]
+    external_views = [
+        {"name": "careflow", "href": "/careflow/ui/", "destination": "nav", "url_route": "careflow"}
+    ]
+    operator_extra_links = [registered_node_link()]

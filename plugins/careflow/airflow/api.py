@@ -14,6 +14,9 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
 
+from careflow.airflow import ui as careflow_ui
+from careflow.airflow.api_metrics import router as metrics_router
+
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +33,8 @@ app = FastAPI(
     description="careflow workflows, circuit breakers and caches.",
     dependencies=[Depends(get_user)],
 )
+app.include_router(metrics_router)
+app.include_router(careflow_ui.router)
 
 
 @app.get("/api/workflows")

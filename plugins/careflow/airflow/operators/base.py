@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from careflow.airflow.links import CareflowNodeLink
 from careflow.clock import is_simulated, now_for
 from careflow.compiler import CompiledWorkflow
 from careflow.compiler.schedule import next_run_after
@@ -25,6 +26,7 @@ class CareflowNodeOperator(BaseOperator):
 
     template_fields: Sequence[str] = ()
     ui_color = "#e8f0fe"
+    operator_extra_links = (CareflowNodeLink(),)
     node_type = ""
 
     def __init__(self, *, compiled: CompiledWorkflow, node_id: str, **kwargs: Any) -> None:
