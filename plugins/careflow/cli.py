@@ -136,6 +136,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return setup_airflow(args)
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from careflow.metrics_report import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``careflow`` command."""
     parser = argparse.ArgumentParser(
@@ -202,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("setup", help="create careflow's Airflow pool and connections")
     st.add_argument("--pool-slots", type=int, default=4)
     st.set_defaults(func=cmd_setup)
+
+    mt = sub.add_parser(
+        "metrics", help="runs, error rates, durations (P95) and messages per workflow and node"
+    )
+    from careflow.metrics_report import add_arguments as metrics_arguments
+
+    metrics_arguments(mt)
+    mt.set_defaults(func=cmd_metrics)
     return parser
 
 

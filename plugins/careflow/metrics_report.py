@@ -1,0 +1,404 @@
+"""``careflow metrics``: runs, success and error rates, durations and messages per workflow and node.
+
+Pure SQL over careflow's tables, plus Airflow's ``dag_run`` and ``task_instance`` tables when
+Airflow's metadata database is reachable. Two kinds of duration, never mixed:
+
+- ``task_s``: how long a node's Airflow task ran (``task_instance.duration``, seconds); the run
+  duration per workflow comes from ``dag_run``. Only with Airflow's database.
+- ``dwell_s``: how long executions stayed at a node, from arriving to finishing there
+  (``careflow_steps``): a delay's wait, a time window's closed hours, a send's retries.
+
+Percentiles are nearest-rank, computed in SQL with window functions (Postgres and SQLite alike).
+Counts and ids only: no patient data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    case,
+    cast,
+    create_engine,
+    distinct,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import ColumnElement, Select
+
+from careflow.store import tables
+
+log = logging.getLogger(__name__)
+
+DAG_PREFIX = "careflow__"
+_STEP_STATES = ("done", "failed", "skipped", "waiting", "pending")
+
+
+def _seconds(conn: Connection, start: Any, end: Any) -> ColumnElement[Any]:
+    if conn.dialect.name == "postgresql":
+        return func.extract("epoch", end - start)
+    return (func.julianday(end) - func.julianday(start)) * 86400.0
+
+
+def distribution(
+    conn: Connection, keyed: Select[Any], keys: list[str]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """count, mean, median, p95, min and max of ``value`` per ``keys`` of the subquery ``keyed``.
+
+    Median and P95 are nearest-rank: the value at rank ceil(p * n) of the sorted values.
+    """
+    sub = keyed.subquery()
+    key_cols = [sub.c[k] for k in keys]
+    value = cast(sub.c.value, Float)
+    ranked = select(
+        *key_cols,
+        value.label("value"),
+        func.row_number().over(partition_by=key_cols, order_by=value).label("rn"),
+        func.count().over(partition_by=key_cols).label("n"),
+    ).subquery()
+    rk = [ranked.c[k] for k in keys]
+    # ceil(p * n) in integer arithmetic, the same on Postgres and SQLite
+    median_rank = (ranked.c.n * 50 + 99) // 100
+    p95_rank = (ranked.c.n * 95 + 99) // 100
+    query = select(
+        *rk,
+        func.count().label("count"),
+        func.avg(ranked.c.value).label("mean"),
+        func.max(case((ranked.c.rn == median_rank, ranked.c.value))).label("median"),
+        func.max(case((ranked.c.rn == p95_rank, ranked.c.value))).label("p95"),
+        func.min(ranked.c.value).label("min"),
+        func.max(ranked.c.value).label("max"),
+    ).group_by(*rk)
+    out = {}
+    for row in conn.execute(query).mappings():
+        out[tuple(row[k] for k in keys)] = {
+            stat: (round(float(row[stat]), 3) if row[stat] is not None else None)
+            for stat in ("mean", "median", "p95", "min", "max")
+        } | {"count": int(row["count"])}
+    return out
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def careflow_metrics(
+    engine: Engine, workflow_id: str | None = None, since: datetime | None = None
+) -> dict[str, Any]:
+    """Per workflow and node, from careflow's tables: runs, step outcomes, dwell times, messages."""
+    s, x, m = tables.steps, tables.executions, tables.messages
+    workflows: dict[str, dict[str, Any]] = {}
+
+    def wf(wid: str) -> dict[str, Any]:
+        return workflows.setdefault(
+            wid,
+            {
+                "workflow_id": wid,
+                "runs": 0,
+                "executions": {},
+                "messages": {},
+                "nodes": {},
+            },
+        )
+
+    def node(wid: str, nid: str) -> dict[str, Any]:
+        return wf(wid)["nodes"].setdefault(
+            nid, {"node_id": nid, "runs": 0, "steps": dict.fromkeys(_STEP_STATES, 0), "messages": {}}
+        )
+
+    def scope(table: Any, moment: Any) -> list[Any]:
+        where = []
+        if workflow_id:
+            where.append(table.c.workflow_id == workflow_id)
+        if since is not None:
+            where.append(moment >= since)
+        return where
+
+    with engine.connect() as conn:
+        step_where = scope(s, s.c.arrived_at)
+        for row in conn.execute(
+            select(s.c.workflow_id, s.c.node_id, s.c.status, func.count())
+            .where(*step_where)
+            .group_by(s.c.workflow_id, s.c.node_id, s.c.status)
+        ):
+            node(row[0], row[1])["steps"][row[2]] = int(row[3])
+        for row in conn.execute(
+            select(s.c.workflow_id, s.c.node_id, func.count(distinct(s.c.run_id)))
+            .where(*step_where, s.c.finished_at.is_not(None))
+            .group_by(s.c.workflow_id, s.c.node_id)
+        ):
+            node(row[0], row[1])["runs"] = int(row[2])
+        for row in conn.execute(
+            select(s.c.workflow_id, func.count(distinct(s.c.run_id)))
+            .where(*step_where)
+            .group_by(s.c.workflow_id)
+        ):
+            wf(row[0])["runs"] = int(row[1])
+        dwell = select(
+            s.c.workflow_id, s.c.node_id, _seconds(conn, s.c.arrived_at, s.c.finished_at).label("value")
+        ).where(*step_where, s.c.finished_at.is_not(None))
+        for (wid, nid), dist in distribution(conn, dwell, ["workflow_id", "node_id"]).items():
+            node(wid, nid)["dwell_s"] = dist
+        for row in conn.execute(
+            select(x.c.workflow_id, x.c.status, func.count())
+            .where(*scope(x, x.c.enrolled_at))
+            .group_by(x.c.workflow_id, x.c.status)
+        ):
+            wf(row[0])["executions"][row[1]] = int(row[2])
+        msg_where = scope(m, m.c.due_at)
+        for row in conn.execute(
+            select(m.c.workflow_id, m.c.node_id, m.c.status, func.count())
+            .where(*msg_where)
+            .group_by(m.c.workflow_id, m.c.node_id, m.c.status)
+        ):
+            node(row[0], row[1])["messages"][row[2]] = int(row[3])
+            totals = wf(row[0])["messages"]
+            totals[row[2]] = totals.get(row[2], 0) + int(row[3])
+        latency = select(m.c.workflow_id, m.c.node_id, m.c.latency_ms.label("value")).where(
+            *msg_where, m.c.status == "sent", m.c.latency_ms.is_not(None)
+        )
+        for (wid, nid), dist in distribution(conn, latency, ["workflow_id", "node_id"]).items():
+            node(wid, nid)["send_latency_ms"] = dist
+    for item in workflows.values():
+        for n in item["nodes"].values():
+            steps = n["steps"]
+            finished = steps["done"] + steps["failed"] + steps["skipped"]
+            n["success_rate"] = _rate(steps["done"] + steps["skipped"], finished)
+            n["error_rate"] = _rate(steps["failed"], finished)
+    return {"workflows": workflows}
+
+
+def airflow_engine() -> Engine | None:
+    """An engine on Airflow's metadata database (``[database] sql_alchemy_conn``), or None."""
+    try:
+        from airflow.configuration import conf
+
+        url = conf.get("database", "sql_alchemy_conn")
+    except Exception:
+        return None
+    if not url:
+        return None
+    args = {"connect_timeout": 3} if url.startswith("postgres") else {}
+    return create_engine(url, connect_args=args, pool_pre_ping=True)
+
+
+def airflow_metrics(
+    engine: Engine, workflow_id: str | None = None, since: datetime | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per careflow DAG, from Airflow's ``dag_run`` and ``task_instance``: runs, states, durations."""
+    from sqlalchemy import MetaData, Table
+
+    meta = MetaData()
+    with engine.connect() as conn:
+        dr = Table("dag_run", meta, autoload_with=conn)
+        ti = Table("task_instance", meta, autoload_with=conn)
+        pattern = f"{DAG_PREFIX}{workflow_id}" if workflow_id else None
+
+        def where(table: Any) -> list[Any]:
+            clauses = (
+                [table.c.dag_id == pattern]
+                if pattern
+                else [table.c.dag_id.like("careflow\\_\\_%", escape="\\")]
+            )
+            if since is not None:  # Airflow keeps naive UTC on SQLite
+                moment = since.replace(tzinfo=None) if conn.dialect.name == "sqlite" else since
+                clauses.append(table.c.start_date >= moment)
+            return clauses
+
+        out: dict[str, dict[str, Any]] = {}
+
+        def wf(dag_id: str) -> dict[str, Any]:
+            return out.setdefault(dag_id[len(DAG_PREFIX) :], {"runs": {}, "nodes": {}})
+
+        for row in conn.execute(
+            select(dr.c.dag_id, dr.c.state, func.count()).where(*where(dr)).group_by(dr.c.dag_id, dr.c.state)
+        ):
+            wf(row[0])["runs"][str(row[1])] = int(row[2])
+        run_time = select(dr.c.dag_id, _seconds(conn, dr.c.start_date, dr.c.end_date).label("value")).where(
+            *where(dr), dr.c.end_date.is_not(None), dr.c.start_date.is_not(None)
+        )
+        for (dag_id,), dist in distribution(conn, run_time, ["dag_id"]).items():
+            wf(dag_id)["run_s"] = dist
+        for row in conn.execute(
+            select(ti.c.dag_id, ti.c.task_id, ti.c.state, func.count())
+            .where(*where(ti))
+            .group_by(ti.c.dag_id, ti.c.task_id, ti.c.state)
+        ):
+            nodes = wf(row[0])["nodes"].setdefault(row[1], {"states": {}})
+            nodes["states"][str(row[2])] = int(row[3])
+        task_time = select(ti.c.dag_id, ti.c.task_id, ti.c.duration.label("value")).where(
+            *where(ti), ti.c.duration.is_not(None)
+        )
+        for (dag_id, task_id), dist in distribution(conn, task_time, ["dag_id", "task_id"]).items():
+            wf(dag_id)["nodes"].setdefault(task_id, {"states": {}})["task_s"] = dist
+    return out
+
+
+def build_report(
+    workflow_id: str | None = None,
+    since: datetime | None = None,
+    *,
+    engine: Engine | None = None,
+    airflow: Engine | None | bool = True,
+) -> dict[str, Any]:
+    """The whole report: careflow's figures, with Airflow's merged in when its database answers.
+
+    ``airflow=True`` finds Airflow's database from its configuration, an engine uses that one,
+    ``False``/``None`` leaves Airflow's figures out.
+    """
+    from careflow.store.db import get_engine
+
+    report = careflow_metrics(engine or get_engine(), workflow_id, since)
+    workflows = report["workflows"]
+    source = "careflow"
+    af_engine = airflow_engine() if airflow is True else (airflow or None)
+    if af_engine is not None:
+        try:
+            figures = airflow_metrics(af_engine, workflow_id, since)
+            source = "careflow+airflow"
+        except Exception as exc:  # Airflow's DB is optional: say so and go on
+            log.info("careflow metrics: Airflow's database is not readable (%s)", type(exc).__name__)
+            figures = {}
+        for wid, fig in figures.items():
+            item = workflows.setdefault(
+                wid, {"workflow_id": wid, "runs": 0, "executions": {}, "messages": {}, "nodes": {}}
+            )
+            states = fig["runs"]
+            item["runs"] = sum(states.values())
+            item["run_states"] = states
+            ended = states.get("success", 0) + states.get("failed", 0)
+            item["run_success_rate"] = _rate(states.get("success", 0), ended)
+            item["run_error_rate"] = _rate(states.get("failed", 0), ended)
+            if "run_s" in fig:
+                item["run_s"] = fig["run_s"]
+            for task_id, task in fig["nodes"].items():
+                n = item["nodes"].setdefault(
+                    task_id,
+                    {"node_id": task_id, "runs": 0, "steps": dict.fromkeys(_STEP_STATES, 0), "messages": {}},
+                )
+                tstates = task["states"]
+                tended = tstates.get("success", 0) + tstates.get("failed", 0)
+                n["task_states"] = tstates
+                n["task_success_rate"] = _rate(tstates.get("success", 0), tended)
+                n["task_error_rate"] = _rate(tstates.get("failed", 0), tended)
+                if "task_s" in task:
+                    n["task_s"] = task["task_s"]
+    result = []
+    for wid in sorted(workflows):
+        item = workflows[wid]
+        nodes = [item["nodes"][n] for n in sorted(item["nodes"])]
+        item["nodes"] = nodes
+        timed = [(n, key) for n in nodes if (key := _duration_key(n)) is not None]
+        if timed:
+            item["slowest_node"] = max(timed, key=lambda t: t[1])[0]["node_id"]
+            item["fastest_node"] = min(timed, key=lambda t: t[1])[0]["node_id"]
+        result.append(item)
+    return {
+        "since": since.isoformat() if since else None,
+        "workflow": workflow_id,
+        "source": source,
+        "workflows": result,
+    }
+
+
+def _duration_key(node: dict[str, Any]) -> float | None:
+    """Slowest/fastest by the task's P95 when Airflow's figures are there, else the dwell P95."""
+    for kind in ("task_s", "dwell_s"):
+        if node.get(kind) and node[kind].get("p95") is not None:
+            return float(node[kind]["p95"])
+    return None
+
+
+def _human(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def print_report(report: dict[str, Any], out: Any = None) -> None:
+    """The report as text: a header per workflow, a line per node."""
+    w = (out or sys.stdout).write
+    w(f"careflow metrics ({report['source']}{', since ' + report['since'] if report['since'] else ''})\n")
+    if not report["workflows"]:
+        w("  no runs recorded\n")
+    for item in report["workflows"]:
+        runs = f"runs {item['runs']}"
+        if "run_states" in item:
+            runs += (
+                f"  success {_pct(item.get('run_success_rate'))}  error {_pct(item.get('run_error_rate'))}"
+            )
+        if item.get("run_s"):
+            rs = item["run_s"]
+            runs += f"  run mean {_human(rs['mean'])} median {_human(rs['median'])} p95 {_human(rs['p95'])}"
+        w(f"\n== {item['workflow_id']} ==  {runs}\n")
+        ex = item["executions"]
+        if ex:
+            w("  executions " + "  ".join(f"{k}={v}" for k, v in sorted(ex.items())) + "\n")
+        if item["messages"]:
+            w("  messages   " + "  ".join(f"{k}={v}" for k, v in sorted(item["messages"].items())) + "\n")
+        if item.get("slowest_node"):
+            w(f"  slowest node {item['slowest_node']}  fastest node {item['fastest_node']}\n")
+        w(
+            f"  {'node':<14}{'runs':>5} {'steps':>6} {'error':>7}  {'dwell mean':>10} {'median':>7} {'p95':>7}"
+            f"  {'task mean':>9} {'median':>7} {'p95':>7} {'error':>7}  messages\n"
+        )
+        for n in item["nodes"]:
+            d = n.get("dwell_s") or {}
+            t = n.get("task_s") or {}
+            steps = sum(n["steps"].values())
+            msgs = " ".join(f"{k}={v}" for k, v in sorted(n["messages"].items())) or "-"
+            w(
+                f"  {n['node_id']:<14}{n['runs']:>5} {steps:>6} {_pct(n.get('error_rate')):>7}  "
+                f"{_human(d.get('mean')):>10} {_human(d.get('median')):>7} {_human(d.get('p95')):>7}  "
+                f"{_human(t.get('mean')):>9} {_human(t.get('median')):>7} {_human(t.get('p95')):>7} "
+                f"{_pct(n.get('task_error_rate')):>7}  {msgs}\n"
+            )
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """``--since``: a date or an ISO time (UTC when no offset is given)."""
+    if not value:
+        return None
+    from careflow.clock import parse_time
+
+    return parse_time(value if "T" in value else f"{value}T00:00:00")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``careflow metrics``."""
+    parser.add_argument("--workflow", metavar="ID", help="one workflow (default: all)")
+    parser.add_argument("--since", metavar="DATE", help="only runs from this date or time on")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--no-airflow", action="store_true", help="careflow's tables only (do not read Airflow's database)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``careflow metrics`` command."""
+    report = build_report(args.workflow, parse_since(args.since), airflow=not args.no_airflow)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+__all__ = ["add_arguments", "build_report", "careflow_metrics", "distribution", "print_report", "run"]
