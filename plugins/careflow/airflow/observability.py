@@ -1,72 +1,185 @@
 """careflow's metrics through Airflow's statsd client, and the event hook alerts subscribe to.
 
-Metric names carry workflow, node and channel ids only: never patient data. Names:
-
-- ``careflow.messages.<outcome>.<workflow>.<node>.<channel>`` (sent, failed, skipped, expired, throttled)
-- ``careflow.messages.send_latency_ms.<workflow>.<node>.<channel>`` (timer)
-- ``careflow.messages.lateness_s.<workflow>.<node>`` (timer, seconds past due when sent)
-- ``careflow.executions.enrolled.<workflow>``
-- ``careflow.breaker.<event>.<breaker>``, ``careflow.cache.<hit|miss>.<cache>``
+Every engine event (``RunContext.event``) and every resilience event (``careflow.resilience.events``)
+passes through :func:`emit`: it becomes statsd metrics through ``airflow.sdk`` ``Stats`` (sent only
+when ``[metrics] statsd_on`` is set; Airflow prefixes them with ``[metrics] statsd_prefix``) and
+is handed to the subscribers (alerts). Metric names carry workflow, node, channel, breaker and
+cache ids only, never patient data; every id part is reduced to ``[A-Za-z0-9_-]`` so that a name
+passes Airflow's stat-name validation and keeps its dot hierarchy. The names are listed in
+``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
-_subscribers: list[Callable[..., None]] = []
+
+#: Message outcomes counted as ``careflow.messages.<outcome>.…``.
+OUTCOMES = ("sent", "failed", "skipped", "expired", "throttled")
+#: ``careflow.breaker.state.<breaker>`` gauge values.
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_subscribers: list[Callable[..., None]] = []
+_lock = threading.Lock()
+_stats_checked = False
 
 
-def subscribe(fn: Callable[..., None]) -> None:
-    """Call ``fn(name, **fields)`` for every event (alerts, tests)."""
-    if fn not in _subscribers:
-        _subscribers.append(fn)
+def subscribe(fn: Callable[..., None]) -> Callable[[], None]:
+    """Call ``fn(event, **fields)`` for every event (alerts, tests); returns an unsubscribe function."""
+    with _lock:
+        if fn not in _subscribers:
+            _subscribers.append(fn)
+    return lambda: unsubscribe(fn)
 
 
-def _part(value: Any) -> str:
+def unsubscribe(fn: Callable[..., None]) -> None:
+    """Stop calling ``fn`` (no error when it was not subscribed)."""
+    with _lock:
+        if fn in _subscribers:
+            _subscribers.remove(fn)
+
+
+def part(value: Any) -> str:
+    """One dot-free, validator-safe segment of a metric name."""
     return _SAFE.sub("_", str(value))[:60] or "none"
 
 
-def _stats() -> Any:
-    try:
-        from airflow.sdk.observability.stats import Stats
+def stats() -> Any:
+    """Airflow's task-SDK ``Stats``, set up from ``[metrics]`` in processes where Airflow has not done it.
 
-        return Stats
+    Airflow's task runner initializes it; ``dag.test()``, the scheduler's and api-server's copies of
+    the SDK, the CLI and careflow's in-process simulation do not, and would silently drop every
+    metric. None outside Airflow.
+    """
+    global _stats_checked
+    try:
+        from airflow.sdk._shared.observability.metrics import stats as backend
+        from airflow.sdk.observability.stats import Stats
     except Exception:  # outside Airflow: metrics are off, events still reach subscribers
         return None
+    if not _stats_checked:
+        _stats_checked = True
+        if getattr(backend, "_factory", "set") is None:
+            try:
+                from airflow.sdk.configuration import conf
+                from airflow.sdk.observability.metrics import stats_utils
+
+                Stats.initialize(
+                    factory=stats_utils.get_stats_factory(),
+                    export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=True),
+                )
+            except Exception:
+                log.warning("careflow: cannot set up Airflow's metrics client", exc_info=True)
+    return Stats
 
 
-def emit(name: str, **fields: Any) -> None:
-    """Record an engine event as metrics and hand it to subscribers; never raises."""
-    stats = _stats()
-    try:
-        if stats is not None:
-            wf = _part(fields.get("workflow_id"))
-            node = _part(fields.get("node_id"))
-            channel = _part(fields.get("channel"))
-            if name == "message_sent":
-                stats.incr(f"careflow.messages.sent.{wf}.{node}.{channel}")
-                stats.timing(
-                    f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}",
-                    float(fields.get("latency_ms") or 0),
-                )
-                stats.timing(
-                    f"careflow.messages.lateness_s.{wf}.{node}", float(fields.get("lateness_s") or 0)
-                )
-            elif name == "message_outcome":
-                stats.incr(f"careflow.messages.{_part(fields.get('outcome'))}.{wf}.{node}.{channel}")
-            elif name == "executions_enrolled":
-                stats.incr(f"careflow.executions.enrolled.{wf}", int(fields.get("count") or 1))
-            elif name == "executions_completed":
-                stats.incr(f"careflow.executions.completed.{wf}", int(fields.get("count") or 1))
-    except Exception:  # metrics must never break a send
-        log.debug("careflow: metric for %s failed", name, exc_info=True)
-    for fn in list(_subscribers):
+def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
+    wf = part(fields.get("workflow_id"))
+    node = part(fields.get("node_id"))
+    channel = part(fields.get("channel"))
+    if event == "message_sent":
+        stats_client.incr(f"careflow.messages.sent.{wf}.{node}.{channel}")
+        stats_client.timing(
+            f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}", float(fields.get("latency_ms") or 0)
+        )
+        stats_client.timing(
+            f"careflow.messages.lateness_ms.{wf}.{node}", 1000.0 * float(fields.get("lateness_s") or 0)
+        )
+    elif event == "message_outcome":
+        outcome = str(fields.get("outcome"))
+        outcome = outcome if outcome in OUTCOMES else "other"
+        stats_client.incr(f"careflow.messages.{outcome}.{wf}.{node}.{channel}")
+    elif event == "executions_enrolled":
+        stats_client.incr(f"careflow.executions.enrolled.{wf}", int(fields.get("count") or 1))
+    elif event == "executions_completed":
+        status = "failed" if fields.get("status") == "failed" else "completed"
+        stats_client.incr(f"careflow.executions.{status}.{wf}", int(fields.get("count") or 1))
+    elif event == "provider_configuration_error":
+        stats_client.incr(f"careflow.provider.configuration_errors.{wf}.{node}.{channel}")
+    elif event == "breaker_transition":
+        breaker = part(fields.get("breaker"))
+        to_state = str(fields.get("to_state"))
+        stats_client.incr(f"careflow.breaker.transitions.{breaker}.{part(to_state)}")
+        if to_state in BREAKER_STATES:
+            stats_client.gauge(f"careflow.breaker.state.{breaker}", BREAKER_STATES[to_state])
+    elif event == "breaker_redis_fallback":
+        stats_client.incr("careflow.breaker.redis_fallback")
+    elif event == "breaker_redis_recovered":
+        stats_client.incr("careflow.breaker.redis_recovered")
+
+
+def emit(event: str, /, **fields: Any) -> None:
+    """Record an event as metrics and hand it to subscribers; never raises."""
+    stats_client = stats()
+    if stats_client is not None:
         try:
-            fn(name, **fields)
+            _record(stats_client, event, fields)
+        except Exception:  # metrics must never break a send
+            log.debug("careflow: metric for %s failed", event, exc_info=True)
+    with _lock:
+        targets = list(_subscribers)
+    for fn in targets:
+        try:
+            fn(event, **fields)
         except Exception:
-            log.warning("careflow: event subscriber %r failed for %s", fn, name, exc_info=True)
+            log.warning("careflow: event subscriber %r failed for %s", fn, event, exc_info=True)
+
+
+def stats_incr(name: str, count: int = 1) -> None:
+    """Increment one careflow counter; never raises."""
+    stats_client = stats()
+    if stats_client is None:
+        return
+    try:
+        stats_client.incr(name, count)
+    except Exception:
+        log.debug("careflow: metric %s failed", name, exc_info=True)
+
+
+def report_caches() -> None:
+    """Send the cache hit and miss totals as gauges (``careflow.cache.<hits|misses>.<cache>``).
+
+    The resilience caches count in Redis when it is configured (totals shared by every worker),
+    otherwise per process; ``template_compile`` is the process' compiled-template cache.
+    """
+    stats_client = stats()
+    if stats_client is None:
+        return
+    try:
+        from careflow.resilience import cache_stats
+        from careflow.templates import cache_info
+
+        totals = [(c["name"], c["hits"], c["misses"]) for c in cache_stats()]
+        info = cache_info()
+        totals.append(("template_compile", info["hits"], info["misses"]))
+        for name, hits, misses in totals:
+            stats_client.gauge(f"careflow.cache.hits.{part(name)}", float(hits))
+            stats_client.gauge(f"careflow.cache.misses.{part(name)}", float(misses))
+    except Exception:
+        log.debug("careflow: cache metrics failed", exc_info=True)
+
+
+def report_task_metrics(context: Any = None) -> None:
+    """Task callback (success and failure): the cache gauges, from the process that used the caches."""
+    report_caches()
+
+
+def _from_resilience(event: str, **fields: Any) -> None:
+    emit(event, **fields)
+
+
+def _listen_to_resilience() -> None:
+    try:
+        from careflow.resilience import events
+    except ImportError:
+        return
+    events.subscribe(_from_resilience)
+
+
+_listen_to_resilience()

@@ -139,11 +139,12 @@ def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable
             by_status["completed"].append(execution_id)
     for status, members in by_status.items():
         finished = ctx.now if status in ("completed", "failed") else None
-        conn.execute(
-            update(x)
-            .where(x.c.id.in_(members), x.c.status != "exited")
-            .values(status=status, updated_at=ctx.now, finished_at=finished)
-        )
+        query = update(x).where(x.c.id.in_(members), x.c.status != "exited")
+        if finished is not None:  # an execution ends once: its finish time and the metric are kept
+            query = query.where(x.c.status != status)
+        ended = conn.execute(query.values(status=status, updated_at=ctx.now, finished_at=finished)).rowcount
+        if finished is not None and ended:
+            ctx.event("executions_completed", status=status, count=ended)
 
 
 def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) -> None:
