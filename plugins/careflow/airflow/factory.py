@@ -67,6 +67,7 @@ def node_doc(compiled: CompiledWorkflow, node_id: str) -> str:
 
 def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
     """One DAG for one compiled workflow."""
+    from careflow.airflow import alerts
     from careflow.airflow.operators import operator_for
     from careflow.airflow.operators.wake import WakeOperator
 
@@ -78,6 +79,7 @@ def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(seconds=s.task_timeout_seconds),
+        **alerts.task_callbacks(),
     }
     dag = DAG(
         dag_id=compiled.dag_id,
@@ -103,6 +105,7 @@ def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
         },
         render_template_as_native_obj=False,
         is_paused_upon_creation=False,
+        **alerts.dag_callbacks(compiled),
     )
     tasks = {}
     for node_id in compiled.order:

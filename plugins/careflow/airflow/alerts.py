@@ -1,0 +1,379 @@
+"""Alerts: failed tasks and runs, an open breaker, Redis lost, refused credentials, a missed run deadline.
+
+Every alert goes through :func:`send_alert`: it is logged, and posted as Slack-compatible JSON
+(``{"text", "blocks"}``) to the ``careflow_alerts`` connection when it is defined. An alert names the
+workflow, node, run and a link into the Airflow UI (``[api] base_url``), never a patient: the
+failure text of a task is included only for the exceptions careflow and Airflow word themselves,
+with anything that looks like a phone number or an e-mail address masked.
+
+Wiring (the DAG factory calls :func:`task_callbacks` and :func:`dag_callbacks`):
+
+- ``on_failure_callback`` on every task and on the DAG run: :class:`CareflowNotifier`;
+- engine and breaker events (``provider_configuration_error``, ``breaker_transition`` to open,
+  ``breaker_redis_fallback``) through :mod:`careflow.airflow.observability`, at most once per
+  :data:`COOLDOWN_SECONDS` per subject and process;
+- ``settings.run_deadline_hours``: a ``DeadlineAlert`` on the run's queued time whose
+  ``AsyncCallback`` (:func:`run_deadline_missed`) runs in the triggerer (Airflow marks Deadline
+  Alerts experimental).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+from airflow.sdk import BaseNotifier
+
+from careflow import settings
+from careflow.airflow import observability
+
+log = logging.getLogger(__name__)
+
+#: An event-driven alert about the same subject is sent at most once per this many seconds.
+COOLDOWN_SECONDS = 15 * 60
+TIMEOUT_SECONDS = 5.0
+DAG_PREFIX = "careflow__"
+
+_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_recent: dict[tuple[str, ...], float] = {}
+_recent_lock = threading.Lock()
+
+
+@dataclass
+class Alert:
+    """One alert: what happened, where, and a link; ids only."""
+
+    kind: str
+    title: str
+    workflow_id: str | None = None
+    node_id: str | None = None
+    run_id: str | None = None
+    detail: str | None = None
+    link: str | None = None
+    facts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """One line: the title, then workflow, node and run."""
+        where = [
+            f"workflow {self.workflow_id}" if self.workflow_id else "",
+            f"node {self.node_id}" if self.node_id else "",
+            f"run {self.run_id}" if self.run_id else "",
+        ]
+        text = f":rotating_light: careflow: {self.title}"
+        located = ", ".join(w for w in where if w)
+        if located:
+            text += f" ({located})"
+        if self.detail:
+            text += f": {self.detail}"
+        if self.link:
+            text += f" {self.link}"
+        return text
+
+    def to_slack(self) -> dict[str, Any]:
+        """Slack-compatible webhook JSON: ``text`` (also read by Mattermost, Teams connectors…) and blocks."""
+        fields = {
+            "Workflow": self.workflow_id,
+            "Node": self.node_id,
+            "Run": self.run_id,
+            **self.facts,
+        }
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": f"careflow: {self.title}"[:150]}},
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*{name}*\n`{value}`"}
+                    for name, value in fields.items()
+                    if value
+                ][:10],
+            },
+        ]
+        if self.detail:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": self.detail[:2900]}})
+        if self.link:
+            blocks.append(
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"<{self.link}|Open in Airflow>"}}
+            )
+        return {"text": self.text, "blocks": blocks}
+
+
+def scrub(text: str, limit: int = 300) -> str:
+    """Mask phone numbers and e-mail addresses and cut to ``limit`` characters."""
+    text = _EMAIL.sub("<email>", _PHONE.sub("<number>", text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def base_url() -> str:
+    """The Airflow UI's address (``[api] base_url``)."""
+    try:
+        from airflow.configuration import conf
+
+        value = conf.get("api", "base_url", fallback=None)
+    except Exception:
+        value = None
+    return str(value or "http://localhost:8080").rstrip("/")
+
+
+def ui_link(dag_id: str | None, run_id: str | None = None, task_id: str | None = None) -> str | None:
+    """The Airflow UI page of a DAG, a run or a task instance."""
+    if not dag_id:
+        return None
+    link = f"{base_url()}/dags/{quote(dag_id, safe='')}"
+    if run_id:
+        link += f"/runs/{quote(run_id, safe='')}"
+        if task_id:
+            link += f"/tasks/{quote(task_id, safe='')}"
+    return link
+
+
+def workflow_of(dag_id: str | None) -> str | None:
+    """The workflow id of a careflow DAG id."""
+    if dag_id and dag_id.startswith(DAG_PREFIX):
+        return dag_id[len(DAG_PREFIX) :]
+    return dag_id
+
+
+def webhook_url() -> str | None:
+    """The ``careflow_alerts`` webhook URL, or None when the connection is not defined."""
+    conn = settings.get_connection(settings.ALERTS_CONN_ID)
+    if conn is None:
+        return None
+    if conn.extra.get("webhook_url"):
+        return str(conn.extra["webhook_url"])
+    host = conn.host
+    if not host:
+        return None
+    if "://" not in host:
+        scheme = "https" if conn.conn_type == "https" or conn.extra.get("https") else "http"
+        host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+    path = conn.schema or str(conn.extra.get("endpoint") or "")
+    return host.rstrip("/") + ("/" + path.lstrip("/") if path else "")
+
+
+def send_alert(alert: Alert) -> bool:
+    """Log the alert and post it to ``careflow_alerts``; True when the webhook accepted it. Never raises."""
+    log.warning("%s", alert.text)
+    observability.stats_incr(f"careflow.alerts.{observability.part(alert.kind)}")
+    try:
+        url = webhook_url()
+    except Exception:
+        log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
+        return False
+    if url is None:
+        return False
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(alert.to_slack(), ensure_ascii=False).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310 (operator-configured URL)
+            return 200 <= response.status < 300
+    except Exception as exc:
+        log.error("careflow: alert webhook failed (%s): %s", type(exc).__name__, alert.kind)
+        return False
+
+
+def _first_time(key: tuple[str, ...], now: float | None = None) -> bool:
+    now = time.monotonic() if now is None else now
+    with _recent_lock:
+        last = _recent.get(key)
+        if last is not None and now - last < COOLDOWN_SECONDS:
+            return False
+        _recent[key] = now
+        return True
+
+
+def _failure_detail(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    from careflow.exceptions import CareflowError
+
+    name = type(exc).__name__
+    # Messages careflow and Airflow write name ids; a driver's or a library's may quote row values.
+    own = isinstance(exc, CareflowError) or type(exc).__module__.startswith(("airflow.", "careflow."))
+    return f"{name}: {scrub(str(exc))}" if own and str(exc) else name
+
+
+def _caused_by_configuration(exc: BaseException | None) -> bool:
+    from careflow.exceptions import ProviderConfigurationError
+
+    return isinstance(exc, ProviderConfigurationError) or isinstance(
+        getattr(exc, "__cause__", None), ProviderConfigurationError
+    )
+
+
+def alert_from_context(kind: str, context: Any) -> Alert:
+    """The alert for a task or DAG-run callback context (task instance, run, exception)."""
+    context = context or {}
+    ti = context.get("ti") or context.get("task_instance")
+    dag_run = context.get("dag_run")
+    dag = context.get("dag")
+    dag_id = getattr(ti, "dag_id", None) or getattr(dag_run, "dag_id", None) or getattr(dag, "dag_id", None)
+    run_id = getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None) or context.get("run_id")
+    task_id = getattr(ti, "task_id", None) if kind == "task_failed" else None
+    facts = {}
+    if ti is not None and getattr(ti, "try_number", None):
+        facts["Attempt"] = str(ti.try_number)
+    if kind == "task_failed":
+        title = "a task failed"
+        detail = _failure_detail(context.get("exception"))
+    else:
+        title = "a DAG run failed"
+        reason = context.get("reason")
+        detail = scrub(str(reason)) if reason else None
+    return Alert(
+        kind=kind,
+        title=title,
+        workflow_id=workflow_of(dag_id),
+        node_id=task_id,
+        run_id=run_id,
+        detail=detail,
+        link=ui_link(dag_id, run_id, task_id),
+        facts=facts,
+    )
+
+
+class CareflowNotifier(BaseNotifier):
+    """Post an alert for a failed task (``kind="task_failed"``) or DAG run (``"dag_run_failed"``).
+
+    :param kind: which failure the callback reports.
+    """
+
+    template_fields = ()
+
+    def __init__(self, kind: str = "task_failed") -> None:
+        super().__init__()
+        self.kind = kind
+
+    def notify(self, context: Any) -> None:
+        """Build the alert from the callback context and send it."""
+        exc = (context or {}).get("exception")
+        ti = (context or {}).get("ti")
+        if _caused_by_configuration(exc) and ti is not None:
+            key = (
+                "provider_configuration_error",
+                str(workflow_of(ti.dag_id)),
+                str(ti.task_id),
+                str(ti.run_id),
+            )
+            if not _first_time(key):
+                return  # the configuration alert for this attempt went out already
+        send_alert(alert_from_context(self.kind, context))
+
+    async def async_notify(self, context: Any) -> None:
+        """The same, off the event loop."""
+        await asyncio.to_thread(self.notify, context)
+
+
+TASK_FAILED = CareflowNotifier("task_failed")
+DAG_RUN_FAILED = CareflowNotifier("dag_run_failed")
+
+
+def task_callbacks() -> dict[str, Any]:
+    """``default_args`` entries: alert on failure; report cache metrics when a task ends."""
+    return {
+        "on_failure_callback": [TASK_FAILED, observability.report_task_metrics],
+        "on_success_callback": [observability.report_task_metrics],
+    }
+
+
+def run_deadline(compiled: Any) -> Any:
+    """A ``DeadlineAlert`` on the run's queued time when ``settings.run_deadline_hours`` is set, else None."""
+    hours = getattr(compiled.settings, "run_deadline_hours", None)
+    if not hours:
+        return None
+    from airflow.sdk.definitions.callback import AsyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=float(hours)),
+        callback=AsyncCallback(
+            run_deadline_missed, kwargs={"workflow_id": compiled.workflow_id, "hours": float(hours)}
+        ),
+        name=f"careflow run deadline ({hours:g} h)",
+    )
+
+
+def dag_callbacks(compiled: Any) -> dict[str, Any]:
+    """``DAG(...)`` keyword arguments: the run-failure notifier and the run deadline, if any."""
+    options: dict[str, Any] = {"on_failure_callback": DAG_RUN_FAILED}
+    deadline = run_deadline(compiled)
+    if deadline is not None:
+        options["deadline"] = deadline
+    return options
+
+
+async def run_deadline_missed(workflow_id: str, hours: float, context: dict[str, Any] | None = None) -> None:
+    """Deadline Alert callback (runs in the triggerer): the run has not finished ``hours`` after it was queued."""
+    dag_run = (context or {}).get("dag_run") or {}
+    run_id = dag_run.get("dag_run_id") or dag_run.get("run_id")
+    dag_id = dag_run.get("dag_id") or f"{DAG_PREFIX}{workflow_id}"
+    alert = Alert(
+        kind="run_deadline_missed",
+        title=f"the scheduled run has not finished {hours:g} hours after it was queued",
+        workflow_id=workflow_id,
+        run_id=run_id,
+        link=ui_link(dag_id, run_id),
+        facts={"Queued at": str(dag_run.get("queued_at") or "")},
+    )
+    await asyncio.to_thread(send_alert, alert)
+
+
+def on_event(event: str, **fields: Any) -> None:
+    """Alert on the engine and breaker events that need an operator (subscribed to observability)."""
+    workflow_id = fields.get("workflow_id")
+    if event == "provider_configuration_error":
+        node_id, run_id = fields.get("node_id"), fields.get("run_id")
+        if not _first_time((event, str(workflow_id), str(node_id), str(run_id))):
+            return
+        send_alert(
+            Alert(
+                kind=event,
+                title="the messaging provider refused careflow's credentials",
+                workflow_id=workflow_id,
+                node_id=node_id,
+                run_id=run_id,
+                detail="Sending stopped for this node. Fix the token of the careflow_messaging connection.",
+                link=ui_link(f"{DAG_PREFIX}{workflow_id}" if workflow_id else None, run_id, node_id),
+                facts={"Channel": str(fields.get("channel") or "")},
+            )
+        )
+    elif event == "breaker_transition" and fields.get("to_state") == "open":
+        breaker = str(fields.get("breaker"))
+        if not _first_time((event, breaker)):
+            return
+        send_alert(
+            Alert(
+                kind="breaker_open",
+                title=f"circuit breaker {breaker} opened",
+                detail=f"Sends through it wait until it half-opens ({scrub(str(fields.get('reason') or ''), 120)}).",
+                facts={"Breaker": breaker, "Backend": str(fields.get("backend") or "")},
+            )
+        )
+    elif event == "breaker_redis_fallback":
+        if not _first_time((event,)):
+            return
+        send_alert(
+            Alert(
+                kind="breaker_redis_fallback",
+                title="Redis is unreachable: circuit breakers fall back to per-process state",
+                detail=f"Workers no longer share breaker state ({scrub(str(fields.get('error') or ''), 80)}).",
+            )
+        )
+
+
+observability.subscribe(on_event)
