@@ -1,0 +1,137 @@
+"""``careflow metrics`` and ``GET /careflow/api/metrics``: per node runs, rates, dwell P95 and messages."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Engine
+
+from careflow.cli import main
+from careflow.metrics_report import _human, build_report
+from careflow.providers.client import ProviderClient
+from careflow.providers.fake_server import FakeProviderServer
+from careflow.store import tables
+
+from .conftest import START, WORKFLOW, clinic_data, compiled_workflow, run_engine
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+from fastapi.testclient import TestClient  # noqa: E402
+
+
+def test_metrics_after_a_simulated_run_print_p95_per_node(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clinic_data(engine)
+    with FakeProviderServer() as provider:
+        client = ProviderClient(provider.url, provider.token)
+        run_engine(engine, compiled_workflow(), client, days=2)
+        sent = len(provider.messages())
+    assert sent > 0
+
+    assert main(["metrics", "--workflow", WORKFLOW["id"], "--no-airflow"]) == 0
+    text = capsys.readouterr().out
+    assert f"== {WORKFLOW['id']} ==" in text
+    header = next(line for line in text.splitlines() if line.strip().startswith("node"))
+    assert "p95" in header
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ") and line.split()}
+    assert {"booked", "hour_later", "notice"} <= set(lines)
+    dwell = _dwell_seconds(engine, "hour_later")
+    p95 = dwell[math.ceil(0.95 * len(dwell)) - 1]
+    assert p95 > 3600  # arrival is the booking time, so the wait runs to the next daily run
+    assert _human(p95) in lines["hour_later"].split()
+    assert f"sent={sent}" in lines["notice"]
+
+    assert main(["metrics", "--workflow", WORKFLOW["id"], "--no-airflow", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (item,) = report["workflows"]
+    nodes = {n["node_id"]: n for n in item["nodes"]}
+    assert nodes["hour_later"]["dwell_s"]["p95"] == pytest.approx(p95, abs=0.01)
+    assert nodes["hour_later"]["dwell_s"]["median"] == pytest.approx(
+        dwell[math.ceil(len(dwell) / 2) - 1], abs=0.01
+    )
+    assert nodes["notice"]["messages"]["sent"] == sent
+    assert nodes["notice"]["send_latency_ms"]["count"] == sent
+    assert item["slowest_node"] == max(nodes, key=lambda n: nodes[n]["dwell_s"]["p95"])
+    assert item["fastest_node"] == "notice"  # sent in the run the execution arrived in
+    assert item["runs"] >= 2
+    assert item["executions"].get("completed", 0) > 0
+
+
+def _dwell_seconds(engine: Engine, node_id: str) -> list[float]:
+    s = tables.steps
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(s.c.arrived_at, s.c.finished_at).where(
+                s.c.node_id == node_id, s.c.finished_at.is_not(None)
+            )
+        ).all()
+    return sorted((done - arrived).total_seconds() for arrived, done in rows)
+
+
+def test_percentiles_are_nearest_rank_on_both_databases(engine: Engine) -> None:
+    """Dwell times of 1..20 s: mean 10.5, median the 10th value, P95 the 19th."""
+    with engine.begin() as conn:
+        for i in range(1, 21):
+            conn.execute(
+                insert(tables.executions).values(
+                    id=f"x{i}",
+                    workflow_id="wf",
+                    version=1,
+                    trigger_event_id=f"ev{i}",
+                    patient_id=f"p{i}",
+                    appointment_id=f"a{i}",
+                    clinic_id="c",
+                    status="completed",
+                    enrolled_at=START,
+                    event_at=START,
+                    updated_at=START,
+                )
+            )
+            conn.execute(
+                insert(tables.steps).values(
+                    execution_id=f"x{i}",
+                    workflow_id="wf",
+                    node_id="n",
+                    status="failed" if i <= 5 else "done",
+                    arrived_at=START,
+                    finished_at=START + timedelta(seconds=i),
+                    run_id=f"r{i % 4}",
+                )
+            )
+    (item,) = build_report("wf", engine=engine, airflow=False)["workflows"]
+    (node,) = item["nodes"]
+    assert node["dwell_s"] == {
+        "count": 20,
+        "mean": 10.5,
+        "median": 10.0,
+        "p95": 19.0,
+        "min": 1.0,
+        "max": 20.0,
+    }
+    assert node["error_rate"] == 0.25
+    assert node["runs"] == 4
+    later = build_report("wf", START + timedelta(days=1), engine=engine, airflow=False)
+    assert later["workflows"] == []
+
+
+def test_the_api_serves_the_report_to_authenticated_users_only(airflow_home, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    from careflow.airflow.api import app
+
+    client = TestClient(app)
+    assert client.get("/api/metrics").status_code == 401
+    token = create_auth_manager().generate_jwt(SimpleAuthManagerUser(username="ops-kim", role="admin"))
+    auth = {"Authorization": f"Bearer {token}"}
+    answer = client.get("/api/metrics", params={"since": "2026-03-01"}, headers=auth)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["since"].startswith("2026-03-01")
+    assert body["source"] == "careflow+airflow"  # the test Airflow home's metadata DB is readable
+    assert client.get("/api/metrics", params={"since": "yesterday"}, headers=auth).status_code == 422
