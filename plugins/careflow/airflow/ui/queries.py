@@ -370,6 +370,7 @@ def trace(
     compiled = graph_of(row["workflow_id"])
     labels = {n: c.display_name for n, c in compiled.nodes.items()} if compiled else {}
     for step in steps:
+        step.pop("patient_id")  # the execution's, given once below
         step["label"] = labels.get(step["node_id"], step["node_id"])
     return {
         "execution": _execution(row),
