@@ -78,6 +78,7 @@ class TaskRun:
     outcome: str = ""  # "success" | "retries_exhausted" | "configuration_error" | "timed_out"
     error: BaseException | None = None
     reports: list[dict[str, Any]] = field(default_factory=list)
+    try_seconds: list[float] = field(default_factory=list)  # how long each try's work took
     requests: Counter = field(default_factory=Counter)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -156,11 +157,14 @@ def run_action_task(
             gate=breaker.gate(),
             emit=lambda name, **fields: run.events.append((name, fields)),
         )
+        began = time.monotonic()
         try:
             report: NodeReport = process_node(ctx, ACTION)
         except ProviderConfigurationError as exc:  # the operator fails the task, no retry
             run.outcome, run.error = "configuration_error", exc
             break
+        finally:
+            run.try_seconds.append(time.monotonic() - began)
         run.reports.append(report.to_xcom())
         if report.sent:
             run.recovered_after = time.monotonic() - started

@@ -50,7 +50,8 @@ def ride_out(
         f"\n{workflow_id}: backend={breaker_for(client_name).snapshot().backend} outage={outage}s "
         f"provider_errors={stats['errors']} failed_calls={run.failed_requests} received={stats['received']} "
         f"tries={run.tries} deferrals={run.deferrals} retries={run.retries} "
-        f"recovered_after={run.recovered_after:.1f}s total={run.seconds:.1f}s"
+        f"recovered_after={run.recovered_after:.1f}s total={run.seconds:.1f}s "
+        f"slowest_try={max(run.try_seconds):.1f}s"
     )
     return run
 
@@ -82,11 +83,13 @@ def assert_ridden_out(
     # The breaker opened during the outage and closed once its probes succeeded.
     breaker = breaker_for(client_name)
     snap = breaker.snapshot()
-    assert snap.state == "closed" and snap.opens >= 2
+    # A long outage outlasts several waits: the probes failed and the breaker opened again.
+    assert snap.state == "closed" and snap.opens >= (2 if outage >= 10 else 1)
     moves = [(t["from"], t["to"]) for t in reversed(breaker.transitions(100))]
     assert moves[0] == ("closed", "open") and moves[-1] == ("half_open", "closed"), moves
-    # Recovered within one breaker wait of the provider's return, never sent before it.
-    assert outage - 0.5 <= run.recovered_after <= outage + FAST_BREAKER.max_open_seconds + 4
+    # Recovered within one breaker wait (plus two tries' work) of the provider's return, not before.
+    slack = 2 * max(run.try_seconds) + 2
+    assert outage - 0.5 <= run.recovered_after <= outage + FAST_BREAKER.max_open_seconds + slack
 
 
 def _execution_ids(engine: Engine, workflow_id: str) -> list[str]:
