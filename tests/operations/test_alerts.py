@@ -1,0 +1,185 @@
+"""Alerts reach the careflow_alerts webhook with workflow, node, run and link, and never a patient."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from careflow.airflow import alerts
+from careflow.airflow.factory import build_dag
+from careflow.providers.fake_server import FakeProviderServer
+from careflow.resilience import events
+from careflow.store.db import dispose_engines
+from careflow.store.migrations import upgrade
+
+from .conftest import START, WORKFLOW, clinic_data, compiled_workflow, patient_strings
+
+BASE = "https://airflow.clinic.example"
+
+
+@pytest.fixture(autouse=True)
+def _ui_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", BASE)
+
+
+def _context(run_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "dag_run": SimpleNamespace(conf={"careflow_clock": run_id.split("__")[-1]}, run_id=run_id),
+        "run_id": run_id,
+        "data_interval_start": None,
+        **extra,
+    }
+
+
+def test_a_refused_token_alerts_once_with_ids_and_a_link_and_no_patient_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    url = f"sqlite:///{tmp_path / 'careflow.db'}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
+    monkeypatch.setenv("CAREFLOW_BREAKER_DB", str(tmp_path / "breakers.db"))
+    dispose_engines()
+    engine = create_engine(url)
+    upgrade(engine)
+    data = clinic_data(engine)
+    dag = build_dag(compiled_workflow())
+    run_id = f"scheduled__{(START + timedelta(days=1)).isoformat()}"
+    context = _context(run_id)
+    context["dag_run"].conf = {
+        "careflow_clock": (START + timedelta(days=1)).isoformat(),
+        "careflow_simulated": True,
+    }
+    with FakeProviderServer() as provider:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+            json.dumps({"conn_type": "http", "host": provider.url, "password": "not-the-token"}),
+        )
+        dag.get_task("booked").execute(context)
+        dag.get_task("hour_later").execute(context)
+        notice = dag.get_task("notice")
+        with pytest.raises(AirflowFailException) as failed:
+            notice.execute(context)
+        assert not provider.messages()
+        # Airflow then calls the task's failure callbacks: the same problem is not alerted twice
+        ti = SimpleNamespace(dag_id=dag.dag_id, task_id="notice", run_id=run_id, try_number=1)
+        for callback in notice.on_failure_callback:
+            callback({"ti": ti, "dag": dag, "exception": failed.value})
+    dispose_engines()
+
+    assert len(webhook) == 1, webhook
+    (alert,) = webhook
+    assert "refused careflow's credentials" in alert["text"]
+    assert f"workflow {WORKFLOW['id']}" in alert["text"] and "node notice" in alert["text"]
+    link = f"{BASE}/dags/careflow__{WORKFLOW['id']}/runs/"
+    assert link in alert["text"] and alert["text"].endswith("/tasks/notice")
+    assert any(block["type"] == "header" for block in alert["blocks"])
+    posted = json.dumps(webhook, ensure_ascii=False)
+    leaks = [s for s in patient_strings(data) if s in posted]
+    assert not leaks, f"patient data in the alert: {leaks[:3]}"
+
+
+def test_breaker_open_and_redis_fallback_alert_once_per_cooldown(webhook: list[dict[str, Any]]) -> None:
+    for _ in range(3):
+        events.emit(
+            "breaker_transition",
+            breaker="default:sms",
+            from_state="closed",
+            to_state="open",
+            reason="failure rate 0.62 over 40 calls",
+            generation=4,
+            by=None,
+            at=0.0,
+            backend="redis",
+        )
+    events.emit(
+        "breaker_transition",
+        breaker="default:sms",
+        from_state="open",
+        to_state="half_open",
+        reason="probe",
+        generation=5,
+        by=None,
+        at=0.0,
+        backend="redis",
+    )
+    events.emit("breaker_redis_fallback", url="redis://127.0.0.1:6399/0", error="ConnectionError")
+    kinds = [a["text"] for a in webhook]
+    assert len(kinds) == 2, kinds
+    assert "circuit breaker default:sms opened" in kinds[0]
+    assert "Redis is unreachable" in kinds[1]
+
+
+def test_task_failure_alert_names_the_run_and_masks_contact_data(webhook: list[dict[str, Any]]) -> None:
+    ti = SimpleNamespace(
+        dag_id="careflow__implant-aftercare", task_id="c1", run_id="scheduled__2026-03-04", try_number=2
+    )
+    from airflow.sdk.exceptions import AirflowException
+
+    alerts.TASK_FAILED(
+        {"ti": ti, "exception": AirflowException("lookup for 010-5551-2345 <kim@example.com> failed")}
+    )
+    alerts.TASK_FAILED({"ti": ti, "exception": ValueError("row (홍길동, 010-5551-2345)")})
+    dag_run = SimpleNamespace(dag_id="careflow__implant-aftercare", run_id="scheduled__2026-03-04")
+    alerts.DAG_RUN_FAILED({"dag_run": dag_run, "reason": "task_failure"})
+
+    first, second, run = webhook
+    assert first["text"].startswith(
+        ":rotating_light: careflow: a task failed (workflow implant-aftercare, node c1, run scheduled__2026-03-04)"
+    )
+    assert "AirflowException: lookup for <number> <<email>> failed" in first["text"]
+    assert first["text"].endswith(
+        f"{BASE}/dags/careflow__implant-aftercare/runs/scheduled__2026-03-04/tasks/c1"
+    )
+    assert {"type": "mrkdwn", "text": "*Attempt*\n`2`"} in first["blocks"][1]["fields"]
+    # a foreign exception's message may quote row values: only its type is told
+    assert "ValueError" in second["text"] and "010" not in second["text"] and "홍길동" not in second["text"]
+    assert "a DAG run failed" in run["text"] and run["text"].endswith("/runs/scheduled__2026-03-04")
+
+
+def test_the_dag_has_failure_callbacks_and_a_deadline_only_when_configured() -> None:
+    plain = build_dag(compiled_workflow())
+    assert plain.on_failure_callback is alerts.DAG_RUN_FAILED
+    assert not plain.deadline
+    for task in plain.tasks:
+        assert alerts.TASK_FAILED in task.on_failure_callback
+
+    doc = json.loads(json.dumps(WORKFLOW))
+    doc["settings"] = {"run_deadline_hours": 6}
+    (deadline,) = build_dag(compiled_workflow(doc)).deadline
+    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"
+    assert deadline.interval == timedelta(hours=6)
+    assert deadline.callback.path == "careflow.airflow.alerts.run_deadline_missed"
+    assert deadline.callback.kwargs == {"workflow_id": WORKFLOW["id"], "hours": 6.0}
+
+
+def test_the_deadline_callback_posts_from_the_triggerer_context(webhook: list[dict[str, Any]]) -> None:
+    context = {
+        "dag_run": {
+            "dag_id": "careflow__booking-followup",
+            "dag_run_id": "scheduled__2026-03-04",
+            "queued_at": "2026-03-04T00:00:05Z",
+        },
+        "deadline": {"id": "d1"},
+    }
+    asyncio.run(alerts.run_deadline_missed(workflow_id="booking-followup", hours=6.0, context=context))
+    (alert,) = webhook
+    assert "has not finished 6 hours after it was queued" in alert["text"]
+    assert alert["text"].endswith(f"{BASE}/dags/careflow__booking-followup/runs/scheduled__2026-03-04")
+
+
+def test_without_the_connection_alerts_are_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_CAREFLOW_ALERTS", raising=False)
+    monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")
+    assert alerts.send_alert(alerts.Alert(kind="breaker_open", title="circuit breaker x opened")) is False
+    assert "circuit breaker x opened" in caplog.text

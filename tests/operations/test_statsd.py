@@ -1,0 +1,146 @@
+"""A simulated run through Airflow's task runner sends careflow's metrics to a statsd listener over UDP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from careflow.providers.fake_server import FakeProviderServer
+from careflow.publishing import publish_paths
+from careflow.store.db import dispose_engines, get_engine
+from careflow.store.migrations import upgrade
+from support import airflow_env
+
+from .conftest import WORKFLOW, clinic_data, patient_strings
+
+pytestmark = pytest.mark.airflow
+
+
+class StatsdListener:
+    """A UDP socket that keeps every statsd line it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                packet = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.lines += packet.decode("utf-8", "replace").splitlines()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def test_a_simulated_run_sends_careflow_metrics_without_patient_data(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'careflow.db'}"
+    engine = get_engine(url)
+    upgrade(engine)
+    data = clinic_data(engine)
+    source = tmp_path / f"{WORKFLOW['id']}.json"
+    source.write_text(json.dumps(WORKFLOW, ensure_ascii=False), encoding="utf-8")
+    workflows = tmp_path / "workflows"
+    assert publish_paths([source], engine=engine, workflows_dir=workflows)[0].action == "published"
+    dispose_engines()
+
+    listener = StatsdListener()
+    try:
+        with FakeProviderServer() as provider:
+            env = airflow_env(
+                airflow_home,
+                workflows,
+                CAREFLOW_DB_URL=url,
+                CAREFLOW_REDIS_URL="",
+                CAREFLOW_BREAKER_DB=str(tmp_path / "breakers.db"),
+                AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(
+                    {"conn_type": "http", "host": provider.url, "password": provider.token}
+                ),
+                AIRFLOW__METRICS__STATSD_ON="True",
+                AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
+                AIRFLOW__METRICS__STATSD_PORT=str(listener.port),
+                AIRFLOW__METRICS__METRICS_ALLOW_LIST="careflow",
+            )
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "careflow",
+                    "simulate",
+                    "--workflow",
+                    WORKFLOW["id"],
+                    "--start",
+                    "2026-03-04",
+                    "--days",
+                    "1",
+                    "--airflow-runner",
+                    "--json",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=400,
+            )
+            sent = len(provider.messages())
+        report = subprocess.run(
+            [sys.executable, "-m", "careflow", "metrics", "--workflow", WORKFLOW["id"], "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        listener.close()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sent > 0
+
+    wf = WORKFLOW["id"]
+    names = {line.split(":", 1)[0] for line in listener.lines}
+    expected = {
+        f"airflow.careflow.messages.sent.{wf}.notice.lms",
+        f"airflow.careflow.messages.send_latency_ms.{wf}.notice.lms",
+        f"airflow.careflow.messages.lateness_ms.{wf}.notice",
+        f"airflow.careflow.executions.enrolled.{wf}",
+        f"airflow.careflow.executions.completed.{wf}",
+        "airflow.careflow.cache.hits.template_compile",
+        "airflow.careflow.cache.misses.template_compile",
+    }
+    assert expected <= names, sorted(names)
+    counted = sum(
+        int(line.split(":", 1)[1].split("|")[0])
+        for line in listener.lines
+        if line.startswith(f"airflow.careflow.messages.sent.{wf}.") and line.endswith("|c")
+    )
+    assert counted == sent
+    # the allow list (patterns matched anywhere in a name) keeps careflow's metrics and Airflow's
+    # own metrics of careflow's DAGs, and drops the rest
+    assert all("careflow" in n for n in names), sorted(n for n in names if "careflow" not in n)
+    assert f"airflow.dag.careflow__{wf}.notice.duration" in names
+    everything = "\n".join(listener.lines)
+    leaks = [s for s in patient_strings(data) if s in everything]
+    assert not leaks, f"patient data in metrics: {leaks[:3]}"
+
+    # Airflow's task instances of the same run give the per-node task durations
+    assert report.returncode == 0, report.stderr[-2000:]
+    (item,) = json.loads(report.stdout)["workflows"]
+    nodes = {n["node_id"]: n for n in item["nodes"]}
+    assert nodes["notice"]["task_s"]["p95"] > 0
+    assert nodes["notice"]["task_states"].get("success", 0) >= 1
