@@ -15,6 +15,8 @@ Redis: an entry invalidated then may be served again until its TTL ends.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -276,8 +278,13 @@ _caches_lock = threading.Lock()
 
 
 def _default_link() -> RedisLink | None:
-    from careflow.settings import redis_url
+    from careflow.settings import REDIS_CONN_ID, redis_url
 
+    # A process that has not loaded Airflow (``careflow workflows validate``) finds Redis in the
+    # environment only: asking Airflow for the connection would cost seconds of imports.
+    in_env = "CAREFLOW_REDIS_URL" in os.environ or f"AIRFLOW_CONN_{REDIS_CONN_ID.upper()}" in os.environ
+    if not in_env and "airflow" not in sys.modules:
+        return None
     url = redis_url()
     if not url:
         return None
