@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from careflow.workflow import report_cache
 from careflow.workflow.diagnostics import SEVERITY_RANK, Diagnostic, make
 from careflow.workflow.field_errors import describe, field_path, show
 from careflow.workflow.graph_checks import Graph, NodeRef, check_cycles, check_edges
@@ -113,12 +114,37 @@ def validate_path(path: str | Path) -> ValidationReport:
 
 
 def validate_workflow(raw: bytes | str | dict, source: str = "<input>") -> ValidationReport:
-    """Validate a workflow given as JSON bytes, JSON text or an already parsed dict. Never raises."""
+    """Validate a workflow given as JSON bytes, JSON text or an already parsed dict. Never raises.
+
+    Reports of JSON bytes or text are cached by the input's sha256 (:mod:`.report_cache`).
+    """
+    key = report_cache.input_key(raw)
+    if key is not None:
+        cached = _cached_report(key, raw, source)
+        if cached is not None:
+            return cached
     try:
-        return _validate(raw, source)
+        report = _validate(raw, source)
     except Exception as exc:  # validation must answer, whatever it is given
         message = f"Validation failed unexpectedly ({type(exc).__name__}); please report this workflow"
         return _report(source, None, [make("WF_INTERNAL_ERROR", message)])
+    if key is not None:
+        report_cache.store(key, report.workflow_id, report.diagnostics, report.workflow)
+    return report
+
+
+def _cached_report(key: str, raw: Any, source: str) -> ValidationReport | None:
+    entry = report_cache.lookup(key)
+    if entry is None:
+        return None
+    workflow_id, diagnostics, digest = entry
+    workflow = None
+    if digest is not None:
+        document, problem = _read(raw)
+        workflow = None if problem else report_cache.rebuild_workflow(document, digest)
+        if workflow is None:
+            return None
+    return ValidationReport(source, workflow, diagnostics, workflow_id)
 
 
 def _validate(raw: Any, source: str) -> ValidationReport:
