@@ -294,7 +294,23 @@ def check_template(source: str, *, channel: str, subject: str | None = None) -> 
     Checks the policy and the facts catalog statically, then renders the template against the
     sample context (``careflow.workflow.facts.sample_context``) and checks the channel limit.
     An email needs a subject, checked by the same rules. Never raises for a bad template.
+
+    The answer is cached in the ``templates`` cache (1 h) by the sha256 of the checker's code,
+    the channel, the subject and the source; a render that ran out of time is not cached. The
+    cache only spares the check: rendering compiles and polices the template again.
     """
+    from careflow.templates import check_cache
+
+    key = check_cache.key(source, channel, subject)
+    cached = check_cache.lookup(key)
+    if cached is not None:
+        return [TemplateProblem(code, message, field) for code, message, field in cached]
+    problems = _check_template(source, channel=channel, subject=subject)
+    check_cache.store(key, [(p.code, p.message, p.field) for p in problems])
+    return problems
+
+
+def _check_template(source: str, *, channel: str, subject: str | None = None) -> list[TemplateProblem]:
     problems: list[TemplateProblem] = []
     try:
         limits.channel_limit(channel)
