@@ -64,12 +64,13 @@ def test_parsed_dicts_are_not_cached(shared):
 
 def test_the_key_changes_with_the_validator(monkeypatch):
     raw = b'{"id": "x"}'
-    key = report_cache.input_key(raw)
-    assert key == report_cache.input_key(raw.decode())
+    key = report_cache.input_key(raw, 1000)
+    assert key == report_cache.input_key(raw.decode(), 1000)
+    assert report_cache.input_key(raw, len(raw) - 1) is None  # refused for its size: not worth a hash
     report_cache.validator_fingerprint.cache_clear()
     monkeypatch.setattr(report_cache, "SCHEMA_VERSION", "9.9")
     try:
-        assert report_cache.input_key(raw) != key
+        assert report_cache.input_key(raw, 1000) != key
     finally:
         report_cache.validator_fingerprint.cache_clear()
 
@@ -78,7 +79,7 @@ def test_the_key_changes_with_the_validator(monkeypatch):
 
 
 def _entry_for(raw: bytes) -> tuple[str, str]:
-    key = report_cache.input_key(raw)
+    key = report_cache.input_key(raw, 10**7)
     assert key is not None
     report = fresh(raw, "x")
     digest = None
@@ -139,7 +140,7 @@ def test_a_corrupted_entry_is_ignored_and_dropped(shared, redis_client, corrupt)
 
 
 def test_another_inputs_report_filed_under_this_key_is_ignored(shared, redis_client):
-    bad_key = report_cache.input_key(BAD)
+    bad_key = report_cache.input_key(BAD, 10**7)
     _, good_entry = _entry_for(GOOD)  # a sound entry, but for the good workflow's key
     _poison(redis_client, shared, bad_key, good_entry)
     report = validate_workflow(BAD)

@@ -45,8 +45,12 @@ def validator_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def input_key(raw: Any) -> str | None:
-    """The cache key of a raw input (bytes or text); None for anything else (parsed dicts)."""
+def input_key(raw: Any, max_size: int) -> str | None:
+    """The cache key of a raw input (bytes or text); None for anything else (parsed dicts) and for
+    inputs over ``max_size`` (refused at once: hashing them would cost more than the refusal).
+    """
+    if isinstance(raw, (str, bytes, bytearray, memoryview)) and len(raw) > max_size:
+        return None
     if isinstance(raw, str):
         data = raw.encode("utf-8", "surrogatepass")
     elif isinstance(raw, (bytes, bytearray, memoryview)):

@@ -118,7 +118,7 @@ def validate_workflow(raw: bytes | str | dict, source: str = "<input>") -> Valid
 
     Reports of JSON bytes or text are cached by the input's sha256 (:mod:`.report_cache`).
     """
-    key = report_cache.input_key(raw)
+    key = report_cache.input_key(raw, MAX_BYTES)
     if key is not None:
         cached = _cached_report(key, raw, source)
         if cached is not None:
