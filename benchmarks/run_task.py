@@ -1,0 +1,106 @@
+"""Run one task of a published workflow's real DAG in this process, and measure it.
+
+The DAG is built by careflow's factory from the published snapshot, exactly as Airflow's DAG
+processor builds it when a worker runs a task (the parsing context names the DAG). The task's own
+operator then runs with the run's context, as ``careflow simulate`` does. Printed as one JSON
+line: the task's counts (its XCom), wall seconds, database round trips and this process' peak RSS.
+
+    python -m benchmarks.run_task --workflow ID --task TASK --at ISO_TIME
+
+The environment (``benchmarks.harness.CareflowEnv``) points it at the database and the provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+
+def count_round_trips(engine: Any) -> dict[str, int]:
+    """Count what goes over the wire to the database: pings on checkout, BEGIN, statements, COMMIT."""
+    from sqlalchemy import event
+
+    counts = {"statements": 0, "begins": 0, "commits": 0, "checkouts": 0}
+
+    def statement(*_: Any) -> None:
+        counts["statements"] += 1
+
+    def begin(*_: Any) -> None:
+        counts["begins"] += 1
+
+    def commit(*_: Any) -> None:
+        counts["commits"] += 1
+
+    def checkout(*_: Any) -> None:
+        counts["checkouts"] += 1  # pool_pre_ping: one round trip per checkout
+
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "begin", begin)
+    event.listen(engine, "commit", commit)
+    event.listen(engine.pool, "checkout", checkout)
+    return counts
+
+
+def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
+    """Build the DAG, run one task, and measure it."""
+    os.environ["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = f"careflow__{workflow_id}"
+    started = time.perf_counter()
+    from careflow.airflow.factory import build_dags
+    from careflow.clock import CLOCK_KEY, parse_time
+    from careflow.store.db import get_engine
+
+    dags, problems = build_dags()
+    if problems:
+        raise SystemExit(f"the snapshot did not load: {problems}")
+    dag = dags[f"careflow__{workflow_id}"]
+    task: Any = dag.get_task(task_id)
+    moment = parse_time(at)
+    conf = {CLOCK_KEY: moment.isoformat(), "careflow_simulated": True, "careflow_dry_run": False}
+    run_id = f"careflow_bench__{moment.strftime('%Y%m%dT%H%M%S')}"
+    context = {
+        "dag_run": SimpleNamespace(conf=conf, run_id=run_id, dag_id=dag.dag_id),
+        "run_id": run_id,
+        "logical_date": moment,
+        "data_interval_start": None,
+        "data_interval_end": moment,
+        "params": conf,
+    }
+    counts = count_round_trips(get_engine())
+    ready = time.perf_counter()
+    result = task.execute(context)
+    finished = time.perf_counter()
+    return {
+        "task": task_id,
+        "result": result,
+        "setup_s": ready - started,
+        "seconds": finished - ready,
+        "round_trips": sum(counts.values()),
+        "round_trip_detail": counts,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run_task", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--workflow", required=True)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--at", required=True, help="the run's simulated time (ISO 8601)")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.disable(logging.INFO)
+    print(json.dumps(run(args.workflow, args.task, args.at), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
