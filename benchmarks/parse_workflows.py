@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 NODES_PER_WORKFLOW = 10
 
-_RULES = [
+_RULES: list[dict[str, Any]] = [
     {"field": "patient.has_upcoming_appointment", "op": "eq", "value": False},
     {"field": "patient.age", "op": "gte", "value": 20},
     {"field": "appointment.type", "op": "in", "value": ["implant_surgery", "scaling"]},
@@ -46,6 +46,7 @@ _TEMPLATES = [
 
 def _node(rng: random.Random, index: int, kind: str) -> dict[str, Any]:
     node_id = f"n{index}"
+    data: dict[str, Any]
     if kind == "delay":
         if rng.random() < 0.3:
             data = {
