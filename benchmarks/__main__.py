@@ -1,0 +1,324 @@
+"""``python -m benchmarks [--quick] [--out FILE]``: every careflow benchmark, one table, one JSON.
+
+- provider-bound: N due messages through the real DAG (trigger → action → wake tasks, each in its
+  own process, against Postgres) with the fake provider answering in 20 ms, at provider
+  concurrency C = 50 and the seed's 5; against the seed's engine on the same data and provider;
+- engine overhead: the same with a provider that answers at once;
+- parse: 1,000 generated 10-node workflows through careflow's factory, dag-factory and
+  hand-written DAG files;
+- memory: peak RSS of the action task at 10,000 and 100,000 due messages;
+- queries per message: database round trips of the whole DAG run divided by messages sent.
+
+Every figure is measured when the command runs. Needs Postgres and Redis on localhost
+(``CAREFLOW_BENCH_PG``, ``CAREFLOW_BENCH_REDIS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LATENCY_MS = 20.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each measurement is."""
+
+    messages: int
+    seed_messages_bound: int
+    seed_messages_overhead: int
+    memory_large: int
+    memory_latency_ms: float
+    workflows: int
+
+
+FULL = Plan(10_000, 1_000, 2_000, 100_000, LATENCY_MS, 1_000)
+QUICK = Plan(10_000, 300, 1_000, 100_000, 0.0, 1_000)
+#: The smallest configuration, for the smoke test: proves the pipeline runs, measures nothing useful.
+SMOKE = Plan(200, 20, 50, 1_000, 0.0, 10)
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the table and the JSON go to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures come from."""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or "unknown",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    mem_kb = (
+        next(
+            (
+                int(line.split()[1])
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            ),
+            0,
+        )
+        if Path("/proc/meminfo").exists()
+        else 0
+    )
+    from sqlalchemy import create_engine, text
+
+    from benchmarks.harness import PG_SERVER
+
+    engine = create_engine(f"{PG_SERVER}/postgres")
+    with engine.connect() as conn:
+        postgres = conn.execute(text("show server_version")).scalar()
+    engine.dispose()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "postgres": postgres,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def send_benchmarks(plan: Plan) -> dict[str, Any]:
+    """Provider-bound, engine overhead, memory and queries per message (one database, fresh state each)."""
+    from benchmarks import harness, seed_engine, throughput
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import upgrade
+
+    figures: dict[str, Any] = {}
+    with harness.bench_database() as db, harness.careflow_env(db.url) as env:
+        engine = get_engine(db.url)
+        upgrade(engine)
+        for size in (plan.messages, plan.memory_large):
+            seconds = harness.load_clinic(engine, size)
+            harness.publish(env, size)
+            log(f"loaded {size:,} patients, appointments and events in {seconds:.1f} s")
+        small = harness.workflow_id_for(plan.messages)
+        dsn = seed_engine.libpq_dsn(db.url)
+        document = harness.workflow_document(plan.messages)
+
+        def careflow_run(latency: float, concurrency: int, size: int) -> throughput.DagRun:
+            harness.reset_careflow_state(engine)
+            with harness.fake_provider(latency) as fake:
+                log(f"careflow: {size:,} messages, latency {latency:g} ms, concurrency {concurrency}")
+                run = throughput.run_dag(env, fake, harness.workflow_id_for(size), concurrency, size)
+            log(f"  action task {run.action.seconds:.2f} s: {size / run.action.seconds:,.0f} msg/s")
+            return run
+
+        def seed_run(latency: float, limit: int) -> seed_engine.SeedResult:
+            with harness.fake_provider(latency) as fake:
+                log(f"seed engine: {limit:,} messages, latency {latency:g} ms")
+                result = seed_engine.run_seed(dsn, document, fake.url, fake.token, harness.RUN_AT, limit)
+            if result.messages != limit:
+                raise SystemExit(f"the seed engine sent {result.messages} messages, expected {limit}")
+            log(f"  {result.seconds:.2f} s: {result.msgs_per_s:,.1f} msg/s")
+            return result
+
+        figures["bound_50"] = careflow_run(LATENCY_MS, 50, plan.messages)
+        figures["bound_5"] = careflow_run(LATENCY_MS, 5, plan.messages)
+        figures["seed_bound"] = seed_run(LATENCY_MS, plan.seed_messages_bound)
+        figures["overhead"] = careflow_run(0.0, 50, plan.messages)
+        figures["seed_overhead"] = seed_run(0.0, plan.seed_messages_overhead)
+        figures["memory_small"] = (
+            figures["bound_50"] if plan.memory_latency_ms == LATENCY_MS else figures["overhead"]
+        )
+        figures["memory_large"] = careflow_run(plan.memory_latency_ms, 50, plan.memory_large)
+        figures["workflow"] = small
+    return figures
+
+
+def parse_benchmark(plan: Plan) -> dict[str, Any]:
+    """careflow / dag-factory / hand-written on the same generated workflows."""
+    from benchmarks.parse_compare import compare
+
+    log(f"parse: {plan.workflows:,} generated 10-node workflows, three ways")
+    result = compare(plan.workflows)
+    log(
+        f"  careflow {result['careflow_s']:.2f} s, dag-factory {result['dag_factory_s']:.2f} s, "
+        f"hand-written {result['handwritten_s']:.2f} s"
+    )
+    return result
+
+
+def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document (its keys are the contract of this command)."""
+    bound, seed_bound = sends["bound_50"], sends["seed_bound"]
+    overhead, seed_overhead = sends["overhead"], sends["seed_overhead"]
+    careflow_bound = bound.messages / bound.action.seconds
+    careflow_overhead = overhead.messages / overhead.action.seconds
+    limit = 50 / (LATENCY_MS / 1000)
+    small, large = sends["memory_small"].action.peak_rss_mb, sends["memory_large"].action.peak_rss_mb
+    return {
+        "provider_bound": {
+            "messages": bound.messages,
+            "latency_ms": LATENCY_MS,
+            "concurrency": 50,
+            "careflow_msgs_per_s": round(careflow_bound, 1),
+            "seed_msgs_per_s": round(seed_bound.msgs_per_s, 1),
+            "limit_msgs_per_s": round(limit, 1),
+            "limit_fraction": round(careflow_bound / limit, 3),
+            "speedup_vs_seed": round(careflow_bound / seed_bound.msgs_per_s, 1),
+        },
+        "engine_overhead": {
+            "messages": overhead.messages,
+            "careflow_msgs_per_s": round(careflow_overhead, 1),
+            "seed_msgs_per_s": round(seed_overhead.msgs_per_s, 1),
+            "speedup_vs_seed": round(careflow_overhead / seed_overhead.msgs_per_s, 1),
+        },
+        "parse": parse,
+        "memory": {
+            "rss_10k_mb": round(small, 1),
+            "rss_100k_mb": round(large, 1),
+            "ratio": round(large / small, 3),
+        },
+        "queries_per_message": round(bound.round_trips / bound.messages, 4),
+    }
+
+
+def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str, Any]) -> str:
+    """The figures as a readable table, with the details the JSON leaves out."""
+    pb, eo, pa, me = doc["provider_bound"], doc["engine_overhead"], doc["parse"], doc["memory"]
+    b5 = sends["bound_5"]
+    b5_rate = b5.messages / b5.action.seconds
+    b50 = sends["bound_50"]
+    whole = sum(t.seconds for t in b50.tasks)
+    rows = [
+        ("provider-bound (latency 20 ms)", "", "", ""),
+        (
+            "  careflow, C = 50 (action task)",
+            f"{pb['careflow_msgs_per_s']:,.0f} msg/s",
+            f"{pb['limit_fraction']:.0%} of {pb['limit_msgs_per_s']:,.0f}",
+            "target ≥ 80 %",
+        ),
+        (
+            "  careflow, C = 50 (whole DAG run)",
+            f"{b50.messages / whole:,.0f} msg/s",
+            f"enroll {b50.tasks[0].seconds:.1f} s + send {b50.action.seconds:.1f} s",
+            "",
+        ),
+        (
+            "  careflow, C = 5 (action task)",
+            f"{b5_rate:,.0f} msg/s",
+            f"{b5_rate / (5 / (LATENCY_MS / 1000)):.0%} of {5 / (LATENCY_MS / 1000):,.0f}",
+            "",
+        ),
+        (
+            f"  seed engine ({plan.seed_messages_bound:,} messages, sequential)",
+            f"{pb['seed_msgs_per_s']:,.1f} msg/s",
+            f"careflow ×{pb['speedup_vs_seed']:,.1f}",
+            "target ≥ ×40",
+        ),
+        ("engine overhead (latency 0)", "", "", ""),
+        ("  careflow, C = 50 (action task)", f"{eo['careflow_msgs_per_s']:,.0f} msg/s", "", ""),
+        (
+            f"  seed engine ({plan.seed_messages_overhead:,} messages)",
+            f"{eo['seed_msgs_per_s']:,.1f} msg/s",
+            f"careflow ×{eo['speedup_vs_seed']:,.1f}",
+            "target ≥ ×10",
+        ),
+        (f"parse ({pa['workflows']:,} workflows × 10 nodes)", "", "", ""),
+        (
+            "  careflow factory",
+            f"{pa['careflow_s']:.2f} s",
+            f"{pa['ratio']:.2f} × dag-factory",
+            "target ≤ 0.5",
+        ),
+        ("  dag-factory 1.1.0 (YAML)", f"{pa['dag_factory_s']:.2f} s", "", ""),
+        (
+            "  hand-written DAG files",
+            f"{pa['handwritten_s']:.2f} s",
+            f"careflow {pa['careflow_s'] / pa['handwritten_s']:.2f} × hand-written",
+            "target ≤ 2",
+        ),
+        ("memory: action task peak RSS", "", "", ""),
+        (f"  {plan.messages:,} due messages", f"{me['rss_10k_mb']:,.0f} MB", "", ""),
+        (
+            f"  {plan.memory_large:,} due messages",
+            f"{me['rss_100k_mb']:,.0f} MB",
+            f"× {me['ratio']:.2f}",
+            "target ≤ 1.3",
+        ),
+        (
+            "database round trips per message",
+            f"{doc['queries_per_message']:.4f}",
+            f"1 per {1 / doc['queries_per_message']:,.0f}" if doc["queries_per_message"] else "",
+            "target ≤ 0.05",
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(
+            f"{cell:<{widths[i]}}" if i != 1 else f"{cell:>{widths[i]}}" for i, cell in enumerate(r)
+        ).rstrip()
+        for r in rows
+    ]
+    lines.append("")
+    lines.append(
+        f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gb']} GB RAM, Python {info['python']}, "
+        f"Postgres {info['postgres']}; load average at start {info['load_average_at_start']}"
+    )
+    lines.append(
+        f"The seed engine is sequential: its rate is measured on {plan.seed_messages_bound:,} (provider-bound) "
+        f"and {plan.seed_messages_overhead:,} (overhead) messages and holds for any count."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller seed samples and the 100k memory run at latency 0 (under 15 minutes)",
+    )
+    parser.add_argument("--out", metavar="FILE", help="write the JSON figures to FILE")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    started = time.perf_counter()
+    # A private Airflow home: importing Airflow here (the parse benchmark) must not touch ~/airflow.
+    home = tempfile.mkdtemp(prefix="careflow-bench-airflow-")
+    os.environ["AIRFLOW_HOME"] = home
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    try:
+        info = machine()
+        mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+        log(
+            f"careflow benchmarks ({mode}) on {info['nproc']} CPUs, "
+            f"load average {info['load_average_at_start']}"
+        )
+        sends = send_benchmarks(plan)
+        parse = parse_benchmark(plan)
+        doc = summarise(plan, sends, parse)
+    finally:
+        subprocess.run(["rm", "-rf", home], check=False)
+    print(table(plan, doc, sends, info))
+    log(f"done in {time.perf_counter() - started:.0f} s")
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Smoke tests of the benchmarks' own machinery (they measure nothing; ``python -m benchmarks`` does)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from benchmarks import harness, seed_engine
+from benchmarks.parse_workflows import generate
+
+from careflow.providers.fake_server import FakeProviderServer
+
+
+def test_seed_plan_follows_delays_and_branches() -> None:
+    """The seed's plan: an action behind a 3-day delay and a true condition is due on day 3 only."""
+    nodes = [
+        {"id": "t", "type": "trigger", "data": {}},
+        {"id": "d", "type": "delay", "data": {"amount": 3, "unit": "days"}},
+        {
+            "id": "c",
+            "type": "condition",
+            "data": {"all": [{"field": "patient.age", "op": "gte", "value": 20}]},
+        },
+        {"id": "yes", "type": "action", "data": {"channel": "sms", "template": "hi {{ patient.name }}"}},
+        {"id": "no", "type": "action", "data": {"channel": "sms", "template": "no"}},
+    ]
+    edges = [
+        {"source": "t", "target": "d"},
+        {"source": "d", "target": "c"},
+        {"source": "c", "target": "yes", "sourceHandle": "true"},
+        {"source": "c", "target": "no", "sourceHandle": "false"},
+    ]
+    adult = {"patient": {"age": 30, "name": "김"}}
+    assert [a.node_id for a in seed_engine.calculate_execution_plan(nodes, edges, adult, 3)] == ["yes"]
+    assert seed_engine.calculate_execution_plan(nodes, edges, adult, 2) == []
+    child = {"patient": {"age": 10}}
+    assert [a.node_id for a in seed_engine.calculate_execution_plan(nodes, edges, child, 3)] == ["no"]
+    assert seed_engine.render("hi {{ patient.name }}", adult) == "hi 김"
+
+
+@pytest.mark.postgres
+def test_seed_engine_sends_each_due_message_once(pg_server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baseline loop sends one message per patient through the provider and logs it."""
+    from sqlalchemy import create_engine
+
+    from careflow.store import tables
+    from careflow.store.db import dispose_engines
+    from careflow.store.migrations import upgrade
+
+    engine = create_engine(pg_server_url)
+    tables.metadata.drop_all(engine)
+    monkeypatch.setenv("CAREFLOW_DB_URL", pg_server_url)
+    dispose_engines()
+    upgrade(engine)
+    harness.load_clinic(engine, 5)
+    with FakeProviderServer() as fake:
+        result = seed_engine.run_seed(
+            seed_engine.libpq_dsn(pg_server_url),
+            harness.workflow_document(5),
+            fake.url,
+            fake.token,
+            harness.RUN_AT,
+            limit=5,
+        )
+        assert (result.messages, result.patients, fake.stats()["accepted"]) == (5, 5, 5)
+    assert result.round_trips == 1 + 2 * 5  # the load, then a duplicate check and an insert per message
+    engine.dispose()
+
+
+def test_the_three_builders_build_the_same_dags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """careflow's factory, the dag-factory YAML and the hand-written files give the same DAGs."""
+    import importlib.util
+
+    import dagfactory
+    from benchmarks.parse_compare import write_sources
+
+    from careflow.airflow.factory import build_dags
+
+    workflows, yaml_dir, python_dir = tmp_path / "workflows", tmp_path / "yaml", tmp_path / "python"
+    generate(workflows, 2, seed=3)
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__WORKFLOWS_DIR", str(workflows))
+    write_sources(workflows, yaml_dir, python_dir)
+    careflow, _ = build_dags(workflows)
+    from_yaml: dict = {}
+    dagfactory.load_yaml_dags(globals_dict=from_yaml, dags_folder=str(yaml_dir))
+    handwritten = {}
+    for path in sorted(python_dir.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"smoke_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        handwritten[module.dag.dag_id] = module.dag
+
+    def shape(dag) -> tuple:
+        tasks = sorted(
+            (t.task_id, t.task_display_name, tuple(sorted(t.upstream_task_ids)), t.retries, t.pool)
+            for t in dag.tasks
+        )
+        return (str(dag.timetable), dag.max_active_tasks, dag.max_active_runs, sorted(dag.params), tasks)
+
+    assert set(careflow) == set(handwritten) == {k for k in from_yaml if k.startswith("careflow__")}
+    for dag_id, dag in careflow.items():
+        assert shape(dag) == shape(from_yaml[dag_id]) == shape(handwritten[dag_id])
+    assert os.environ["AIRFLOW__CAREFLOW__WORKFLOWS_DIR"] == str(workflows)
