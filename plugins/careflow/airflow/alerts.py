@@ -186,6 +186,14 @@ def send_alert(alert: Alert) -> bool:
         return False
 
 
+def send_in_background(alert: Alert) -> threading.Thread:
+    """:func:`send_alert` on its own thread: breaker events fire inside the send path, which must not
+    wait for a webhook. The thread is not a daemon, so a process that ends normally still posts it."""
+    thread = threading.Thread(target=send_alert, args=(alert,), name="careflow-alert")
+    thread.start()
+    return thread
+
+
 def _first_time(key: tuple[str, ...], now: float | None = None) -> bool:
     now = time.monotonic() if now is None else now
     with _recent_lock:
@@ -225,8 +233,10 @@ def alert_from_context(kind: str, context: Any) -> Alert:
     run_id = getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None) or context.get("run_id")
     task_id = getattr(ti, "task_id", None) if kind == "task_failed" else None
     facts = {}
-    if ti is not None and getattr(ti, "try_number", None):
+    if kind == "task_failed" and getattr(ti, "try_number", None):
         facts["Attempt"] = str(ti.try_number)
+    elif kind != "task_failed" and getattr(ti, "task_id", None):
+        facts["Last task"] = str(ti.task_id)
     if kind == "task_failed":
         title = "a task failed"
         detail = _failure_detail(context.get("exception"))
@@ -356,7 +366,7 @@ def on_event(event: str, **fields: Any) -> None:
         breaker = str(fields.get("breaker"))
         if not _first_time((event, breaker)):
             return
-        send_alert(
+        send_in_background(
             Alert(
                 kind="breaker_open",
                 title=f"circuit breaker {breaker} opened",
@@ -367,10 +377,10 @@ def on_event(event: str, **fields: Any) -> None:
     elif event == "breaker_redis_fallback":
         if not _first_time((event,)):
             return
-        send_alert(
+        send_in_background(
             Alert(
                 kind="breaker_redis_fallback",
-                title="Redis is unreachable: circuit breakers fall back to per-process state",
+                title="Redis lost: circuit breakers fall back to per-process state",
                 detail=f"Workers no longer share breaker state ({scrub(str(fields.get('error') or ''), 80)}).",
             )
         )
