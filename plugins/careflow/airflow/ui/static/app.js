@@ -64,7 +64,8 @@ function table(headers, rows, empty) {
 }
 
 function setCrumbs(...parts) {
-  crumbs.replaceChildren(...parts.flatMap((p, i) => (i ? [" / ", p] : [p])));
+  const shown = parts.filter((p) => p !== null && p !== undefined);
+  crumbs.replaceChildren(...shown.flatMap((p, i) => (i ? [" / ", p] : [p])));
 }
 
 function render(...sections) {

@@ -1,0 +1,308 @@
+"""The careflow view in a real browser, on the real api-server, after a short simulated run.
+
+The api-server runs over the session's Airflow home, careflow's tables hold the demo clinic after
+two simulated days of every example workflow, and headless Chromium signs in with Airflow's
+session cookie. A screenshot of the workflow view is kept in ``artifacts/careflow-view.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from careflow.providers.fake_server import FakeProviderServer
+from support import EXAMPLES, REPO, airflow_env
+
+from .chromium import Chromium, find_chromium, new_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
+
+ARTIFACTS = REPO / "artifacts"
+USER = "ops-kim"
+DEMO_START = "2026-03-02"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def chromium_binary() -> str:
+    """Chromium, or a skip (a failure in CI, where .ci/run installs it)."""
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is not installed; .ci/run installs it before the tests")
+        pytest.skip("chromium is not installed (apt-get install chromium); the browser test needs it")
+    return binary
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> str:
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd[:4]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def _request(
+    url: str, *, token: str | None = None, cookie: str | None = None, data: Any = None
+) -> tuple[int, Any]:
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if cookie:
+        headers["Cookie"] = f"_token={cookie}"
+    body = None
+    if data is not None:
+        body = json.dumps(data).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+            kind = response.headers.get("content-type", "")
+            return response.status, json.loads(raw) if "json" in kind else raw.decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+class Server:
+    """The running api-server, its careflow database and a signed-in user's token."""
+
+    def __init__(self, base: str, db_url: str, token: str) -> None:
+        self.base = base
+        self.db_url = db_url
+        self.token = token
+
+
+@pytest.fixture(scope="module")
+def server(
+    airflow_home: Path, tmp_path_factory: pytest.TempPathFactory, chromium_binary: str
+) -> Iterator[Server]:
+    """Demo clinic, the examples published, two simulated days, and ``airflow api-server`` on a free port."""
+    tmp = tmp_path_factory.mktemp("careflow-browser")
+    workflows = tmp / "workflows"
+    db_url = f"sqlite:///{tmp / 'careflow.db'}"
+    password = secrets.token_urlsafe(16)
+    passwords = tmp / "passwords.json"
+    passwords.write_text(json.dumps({USER: password}), encoding="utf-8")
+    with FakeProviderServer(latency_ms=2) as fake:
+        env = airflow_env(
+            airflow_home,
+            workflows,
+            CAREFLOW_DB_URL=db_url,
+            CAREFLOW_REDIS_URL="",
+            AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(
+                {"conn_type": "http", "host": fake.url, "password": fake.token, "extra": {"timeout": 5}}
+            ),
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{USER}:admin",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+            AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(32),
+            AIRFLOW__LOGGING__LOGGING_LEVEL="ERROR",
+        )
+        careflow = [sys.executable, "-m", "careflow"]
+        _run([*careflow, "db", "upgrade"], env)
+        _run(
+            [
+                sys.executable,
+                "-c",
+                "from datetime import date\n"
+                "from careflow.demo.data import generate, load\n"
+                "from careflow.store.db import get_engine\n"
+                f"load(get_engine(), generate(date.fromisoformat('{DEMO_START}'), patients=80))\n",
+            ],
+            env,
+        )
+        _run([*careflow, "workflows", "publish", *map(str, sorted(EXAMPLES.glob("*.json")))], env)
+        _run(
+            [*careflow, "simulate", "--workflow", "all", "--start", DEMO_START, "--days", "2", "--json"], env
+        )
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp / "api-server.log").open("w")
+    api = subprocess.Popen(
+        [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert api.poll() is None, (tmp / "api-server.log").read_text()[-4000:]
+            try:
+                if _request(f"{base}/api/v2/monitor/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the api-server did not answer within 180 s"
+            time.sleep(0.5)
+        status, body = _request(f"{base}/auth/token", data={"username": USER, "password": password})
+        assert status == 201, body
+        yield Server(base, db_url, body["access_token"])
+    finally:
+        api.terminate()
+        try:
+            api.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait(timeout=10)
+        log.close()
+
+
+def test_the_view_needs_airflows_login(server: Server) -> None:
+    for path in ("/careflow/ui/", "/careflow/ui/app.js", "/careflow/api/failures", "/careflow/api/workflows"):
+        assert _request(server.base + path)[0] == 401, path
+        assert _request(server.base + path, cookie="forged")[0] in (401, 403), path
+    status, page = _request(server.base + "/careflow/ui/", cookie=server.token)
+    assert status == 200 and "<title>careflow</title>" in page
+
+
+def test_airflow_lists_the_careflow_nav_entry(server: Server) -> None:
+    status, body = _request(f"{server.base}/api/v2/plugins", token=server.token)
+    assert status == 200, body
+    [plugin] = [p for p in body["plugins"] if p["name"] == "careflow"]
+    [view] = plugin["external_views"]
+    assert (view["href"], view["destination"], view["url_route"]) == ("/careflow/ui/", "nav", "careflow")
+    assert "careflow.airflow.links.CareflowNodeLink" in str(plugin["operator_extra_links"])
+
+
+def _busiest_run(db_url: str) -> tuple[str, str, dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """The (workflow, run) that moved the most steps and sent a message; its step and message counts."""
+    from careflow.store import tables
+
+    s, m = tables.steps, tables.messages
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        workflow_id, run_id = conn.execute(
+            select(s.c.workflow_id, s.c.run_id)
+            .join(m, (m.c.execution_id == s.c.execution_id) & (m.c.node_id == s.c.node_id))
+            .where(m.c.status == "sent")
+            .group_by(s.c.workflow_id, s.c.run_id)
+            .order_by(func.count().desc(), s.c.run_id)
+            .limit(1)
+        ).one()
+        steps: dict[str, dict[str, int]] = defaultdict(dict)
+        for node, status, n in conn.execute(
+            select(s.c.node_id, s.c.status, func.count())
+            .where(s.c.workflow_id == workflow_id, s.c.run_id == run_id)
+            .group_by(s.c.node_id, s.c.status)
+        ):
+            steps[node][status] = n
+        messages: dict[str, dict[str, int]] = defaultdict(dict)
+        for node, status, n in conn.execute(
+            select(m.c.node_id, m.c.status, func.count())
+            .join(s, (m.c.execution_id == s.c.execution_id) & (m.c.node_id == s.c.node_id))
+            .where(s.c.workflow_id == workflow_id, s.c.run_id == run_id)
+            .group_by(m.c.node_id, m.c.status)
+        ):
+            messages[node][status] = n
+    engine.dispose()
+    return workflow_id, run_id, dict(steps), dict(messages)
+
+
+def _not_sent(db_url: str) -> tuple[str, str, str]:
+    """A message the ledger did not send: its execution id, status and reason."""
+    from careflow.store import tables
+
+    m = tables.messages
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(m.c.execution_id, m.c.status, m.c.reason)
+            .where(m.c.status.in_(("skipped", "expired", "failed")))
+            .order_by(m.c.execution_id)
+            .limit(1)
+        ).one()
+    engine.dispose()
+    return row.execution_id, row.status, row.reason
+
+
+READY = "document.body.dataset.state === 'ready'"
+
+COUNTS_JS = """
+Object.fromEntries([...document.querySelectorAll('g.node')].map(g => [g.dataset.node, {
+  steps: Object.fromEntries([...g.querySelectorAll('[data-counts=steps] tspan[data-status]')]
+    .map(t => [t.dataset.status, Number(t.textContent.split(' ').pop())])),
+  messages: Object.fromEntries([...g.querySelectorAll('[data-counts=messages] tspan[data-status]')]
+    .map(t => [t.dataset.status, Number(t.textContent.split(' ').pop())])),
+}]))
+"""
+
+
+def test_the_browser_shows_workflows_counts_and_why_a_message_was_not_sent(
+    server: Server, chromium_binary: str
+) -> None:
+    import aiohttp
+
+    workflow_id, run_id, steps, messages = _busiest_run(server.db_url)
+    execution_id, status, reason = _not_sent(server.db_url)
+    examples = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+
+    async def drive(port: int) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session:
+            page = await new_page(session, port)
+            await page.send(
+                "Network.setCookie", name="_token", value=server.token, url=server.base, httpOnly=True
+            )
+            seen: dict[str, Any] = {}
+            await page.open(
+                f"{server.base}/careflow/ui/#/", READY + " && !!document.querySelector('#workflows')"
+            )
+            seen["workflows"] = await page.evaluate(
+                "[...document.querySelectorAll('#workflows tr[data-workflow]')].map(r => r.dataset.workflow)"
+            )
+            seen["overview"] = await page.evaluate("document.body.innerText")
+            await page.screenshot(ARTIFACTS / "careflow-overview.png")
+
+            await page.open(
+                f"{server.base}/careflow/ui/#/workflow/{workflow_id}?run={run_id}",
+                READY + " && !!document.querySelector('svg.graph')",
+            )
+            seen["counts"] = await page.evaluate(COUNTS_JS)
+            seen["selected_run"] = await page.evaluate("document.getElementById('run').value")
+            await page.screenshot(ARTIFACTS / "careflow-view.png")
+
+            await page.open(
+                f"{server.base}/careflow/ui/#/execution/{execution_id}",
+                READY + " && !!document.querySelector('#why')",
+            )
+            seen["why"] = await page.evaluate("document.querySelector('#why').innerText")
+            seen["trace"] = await page.evaluate("document.body.innerText")
+            await page.screenshot(ARTIFACTS / "careflow-trace.png")
+            return seen
+
+    browser = Chromium(chromium_binary)
+    try:
+        seen = asyncio.run(drive(browser.port))
+    finally:
+        browser.close()
+
+    assert seen["workflows"] == examples
+    assert "Circuit breakers" in seen["overview"] and "Recent failures" in seen["overview"]
+    assert seen["selected_run"] == run_id
+    for node_id, counts in seen["counts"].items():
+        assert counts["steps"] == steps.get(node_id, {}), node_id
+        assert counts["messages"] == messages.get(node_id, {}), node_id
+    assert any(c["messages"].get("sent") for c in seen["counts"].values())
+    assert f"message {status}: {reason}" in seen["why"]
+    assert execution_id in seen["trace"]
+    assert (ARTIFACTS / "careflow-view.png").stat().st_size > 10_000
