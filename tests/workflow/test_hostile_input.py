@@ -96,16 +96,23 @@ def test_one_node_too_many_is_refused_in_well_under_a_second(as_text):
     assert elapsed < 0.5, elapsed
 
 
-def test_a_hundred_thousand_nodes_are_refused_quickly():
+def test_a_hundred_thousand_nodes_are_refused_before_any_node_is_checked():
+    # How long the refusal takes depends on the machine; that no node is looked at does not
+    # (tests/hostile/test_size_limits.py holds the finer-grained versions of this).
+    from unittest import mock
+
+    from careflow.workflow import validation
+
     nodes = [{"id": f"n{i}", "type": "delay", "data": {}} for i in range(100_000)]
     for raw in (
         {"id": "huge", "name": "huge", "clinic_id": "c", "nodes": nodes},
         json.dumps({"nodes": nodes}),
     ):
-        started = time.perf_counter()
-        report = validate_workflow(raw)
+        with mock.patch.object(
+            validation, "check_node_data", side_effect=AssertionError("a node was checked")
+        ):
+            report = validate_workflow(raw)
         assert only_code(report) == "WF_TOO_LARGE"
-        assert time.perf_counter() - started < 1.0
 
 
 def test_ten_megabytes_are_refused_before_parsing():
