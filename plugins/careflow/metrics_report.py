@@ -38,6 +38,7 @@ from careflow.store import tables
 log = logging.getLogger(__name__)
 
 DAG_PREFIX = "careflow__"
+WAKE_TASK_ID = "careflow_wake"  # a task of every careflow DAG, not a node of the workflow
 _STEP_STATES = ("done", "failed", "skipped", "waiting", "pending")
 
 
@@ -221,9 +222,17 @@ def airflow_metrics(
             select(dr.c.dag_id, dr.c.state, func.count()).where(*where(dr)).group_by(dr.c.dag_id, dr.c.state)
         ):
             wf(row[0])["runs"][str(row[1])] = int(row[2])
-        run_time = select(dr.c.dag_id, _seconds(conn, dr.c.start_date, dr.c.end_date).label("value")).where(
-            *where(dr), dr.c.end_date.is_not(None), dr.c.start_date.is_not(None)
+        # A run's duration from its task instances: first start to last end. dag_run.start_date is
+        # the logical date for runs made by dag.test(), which would make simulated runs look months long.
+        spans = (
+            select(
+                ti.c.dag_id,
+                _seconds(conn, func.min(ti.c.start_date), func.max(ti.c.end_date)).label("value"),
+            )
+            .where(*where(ti), ti.c.start_date.is_not(None), ti.c.end_date.is_not(None))
+            .group_by(ti.c.dag_id, ti.c.run_id)
         )
+        run_time = select(spans.subquery())
         for (dag_id,), dist in distribution(conn, run_time, ["dag_id"]).items():
             wf(dag_id)["run_s"] = dist
         for row in conn.execute(
@@ -295,7 +304,9 @@ def build_report(
         item = workflows[wid]
         nodes = [item["nodes"][n] for n in sorted(item["nodes"])]
         item["nodes"] = nodes
-        timed = [(n, key) for n in nodes if (key := _duration_key(n)) is not None]
+        timed = [
+            (n, key) for n in nodes if n["node_id"] != WAKE_TASK_ID and (key := _duration_key(n)) is not None
+        ]
         if timed:
             item["slowest_node"] = max(timed, key=lambda t: t[1])[0]["node_id"]
             item["fastest_node"] = min(timed, key=lambda t: t[1])[0]["node_id"]
