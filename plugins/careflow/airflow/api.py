@@ -32,6 +32,11 @@ app = FastAPI(
     title="careflow",
     description="careflow workflows, circuit breakers and caches.",
     dependencies=[Depends(get_user)],
+    # FastAPI adds /docs, /redoc and /openapi.json outside the app's dependencies: anonymous
+    # callers would read them, so they are off.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
 app.include_router(metrics_router)
 app.include_router(careflow_ui.router)
