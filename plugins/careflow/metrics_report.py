@@ -19,6 +19,8 @@ import json
 import logging
 import sys
 from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -186,8 +188,15 @@ def airflow_engine() -> Engine | None:
         return None
     if not url:
         return None
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        return None  # connecting would create an empty database file
+    return _engine_for(url)
+
+
+@lru_cache(maxsize=4)
+def _engine_for(url: str) -> Engine:
     args = {"connect_timeout": 3} if url.startswith("postgres") else {}
-    return create_engine(url, connect_args=args, pool_pre_ping=True)
+    return create_engine(url, connect_args=args, pool_pre_ping=True, pool_size=2, max_overflow=2)
 
 
 def airflow_metrics(
