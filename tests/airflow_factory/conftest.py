@@ -36,3 +36,23 @@ def published_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (target / f"{CORRUPT}.json").write_text('{"snapshot_format": 1, "workflow_id": ', encoding="utf-8")
     write_invalid_snapshot(target)
     yield target
+
+
+@pytest.fixture(scope="module")
+def fresh_airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home of its own, migrated: what `dags list` shows is this module's DAGs only."""
+    import subprocess
+    import sys
+
+    from support import airflow_env
+
+    home = tmp_path_factory.mktemp("fresh_airflow_home")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env=airflow_env(home, home / "workflows"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return home

@@ -36,12 +36,12 @@ def _json_after(stdout: str, marker: str) -> list[dict]:
 @pytest.mark.airflow
 @pytest.mark.slow
 def test_airflow_registers_every_good_dag_without_import_errors(
-    airflow_home: Path, published_dir: Path
+    fresh_airflow_home: Path, published_dir: Path
 ) -> None:
     assert (published_dir / f"{CORRUPT}.json").exists() and (published_dir / f"{INVALID}.json").exists()
     result = subprocess.run(
         [sys.executable, "-c", AIRFLOW_COMMANDS],
-        env=airflow_env(airflow_home, published_dir),
+        env=airflow_env(fresh_airflow_home, published_dir),
         capture_output=True,
         text=True,
         timeout=180,
