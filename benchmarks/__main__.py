@@ -200,6 +200,7 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
     b5_rate = b5.messages / b5.action.seconds
     b50 = sends["bound_50"]
     whole = sum(t.seconds for t in b50.tasks)
+    statements = sum(int(t.detail["round_trip_detail"]["statements"]) for t in b50.tasks)
     rows = [
         ("provider-bound (latency 20 ms)", "", "", ""),
         (
@@ -262,6 +263,7 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
             f"1 per {1 / doc['queries_per_message']:,.0f}" if doc["queries_per_message"] else "",
             "target ≤ 0.05",
         ),
+        ("  of which statements (no BEGIN, COMMIT, pre-ping)", f"{statements / b50.messages:.4f}", "", ""),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [
