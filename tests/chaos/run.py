@@ -638,14 +638,25 @@ class Chaos:
         doc = workflow_doc("chaos-scheduler", 10)
         dag = "careflow__chaos-scheduler"
         self.provider.heal()
-        self.provider.configure(latency_ms=40)
+        self.provider.configure(latency_ms=300)  # 8 sends at a time: the action task sends for seconds
         cohort = Cohort(doc, "notice", f"s{round_no:03d}p", rng=random.Random(self.rng.random()))
         cohort.add(self.args.patients, event="appointment_created", at=datetime.now(timezone.utc) - timedelta(seconds=2),
                    status="scheduled")  # fmt: skip
         cohort.load(self.airflow_engine)
         resends_before = self.provider.stats()["duplicates"]
+        accepted = self.provider.stats()["accepted"]
         run_id = cluster.trigger(dag)
-        time.sleep(self.rng.uniform(1.0, 8.0))
+        if self.rng.random() < 0.5:
+            # While the action task sends: after a random share of the cohort was accepted.
+            target = accepted + self.rng.randint(1, max(1, self.args.patients - 1))
+            deadline = time.monotonic() + 120
+            while self.provider.stats()["accepted"] < target and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            # At a random moment: scheduling, enrolling, queueing the action or sending.
+            time.sleep(self.rng.uniform(0.5, 10.0))
+        mid_send = accepted < self.provider.stats()["accepted"] < accepted + self.args.patients
+        tally.notes["killed_mid_send" if mid_send else "killed_outside_the_sends"] += 1
         cluster.crash("scheduler")
         tally.injected += 1
         state = cluster.wait_run(dag, run_id, timeout=300)["state"]
