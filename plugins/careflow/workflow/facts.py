@@ -33,8 +33,14 @@ FACTS: dict[str, Fact] = {
         Fact("patient.consent_messages", "boolean", "Consents to care messages"),
         Fact("patient.consent_marketing", "boolean", "Consents to marketing messages"),
         Fact("patient.consent_night_marketing", "boolean", "Consents to marketing at night"),
-        Fact("patient.has_upcoming_appointment", "boolean", "Has a scheduled appointment in the future (derived)"),
-        Fact("patient.upcoming_appointment_count", "number", "Scheduled appointments in the future (derived)"),
+        Fact(
+            "patient.has_upcoming_appointment",
+            "boolean",
+            "Has a scheduled appointment in the future (derived)",
+        ),
+        Fact(
+            "patient.upcoming_appointment_count", "number", "Scheduled appointments in the future (derived)"
+        ),
         Fact("appointment.id", "string", "Appointment id"),
         Fact("appointment.type", "string", "Appointment type, e.g. implant_surgery"),
         Fact("appointment.status", "string", "scheduled, completed, cancelled or no_show"),
@@ -59,7 +65,7 @@ def is_known_fact(name: str) -> bool:
     if name in FACTS:
         return True
     for prefix in ATTRIBUTE_PREFIXES:
-        key = name[len(prefix):] if name.startswith(prefix) else ""
+        key = name[len(prefix) :] if name.startswith(prefix) else ""
         if key and all(part.isidentifier() for part in key.split(".")):
             return True
     return False
@@ -78,15 +84,29 @@ def sample_context() -> dict[str, Any]:
     when = datetime(2026, 3, 14, 1, 30, tzinfo=timezone.utc)
     return {
         "patient": {
-            "id": "p-0001", "name": "김민지", "phone": "010-1234-5678", "email": "minji@example.com",
-            "birth_date": date(1990, 5, 17), "age": 35, "timezone": "Asia/Seoul",
-            "consent_messages": True, "consent_marketing": True, "consent_night_marketing": False,
-            "has_upcoming_appointment": False, "upcoming_appointment_count": 0, "attributes": {},
+            "id": "p-0001",
+            "name": "김민지",
+            "phone": "010-1234-5678",
+            "email": "minji@example.com",
+            "birth_date": date(1990, 5, 17),
+            "age": 35,
+            "timezone": "Asia/Seoul",
+            "consent_messages": True,
+            "consent_marketing": True,
+            "consent_night_marketing": False,
+            "has_upcoming_appointment": False,
+            "upcoming_appointment_count": 0,
+            "attributes": {},
         },
         "appointment": {
-            "id": "a-0001", "type": "implant_surgery", "status": "completed",
-            "scheduled_at": when, "created_at": when, "completed_at": when,
-            "days_since_completed": 3, "attributes": {},
+            "id": "a-0001",
+            "type": "implant_surgery",
+            "status": "completed",
+            "scheduled_at": when,
+            "created_at": when,
+            "completed_at": when,
+            "days_since_completed": 3,
+            "attributes": {},
         },
         "clinic": {"id": "gangnam-01", "name": "강남 치과", "phone": "02-555-0101", "timezone": "Asia/Seoul"},
         "event": {"type": "appointment_completed", "occurred_at": when},

@@ -35,20 +35,67 @@ WORKFLOW_STATUSES = ("draft", "active", "paused", "archived")
 #: React Flow fields that only matter to the builder's canvas.
 UI_NODE_FIELDS = frozenset(
     {
-        "position", "positionAbsolute", "measured", "width", "height", "selected", "dragging",
-        "dragHandle", "draggable", "selectable", "connectable", "deletable", "focusable",
-        "hidden", "resizing", "style", "className", "sourcePosition", "targetPosition",
-        "parentId", "parentNode", "extent", "expandParent", "zIndex", "origin", "ariaLabel",
-        "handles", "initialWidth", "initialHeight",
+        "position",
+        "positionAbsolute",
+        "measured",
+        "width",
+        "height",
+        "selected",
+        "dragging",
+        "dragHandle",
+        "draggable",
+        "selectable",
+        "connectable",
+        "deletable",
+        "focusable",
+        "hidden",
+        "resizing",
+        "style",
+        "className",
+        "sourcePosition",
+        "targetPosition",
+        "parentId",
+        "parentNode",
+        "extent",
+        "expandParent",
+        "zIndex",
+        "origin",
+        "ariaLabel",
+        "handles",
+        "initialWidth",
+        "initialHeight",
     }
 )
 UI_EDGE_FIELDS = frozenset(
     {
-        "type", "markerEnd", "markerStart", "animated", "selected", "style", "className",
-        "label", "labelStyle", "labelShowBg", "labelBgStyle", "labelBgPadding",
-        "labelBgBorderRadius", "hidden", "deletable", "focusable", "updatable", "reconnectable",
-        "interactionWidth", "zIndex", "ariaLabel", "pathOptions", "data", "sourceX", "sourceY",
-        "targetX", "targetY", "selectable",
+        "type",
+        "markerEnd",
+        "markerStart",
+        "animated",
+        "selected",
+        "style",
+        "className",
+        "label",
+        "labelStyle",
+        "labelShowBg",
+        "labelBgStyle",
+        "labelBgPadding",
+        "labelBgBorderRadius",
+        "hidden",
+        "deletable",
+        "focusable",
+        "updatable",
+        "reconnectable",
+        "interactionWidth",
+        "zIndex",
+        "ariaLabel",
+        "pathOptions",
+        "data",
+        "sourceX",
+        "sourceY",
+        "targetX",
+        "targetY",
+        "selectable",
     }
 )
 UI_WORKFLOW_FIELDS = frozenset({"viewport", "description", "created_at", "updated_at", "version"})
@@ -87,7 +134,9 @@ class WorkflowSettings(_Strict):
     """Execution settings of a workflow; every field has a documented default."""
 
     max_concurrency: int = Field(5, ge=1, le=100, description="Node tasks of one run at once.")
-    node_timeout_seconds: int = Field(30, ge=1, le=3600, description="execution_timeout of a batch of a node.")
+    node_timeout_seconds: int = Field(
+        30, ge=1, le=3600, description="execution_timeout of a batch of a node."
+    )
     retries: int = Field(3, ge=0, le=10, description="Airflow retries per node task.")
     retry_delay_seconds: int = Field(30, ge=1, le=3600, description="First retry delay; grows exponentially.")
     max_lateness: Duration = Field(
@@ -186,7 +235,9 @@ class DelayData(_Strict):
     label: str = Field("", max_length=200)
     amount: int | None = Field(None, ge=0, le=3650)
     unit: Literal["minutes", "hours", "days", "weeks"] | None = None
-    until: Literal["appointment.scheduled_at", "appointment.created_at", "appointment.completed_at"] | None = None
+    until: (
+        Literal["appointment.scheduled_at", "appointment.created_at", "appointment.completed_at"] | None
+    ) = None
     offset: SignedDuration | None = None
     at: str | None = Field(None, pattern=HHMM_PATTERN, description="Local time of day, HH:MM.")
 
