@@ -18,6 +18,13 @@ from careflow.exceptions import TemplateError
 from careflow.templates import codes, limits
 from careflow.templates.filters import MissingValue
 
+
+def _clock() -> float:
+    # CPU time of this thread, not wall time: a render that waits for a busy CPU has spent
+    # nothing, and must not fail a patient's message (a failed message is never retried).
+    return time.thread_time()
+
+
 #: The filter name the loop guard is registered under; not a valid identifier on purpose.
 LOOP_GUARD = "careflow-loop-guard"
 
@@ -34,11 +41,11 @@ class RenderBudget:
     @classmethod
     def start(cls) -> RenderBudget:
         """A fresh budget from the current limits."""
-        return cls(time.monotonic() + limits.RENDER_BUDGET_SECONDS, limits.MAX_RENDER_CHARS)
+        return cls(_clock() + limits.RENDER_BUDGET_SECONDS, limits.MAX_RENDER_CHARS)
 
     def check_time(self) -> None:
-        """TEMPLATE_RENDER_TIMEOUT once the wall-clock budget is spent."""
-        if time.monotonic() > self.deadline:
+        """TEMPLATE_RENDER_TIMEOUT once the render's CPU budget is spent."""
+        if _clock() > self.deadline:
             budget_ms = round(limits.RENDER_BUDGET_SECONDS * 1000)
             raise TemplateError(
                 codes.RENDER_TIMEOUT, f"rendering the message took longer than {budget_ms} ms; simplify it"

@@ -30,7 +30,7 @@ MAX_SOURCE_CHARS = 20_000
 #: is reported with its channel limit, while a runaway template cannot fill memory.
 MAX_RENDER_CHARS = 200_000
 
-#: Wall-clock budget of one render, in seconds.
+#: CPU-time budget of one render, in seconds (waiting for a busy CPU does not count).
 RENDER_BUDGET_SECONDS = 0.2
 
 #: Items one for loop may go over, and iterations of all loops of one render together.
