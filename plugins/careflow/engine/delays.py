@@ -70,13 +70,12 @@ def shift(instant: datetime, amount: int, unit: str, tz: ZoneInfo) -> datetime:
 
 def to_utc(value: Any) -> datetime | None:
     """An aware UTC datetime from a datetime or ISO string (naive = UTC), or None if unreadable."""
-    if isinstance(value, datetime):
-        return _aware(value).astimezone(UTC)
-    if isinstance(value, str) and value.strip():
-        try:
-            return _aware(datetime.fromisoformat(value.strip())).astimezone(UTC)
-        except ValueError:
-            return None
+    from careflow.engine.facts_builder import as_utc
+
+    try:
+        return as_utc(value)
+    except ValueError:
+        return None
     return None
 
 

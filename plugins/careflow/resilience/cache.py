@@ -15,6 +15,7 @@ Redis: an entry invalidated then may be served again until its TTL ends.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -48,6 +49,8 @@ MAX_LOCAL_ENTRIES = 10_000
 _SCAN_BATCH = 500
 
 _STR, _BYTES = b"s", b"b"
+
+log = logging.getLogger(__name__)
 
 
 def _encode(value: Value) -> bytes:
@@ -340,3 +343,30 @@ def forget_caches() -> None:
     """Drop every cache object of the process (tests; a process whose settings changed)."""
     with _caches_lock:
         _caches.clear()
+
+
+def read_sound_entry(
+    cache_factory: Callable[[], Any],
+    key: str,
+    decode: Callable[[str, Any], Any],
+    *,
+    label: str,
+) -> Any:
+    """A decoded cache entry, or None on a miss, an unusable cache or an unsound entry.
+
+    ``decode(key, text)`` returns None for an entry it cannot trust; that entry is dropped so the
+    next reader recomputes it. A cache problem costs the work it would have saved, never an answer.
+    """
+    try:
+        cache = cache_factory()
+        text = None if cache is None else cache.get(key)
+    except Exception as exc:
+        log.debug("%s cache unavailable: %s", label, type(exc).__name__)
+        return None
+    if text is None:
+        return None
+    entry = decode(key, text)
+    if entry is None:
+        log.warning("%s cache: dropped an unsound entry (%s…)", label, key[:12])
+        cache.invalidate(key)
+    return entry

@@ -82,18 +82,9 @@ def lookup(entry_key: str | None) -> list[Problem] | None:
     """The cached problems (possibly none) for a key; None on a miss, an unsound entry or no cache."""
     if entry_key is None:
         return None
-    try:
-        cache = _cache()
-        text = None if cache is None else cache.get(entry_key)
-    except Exception as exc:  # a cache problem costs a check, never an answer
-        log.debug("templates cache unavailable: %s", type(exc).__name__)
-        return None
-    if text is None:
-        return None
-    problems = decode_entry(entry_key, text)
-    if problems is None:
-        log.warning("templates cache: dropped an unsound entry (%s…)", entry_key[:12])
-        cache.invalidate(entry_key)
+    from careflow.resilience.cache import read_sound_entry
+
+    problems: list[Problem] | None = read_sound_entry(_cache, entry_key, decode_entry, label="templates")
     return problems
 
 

@@ -131,18 +131,11 @@ def decode_entry(key: str, text: Any) -> tuple[str | None, list[Diagnostic], str
 
 def lookup(key: str) -> tuple[str | None, list[Diagnostic], str | None] | None:
     """A sound cached entry for ``key``, or None (missing, unsound, or the cache unusable)."""
-    try:
-        cache = _cache()
-        text = None if cache is None else cache.get(key)
-    except Exception as exc:  # a cache problem costs a validation, never an answer
-        log.debug("validation cache unavailable: %s", type(exc).__name__)
-        return None
-    if text is None:
-        return None
-    entry = decode_entry(key, text)
-    if entry is None:
-        log.warning("validation cache: dropped an unsound entry (%s…)", key[:12])
-        cache.invalidate(key)
+    from careflow.resilience.cache import read_sound_entry
+
+    entry: tuple[str | None, list[Diagnostic], str | None] | None = read_sound_entry(
+        _cache, key, decode_entry, label="validation"
+    )
     return entry
 
 
