@@ -150,7 +150,7 @@ def worker_main(spec: dict[str, Any]) -> int:
     )
     out: dict[str, Any] = {}
     for node_id in compiled.order:
-        out[node_id] = process_node(ctx, node_id).to_xcom() | {"retry_at": None}
+        out[node_id] = process_node(ctx, node_id).to_xcom()
     action = out[compiled.order[-1]]
     snap = breaker.snapshot()
     retry_at = snap.next_probe_at if snap.state == "open" else (snap.paused_until or None)
@@ -526,7 +526,7 @@ class Chaos:
         doc = workflow_doc(workflow_id, batch)
         patients = self.args.patients
         cohort = self.cohort(doc, f"r{round_no:03d}{ENGINE_FAULTS.index(fault)}p", patients)
-        keys = set(cohort.expect and {cohort.key(p) for p in cohort.expect})
+        keys = {cohort.key(p) for p in cohort.expect}
         resends_before = self.provider.stats()["duplicates"]
         self.provider.heal()
         getattr(self, f"fault_{fault}")(doc, tally)
@@ -667,6 +667,7 @@ class Chaos:
                 break
             tally.notes["reconcile_runs"] += 1
             cluster.wait_run(dag, cluster.trigger(dag), timeout=300)
+        cluster.reap_orphans()  # the task processes of the killed scheduler, now idle
         engine, self.engine = self.engine, self.airflow_engine
         try:
             self.account(cohort, tally, resends_before)
@@ -738,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(faults) - set(ENGINE_FAULTS)
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
+    # A terminated runner still stops what it started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="careflow-chaos-"))
     os.chmod(root, 0o755)
     chaos = Chaos(root, args)
@@ -756,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"round {round_no}/{args.rounds}: "
                 + ", ".join(f"{f} sent={t.sent} dup={t.duplicates} lost={t.lost}" for f, t in done.items())
             )
+            if args.table is not None:  # what a long run found so far survives its interruption
+                args.table.write_text(table(done, round_no) + "\n", encoding="utf-8")
         accepted_twice = chaos.provider.stats()["accepted_twice"]
     finally:
         chaos.stop()

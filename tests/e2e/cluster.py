@@ -234,6 +234,8 @@ class Cluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     components: dict[str, Component] = field(default_factory=dict)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    #: signs the api-server's JWTs and sessions: every component must share it
+    secret: str = field(default_factory=lambda: secrets.token_hex(16))
     _token: str | None = None
 
     def __post_init__(self) -> None:
@@ -273,8 +275,7 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
         env.pop("CAREFLOW_DB_URL", None)
         env.pop("CAREFLOW_REDIS_URL", None)
-        secret = getattr(self, "_secret", None) or secrets.token_hex(16)
-        self._secret = secret
+        secret = self.secret
         pg = PG_SERVER.replace("postgresql+psycopg2://", "postgresql://")
         env.update(
             {
@@ -292,7 +293,6 @@ class Cluster:
                 ),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.root / "passwords.json"),
-                "AIRFLOW__CORE__FERNET_KEY": "",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_url,
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(self.api_port),
@@ -445,13 +445,18 @@ class Cluster:
         self._orphan_groups.append(component.proc.pid)
         component.start(self.env(), self.root)
 
-    def stop(self) -> None:
-        """Stop every component, redis and the listeners; drop the databases."""
+    def reap_orphans(self) -> None:
+        """Kill what crashed components left running (their process groups)."""
         for group in self._orphan_groups:
             try:
                 os.killpg(group, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        self._orphan_groups.clear()
+
+    def stop(self) -> None:
+        """Stop every component, redis and the listeners; drop the databases."""
+        self.reap_orphans()
         for component in self.components.values():
             component.signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
