@@ -128,7 +128,9 @@ def test_a_refused_token_stops_the_task_and_leaves_the_messages_pending(
     assert stats["unauthorized"] == stats["received"] and stats["accepted"] == 0
     # Nothing failed: every message is still pending, to be sent once the connection is fixed
     # (the first batch's in the ledger, the next batches' not yet claimed).
-    assert ledger_counts(pg_engine, "misconfigured") == {"pending": min(PATIENTS, compiled.settings.batch_size)}
+    assert ledger_counts(pg_engine, "misconfigured") == {
+        "pending": min(PATIENTS, compiled.settings.batch_size)
+    }
     assert step_counts(pg_engine, "misconfigured") == {"pending": PATIENTS}
     # A wrong token says nothing about the provider's health: the breaker stays closed.
     snap = breaker_for(client_name).snapshot()

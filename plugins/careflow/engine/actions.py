@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 
 from careflow.compiler import CompiledNode
 from careflow.engine import steps as st
@@ -50,22 +52,73 @@ def _wall() -> datetime:
 
 
 def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
-    """Send the action's message to every execution due at this node."""
+    """Send the action's message to every execution due at this node.
+
+    Batches go through a two-stage pipeline: while one batch is on the wire (in a thread of its
+    own, where the provider client runs its event loop), this thread records the batch before it
+    and prepares the batch after it. The database and the provider are both kept busy; every
+    ledger write still happens here, in order, and a batch is recorded before the task ends,
+    whatever happened to the batches around it.
+    """
     report = NodeReport(node.id, node.type)
     after = 0
     batch = ctx.compiled.settings.batch_size
-    while True:
-        prepared = _prepare_batch(ctx, node, after, batch, report)
-        if prepared is None:
-            break
-        after, to_send, rows_by_key, last_full = prepared
-        if to_send:
-            _send_and_record(ctx, node, to_send, rows_by_key, report)
-        if report.stop_reason:
-            break
-        if not last_full:
-            break
+    if ctx.dry_run:
+        sender = None
+    else:
+        sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"careflow-send-{node.id}")
+    in_flight: tuple[dict[str, dict[str, Any]], Future[_Sent]] | None = None
+    try:
+        more = True
+        while more:
+            prepared = _prepare_batch(ctx, node, after, batch, report)
+            submitted: tuple[dict[str, dict[str, Any]], Future[_Sent]] | None = None
+            if prepared is None:
+                more = False
+            else:
+                after, to_send, _, last_full = prepared
+                more = last_full
+                if to_send:
+                    submitted = (to_send, _submit(sender, ctx, node, to_send))
+            done, in_flight = in_flight, submitted
+            if done is not None:
+                _record(ctx, node, done[0], _collect(done[1], report), report)
+            if report.stop_reason:
+                break
+    finally:
+        try:
+            if in_flight is not None:
+                # Already claimed and maybe on the wire: wait for the answers and record them.
+                _record(ctx, node, in_flight[0], _collect(in_flight[1], report), report)
+        finally:
+            if sender is not None:
+                sender.shutdown(wait=True)
     return report
+
+
+@dataclass
+class _Sent:
+    """What the send stage hands back: one result per key it settled, how many were reconciled."""
+
+    results: dict[str, Any]
+    reconciled: int = 0
+
+
+def _submit(
+    sender: ThreadPoolExecutor | None, ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]]
+) -> Future[_Sent]:
+    if sender is None:  # dry run: nothing leaves, no thread
+        future: Future[_Sent] = Future()
+        future.set_result(_send(ctx, node, to_send))
+        return future
+    return sender.submit(_send, ctx, node, to_send)
+
+
+def _collect(future: Future[_Sent], report: NodeReport) -> dict[str, Any]:
+    sent = future.result()
+    if sent.reconciled:
+        report.reasons["reconciled"] += sent.reconciled
+    return sent.results
 
 
 def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
@@ -96,6 +149,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
         }
         report.queries += 1
         new_rows: list[dict[str, Any]] = []
+        new_claims: list[dict[str, Any]] = []
         step_updates: list[dict[str, Any]] = []
         arrivals: list[tuple[str, str, datetime]] = []
         exits: dict[str, str] = {}
@@ -183,7 +237,16 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                                 "base": base,
                             }
                             if existing is None:
-                                new_rows.append({**base, "status": "pending"})
+                                # A key nobody has written yet is claimed by writing it.
+                                new_claims.append(
+                                    {
+                                        **base,
+                                        "status": "claimed",
+                                        "claimed_by": ctx.worker,
+                                        "claimed_at": wall,
+                                        "attempts": 1,
+                                    }
+                                )
                             continue
             status, reason = outcome
             if existing is None:
@@ -209,8 +272,12 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 "message_outcome", node_id=node.id, channel=config.channel, outcome=status, reason=reason
             )
         st.insert_ignore(conn, m, new_rows, ["idempotency_key"])
-        claimed = _claim(conn, ctx, list(candidates), wall)
-        report.queries += 2
+        claimed = st.insert_ignore(conn, m, new_claims, ["idempotency_key"], returning="idempotency_key")
+        # Keys written before (pending, unknown, an abandoned claim), or written by another worker
+        # since the ledger was read: an update takes the lease only where it is free.
+        unclaimed = [k for k in candidates if k not in claimed]
+        claimed |= _claim(conn, ctx, unclaimed, wall)
+        report.queries += bool(new_rows) + bool(new_claims) + bool(unclaimed)
         to_send = {k: v for k, v in candidates.items() if k in claimed}
         report.reasons["claimed_elsewhere"] += len(candidates) - len(to_send)
         report.pending += len(candidates) - len(to_send)
@@ -219,7 +286,9 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
         st.finish_steps(conn, ctx, step_updates)
         st.create_steps(conn, ctx, arrivals)
         st.exit_executions(conn, ctx, exits)
-        st.settle_executions(conn, ctx, [r["execution_id"] for r in rows])
+        moved = {u["id"] for u in step_updates}
+        # Executions whose step moved on here; those being sent are settled once they are recorded.
+        st.settle_executions(conn, ctx, [r["execution_id"] for r in rows if r["id"] in moved])
         report.queries += 4
     return last_id, to_send, candidates, len(rows) == batch
 
@@ -250,17 +319,17 @@ def _claim(conn: Any, ctx: RunContext, keys: list[str], wall: datetime) -> set[s
     return set(conn.execute(stmt).scalars())
 
 
-def _send_and_record(
-    ctx: RunContext,
-    node: CompiledNode,
-    to_send: dict[str, dict[str, Any]],
-    rows_by_key: dict[str, dict[str, Any]],
-    report: NodeReport,
-) -> None:
+def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]]) -> _Sent:
+    """The send stage of one claimed batch: reconcile suspects, send the rest, ask about lost answers.
+
+    Runs in the send thread: it talks to the provider (and the breaker's gate) only; the
+    ledger and the report belong to the calling thread, which records what this returns.
+    """
     from careflow.providers.client import Message, Outcome
 
     config = node.config
     results: dict[str, Any] = {}
+    reconciled = 0
     # A claim that an earlier attempt may have sent (left "claimed" by a worker that died, or
     # "unknown" after a lost answer): ask the provider before sending again. A "pending" message
     # is not a suspect: its last attempt was refused (5xx, 429, 401) or never left (breaker open),
@@ -275,7 +344,7 @@ def _send_and_record(
         for key, result in found.items():
             if result is not None and result.delivered:
                 results[key] = result
-        report.reasons["reconciled"] += len(results)
+        reconciled += len(results)
     messages = [
         Message(
             idempotency_key=key,
@@ -308,8 +377,8 @@ def _send_and_record(
             for key, found in ctx.sender.lookup_many(unknown).items():
                 if found is not None and found.delivered:
                     results[key] = found
-                    report.reasons["reconciled"] += 1
-    _record(ctx, node, to_send, results, report)
+                    reconciled += 1
+    return _Sent(results, reconciled)
 
 
 def _record(
@@ -331,7 +400,7 @@ def _record(
         result = results.get(key)
         outcome = result.outcome if result is not None else Outcome.NOT_SENT
         entry = {
-            "k": key,
+            "idempotency_key": key,
             "status": "pending",
             "outcome": outcome.value,
             "reason": None,
@@ -392,22 +461,15 @@ def _record(
                 )
         ledger_rows.append(entry)
     with ctx.engine.begin() as conn:
-        if ledger_rows:
-            conn.execute(
-                update(m)
-                .where(m.c.idempotency_key == bindparam("k"))
-                .values(
-                    status=bindparam("status"),
-                    outcome=bindparam("outcome"),
-                    reason=bindparam("reason"),
-                    provider_id=bindparam("provider_id"),
-                    last_error=bindparam("last_error"),
-                    sent_at=bindparam("sent_at"),
-                    latency_ms=bindparam("latency"),
-                    updated_at=ctx.now,
-                ),
-                ledger_rows,
-            )
+        st.bulk_update(
+            conn,
+            m,
+            "idempotency_key",
+            ledger_rows,
+            {name: name for name in ("status", "outcome", "reason", "provider_id", "last_error", "sent_at")}
+            | {"latency_ms": "latency"},
+            {"updated_at": ctx.now},
+        )
         st.finish_steps(conn, ctx, step_updates)
         st.create_steps(conn, ctx, arrivals)
         st.settle_executions(conn, ctx, [item["row"]["execution_id"] for item in to_send.values()])

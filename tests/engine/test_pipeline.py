@@ -1,0 +1,160 @@
+"""The action node's send pipeline and the bulk writes it relies on.
+
+While one batch is on the wire (in the send thread) the task records the batch before it and
+prepares the batch after it. Whatever happens, every claimed batch is recorded: nothing is left
+``claimed`` by a task that ended, and no key is sent twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from careflow.engine import steps as st
+from careflow.engine.nodes import process_node
+from careflow.exceptions import ProviderConfigurationError
+from careflow.providers.client import Outcome, SendResult
+from careflow.store import tables
+
+from .harness import Clinic, action, assert_exactly_once, chain, cohort, kst, ledger
+
+T = kst(2025, 3, 5, 10)
+m = tables.messages
+
+
+def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
+    base = {
+        "execution_id": "x",
+        "workflow_id": "bulk",
+        "node_id": "a",
+        "version": 1,
+        "channel": "kakao",
+        "purpose": "care",
+        "patient_id": "p",
+        "due_at": T,
+        "updated_at": T,
+        "attempts": 2,
+        "status": "claimed",
+    }
+    keys = ["bulk-1", "bulk-2", "bulk-3", "bulk-untouched"]
+    with engine.begin() as conn:
+        conn.execute(insert(m), [{**base, "idempotency_key": k, "execution_id": k} for k in keys])
+        st.bulk_update(
+            conn,
+            m,
+            "idempotency_key",
+            [
+                # Quotes, percent signs and non-ASCII text reach the database as they are.
+                {"idempotency_key": "bulk-1", "status": "sent", "why": None, "at": T, "ms": 12},
+                {
+                    "idempotency_key": "bulk-2",
+                    "status": "failed",
+                    "why": "50% o'clock; 실패",
+                    "at": None,
+                    "ms": None,
+                },
+                {"idempotency_key": "bulk-3", "status": "pending", "why": "%(x)s %s", "at": None, "ms": 0},
+            ],
+            {"status": "status", "reason": "why", "sent_at": "at", "latency_ms": "ms"},
+            {"updated_at": T + timedelta(hours=1), "provider_id": "p-1", "attempts": 10},
+            {"attempts": "{attempts} + {value}"},
+        )
+    with engine.connect() as conn:
+        got = {
+            row["idempotency_key"]: row
+            for row in conn.execute(select(m).where(m.c.workflow_id == "bulk")).mappings()
+        }
+    assert (got["bulk-1"]["status"], got["bulk-1"]["reason"], got["bulk-1"]["latency_ms"]) == (
+        "sent",
+        None,
+        12,
+    )
+    assert got["bulk-1"]["sent_at"] == T
+    assert (got["bulk-2"]["status"], got["bulk-2"]["reason"]) == ("failed", "50% o'clock; 실패")
+    assert got["bulk-2"]["sent_at"] is None and got["bulk-2"]["latency_ms"] is None
+    assert (got["bulk-3"]["reason"], got["bulk-3"]["latency_ms"]) == ("%(x)s %s", 0)
+    for key in ("bulk-1", "bulk-2", "bulk-3"):
+        assert got[key]["updated_at"] == T + timedelta(hours=1)
+        assert got[key]["provider_id"] == "p-1"
+        assert got[key]["attempts"] == 12  # the expression saw the row's own value
+    assert got["bulk-untouched"]["status"] == "claimed" and got["bulk-untouched"]["attempts"] == 2
+
+
+def test_many_small_batches_send_every_message_once(engine, journey, fake) -> None:
+    c = Clinic()
+    cohort(c, 47, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("pipe", ("a", "action", action()), settings={"batch_size": 5}))
+    j.node("t", T)
+    threads: set[str] = set()
+    inner = j.client
+
+    class Watching:
+        """Records which thread sends; otherwise the real client."""
+
+        def __init__(self) -> None:
+            self.client = inner()
+
+        def send_batch(self, messages: Any, **kw: Any) -> list[SendResult]:
+            threads.add(threading.current_thread().name)
+            return self.client.send_batch(messages, **kw)
+
+        def lookup_many(self, keys: Any) -> Any:
+            return self.client.lookup_many(keys)
+
+    ctx = j.context(T)
+    ctx.sender = Watching()
+    report = process_node(ctx, "a")
+    assert (report.sent, report.pending, report.batches) == (47, 0, 10)
+    assert threads and threading.current_thread().name not in threads  # sends left this thread
+    stats = assert_exactly_once(fake)
+    assert stats["accepted"] == 47
+    assert {row["status"] for row in ledger(engine, "pipe").values()} == {"sent"}
+
+
+def test_a_batch_on_the_wire_is_recorded_when_the_one_before_it_stops_the_task(engine, journey, fake) -> None:
+    c = Clinic()
+    cohort(c, 30, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("pipe-stop", ("a", "action", action()), settings={"batch_size": 10}))
+    j.node("t", T)
+    calls: list[int] = []
+    inner = j.client()
+
+    class RefusedOnSecondBatch:
+        """The provider takes the first batch, then refuses careflow's credentials."""
+
+        def send_batch(self, messages: Any, **kw: Any) -> list[SendResult]:
+            calls.append(len(messages))
+            if len(calls) == 1:
+                return inner.send_batch(messages, **kw)
+            return [
+                SendResult(
+                    msg.idempotency_key, Outcome.CONFIGURATION, status_code=401, error_code="unauthorized"
+                )
+                for msg in messages
+            ]
+
+        def lookup_many(self, keys: Any) -> Any:
+            return inner.lookup_many(keys)
+
+    ctx = j.context(T)
+    ctx.sender = RefusedOnSecondBatch()
+    with pytest.raises(ProviderConfigurationError):
+        process_node(ctx, "a")
+    statuses = [row["status"] for row in ledger(engine, "pipe-stop").values()]
+    # The first batch went out; the second was refused; the third, claimed and handed to the
+    # send thread while the second was being recorded, was recorded too: no claim is left behind.
+    assert statuses.count("sent") == 10
+    assert "claimed" not in statuses
+    assert fake.stats()["accepted"] == 10
+
+    # The next attempt, with working credentials, sends the other 20 and nothing twice.
+    report = j.node("a", T + timedelta(minutes=5))
+    assert report.sent == 20
+    stats = assert_exactly_once(fake)
+    assert stats["accepted"] == 30
