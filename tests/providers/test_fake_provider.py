@@ -117,6 +117,21 @@ def test_outage_ends_by_itself() -> None:
     assert (during.outcome, after.outcome) == (Outcome.TRANSIENT, Outcome.ACCEPTED)
 
 
+def test_an_outage_can_start_with_the_first_send() -> None:
+    with FakeProviderServer(outage_from_first_send=0.4) as fake:
+        time.sleep(0.5)  # armed, not started: nothing has been sent yet
+        client = ProviderClient(fake.url, fake.token)
+        [first] = client.send_batch([make_message(1)])
+        [during] = client.send_batch([make_message(2)])
+        time.sleep(0.45)
+        [after] = client.send_batch([make_message(1)])
+    assert [r.outcome for r in (first, during, after)] == [
+        Outcome.TRANSIENT,
+        Outcome.TRANSIENT,
+        Outcome.ACCEPTED,
+    ]
+
+
 def test_error_and_throttle_rates_are_reproducible_with_a_seed() -> None:
     def outcomes() -> list[Outcome]:
         with FakeProviderServer(FakeConfig(seed=7, error_rate=0.3, throttle_rate=0.2, retry_after=0)) as fake:

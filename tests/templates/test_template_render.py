@@ -156,6 +156,24 @@ def test_render_time_is_bounded(context, monkeypatch):
     assert err.value.code == "TEMPLATE_RENDER_TIMEOUT"
 
 
+def test_the_render_clock_leaves_out_garbage_collection():
+    # A full collection in a worker that imported Airflow takes a large share of the render
+    # budget; it must not fail the patient whose render it happened to interrupt.
+    import gc
+    import time
+
+    from careflow.templates.budget import _clock
+
+    junk = [[[] for _ in range(20)] for _ in range(20_000)]
+    clock_before, cpu_before = _clock(), time.thread_time()
+    gc.collect()
+    cpu = time.thread_time() - cpu_before
+    counted = _clock() - clock_before
+    del junk
+    assert cpu > 0.005, cpu  # the collection really cost something
+    assert counted < cpu / 5, (counted, cpu)
+
+
 def test_compiled_templates_are_cached_by_source():
     clear_cache()
     source = "{{ patient.name }}님 캐시 확인"

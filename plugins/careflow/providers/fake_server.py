@@ -45,6 +45,7 @@ KNOBS = (
     "retry_after",
     "outage_until",
     "outage_seconds",
+    "outage_from_first_send",
     "accept_then_timeout_rate",
     "stall_seconds",
     "permanent_fail_recipients",
@@ -66,6 +67,8 @@ class FakeConfig:
     """Unix time until which every request answers 503."""
     outage_seconds: float = 0.0
     """An outage of this many seconds from the moment the config is applied."""
+    outage_from_first_send: float = 0.0
+    """An outage of this many seconds from the first send that arrives after the config is applied."""
     accept_then_timeout_rate: float = 0.0
     stall_seconds: float = 30.0
     """How long an accept-then-timeout answer stalls (longer than the client's timeout)."""
@@ -193,6 +196,11 @@ class FakeProvider:
             self.counters["unauthorized"] += 1
             return _error(401, "unauthorized", "missing or wrong bearer token")
         raw = await request.read()
+        if config.outage_from_first_send > 0:
+            # The first send arms the outage: it and everything for the next N seconds get 503.
+            config = self.config = replace(
+                config, outage_until=time.time() + config.outage_from_first_send, outage_from_first_send=0.0
+            )
         if config.latency_ms > 0:
             await asyncio.sleep(config.latency_ms / 1000)
         config = self.config  # knobs may have changed while we slept
@@ -363,6 +371,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on a 429")
     parser.add_argument("--outage-seconds", type=float, default=0.0, help="answer 503 to everything for N s")
     parser.add_argument(
+        "--outage-from-first-send",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer 503 to everything for N s, counted from the first send",
+    )
+    parser.add_argument(
         "--accept-then-timeout-rate",
         type=float,
         default=0.0,
@@ -393,6 +408,7 @@ def config_from_args(args: argparse.Namespace) -> FakeConfig:
         throttle_rate=_coerce("throttle_rate", args.throttle_rate),
         retry_after=_coerce("retry_after", args.retry_after),
         outage_seconds=_coerce("outage_seconds", args.outage_seconds),
+        outage_from_first_send=_coerce("outage_from_first_send", args.outage_from_first_send),
         accept_then_timeout_rate=_coerce("accept_then_timeout_rate", args.accept_then_timeout_rate),
         stall_seconds=_coerce("stall_seconds", args.stall_seconds),
         permanent_fail_recipients=_coerce("permanent_fail_recipients", args.permanent_fail),

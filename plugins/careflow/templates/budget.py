@@ -7,6 +7,8 @@ context variable: renders in different threads or tasks never share one.
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,10 +21,33 @@ from careflow.templates import codes, limits
 from careflow.templates.filters import MissingValue
 
 
+class _CollectorTime(threading.local):
+    """CPU time this thread spent in the garbage collector (it runs in whichever thread triggers it)."""
+
+    started: float | None = None
+    spent: float = 0.0
+
+
+_collector = _CollectorTime()
+
+
+def _on_collection(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _collector.started = time.thread_time()
+    elif _collector.started is not None:
+        _collector.spent += time.thread_time() - _collector.started
+        _collector.started = None
+
+
+gc.callbacks.append(_on_collection)
+
+
 def _clock() -> float:
     # CPU time of this thread, not wall time: a render that waits for a busy CPU has spent
-    # nothing, and must not fail a patient's message (a failed message is never retried).
-    return time.thread_time()
+    # nothing, and must not fail a patient's message (a failed message is never retried). Nor
+    # does a garbage collection that happens to start during the render: in a worker that has
+    # imported Airflow a full collection takes a large part of the budget by itself.
+    return time.thread_time() - _collector.spent
 
 
 #: The filter name the loop guard is registered under; not a valid identifier on purpose.
