@@ -10,6 +10,7 @@ sends again (and the provider dedupes on the same key). Unknown outcomes are nev
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -26,6 +27,8 @@ from careflow.engine.context import NodeReport, RunContext
 from careflow.exceptions import ProviderConfigurationError, TemplateError
 from careflow.store import tables
 from careflow.workflow.timezones import zone
+
+log = logging.getLogger(__name__)
 
 #: A claim older than this belongs to a worker that died: the next attempt reconciles it.
 CLAIM_LEASE = timedelta(minutes=5)
@@ -102,6 +105,8 @@ class _Sent:
 
     results: dict[str, Any]
     reconciled: int = 0
+    #: keys looked up because the sent-keys cache had them although the ledger did not say sent
+    flagged: int = 0
 
 
 def _submit(
@@ -118,6 +123,8 @@ def _collect(future: Future[_Sent], report: NodeReport) -> dict[str, Any]:
     sent = future.result()
     if sent.reconciled:
         report.reasons["reconciled"] += sent.reconciled
+    if sent.flagged:
+        report.reasons["sent_key_cache_suspects"] += sent.flagged
     return sent.results
 
 
@@ -339,6 +346,15 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
         for k, item in to_send.items()
         if item.get("previous") is not None and item["previous"]["status"] in ("claimed", "unknown")
     ]
+    flagged = 0
+    if ctx.sent_keys is not None and not ctx.dry_run:
+        # Keys the provider accepted minutes ago although the ledger does not say "sent" (a
+        # ledger that lost its last writes: a database restored or failed over): asked about
+        # too. A hit never skips a send by itself; a forged or stale one costs one lookup.
+        others = [k for k in to_send if k not in suspects]
+        flagged_keys = list(_cache_call(lambda: ctx.sent_keys.get_many(others), {}) if others else {})
+        flagged = len(flagged_keys)
+        suspects += flagged_keys
     if suspects and not ctx.dry_run:
         found = ctx.sender.lookup_many(suspects)
         for key, result in found.items():
@@ -378,7 +394,20 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
                 if found is not None and found.delivered:
                     results[key] = found
                     reconciled += 1
-    return _Sent(results, reconciled)
+        if ctx.sent_keys is not None:
+            accepted = {k: r.provider_id or "accepted" for k, r in results.items() if r.delivered}
+            if accepted:
+                _cache_call(lambda: ctx.sent_keys.set_many(accepted), None)
+    return _Sent(results, reconciled, flagged)
+
+
+def _cache_call(call: Any, default: Any) -> Any:
+    """A cache read or write that can only cost time: any failure is logged and ignored."""
+    try:
+        return call()
+    except Exception:
+        log.warning("careflow: the sent-keys cache failed; the ledger alone decides", exc_info=True)
+        return default
 
 
 def _record(

@@ -31,6 +31,10 @@ class RunContext:
     sender: Any = None
     #: the circuit breaker's gate for sends (None: no breaker).
     gate: Any = None
+    #: recently accepted idempotency keys (the ``sent_keys`` cache, get_many/set_many): a hit
+    #: makes a key a suspect that is looked up at the provider before any send; never a reason
+    #: to skip one. None: not used.
+    sent_keys: Any = None
 
     @property
     def workflow_id(self) -> str:

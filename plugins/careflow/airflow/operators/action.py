@@ -46,6 +46,7 @@ class ActionOperator(CareflowNodeOperator):
             ctx.sender = hook.get_client()
             breaker = _breaker(f"{getattr(ctx.sender, 'name', 'default')}:{self.channel}")
             ctx.gate = breaker.gate() if breaker is not None else None
+            ctx.sent_keys = _sent_keys()
         try:
             report = process_node(ctx, self.careflow_node_id)
         except ProviderConfigurationError as exc:
@@ -83,6 +84,14 @@ class ActionOperator(CareflowNodeOperator):
     def execute_complete(self, context: Any, event: Any = None) -> dict[str, Any]:
         """Resume after the breaker's wait: send what is still pending."""
         return self.execute(context)
+
+
+def _sent_keys() -> Any:
+    try:
+        from careflow.resilience import SENT_KEYS, SENT_KEYS_TTL, get_cache
+    except ImportError:
+        return None
+    return get_cache(SENT_KEYS, SENT_KEYS_TTL)
 
 
 def _breaker(name: str) -> Any:
