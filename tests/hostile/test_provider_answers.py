@@ -137,23 +137,8 @@ def message() -> Message:
     )
 
 
-#: Answers the client takes for an acceptance today although they break the letter of DESIGN §7:
-#: the id is a non-empty string, but ``status`` is missing or null (``AcceptedBody.status`` is
-#: optional), or the body holds a NaN outside the fields read (pydantic's JSON parser allows it).
-LENIENT = {
-    "status-missing": "a 2xx with an id and no status is accepted (AcceptedBody.status is optional)",
-    "status-null": "a 2xx with an id and status null is accepted (AcceptedBody.status is optional)",
-    "nan-in-body": "NaN in a field careflow does not read is accepted (pydantic allows NaN in JSON)",
-}
-
-
 def _cases() -> list:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=LENIENT[name]))
-        if name in LENIENT
-        else name
-        for name in sorted(RAW)
-    ]
+    return sorted(RAW)
 
 
 @pytest.mark.parametrize("name", _cases())

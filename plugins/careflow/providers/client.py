@@ -47,7 +47,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 import aiohttp
 import yarl
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 log = logging.getLogger("careflow.providers")
 
@@ -121,12 +121,32 @@ NonEmptyStr = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
 class AcceptedBody(BaseModel):
-    """A 2xx answer (and a lookup record): strict, so ``{"id": 123}`` is not an acceptance."""
+    """A 2xx answer (and a lookup record): strict, so ``{"id": 123}`` is not an acceptance.
+
+    Both fields of DESIGN §7 are required: an answer without a status proves as little as one
+    without an id.
+    """
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
     id: NonEmptyStr
-    status: str | None = None
+    status: NonEmptyStr
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_accepted(raw: bytes) -> AcceptedBody:
+    """The body of a 2xx answer, read as strict JSON (no NaN or Infinity anywhere in it).
+
+    Raises ValueError (ValidationError included) when it is not ``{"id": str, "status": str}``.
+    """
+    try:
+        document = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:  # nested deeper than the parser goes: certainly not an acceptance
+        raise ValueError("the answer is nested too deeply") from None
+    return AcceptedBody.model_validate(document)
 
 
 _PHONE_OR_EMAIL = re.compile(r"\+?\d[\d\-\s().]{5,}\d|[\w.+-]+@[\w-]+\.[\w.-]+")
@@ -182,8 +202,8 @@ def classify_response(
     """Turn one HTTP answer to ``POST /v1/messages`` into a ``SendResult`` (pure, no I/O)."""
     if 200 <= status < 300:
         try:
-            accepted = AcceptedBody.model_validate_json(raw)
-        except ValidationError:
+            accepted = parse_accepted(raw)
+        except ValueError:
             # See the module docstring: a 2xx we cannot read proves nothing.
             return SendResult(
                 key,
@@ -617,8 +637,8 @@ class ProviderClient:
             return None
         if status == 200:
             try:
-                record = AcceptedBody.model_validate_json(raw)
-            except ValidationError:
+                record = parse_accepted(raw)
+            except ValueError:
                 return SendResult(
                     key,
                     Outcome.UNKNOWN,
