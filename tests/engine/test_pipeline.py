@@ -158,3 +158,39 @@ def test_a_batch_on_the_wire_is_recorded_when_the_one_before_it_stops_the_task(e
     assert report.sent == 20
     stats = assert_exactly_once(fake)
     assert stats["accepted"] == 30
+
+
+def test_held_back_sends_stop_the_preparing_of_more_batches(engine, journey, fake) -> None:
+    c = Clinic()
+    cohort(c, 47, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("pipe-held", ("a", "action", action()), settings={"batch_size": 5}))
+    j.node("t", T)
+
+    class BreakerOpen:
+        """Every send is held back by an open breaker for the next 30 s."""
+
+        def send_batch(self, messages: Any, **kw: Any) -> list[SendResult]:
+            return [
+                SendResult(msg.idempotency_key, Outcome.NOT_SENT, error_code="breaker_open", retry_after=30.0)
+                for msg in messages
+            ]
+
+        def lookup_many(self, keys: Any) -> Any:
+            return {}
+
+    ctx = j.context(T)
+    ctx.sender = BreakerOpen()
+    report = process_node(ctx, "a")
+    # The first batch came back held back while the second was on the wire: both are recorded
+    # pending, and the other 37 messages were not rendered, claimed or written at all.
+    assert report.retry_at is not None and report.sent == 0
+    assert report.pending == 10 and report.batches == 2
+    rows = ledger(engine, "pipe-held")
+    assert len(rows) == 10 and {row["status"] for row in rows.values()} == {"pending"}
+    assert fake.stats()["received"] == 0
+
+    # After the wait, the next attempt sends all 47, once each.
+    report = j.node("a", T + timedelta(minutes=1))
+    assert report.sent == 47
+    assert assert_exactly_once(fake)["accepted"] == 47

@@ -86,7 +86,10 @@ def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
             done, in_flight = in_flight, submitted
             if done is not None:
                 _record(ctx, node, done[0], _collect(done[1], report), report)
-            if report.stop_reason:
+            if report.stop_reason or report.retry_at is not None:
+                # A configuration error, or the breaker or a long Retry-After held sends back:
+                # the batches not prepared yet stay pending for the attempt after the wait, and
+                # are not rendered, claimed and released for nothing in the meantime.
                 break
     finally:
         try:
