@@ -79,7 +79,7 @@ def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
             if prepared is None:
                 more = False
             else:
-                after, to_send, _, last_full = prepared
+                after, to_send, last_full = prepared
                 more = last_full
                 if to_send:
                     submitted = (to_send, _submit(sender, ctx, node, to_send))
@@ -300,7 +300,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
         # Executions whose step moved on here; those being sent are settled once they are recorded.
         st.settle_executions(conn, ctx, [r["execution_id"] for r in rows if r["id"] in moved])
         report.queries += 4
-    return last_id, to_send, candidates, len(rows) == batch
+    return last_id, to_send, len(rows) == batch
 
 
 def _zone(name: str | None, default: Any) -> Any:

@@ -75,8 +75,8 @@ def bulk_update(
     for target, value in constants.items():
         if target not in expressions:
             assignments[target] = value
+    names = {column.name: f"{table.name}.{column.name}" for column in table.c}
     for target, sql in expressions.items():
-        names = {column.name: f"{table.name}.{column.name}" for column in table.c}
         clause = text(sql.format(**names, value=f":c_{target}"))
         if target in constants:
             clause = clause.bindparams(
