@@ -116,7 +116,7 @@ def send_benchmarks(plan: Plan) -> dict[str, Any]:
         document = harness.workflow_document(plan.messages)
 
         def careflow_run(latency: float, concurrency: int, size: int) -> throughput.DagRun:
-            harness.reset_careflow_state(engine)
+            harness.reset_careflow_state(engine, env.redis_prefix)
             with harness.fake_provider(latency) as fake:
                 log(f"careflow: {size:,} messages, latency {latency:g} ms, concurrency {concurrency}")
                 run = throughput.run_dag(env, fake, harness.workflow_id_for(size), concurrency, size)

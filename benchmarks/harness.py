@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -197,9 +197,26 @@ def load_clinic(engine: Any, patients: int) -> float:
     return time.perf_counter() - started
 
 
-def reset_careflow_state(engine: Any) -> None:
-    """Forget every execution, step and message (the clinic data stays): the next run enrolls again."""
+def reset_careflow_state(engine: Any, redis_prefix: str | None = None) -> None:
+    """Forget every execution, step and message (the clinic data stays): the next run enrolls again.
+
+    With ``redis_prefix``, also every careflow key under it. The sent-keys cache remembers the
+    keys the last run sent for five minutes; the next run has the same executions, so without
+    this every message would be a suspect (a ledger that lost its writes) and be looked up at
+    the provider before it is sent.
+    """
     from sqlalchemy import text
+
+    if redis_prefix:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            doomed = list(client.scan_iter(match=f"{redis_prefix}:*", count=1000))
+            for start in range(0, len(doomed), 1000):
+                client.unlink(*doomed[start : start + 1000])
+        finally:
+            client.close()
 
     with engine.begin() as conn:
         conn.execute(
@@ -305,6 +322,8 @@ class CareflowEnv:
     home: Path
     workflows_dir: Path
     db_url: str
+    #: careflow's keys in Redis for this benchmark only (breaker state, caches)
+    redis_prefix: str = field(default_factory=lambda: f"careflow-bench-{uuid.uuid4().hex[:8]}")
 
     def variables(self, provider: FakeProviderProcess | None = None, concurrency: int = 50) -> dict[str, str]:
         """Environment for a careflow task process (connections from the environment only)."""
@@ -320,6 +339,7 @@ class CareflowEnv:
                 "AIRFLOW__CAREFLOW__WORKFLOWS_DIR": str(self.workflows_dir),
                 "CAREFLOW_DB_URL": self.db_url,
                 "CAREFLOW_REDIS_URL": REDIS_URL,
+                "CAREFLOW_REDIS_PREFIX": self.redis_prefix,
                 "CAREFLOW_CONNECTIONS_FROM_ENV_ONLY": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
             }
