@@ -9,6 +9,7 @@ Names operators rely on (DESIGN §9):
 - ``careflow_redis``: breaker state and caches. Absent: embedded fallbacks.
 - ``careflow_alerts``: webhook for alerts.
 - ``[careflow] workflows_dir``: where published snapshots are read from.
+- ``[careflow] send_process``: whether action tasks send from a process of their own (default true).
 
 Lookups never touch the network while a DAG file is parsed: environment first, then Airflow's
 secrets backends (the metadata DB only when asked for a connection at run time).
@@ -65,6 +66,18 @@ def workflows_dir() -> Path:
     """``[careflow] workflows_dir``: where published snapshots live (default ``$AIRFLOW_HOME/careflow/workflows``)."""
     value = _config("careflow", "workflows_dir")
     return Path(value) if value else airflow_home() / "careflow" / "workflows"
+
+
+def send_in_process() -> bool:
+    """``[careflow] send_process`` (default true): action tasks send from a forked process of their own.
+
+    False keeps the provider client in a thread of the task process (one interpreter lock for
+    preparing and sending: a lower send rate, one process fewer).
+    """
+    value = _config("careflow", "send_process")
+    if value is None:
+        return True
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:

@@ -7,6 +7,7 @@ prepares the batch after it. Whatever happens, every claimed batch is recorded: 
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import insert, select
 from careflow.engine import steps as st
 from careflow.engine.nodes import process_node
 from careflow.exceptions import ProviderConfigurationError
-from careflow.providers.client import Outcome, SendResult
+from careflow.providers.client import Outcome, ProviderClient, SendResult
 from careflow.store import tables
 
 from .harness import Clinic, action, assert_exactly_once, chain, cohort, kst, ledger
@@ -194,3 +195,105 @@ def test_held_back_sends_stop_the_preparing_of_more_batches(engine, journey, fak
     report = j.node("a", T + timedelta(minutes=1))
     assert report.sent == 47
     assert assert_exactly_once(fake)["accepted"] == 47
+
+
+# -- the send process -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def started(monkeypatch) -> list[Any]:
+    """Every send process the action node starts (the real ones)."""
+    from careflow.providers import send_process
+
+    processes: list[Any] = []
+    real = send_process.SendProcess.start.__func__  # type: ignore[attr-defined]
+
+    def start(cls: Any, client: Any, gate: Any = None) -> Any:
+        process = real(cls, client, gate)
+        processes.append(process)
+        return process
+
+    monkeypatch.setattr(send_process.SendProcess, "start", classmethod(start))
+    return processes
+
+
+def test_a_real_client_sends_from_a_process_of_its_own(engine, journey, fake, started) -> None:
+    c = Clinic()
+    cohort(c, 47, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("pipe-proc", ("a", "action", action()), settings={"batch_size": 5}))
+    j.node("t", T)
+    report = j.node("a", T)
+
+    assert (report.sent, report.pending, report.batches) == (47, 0, 10)
+    assert len(started) == 1 and started[0].pid != os.getpid()
+    assert started[0]._closed  # stopped and reaped when the node was done
+    assert assert_exactly_once(fake)["accepted"] == 47
+    assert {row["status"] for row in ledger(engine, "pipe-proc").values()} == {"sent"}
+
+
+def test_send_process_false_keeps_the_sends_in_the_task_process(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__SEND_PROCESS", "false")
+    c = Clinic()
+    cohort(c, 12, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("pipe-thread", ("a", "action", action()), settings={"batch_size": 5}))
+    j.node("t", T)
+    report = j.node("a", T)
+    assert report.sent == 12 and started == []
+    assert assert_exactly_once(fake)["accepted"] == 12
+
+
+def test_every_batch_in_the_send_process_is_recorded_when_the_credentials_are_refused(
+    engine, journey, fake, started
+) -> None:
+    c = Clinic()
+    cohort(c, 30, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("pipe-401", ("a", "action", action()), settings={"batch_size": 5}))
+    j.node("t", T)
+    ctx = j.context(T)
+    ctx.sender = ProviderClient(fake.url, "not-the-token", max_concurrency=4, timeout=5)
+    with pytest.raises(ProviderConfigurationError):
+        process_node(ctx, "a")
+
+    rows = ledger(engine, "pipe-401")
+    # Several batches were in the send process when the first refusal was recorded: each of them
+    # was recorded too (pending, not claimed), and nothing after them was prepared.
+    assert 5 < len(rows) < 30
+    assert {row["status"] for row in rows.values()} == {"pending"}
+    assert fake.stats()["accepted"] == 0 and len(started) == 1 and started[0]._closed
+
+    report = j.node("a", T + timedelta(minutes=5))
+    assert report.sent == 30
+    assert assert_exactly_once(fake)["accepted"] == 30
+
+
+def test_an_open_breaker_in_the_send_process_holds_the_sends_back(
+    engine, journey, fake, started, tmp_path
+) -> None:
+    from careflow.resilience import BreakerConfig, CircuitBreaker
+    from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
+
+    c = Clinic()
+    cohort(c, 47, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("pipe-open", ("a", "action", action()), settings={"batch_size": 5}))
+    j.node("t", T)
+    breaker = CircuitBreaker(
+        "pipe:kakao",
+        BreakerConfig(open_seconds=30, max_open_seconds=60),
+        backend=EmbeddedBackend(tmp_path / "b.db"),
+    )
+    for _ in range(breaker.config.consecutive_failures):
+        breaker.record(breaker.acquire(), "transient")
+    ctx = j.context(T)
+    ctx.gate = breaker.gate()
+    report = process_node(ctx, "a")
+
+    # The batches handed over before the first came back are recorded pending; no more were prepared.
+    assert report.retry_at is not None and report.sent == 0
+    assert report.pending == 5 * report.batches and report.batches <= 4
+    assert fake.stats()["received"] == 0 and len(started) == 1

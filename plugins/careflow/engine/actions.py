@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,49 +58,134 @@ def _wall() -> datetime:
 def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     """Send the action's message to every execution due at this node.
 
-    Batches go through a two-stage pipeline: while one batch is on the wire (in a thread of its
-    own, where the provider client runs its event loop), this thread records the batch before it
-    and prepares the batch after it. The database and the provider are both kept busy; every
-    ledger write still happens here, in order, and a batch is recorded before the task ends,
-    whatever happened to the batches around it.
+    Batches go through a pipeline: while batches are on the wire (handed to the send stage: a
+    process of its own where the provider client runs its event loop, or a thread of this one),
+    this thread records the batch before them and prepares the batch after them. The database
+    and the provider are both kept busy; every ledger write still happens here, in order, and a
+    batch is recorded before the task ends, whatever happened to the batches around it.
     """
     report = NodeReport(node.id, node.type)
     after = 0
     batch = ctx.compiled.settings.batch_size
-    if ctx.dry_run:
-        sender = None
-    else:
-        sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"careflow-send-{node.id}")
-    in_flight: tuple[dict[str, dict[str, Any]], Future[_Sent]] | None = None
+    stage = _SendStage(ctx, node)
+    in_flight: deque[tuple[dict[str, dict[str, Any]], Future[_Sent]]] = deque()
     try:
         more = True
         while more:
             prepared = _prepare_batch(ctx, node, after, batch, report)
-            submitted: tuple[dict[str, dict[str, Any]], Future[_Sent]] | None = None
             if prepared is None:
                 more = False
             else:
                 after, to_send, last_full = prepared
                 more = last_full
                 if to_send:
-                    submitted = (to_send, _submit(sender, ctx, node, to_send))
-            done, in_flight = in_flight, submitted
-            if done is not None:
+                    in_flight.append((to_send, stage.submit(to_send)))
+            # The oldest batch is recorded once the stage holds as many as it sends at once.
+            while len(in_flight) > stage.depth and not (report.stop_reason or report.retry_at is not None):
+                done = in_flight.popleft()
                 _record(ctx, node, done[0], _collect(done[1], report), report)
             if report.stop_reason or report.retry_at is not None:
                 # A configuration error, or the breaker or a long Retry-After held sends back:
                 # the batches not prepared yet stay pending for the attempt after the wait, and
                 # are not rendered, claimed and released for nothing in the meantime.
                 break
-    finally:
-        try:
-            if in_flight is not None:
-                # Already claimed and maybe on the wire: wait for the answers and record them.
-                _record(ctx, node, in_flight[0], _collect(in_flight[1], report), report)
-        finally:
-            if sender is not None:
-                sender.shutdown(wait=True)
+    except BaseException:
+        _drain(ctx, node, in_flight, report, stage, raise_first=False)
+        raise
+    _drain(ctx, node, in_flight, report, stage, raise_first=True)
     return report
+
+
+def _drain(
+    ctx: RunContext,
+    node: CompiledNode,
+    in_flight: deque[tuple[dict[str, dict[str, Any]], Future[_Sent]]],
+    report: NodeReport,
+    stage: _SendStage,
+    *,
+    raise_first: bool,
+) -> None:
+    """Record every batch still handed over (claimed, maybe on the wire), then stop the stage.
+
+    Each batch is recorded even when recording one before it failed; the first error is raised
+    afterwards (``raise_first``) or, while another exception is on its way out, only logged.
+    """
+    first: BaseException | None = None
+    try:
+        while in_flight:
+            done = in_flight.popleft()
+            try:
+                _record(ctx, node, done[0], _collect(done[1], report), report)
+            except Exception as exc:
+                if first is None:
+                    first = exc
+                else:
+                    log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)
+    finally:
+        stage.close()
+    if first is not None:
+        if raise_first:
+            raise first
+        log.warning("careflow: recording a batch failed while the task was failing", exc_info=first)
+
+
+class _SendStage:
+    """Where claimed batches are sent: a send process when it can, else a thread of this process.
+
+    The send process (``careflow.providers.send_process``) is forked at the first batch, only for
+    careflow's own provider client and when ``[careflow] send_process`` is not false. It holds
+    ``depth`` batches at once; a thread of this process holds one.
+    """
+
+    def __init__(self, ctx: RunContext, node: CompiledNode) -> None:
+        self.ctx, self.node = ctx, node
+        self.sender: Any = ctx.sender
+        self.process: Any = None
+        self.depth = 1
+        self._executor: ThreadPoolExecutor | None = None
+        if ctx.dry_run:
+            return
+        from careflow.providers import send_process
+        from careflow.providers.client import ProviderClient
+        from careflow.settings import send_in_process
+
+        if isinstance(ctx.sender, ProviderClient) and send_in_process() and send_process.available():
+            self.depth = send_process.SendProcess.concurrent_batches
+
+    def submit(self, to_send: dict[str, dict[str, Any]]) -> Future[_Sent]:
+        """Hand one claimed batch to the stage; its future gives what was sent."""
+        if self.ctx.dry_run:  # nothing leaves, no thread
+            future: Future[_Sent] = Future()
+            future.set_result(_send(self.ctx, self.node, to_send, None))
+            return future
+        if self._executor is None:
+            if self.depth > 1:
+                self._start_process()
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.depth + (self.process is not None),
+                thread_name_prefix=f"careflow-send-{self.node.id}",
+            )
+        return self._executor.submit(_send, self.ctx, self.node, to_send, self.sender)
+
+    def _start_process(self) -> None:
+        from careflow.providers.send_process import SendProcess
+
+        try:
+            self.process = SendProcess.start(self.ctx.sender, self.ctx.gate)
+        except Exception:
+            log.warning("careflow: could not start a send process; sending from this one", exc_info=True)
+            self.depth = 1
+        else:
+            self.sender = self.process
+
+    def close(self) -> None:
+        """Wait for the batches handed over, then stop the send process."""
+        try:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+        finally:
+            if self.process is not None:
+                self.process.close()
 
 
 @dataclass
@@ -110,16 +196,6 @@ class _Sent:
     reconciled: int = 0
     #: keys looked up because the sent-keys cache had them although the ledger did not say sent
     flagged: int = 0
-
-
-def _submit(
-    sender: ThreadPoolExecutor | None, ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]]
-) -> Future[_Sent]:
-    if sender is None:  # dry run: nothing leaves, no thread
-        future: Future[_Sent] = Future()
-        future.set_result(_send(ctx, node, to_send))
-        return future
-    return sender.submit(_send, ctx, node, to_send)
 
 
 def _collect(future: Future[_Sent], report: NodeReport) -> dict[str, Any]:
@@ -329,11 +405,12 @@ def _claim(conn: Any, ctx: RunContext, keys: list[str], wall: datetime) -> set[s
     return set(conn.execute(stmt).scalars())
 
 
-def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]]) -> _Sent:
+def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]], sender: Any) -> _Sent:
     """The send stage of one claimed batch: reconcile suspects, send the rest, ask about lost answers.
 
-    Runs in the send thread: it talks to the provider (and the breaker's gate) only; the
-    ledger and the report belong to the calling thread, which records what this returns.
+    Runs in a send thread: it talks to the provider through ``sender`` (the client, or the send
+    process) and to the breaker's gate only; the ledger and the report belong to the calling
+    thread, which records what this returns.
     """
     from careflow.providers.client import Message, Outcome
 
@@ -359,7 +436,7 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
         flagged = len(flagged_keys)
         suspects += flagged_keys
     if suspects and not ctx.dry_run:
-        found = ctx.sender.lookup_many(suspects)
+        found = sender.lookup_many(suspects)
         for key, result in found.items():
             if result is not None and result.delivered:
                 results[key] = result
@@ -388,12 +465,12 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
                 msg.idempotency_key, Outcome.ACCEPTED, provider_id="dry-run"
             )
     elif messages:
-        for result in ctx.sender.send_batch(messages, gate=ctx.gate):
+        for result in sender.send_batch(messages, gate=ctx.gate):
             results[result.idempotency_key] = result
         unknown = [k for k, r in results.items() if r.outcome == Outcome.UNKNOWN]
         if unknown:
             # The request left but its answer was lost: the provider knows whether it took it.
-            for key, found in ctx.sender.lookup_many(unknown).items():
+            for key, found in sender.lookup_many(unknown).items():
                 if found is not None and found.delivered:
                     results[key] = found
                     reconciled += 1

@@ -1,0 +1,401 @@
+"""The provider client in a process of its own: an action task's send stage, off the task's lock.
+
+An action task prepares and records batches in its own thread (database, facts, consent,
+rendering) and sends them with :class:`ProviderClient`. In one process both stages share one
+interpreter lock, and the client's event loop answers late whenever the preparing thread holds
+it. :class:`SendProcess` forks the task process once, before the task starts any thread of its
+own, and runs the client, its event loop and the breaker's gate in the child, on the other core:
+
+- ``send_batch`` hands a batch to the child and waits for its results. Several batches may be
+  in the child at once (``concurrent_batches``); they share one keep-alive session and one
+  ``max_concurrency`` bound, so the next batch fills the connections while the last answers of
+  the one before it are still coming in;
+- ``lookup_many`` asks the provider about keys, in the child too;
+- the child's log records travel back over the same pipe and are logged by the task process, so
+  the task log keeps them; the breaker's state is shared through its backend (Redis or the
+  embedded SQLite file) as it is between workers, and the child flushes it before it exits;
+- if the child dies, every batch it held comes back ``UNKNOWN`` (its requests may have left:
+  the next attempt asks the provider) and later batches come back ``NOT_SENT`` (pending);
+  nothing is lost and nothing is sent twice. If the task process dies, the child reads the end
+  of its pipe, stops sending and exits.
+
+``[careflow] send_process = false`` keeps the send stage in a thread of the task process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+from careflow.providers.client import (
+    Message,
+    Outcome,
+    ProviderClient,
+    SendGate,
+    SendResult,
+    _loop_factory,
+)
+
+log = logging.getLogger("careflow.providers")
+
+#: Seconds ``close`` waits for the child to finish the batches it holds before it kills it.
+CLOSE_TIMEOUT = 60.0
+
+
+def available() -> bool:
+    """Whether this platform can fork a send process (POSIX)."""
+    return hasattr(os, "fork")
+
+
+class SendProcessLost(RuntimeError):
+    """The send process died or could not be reached."""
+
+
+class SendProcess:
+    """A forked child that sends for this process; same ``send_batch``/``lookup_many`` as the client.
+
+    Use as a context manager (``with SendProcess.start(client, gate) as sender:``); ``close``
+    waits for the batches in the child, then reaps it. Thread-safe: several threads may send at
+    once, up to ``concurrent_batches`` batches are in the child together.
+    """
+
+    concurrent_batches = 2
+
+    def __init__(self, client: ProviderClient, gate: SendGate | None, pid: int, conn: Connection) -> None:
+        self.client = client
+        self.name = client.name
+        self.gate = gate
+        self.pid = pid
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, tuple[Future[Any], str, list[Any]]] = {}
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._lost: str | None = None
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name=f"careflow-send-process-{pid}", daemon=True)
+        self._reader.start()
+
+    def __repr__(self) -> str:
+        return f"SendProcess(pid={self.pid}, provider={self.name!r})"
+
+    @classmethod
+    def start(cls, client: ProviderClient, gate: SendGate | None = None) -> SendProcess:
+        """Fork the child; it sends with ``client`` and asks ``gate`` before every request."""
+        if not available():
+            raise SendProcessLost("this platform cannot fork a send process")
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                ours.close()
+                _child_main(Connection(theirs.detach()), client, gate)
+                code = 0
+            except BaseException:  # the parent reads the closed pipe and gives the batches back
+                pass
+            finally:
+                os._exit(code)
+        theirs.close()
+        return cls(client, gate, pid, Connection(ours.detach()))
+
+    def __enter__(self) -> SendProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what the action stage calls ------------------------------------------------------------
+
+    def send_batch(
+        self, messages: Iterable[Message], *, gate: SendGate | None = None, on_result: Any = None
+    ) -> list[SendResult]:
+        """Send in the child; one result per message, in input order (see ``ProviderClient.send_many``).
+
+        The child asks the gate it was started with; ``gate`` must be that one or None.
+        """
+        if on_result is not None:
+            raise ValueError("a send process reports results per batch, not per message (on_result)")
+        if gate is not None and gate is not self.gate:
+            raise ValueError("a send process asks the gate it was started with")
+        batch = list(messages)
+        if not batch:
+            return []
+        try:
+            results: list[SendResult] = self._call("send", batch).result()
+        except SendProcessLost as exc:
+            return [_not_sent(m.idempotency_key, str(exc)) for m in batch]
+        return results
+
+    def lookup_many(self, keys: Iterable[str]) -> dict[str, SendResult | None]:
+        """``ProviderClient.lookup_many`` in the child; a lost child leaves every key ``UNKNOWN``."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        try:
+            found: dict[str, SendResult | None] = self._call("lookup", wanted).result()
+        except SendProcessLost:
+            return {k: _unknown(k, "lookup not answered: the send process is gone") for k in wanted}
+        return found
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Let the child finish what it holds, then reap it (kill it after ``timeout`` seconds)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError), self._send_lock:
+            self._conn.send(None)
+        self._reader.join(timeout)
+        if self._reader.is_alive():
+            log.warning(
+                "careflow: the send process %s did not finish in %.0f s; killing it", self.pid, timeout
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._reader.join(5)
+        _reap(self.pid)
+        with contextlib.suppress(OSError):
+            self._conn.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _call(self, kind: str, payload: list[Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        if self._lost is not None or self._closed:
+            future.set_exception(SendProcessLost(self._lost or "the send process is closed"))
+            return future
+        request = next(self._ids)
+        with self._pending_lock:
+            self._pending[request] = (future, kind, payload)
+        try:
+            with self._send_lock:
+                self._conn.send((request, kind, payload))
+        except (OSError, ValueError) as exc:
+            with self._pending_lock:
+                self._pending.pop(request, None)
+            future.set_exception(SendProcessLost(f"the send process is gone ({type(exc).__name__})"))
+        return future
+
+    def _read(self) -> None:
+        """The parent's reader thread: answers to futures, the child's log records to the log."""
+        try:
+            while True:
+                item = self._conn.recv()
+                if item is None:  # the child is done
+                    break
+                request, kind, payload = item
+                if kind == "log":
+                    _relog(payload)
+                    continue
+                with self._pending_lock:
+                    waiting = self._pending.pop(request, None)
+                if waiting is not None:
+                    waiting[0].set_result(payload)
+        except (EOFError, OSError):
+            pass
+        except Exception:  # an answer we cannot read: treat the child as lost
+            log.exception("careflow: unreadable answer from the send process %s", self.pid)
+        finally:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """The child is gone: every batch it held comes back UNKNOWN (it may have sent them)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            if self._lost is None:
+                self._lost = "the send process ended" if self._closed else "the send process died"
+        for future, kind, payload in pending.values():
+            reason = "send_process_lost"
+            if kind == "send":
+                future.set_result([_unknown(m.idempotency_key, reason) for m in payload])
+            else:
+                future.set_result({k: _unknown(k, reason) for k in payload})
+        if pending:
+            log.error(
+                "careflow: the send process %s ended with %d request(s) unanswered; their messages are "
+                "left unknown and looked up at the provider by the next attempt",
+                self.pid,
+                len(pending),
+            )
+
+
+def _unknown(key: str, code: str) -> SendResult:
+    return SendResult(key, Outcome.UNKNOWN, error_code=code, error_message=code, request_sent=True)
+
+
+def _not_sent(key: str, why: str) -> SendResult:
+    return SendResult(key, Outcome.NOT_SENT, error_code="send_process_lost", error_message=why)
+
+
+def _reap(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
+def _relog(record: dict[str, Any]) -> None:
+    logger = logging.getLogger(record.get("name") or "careflow.providers")
+    if logger.isEnabledFor(record["levelno"]):
+        logger.handle(logging.makeLogRecord(record))
+
+
+# -- the child ----------------------------------------------------------------------------------
+
+
+class _Feed:
+    """A batch's messages as ``send_many`` takes them; ``dispatched`` is set once all were taken."""
+
+    def __init__(self, messages: list[Message], dispatched: asyncio.Event) -> None:
+        self.messages = messages
+        self.dispatched = dispatched
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self) -> Any:
+        yield from self.messages
+        self.dispatched.set()
+
+
+class _PipeHandler(logging.Handler):
+    """The child's only log handler: records go to the parent, which logs them."""
+
+    def __init__(self, reply: Any) -> None:
+        super().__init__()
+        self._reply = reply
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            self._reply(
+                0,
+                "log",
+                {
+                    "name": record.name,
+                    "levelno": record.levelno,
+                    "levelname": record.levelname,
+                    "msg": message,
+                    "args": None,
+                    "created": record.created,
+                    "process": record.process,
+                    "threadName": record.threadName,
+                },
+            )
+        except Exception:  # a log line is never worth a lost batch
+            pass
+
+
+def _child_logging(reply: Any) -> None:
+    # Handlers inherited from the task process write where it writes (files, the supervisor's
+    # socket); two processes writing there at once could interleave lines. Send them home instead.
+    handler = _PipeHandler(reply)
+    root = logging.getLogger()
+    for logger in [root, *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            logger.handlers = []
+            logger.propagate = logger is not root
+    root.handlers = [handler]
+
+
+def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None) -> None:
+    # The task process's handlers belong to Airflow's task runner; here a SIGTERM just ends the
+    # child (the task process sees its pipe close and gives the batches back as unknown).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signum, signal.SIG_DFL)
+    send_lock = threading.Lock()
+
+    def reply(request: int, kind: str, payload: Any) -> None:
+        with send_lock:
+            conn.send((request, kind, payload))
+
+    _child_logging(reply)
+    loop = _loop_factory()()
+    asyncio.set_event_loop(loop)
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    def read() -> None:
+        # A thread of its own, so a large batch arriving never stalls the event loop.
+        while True:
+            try:
+                item = conn.recv()
+            except (EOFError, OSError):
+                item = EOFError  # the task process died: stop sending
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+            if item is None or item is EOFError:
+                return
+
+    async def handle(request: int, kind: str, payload: Any, turn: asyncio.Event | None = None) -> None:
+        try:
+            if kind == "send":
+                if turn is not None:
+                    await turn.wait()
+                answer: Any = await client.send_many(payload, gate=gate)
+            else:
+                answer = await client.lookup_many_async(payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug, not an answer: what may have left is left to a lookup
+            log.exception("careflow: the send process failed on a %s request", kind)
+            if kind == "send":
+                payload.dispatched.set()
+                answer = [_unknown(m.idempotency_key, "send_process_error") for m in payload.messages]
+            else:
+                answer = {k: _unknown(k, "send_process_error") for k in payload}
+        reply(request, kind, answer)
+
+    async def main() -> None:
+        async with client:
+            tasks: set[asyncio.Task[None]] = set()
+            # Batches take the connections in the order they came: the next one starts once the
+            # one before it has handed out its last message, so batches finish one after the
+            # other (the task records the first while the next are still on the wire) and the
+            # connections never wait between two batches.
+            turn: asyncio.Event | None = None
+            while True:
+                item = await inbox.get()
+                if item is EOFError:
+                    for task in tasks:
+                        task.cancel()
+                    break
+                if item is None:
+                    break
+                request, kind, payload = item
+                if kind == "send":
+                    feed_turn, turn = turn, asyncio.Event()
+                    task = asyncio.create_task(handle(request, kind, _Feed(payload, turn), feed_turn))
+                else:
+                    task = asyncio.create_task(handle(request, kind, payload))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    threading.Thread(target=read, name="careflow-send-inbox", daemon=True).start()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        from careflow.resilience.breaker import flush_all
+
+        flush_all()
+        with contextlib.suppress(OSError), send_lock:
+            conn.send(None)
+        loop.close()

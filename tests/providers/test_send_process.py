@@ -1,0 +1,159 @@
+"""The send process: the provider client in a forked child, over real HTTP to the fake provider."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from careflow.providers.client import Outcome, ProviderClient
+from careflow.providers.fake_server import FakeProviderServer
+from careflow.providers.send_process import SendProcess, available
+from careflow.resilience import BreakerConfig, CircuitBreaker
+from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
+
+from .conftest import make_message
+
+pytestmark = pytest.mark.skipif(not available(), reason="the send process needs os.fork")
+
+
+def client_for(fake: FakeProviderServer, **kwargs: object) -> ProviderClient:
+    return ProviderClient(fake.url, fake.token, **kwargs)  # type: ignore[arg-type]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == 0
+
+
+def test_batches_sent_side_by_side_each_message_once_within_the_concurrency(fake) -> None:
+    fake.configure(latency_ms=20)
+    batches = [[make_message(f"{b}-{i}") for i in range(60)] for b in range(4)]
+    with SendProcess.start(client_for(fake, max_concurrency=8)) as sender:
+        assert sender.pid != os.getpid()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(sender.send_batch, batches))
+
+    for batch, results in zip(batches, answers, strict=True):
+        assert [r.idempotency_key for r in results] == [m.idempotency_key for m in batch]
+        assert all(r.outcome is Outcome.ACCEPTED and r.provider_id for r in results)
+    stats = fake.stats()
+    assert (stats["accepted"], stats["accepted_twice"]) == (240, 0)
+    # four batches in the child at once still share one bound of 8 requests in flight
+    assert 1 < stats["max_in_flight"] <= 8
+    assert not _alive(sender.pid)
+
+
+def test_lookups_answer_from_the_child(fake) -> None:
+    client = client_for(fake)
+    [sent] = client.send_batch([make_message(1)])
+    with SendProcess.start(client) as sender:
+        found = sender.lookup_many(["wf1:a1:ex1", "wf1:a1:ex2"])
+    assert found["wf1:a1:ex1"] is not None and found["wf1:a1:ex1"].provider_id == sent.provider_id
+    assert found["wf1:a1:ex2"] is None
+
+
+def test_a_child_killed_mid_batch_leaves_its_batch_unknown_and_sends_nothing_more(fake) -> None:
+    fake.configure(latency_ms=300)
+    batch = [make_message(i) for i in range(20)]
+    with SendProcess.start(client_for(fake, max_concurrency=4)) as sender:
+        box: dict = {}
+        thread = threading.Thread(target=lambda: box.update(results=sender.send_batch(batch)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while fake.stats()["received"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(sender.pid, signal.SIGKILL)
+        thread.join(10)
+        later = sender.send_batch([make_message(99)])
+        lookups = sender.lookup_many(["wf1:a1:ex1"])
+
+    # the requests on the wire may have reached the provider: unknown, looked up by the next attempt
+    assert [r.outcome for r in box["results"]] == [Outcome.UNKNOWN] * 20
+    assert {r.error_code for r in box["results"]} == {"send_process_lost"}
+    assert all(r.request_sent for r in box["results"])
+    # after it died: never sent (pending for the next attempt), and a lookup proves nothing
+    assert later[0].outcome is Outcome.NOT_SENT and not later[0].request_sent
+    assert lookups["wf1:a1:ex1"] is not None and lookups["wf1:a1:ex1"].outcome is Outcome.UNKNOWN
+    assert fake.stats()["accepted"] < 20
+
+
+def _gone(pid: int) -> bool:
+    """Exited (or a zombie nobody reaped yet): a grandchild cannot be waited for."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status
+
+
+def _task_process(url: str, token: str, pids) -> None:  # type: ignore[no-untyped-def]
+    sender = SendProcess.start(ProviderClient(url, token, max_concurrency=2))
+    pids.put(sender.pid)
+    sender.send_batch([make_message(i) for i in range(50)])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_the_child_stops_when_the_task_process_is_killed(fake) -> None:
+    fake.configure(latency_ms=200)
+    ctx = multiprocessing.get_context("fork")
+    pids = ctx.Queue()
+    task = ctx.Process(target=_task_process, args=(fake.url, fake.token, pids))
+    task.start()
+    child = pids.get(timeout=10)
+    deadline = time.monotonic() + 10
+    while fake.stats()["received"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(task.pid, signal.SIGKILL)  # a worker killed mid-batch
+    task.join(10)
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child)
+    # it stopped instead of finishing the batch (50 messages, 2 at a time, 200 ms each: 5 s)
+    assert fake.stats()["received"] < 50
+
+
+def test_the_childs_log_lines_reach_the_task_log(fake, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="careflow.providers")
+    with SendProcess.start(client_for(fake)) as sender:
+        sender.send_batch([make_message(i) for i in range(3)])
+    lines = [r for r in caplog.records if r.name == "careflow.providers" and "batch of 3" in r.getMessage()]
+    assert lines and lines[0].process != os.getpid()
+
+
+def test_the_breaker_in_the_child_is_the_one_every_worker_shares(fake, tmp_path: Path) -> None:
+    fake.configure(error_rate=1.0)
+    config = BreakerConfig(consecutive_failures=3, open_seconds=30, max_open_seconds=60)
+    breaker = CircuitBreaker("child:sms", config, backend=EmbeddedBackend(tmp_path / "breakers.db"))
+    with SendProcess.start(client_for(fake, max_concurrency=1), breaker.gate()) as sender:
+        results = sender.send_batch([make_message(i) for i in range(10)])
+
+    outcomes = [r.outcome for r in results]
+    assert outcomes[:3] == [Outcome.TRANSIENT] * 3
+    assert set(outcomes[3:]) == {Outcome.NOT_SENT}
+    assert {r.error_code for r in results[3:]} == {"breaker_open"}
+    assert fake.stats()["received"] == 3
+    # the task process reads the state the child left in the shared backend
+    snapshot = breaker.snapshot()
+    assert snapshot.state == "open" and snapshot.next_probe_at and snapshot.next_probe_at > time.time()
+
+
+def test_the_gate_is_the_one_the_child_was_started_with(fake) -> None:
+    with SendProcess.start(client_for(fake)) as sender:
+        with pytest.raises(ValueError, match="gate it was started with"):
+            sender.send_batch([make_message(1)], gate=object())  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="on_result"):
+            sender.send_batch([make_message(1)], on_result=print)
+        assert sender.send_batch([]) == []
+    assert fake.stats()["received"] == 0
