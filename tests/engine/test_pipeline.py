@@ -85,6 +85,104 @@ def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
     assert got["bulk-untouched"]["status"] == "claimed" and got["bulk-untouched"]["attempts"] == 2
 
 
+def test_insert_ignore_skips_conflicts_and_returns_what_it_wrote(engine) -> None:
+    base = {
+        "workflow_id": "ins",
+        "node_id": "a",
+        "version": 1,
+        "channel": "kakao",
+        "purpose": "care",
+        "patient_id": "p",
+        "due_at": T,
+        "updated_at": T,
+        "attempts": 0,
+        "status": "pending",
+    }
+    with engine.begin() as conn:
+        first = st.insert_ignore(
+            conn,
+            m,
+            [{**base, "idempotency_key": "ins-1", "execution_id": "x1", "reason": None}],
+            ["idempotency_key"],
+        )
+        wrote = st.insert_ignore(
+            conn,
+            m,
+            [
+                # Quotes, percent signs and non-ASCII text reach the database as they are.
+                {**base, "idempotency_key": "ins-1", "execution_id": "x1", "reason": "again"},
+                {**base, "idempotency_key": "ins-2", "execution_id": "x2", "reason": "50% o'clock; 실패"},
+                {**base, "idempotency_key": "ins-3", "execution_id": "x3", "reason": "%(x)s %s"},
+            ],
+            ["idempotency_key"],
+            returning="idempotency_key",
+        )
+    assert first == set() and wrote == {"ins-2", "ins-3"}
+    with engine.connect() as conn:
+        got = {
+            r["idempotency_key"]: r
+            for r in conn.execute(select(m).where(m.c.workflow_id == "ins")).mappings()
+        }
+    assert set(got) == {"ins-1", "ins-2", "ins-3"}
+    assert got["ins-1"]["reason"] is None  # the conflicting row left the first one as it was
+    assert (got["ins-2"]["reason"], got["ins-3"]["reason"]) == ("50% o'clock; 실패", "%(x)s %s")
+    assert got["ins-2"]["due_at"] == T and got["ins-2"]["attempts"] == 0
+
+
+def test_insert_ignore_refuses_rows_of_different_shapes(engine) -> None:
+    from sqlalchemy.exc import StatementError
+
+    rows = [{"idempotency_key": "shape-a", "status": "x"}, {"idempotency_key": "shape-b"}]
+    with (
+        pytest.raises((ValueError, StatementError), match="row 1 has columns|bind parameter"),
+        engine.begin() as conn,
+    ):
+        st.insert_ignore(conn, m, rows, ["idempotency_key"])
+    with engine.connect() as conn:
+        assert (
+            conn.execute(select(m.c.idempotency_key).where(m.c.idempotency_key.like("shape-%"))).all() == []
+        )
+
+
+def test_insert_ignore_writes_json_and_time_columns(engine) -> None:
+    execution = {
+        "id": "json-x",
+        "workflow_id": "json",
+        "version": 1,
+        "trigger_event_id": "e",
+        "patient_id": "p",
+        "appointment_id": "a",
+        "clinic_id": "c",
+        "status": "running",
+        "enrolled_at": T,
+        "event_at": T,
+        "updated_at": T,
+    }
+    rows = [
+        {
+            "execution_id": "json-x",
+            "workflow_id": "json",
+            "node_id": f"n{i}",
+            "status": "done",
+            "arrived_at": T + timedelta(minutes=i),
+            "output": {"message": "sent", "n": i, "text": "100% '좋음'"},
+        }
+        for i in range(3)
+    ]
+    with engine.begin() as conn:
+        st.insert_ignore(conn, tables.executions, [execution], ["workflow_id", "trigger_event_id"])
+        st.insert_ignore(conn, tables.steps, rows, ["execution_id", "node_id"])
+        st.insert_ignore(conn, tables.steps, rows, ["execution_id", "node_id"])
+    s = tables.steps
+    with engine.connect() as conn:
+        got = conn.execute(
+            select(s.c.node_id, s.c.arrived_at, s.c.output).where(s.c.workflow_id == "json")
+        ).all()
+    assert sorted((n, at, out["n"], out["text"]) for n, at, out in got) == [
+        (f"n{i}", T + timedelta(minutes=i), i, "100% '좋음'") for i in range(3)
+    ]
+
+
 def test_many_small_batches_send_every_message_once(engine, journey, fake) -> None:
     c = Clinic()
     cohort(c, 47, kst(2025, 3, 4, 15))

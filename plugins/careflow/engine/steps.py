@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -31,11 +30,16 @@ def insert_ignore(
     """Insert rows, silently skipping those that violate the unique ``keys`` (idempotent writes).
 
     With ``returning`` (a column name), the values of that column for the rows actually inserted.
+    Every row must have the same columns.
     """
     if not rows:
         return set()
-    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = make(table).on_conflict_do_nothing(index_elements=list(keys))
+    if conn.dialect.name == "postgresql":
+        # One statement with every row quoted by psycopg2: a fraction of the CPU that compiling
+        # the insert and binding each row's parameters costs (the action task's hot path).
+        result = conn.exec_driver_sql(_values_insert_sql(conn, table, rows, keys, returning))
+        return set(result.scalars()) if returning is not None else set()
+    statement = sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
     if returning is None:
         conn.execute(statement, list(rows))
         return set()
@@ -89,6 +93,62 @@ def bulk_update(
     )
 
 
+class _Literals:
+    """Values of one table's columns as SQL literals quoted by psycopg2 itself, with their types."""
+
+    def __init__(self, conn: Connection, table: Any) -> None:
+        dialect = conn.dialect
+        self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self._sql_type = {column.name: column.type.compile(dialect=dialect) for column in table.c}
+        self._processors = {column.name: column.type._cached_bind_processor(dialect) for column in table.c}
+
+    def __enter__(self) -> _Literals:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cursor.close()
+
+    def _processed(self, column: str, value: Any) -> Any:
+        process = self._processors[column]
+        return process(value) if process is not None and value is not None else value
+
+    def literal(self, column: str, value: Any) -> str:
+        """One value of ``column``, cast to its type."""
+        quoted = self._cursor.mogrify("%s", (self._processed(column, value),)).decode()
+        return f"{quoted}::{self._sql_type[column]}"
+
+    def rows(self, pairs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> str:
+        """``(…),(…)``: for each row, its ``field`` of every ``(field, column)`` pair, cast to the column's type."""
+        template = "(" + ",".join(f"%s::{self._sql_type[column]}" for _, column in pairs) + ")"
+        mogrify, processed = self._cursor.mogrify, self._processed
+        return b",".join(
+            mogrify(template, tuple(processed(column, row[field]) for field, column in pairs)) for row in rows
+        ).decode()
+
+
+def _values_insert_sql(
+    conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str], returning: str | None
+) -> str:
+    """The Postgres statement of :func:`insert_ignore`: one ``INSERT … VALUES … ON CONFLICT DO NOTHING``."""
+    preparer = conn.dialect.identifier_preparer
+    columns = list(rows[0])
+    for index, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise ValueError(
+                f"insert into {table.name}: row {index} has columns {sorted(row)}, row 0 has {sorted(columns)}"
+            )
+    with _Literals(conn, table) as literals:
+        values = literals.rows([(column, column) for column in columns], rows)
+    statement = (
+        f"INSERT INTO {preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)}) "
+        f"VALUES {values} ON CONFLICT ({', '.join(preparer.quote(k) for k in keys)}) DO NOTHING"
+    )
+    if returning is not None:
+        statement += f" RETURNING {preparer.quote(returning)}"
+    # Run without parameters, the statement still goes through psycopg2's formatting: escape.
+    return statement.replace("%", "%%")
+
+
 def _values_update_sql(
     conn: Connection,
     table: Any,
@@ -99,45 +159,25 @@ def _values_update_sql(
     expressions: dict[str, str],
 ) -> str:
     """The Postgres statement of :func:`bulk_update`, every value quoted by psycopg2 itself."""
-    dialect = conn.dialect
-    preparer = dialect.identifier_preparer
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        sql_type = {column.name: column.type.compile(dialect=dialect) for column in table.c}
-        processors = {column.name: column.type._cached_bind_processor(dialect) for column in table.c}
-
-        def processed(column_name: str, value: Any) -> Any:
-            process = processors[column_name]
-            return process(value) if process is not None and value is not None else value
-
-        def literal(column_name: str, value: Any) -> str:
-            quoted = cursor.mogrify("%s", (processed(column_name, value),)).decode()
-            return f"{quoted}::{sql_type[column_name]}"
-
+    preparer = conn.dialect.identifier_preparer
+    with _Literals(conn, table) as literals:
         fields = [key, *columns.values()]
         target_of = {key: key} | {field: target for target, field in columns.items()}
         alias = {field: f"v{index}" for index, field in enumerate(fields)}
-        template = "(" + ",".join(f"%s::{sql_type[target_of[field]]}" for field in fields) + ")"
-        pairs = [(field, target_of[field]) for field in fields]
-        values = b",".join(
-            cursor.mogrify(template, tuple(processed(target, row[field]) for field, target in pairs))
-            for row in rows
-        ).decode()
+        values = literals.rows([(field, target_of[field]) for field in fields], rows)
         names = {column.name: f"t.{preparer.quote(column.name)}" for column in table.c}
         sets = [f"{preparer.quote(target)} = v.{alias[field]}" for target, field in columns.items()]
         for target, value in constants.items():
             if target not in expressions:
-                sets.append(f"{preparer.quote(target)} = {literal(target, value)}")
+                sets.append(f"{preparer.quote(target)} = {literals.literal(target, value)}")
         for target, sql in expressions.items():
-            value_sql = literal(target, constants[target]) if target in constants else "NULL"
+            value_sql = literals.literal(target, constants[target]) if target in constants else "NULL"
             sets.append(f"{preparer.quote(target)} = {sql.format(**names, value=value_sql)}")
-        statement = (
-            f"UPDATE {preparer.format_table(table)} AS t SET {', '.join(sets)} "
-            f"FROM (VALUES {values}) AS v ({', '.join(alias[field] for field in fields)}) "
-            f"WHERE t.{preparer.quote(key)} = v.{alias[key]}"
-        )
-    finally:
-        cursor.close()
+    statement = (
+        f"UPDATE {preparer.format_table(table)} AS t SET {', '.join(sets)} "
+        f"FROM (VALUES {values}) AS v ({', '.join(alias[field] for field in fields)}) "
+        f"WHERE t.{preparer.quote(key)} = v.{alias[key]}"
+    )
     # Run without parameters, the statement still goes through psycopg2's formatting: escape.
     return statement.replace("%", "%%")
 
