@@ -133,6 +133,10 @@ def test_the_childs_log_lines_reach_the_task_log(fake, caplog) -> None:
 
 
 def test_the_breaker_in_the_child_is_the_one_every_worker_shares(fake, tmp_path: Path) -> None:
+    from careflow.resilience import events
+
+    heard: list[tuple[str, dict]] = []
+    stop_listening = events.subscribe(lambda event, **fields: heard.append((event, fields)))
     fake.configure(error_rate=1.0)
     config = BreakerConfig(consecutive_failures=3, open_seconds=30, max_open_seconds=60)
     breaker = CircuitBreaker("child:sms", config, backend=EmbeddedBackend(tmp_path / "breakers.db"))
@@ -147,6 +151,10 @@ def test_the_breaker_in_the_child_is_the_one_every_worker_shares(fake, tmp_path:
     # the task process reads the state the child left in the shared backend
     snapshot = breaker.snapshot()
     assert snapshot.state == "open" and snapshot.next_probe_at and snapshot.next_probe_at > time.time()
+    # its transition reached this process's listeners (alerts, metrics), from the child
+    stop_listening()
+    opened = [f for e, f in heard if e == "breaker_transition" and f["to_state"] == "open"]
+    assert len(opened) == 1 and opened[0]["breaker"] == "child:sms"
 
 
 def test_the_gate_is_the_one_the_child_was_started_with(fake) -> None:
@@ -157,3 +165,26 @@ def test_the_gate_is_the_one_the_child_was_started_with(fake) -> None:
             sender.send_batch([make_message(1)], on_result=print)
         assert sender.send_batch([]) == []
     assert fake.stats()["received"] == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
+def test_the_child_lets_go_of_the_sockets_it_inherited(fake) -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with SendProcess.start(client_for(fake)) as sender:
+        assert sender.send_batch([make_message(1)])[0].delivered
+        # The child's copy of this listening socket is gone: closing ours ends it for good.
+        listener.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        inherited = [
+            fd
+            for fd in map(int, os.listdir(f"/proc/{sender.pid}/fd"))
+            if os.readlink(f"/proc/{sender.pid}/fd/{fd}").startswith("socket:")
+        ]
+    # what is left: the pipe to this process and the client's own connections
+    assert len(inherited) >= 1

@@ -11,8 +11,9 @@ own, and runs the client, its event loop and the breaker's gate in the child, on
   ``max_concurrency`` bound, so the next batch fills the connections while the last answers of
   the one before it are still coming in;
 - ``lookup_many`` asks the provider about keys, in the child too;
-- the child's log records travel back over the same pipe and are logged by the task process, so
-  the task log keeps them; the breaker's state is shared through its backend (Redis or the
+- the child's log records and the breaker's events (transitions, Redis lost) travel back over
+  the same pipe; the task process logs them and hands the events to its alerts and metrics, as
+  if they had happened there; the breaker's state is shared through its backend (Redis or the
   embedded SQLite file) as it is between workers, and the child flushes it before it exits;
 - if the child dies, every batch it held comes back ``UNKNOWN`` (its requests may have left:
   the next attempt asks the provider) and later batches come back ``NOT_SENT`` (pending);
@@ -198,6 +199,9 @@ class SendProcess:
                 if kind == "log":
                     _relog(payload)
                     continue
+                if kind == "event":
+                    _reemit(*payload)
+                    continue
                 with self._pending_lock:
                     waiting = self._pending.pop(request, None)
                 if waiting is not None:
@@ -248,6 +252,12 @@ def _reap(pid: int) -> None:
         if done or time.monotonic() > deadline:
             return
         time.sleep(0.01)
+
+
+def _reemit(event: str, fields: dict[str, Any]) -> None:
+    from careflow.resilience import events
+
+    events.emit(event, **fields)
 
 
 def _relog(record: dict[str, Any]) -> None:
@@ -316,12 +326,56 @@ def _child_logging(reply: Any) -> None:
     root.handlers = [handler]
 
 
+def _child_events(reply: Any) -> None:
+    # The breaker announces its transitions (and Redis falling back) as events; alerts and
+    # metrics listen in the task process, which outlives this one: send the events home.
+    from careflow.resilience import events
+
+    def forward(event: str, **fields: Any) -> None:
+        try:
+            reply(0, "event", (event, fields))
+        except Exception:  # an event is never worth a lost batch
+            pass
+
+    events._lock = threading.Lock()  # a lock held by another thread at the fork stays held here
+    events._subscribers[:] = [forward]
+
+
+def _drop_inherited_sockets(keep: int) -> None:
+    """Let go of the sockets the fork copied (database, Redis, the supervisor's, a server's).
+
+    A copy held here keeps a connection open after the task process closes it: its peer would
+    see no end of it until this process exits. Each one is pointed at /dev/null instead of being
+    closed, so that its number is not handed to a new socket that an inherited object (a pool
+    resetting itself after the fork) might close later.
+    """
+    import stat
+
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: keep the copies (they only delay a peer's end of file)
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            if fd in (keep, devnull) or fd < 3:
+                continue
+            try:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+            except OSError:  # closed since the listing (the listing's own descriptor)
+                continue
+    finally:
+        os.close(devnull)
+
+
 def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None) -> None:
     # The task process's handlers belong to Airflow's task runner; here a SIGTERM just ends the
     # child (the task process sees its pipe close and gives the batches back as unknown).
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         with contextlib.suppress(OSError, ValueError):
             signal.signal(signum, signal.SIG_DFL)
+    _drop_inherited_sockets(conn.fileno())
     send_lock = threading.Lock()
 
     def reply(request: int, kind: str, payload: Any) -> None:
@@ -329,6 +383,7 @@ def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None)
             conn.send((request, kind, payload))
 
     _child_logging(reply)
+    _child_events(reply)
     loop = _loop_factory()()
     asyncio.set_event_loop(loop)
     inbox: asyncio.Queue[Any] = asyncio.Queue()
