@@ -17,6 +17,14 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_REDIS_URL = "redis://127.0.0.1:6390/0"  # nothing listens there
 
 
+@pytest.fixture(autouse=True)
+def _client_in_the_task_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This tier counts every request inside the provider client (``CountingClient``), so the
+    client stays in the task process. The same outages through real Airflow, with the send
+    process that production uses, are ``tests/airflow_runs/test_provider_outage.py``."""
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__SEND_PROCESS", "false")
+
+
 def _database(url: str, monkeypatch: pytest.MonkeyPatch) -> Engine:
     from careflow.store.db import dispose_engines, get_engine
     from careflow.store.migrations import upgrade
