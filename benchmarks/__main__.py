@@ -99,7 +99,7 @@ def machine() -> dict[str, Any]:
 
 def send_benchmarks(plan: Plan) -> dict[str, Any]:
     """Provider-bound, engine overhead, memory and queries per message (one database, fresh state each)."""
-    from benchmarks import harness, seed_engine, throughput
+    from benchmarks import harness, provider_ceiling, seed_engine, throughput
     from careflow.store.db import get_engine
     from careflow.store.migrations import upgrade
 
@@ -132,6 +132,15 @@ def send_benchmarks(plan: Plan) -> dict[str, Any]:
             log(f"  {result.seconds:.2f} s: {result.msgs_per_s:,.1f} msg/s")
             return result
 
+        def ceiling_run(latency: float) -> dict[str, Any]:
+            with harness.fake_provider(latency) as fake:
+                log(f"the provider alone: {plan.messages:,} messages, latency {latency:g} ms, concurrency 50")
+                figures = provider_ceiling.measure(fake, plan.messages, 50)
+            log(f"  {figures['msgs_per_s']:,.0f} msg/s (latency p50 {figures['latency_p50_ms']} ms)")
+            return figures
+
+        figures["ceiling_bound"] = ceiling_run(LATENCY_MS)
+        figures["ceiling_overhead"] = ceiling_run(0.0)
         figures["bound_50"] = careflow_run(LATENCY_MS, 50, plan.messages)
         figures["bound_5"] = careflow_run(LATENCY_MS, 5, plan.messages)
         figures["seed_bound"] = seed_run(LATENCY_MS, plan.seed_messages_bound)
@@ -176,12 +185,15 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
             "limit_msgs_per_s": round(limit, 1),
             "limit_fraction": round(careflow_bound / limit, 3),
             "speedup_vs_seed": round(careflow_bound / seed_bound.msgs_per_s, 1),
+            "provider_alone_msgs_per_s": sends["ceiling_bound"]["msgs_per_s"],
+            "provider_alone_fraction": round(careflow_bound / sends["ceiling_bound"]["msgs_per_s"], 3),
         },
         "engine_overhead": {
             "messages": overhead.messages,
             "careflow_msgs_per_s": round(careflow_overhead, 1),
             "seed_msgs_per_s": round(seed_overhead.msgs_per_s, 1),
             "speedup_vs_seed": round(careflow_overhead / seed_overhead.msgs_per_s, 1),
+            "provider_alone_msgs_per_s": sends["ceiling_overhead"]["msgs_per_s"],
         },
         "parse": parse,
         "memory": {
@@ -210,6 +222,13 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
             "target ≥ 80 %",
         ),
         (
+            "  the provider alone (its client, no careflow work)",
+            f"{pb['provider_alone_msgs_per_s']:,.0f} msg/s",
+            f"careflow {pb['provider_alone_fraction']:.0%} of it; "
+            f"latency p50 {sends['ceiling_bound']['latency_p50_ms']} ms",
+            "",
+        ),
+        (
             "  careflow, C = 50 (whole DAG run)",
             f"{b50.messages / whole:,.0f} msg/s",
             f"enroll {b50.tasks[0].seconds:.1f} s + send {b50.action.seconds:.1f} s",
@@ -229,6 +248,12 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
         ),
         ("engine overhead (latency 0)", "", "", ""),
         ("  careflow, C = 50 (action task)", f"{eo['careflow_msgs_per_s']:,.0f} msg/s", "", ""),
+        (
+            "  the provider alone (its client, no careflow work)",
+            f"{eo['provider_alone_msgs_per_s']:,.0f} msg/s",
+            f"careflow {eo['careflow_msgs_per_s'] / eo['provider_alone_msgs_per_s']:.0%} of it",
+            "",
+        ),
         (
             f"  seed engine ({plan.seed_messages_overhead:,} messages)",
             f"{eo['seed_msgs_per_s']:,.1f} msg/s",
