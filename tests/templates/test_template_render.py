@@ -192,3 +192,27 @@ def test_refused_templates_are_not_cached():
         with pytest.raises(TemplateError):
             compile_template("{{ conn }}")
     assert cache_info()["size"] == 0
+
+
+def test_a_render_reads_the_cpu_clock_only_once_its_budget_could_be_spent(context, monkeypatch):
+    # The CPU clock is a system call; a render well within its budget reads it once (at the
+    # start), however many chunks it writes. A render past its budget is still stopped.
+    import gc
+    import time
+
+    from careflow.templates import budget
+
+    reads = []
+    real = time.thread_time
+    monkeypatch.setattr(budget.time, "thread_time", lambda: reads.append(1) or real())
+    source = "".join(f"{{{{ patient.name }}}} {i} " for i in range(50))
+    gc.disable()  # a full collection reads the clock too (to leave its time out)
+    try:
+        render_message(source, context, channel="email")
+    finally:
+        gc.enable()
+    assert len(reads) == 1
+    monkeypatch.setattr(limits, "RENDER_BUDGET_SECONDS", 0.0)
+    with pytest.raises(TemplateError) as err:
+        render_message(source, context, channel="email")
+    assert err.value.code == "TEMPLATE_RENDER_TIMEOUT"
