@@ -83,6 +83,9 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
         "round_trips": sum(counts.values()),
         "round_trip_detail": counts,
         "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        # the action task's send process (forked and reaped by the task): the largest child's
+        # high-water mark, shared copy-on-write pages included; 0 when it started none
+        "send_process_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     }
 
 

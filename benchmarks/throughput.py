@@ -28,6 +28,8 @@ class TaskRun:
     round_trips: int
     result: dict[str, Any]
     peak_rss_mb: float
+    #: the send process the action task forks (0 for the other tasks)
+    send_process_peak_rss_mb: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +63,7 @@ def run_task(env: dict[str, str], workflow_id: str, task_id: str) -> TaskRun:
         round_trips=int(data["round_trips"]),
         result=data["result"] or {},
         peak_rss_mb=int(data["peak_rss_kb"]) / 1024,
+        send_process_peak_rss_mb=int(data.get("send_process_peak_rss_kb", 0)) / 1024,
         detail=data,
     )
 
