@@ -68,9 +68,10 @@ class SendProcess:
 
     Use as a context manager (``with SendProcess.start(client, gate) as sender:``); ``close``
     waits for the batches in the child, then reaps it. Thread-safe: several threads may send at
-    once, up to ``concurrent_batches`` batches are in the child together.
+    once; their batches take the child's connections in the order they arrived.
     """
 
+    #: How many batches the action node keeps in the child while it prepares the next one.
     concurrent_batches = 2
 
     def __init__(self, client: ProviderClient, gate: SendGate | None, pid: int, conn: Connection) -> None:
