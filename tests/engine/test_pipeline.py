@@ -27,10 +27,10 @@ T = kst(2025, 3, 5, 10)
 m = tables.messages
 
 
-def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
-    base = {
-        "execution_id": "x",
-        "workflow_id": "bulk",
+def ledger_row(workflow_id: str, **fields: Any) -> dict[str, Any]:
+    """A ledger row of workflow ``workflow_id`` at node ``a``; ``fields`` add to it or override it."""
+    return {
+        "workflow_id": workflow_id,
         "node_id": "a",
         "version": 1,
         "channel": "kakao",
@@ -38,9 +38,12 @@ def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
         "patient_id": "p",
         "due_at": T,
         "updated_at": T,
-        "attempts": 2,
-        "status": "claimed",
+        **fields,
     }
+
+
+def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
+    base = ledger_row("bulk", execution_id="x", attempts=2, status="claimed")
     keys = ["bulk-1", "bulk-2", "bulk-3", "bulk-untouched"]
     with engine.begin() as conn:
         conn.execute(insert(m), [{**base, "idempotency_key": k, "execution_id": k} for k in keys])
@@ -86,18 +89,7 @@ def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
 
 
 def test_insert_ignore_skips_conflicts_and_returns_what_it_wrote(engine) -> None:
-    base = {
-        "workflow_id": "ins",
-        "node_id": "a",
-        "version": 1,
-        "channel": "kakao",
-        "purpose": "care",
-        "patient_id": "p",
-        "due_at": T,
-        "updated_at": T,
-        "attempts": 0,
-        "status": "pending",
-    }
+    base = ledger_row("ins", attempts=0, status="pending")
     with engine.begin() as conn:
         first = st.insert_ignore(
             conn,
