@@ -42,6 +42,16 @@ def ledger_row(workflow_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
+def enrolled(engine, journey, workflow_id: str, *, patients: int, batch_size: int) -> Any:
+    """A trigger → action journey whose ``patients`` completed yesterday, enrolled at ``T``."""
+    c = Clinic()
+    cohort(c, patients, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain(workflow_id, ("a", "action", action()), settings={"batch_size": batch_size}))
+    j.node("t", T)
+    return j
+
+
 def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
     base = ledger_row("bulk", execution_id="x", attempts=2, status="claimed")
     keys = ["bulk-1", "bulk-2", "bulk-3", "bulk-untouched"]
@@ -176,11 +186,7 @@ def test_insert_ignore_writes_json_and_time_columns(engine) -> None:
 
 
 def test_many_small_batches_send_every_message_once(engine, journey, fake) -> None:
-    c = Clinic()
-    cohort(c, 47, kst(2025, 3, 4, 15))
-    c.load(engine)
-    j = journey(chain("pipe", ("a", "action", action()), settings={"batch_size": 5}))
-    j.node("t", T)
+    j = enrolled(engine, journey, "pipe", patients=47, batch_size=5)
     threads: set[str] = set()
     inner = j.client
 
@@ -208,11 +214,7 @@ def test_many_small_batches_send_every_message_once(engine, journey, fake) -> No
 
 
 def test_a_batch_on_the_wire_is_recorded_when_the_one_before_it_stops_the_task(engine, journey, fake) -> None:
-    c = Clinic()
-    cohort(c, 30, kst(2025, 3, 4, 15))
-    c.load(engine)
-    j = journey(chain("pipe-stop", ("a", "action", action()), settings={"batch_size": 10}))
-    j.node("t", T)
+    j = enrolled(engine, journey, "pipe-stop", patients=30, batch_size=10)
     calls: list[int] = []
     inner = j.client()
 
@@ -252,11 +254,7 @@ def test_a_batch_on_the_wire_is_recorded_when_the_one_before_it_stops_the_task(e
 
 
 def test_held_back_sends_stop_the_preparing_of_more_batches(engine, journey, fake) -> None:
-    c = Clinic()
-    cohort(c, 47, kst(2025, 3, 4, 15))
-    c.load(engine)
-    j = journey(chain("pipe-held", ("a", "action", action()), settings={"batch_size": 5}))
-    j.node("t", T)
+    j = enrolled(engine, journey, "pipe-held", patients=47, batch_size=5)
 
     class BreakerOpen:
         """Every send is held back by an open breaker for the next 30 s."""
@@ -308,11 +306,7 @@ def started(monkeypatch) -> list[Any]:
 
 
 def test_a_real_client_sends_from_a_process_of_its_own(engine, journey, fake, started) -> None:
-    c = Clinic()
-    cohort(c, 47, kst(2025, 3, 4, 15))
-    c.load(engine)
-    j = journey(chain("pipe-proc", ("a", "action", action()), settings={"batch_size": 5}))
-    j.node("t", T)
+    j = enrolled(engine, journey, "pipe-proc", patients=47, batch_size=5)
     report = j.node("a", T)
 
     assert (report.sent, report.pending, report.batches) == (47, 0, 10)
@@ -326,11 +320,7 @@ def test_send_process_false_keeps_the_sends_in_the_task_process(
     engine, journey, fake, started, monkeypatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW__CAREFLOW__SEND_PROCESS", "false")
-    c = Clinic()
-    cohort(c, 12, kst(2025, 3, 4, 15))
-    c.load(engine)
-    j = journey(chain("pipe-thread", ("a", "action", action()), settings={"batch_size": 5}))
-    j.node("t", T)
+    j = enrolled(engine, journey, "pipe-thread", patients=12, batch_size=5)
     report = j.node("a", T)
     assert report.sent == 12 and started == []
     assert assert_exactly_once(fake)["accepted"] == 12
@@ -339,11 +329,7 @@ def test_send_process_false_keeps_the_sends_in_the_task_process(
 def test_every_batch_in_the_send_process_is_recorded_when_the_credentials_are_refused(
     engine, journey, fake, started
 ) -> None:
-    c = Clinic()
-    cohort(c, 30, kst(2025, 3, 4, 15))
-    c.load(engine)
-    j = journey(chain("pipe-401", ("a", "action", action()), settings={"batch_size": 5}))
-    j.node("t", T)
+    j = enrolled(engine, journey, "pipe-401", patients=30, batch_size=5)
     ctx = j.context(T)
     ctx.sender = ProviderClient(fake.url, "not-the-token", max_concurrency=4, timeout=5)
     with pytest.raises(ProviderConfigurationError):
@@ -367,11 +353,7 @@ def test_an_open_breaker_in_the_send_process_holds_the_sends_back(
     from careflow.resilience import BreakerConfig, CircuitBreaker
     from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 
-    c = Clinic()
-    cohort(c, 47, kst(2025, 3, 4, 15))
-    c.load(engine)
-    j = journey(chain("pipe-open", ("a", "action", action()), settings={"batch_size": 5}))
-    j.node("t", T)
+    j = enrolled(engine, journey, "pipe-open", patients=47, batch_size=5)
     breaker = CircuitBreaker(
         "pipe:kakao",
         BreakerConfig(open_seconds=30, max_open_seconds=60),
