@@ -68,7 +68,7 @@ def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     after = 0
     batch = ctx.compiled.settings.batch_size
     stage = _SendStage(ctx, node)
-    in_flight: deque[tuple[dict[str, dict[str, Any]], Future[_Sent]]] = deque()
+    in_flight: deque[_Handed] = deque()
     try:
         more = True
         while more:
@@ -82,8 +82,7 @@ def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                     in_flight.append((to_send, stage.submit(to_send)))
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not (report.stop_reason or report.retry_at is not None):
-                done = in_flight.popleft()
-                _record(ctx, node, done[0], _collect(done[1], report), report)
+                _record_handed(ctx, node, in_flight.popleft(), report)
             if report.stop_reason or report.retry_at is not None:
                 # A configuration error, or the breaker or a long Retry-After held sends back:
                 # the batches not prepared yet stay pending for the attempt after the wait, and
@@ -99,7 +98,7 @@ def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
 def _drain(
     ctx: RunContext,
     node: CompiledNode,
-    in_flight: deque[tuple[dict[str, dict[str, Any]], Future[_Sent]]],
+    in_flight: deque[_Handed],
     report: NodeReport,
     stage: _SendStage,
     *,
@@ -113,9 +112,8 @@ def _drain(
     first: BaseException | None = None
     try:
         while in_flight:
-            done = in_flight.popleft()
             try:
-                _record(ctx, node, done[0], _collect(done[1], report), report)
+                _record_handed(ctx, node, in_flight.popleft(), report)
             except Exception as exc:
                 if first is None:
                     first = exc
@@ -198,13 +196,19 @@ class _Sent:
     flagged: int = 0
 
 
-def _collect(future: Future[_Sent], report: NodeReport) -> dict[str, Any]:
+#: A claimed batch handed to the send stage, and what the stage will make of it.
+_Handed = tuple[dict[str, dict[str, Any]], Future[_Sent]]
+
+
+def _record_handed(ctx: RunContext, node: CompiledNode, handed: _Handed, report: NodeReport) -> None:
+    """Wait for what the send stage made of one batch, count its lookups, and record it."""
+    to_send, future = handed
     sent = future.result()
     if sent.reconciled:
         report.reasons["reconciled"] += sent.reconciled
     if sent.flagged:
         report.reasons["sent_key_cache_suspects"] += sent.flagged
-    return sent.results
+    _record(ctx, node, to_send, sent.results, report)
 
 
 def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
