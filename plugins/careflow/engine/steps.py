@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
+from datetime import time as clock_time
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql import sqltypes
 
 from careflow.engine.context import NodeReport, RunContext
 from careflow.store import tables
@@ -37,7 +40,7 @@ def insert_ignore(
     if conn.dialect.name == "postgresql":
         # One statement with every row quoted by psycopg2: a fraction of the CPU that compiling
         # the insert and binding each row's parameters costs (the action task's hot path).
-        result = conn.exec_driver_sql(_values_insert_sql(conn, table, rows, keys, returning))
+        result = conn.exec_driver_sql(*_values_insert_sql(conn, table, rows, keys, returning))
         return set(result.scalars()) if returning is not None else set()
     statement = sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
     if returning is None:
@@ -72,7 +75,7 @@ def bulk_update(
     constants = constants or {}
     expressions = expressions or {}
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(_values_update_sql(conn, table, key, rows, columns, constants, expressions))
+        conn.exec_driver_sql(*_values_update_sql(conn, table, key, rows, columns, constants, expressions))
         return
     binds = {field: f"b_{field}" for field in [key, *columns.values()]}
     assignments: dict[str, Any] = {target: bindparam(binds[field]) for target, field in columns.items()}
@@ -93,60 +96,95 @@ def bulk_update(
     )
 
 
-class _Literals:
-    """Values of one table's columns as SQL literals quoted by psycopg2 itself, with their types."""
+class _Recordset:
+    """Rows of one table as one JSON parameter, which Postgres turns back into rows of the table's type.
+
+    ``json_populate_recordset(NULL::<table>, %(rows)s)`` gives every value its column's type on
+    the server, so the statement is short whatever the number of rows: psycopg2 quotes one string,
+    Postgres parses one JSON document instead of a literal and a cast per value.
+    """
 
     def __init__(self, conn: Connection, table: Any) -> None:
         dialect = conn.dialect
-        self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self.source = f"json_populate_recordset(NULL::{_sql(dialect.identifier_preparer.format_table(table))}, %(rows)s)"
         self._sql_type = {column.name: column.type.compile(dialect=dialect) for column in table.c}
-        self._processors = {column.name: column.type._cached_bind_processor(dialect) for column in table.c}
+        # JSON columns take the value itself (nested in the document); others what SQLAlchemy binds.
+        self._processors = {
+            column.name: process
+            for column in table.c
+            if not isinstance(column.type, sqltypes.JSON)
+            and (process := column.type._cached_bind_processor(dialect)) is not None
+        }
+        self._json = {column.name for column in table.c if isinstance(column.type, sqltypes.JSON)}
+        self._table = table.name
 
-    def __enter__(self) -> _Literals:
-        return self
+    def document(self, pairs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> str:
+        """The JSON array: for each row, its ``field`` of every ``(field, column)`` pair, under the column's name."""
+        processors = self._processors
+        plain = [(field, column) for field, column in pairs if column not in processors]
+        processed = [(field, column, processors[column]) for field, column in pairs if column in processors]
+        records = []
+        for row in rows:
+            record = {column: row[field] for field, column in plain}
+            for field, column, process in processed:
+                value = row[field]
+                record[column] = None if value is None else process(value)
+            records.append(record)
+        try:
+            return json.dumps(records, default=_json_value, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"rows for {self._table} cannot be written: {exc}") from exc
 
-    def __exit__(self, *exc: object) -> None:
-        self._cursor.close()
+    def cast(self, column: str, name: str) -> str:
+        """A placeholder ``%(name)s`` for one value of ``column``, cast to the column's type."""
+        return f"CAST(%({name})s AS {self._sql_type[column]})"
 
-    def _processed(self, column: str, value: Any) -> Any:
-        process = self._processors[column]
-        return process(value) if process is not None and value is not None else value
+    def constant(self, column: str, value: Any) -> Any:
+        """One value of ``column`` as psycopg2 should bind it (JSON columns get their JSON text)."""
+        if value is None:
+            return None
+        if column in self._json:
+            return json.dumps(value, default=_json_value, allow_nan=False)
+        process = self._processors.get(column)
+        return process(value) if process is not None else value
 
-    def literal(self, column: str, value: Any) -> str:
-        """One value of ``column``, cast to its type."""
-        quoted = self._cursor.mogrify("%s", (self._processed(column, value),)).decode()
-        return f"{quoted}::{self._sql_type[column]}"
 
-    def rows(self, pairs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> str:
-        """``(…),(…)``: for each row, its ``field`` of every ``(field, column)`` pair, cast to the column's type."""
-        template = "(" + ",".join(f"%s::{self._sql_type[column]}" for _, column in pairs) + ")"
-        mogrify, processed = self._cursor.mogrify, self._processed
-        return b",".join(
-            mogrify(template, tuple(processed(column, row[field]) for field, column in pairs)) for row in rows
-        ).decode()
+def _json_value(value: Any) -> Any:
+    """What ``json.dumps`` cannot write by itself: times (ISO 8601, with their offset) and decimals."""
+    if isinstance(value, (datetime, date, clock_time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} value {value!r} is not a column value")
+
+
+def _sql(text_: str) -> str:
+    """SQL that goes to psycopg2 with parameters: a literal ``%`` in it must be doubled."""
+    return text_.replace("%", "%%")
 
 
 def _values_insert_sql(
     conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str], returning: str | None
-) -> str:
-    """The Postgres statement of :func:`insert_ignore`: one ``INSERT … VALUES … ON CONFLICT DO NOTHING``."""
+) -> tuple[str, dict[str, Any]]:
+    """The Postgres statement of :func:`insert_ignore` and its one parameter, the rows as JSON."""
     preparer = conn.dialect.identifier_preparer
     columns = list(rows[0])
     for index, row in enumerate(rows):
-        if len(row) != len(columns):
+        if len(row) != len(columns) or any(column not in row for column in columns):
             raise ValueError(
                 f"insert into {table.name}: row {index} has columns {sorted(row)}, row 0 has {sorted(columns)}"
             )
-    with _Literals(conn, table) as literals:
-        values = literals.rows([(column, column) for column in columns], rows)
+    recordset = _Recordset(conn, table)
+    names = ", ".join(preparer.quote(c) for c in columns)
+    conflict = ", ".join(preparer.quote(k) for k in keys)
     statement = (
-        f"INSERT INTO {preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)}) "
-        f"VALUES {values} ON CONFLICT ({', '.join(preparer.quote(k) for k in keys)}) DO NOTHING"
+        f"{_sql(f'INSERT INTO {preparer.format_table(table)} ({names}) SELECT {names} FROM')} "
+        f"{recordset.source} "
+        f"{_sql(f'ON CONFLICT ({conflict}) DO NOTHING')}"
     )
     if returning is not None:
-        statement += f" RETURNING {preparer.quote(returning)}"
-    # Run without parameters, the statement still goes through psycopg2's formatting: escape.
-    return statement.replace("%", "%%")
+        statement += f" {_sql(f'RETURNING {preparer.quote(returning)}')}"
+    return statement, {"rows": recordset.document([(c, c) for c in columns], rows)}
 
 
 def _values_update_sql(
@@ -157,29 +195,33 @@ def _values_update_sql(
     columns: dict[str, str],
     constants: dict[str, Any],
     expressions: dict[str, str],
-) -> str:
-    """The Postgres statement of :func:`bulk_update`, every value quoted by psycopg2 itself."""
+) -> tuple[str, dict[str, Any]]:
+    """The Postgres statement of :func:`bulk_update` and its parameters: the rows as JSON, the constants."""
     preparer = conn.dialect.identifier_preparer
-    with _Literals(conn, table) as literals:
-        fields = [key, *columns.values()]
-        target_of = {key: key} | {field: target for target, field in columns.items()}
-        alias = {field: f"v{index}" for index, field in enumerate(fields)}
-        values = literals.rows([(field, target_of[field]) for field in fields], rows)
-        names = {column.name: f"t.{preparer.quote(column.name)}" for column in table.c}
-        sets = [f"{preparer.quote(target)} = v.{alias[field]}" for target, field in columns.items()]
-        for target, value in constants.items():
-            if target not in expressions:
-                sets.append(f"{preparer.quote(target)} = {literals.literal(target, value)}")
-        for target, sql in expressions.items():
-            value_sql = literals.literal(target, constants[target]) if target in constants else "NULL"
-            sets.append(f"{preparer.quote(target)} = {sql.format(**names, value=value_sql)}")
+    recordset = _Recordset(conn, table)
+    params: dict[str, Any] = {
+        "rows": recordset.document([(key, key), *((f, t) for t, f in columns.items())], rows)
+    }
+    names = {column.name: _sql(f"t.{preparer.quote(column.name)}") for column in table.c}
+    sets = [_sql(f"{preparer.quote(target)} = v.{preparer.quote(target)}") for target in columns]
+    for index, (target, value) in enumerate(constants.items()):
+        params[f"c{index}"] = recordset.constant(target, value)
+        placeholder = recordset.cast(target, f"c{index}")
+        if target in expressions:
+            sets.append(
+                f"{_sql(preparer.quote(target))} = {_sql(expressions[target]).format(**names, value=placeholder)}"
+            )
+        else:
+            sets.append(f"{_sql(preparer.quote(target))} = {placeholder}")
+    for target, sql in expressions.items():
+        if target not in constants:
+            sets.append(f"{_sql(preparer.quote(target))} = {_sql(sql).format(**names, value='NULL')}")
     statement = (
-        f"UPDATE {preparer.format_table(table)} AS t SET {', '.join(sets)} "
-        f"FROM (VALUES {values}) AS v ({', '.join(alias[field] for field in fields)}) "
-        f"WHERE t.{preparer.quote(key)} = v.{alias[key]}"
+        f"{_sql(f'UPDATE {preparer.format_table(table)} AS t SET')} {', '.join(sets)} "
+        f"FROM {recordset.source} AS v "
+        f"{_sql(f'WHERE t.{preparer.quote(key)} = v.{preparer.quote(key)}')}"
     )
-    # Run without parameters, the statement still goes through psycopg2's formatting: escape.
-    return statement.replace("%", "%%")
+    return statement, params
 
 
 def due_steps(conn: Connection, ctx: RunContext, node_id: str, after_id: int, limit: int) -> list[RowMapping]:
