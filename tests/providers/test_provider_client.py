@@ -86,6 +86,22 @@ def test_wrong_token_stops_the_batch_at_once(fake: FakeProviderServer) -> None:
     assert fake.stats()["received"] <= 2
 
 
+def test_a_refused_client_sends_nothing_more_in_later_batches(fake: FakeProviderServer) -> None:
+    client = ProviderClient(fake.url, "wrong-token", max_concurrency=2)
+    client.send_batch([make_message(i) for i in range(5)])
+    received = fake.stats()["received"]
+    assert client.refused and 1 <= received <= 2
+
+    later = client.send_batch([make_message(i) for i in range(5, 15)])
+
+    assert [r.outcome for r in later] == [Outcome.NOT_SENT] * 10
+    assert all(r.error_code == "configuration" and not r.request_sent for r in later)
+    assert fake.stats()["received"] == received
+    # A client built with the right token is not affected.
+    fresh = ProviderClient(fake.url, fake.token).send_batch([make_message(20)])
+    assert fresh[0].outcome is Outcome.ACCEPTED
+
+
 def test_429_pauses_the_rest_of_the_batch_for_retry_after(fake: FakeProviderServer) -> None:
     fake.configure(throttle_rate=1.0, retry_after=0.25)
     started = time.monotonic()

@@ -367,6 +367,11 @@ class ProviderClient:
     seconds to connect and, separately, to wait for the answer; ``name`` the provider's name
     (the circuit breaker and the metrics key on it); ``max_throttle_wait`` the longest shared
     pause a 429 may impose on a batch before the rest of it comes back ``NOT_SENT``.
+
+    Once the provider answers a send with a configuration error (wrong token or URL), the client
+    sends nothing more: every later message, in this batch or the next, comes back ``NOT_SENT``
+    with ``error_code="configuration"``. Its credentials do not change while it lives; build a
+    new one once the connection is fixed.
     """
 
     def __init__(
@@ -392,6 +397,8 @@ class ProviderClient:
         # A parsed URL spares aiohttp from parsing it again for every request.
         self._messages_url = yarl.URL(f"{self.base_url}/v1/messages")
         self._shared: _Transport | None = None
+        #: the provider refused this client's credentials or URL: it sends nothing more
+        self.refused = False
 
     def __repr__(self) -> str:
         return f"ProviderClient(name={self.name!r}, base_url={self.base_url!r}, max_concurrency={self.max_concurrency})"
@@ -537,6 +544,8 @@ class ProviderClient:
 
             async def worker() -> None:
                 for index, message in items:  # shared iterator: each message is taken once
+                    if self.refused:
+                        state.stop("configuration")
                     if state.stopped:
                         emit(index, self._not_sent(message.idempotency_key, state))
                         continue
@@ -569,6 +578,7 @@ class ProviderClient:
                         except Exception:
                             log.exception("provider %s: send gate failed to record a result", self.name)
                     if result.outcome is Outcome.CONFIGURATION:
+                        self.refused = True
                         state.stop("configuration")
                     elif result.outcome is Outcome.THROTTLED:
                         state.pause_until = max(state.pause_until, loop.time() + (result.retry_after or 0.0))
