@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from careflow.engine.actions import FIRST_BATCH
 from careflow.exceptions import ProviderConfigurationError
 from careflow.resilience import CircuitBreaker
 from careflow.resilience.backends.redis_backend import RedisBackend
@@ -126,11 +127,11 @@ def test_a_refused_token_stops_the_task_and_leaves_the_messages_pending(
     # The provider saw at most the requests already in flight when the first 401 came back.
     assert 1 <= stats["received"] <= MAX_CONCURRENCY
     assert stats["unauthorized"] == stats["received"] and stats["accepted"] == 0
-    # Nothing failed: every message is still pending, to be sent once the connection is fixed
-    # (the first batch's in the ledger, the next batches' not yet claimed).
-    assert ledger_counts(pg_engine, "misconfigured") == {
-        "pending": min(PATIENTS, compiled.settings.batch_size)
-    }
+    # Nothing failed: every message is still pending, to be sent once the connection is fixed.
+    # The batches handed over before the refusal was recorded are in the ledger, not sent (the
+    # client sends nothing after a refusal); the next batches were not claimed at all.
+    ledger = ledger_counts(pg_engine, "misconfigured")
+    assert list(ledger) == ["pending"] and FIRST_BATCH <= ledger["pending"] < PATIENTS, ledger
     assert step_counts(pg_engine, "misconfigured") == {"pending": PATIENTS}
     # A wrong token says nothing about the provider's health: the breaker stays closed.
     snap = breaker_for(client_name).snapshot()

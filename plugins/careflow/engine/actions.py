@@ -37,6 +37,10 @@ m = tables.messages
 #: Why a batch stopped before sending a message when the breaker (open, or half-open with its
 #: probes out) or a provider's Retry-After held it back: the send waits, the attempt did not fail.
 _HELD_BACK = ("breaker_open", "throttled")
+#: The first batch of an action is at most this big, and each next one twice the one before, up
+#: to the workflow's ``batch_size``: the first messages leave once a hundred are prepared, not a
+#: thousand, and the send stage has its next batch before it runs out.
+FIRST_BATCH = 100
 
 
 def idempotency_key(execution_id: str, node_id: str) -> str:
@@ -66,7 +70,7 @@ def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     """
     report = NodeReport(node.id, node.type)
     after = 0
-    batch = ctx.compiled.settings.batch_size
+    batch = min(FIRST_BATCH, ctx.compiled.settings.batch_size)
     stage = _SendStage(ctx, node)
     in_flight: deque[_Handed] = deque()
     try:
@@ -78,6 +82,7 @@ def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
             else:
                 after, to_send, last_full = prepared
                 more = last_full
+                batch = min(2 * batch, ctx.compiled.settings.batch_size)
                 if to_send:
                     in_flight.append((to_send, stage.submit(to_send)))
             # The oldest batch is recorded once the stage holds as many as it sends at once.
@@ -375,11 +380,12 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
             item["previous"] = ledger.get(key)
         st.finish_steps(conn, ctx, step_updates)
         st.create_steps(conn, ctx, arrivals)
-        st.exit_executions(conn, ctx, exits)
+        report.queries += bool(step_updates) + bool(arrivals) + st.exit_executions(conn, ctx, exits)
         moved = {u["id"] for u in step_updates}
         # Executions whose step moved on here; those being sent are settled once they are recorded.
-        st.settle_executions(conn, ctx, [r["execution_id"] for r in rows if r["id"] in moved])
-        report.queries += 4
+        report.queries += st.settle_executions(
+            conn, ctx, [r["execution_id"] for r in rows if r["id"] in moved]
+        )
     return last_id, to_send, len(rows) == batch
 
 
@@ -507,6 +513,7 @@ def _record(
     ledger_rows: list[dict[str, Any]] = []
     step_updates: list[dict[str, Any]] = []
     arrivals: list[tuple[str, str, datetime]] = []
+    targets = node.targets()
     configuration_error: Any = None
     for key, item in to_send.items():
         row = item["row"]
@@ -527,7 +534,7 @@ def _record(
             step_updates.append(
                 {"id": row["id"], "status": "done", "output": {"message": "sent", "channel": config.channel}}
             )
-            arrivals += [(row["execution_id"], t, ctx.now) for t in node.targets()]
+            arrivals += [(row["execution_id"], t, ctx.now) for t in targets]
             report.sent += 1
             report.passed += 1
             lateness = max(0.0, (ctx.now - item["base"]["due_at"]).total_seconds())
@@ -585,8 +592,10 @@ def _record(
         )
         st.finish_steps(conn, ctx, step_updates)
         st.create_steps(conn, ctx, arrivals)
-        st.settle_executions(conn, ctx, [item["row"]["execution_id"] for item in to_send.values()])
-        report.queries += 4
+        report.queries += 1 + bool(step_updates) + bool(arrivals)
+        report.queries += st.settle_executions(
+            conn, ctx, [item["row"]["execution_id"] for item in to_send.values()]
+        )
     if configuration_error is not None:
         report.stop_reason = "provider_configuration"
         raise ProviderConfigurationError(

@@ -302,11 +302,14 @@ def create_steps(conn: Connection, ctx: RunContext, arrivals: Iterable[tuple[str
     return len(rows)
 
 
-def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable[str]) -> None:
-    """Recompute the status of executions from their steps (two queries plus one update per status)."""
+def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable[str]) -> int:
+    """Recompute the status of executions from their steps: one query plus one update per status.
+
+    Returns the number of statements it ran.
+    """
     ids = sorted(set(execution_ids))
     if not ids:
-        return
+        return 0
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for row in conn.execute(
         select(s.c.execution_id, s.c.status, func.count())
@@ -333,10 +336,11 @@ def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable
         ended = conn.execute(query.values(status=status, updated_at=ctx.now, finished_at=finished)).rowcount
         if finished is not None and ended:
             ctx.event("executions_completed", status=status, count=ended)
+    return 1 + len(by_status)
 
 
-def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) -> None:
-    """Mark executions as exited with a recorded reason (grouped by reason)."""
+def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) -> int:
+    """Mark executions as exited with a recorded reason: one update per reason, their number returned."""
     grouped: dict[str, list[str]] = defaultdict(list)
     for execution_id, reason in reasons.items():
         grouped[reason].append(execution_id)
@@ -346,6 +350,7 @@ def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) 
             .where(x.c.id.in_(ids))
             .values(status="exited", exit_reason=reason[:200], updated_at=ctx.now, finished_at=ctx.now)
         )
+    return len(grouped)
 
 
 def next_due(conn: Connection, ctx: RunContext, node_ids: Sequence[str] | None = None) -> datetime | None:
