@@ -142,6 +142,7 @@ class Cache:
         self._misses = 0
         self._count_lock = threading.Lock()
         self._get_script: Any = link.register_script(_lua("cache_get.lua")) if link is not None else None
+        self._set_script: Any = link.register_script(_lua("cache_set.lua")) if link is not None else None
         self._base = f"{self.prefix}:cache:{{{name}}}"
         self._registered = False
 
@@ -210,18 +211,16 @@ class Cache:
         self.set_many({key: value}, ttl)
 
     def set_many(self, mapping: Mapping[str, Value], ttl: float | None = None) -> None:
-        """Store several values with the same TTL; one round trip."""
+        """Store several values with the same TTL; one round trip, one command (a script)."""
         seconds = self._ttl(ttl)
         encoded = {k: _encode(v) for k, v in mapping.items()}
         if not encoded:
             return
         ms = max(1, int(seconds * 1000))
+        script = self._set_script
 
         def write(client):
-            pipe = client.pipeline(transaction=False)
-            for k, raw in encoded.items():
-                pipe.set(self._key(k), raw, px=ms)
-            pipe.execute()
+            script(keys=[self._key(k) for k in encoded], args=[*encoded.values(), ms], client=client)
             return True
 
         if self._redis(write) is DOWN:
