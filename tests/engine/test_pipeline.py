@@ -146,6 +146,23 @@ def test_insert_ignore_refuses_rows_of_different_shapes(engine) -> None:
         )
 
 
+def test_insert_ignore_names_the_table_not_the_value_it_cannot_write(engine) -> None:
+    from sqlalchemy.exc import StatementError
+
+    class Secret:
+        def __repr__(self) -> str:
+            return "010-1234-5678"
+
+    row = {**ledger_row("bad", attempts=0, status="pending"), "idempotency_key": "bad-1", "reason": Secret()}
+    with pytest.raises((ValueError, StatementError)) as raised, engine.begin() as conn:
+        st.insert_ignore(conn, m, [row], ["idempotency_key"])
+    if engine.dialect.name == "postgresql":  # SQLite's path is SQLAlchemy's own executemany
+        assert "careflow_messages" in str(raised.value) and "Secret" in str(raised.value)
+        assert "010-1234-5678" not in str(raised.value)
+    with engine.connect() as conn:
+        assert conn.execute(select(m.c.idempotency_key).where(m.c.idempotency_key == "bad-1")).all() == []
+
+
 def test_insert_ignore_writes_json_and_time_columns(engine) -> None:
     execution = {
         "id": "json-x",

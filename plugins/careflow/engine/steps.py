@@ -155,7 +155,8 @@ def _json_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
-    raise TypeError(f"{type(value).__name__} value {value!r} is not a column value")
+    # The type only: a value that cannot be written says nothing about whose row it was.
+    raise TypeError(f"a {type(value).__name__} is not a column value")
 
 
 def _sql(text_: str) -> str:
