@@ -78,6 +78,28 @@ def test_store_lookup_list_and_stats_over_http(fake: FakeProviderServer) -> None
     assert "accepts_by_key" not in brief
 
 
+def test_http_edges_unknown_paths_wrong_methods_large_bodies_bad_requests(fake: FakeProviderServer) -> None:
+    import socket
+
+    with api(fake) as http:
+        unknown = http.get("/v2/nothing")
+        wrong_method = http.delete("/v1/stats")
+        too_large = http.post("/v1/messages", content=b"x" * (1024 * 1024 + 1))
+        # keep-alive: several requests on one connection, answered in order
+        answers = [post(http, {**VALID, "idempotency_key": f"ka{i}"}, key=f"ka{i}") for i in range(3)]
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "not_found")
+    assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert (too_large.status_code, too_large.json()["error"]["code"]) == (413, "too_large")
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    assert [m["idempotency_key"] for m in fake.messages()] == ["ka0", "ka1", "ka2"]
+
+    with socket.create_connection((fake.host, fake.port), timeout=5) as raw:
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = raw.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer
+    assert fake.stats()["received"] == 3
+
+
 def test_admin_config_and_reset_over_http(fake: FakeProviderServer) -> None:
     with api(fake) as http:
         changed = http.post(
