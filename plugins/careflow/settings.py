@@ -80,6 +80,28 @@ def send_in_process() -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def prepare_nice() -> int:
+    """``[careflow] prepare_nice`` (default 5): how far an action task's preparing thread lowers its priority.
+
+    While its send process runs, the thread that prepares and records batches gives way to the
+    processes that cannot wait without leaving the provider's connections idle: the send process,
+    the database, and whatever else shares the cores. It takes its priority back when the action
+    ends, where the operating system allows that. 0 keeps it as it is; at most 19.
+    """
+    value = _config("careflow", "prepare_nice")
+    if value is None or not value.strip():
+        return 5
+    try:
+        nice = int(value)
+    except ValueError:
+        raise ValueError(
+            f"[careflow] prepare_nice must be a whole number from 0 to 19, got {value!r}"
+        ) from None
+    if not 0 <= nice <= 19:
+        raise ValueError(f"[careflow] prepare_nice must be a whole number from 0 to 19, got {nice}")
+    return nice
+
+
 def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:
     if uri.lstrip().startswith("{"):
         data = json.loads(uri)

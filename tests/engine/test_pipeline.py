@@ -333,6 +333,57 @@ def test_a_real_client_sends_from_a_process_of_its_own(engine, journey, fake, st
     assert {row["status"] for row in ledger(engine, "pipe-proc").values()} == {"sent"}
 
 
+def priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread priorities are a Linux feature")
+def test_the_preparing_thread_gives_way_to_the_send_process_while_it_runs(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    from careflow.engine import actions
+
+    during: list[tuple[int, int]] = []
+    real = actions._lower_priority
+
+    def lower(nice: int) -> Any:
+        lowered = real(nice)
+        during.append((nice, priority()))
+        return lowered
+
+    monkeypatch.setattr(actions, "_lower_priority", lower)
+    before = priority()
+    j = enrolled(engine, journey, "pipe-nice", patients=12, batch_size=5)
+    report = j.node("a", T)
+
+    assert report.sent == 12 and len(started) == 1
+    # Lowered by the default 5 while the send process ran, on this thread only ...
+    assert during == [(5, min(19, before + 5))]
+    if os.geteuid() == 0:  # ... and given back where raising a priority is allowed
+        assert priority() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread priorities are a Linux feature")
+def test_prepare_nice_0_keeps_the_priority(engine, journey, fake, started, monkeypatch) -> None:
+    from careflow.engine import actions
+
+    during: list[int] = []
+    real = actions._lower_priority
+    monkeypatch.setattr(actions, "_lower_priority", lambda nice: (during.append(priority()), real(nice))[1])
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__PREPARE_NICE", "0")
+    before = priority()
+    j = enrolled(engine, journey, "pipe-nice-0", patients=3, batch_size=5)
+    assert j.node("a", T).sent == 3 and len(started) == 1 and during == [before] and priority() == before
+
+
+def test_a_prepare_nice_out_of_range_is_refused_by_name(engine, journey, fake, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__PREPARE_NICE", "25")
+    j = enrolled(engine, journey, "pipe-nice-bad", patients=3, batch_size=5)
+    with pytest.raises(ValueError, match=r"\[careflow\] prepare_nice .* 0 to 19, got 25"):
+        j.node("a", T)
+    assert assert_exactly_once(fake)["accepted"] == 0
+
+
 def test_send_process_false_keeps_the_sends_in_the_task_process(
     engine, journey, fake, started, monkeypatch
 ) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -146,14 +148,17 @@ class _SendStage:
         self.process: Any = None
         self.depth = 1
         self._executor: ThreadPoolExecutor | None = None
+        self._nice = 0
+        self._lowered: tuple[int, int] | None = None
         if ctx.dry_run:
             return
         from careflow.providers import send_process
         from careflow.providers.client import ProviderClient
-        from careflow.settings import send_in_process
+        from careflow.settings import prepare_nice, send_in_process
 
         if isinstance(ctx.sender, ProviderClient) and send_in_process() and send_process.available():
             self.depth = send_process.SendProcess.concurrent_batches
+            self._nice = prepare_nice()
 
     def submit(self, to_send: dict[str, dict[str, Any]]) -> Future[_Sent]:
         """Hand one claimed batch to the stage; its future gives what was sent."""
@@ -180,6 +185,8 @@ class _SendStage:
             self.depth = 1
         else:
             self.sender = self.process
+            # The send process keeps the priority it was forked with; this thread gives way to it.
+            self._lowered = _lower_priority(self._nice)
 
     def close(self) -> None:
         """Wait for the batches handed over, then stop the send process."""
@@ -187,8 +194,40 @@ class _SendStage:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
         finally:
-            if self.process is not None:
-                self.process.close()
+            try:
+                if self.process is not None:
+                    self.process.close()
+            finally:
+                _restore_priority(self._lowered)
+                self._lowered = None
+
+
+def _lower_priority(nice: int) -> tuple[int, int] | None:
+    """Lower the calling thread's CPU priority by ``nice``: (thread id, priority before), or None.
+
+    Linux only, where a priority belongs to a thread: elsewhere the same call would name a process.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return None
+    thread = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, before + nice))
+    except OSError:
+        log.debug("careflow: could not lower the preparing thread's priority", exc_info=True)
+        return None
+    return thread, before
+
+
+def _restore_priority(lowered: tuple[int, int] | None) -> None:
+    """Give a thread its priority back; without the privilege to raise it, it keeps the lower one."""
+    if lowered is None:
+        return
+    thread, before = lowered
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, before)
+    except OSError:
+        log.debug("careflow: the preparing thread keeps its lower priority until the task ends")
 
 
 @dataclass
