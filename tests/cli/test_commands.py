@@ -138,7 +138,9 @@ def test_console_script_validates_and_upgrades(tmp_path: Path) -> None:
         [CAREFLOW, "db", "upgrade"], capture_output=True, text=True, env=env, timeout=60
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "careflow tables at version 1" in upgraded.stdout
+    from careflow.store.migrations import MIGRATIONS
+
+    assert f"careflow tables at version {MIGRATIONS[-1].version} " in upgraded.stdout
     assert (tmp_path / "careflow.db").exists()
 
 

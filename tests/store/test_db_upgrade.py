@@ -90,6 +90,22 @@ def test_second_upgrade_applies_nothing(empty_db_url: str, capsys: pytest.Captur
     assert count == len(MIGRATIONS)
 
 
+def test_a_database_at_version_1_gets_the_open_steps_index(empty_db_url: str) -> None:
+    upgrade()
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:  # as a database upgraded before version 2 shipped
+        conn.execute(text("DROP INDEX ix_steps_open"))
+        conn.execute(text("DELETE FROM careflow_schema_migrations WHERE version > 1"))
+    assert "ix_steps_open" not in {i["name"] for i in inspect(engine).get_indexes("careflow_steps")}
+
+    report = upgrade()
+
+    assert report.applied == [m.version for m in MIGRATIONS if m.version > 1]
+    index = next(i for i in inspect(engine).get_indexes("careflow_steps") if i["name"] == "ix_steps_open")
+    assert index["column_names"] == ["workflow_id", "node_id", "id"]
+    engine.dispose()
+
+
 def test_existing_clinic_table_and_view_are_left_alone(empty_db_url: str) -> None:
     engine = create_engine(empty_db_url)
     with engine.begin() as conn:

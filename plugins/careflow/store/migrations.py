@@ -31,8 +31,14 @@ def _initial(conn: Connection) -> None:
     tables.metadata.create_all(conn, tables=list(tables.CAREFLOW_TABLES), checkfirst=True)
 
 
+def _open_steps_index(conn: Connection) -> None:
+    index = next(i for i in tables.steps.indexes if i.name == "ix_steps_open")
+    index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "careflow tables: versions, executions, steps, ledger", _initial),
+    Migration(2, "careflow_steps: the open steps of a node in id order (ix_steps_open)", _open_steps_index),
 )
 
 

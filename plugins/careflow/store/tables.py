@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -186,6 +187,17 @@ steps = Table(
     Column("run_id", String(250)),
     UniqueConstraint("execution_id", "node_id", name="uq_steps_execution_node"),
     Index("ix_steps_due", "workflow_id", "node_id", "status", "due_at"),
+    # The open steps of a node in id order: a batch of due steps is read from where the last one
+    # ended and stops at its size, however many steps the node holds and however fresh the
+    # planner's statistics are (a node's steps are written in bulk just before they are read).
+    Index(
+        "ix_steps_open",
+        "workflow_id",
+        "node_id",
+        "id",
+        postgresql_where=text("status IN ('pending', 'waiting')"),
+        sqlite_where=text("status IN ('pending', 'waiting')"),
+    ),
 )
 
 messages = Table(
