@@ -397,7 +397,6 @@ class _HttpConnection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
-        self._too_large = False
         #: the answer of the request before: answers go out in the order the requests came
         self._last: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -425,7 +424,7 @@ class _HttpConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._size, self._too_large = b"", {}, [], 0, False
+        self._url, self._headers, self._body, self._size = b"", {}, [], 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -435,9 +434,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size > MAX_BODY:
-            self._too_large = True
-        elif not self._too_large:
+        if self._size <= MAX_BODY:  # past it the request gets 413: the rest is counted, not kept
             self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -449,9 +446,10 @@ class _HttpConnection(asyncio.Protocol):
             headers=self._headers,
             body=b"".join(self._body),
         )
-        keep_alive = self._parser.should_keep_alive() and not self._too_large
+        too_large = self._size > MAX_BODY
+        keep_alive = self._parser.should_keep_alive() and not too_large
         task = asyncio.get_running_loop().create_task(
-            self._answer(request, keep_alive, self._too_large, self._last)
+            self._answer(request, keep_alive, too_large, self._last)
         )
         self._last = task
         self._tasks.add(task)
