@@ -91,3 +91,12 @@ def test_hook_metadata() -> None:
     )
     assert (MessagingHook.conn_type, MessagingHook.hook_name) == ("http", "careflow messaging")
     assert MessagingHook.get_ui_field_behaviour()["relabeling"]["host"] == "Base URL"
+
+
+def test_a_base_url_that_is_not_a_url_names_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+        f"http://:tok@{quote('https://sms.example.com/v1?region=kr', safe='')}",
+    )
+    with pytest.raises(ConfigurationError, match="'careflow_messaging': provider URL .* query"):
+        MessagingHook().get_client()

@@ -1,6 +1,7 @@
 """The messaging provider: HTTP client (DESIGN §7), Airflow hook and a local fake provider.
 
-``client`` is plain asyncio + aiohttp; ``hook`` is the only module that imports Airflow.
+``client`` (with its HTTP/1.1 transport, ``http1``) is plain asyncio; ``hook`` is the only module
+that imports Airflow.
 """
 
 from careflow.providers.client import Message, Outcome, ProviderClient, SendGate, SendResult

@@ -1,6 +1,6 @@
-"""The messaging provider's HTTP client (DESIGN §7), plain asyncio + aiohttp, no Airflow.
+"""The messaging provider's HTTP client (DESIGN §7), plain asyncio, no Airflow.
 
-One ``ProviderClient`` sends a batch of messages concurrently over one keep-alive session and
+One ``ProviderClient`` sends a batch of messages concurrently over keep-alive connections and
 turns every answer into a ``SendResult`` with an ``Outcome``. It never raises for a single
 message: a failure is a result, classified so the caller knows what to do next.
 
@@ -44,10 +44,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Annotated, Any, Protocol, TypeVar
+from urllib.parse import quote
 
-import aiohttp
-import yarl
 from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from careflow.providers.http1 import Answer, ConnectFailed, Http1Pool, Origin, RequestLost
 
 log = logging.getLogger("careflow.providers")
 
@@ -259,29 +260,29 @@ def classify_response(
 
 def classify_exception(key: str, exc: BaseException, latency_ms: float = 0.0) -> SendResult:
     """Turn a transport failure into a ``SendResult``: did the request leave or not?"""
-    kind = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+    if isinstance(exc, ConnectFailed):
+        if exc.certificate:
+            return SendResult(
+                key,
+                Outcome.CONFIGURATION,
+                error_code="tls_certificate",
+                error_message=str(exc)[:200],
+                latency_ms=latency_ms,
+            )
+        # Refused, DNS, TLS handshake, connect timeout: nothing was written.
         return SendResult(
             key,
-            Outcome.CONFIGURATION,
-            error_code="tls_certificate",
-            error_message=kind,
+            Outcome.TRANSIENT,
+            error_code="connect_failed",
+            error_message=str(exc)[:200],
             latency_ms=latency_ms,
         )
-    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-        # Refused, DNS, connect timeout, no free connection in time: nothing was written.
-        return SendResult(
-            key, Outcome.TRANSIENT, error_code="connect_failed", error_message=kind, latency_ms=latency_ms
-        )
-    if isinstance(exc, aiohttp.InvalidURL):
-        return SendResult(
-            key, Outcome.CONFIGURATION, error_code="invalid_url", error_message=kind, latency_ms=latency_ms
-        )
-    # Read timeout, server disconnected, truncated payload, reset while writing, anything else:
+    # Read timeout, connection closed or reset, a malformed or truncated answer, anything else:
     # the provider may have the message. Never resend blindly; reconcile with lookup().
-    code = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection_lost"
+    code = "timeout" if isinstance(exc, TimeoutError) else "connection_lost"
+    message = str(exc)[:200] if isinstance(exc, RequestLost) else type(exc).__name__
     return SendResult(
-        key, Outcome.UNKNOWN, error_code=code, error_message=kind, latency_ms=latency_ms, request_sent=True
+        key, Outcome.UNKNOWN, error_code=code, error_message=message, latency_ms=latency_ms, request_sent=True
     )
 
 
@@ -332,9 +333,9 @@ def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
 
 @dataclass
 class _Transport:
-    """One session and its semaphore; both belong to the event loop that created them."""
+    """One connection pool and its semaphore; both belong to the event loop that created them."""
 
-    session: aiohttp.ClientSession
+    pool: Http1Pool
     semaphore: asyncio.Semaphore
     loop: asyncio.AbstractEventLoop
 
@@ -358,7 +359,7 @@ class _BatchState:
 class ProviderClient:
     """Sends messages to one provider over HTTP (DESIGN §7). Cheap to build, safe to share.
 
-    Each batch (or each ``async with client:`` block) uses one keep-alive session of its own, and
+    Each batch (or each ``async with client:`` block) uses one keep-alive pool of its own, and
     ``max_concurrency`` bounds the requests in flight within it; batches running side by side in
     several threads each get their own bound (the Airflow pool caps those).
 
@@ -366,7 +367,9 @@ class ProviderClient:
     ``max_concurrency`` requests in flight at most (also the connection pool size); ``timeout``
     seconds to connect and, separately, to wait for the answer; ``name`` the provider's name
     (the circuit breaker and the metrics key on it); ``max_throttle_wait`` the longest shared
-    pause a 429 may impose on a batch before the rest of it comes back ``NOT_SENT``.
+    pause a 429 may impose on a batch before the rest of it comes back ``NOT_SENT``. A URL that
+    is not ``http(s)://host[:port][/path]`` or a token that cannot go in an HTTP header is a
+    ValueError here, before anything is sent.
 
     Once the provider answers a send with a configuration error (wrong token or URL), the client
     sends nothing more: every later message, in this batch or the next, comes back ``NOT_SENT``
@@ -389,13 +392,26 @@ class ProviderClient:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.base_url = base_url.rstrip("/")
+        token = token or ""  # no token: the provider refuses it (401), a configuration error
         self.token = token
+        origin = Origin.parse(self.base_url)
+        if not all(0x20 <= ord(c) < 0x7F for c in token):
+            raise ValueError("the provider token must be printable ASCII: it goes in an HTTP header")
+        self._origin = origin
         self.max_concurrency = int(max_concurrency)
         self.timeout = float(timeout)
         self.name = name
         self.max_throttle_wait = float(max_throttle_wait)
-        # A parsed URL spares aiohttp from parsing it again for every request.
-        self._messages_url = yarl.URL(f"{self.base_url}/v1/messages")
+        # Everything a request's head has but its key and length, built once.
+        common = (
+            f"Host: {origin.host_header}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: application/json\r\nUser-Agent: careflow\r\n"
+        )
+        self._messages_path = f"{origin.path}/v1/messages"
+        self._post_head = (
+            f"POST {self._messages_path} HTTP/1.1\r\n{common}Content-Type: application/json\r\n"
+        ).encode("ascii")
+        self._get_tail = f" HTTP/1.1\r\n{common}\r\n".encode("ascii")
         self._shared: _Transport | None = None
         #: the provider refused this client's credentials or URL: it sends nothing more
         self.refused = False
@@ -403,32 +419,23 @@ class ProviderClient:
     def __repr__(self) -> str:
         return f"ProviderClient(name={self.name!r}, base_url={self.base_url!r}, max_concurrency={self.max_concurrency})"
 
-    # -- session handling ------------------------------------------------------------------
+    # -- connections ------------------------------------------------------------------------
 
     def _open_transport(self) -> _Transport:
-        connector = aiohttp.TCPConnector(
-            limit=self.max_concurrency, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
+        # The answer's total bound (a slow drip) is longer than the read timeout; both start
+        # once the request is written, so either one means UNKNOWN, never "not sent".
+        pool = Http1Pool(
+            self._origin,
+            limit=self.max_concurrency,
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+            total_timeout=2 * self.timeout,
+            keepalive=30.0,
         )
-        # total bounds a slow-drip answer; it is longer than connect, so a timeout raised by it
-        # always happens after the request left (UNKNOWN), never while connecting.
-        timeout = aiohttp.ClientTimeout(total=2 * self.timeout, connect=self.timeout, sock_read=self.timeout)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            headers={
-                "Authorization": f"Bearer {self.token}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": "careflow",
-            },
-            raise_for_status=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-        )
-        return _Transport(session, asyncio.Semaphore(self.max_concurrency), asyncio.get_running_loop())
+        return _Transport(pool, asyncio.Semaphore(self.max_concurrency), asyncio.get_running_loop())
 
     async def __aenter__(self) -> ProviderClient:
-        """Keep one session open across several ``send_many``/``lookup`` calls in this loop."""
+        """Keep one connection pool open across several ``send_many``/``lookup`` calls in this loop."""
         if self._shared is None:
             self._shared = self._open_transport()
         return self
@@ -437,26 +444,26 @@ class ProviderClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the session opened by ``async with``."""
+        """Close the connections opened by ``async with``."""
         shared, self._shared = self._shared, None
         if shared is not None:
-            await shared.session.close()
+            await shared.pool.close()
 
     @contextlib.asynccontextmanager
     async def _transport(self) -> AsyncIterator[_Transport]:
         shared = self._shared
-        if shared is not None and shared.loop is asyncio.get_running_loop() and not shared.session.closed:
+        if shared is not None and shared.loop is asyncio.get_running_loop() and not shared.pool.closed:
             yield shared
             return
         transport = self._open_transport()
         try:
             yield transport
         finally:
-            await transport.session.close()
+            await transport.pool.close()
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _post(self, session: aiohttp.ClientSession, message: Message) -> SendResult:
+    async def _post(self, pool: Http1Pool, message: Message) -> SendResult:
         key = message.idempotency_key
         if not isinstance(key, str) or not _KEY_OK.match(key):
             return SendResult(
@@ -483,19 +490,23 @@ class ProviderClient:
                 error_code="invalid_message",
                 error_message="message is not JSON-serialisable",
             )
+        request = b"%sIdempotency-Key: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+            self._post_head,
+            key.encode("ascii"),
+            len(data),
+            data,
+        )
         started = time.perf_counter()
         try:
-            async with session.post(
-                self._messages_url, data=data, headers={"Idempotency-Key": key}, allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
+            answer = await pool.request(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             return classify_exception(key, exc, (time.perf_counter() - started) * 1000)
-        return classify_response(key, status, raw, retry_after, (time.perf_counter() - started) * 1000)
+        latency_ms = (time.perf_counter() - started) * 1000
+        return classify_response(
+            key, answer.status, answer.body, answer.headers.get("retry-after"), latency_ms
+        )
 
     @staticmethod
     def _not_sent(key: str, state: _BatchState) -> SendResult:
@@ -540,7 +551,7 @@ class ProviderClient:
                     state.stop("result_callback_failed")
 
         async with self._transport() as transport:
-            session, semaphore = transport.session, transport.semaphore
+            pool, semaphore = transport.pool, transport.semaphore
 
             async def worker() -> None:
                 for index, message in items:  # shared iterator: each message is taken once
@@ -571,7 +582,7 @@ class ProviderClient:
                             emit(index, self._not_sent(message.idempotency_key, state))
                             continue
                     async with semaphore:
-                        result = await self._post(session, message)
+                        result = await self._post(pool, message)
                     if gate is not None:
                         try:
                             gate.after_send(result)
@@ -623,15 +634,11 @@ class ProviderClient:
 
     # -- reconciling -------------------------------------------------------------------------
 
-    async def _get(self, session: aiohttp.ClientSession, key: str) -> SendResult | None:
+    async def _get(self, pool: Http1Pool, key: str) -> SendResult | None:
         started = time.perf_counter()
+        target = f"GET {self._messages_path}?idempotency_key={quote(str(key), safe='')}"
         try:
-            async with session.get(
-                self._messages_url, params={"idempotency_key": key}, allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
+            answer: Answer = await pool.request(target.encode("ascii") + self._get_tail)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -643,6 +650,7 @@ class ProviderClient:
                 else replace(result, outcome=Outcome.UNKNOWN)
             )
         latency_ms = (time.perf_counter() - started) * 1000
+        status, raw, retry_after = answer.status, answer.body, answer.headers.get("retry-after")
         if status == 404:
             return None
         if status == 200:
@@ -676,7 +684,7 @@ class ProviderClient:
         for a refused token) so that the caller keeps the message unresolved.
         """
         async with self._transport() as transport, transport.semaphore:
-            return await self._get(transport.session, idempotency_key)
+            return await self._get(transport.pool, idempotency_key)
 
     async def lookup_many_async(self, keys: Iterable[str]) -> dict[str, SendResult | None]:
         """``lookup`` for many keys, ``max_concurrency`` at a time."""
@@ -685,7 +693,7 @@ class ProviderClient:
 
             async def one(key: str) -> SendResult | None:
                 async with transport.semaphore:
-                    return await self._get(transport.session, key)
+                    return await self._get(transport.pool, key)
 
             found = await asyncio.gather(*(one(k) for k in keys))
         return dict(zip(keys, found, strict=True))

@@ -71,13 +71,16 @@ class MessagingHook(BaseHook):
         """The provider client of this connection (built once per hook)."""
         if self._client is None:
             config = self.get_config()
-            self._client = ProviderClient(
-                config.base_url,
-                config.token,
-                max_concurrency=config.max_concurrency,
-                timeout=config.timeout,
-                name=config.name,
-            )
+            try:
+                self._client = ProviderClient(
+                    config.base_url,
+                    config.token,
+                    max_concurrency=config.max_concurrency,
+                    timeout=config.timeout,
+                    name=config.name,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"connection {self.careflow_conn_id!r}: {exc}") from None
         return self._client
 
     def get_conn(self) -> ProviderClient:

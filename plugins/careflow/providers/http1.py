@@ -1,0 +1,340 @@
+"""A small HTTP/1.1 client for the provider's two requests: asyncio protocols, httptools, keep-alive.
+
+The provider client sends one request per message, so on a busy worker the CPU each exchange
+costs bounds the send rate. A general-purpose client (aiohttp) spends most of its time on what
+these requests never need: redirects, cookies, proxies, compression, multipart, streaming
+readers and tracing hooks. This one does only what the provider's API asks for:
+
+- one origin (``http`` or ``https``), a keep-alive pool of connections to it, reused newest
+  first and dropped after ``keepalive`` idle seconds;
+- one request at a time per connection (no pipelining), its head written in one piece;
+- answers framed by ``Content-Length``, by chunks or by the connection closing, parsed by
+  ``httptools`` (the C parser of Node's ``llhttp``), and at most ``MAX_ANSWER`` bytes;
+- a connect timeout, a read timeout (no byte of the answer for ``read_timeout`` seconds) and a
+  bound on the whole answer (``total_timeout``).
+
+Every failure is one of two exceptions, because the caller must tell them apart (DESIGN §7):
+:class:`ConnectFailed` when nothing was written (refused, DNS, TLS handshake, connect timeout):
+the provider cannot have the message; :class:`RequestLost` when the request was written and no
+complete, well-formed answer came back (closed, reset, timed out, malformed, too large): the
+provider may have it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_ANSWER = 1 << 20
+"""Bytes of an answer's body read at most; the provider's answers are a few hundred bytes."""
+
+#: Answer headers kept (lower case); the client reads nothing else.
+_KEPT = frozenset({b"retry-after", b"content-length", b"transfer-encoding"})
+
+
+class ConnectFailed(ConnectionError):
+    """No connection could be opened; nothing of the request was written."""
+
+    def __init__(self, message: str, *, certificate: bool = False) -> None:
+        super().__init__(message)
+        #: the server's TLS certificate was refused (a configuration error, not an outage)
+        self.certificate = certificate
+
+
+class RequestLost(ConnectionError):
+    """The request was written, and no complete well-formed answer came back."""
+
+
+class ReadTimeout(RequestLost, TimeoutError):
+    """The request was written, and the answer did not come in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer: status, the kept headers (lower-case names) and the whole body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where requests go: scheme, host, port and the base path, from a URL like ``https://h:8443/p``."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Origin:
+        """The origin of ``url``; ValueError naming what is wrong with it."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"provider URL {url!r} is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"provider URL {url!r} must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError(f"provider URL {url!r} has no host")
+        if parts.query or parts.fragment:
+            raise ValueError(f"provider URL {url!r} must not have a query or a fragment")
+        if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
+            raise ValueError(f"provider URL {url!r} has spaces or characters outside printable ASCII")
+        default = 443 if parts.scheme == "https" else 80
+        return cls(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; ``exchange`` writes a request and waits for its answer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Answer] | None = None
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+        self._headers_done = False
+        self._last_data = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if exc is None and self._headers_done and self._until_close():
+            self._answer()  # an answer without length or chunks ends where the connection does
+        else:
+            reason = "reset" if exc is not None else "closed"
+            waiter.set_exception(RequestLost(f"the connection was {reason} before the answer was complete"))
+
+    def data_received(self, data: bytes) -> None:
+        self._last_data = self.loop.time()
+        if self._waiter is None or self._waiter.done():
+            self._fail(RequestLost("the server sent bytes nobody asked for"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(RequestLost("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(RequestLost(f"the answer is not HTTP/1.1: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost decides about the answer
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():  # a second answer to one request
+            self.reusable = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _KEPT:
+            self._headers[name.decode("latin-1")] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        self._headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > MAX_ANSWER:
+            self._fail(RequestLost(f"the answer is larger than {MAX_ANSWER} bytes"))
+            raise RequestLost("answer too large")  # stops the parser
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        keep = self._parser.should_keep_alive() and self._status >= 200
+        self._answer()
+        self.reusable = keep and not self.closed
+
+    # -- the exchange ----------------------------------------------------------------------------
+
+    def _until_close(self) -> bool:
+        return "content-length" not in self._headers and "transfer-encoding" not in self._headers
+
+    def _answer(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            waiter.set_result(Answer(self._status, self._headers, body))
+
+    def _fail(self, exc: RequestLost) -> None:
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.abort()
+
+    def abort(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def writable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    async def exchange(self, request: bytes, read_timeout: float, total_timeout: float) -> Answer:
+        """Write ``request`` and wait for its answer (RequestLost or ReadTimeout otherwise)."""
+        assert self.transport is not None
+        self._status, self._headers, self._body, self._size = 0, {}, [], 0
+        self._headers_done = self.reusable = False
+        waiter: asyncio.Future[Answer] = self.loop.create_future()
+        self._waiter = waiter
+        self.transport.write(request)
+        started = self._last_data = self.loop.time()
+        deadline = started + total_timeout
+        timer = self.loop.call_at(
+            min(started + read_timeout, deadline), self._check_time, deadline, read_timeout
+        )
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _check_time(self, deadline: float, read_timeout: float) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        now = self.loop.time()
+        if now >= deadline:
+            self._fail(ReadTimeout("the answer did not end in time"))
+        elif now - self._last_data >= read_timeout:
+            self._fail(ReadTimeout(f"no answer for {read_timeout:g}s"))
+        else:
+            self.loop.call_at(
+                min(self._last_data + read_timeout, deadline), self._check_time, deadline, read_timeout
+            )
+
+
+class Http1Pool:
+    """Keep-alive connections to one origin, opened as needed, reused newest first.
+
+    The caller bounds how many requests run at once; the pool keeps up to ``limit`` idle
+    connections. It belongs to the event loop that first uses it. ``request`` raises
+    :class:`ConnectFailed` (nothing written) or :class:`RequestLost` (written, no proof of an
+    answer); cancelling it drops the connection.
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        *,
+        limit: int,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float,
+        keepalive: float = 30.0,
+        ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
+    ) -> None:
+        self.origin = origin
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.total_timeout = total_timeout
+        self.keepalive = keepalive
+        self._ssl_context = ssl_context
+        self._ssl: ssl.SSLContext | None = None
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self.closed = False
+
+    async def request(self, request: bytes) -> Answer:
+        """Send one whole request (head and body) and return its answer."""
+        loop = asyncio.get_running_loop()
+        connection = self._reuse(loop) or await self._connect(loop)
+        self._busy.add(connection)
+        try:
+            answer = await connection.exchange(request, self.read_timeout, self.total_timeout)
+        except BaseException:
+            connection.abort()
+            raise
+        finally:
+            self._busy.discard(connection)
+        if connection.reusable and not self.closed and len(self._idle) < self.limit:
+            connection.idle_since = loop.time()
+            self._idle.append(connection)
+        else:
+            self._close(connection)
+        return answer
+
+    def _reuse(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        if self.closed:
+            raise ConnectFailed("the connection pool is closed")
+        stale_before = loop.time() - self.keepalive
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.writable() and connection.idle_since > stale_before:
+                return connection
+            self._close(connection)
+        return None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        origin = self.origin
+        context = None
+        if origin.scheme == "https":
+            if self._ssl is None:
+                self._ssl = self._ssl_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(loop),
+                    origin.host,
+                    origin.port,
+                    ssl=context,
+                    server_hostname=origin.host if context is not None else None,
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailed(
+                f"the server's TLS certificate was refused: {exc.verify_message}", certificate=True
+            ) from exc
+        except TimeoutError as exc:
+            raise ConnectFailed(f"no connection within {self.connect_timeout:g}s") from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectFailed(f"could not connect: {type(exc).__name__}: {exc}") from exc
+        return connection
+
+    @staticmethod
+    def _close(connection: _Connection) -> None:
+        if connection.transport is not None and not connection.closed:
+            connection.transport.close()
+
+    async def close(self) -> None:
+        """Close the idle connections and drop the busy ones; the pool takes no more requests."""
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self._close(connection)
+        for connection in list(self._busy):
+            connection.abort()
+        if idle:
+            await asyncio.sleep(0)  # let the transports run their close callbacks

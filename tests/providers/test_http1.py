@@ -1,0 +1,362 @@
+"""The provider client's own HTTP/1.1 transport: keep-alive, framing, timeouts, TLS, bad URLs.
+
+A scripted server on a real socket answers each request with the bytes a test chooses, and
+counts the connections it accepted, so reuse and closing are seen from the server's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from tests.providers.conftest import make_message
+
+from careflow.providers.client import Outcome, ProviderClient
+from careflow.providers.http1 import MAX_ANSWER, ConnectFailed, Http1Pool, Origin, RequestLost
+
+
+def accepted(provider_id: str = "p-1", *, close: bool = False, length: bool = True) -> bytes:
+    body = json.dumps({"id": provider_id, "status": "accepted"}).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    if length:
+        head += b"Content-Length: %d\r\n" % len(body)
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+Answer = Callable[[int, bytes], "bytes | None | Callable[[socket.socket], None]"]
+
+
+class ScriptedServer:
+    """Reads HTTP/1.1 requests and answers each with ``answer(n, request)``; keeps connections open.
+
+    ``answer`` returns the bytes to send, a function that takes the socket (to drip or stall),
+    or None to close the connection without a word. ``connections`` counts accepted sockets.
+    """
+
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
+        self.answer = answer
+        self.tls = tls
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(data) < length:
+                    data += conn.recv(65536)
+                request, data = head + b"\r\n\r\n" + data[:length], data[length:]
+                with self._lock:
+                    self.requests.append(request)
+                    n = len(self.requests)
+                reply = self.answer(n, request)
+                if reply is None:
+                    return
+                if callable(reply):
+                    reply(conn)
+                    return
+                conn.sendall(reply)
+                if b"connection: close" in reply.lower().split(b"\r\n\r\n")[0]:
+                    return
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            conn.close()
+
+    def __enter__(self) -> ScriptedServer:
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(answer: Answer, tls: ssl.SSLContext | None = None) -> ScriptedServer:
+        server = ScriptedServer(answer, tls).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+def send_one_by_one(client: ProviderClient, count: int, pause: float = 0.0) -> list:
+    """Send ``count`` messages one after the other over one pool, pausing between them."""
+
+    async def run() -> list:
+        results = []
+        async with client:
+            for i in range(count):
+                results += await client.send_many([make_message(i)])
+                await asyncio.sleep(pause)
+        return results
+
+    return asyncio.run(run())
+
+
+def test_one_connection_carries_many_requests(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n, _: accepted(f"p-{n}"))
+    results = send_one_by_one(ProviderClient(server.url, "t", max_concurrency=4), 20)
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 20
+    assert [r.provider_id for r in results] == [f"p-{n}" for n in range(1, 21)]
+    assert server.connections == 1
+
+
+def test_the_request_is_what_the_provider_api_asks_for(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n, _: accepted())
+    client = ProviderClient(f"{server.url}/api/", "tok-1", max_concurrency=1)
+    [result] = client.send_batch([make_message(7, body="내일 10:00 예약입니다")])
+    assert result.outcome is Outcome.ACCEPTED
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /api/v1/messages HTTP/1.1"
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers["host"] == f"127.0.0.1:{server.port}"
+    assert headers["authorization"] == "Bearer tok-1"
+    assert headers["content-type"] == "application/json"
+    assert headers["idempotency-key"] == "wf1:a1:ex7"
+    assert int(headers["content-length"]) == len(body)
+    assert json.loads(body)["body"] == "내일 10:00 예약입니다"
+
+
+def test_a_lookup_quotes_the_key_in_the_query(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n, _: accepted("p-9"))
+    client = ProviderClient(server.url, "t")
+    found = client.lookup_many(["wf1:a1:ex 1&x=2"])
+    assert found["wf1:a1:ex 1&x=2"].provider_id == "p-9"  # type: ignore[union-attr]
+    assert server.requests[0].startswith(
+        b"GET /v1/messages?idempotency_key=wf1%3Aa1%3Aex%201%26x%3D2 HTTP/1.1\r\n"
+    )
+
+
+def test_connection_close_is_honoured_and_a_new_connection_opened(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    server = serve(lambda n, _: accepted(f"p-{n}", close=True))
+    results = send_one_by_one(ProviderClient(server.url, "t"), 3)
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 3
+    assert server.connections == 3
+
+
+def test_an_idle_connection_the_server_closed_is_not_used_again(serve: Callable[..., ScriptedServer]) -> None:
+    # The server answers with keep-alive, then closes while the connection is idle: the next
+    # message goes on a new connection and is accepted, not lost on the dead one.
+    def answer(n: int, request: bytes) -> Callable[[socket.socket], None]:
+        def then_close(conn: socket.socket) -> None:
+            conn.sendall(accepted(f"p-{n}"))
+            time.sleep(0.05)
+
+        return then_close
+
+    server = serve(answer)
+    results = send_one_by_one(ProviderClient(server.url, "t"), 3, pause=0.3)
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 3
+    assert server.connections == 3
+
+
+def test_an_answer_that_ends_with_the_connection_is_read_whole(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n, _: accepted("p-close", close=True, length=False))
+    [result] = ProviderClient(server.url, "t").send_batch([make_message()])
+    assert result.outcome is Outcome.ACCEPTED and result.provider_id == "p-close"
+
+
+def test_a_chunked_answer_is_read_whole(serve: Callable[..., ScriptedServer]) -> None:
+    body = b'{"id": "p-chunked", "status": "accepted"}'
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (10, body[:10], len(body) - 10, body[10:])
+    server = serve(lambda n, _: chunked)
+    results = send_one_by_one(ProviderClient(server.url, "t"), 2)
+    assert [r.provider_id for r in results] == ["p-chunked"] * 2
+    assert server.connections == 1
+
+
+def test_an_answer_larger_than_the_cap_is_unknown(serve: Callable[..., ScriptedServer]) -> None:
+    big = b"x" * (MAX_ANSWER + 1)
+    server = serve(lambda n, _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big))
+    [result] = ProviderClient(server.url, "t").send_batch([make_message()])
+    assert result.outcome is Outcome.UNKNOWN and result.request_sent
+    assert "larger than" in (result.error_message or "")
+
+
+def test_no_answer_is_a_read_timeout_and_unknown(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n, _: lambda conn: time.sleep(3))
+    started = time.monotonic()
+    [result] = ProviderClient(server.url, "t", timeout=0.3).send_batch([make_message()])
+    assert result.outcome is Outcome.UNKNOWN and result.error_code == "timeout" and result.request_sent
+    assert time.monotonic() - started < 2
+
+
+def test_an_answer_dripping_in_is_cut_at_twice_the_timeout(serve: Callable[..., ScriptedServer]) -> None:
+    def drip(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(40):  # one byte every 0.1 s: never 0.3 s without data, 4 s in all
+            time.sleep(0.1)
+            conn.sendall(b" ")
+
+    server = serve(lambda n, _: drip)
+    started = time.monotonic()
+    [result] = ProviderClient(server.url, "t", timeout=0.3).send_batch([make_message()])
+    assert result.outcome is Outcome.UNKNOWN and result.error_code == "timeout"
+    assert 0.5 < time.monotonic() - started < 2
+
+
+def test_an_unreachable_host_is_transient_and_nothing_was_sent() -> None:
+    with socket.socket() as sock:  # a port that is bound but does not listen: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        [result] = ProviderClient(f"http://127.0.0.1:{port}", "t").send_batch([make_message()])
+    assert result.outcome is Outcome.TRANSIENT and result.error_code == "connect_failed"
+    assert not result.request_sent
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("127.0.0.1:8025", "http:// or https://"),
+        ("ftp://provider.example", "http:// or https://"),
+        ("http://", "no host"),
+        ("http://provider.example:99999", "not a URL"),
+        ("http://provider.example/v1?x=1", "query"),
+        ("http://provider example.com", "printable ASCII"),
+    ],
+)
+def test_a_url_that_is_not_usable_is_refused_by_name(url: str, words: str) -> None:
+    with pytest.raises(ValueError, match="provider URL") as caught:
+        ProviderClient(url, "t")
+    assert words in str(caught.value)
+
+
+def test_a_token_that_cannot_go_in_a_header_is_refused() -> None:
+    with pytest.raises(ValueError, match="printable ASCII"):
+        ProviderClient("http://127.0.0.1:8025", "abc\r\nX-Evil: 1")
+
+
+def test_origin_host_header_keeps_a_non_default_port_and_brackets_ipv6() -> None:
+    assert Origin.parse("https://p.example").host_header == "p.example"
+    assert Origin.parse("https://p.example:8443/base/").host_header == "p.example:8443"
+    assert Origin.parse("https://p.example:8443/base/").path == "/base"
+    assert Origin.parse("http://[::1]:8025").host_header == "[::1]:8025"
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for ``localhost`` and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_server(serve: Callable[..., ScriptedServer], certificate: tuple[Path, Path]) -> ScriptedServer:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return serve(lambda n, _: accepted(f"p-tls-{n}"), tls=context)
+
+
+def test_a_certificate_the_system_does_not_trust_is_a_configuration_error(tls_server: ScriptedServer) -> None:
+    client = ProviderClient(tls_server.url, "t", max_concurrency=1)
+    first, second = client.send_batch([make_message(1), make_message(2)])
+    assert first.outcome is Outcome.CONFIGURATION and first.error_code == "tls_certificate"
+    assert not first.request_sent and tls_server.requests == []
+    assert second.outcome is Outcome.NOT_SENT and client.refused
+
+
+def test_https_with_a_trusted_certificate_sends_and_keeps_the_connection(
+    tls_server: ScriptedServer, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # how an operator trusts a private CA
+    results = send_one_by_one(ProviderClient(tls_server.url, "t"), 3)
+    assert [r.provider_id for r in results] == ["p-tls-1", "p-tls-2", "p-tls-3"]
+    assert tls_server.connections == 1
+
+
+def test_the_pool_tells_not_written_from_written(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n, _: None)  # reads the request, closes without a word
+
+    async def run() -> None:
+        pool = Http1Pool(
+            Origin.parse(server.url), limit=2, connect_timeout=1, read_timeout=1, total_timeout=2
+        )
+        with pytest.raises(RequestLost, match="closed before the answer"):
+            await pool.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await pool.close()
+        with pytest.raises(ConnectFailed, match="closed"):
+            await pool.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    asyncio.run(run())
