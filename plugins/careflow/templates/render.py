@@ -7,8 +7,8 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 from jinja2 import Template, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
@@ -42,10 +42,24 @@ class CompiledTemplate:
     template: Template
     fact_paths: frozenset[str]  # the catalog facts it reads
     loop_paths: frozenset[str]  # the facts its for loops go over
+    _globals: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # What Jinja's Template.generate copies out of a ChainMap on every render, copied once.
+        object.__setattr__(self, "_globals", dict(self.template.globals))
 
     def render(self, context: Mapping[str, Any]) -> str:
         """The rendered text; TemplateError on a missing value, a refused construct or a blown budget."""
         return _render(self, context)
+
+    def generate(self, variables: dict[str, Any]) -> Generator[str, None, None]:
+        """``Template.generate(**variables)``, with the template's globals read from a plain dict."""
+        template = self.template
+        context = template.new_context({**self._globals, **variables}, shared=True)
+        try:
+            yield from template.root_render_func(context)
+        except Exception:
+            yield template.environment.handle_exception()
 
 
 class _CompileCache:
@@ -209,7 +223,7 @@ def _render(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
     budget = RenderBudget.start()
     token = current_budget.set(budget)
     parts: list[str] = []
-    stream = cast(Generator[str, None, None], compiled.template.generate(**variables))
+    stream = compiled.generate(variables)
     try:
         for chunk in stream:
             budget.add_output(chunk)
