@@ -115,20 +115,35 @@ class _Recordset:
             if not isinstance(column.type, sqltypes.JSON)
             and (process := column.type._cached_bind_processor(dialect)) is not None
         }
+        # Times go in as ISO 8601 text with their UTC offset; a batch's rows mostly share a few
+        # (the run's now), so each distinct one is converted once per document.
+        self._times = {column.name for column in table.c if isinstance(column.type, tables.UTCDateTime)}
         self._json = {column.name for column in table.c if isinstance(column.type, sqltypes.JSON)}
         self._table = table.name
 
     def document(self, pairs: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> str:
         """The JSON array: for each row, its ``field`` of every ``(field, column)`` pair, under the column's name."""
-        processors = self._processors
+        processors, times = self._processors, self._times
         plain = [(field, column) for field, column in pairs if column not in processors]
-        processed = [(field, column, processors[column]) for field, column in pairs if column in processors]
+        processed: list[tuple[str, str, Any, dict[Any, str] | None]] = [
+            (field, column, processors[column], {} if column in times else None)
+            for field, column in pairs
+            if column in processors
+        ]
         records = []
         for row in rows:
             record = {column: row[field] for field, column in plain}
-            for field, column, process in processed:
+            for field, column, process, seen in processed:
                 value = row[field]
-                record[column] = None if value is None else process(value)
+                if value is None:
+                    record[column] = None
+                elif seen is None:
+                    record[column] = process(value)
+                else:
+                    text = seen.get(value)
+                    if text is None:
+                        text = seen[value] = process(value).isoformat()
+                    record[column] = text
             records.append(record)
         try:
             return json.dumps(records, default=_json_value, separators=(",", ":"), allow_nan=False)
@@ -365,6 +380,13 @@ def next_due(conn: Connection, ctx: RunContext, node_ids: Sequence[str] | None =
     return tables.UTCDateTime().process_result_value(value, conn.dialect) if value is not None else None
 
 
+def _records_by_id(result: Any) -> dict[Any, dict[str, Any]]:
+    """Rows as plain dicts by their ``id`` column (names zipped with each row's values)."""
+    names = tuple(result.keys())
+    at = names.index("id")
+    return {row[at]: dict(zip(names, row, strict=True)) for row in result}
+
+
 def load_facts(
     conn: Connection, ctx: RunContext, rows: Sequence[RowMapping], report: NodeReport
 ) -> dict[str, Any]:
@@ -374,12 +396,8 @@ def load_facts(
     p, a, c = tables.patients, tables.appointments, tables.clinics
     patient_ids = sorted({r["patient_id"] for r in rows})
     appointment_ids = sorted({r["appointment_id"] for r in rows})
-    patients = {
-        row["id"]: dict(row) for row in conn.execute(select(p).where(p.c.id.in_(patient_ids))).mappings()
-    }
-    appointments = {
-        row["id"]: dict(row) for row in conn.execute(select(a).where(a.c.id.in_(appointment_ids))).mappings()
-    }
+    patients = _records_by_id(conn.execute(select(p).where(p.c.id.in_(patient_ids))))
+    appointments = _records_by_id(conn.execute(select(a).where(a.c.id.in_(appointment_ids))))
     clinic_row = conn.execute(select(c).where(c.c.id == ctx.compiled.clinic_id)).mappings().first()
     clinic = (
         dict(clinic_row) if clinic_row else {"id": ctx.compiled.clinic_id, "timezone": ctx.compiled.timezone}
