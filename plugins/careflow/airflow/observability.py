@@ -83,14 +83,14 @@ def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
     wf = part(fields.get("workflow_id"))
     node = part(fields.get("node_id"))
     channel = part(fields.get("channel"))
-    if event == "message_sent":
-        stats_client.incr(f"careflow.messages.sent.{wf}.{node}.{channel}")
-        stats_client.timing(
-            f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}", float(fields.get("latency_ms") or 0)
-        )
-        stats_client.timing(
-            f"careflow.messages.lateness_ms.{wf}.{node}", 1000.0 * float(fields.get("lateness_s") or 0)
-        )
+    if event == "messages_sent":  # a batch: the counter once, the timers once per message
+        stats_client.incr(f"careflow.messages.sent.{wf}.{node}.{channel}", int(fields.get("count") or 0))
+        latency = f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}"
+        for value in fields.get("latencies_ms") or ():
+            stats_client.timing(latency, float(value or 0))
+        lateness = f"careflow.messages.lateness_ms.{wf}.{node}"
+        for value in fields.get("lateness_s") or ():
+            stats_client.timing(lateness, 1000.0 * float(value or 0))
     elif event == "message_outcome":
         outcome = str(fields.get("outcome"))
         outcome = outcome if outcome in OUTCOMES else "other"

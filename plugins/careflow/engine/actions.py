@@ -554,6 +554,8 @@ def _record(
     arrivals: list[tuple[str, str, datetime]] = []
     targets = node.targets()
     configuration_error: Any = None
+    sent_latency_ms: list[float] = []
+    sent_lateness_s: list[float] = []
     for key, item in to_send.items():
         row = item["row"]
         result = results.get(key)
@@ -576,14 +578,8 @@ def _record(
             arrivals += [(row["execution_id"], t, ctx.now) for t in targets]
             report.sent += 1
             report.passed += 1
-            lateness = max(0.0, (ctx.now - item["base"]["due_at"]).total_seconds())
-            ctx.event(
-                "message_sent",
-                node_id=node.id,
-                channel=config.channel,
-                latency_ms=entry["latency"] or 0,
-                lateness_s=lateness,
-            )
+            sent_latency_ms.append(entry["latency"] or 0)
+            sent_lateness_s.append(max(0.0, (ctx.now - item["base"]["due_at"]).total_seconds()))
         elif outcome == Outcome.PERMANENT and result is not None:
             reason = f"provider_{result.error_code or result.status_code}"
             entry.update(status="failed", reason=reason, last_error=_safe_error(result))
@@ -619,6 +615,15 @@ def _record(
                     reason="429",
                 )
         ledger_rows.append(entry)
+    if sent_latency_ms:  # one event per batch: the counter moves once, the timers get every message
+        ctx.event(
+            "messages_sent",
+            node_id=node.id,
+            channel=config.channel,
+            count=len(sent_latency_ms),
+            latencies_ms=sent_latency_ms,
+            lateness_s=sent_lateness_s,
+        )
     with ctx.engine.begin() as conn:
         st.bulk_update(
             conn,

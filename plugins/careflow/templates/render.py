@@ -12,6 +12,7 @@ from typing import Any
 
 from jinja2 import Template, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
+from jinja2.runtime import new_context
 
 from careflow.exceptions import TemplateError
 from careflow.templates import codes, limits
@@ -45,7 +46,7 @@ class CompiledTemplate:
     _globals: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # What Jinja's Template.generate copies out of a ChainMap on every render, copied once.
+        # What Jinja's Template.generate reads out of a ChainMap twice a render, copied once.
         object.__setattr__(self, "_globals", dict(self.template.globals))
 
     def render(self, context: Mapping[str, Any]) -> str:
@@ -54,8 +55,10 @@ class CompiledTemplate:
 
     def generate(self, variables: dict[str, Any]) -> Generator[str, None, None]:
         """``Template.generate(**variables)``, with the template's globals read from a plain dict."""
-        template = self.template
-        context = template.new_context({**self._globals, **variables}, shared=True)
+        template, names = self.template, self._globals
+        context = new_context(
+            template.environment, template.name, template.blocks, {**names, **variables}, True, names
+        )
         try:
             yield from template.root_render_func(context)
         except Exception:
