@@ -277,7 +277,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
             row["idempotency_key"]: row
             for row in conn.execute(
                 select(m.c.idempotency_key, m.c.status, m.c.claimed_at, m.c.attempts).where(
-                    m.c.idempotency_key.in_(keys)
+                    st.among(conn, m.c.idempotency_key, keys)
                 )
             ).mappings()
         }
@@ -445,7 +445,7 @@ def _claim(conn: Any, ctx: RunContext, keys: list[str], wall: datetime) -> set[s
     stmt = (
         update(m)
         .where(
-            m.c.idempotency_key.in_(keys),
+            st.among(conn, m.c.idempotency_key, keys),
             (m.c.status.in_(("pending", "unknown"))) | ((m.c.status == "claimed") & (m.c.claimed_at < stale)),
         )
         .values(status="claimed", claimed_by=ctx.worker, claimed_at=wall, attempts=m.c.attempts + 1)
