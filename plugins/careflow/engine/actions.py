@@ -279,7 +279,9 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 select(m.c.idempotency_key, m.c.status, m.c.claimed_at, m.c.attempts).where(
                     st.among(conn, m.c.idempotency_key, keys)
                 )
-            ).mappings()
+            )
+            .mappings()
+            .all()
         }
         report.queries += 1
         new_rows: list[dict[str, Any]] = []

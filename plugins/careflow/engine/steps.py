@@ -271,7 +271,7 @@ def due_steps(conn: Connection, ctx: RunContext, node_id: str, after_id: int, li
     if conn.dialect.name == "postgresql":
         # Two workers on the same node never process the same step at once.
         query = query.with_for_update(skip_locked=True, of=s)
-    return list(conn.execute(query).mappings())
+    return list(conn.execute(query).mappings().all())
 
 
 def finish_steps(conn: Connection, ctx: RunContext, updates: list[dict[str, Any]]) -> None:
@@ -396,7 +396,7 @@ def _records_by_id(result: Any) -> dict[Any, dict[str, Any]]:
     """Rows as plain dicts by their ``id`` column (names zipped with each row's values)."""
     names = tuple(result.keys())
     at = names.index("id")
-    return {row[at]: dict(zip(names, row, strict=True)) for row in result}
+    return {row[at]: dict(zip(names, row, strict=True)) for row in result.all()}
 
 
 def load_facts(
