@@ -437,3 +437,52 @@ def test_an_open_breaker_in_the_send_process_holds_the_sends_back(
     assert report.retry_at is not None and report.sent == 0
     assert report.pending == 5 * report.batches and report.batches <= 4
     assert fake.stats()["received"] == 0 and len(started) == 1
+
+
+def test_the_heap_is_frozen_while_an_action_runs_and_handed_back(engine, journey, fake, monkeypatch) -> None:
+    import gc
+
+    from careflow.engine import actions
+
+    seen: list[int] = []
+    real = actions._send_action
+    monkeypatch.setattr(
+        actions, "_send_action", lambda ctx, node: (seen.append(gc.get_freeze_count()), real(ctx, node))[1]
+    )
+    assert gc.get_freeze_count() == 0
+    j = enrolled(engine, journey, "pipe-frozen", patients=3, batch_size=5)
+    assert j.node("a", T).sent == 3
+    assert seen and seen[0] > 0 and gc.get_freeze_count() == 0
+
+
+def test_garbage_made_while_the_heap_is_frozen_is_still_collected() -> None:
+    import gc
+    import weakref
+
+    from careflow.engine.actions import _frozen_heap
+
+    class Node:
+        other: Any = None
+
+    with _frozen_heap():
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the collector frees it
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+
+
+def test_a_heap_frozen_before_the_action_stays_frozen() -> None:
+    import gc
+
+    from careflow.engine.actions import _frozen_heap
+
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with _frozen_heap():
+            pass
+        assert gc.get_freeze_count() >= before
+    finally:
+        gc.unfreeze()

@@ -10,6 +10,8 @@ sends again (and the provider dedupes on the same key). Unknown outcomes are nev
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import socket
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +65,32 @@ def _wall() -> datetime:
 
 
 def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
+    """Send the action's message to every execution due at this node (see ``_send_action``)."""
+    with _frozen_heap():
+        return _send_action(ctx, node)
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Keep the garbage collector's full passes off the objects that exist when the action starts.
+
+    A task process holds a couple of hundred thousand long-lived objects (Airflow, SQLAlchemy,
+    the DAG); every batch allocates enough to trigger collections, and each full one walks them
+    all (about a tenth of the preparing thread's time at 10,000 messages). ``gc.freeze`` sets
+    them aside; objects made during the action are collected as usual. They are handed back at
+    the end, unless something froze objects before (an executor that forks), which is left as
+    it was.
+    """
+    thawed_before = gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if thawed_before:
+            gc.unfreeze()
+
+
+def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     """Send the action's message to every execution due at this node.
 
     Batches go through a pipeline: while batches are on the wire (handed to the send stage: a
