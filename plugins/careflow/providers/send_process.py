@@ -7,7 +7,7 @@ it. :class:`SendProcess` forks the task process once, before the task starts any
 own, and runs the client, its event loop and the breaker's gate in the child, on the other core:
 
 - ``send_batch`` hands a batch to the child and waits for its results. Several batches may be
-  in the child at once (``concurrent_batches``); they share one keep-alive session and one
+  in the child at once (``concurrent_batches``); they share one keep-alive connection pool and one
   ``max_concurrency`` bound, so the next batch fills the connections while the last answers of
   the one before it are still coming in;
 - ``lookup_many`` asks the provider about keys, in the child too;
