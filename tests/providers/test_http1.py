@@ -360,3 +360,16 @@ def test_the_pool_tells_not_written_from_written(serve: Callable[..., ScriptedSe
             await pool.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 
     asyncio.run(run())
+
+
+def test_the_tls_context_is_built_once_and_again_when_the_trusted_cas_change(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from careflow.providers.http1 import default_ssl_context
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    first = default_ssl_context()
+    assert default_ssl_context() is first
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    trusting = default_ssl_context()
+    assert trusting is not first and default_ssl_context() is trusting

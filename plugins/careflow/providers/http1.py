@@ -23,6 +23,7 @@ provider may have it.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,22 @@ class Origin:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
+
+
+_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """The system's verifying TLS context, built once per process (loading the CA bundle is slow).
+
+    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (how an operator trusts a private CA) are read each
+    time, so a change to them takes effect.
+    """
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    context = _contexts.get(key)
+    if context is None:
+        context = _contexts[key] = ssl.create_default_context()
+    return context
 
 
 class _Connection(asyncio.Protocol):
@@ -253,7 +270,7 @@ class Http1Pool:
         read_timeout: float,
         total_timeout: float,
         keepalive: float = 30.0,
-        ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
+        ssl_context: Callable[[], ssl.SSLContext] = default_ssl_context,
     ) -> None:
         self.origin = origin
         self.limit = limit
