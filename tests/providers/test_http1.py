@@ -33,14 +33,15 @@ def accepted(provider_id: str = "p-1", *, close: bool = False, length: bool = Tr
     return head + b"\r\n" + body
 
 
-Answer = Callable[[int, bytes], "bytes | None | Callable[[socket.socket], None]"]
+Answer = Callable[[int, bytes], "bytes | None | Callable[[socket.socket], bool | None]"]
 
 
 class ScriptedServer:
     """Reads HTTP/1.1 requests and answers each with ``answer(n, request)``; keeps connections open.
 
-    ``answer`` returns the bytes to send, a function that takes the socket (to drip or stall),
-    or None to close the connection without a word. ``connections`` counts accepted sockets.
+    ``answer`` returns the bytes to send, a function that takes the socket (to drip or stall;
+    the connection closes after it unless it returns True), or None to close the connection
+    without a word. ``connections`` counts accepted sockets.
     """
 
     def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
@@ -95,8 +96,9 @@ class ScriptedServer:
                 if reply is None:
                     return
                 if callable(reply):
-                    reply(conn)
-                    return
+                    if not reply(conn):  # True: the answer is written, the connection stays open
+                        return
+                    continue
                 conn.sendall(reply)
                 if b"connection: close" in reply.lower().split(b"\r\n\r\n")[0]:
                     return
@@ -373,3 +375,33 @@ def test_the_tls_context_is_built_once_and_again_when_the_trusted_cas_change(
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
     trusting = default_ssl_context()
     assert trusting is not first and default_ssl_context() is trusting
+
+
+def test_a_slow_answer_leaves_no_timeout_behind_for_the_next_request_on_its_connection(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # timeout 0.3 s: no gap of 0.3 s without data, and 0.6 s for a whole answer. The first answer
+    # comes in three pieces over 0.4 s (its read-timeout check is put off once); the second one,
+    # on the same connection, in two over 0.25 s, and is still coming when the first one's
+    # 0.6 s would be up.
+    body = b'{"id": "p-%d", "status": "accepted"}'
+
+    def drip(n: int, _: bytes) -> Callable[[socket.socket], bool]:
+        def write(conn: socket.socket) -> bool:
+            text = body % n
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(text) + text[:5])
+            pieces = [text[5:15], text[15:]] if n == 1 else [text[5:]]
+            for piece in pieces:
+                time.sleep(0.2 if n == 1 else 0.25)
+                conn.sendall(piece)
+            return True
+
+        return write
+
+    server = serve(drip)
+    results = send_one_by_one(ProviderClient(server.url, "t", timeout=0.3), 2)
+    assert [(r.outcome, r.provider_id) for r in results] == [
+        (Outcome.ACCEPTED, "p-1"),
+        (Outcome.ACCEPTED, "p-2"),
+    ]
+    assert server.connections == 1

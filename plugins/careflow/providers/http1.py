@@ -132,6 +132,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._headers_done = False
         self._last_data = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -188,6 +189,9 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._waiter is None or self._waiter.done():  # a second answer to one request
+            self.reusable = False
+            return
         keep = self._parser.should_keep_alive() and self._status >= 200
         self._answer()
         self.reusable = keep and not self.closed
@@ -228,13 +232,17 @@ class _Connection(asyncio.Protocol):
         self.transport.write(request)
         started = self._last_data = self.loop.time()
         deadline = started + total_timeout
-        timer = self.loop.call_at(
+        self._timer = self.loop.call_at(
             min(started + read_timeout, deadline), self._check_time, deadline, read_timeout
         )
         try:
             return await waiter
         finally:
-            timer.cancel()
+            if (
+                self._timer is not None
+            ):  # the check as last rescheduled: never left to fire on the next request
+                self._timer.cancel()
+                self._timer = None
             self._waiter = None
 
     def _check_time(self, deadline: float, read_timeout: float) -> None:
@@ -247,7 +255,7 @@ class _Connection(asyncio.Protocol):
         elif now - self._last_data >= read_timeout:
             self._fail(ReadTimeout(f"no answer for {read_timeout:g}s"))
         else:
-            self.loop.call_at(
+            self._timer = self.loop.call_at(
                 min(self._last_data + read_timeout, deadline), self._check_time, deadline, read_timeout
             )
 
