@@ -181,3 +181,16 @@ def test_concurrent_upgrades_both_succeed(empty_db_url: str) -> None:
         assert conn.execute(text("SELECT count(*) FROM careflow_schema_migrations")).scalar() == len(
             MIGRATIONS
         )
+
+
+def test_a_failed_statement_names_the_statement_not_the_values(engine) -> None:
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    row = {"id": "p-hidden", "clinic_id": "c1", "name": "Kim Minji", "phone": "+821055501234"}
+    with engine.begin() as conn:
+        conn.execute(insert(tables.patients).values(**row))
+    with pytest.raises(IntegrityError) as caught, engine.begin() as conn:
+        conn.execute(insert(tables.patients).values(**row))  # the same id again
+    text_ = str(caught.value)
+    assert "patients" in text_ and "Kim Minji" not in text_ and "+821055501234" not in text_

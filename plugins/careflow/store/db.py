@@ -37,8 +37,10 @@ def get_engine(url: str | None = None) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
+            # hide_parameters: a failed statement's error (and so the task log) names the statement,
+            # never the values it carried (patients' ids, and names and phones where the demo loads them).
             if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"timeout": 30}, future=True)
+                engine = create_engine(url, connect_args={"timeout": 30}, future=True, hide_parameters=True)
                 event.listen(engine, "connect", _sqlite_pragmas)
                 event.listen(engine, "begin", _sqlite_begin)
             else:
@@ -50,6 +52,7 @@ def get_engine(url: str | None = None) -> Engine:
                     max_overflow=5,
                     executemany_mode="values_plus_batch",
                     executemany_batch_page_size=1000,
+                    hide_parameters=True,
                 )
             _engines[url] = engine
         return engine
