@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,3 +38,86 @@ def copy_examples(target: Path) -> list[Path]:
     """Copy the examples into ``target`` (returns the copies)."""
     target.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy(p, target / p.name)) for p in sorted(EXAMPLES.glob("*.json"))]
+
+
+#: What a ScriptedServer does with the n-th request: bytes to send, a function of the socket, or None.
+Answer = Callable[[int, bytes], "bytes | None | Callable[[socket.socket], bool | None]"]
+
+
+class ScriptedServer:
+    """Reads HTTP/1.1 requests and answers each with ``answer(n, request)``; keeps connections open.
+
+    ``answer`` returns the bytes to send, a function that takes the socket (to drip or stall;
+    the connection closes after it unless it returns True), or None to close the connection
+    without a word. ``connections`` counts accepted sockets.
+    """
+
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
+        self.answer = answer
+        self.tls = tls
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(data) < length:
+                    data += conn.recv(65536)
+                request, data = head + b"\r\n\r\n" + data[:length], data[length:]
+                with self._lock:
+                    self.requests.append(request)
+                    n = len(self.requests)
+                reply = self.answer(n, request)
+                if reply is None:
+                    return
+                if callable(reply):
+                    if not reply(conn):  # True: the answer is written, the connection stays open
+                        return
+                    continue
+                conn.sendall(reply)
+                if b"connection: close" in reply.lower().split(b"\r\n\r\n")[0]:
+                    return
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            conn.close()
+
+    def __enter__(self) -> ScriptedServer:
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()

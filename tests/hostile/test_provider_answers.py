@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import gzip
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from careflow.providers.client import Message, Outcome, ProviderClient, classify_response
+from support import ScriptedServer
 
 JSON = b"Content-Type: application/json\r\n"
 
@@ -69,60 +69,19 @@ RAW: dict[str, bytes] = {
 }
 
 
-class RawServer:
-    """Answers every request with the raw bytes of the path's name, then closes the connection."""
+def request_name(request: bytes) -> str:
+    """The RAW answer a request asks for: the first segment of its path."""
+    return request.split(b" ")[1].decode().strip("/").split("/")[0]
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.requests: list[str] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                ),
-                0,
-            )
-            while len(body) < length:
-                body += conn.recv(65536)
-            path = head.split(b" ")[1].decode()
-            name = path.strip("/").split("/")[0]
-            self.requests.append(name)
-            conn.sendall(RAW[name])
-
-    def __enter__(self) -> RawServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
+def _raw_answer(n: int, request: bytes) -> Callable[[socket.socket], None]:
+    # The raw bytes of the path's name, then the connection closes (the function returns None).
+    return lambda conn: conn.sendall(RAW[request_name(request)])
 
 
 @pytest.fixture(scope="module")
-def raw_server() -> Iterator[RawServer]:
-    with RawServer() as server:
+def raw_server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(_raw_answer) as server:
         yield server
 
 
@@ -142,10 +101,11 @@ def _cases() -> list:
 
 
 @pytest.mark.parametrize("name", _cases())
-def test_a_malformed_answer_is_never_an_acceptance(raw_server: RawServer, name: str) -> None:
+def test_a_malformed_answer_is_never_an_acceptance(raw_server: ScriptedServer, name: str) -> None:
     client = ProviderClient(f"{raw_server.url}/{name}", "token", timeout=2)
     [result] = client.send_batch([message()])
-    assert name in raw_server.requests  # the request left: only the answer is broken
+    # the request left: only the answer is broken
+    assert name in [request_name(request) for request in raw_server.requests]
     assert result.outcome in (Outcome.UNKNOWN, Outcome.TRANSIENT), (name, result)
     assert not result.delivered and result.provider_id is None
 

@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.providers.conftest import make_message
 
 from careflow.providers.client import Outcome, ProviderClient
 from careflow.providers.http1 import MAX_ANSWER, ConnectFailed, Http1Pool, Origin, RequestLost
+from support import Answer, ScriptedServer
 
 
 def accepted(provider_id: str = "p-1", *, close: bool = False, length: bool = True) -> bytes:
@@ -31,88 +31,6 @@ def accepted(provider_id: str = "p-1", *, close: bool = False, length: bool = Tr
     if close:
         head += b"Connection: close\r\n"
     return head + b"\r\n" + body
-
-
-Answer = Callable[[int, bytes], "bytes | None | Callable[[socket.socket], bool | None]"]
-
-
-class ScriptedServer:
-    """Reads HTTP/1.1 requests and answers each with ``answer(n, request)``; keeps connections open.
-
-    ``answer`` returns the bytes to send, a function that takes the socket (to drip or stall;
-    the connection closes after it unless it returns True), or None to close the connection
-    without a word. ``connections`` counts accepted sockets.
-    """
-
-    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
-        self.answer = answer
-        self.tls = tls
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{self.port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _connection(self, conn: socket.socket) -> None:
-        try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            data = b""
-            while True:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, data = data.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(data) < length:
-                    data += conn.recv(65536)
-                request, data = head + b"\r\n\r\n" + data[:length], data[length:]
-                with self._lock:
-                    self.requests.append(request)
-                    n = len(self.requests)
-                reply = self.answer(n, request)
-                if reply is None:
-                    return
-                if callable(reply):
-                    if not reply(conn):  # True: the answer is written, the connection stays open
-                        return
-                    continue
-                conn.sendall(reply)
-                if b"connection: close" in reply.lower().split(b"\r\n\r\n")[0]:
-                    return
-        except (OSError, ssl.SSLError):
-            return
-        finally:
-            conn.close()
-
-    def __enter__(self) -> ScriptedServer:
-        threading.Thread(target=self._serve, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
