@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,8 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from careflow.providers import fake_server
 from careflow.providers.client import Outcome, ProviderClient
-from careflow.providers.fake_server import FakeConfig, FakeProviderServer, config_from_args, main
+from careflow.providers.fake_server import (
+    FakeConfig,
+    FakeProvider,
+    FakeProviderServer,
+    Request,
+    config_from_args,
+    main,
+)
 
 from .conftest import free_port, make_message
 
@@ -128,6 +137,32 @@ def test_accepted_twice_catches_a_resend_when_idempotency_is_off(fake: FakeProvi
 
     assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.ACCEPTED]
     assert fake.stats()["accepted_twice"] == 1  # the counter the exactly-once tests lean on can fail
+
+
+def test_latency_is_timed_from_the_request_s_arrival(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that waited in the fake's own queue is not made to wait its whole latency again."""
+    provider = FakeProvider(FakeConfig(latency_ms=200))
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(fake_server.asyncio, "sleep", sleep)
+
+    async def send(key: str, waited: float | None) -> int:
+        arrived = None if waited is None else asyncio.get_running_loop().time() - waited
+        body = json.dumps({**VALID, "idempotency_key": key}).encode()
+        headers = {"authorization": f"Bearer {provider.config.token}", "idempotency-key": key}
+        response = await provider.post_message(Request("POST", "/v1/messages", {}, headers, body, arrived))
+        return response.status
+
+    async def scenario() -> list[int]:
+        return [await send("fresh", None), await send("queued", 0.15), await send("late", 1.0)]
+
+    assert asyncio.run(scenario()) == [202, 202, 202]
+    assert waits == [pytest.approx(0.2, abs=0.01), pytest.approx(0.05, abs=0.01), 0.0]
 
 
 def test_outage_ends_by_itself() -> None:

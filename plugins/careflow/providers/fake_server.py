@@ -68,6 +68,7 @@ class FakeConfig:
 
     token: str = "fake-token"
     latency_ms: float = 0.0
+    """How long after its arrival a send is answered (at least: never sooner)."""
     error_rate: float = 0.0
     throttle_rate: float = 0.0
     retry_after: float = 1.0
@@ -116,6 +117,8 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    arrived: float | None = None
+    """When its first bytes were parsed (the event loop's clock): answers are timed from here."""
 
     async def read(self) -> bytes:
         return self.body
@@ -238,7 +241,11 @@ class FakeProvider:
                 config, outage_until=time.time() + config.outage_from_first_send, outage_from_first_send=0.0
             )
         if config.latency_ms > 0:
-            await asyncio.sleep(config.latency_ms / 1000)
+            # Timed from the request's arrival: the fake's own queue and parsing are part of the
+            # latency it stands for, not added to it.
+            now = asyncio.get_running_loop().time()
+            arrived = now if request.arrived is None else request.arrived
+            await asyncio.sleep(max(0.0, arrived + config.latency_ms / 1000 - now))
         config = self.config  # knobs may have changed while we slept
         if config.outage_until and time.time() < config.outage_until:
             self.counters["errors"] += 1
@@ -397,6 +404,7 @@ class _HttpConnection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._arrived = 0.0
         #: the answer of the request before: answers go out in the order the requests came
         self._last: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -425,6 +433,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
+        self._arrived = asyncio.get_running_loop().time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -445,6 +454,7 @@ class _HttpConnection(asyncio.Protocol):
             query=dict(parse_qsl(url.query.decode("utf-8", "replace"))) if url.query else {},
             headers=self._headers,
             body=b"".join(self._body),
+            arrived=self._arrived,
         )
         too_large = self._size > MAX_BODY
         keep_alive = self._parser.should_keep_alive() and not too_large
@@ -548,7 +558,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8025, help="port (default 8025)")
     parser.add_argument("--token", default="fake-token", help="bearer token clients must send")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="time from a send's arrival to its answer"
+    )
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of sends answered 503")
     parser.add_argument("--throttle-rate", type=float, default=0.0, help="share of sends answered 429")
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on a 429")
