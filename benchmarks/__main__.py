@@ -167,6 +167,28 @@ def parse_benchmark(plan: Plan) -> dict[str, Any]:
     return result
 
 
+def cpu_per_message(run: Any) -> dict[str, float | None]:
+    """CPU milliseconds a message while the action task ran, process by process, and their total.
+
+    ``task``: the action task's process (preparing, recording, every thread); ``send_process``:
+    the process it forks for the provider client; ``database``: Postgres' backends; ``provider``:
+    the fake provider. None where this machine could not tell (a remote database server).
+    """
+    detail = run.action.detail
+
+    def per_message(seconds: float | None) -> float | None:
+        return None if seconds is None else round(1000 * seconds / run.messages, 4)
+
+    parts = {
+        "task": per_message(detail.get("cpu_s")),
+        "send_process": per_message(detail.get("send_process_cpu_s")),
+        "database": per_message(detail.get("database_cpu_s")),
+        "provider": per_message(run.provider_cpu_s),
+    }
+    known = [value for value in parts.values() if value is not None]
+    return {**parts, "total": round(sum(known), 4) if len(known) == len(parts) else None}
+
+
 def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[str, Any]:
     """The JSON document (its keys are the contract of this command)."""
     bound, seed_bound = sends["bound_50"], sends["seed_bound"]
@@ -194,6 +216,9 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
             "seed_msgs_per_s": round(seed_overhead.msgs_per_s, 1),
             "speedup_vs_seed": round(careflow_overhead / seed_overhead.msgs_per_s, 1),
             "provider_alone_msgs_per_s": sends["ceiling_overhead"]["msgs_per_s"],
+            "cpu_ms_per_message": cpu_per_message(overhead),
+            # what ten times the seed's rate leaves per message on this machine's cores
+            "cpu_budget_ms_at_10x": round(1000 * (os.cpu_count() or 1) / (10 * seed_overhead.msgs_per_s), 4),
         },
         "parse": parse,
         "memory": {
@@ -210,6 +235,7 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
 def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str, Any]) -> str:
     """The figures as a readable table, with the details the JSON leaves out."""
     pb, eo, pa, me = doc["provider_bound"], doc["engine_overhead"], doc["parse"], doc["memory"]
+    cpu = eo["cpu_ms_per_message"]
     b5 = sends["bound_5"]
     b5_rate = b5.messages / b5.action.seconds
     b50 = sends["bound_50"]
@@ -261,6 +287,20 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
             f"{eo['seed_msgs_per_s']:,.1f} msg/s",
             f"careflow ×{eo['speedup_vs_seed']:,.1f}",
             "target ≥ ×10",
+        ),
+        (
+            "  careflow's CPU a message (all processes)",
+            "?" if cpu["total"] is None else f"{cpu['total']:.3f} ms",
+            "task {task} + send process {send_process} + Postgres {database} + fake provider {provider}".format(
+                **{name: "?" if value is None else f"{value:.3f}" for name, value in cpu.items()}
+            ),
+            "",
+        ),
+        (
+            f"  CPU a message at ×10 the seed on {info['nproc']} cores",
+            f"{eo['cpu_budget_ms_at_10x']:.3f} ms",
+            "",
+            "",
         ),
         (f"parse ({pa['workflows']:,} workflows × 10 nodes)", "", "", ""),
         (

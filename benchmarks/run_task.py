@@ -3,7 +3,8 @@
 The DAG is built by careflow's factory from the published snapshot, exactly as Airflow's DAG
 processor builds it when a worker runs a task (the parsing context names the DAG). The task's own
 operator then runs with the run's context, as ``careflow simulate`` does. Printed as one JSON
-line: the task's counts (its XCom), wall seconds, database round trips and this process' peak RSS.
+line: the task's counts (its XCom), wall seconds, database round trips, this process' peak RSS,
+and the CPU the task took: its own, its send process's and its Postgres backends'.
 
     python -m benchmarks.run_task --workflow ID --task TASK --at ISO_TIME
 
@@ -18,6 +19,7 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,6 +49,39 @@ def count_round_trips(engine: Any) -> dict[str, int]:
     return counts
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process on this machine, from ``/proc``; None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu_s(engine: Any) -> dict[int, float]:
+    """CPU seconds of every Postgres backend serving this database, by pid (empty off Postgres).
+
+    Read from ``/proc``, so only where the server runs on this machine (the benchmark's case).
+    """
+    if engine.dialect.name != "postgresql":
+        return {}
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        pids = conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND backend_type = 'client backend'"
+            )
+        ).scalars()
+        cpu = {int(pid): process_cpu_s(int(pid)) for pid in pids}
+    return {pid: seconds for pid, seconds in cpu.items() if seconds is not None}
+
+
+def _cpu_s(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
     """Build the DAG, run one task, and measure it."""
     os.environ["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = f"careflow__{workflow_id}"
@@ -71,17 +106,32 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
         "data_interval_end": moment,
         "params": conf,
     }
-    counts = count_round_trips(get_engine())
+    engine = get_engine()
+    backends_before = backend_cpu_s(engine)
+    counts = count_round_trips(engine)
+    own_before = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
+    children_before = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN))
     ready = time.perf_counter()
     result = task.execute(context)
     finished = time.perf_counter()
+    own = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - own_before
+    children = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN)) - children_before
+    round_trips = dict(counts)  # before the query below adds its own
+    # A backend that started during the task counts from zero; one that ended during it is missed.
+    backends = backend_cpu_s(engine)
+    database = sum(seconds - backends_before.get(pid, 0.0) for pid, seconds in backends.items())
     return {
         "task": task_id,
         "result": result,
         "setup_s": ready - started,
         "seconds": finished - ready,
-        "round_trips": sum(counts.values()),
-        "round_trip_detail": counts,
+        "round_trips": sum(round_trips.values()),
+        "round_trip_detail": round_trips,
+        # CPU seconds during the task: this process (every thread), the send process it forked and
+        # reaped, and the database's backends for this database (None where /proc cannot tell)
+        "cpu_s": round(own, 3),
+        "send_process_cpu_s": round(children, 3),
+        "database_cpu_s": round(database, 3) if backends else None,
         "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         # the action task's send process (forked and reaped by the task): the largest child's
         # high-water mark, shared copy-on-write pages included; 0 when it started none

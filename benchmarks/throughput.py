@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.harness import REPO, RUN_AT, CareflowEnv, FakeProviderProcess
+from benchmarks.run_task import process_cpu_s
 
 
 @dataclass
@@ -74,6 +75,8 @@ class DagRun:
 
     messages: int
     tasks: list[TaskRun]
+    #: CPU seconds the fake provider's process took while the action task ran (None: unreadable)
+    provider_cpu_s: float | None = None
 
     @property
     def action(self) -> TaskRun:
@@ -91,9 +94,14 @@ def run_dag(
 ) -> DagRun:
     """Trigger, action and wake tasks of one run, in order, each in its own process."""
     variables = env.variables(provider, concurrency)
-    tasks = [run_task(variables, workflow_id, task_id) for task_id in ("t1", "a1", "careflow_wake")]
+    tasks = [run_task(variables, workflow_id, "t1")]
+    before = process_cpu_s(provider.process.pid)
+    tasks.append(run_task(variables, workflow_id, "a1"))
+    after = process_cpu_s(provider.process.pid)
+    tasks.append(run_task(variables, workflow_id, "careflow_wake"))
     report = tasks[1].result
-    run = DagRun(messages=int(report.get("sent", 0)), tasks=tasks)
+    provider_cpu = after - before if before is not None and after is not None else None
+    run = DagRun(messages=int(report.get("sent", 0)), tasks=tasks, provider_cpu_s=provider_cpu)
     if int(report.get("processed", 0)) != expected or report.get("pending"):
         raise SystemExit(f"expected {expected} due messages, the action task reports {report}")
     if run.messages != expected:

@@ -103,3 +103,52 @@ def test_the_three_builders_build_the_same_dags(tmp_path: Path, monkeypatch: pyt
     for dag_id, dag in careflow.items():
         assert shape(dag) == shape(from_yaml[dag_id]) == shape(handwritten[dag_id])
     assert os.environ["AIRFLOW__CAREFLOW__WORKFLOWS_DIR"] == str(workflows)
+
+
+def test_cpu_per_message_adds_up_every_process_or_says_it_cannot() -> None:
+    """The engine-overhead CPU figures: per message, per process, and a total only when all are known."""
+    from types import SimpleNamespace
+
+    from benchmarks.__main__ import cpu_per_message
+
+    action = SimpleNamespace(detail={"cpu_s": 1.2, "send_process_cpu_s": 0.4, "database_cpu_s": 0.8})
+    run = SimpleNamespace(messages=4000, action=action, provider_cpu_s=0.2)
+    assert cpu_per_message(run) == {
+        "task": 0.3,
+        "send_process": 0.1,
+        "database": 0.2,
+        "provider": 0.05,
+        "total": 0.65,
+    }
+    action.detail["database_cpu_s"] = None  # a database server on another machine
+    assert cpu_per_message(run)["database"] is None and cpu_per_message(run)["total"] is None
+
+
+def test_process_cpu_is_read_from_proc() -> None:
+    """This process has used some CPU; a process that does not exist has none to report."""
+    from benchmarks.run_task import process_cpu_s
+
+    mine = process_cpu_s(os.getpid())
+    if not Path("/proc/self/stat").exists():
+        assert mine is None
+        return
+    assert mine is not None and mine > 0
+    assert process_cpu_s(2**22 + 7) is None  # above Linux's largest pid
+
+
+@pytest.mark.postgres
+def test_backend_cpu_covers_the_connections_to_this_database(pg_server_url: str) -> None:
+    """The Postgres backends serving the benchmark database are found, the asking one included."""
+    from benchmarks.run_task import backend_cpu_s
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_server_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        cpu = backend_cpu_s(engine)
+    finally:
+        engine.dispose()
+    assert pid in cpu and cpu[pid] >= 0
+    sqlite = create_engine("sqlite://")
+    assert backend_cpu_s(sqlite) == {}
