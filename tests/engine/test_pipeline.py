@@ -449,10 +449,12 @@ def test_the_heap_is_frozen_while_an_action_runs_and_handed_back(engine, journey
     monkeypatch.setattr(
         actions, "_send_action", lambda ctx, node: (seen.append(gc.get_freeze_count()), real(ctx, node))[1]
     )
-    assert gc.get_freeze_count() == 0
+    # Python 3.12 starts with a few hundred objects of its own in the permanent generation.
+    start = gc.get_freeze_count()
+    assert start <= actions._INTERPRETER_FROZEN
     j = enrolled(engine, journey, "pipe-frozen", patients=3, batch_size=5)
     assert j.node("a", T).sent == 3
-    assert seen and seen[0] > 0 and gc.get_freeze_count() == 0
+    assert seen and seen[0] > 100_000 and gc.get_freeze_count() == 0
 
 
 def test_garbage_made_while_the_heap_is_frozen_is_still_collected() -> None:

@@ -78,16 +78,26 @@ def _frozen_heap() -> Iterator[None]:
     the DAG); every batch allocates enough to trigger collections, and each full one walks them
     all (about a tenth of the preparing thread's time at 10,000 messages). ``gc.freeze`` sets
     them aside; objects made during the action are collected as usual. They are handed back at
-    the end, unless something froze objects before (an executor that forks), which is left as
+    the end, unless something froze a heap before (an executor that forks), which is left as
     it was.
     """
-    thawed_before = gc.get_freeze_count() == 0
+    thawed_before = gc.get_freeze_count() <= _INTERPRETER_FROZEN
     gc.freeze()
     try:
         yield
     finally:
         if thawed_before:
             gc.unfreeze()
+
+
+_INTERPRETER_FROZEN = 10_000
+"""The most permanent-generation objects a process holds before anyone freezes a heap.
+
+Python 3.12 starts with a few hundred there (tuples of its deep-frozen modules); a heap frozen
+before a fork holds Airflow as imported, hundreds of thousands of objects. Below this, nothing
+was frozen on purpose, and the action unfreezes what it froze (the interpreter's own with it:
+they are ordinary tuples, alive, that the collector then walks like any other).
+"""
 
 
 def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
