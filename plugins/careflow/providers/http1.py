@@ -238,9 +238,8 @@ class _Connection(asyncio.Protocol):
         try:
             return await waiter
         finally:
-            if (
-                self._timer is not None
-            ):  # the check as last rescheduled: never left to fire on the next request
+            # The check as last rescheduled: never left to fire on the next request.
+            if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             self._waiter = None
