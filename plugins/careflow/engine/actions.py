@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,12 @@ m = tables.messages
 #: Why a batch stopped before sending a message when the breaker (open, or half-open with its
 #: probes out) or a provider's Retry-After held it back: the send waits, the attempt did not fail.
 _HELD_BACK = ("breaker_open", "throttled")
+#: Ledger states whose message an earlier attempt may have sent: a claim past its lease (the
+#: worker died) or a request whose answer was lost. The provider is asked about them before
+#: anything else happens to them, and a failed lookup leaves them as they are.
+_SUSPECT = ("claimed", "unknown")
+#: How often a worker waiting for its batches to be sent renews its claims on them, in seconds.
+RENEW_EVERY = CLAIM_LEASE.total_seconds() / 5
 #: The first batch of an action is at most this big, and each next one twice the one before, up
 #: to the workflow's ``batch_size``: the first messages leave once a hundred are prepared, not a
 #: thousand, and the send stage has its next batch before it runs out.
@@ -128,7 +135,7 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                     in_flight.append((to_send, stage.submit(to_send)))
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not (report.stop_reason or report.retry_at is not None):
-                _record_handed(ctx, node, in_flight.popleft(), report)
+                _record_handed(ctx, node, in_flight.popleft(), report, in_flight)
             if report.stop_reason or report.retry_at is not None:
                 # A configuration error, or the breaker or a long Retry-After held sends back:
                 # the batches not prepared yet stay pending for the attempt after the wait, and
@@ -159,7 +166,7 @@ def _drain(
     try:
         while in_flight:
             try:
-                _record_handed(ctx, node, in_flight.popleft(), report)
+                _record_handed(ctx, node, in_flight.popleft(), report, in_flight)
             except Exception as exc:
                 if first is None:
                     first = exc
@@ -277,21 +284,59 @@ class _Sent:
     reconciled: int = 0
     #: keys looked up because the sent-keys cache had them although the ledger did not say sent
     flagged: int = 0
+    #: keys the provider was asked about before sending (whatever the answer)
+    looked_up: frozenset[str] = frozenset()
+    #: keys of those that the provider said it does not have (404): only these may be sent
+    cleared: frozenset[str] = frozenset()
 
 
 #: A claimed batch handed to the send stage, and what the stage will make of it.
 _Handed = tuple[dict[str, dict[str, Any]], Future[_Sent]]
 
 
-def _record_handed(ctx: RunContext, node: CompiledNode, handed: _Handed, report: NodeReport) -> None:
-    """Wait for what the send stage made of one batch, count its lookups, and record it."""
+def _record_handed(
+    ctx: RunContext,
+    node: CompiledNode,
+    handed: _Handed,
+    report: NodeReport,
+    behind: Iterable[_Handed] = (),
+) -> None:
+    """Wait for what the send stage made of one batch, count its lookups, and record it.
+
+    While it waits, the claims of this batch and of the batches ``behind`` it are renewed every
+    ``RENEW_EVERY`` seconds: a slow provider keeps a live worker's batches for longer than the
+    lease, and another worker must not take them for abandoned.
+    """
     to_send, future = handed
-    sent = future.result()
+    while True:
+        try:
+            sent = future.result(timeout=RENEW_EVERY)
+        except FutureTimeout:
+            _renew_claims(ctx, [to_send, *(batch for batch, _ in behind)])
+        else:
+            break
     if sent.reconciled:
         report.reasons["reconciled"] += sent.reconciled
     if sent.flagged:
         report.reasons["sent_key_cache_suspects"] += sent.flagged
-    _record(ctx, node, to_send, sent.results, report)
+    _record(ctx, node, to_send, sent, report)
+
+
+def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> None:
+    """Move the lease of every message of ``batches`` that this worker still holds to now."""
+    keys = [key for batch in batches for key in batch]
+    if not keys:
+        return
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            update(m)
+            .where(
+                st.among(conn, m.c.idempotency_key, keys),
+                m.c.status == "claimed",
+                m.c.claimed_by == ctx.worker,
+            )
+            .values(claimed_at=_wall())
+        )
 
 
 def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
@@ -423,6 +468,11 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                                     }
                                 )
                             continue
+            if existing is not None and existing["status"] in _SUSPECT:
+                # An earlier attempt may have sent it (its claim was abandoned, or its answer
+                # lost): the provider is asked first, and the outcome stands only if it has nothing.
+                candidates[key] = {"row": row, "base": base, "hold": outcome}
+                continue
             status, reason = outcome
             if existing is None:
                 new_rows.append({**base, "status": status, "reason": reason})
@@ -432,20 +482,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                     .where(m.c.idempotency_key == key)
                     .values(status=status, reason=reason, updated_at=ctx.now)
                 )
-            step_status = "failed" if status == "failed" else "skipped"
-            step_updates.append(
-                {"id": row["id"], "status": step_status, "error": reason, "output": {"message": status}}
-            )
-            if status == "failed":
-                report.failed += 1
-            elif status == "expired":
-                report.expired += 1
-            else:
-                report.skipped += 1
-            report.reasons[reason] += 1
-            ctx.event(
-                "message_outcome", node_id=node.id, channel=config.channel, outcome=status, reason=reason
-            )
+            step_updates.append(_decided(ctx, node, report, row, status, reason))
         st.insert_ignore(conn, m, new_rows, ["idempotency_key"])
         claimed = st.insert_ignore(conn, m, new_claims, ["idempotency_key"], returning="idempotency_key")
         # Keys written before (pending, unknown, an abandoned claim), or written by another worker
@@ -502,7 +539,7 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
     process) and to the breaker's gate only; the ledger and the report belong to the calling
     thread, which records what this returns.
     """
-    from careflow.providers.client import Message, Outcome
+    from careflow.providers.client import Message, Outcome, SendResult
 
     config = node.config
     results: dict[str, Any] = {}
@@ -514,7 +551,7 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
     suspects = [
         k
         for k, item in to_send.items()
-        if item.get("previous") is not None and item["previous"]["status"] in ("claimed", "unknown")
+        if item.get("previous") is not None and item["previous"]["status"] in _SUSPECT
     ]
     flagged = 0
     if ctx.sent_keys is not None and not ctx.dry_run:
@@ -525,12 +562,20 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
         flagged_keys = list(_cache_call(lambda: ctx.sent_keys.get_many(others), {}) if others else {})
         flagged = len(flagged_keys)
         suspects += flagged_keys
+    cleared: set[str] = set()
     if suspects and not ctx.dry_run:
         found = sender.lookup_many(suspects)
-        for key, result in found.items():
-            if result is not None and result.delivered:
+        for key in suspects:
+            result = found.get(key)
+            if key in found and result is None:
+                cleared.add(key)  # the provider has nothing under this key
+            elif result is not None and result.delivered:
                 results[key] = result
-        reconciled += len(results)
+                reconciled += 1
+            else:
+                # The lookup itself failed (an outage, a timeout, a refused token): the message
+                # may be at the provider, so it is not sent again until a lookup says it is not.
+                results[key] = result or SendResult(key, Outcome.UNKNOWN, error_code="lookup_failed")
     messages = [
         Message(
             idempotency_key=key,
@@ -545,11 +590,9 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
             },
         )
         for key, item in to_send.items()
-        if key not in results
+        if key not in results and "hold" not in item
     ]
     if ctx.dry_run:
-        from careflow.providers.client import SendResult
-
         for msg in messages:
             results[msg.idempotency_key] = SendResult(
                 msg.idempotency_key, Outcome.ACCEPTED, provider_id="dry-run"
@@ -557,7 +600,11 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
     elif messages:
         for result in sender.send_batch(messages, gate=ctx.gate):
             results[result.idempotency_key] = result
-        unknown = [k for k, r in results.items() if r.outcome == Outcome.UNKNOWN]
+        unknown = [
+            m.idempotency_key
+            for m in messages
+            if (sent := results.get(m.idempotency_key)) is not None and sent.outcome == Outcome.UNKNOWN
+        ]
         if unknown:
             # The request left but its answer was lost: the provider knows whether it took it.
             for key, found in sender.lookup_many(unknown).items():
@@ -568,7 +615,7 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
             accepted = {k: r.provider_id or "accepted" for k, r in results.items() if r.delivered}
             if accepted:
                 _cache_call(lambda: ctx.sent_keys.set_many(accepted), None)
-    return _Sent(results, reconciled, flagged)
+    return _Sent(results, reconciled, flagged, frozenset(suspects), frozenset(cleared))
 
 
 def _cache_call(call: Any, default: Any) -> Any:
@@ -584,12 +631,19 @@ def _record(
     ctx: RunContext,
     node: CompiledNode,
     to_send: dict[str, dict[str, Any]],
-    results: dict[str, Any],
+    sent: _Sent,
     report: NodeReport,
 ) -> None:
+    """Write what became of one claimed batch: the ledger, the steps, the executions.
+
+    Only rows this worker still holds are written, except a message the provider accepted (that
+    is true whoever holds the row now): a worker stalled past its lease must not overwrite what
+    the worker that took the claim over has recorded since.
+    """
     from careflow.providers.client import Outcome
 
     config = node.config
+    results = sent.results
     ledger_rows: list[dict[str, Any]] = []
     step_updates: list[dict[str, Any]] = []
     arrivals: list[tuple[str, str, datetime]] = []
@@ -597,75 +651,77 @@ def _record(
     configuration_error: Any = None
     sent_latency_ms: list[float] = []
     sent_lateness_s: list[float] = []
-    for key, item in to_send.items():
-        row = item["row"]
-        result = results.get(key)
-        outcome = result.outcome if result is not None else Outcome.NOT_SENT
-        entry = {
-            "idempotency_key": key,
-            "status": "pending",
-            "outcome": outcome.value,
-            "reason": None,
-            "provider_id": None,
-            "last_error": None,
-            "sent_at": None,
-            "latency": int(result.latency_ms) if result is not None and result.latency_ms else None,
-        }
-        if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) and result is not None:
-            entry.update(status="sent", provider_id=result.provider_id, sent_at=ctx.now)
-            step_updates.append(
-                {"id": row["id"], "status": "done", "output": {"message": "sent", "channel": config.channel}}
-            )
-            arrivals += [(row["execution_id"], t, ctx.now) for t in targets]
-            report.sent += 1
-            report.passed += 1
-            sent_latency_ms.append(entry["latency"] or 0)
-            sent_lateness_s.append(max(0.0, (ctx.now - item["base"]["due_at"]).total_seconds()))
-        elif outcome == Outcome.PERMANENT and result is not None:
-            reason = f"provider_{result.error_code or result.status_code}"
-            entry.update(status="failed", reason=reason, last_error=_safe_error(result))
-            step_updates.append(
-                {"id": row["id"], "status": "failed", "error": reason, "output": {"message": "failed"}}
-            )
-            report.failed += 1
-            report.reasons[reason] += 1
-            ctx.event(
-                "message_outcome", node_id=node.id, channel=config.channel, outcome="failed", reason=reason
-            )
-        elif outcome == Outcome.UNKNOWN:
-            # Leave the claim in place as "unknown": the next attempt asks the provider first.
-            entry.update(status="unknown", last_error=_safe_error(result))
-            report.pending += 1
-            report.reasons["unknown_outcome"] += 1
-        else:
-            if outcome == Outcome.CONFIGURATION:
-                configuration_error = result
-            entry.update(last_error=_safe_error(result) if result is not None else "not sent")
-            report.pending += 1
-            report.reasons[outcome.value] += 1
-            if outcome == Outcome.NOT_SENT and result is not None and result.error_code in _HELD_BACK:
-                # Held back by the breaker or a provider's pause, not failed: when to try again.
-                until = time.time() + (result.retry_after or 0.0)
-                report.retry_at = until if report.retry_at is None else max(report.retry_at, until)
-            if outcome == Outcome.THROTTLED:
-                ctx.event(
-                    "message_outcome",
-                    node_id=node.id,
-                    channel=config.channel,
-                    outcome="throttled",
-                    reason="429",
-                )
-        ledger_rows.append(entry)
-    if sent_latency_ms:  # one event per batch: the counter moves once, the timers get every message
-        ctx.event(
-            "messages_sent",
-            node_id=node.id,
-            channel=config.channel,
-            count=len(sent_latency_ms),
-            latencies_ms=sent_latency_ms,
-            lateness_s=sent_lateness_s,
-        )
     with ctx.engine.begin() as conn:
+        held = _still_claimed(conn, ctx, list(to_send))
+        report.queries += 1
+        for key, item in to_send.items():
+            row = item["row"]
+            result = results.get(key)
+            outcome = result.outcome if result is not None else Outcome.NOT_SENT
+            delivered = outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) and result is not None
+            if key not in held and not delivered:
+                report.reasons["claim_taken_over"] += 1
+                continue
+            entry = {
+                "idempotency_key": key,
+                "status": "pending",
+                "outcome": outcome.value,
+                "reason": None,
+                "provider_id": None,
+                "last_error": None,
+                "sent_at": None,
+                "latency": int(result.latency_ms) if result is not None and result.latency_ms else None,
+            }
+            if delivered and result is not None:
+                entry.update(status="sent", provider_id=result.provider_id, sent_at=ctx.now)
+                step_updates.append(
+                    {
+                        "id": row["id"],
+                        "status": "done",
+                        "output": {"message": "sent", "channel": config.channel},
+                    }
+                )
+                arrivals += [(row["execution_id"], t, ctx.now) for t in targets]
+                report.sent += 1
+                report.passed += 1
+                sent_latency_ms.append(entry["latency"] or 0)
+                sent_lateness_s.append(max(0.0, (ctx.now - item["base"]["due_at"]).total_seconds()))
+            elif outcome == Outcome.PERMANENT and result is not None:
+                reason = f"provider_{result.error_code or result.status_code}"
+                entry.update(status="failed", reason=reason, last_error=_safe_error(result))
+                step_updates.append(_decided(ctx, node, report, row, "failed", reason))
+            elif item.get("hold") is not None and result is None:
+                # Not at the provider (or a dry run): the outcome decided before the lookup stands.
+                status, reason = item["hold"]
+                entry.update(status=status, reason=reason)
+                step_updates.append(_decided(ctx, node, report, row, status, reason))
+            elif outcome == Outcome.UNKNOWN or (key in sent.looked_up and key not in sent.cleared):
+                # Left "unknown" (a lost answer, or a lookup that did not answer): the next attempt
+                # asks the provider first, and nothing sends it again before the provider says no.
+                entry.update(status="unknown", last_error=_safe_error(result))
+                report.pending += 1
+                report.reasons["unknown_outcome"] += 1
+                if outcome == Outcome.CONFIGURATION:
+                    configuration_error = result
+            else:
+                if outcome == Outcome.CONFIGURATION:
+                    configuration_error = result
+                entry.update(last_error=_safe_error(result) if result is not None else "not sent")
+                report.pending += 1
+                report.reasons[outcome.value] += 1
+                if outcome == Outcome.NOT_SENT and result is not None and result.error_code in _HELD_BACK:
+                    # Held back by the breaker or a provider's pause, not failed: when to try again.
+                    until = time.time() + (result.retry_after or 0.0)
+                    report.retry_at = until if report.retry_at is None else max(report.retry_at, until)
+                if outcome == Outcome.THROTTLED:
+                    ctx.event(
+                        "message_outcome",
+                        node_id=node.id,
+                        channel=config.channel,
+                        outcome="throttled",
+                        reason="429",
+                    )
+            ledger_rows.append(entry)
         st.bulk_update(
             conn,
             m,
@@ -677,9 +733,18 @@ def _record(
         )
         st.finish_steps(conn, ctx, step_updates)
         st.create_steps(conn, ctx, arrivals)
-        report.queries += 1 + bool(step_updates) + bool(arrivals)
+        report.queries += bool(ledger_rows) + bool(step_updates) + bool(arrivals)
         report.queries += st.settle_executions(
             conn, ctx, [item["row"]["execution_id"] for item in to_send.values()]
+        )
+    if sent_latency_ms:  # one event per batch: the counter moves once, the timers get every message
+        ctx.event(
+            "messages_sent",
+            node_id=node.id,
+            channel=config.channel,
+            count=len(sent_latency_ms),
+            latencies_ms=sent_latency_ms,
+            lateness_s=sent_lateness_s,
         )
     if configuration_error is not None:
         report.stop_reason = "provider_configuration"
@@ -687,6 +752,32 @@ def _record(
             f"the provider refused careflow's credentials (HTTP {configuration_error.status_code}) while "
             f"workflow {ctx.workflow_id} node {node.id} was sending: fix the careflow_messaging connection"
         )
+
+
+def _decided(
+    ctx: RunContext, node: CompiledNode, report: NodeReport, row: Any, status: str, reason: str
+) -> dict[str, Any]:
+    """Count a message that will not be sent (failed, expired or skipped) and give its step's update."""
+    if status == "failed":
+        report.failed += 1
+    elif status == "expired":
+        report.expired += 1
+    else:
+        report.skipped += 1
+    report.reasons[reason] += 1
+    ctx.event("message_outcome", node_id=node.id, channel=node.config.channel, outcome=status, reason=reason)
+    step_status = "failed" if status == "failed" else "skipped"
+    return {"id": row["id"], "status": step_status, "error": reason, "output": {"message": status}}
+
+
+def _still_claimed(conn: Any, ctx: RunContext, keys: list[str]) -> set[str]:
+    """The keys of ``keys`` whose ledger row this worker still holds, locked until the transaction ends."""
+    query = select(m.c.idempotency_key).where(
+        st.among(conn, m.c.idempotency_key, keys), m.c.status == "claimed", m.c.claimed_by == ctx.worker
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return set(conn.execute(query).scalars())
 
 
 def _safe_error(result: Any) -> str | None:
