@@ -98,6 +98,13 @@ def test_status_codes(status: int, outcome: Outcome) -> None:
     assert result.outcome is outcome and result.request_sent
 
 
+@pytest.mark.parametrize("status", [200, 409, 422, 429, 503])
+def test_an_answer_nested_deeper_than_the_parser_goes_is_still_classified(status: int) -> None:
+    result = classify_response("k", status, b"[" * 100_000)
+    expected = {200: Outcome.UNKNOWN, 409: Outcome.DUPLICATE, 422: Outcome.PERMANENT}
+    assert result.outcome is expected.get(status, Outcome.THROTTLED if status == 429 else Outcome.TRANSIENT)
+
+
 @settings(max_examples=300, deadline=None)
 @given(status=st.integers(100, 599), raw=st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
 def test_nothing_but_a_2xx_with_a_string_id_is_accepted(status: int, raw: bytes) -> None:

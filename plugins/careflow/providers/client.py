@@ -162,7 +162,7 @@ def _error_details(raw: bytes) -> tuple[str | None, str | None, str | None]:
     """(code, message, id) from ``{"error": {"code", "message"}}`` or ``{"id"}``, leniently."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than the parser goes
         return None, None, None
     if not isinstance(data, dict):
         return None, None, None
