@@ -341,6 +341,7 @@ def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> 
 
 def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
     from careflow.engine.consent import check_consent, quiet_hours_end
+    from careflow.engine.facts_builder import UnreadableFacts
     from careflow.engine.recipients import missing_recipient_reason, recipient_for
     from careflow.templates import render_message, render_subject
 
@@ -418,6 +419,8 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
             outcome: tuple[str, str] | None = None  # (ledger status, reason)
             if fact is None:
                 outcome = ("skipped", "patient_or_appointment_missing")
+            elif isinstance(fact, UnreadableFacts):
+                outcome = ("failed", UnreadableFacts.REASON)
             elif ctx.now - due > timedelta(minutes=lateness):
                 outcome = ("expired", f"late_by_{int((ctx.now - due).total_seconds() // 60)}_min")
             else:

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from careflow.workflow.timezones import check_timezone, zone
@@ -35,6 +36,19 @@ UTC = timezone.utc
 
 _TRUE = frozenset({"true", "t", "1", "yes", "y"})
 _FALSE = frozenset({"false", "f", "0", "no", "n"})
+
+
+@dataclass(frozen=True)
+class UnreadableFacts:
+    """What stands in for an execution's facts when one of its clinic rows cannot be read.
+
+    ``error`` names the row id and the column, never the value. The node records that execution
+    with the reason ``clinic_data_unreadable``; the others of the batch go on.
+    """
+
+    error: str
+
+    REASON: ClassVar[str] = "clinic_data_unreadable"
 
 
 def build_facts(

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, type_coerce, update
+from sqlalchemy.types import NullType
 
 from careflow.compiler import CompiledNode
 from careflow.engine import steps as st
 from careflow.engine.context import NodeReport, RunContext
+from careflow.engine.facts_builder import UnreadableFacts, as_date
 from careflow.store import tables
 from careflow.workflow.timezones import zone
 
@@ -56,7 +58,15 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     targets = node.targets()
     while True:
         query = (
-            select(e.c.id, e.c.appointment_id, e.c.patient_id, e.c.clinic_id, e.c.occurred_at, p.c.birth_date)
+            select(
+                e.c.id,
+                e.c.appointment_id,
+                e.c.patient_id,
+                e.c.clinic_id,
+                e.c.occurred_at,
+                # as stored: a birth date that is not a date must not fail the enrollment of others
+                type_coerce(p.c.birth_date, NullType()).label("birth_date"),
+            )
             .join(a, a.c.id == e.c.appointment_id)
             .join(p, p.c.id == e.c.patient_id)
             .where(
@@ -143,12 +153,12 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
 def _age_ok(birth_date: Any, at: datetime, filters: Any) -> bool:
     if filters.min_age is None and filters.max_age is None:
         return True
+    try:
+        birth_date = as_date(birth_date)
+    except ValueError:  # unreadable: no age to compare, like a missing birth date
+        return False
     if birth_date is None:
         return False
-    if isinstance(birth_date, str):
-        from datetime import date
-
-        birth_date = date.fromisoformat(birth_date[:10])
     age = at.year - birth_date.year - ((at.month, at.day) < (birth_date.month, birth_date.day))
     if filters.min_age is not None and age < filters.min_age:
         return False
@@ -209,6 +219,8 @@ def _walk(
                 fact = facts.get(row["execution_id"]) if needs_facts else None
                 if needs_facts and fact is None:
                     kind, detail = "exit", "patient_or_appointment_missing"
+                elif isinstance(fact, UnreadableFacts):
+                    kind, detail = "exit", UnreadableFacts.REASON
                 else:
                     kind, detail = decide(row, fact)
                 report.processed += 1

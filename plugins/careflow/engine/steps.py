@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
@@ -10,7 +11,7 @@ from datetime import time as clock_time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, any_, bindparam, func, or_, select, text, update
+from sqlalchemy import and_, any_, bindparam, func, or_, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
@@ -18,6 +19,8 @@ from sqlalchemy.sql import sqltypes
 
 from careflow.engine.context import NodeReport, RunContext
 from careflow.store import tables
+
+log = logging.getLogger(__name__)
 
 OPEN_STATES = ("pending", "waiting")
 s = tables.steps
@@ -402,19 +405,30 @@ def _records_by_id(result: Any) -> dict[Any, dict[str, Any]]:
 def load_facts(
     conn: Connection, ctx: RunContext, rows: Sequence[RowMapping], report: NodeReport
 ) -> dict[str, Any]:
-    """Facts per execution id, read now (four queries for the whole batch)."""
-    from careflow.engine.facts_builder import build_facts
+    """Facts per execution id, read now (four queries for the whole batch).
+
+    The clinic's rows are read as the database driver returns them (``build_facts`` normalises
+    every value), so that a value careflow cannot read is that execution's problem, not the
+    batch's: its facts are an :class:`UnreadableFacts` naming the row and the column, None when
+    its patient or appointment is gone.
+    """
+    from careflow.engine.facts_builder import UnreadableFacts, build_facts
 
     p, a, c = tables.patients, tables.appointments, tables.clinics
     patient_ids = sorted({r["patient_id"] for r in rows})
     appointment_ids = sorted({r["appointment_id"] for r in rows})
-    patients = _records_by_id(conn.execute(select(p).where(among(conn, p.c.id, patient_ids))))
-    appointments = _records_by_id(conn.execute(select(a).where(among(conn, a.c.id, appointment_ids))))
-    clinic_row = conn.execute(select(c).where(c.c.id == ctx.compiled.clinic_id)).mappings().first()
+    patients = _records_by_id(conn.execute(select(*_as_stored(p)).where(among(conn, p.c.id, patient_ids))))
+    appointments = _records_by_id(
+        conn.execute(select(*_as_stored(a)).where(among(conn, a.c.id, appointment_ids)))
+    )
+    clinic_row = (
+        conn.execute(select(*_as_stored(c)).where(c.c.id == ctx.compiled.clinic_id)).mappings().first()
+    )
     clinic = (
         dict(clinic_row) if clinic_row else {"id": ctx.compiled.clinic_id, "timezone": ctx.compiled.timezone}
     )
-    clinic.setdefault("timezone", ctx.compiled.timezone)
+    if not clinic.get("timezone"):
+        clinic["timezone"] = ctx.compiled.timezone
     upcoming: dict[str, int] = dict(
         conn.execute(
             select(a.c.patient_id, func.count())
@@ -428,6 +442,7 @@ def load_facts(
     )
     report.queries += 4
     facts: dict[str, Any] = {}
+    unreadable: list[str] = []
     event_type = ctx.compiled.trigger.config.event
     for r in rows:
         patient = patients.get(r["patient_id"])
@@ -435,15 +450,36 @@ def load_facts(
         if patient is None or appointment is None:
             facts[r["execution_id"]] = None
             continue
-        for record in (patient, appointment):
-            if isinstance(record.get("attributes"), str):
-                record["attributes"] = json.loads(record["attributes"] or "{}")
-        facts[r["execution_id"]] = build_facts(
-            patient=patient,
-            appointment=appointment,
-            clinic=clinic,
-            event={"type": event_type, "occurred_at": r["event_at"]},
-            upcoming_count=int(upcoming.get(r["patient_id"], 0)),
-            now=ctx.now,
+        try:
+            facts[r["execution_id"]] = build_facts(
+                patient=patient,
+                appointment=appointment,
+                clinic=clinic,
+                event={"type": event_type, "occurred_at": r["event_at"]},
+                upcoming_count=int(upcoming.get(r["patient_id"], 0)),
+                now=ctx.now,
+            )
+        except ValueError as exc:
+            facts[r["execution_id"]] = UnreadableFacts(str(exc))
+            unreadable.append(str(exc))
+    if unreadable:
+        shown = sorted(set(unreadable))
+        log.warning(
+            "careflow: workflow %s: %d executions have clinic rows careflow cannot read, recorded "
+            "as %s: %s%s",
+            ctx.workflow_id,
+            len(unreadable),
+            UnreadableFacts.REASON,
+            "; ".join(shown[:10]),
+            f" (and {len(shown) - 10} more)" if len(shown) > 10 else "",
         )
     return facts
+
+
+def _as_stored(table: Any) -> list[Any]:
+    """Every column of ``table`` as the driver returns it, without SQLAlchemy's conversions.
+
+    A conversion that fails (a date column of a clinic's view holding text that is not a date)
+    would fail the whole fetch, and with it every execution of the batch.
+    """
+    return [type_coerce(column, sqltypes.NullType()).label(column.name) for column in table.c]
