@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     fp.set_defaults(func=cmd_fake_provider)
 
-    st = sub.add_parser("setup", help="create careflow's Airflow pool and connections")
+    st = sub.add_parser("setup", help="create or resize the careflow_messaging pool in Airflow")
     st.add_argument("--pool-slots", type=int, default=4)
     st.set_defaults(func=cmd_setup)
 

@@ -2,7 +2,7 @@
 
 Publishing validates, stores a new version when the content hash differs from the latest one
 (the same content twice is a no-op), and writes the snapshot the DAG factory reads. Executions in
-flight keep running on the new version where their node still exists (DESIGN §3).
+flight keep running on the new version where their node still exists (docs/contracts.md §4).
 """
 
 from __future__ import annotations

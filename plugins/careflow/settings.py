@@ -1,6 +1,6 @@
 """Where careflow finds its configuration: Airflow connections and the ``[careflow]`` config section.
 
-Names operators rely on (DESIGN §9):
+Names operators rely on (docs/contracts.md §3):
 
 - ``careflow_db``: SQLAlchemy URI of careflow's and the clinic's tables. Absent: the embedded
   SQLite file ``$AIRFLOW_HOME/careflow.db``.

@@ -127,7 +127,7 @@ def read_snapshot(path: Path) -> Snapshot:
     return snap
 
 
-# In-process only: the DAG file never touches the network while it is parsed (DESIGN §4), and a
+# In-process only: the DAG file never touches the network while it is parsed (docs/contracts.md §4), and a
 # compile (tenths of a millisecond for a 10-node workflow) costs less than a Redis round trip.
 _compiled: dict[str, CompiledWorkflow] = {}
 _counts = {"hits": 0, "misses": 0}

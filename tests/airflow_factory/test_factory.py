@@ -1,4 +1,4 @@
-"""The DAG factory: one DAG per active published workflow, shaped as the workflow says (DESIGN §4, §9)."""
+"""The DAG factory: one DAG per active published workflow, shaped as the workflow says (docs/contracts.md §4, §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What each node type does to the executions due at it (DESIGN §3, §8)."""
+"""What each node type does to the executions due at it (docs/contracts.md §4, §2)."""
 
 from __future__ import annotations
 

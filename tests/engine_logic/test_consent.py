@@ -1,4 +1,4 @@
-"""Consent per purpose and the marketing quiet hours (DESIGN §8)."""
+"""Consent per purpose and the marketing quiet hours (docs/contracts.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MessagingHook: a provider client from the ``careflow_messaging`` connection (DESIGN §9)."""
+"""MessagingHook: a provider client from the ``careflow_messaging`` connection (docs/contracts.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``careflow db upgrade``: careflow's tables, the clinic tables of DESIGN §8, idempotent, views respected."""
+"""``careflow db upgrade``: careflow's tables, the clinic tables of docs/contracts.md §2, idempotent, views respected."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from careflow.cli import main
 from careflow.store import tables
 from careflow.store.migrations import MIGRATIONS, upgrade
 
-#: DESIGN §8, column for column.
+#: docs/contracts.md §2, column for column.
 CLINIC_COLUMNS = {
     "clinics": {"id", "name", "phone", "timezone"},
     "patients": {

@@ -65,7 +65,7 @@ class CompiledWorkflow:
 
     @property
     def dag_id(self) -> str:
-        """``careflow__<workflow id>`` (DESIGN §9)."""
+        """``careflow__<workflow id>`` (docs/contracts.md §3)."""
         return dag_id_for(self.workflow_id)
 
     @property

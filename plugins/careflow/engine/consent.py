@@ -1,4 +1,4 @@
-"""Consent: whether a message of a purpose may go to a patient now (DESIGN §8).
+"""Consent: whether a message of a purpose may go to a patient now (docs/contracts.md §2).
 
 * ``care`` messages need ``consent_messages`` (default true).
 * ``marketing`` messages need ``consent_marketing`` (default false); ``consent_messages`` is

@@ -1,4 +1,4 @@
-"""The facts an execution sees: clinic rows (DESIGN §8) turned into the catalog of ``FACTS``.
+"""The facts an execution sees: clinic rows (docs/contracts.md §2) turned into the catalog of ``FACTS``.
 
 Rows are plain dicts of the table columns, as Postgres or SQLite return them, so values are
 normalised here and nowhere else:

@@ -166,7 +166,7 @@ def _age_ok(birth_date: Any, at: datetime, filters: Any) -> bool:
 
 
 def _exit_removed_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:
-    """Executions waiting at a node the current version no longer has exit with a reason (DESIGN §3)."""
+    """Executions waiting at a node the current version no longer has exit with a reason (docs/contracts.md §4)."""
     s = tables.steps
     known = list(ctx.compiled.nodes)
     orphans = list(

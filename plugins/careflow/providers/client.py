@@ -1,4 +1,4 @@
-"""The messaging provider's HTTP client (DESIGN §7), plain asyncio, no Airflow.
+"""The messaging provider's HTTP client (docs/contracts.md §1), plain asyncio, no Airflow.
 
 One ``ProviderClient`` sends a batch of messages concurrently over keep-alive connections and
 turns every answer into a ``SendResult`` with an ``Outcome``. It never raises for a single
@@ -124,7 +124,7 @@ NonEmptyStr = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 class AcceptedBody(BaseModel):
     """A 2xx answer (and a lookup record): strict, so ``{"id": 123}`` is not an acceptance.
 
-    Both fields of DESIGN §7 are required: an answer without a status proves as little as one
+    Both fields of docs/contracts.md §1 are required: an answer without a status proves as little as one
     without an id.
     """
 
@@ -357,7 +357,7 @@ class _BatchState:
 
 
 class ProviderClient:
-    """Sends messages to one provider over HTTP (DESIGN §7). Cheap to build, safe to share.
+    """Sends messages to one provider over HTTP (docs/contracts.md §1). Cheap to build, safe to share.
 
     Each batch (or each ``async with client:`` block) uses one keep-alive pool of its own, and
     ``max_concurrency`` bounds the requests in flight within it; batches running side by side in

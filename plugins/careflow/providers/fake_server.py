@@ -1,4 +1,5 @@
-"""A local fake messaging provider that speaks DESIGN §7, for the demo, the tests and the benchmarks.
+"""A local fake messaging provider that speaks the provider contract (docs/contracts.md §1), for the demo,
+the tests and the benchmarks.
 
 Start it with ``python -m careflow.providers.fake_server --port 8025`` (or ``careflow
 fake-provider``). It keeps accepted messages in memory (optionally also in a JSON-lines file,

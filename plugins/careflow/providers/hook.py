@@ -1,6 +1,6 @@
 """The Airflow hook of the messaging provider: a ``ProviderClient`` built from a connection.
 
-The connection (DESIGN §9) is ``careflow_messaging``, type http: ``host`` is the base URL
+The connection (docs/contracts.md §3) is ``careflow_messaging``, type http: ``host`` is the base URL
 (``http://127.0.0.1:8025``), ``password`` the bearer token, extra ``{"max_concurrency": 50,
 "timeout": 10}``. ``careflow.settings`` reads it (environment first, then Airflow's secrets
 backends); this hook only turns it into a client.

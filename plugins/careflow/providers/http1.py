@@ -13,7 +13,7 @@ readers and tracing hooks. This one does only what the provider's API asks for:
 - a connect timeout, a read timeout (no byte of the answer for ``read_timeout`` seconds) and a
   bound on the whole answer (``total_timeout``).
 
-Every failure is one of two exceptions, because the caller must tell them apart (DESIGN §7):
+Every failure is one of two exceptions, because the caller must tell them apart (docs/contracts.md §1):
 :class:`ConnectFailed` when nothing was written (refused, DNS, TLS handshake, connect timeout):
 the provider cannot have the message; :class:`RequestLost` when the request was written and no
 complete, well-formed answer came back (closed, reset, timed out, malformed, too large): the

@@ -394,7 +394,7 @@ def classify(outcome: object) -> str:
     """What a provider outcome means to the breaker: success, failure, neutral or throttled.
 
     Accepts the outcome string or a str-Enum member (its ``.value``). Only transient failures
-    ("transient", "unknown") count against the breaker (DESIGN §7).
+    ("transient", "unknown") count against the breaker (docs/contracts.md §1).
     """
     value = getattr(outcome, "value", outcome)
     kind = OUTCOME_KINDS.get(str(value))

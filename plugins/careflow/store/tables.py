@@ -1,4 +1,4 @@
-"""careflow's tables and the clinic tables (DESIGN §8), as SQLAlchemy Core metadata.
+"""careflow's tables and the clinic tables (docs/contracts.md §2), as SQLAlchemy Core metadata.
 
 The same definitions run on Postgres (production, tests) and SQLite (the embedded default).
 Times are stored in UTC; :class:`UTCDateTime` hands back aware datetimes on both.

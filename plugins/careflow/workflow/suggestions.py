@@ -13,7 +13,7 @@ from careflow.workflow.graph_checks import Graph, NodeRef
 from careflow.workflow.models import Duration, WorkflowSettings
 from careflow.workflow.schedules import longest_gap
 
-#: Marketing messages are skipped outside 08:00-21:00 without night consent (DESIGN §8).
+#: Marketing messages are skipped outside 08:00-21:00 without night consent (docs/contracts.md §2).
 QUIET_ENDS, QUIET_STARTS = 8 * 60, 21 * 60
 
 #: Fields of an appointment that are never later than the trigger event, per event.
