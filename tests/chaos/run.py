@@ -125,8 +125,10 @@ def worker_main(spec: dict[str, Any]) -> int:
     from careflow.store.db import get_engine
     from careflow.workflow.validation import validate_workflow
 
-    # The lease stands for CLAIM_LEASE (5 minutes): long enough for any send in flight to land.
+    # The lease stands for CLAIM_LEASE (5 minutes), renewed as often as in production (a fifth of
+    # it) while a live worker's batches wait to be sent.
     actions.CLAIM_LEASE = timedelta(seconds=spec["lease"])
+    actions.RENEW_EVERY = spec["lease"] / 5
     report = validate_workflow(spec["doc"])
     assert report.workflow is not None, report.to_dict()
     compiled = compile_workflow(report.workflow, version=1, content_hash="chaos")
