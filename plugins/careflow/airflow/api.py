@@ -2,7 +2,8 @@
 
 Airflow mounts plugin apps without authentication: every route here depends on Airflow's own
 ``get_user`` (a JWT in the ``Authorization: Bearer`` header or Airflow's session cookie), so an
-anonymous call gets 401 on every route.
+anonymous call gets 401 on every route; and each asks Airflow's auth manager whether this user
+may read or change what it serves (:mod:`careflow.airflow.access`), 403 when not.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
 
+from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
 from careflow.airflow.api_metrics import router as metrics_router
 
@@ -43,14 +45,16 @@ app.include_router(careflow_ui.router)
 
 
 @app.get("/api/workflows")
-def workflows() -> list[dict[str, Any]]:
-    """Published workflows: id, version, status, validation state and snapshot problems."""
+def workflows(user: Any = Depends(get_user)) -> list[dict[str, Any]]:
+    """Published workflows the user may read: id, version, status, validation state and snapshot problems."""
     from careflow.publishing import list_workflows
 
-    return [item.to_dict() for item in list_workflows()]
+    items = list_workflows()
+    allowed = access.readable(user, (item.workflow_id for item in items))
+    return [item.to_dict() for item in items if item.workflow_id in allowed]
 
 
-@app.get("/api/breakers")
+@app.get("/api/breakers", dependencies=[Depends(access.any_dag_reader)])
 def breakers() -> list[dict[str, Any]]:
     """Every known circuit breaker: state, failure rate, next probe time."""
     from careflow.resilience import list_breakers
@@ -58,7 +62,7 @@ def breakers() -> list[dict[str, Any]]:
     return [asdict(snap) for snap in list_breakers()]
 
 
-@app.post("/api/breakers/{name}/reset")
+@app.post("/api/breakers/{name}/reset", dependencies=[Depends(access.pool_editor)])
 def reset_breaker(name: str, user: Any = Depends(get_user)) -> dict[str, Any]:
     """Close a breaker by hand; who and when is recorded in its transitions."""
     from careflow.resilience import get_breaker, list_breakers
@@ -77,7 +81,7 @@ def reset_breaker(name: str, user: Any = Depends(get_user)) -> dict[str, Any]:
     }
 
 
-@app.get("/api/cache")
+@app.get("/api/cache", dependencies=[Depends(access.any_dag_reader)])
 def cache() -> dict[str, Any]:
     """Hit and miss counts per cache, and the compiled-template cache."""
     from careflow.resilience import cache_stats

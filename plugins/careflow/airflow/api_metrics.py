@@ -1,14 +1,17 @@
 """``GET /careflow/api/metrics``: the ``careflow metrics`` report over HTTP.
 
 The router is included in careflow's app (:mod:`careflow.airflow.api`), whose dependencies
-authenticate every route with Airflow's ``get_user``: anonymous calls get 401.
+authenticate every route with Airflow's ``get_user``: anonymous calls get 401. The report holds
+only the workflows whose DAG runs the user may read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from careflow.airflow import access
 
 router = APIRouter()
 
@@ -17,6 +20,7 @@ router = APIRouter()
 def metrics(
     workflow: str | None = Query(None, description="one workflow id (default: all)"),
     since: str | None = Query(None, description="only runs from this date or ISO time on"),
+    user: Any = Depends(access.get_user),
 ) -> dict[str, Any]:
     """Runs, success and error rates, durations (mean, median, P95) and messages per workflow and node."""
     from careflow.metrics_report import build_report, parse_since
@@ -25,4 +29,9 @@ def metrics(
         moment = parse_since(since)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=f"since: {exc}") from exc
-    return build_report(workflow, moment)
+    if workflow is not None:
+        access.check_workflow(user, workflow)
+    report = build_report(workflow, moment)
+    allowed = access.readable(user, (item["workflow_id"] for item in report["workflows"]))
+    report["workflows"] = [item for item in report["workflows"] if item["workflow_id"] in allowed]
+    return report

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -152,11 +152,13 @@ def failures(
     node_id: str | None = None,
     run_id: str | None = None,
     limit: int = 100,
+    workflow_ids: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Failed or skipped steps and failed, expired, skipped or unknown messages, with their reasons.
 
     ``reasons`` counts them per (kind, workflow, node, status, reason); ``steps`` and ``messages``
-    list the latest ``limit`` of each. Filters: workflow, node, run (the run that moved the step).
+    list the latest ``limit`` of each. Filters: workflow, node, run (the run that moved the step),
+    and the workflows ``workflow_ids`` (those a user may read).
     """
     s, x, m = tables.steps, tables.executions, tables.messages
     step_when = func.coalesce(s.c.finished_at, s.c.arrived_at)
@@ -207,6 +209,14 @@ def failures(
             )
             message_rows = message_rows.where(column_m == value)
             message_reasons = message_reasons.where(column_m == value)
+    if workflow_ids is not None:
+        among = sorted(workflow_ids)
+        step_rows, step_reasons = (
+            step_rows.where(s.c.workflow_id.in_(among)),
+            step_reasons.where(s.c.workflow_id.in_(among)),
+        )
+        message_rows = message_rows.where(m.c.workflow_id.in_(among))
+        message_reasons = message_reasons.where(m.c.workflow_id.in_(among))
     if run_id is not None:
         on_step = (s.c.execution_id == m.c.execution_id) & (s.c.node_id == m.c.node_id)
         step_rows, step_reasons = (
@@ -305,12 +315,16 @@ def _step(r: Any) -> dict[str, Any]:
     }
 
 
-def patient_executions(engine: Engine, patient_id: str, limit: int = 100) -> list[dict[str, Any]]:
-    """A patient's executions, latest first (ids, workflow, status, exit reason)."""
+def patient_executions(
+    engine: Engine, patient_id: str, limit: int = 100, *, workflow_ids: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """A patient's executions, latest first (ids, workflow, status, exit reason); only of ``workflow_ids``, if given."""
     x = tables.executions
     query = (
         select(x).where(x.c.patient_id == patient_id).order_by(x.c.enrolled_at.desc(), x.c.id).limit(limit)
     )
+    if workflow_ids is not None:
+        query = query.where(x.c.workflow_id.in_(sorted(workflow_ids)))
     with engine.connect() as conn:
         return [_execution(r) for r in conn.execute(query).mappings()]
 

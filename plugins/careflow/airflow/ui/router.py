@@ -2,6 +2,8 @@
 
 Included in careflow's FastAPI app, whose ``get_user`` dependency guards every route here, the
 page included: in the browser Airflow's session cookie authenticates, elsewhere a bearer JWT.
+What a route serves of a workflow, the user must be allowed to read in Airflow: that workflow's
+DAG runs (:mod:`careflow.airflow.access`); routes across workflows leave out the others.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
+from careflow.airflow import access
 from careflow.airflow.ui import queries
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -55,7 +58,7 @@ def asset(name: str) -> FileResponse:
     return _file(name)
 
 
-@router.get("/api/workflows/{workflow_id}/graph")
+@router.get("/api/workflows/{workflow_id}/graph", dependencies=[Depends(access.workflow_reader)])
 def workflow_graph(workflow_id: str) -> dict[str, Any]:
     """The published graph: nodes in topological columns, edges by handle."""
     compiled = _compiled(workflow_id)
@@ -64,19 +67,21 @@ def workflow_graph(workflow_id: str) -> dict[str, Any]:
     return queries.graph(compiled)
 
 
-@router.get("/api/workflows/{workflow_id}/runs")
+@router.get("/api/workflows/{workflow_id}/runs", dependencies=[Depends(access.workflow_reader)])
 def workflow_runs(workflow_id: str, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """The runs that moved the workflow's executions, latest first."""
     return queries.runs(_engine(), workflow_id, limit)
 
 
-@router.get("/api/workflows/{workflow_id}/counts")
+@router.get("/api/workflows/{workflow_id}/counts", dependencies=[Depends(access.workflow_reader)])
 def workflow_counts(workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
     """Steps per node and status, messages per action node and status: of one run, or of all."""
     return queries.node_counts(_engine(), workflow_id, run_id)
 
 
-@router.get("/api/workflows/{workflow_id}/nodes/{node_id}/steps")
+@router.get(
+    "/api/workflows/{workflow_id}/nodes/{node_id}/steps", dependencies=[Depends(access.workflow_reader)]
+)
 def workflow_node_steps(
     workflow_id: str, node_id: str, run_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
 ) -> list[dict[str, Any]]:
@@ -90,21 +95,33 @@ def recent_failures(
     node_id: str | None = None,
     run_id: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
+    user: Any = Depends(access.get_user),
 ) -> dict[str, Any]:
     """Failed and skipped steps, failed, expired, skipped and unknown messages, with reasons."""
-    return queries.failures(_engine(), workflow_id=workflow_id, node_id=node_id, run_id=run_id, limit=limit)
+    if workflow_id is not None:
+        access.check_workflow(user, workflow_id)
+        allowed = None
+    else:
+        allowed = access.readable(user, access.known_workflows())
+    return queries.failures(
+        _engine(), workflow_id=workflow_id, node_id=node_id, run_id=run_id, limit=limit, workflow_ids=allowed
+    )
 
 
 @router.get("/api/executions/{execution_id}")
-def execution_trace(execution_id: str) -> dict[str, Any]:
+def execution_trace(execution_id: str, user: Any = Depends(access.get_user)) -> dict[str, Any]:
     """One execution's trace: nodes, times, branches, messages, and why each action was (not) sent."""
     found = queries.trace(_engine(), execution_id, _compiled)
-    if found is None:
+    if found is None or not access.may_read_workflow(user, found["execution"]["workflow_id"]):
+        # the same answer whether it does not exist or is not the user's to read
         raise HTTPException(status_code=404, detail=f"no execution {execution_id!r}")
     return found
 
 
 @router.get("/api/patients/{patient_id}/executions")
-def patient_executions(patient_id: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-    """A patient's executions by patient id, latest first."""
-    return queries.patient_executions(_engine(), patient_id, limit)
+def patient_executions(
+    patient_id: str, limit: int = Query(100, ge=1, le=1000), user: Any = Depends(access.get_user)
+) -> list[dict[str, Any]]:
+    """A patient's executions by patient id, latest first (of the workflows the user may read)."""
+    allowed = access.readable(user, access.known_workflows())
+    return queries.patient_executions(_engine(), patient_id, limit, workflow_ids=allowed)
