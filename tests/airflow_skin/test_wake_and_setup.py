@@ -63,6 +63,20 @@ def _context(conf: dict) -> dict:  # type: ignore[type-arg]
     return {"dag_run": SimpleNamespace(conf=conf, run_id="scheduled__x"), "run_id": "scheduled__x"}
 
 
+def test_a_wait_that_ended_while_the_run_went_on_is_woken_for_at_once(engine) -> None:  # type: ignore[no-untyped-def]
+    compiled = _compiled()
+    due = NOW + timedelta(seconds=30)  # parked by the delay task at NOW, due before the wake task starts
+    _park(engine, compiled, due)
+    wake = build_dag(compiled).get_task("careflow_wake")
+    later = NOW + timedelta(seconds=60)
+    with pytest.raises(TaskDeferred) as deferred:
+        wake.execute(_context({"careflow_clock": later.isoformat()}))
+    assert deferred.value.trigger.moment == due  # in the past: the trigger fires at once
+    with pytest.raises(DagRunTriggerException) as started:
+        wake.execute_complete(_context({}), event=None, **deferred.value.kwargs)
+    assert started.value.dag_run_id == "careflow_wake__20260309T150030"
+
+
 def test_a_wait_before_the_next_run_is_waited_for_in_the_triggerer(engine) -> None:  # type: ignore[no-untyped-def]
     compiled = _compiled()
     due = NOW + timedelta(minutes=30)  # this workflow runs hourly: the wait ends before the next run

@@ -351,7 +351,12 @@ def process_node(ctx: RunContext, node_id: str) -> NodeReport:
     return handler(ctx, node)
 
 
-def next_wake(ctx: RunContext) -> datetime | None:
-    """When the earliest parked execution of this workflow becomes due (None: nothing is parked)."""
+def next_wake(ctx: RunContext, *, overdue: bool = False) -> datetime | None:
+    """When the earliest parked execution of this workflow becomes due (None: nothing is parked).
+
+    ``overdue`` counts the ones already due too: on the wall clock, a step can fall due after its
+    node's task ran and before the wake task does, and nothing else would pick it up before the
+    next scheduled run.
+    """
     with ctx.engine.connect() as conn:
-        return st.next_due(conn, ctx)
+        return st.next_due(conn, ctx, overdue=overdue)

@@ -373,11 +373,13 @@ def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) 
     return len(grouped)
 
 
-def next_due(conn: Connection, ctx: RunContext, node_ids: Sequence[str] | None = None) -> datetime | None:
-    """The earliest due time among waiting steps of this workflow after now."""
-    query = select(func.min(s.c.due_at)).where(
-        s.c.workflow_id == ctx.workflow_id, s.c.status == "waiting", s.c.due_at > ctx.now
-    )
+def next_due(
+    conn: Connection, ctx: RunContext, node_ids: Sequence[str] | None = None, *, overdue: bool = False
+) -> datetime | None:
+    """The earliest due time among waiting steps of this workflow after now (``overdue``: or before)."""
+    query = select(func.min(s.c.due_at)).where(s.c.workflow_id == ctx.workflow_id, s.c.status == "waiting")
+    if not overdue:
+        query = query.where(s.c.due_at > ctx.now)
     if node_ids is not None:
         query = query.where(s.c.node_id.in_(list(node_ids)))
     value = conn.execute(query).scalar()

@@ -44,7 +44,10 @@ class WakeOperator(BaseOperator):
         conf = dict(context["dag_run"].conf or {})
         now = now_for(conf)
         ctx = RunContext(compiled=self._compiled, now=now, engine=get_engine(), run_id=context["run_id"])
-        return now, next_wake(ctx), next_run_after(self._compiled, now)
+        # Each task reads the wall clock when it starts: a wait may have ended since its node's task
+        # ran, and is woken for at once (in simulation every task of a run has the run's time).
+        overdue = not is_simulated(conf)
+        return now, next_wake(ctx, overdue=overdue), next_run_after(self._compiled, now)
 
     def execute(self, context: Any) -> dict[str, Any]:
         """Report the next wake and defer until it when it comes before the next scheduled run."""
