@@ -256,6 +256,26 @@ def test_marketing_in_quiet_hours_waits_instead_of_skipping(engine, journey, fak
     assert ledger(engine, "quiet-test")["day_only"]["status"] == "sent"
 
 
+def test_quiet_hours_that_end_past_max_lateness_expire_the_message(engine, journey, fake):
+    c = Clinic()
+    c.completed("night", kst(2025, 3, 4, 22, 50), consent_marketing=True)  # due 22:50, quiet until 08:00
+    c.completed("dawn", kst(2025, 3, 5, 7, 30), consent_marketing=True)  # due 07:30, quiet for 30 min more
+    c.load(engine)
+    hour = {"amount": 1, "unit": "hours"}
+    doc = chain(
+        "quiet-late", ("promo", "action", action("(광고) 이벤트", purpose="marketing", max_lateness=hour))
+    )
+    j = journey(doc)
+    j.run_at(kst(2025, 3, 4, 23))
+    rows = ledger(engine, "quiet-late")
+    assert (rows["night"]["status"], rows["night"]["reason"]) == ("expired", "quiet_hours_past_max_lateness")
+    j.run_at(kst(2025, 3, 5, 7, 45))
+    assert steps_of(engine, "quiet-late")[("dawn", "promo")]["status"] == "waiting"
+    j.wakes(kst(2025, 3, 5, 7, 45))
+    assert set(j.sent) == {"dawn/promo"}  # at 08:00, within its hour
+    assert fake.stats()["received"] == 1
+
+
 def test_message_past_max_lateness_expires_and_is_never_sent(engine, journey, fake):
     c = Clinic()
     c.completed("late", kst(2025, 3, 4, 10))  # 14 h before the daily run

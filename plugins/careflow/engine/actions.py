@@ -432,14 +432,19 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                     patient=patient,
                     local_now=ctx.now.astimezone(tz),
                 )
-                if refusal == "marketing_quiet_hours":
-                    resume = quiet_hours_end(ctx.now.astimezone(tz))
+                resume = (
+                    quiet_hours_end(ctx.now.astimezone(tz)) if refusal == "marketing_quiet_hours" else None
+                )
+                if resume is not None and resume - due > timedelta(minutes=lateness):
+                    # The quiet hours end past the message's max_lateness: it would go out late.
+                    outcome = ("expired", "quiet_hours_past_max_lateness")
+                elif resume is not None:
                     step_updates.append({"id": row["id"], "status": "waiting", "due_at": resume})
                     report.waiting += 1
                     report.reasons["marketing_quiet_hours"] += 1
                     report.next_due = resume if report.next_due is None else min(report.next_due, resume)
                     continue
-                if refusal:
+                elif refusal:
                     outcome = ("skipped", refusal)
                 else:
                     to = recipient_for(config.channel, patient)

@@ -8,8 +8,8 @@
 
 Missing consent is permanent for this message: the engine skips the step with the reason code.
 Quiet hours are temporary: the engine parks the execution until :func:`quiet_hours_end` rather
-than skipping, so a marketing message reached at 23:00 goes out at 08:00 (the action's
-``max_lateness`` still applies). Consent is checked before quiet hours, so a patient who never
+than skipping, so a marketing message reached at 23:00 goes out at 08:00, unless 08:00 is past
+the action's ``max_lateness``: then it expires at once (``quiet_hours_past_max_lateness``). Consent is checked before quiet hours, so a patient who never
 consented is skipped at once instead of being woken up at 08:00 to be skipped.
 
 Reason codes are stable: ``no_consent_messages``, ``no_consent_marketing``,
