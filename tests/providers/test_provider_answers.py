@@ -98,6 +98,24 @@ def test_status_codes(status: int, outcome: Outcome) -> None:
     assert result.outcome is outcome and result.request_sent
 
 
+@pytest.mark.parametrize(
+    ("code", "kept"),
+    [
+        ("recipient_rejected", "recipient_rejected"),
+        ("E.164-invalid", "E.164-invalid"),
+        ("invalid_recipient:010-1234-5678:kim@example.com", None),
+        ("bad number 01012345678", None),
+        ("x" * 65, None),
+    ],
+)
+def test_only_an_identifier_is_kept_of_a_providers_error_code(code: str, kept: str | None) -> None:
+    import json
+
+    result = classify_response("k", 422, json.dumps({"error": {"code": code, "message": "m"}}).encode())
+    assert result.outcome is Outcome.PERMANENT
+    assert result.error_code == (kept or "http_422")
+
+
 @pytest.mark.parametrize("status", [200, 409, 422, 429, 503])
 def test_an_answer_nested_deeper_than_the_parser_goes_is_still_classified(status: int) -> None:
     result = classify_response("k", status, b"[" * 100_000)

@@ -158,6 +158,10 @@ def redact(text: str, limit: int = 200) -> str:
     return _PHONE_OR_EMAIL.sub("[redacted]", text)[:limit]
 
 
+#: What a provider's error code must look like to be kept: a short identifier, no spaces, no ``@``.
+_ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
+
+
 def _error_details(raw: bytes) -> tuple[str | None, str | None, str | None]:
     """(code, message, id) from ``{"error": {"code", "message"}}`` or ``{"id"}``, leniently."""
     try:
@@ -173,6 +177,10 @@ def _error_details(raw: bytes) -> tuple[str | None, str | None, str | None]:
         message = error.get("message") if isinstance(error.get("message"), str) else None
     elif isinstance(error, str):
         code = error
+    if code is not None and not _ERROR_CODE.fullmatch(code):
+        # A code goes into reasons, metrics tags and the task log: one that is not a short
+        # identifier (a recipient quoted in it, free text) is dropped for the HTTP status.
+        code = None
     provider_id = data.get("id") if isinstance(data.get("id"), str) and data.get("id") else None
     return code, (redact(message) if message else None), provider_id
 
