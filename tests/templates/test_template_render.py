@@ -125,6 +125,15 @@ def test_check_template_never_raises_for_bad_input():
         assert problems and problems[0].code in {"TEMPLATE_SYNTAX", "TEMPLATE_UNSAFE"}
 
 
+def test_a_template_nested_too_deeply_is_a_problem_not_a_crash(context):
+    source = "{{ patient.attributes" + ".a" * 1000 + " }}"
+    [problem] = check_template(source, channel="sms")
+    assert problem.code == "TEMPLATE_SYNTAX" and "nests too deeply" in problem.message
+    with pytest.raises(TemplateError) as refused:
+        render_message(source, context, channel="sms")
+    assert refused.value.code == "TEMPLATE_SYNTAX"
+
+
 def test_a_long_loop_is_refused(context):
     context["patient"]["attributes"] = {"items": ["x"] * (limits.MAX_LOOP_ITEMS + 1)}
     with pytest.raises(TemplateError) as err:

@@ -158,10 +158,15 @@ def compile_template(source: str) -> CompiledTemplate:
         more = len(analysis.problems) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise TemplateError(first.code, first.message + suffix)
-    _guard_loops(tree)
     try:
+        _guard_loops(tree)  # walks the tree: a chain of a thousand attributes is as deep
         template = environment().from_string(tree)
-    except (TemplateSyntaxError, RecursionError, SyntaxError, MemoryError) as exc:
+    except RecursionError:
+        raise TemplateError(
+            codes.SYNTAX,
+            "the template nests too deeply to be compiled: shorten its chains of names or brackets",
+        ) from None
+    except (TemplateSyntaxError, SyntaxError, MemoryError) as exc:
         raise TemplateError(codes.SYNTAX, f"the template cannot be compiled ({type(exc).__name__})") from None
     compiled = CompiledTemplate(key, template, frozenset(analysis.fact_paths), frozenset(analysis.loop_paths))
     _cache.put(key, compiled)
