@@ -81,6 +81,8 @@ def build_facts(
             "birth_date": birth_date,
             "age": age_on(birth_date, local_today) if birth_date else None,
             "timezone": tz_name,
+            # the patient's own zone (None: the row has none): what wins over a time window's
+            "own_timezone": _known_timezone(patient.get("timezone")),
             "consent_messages": as_bool(
                 patient.get("consent_messages"), True, where=f"{pid}.consent_messages"
             ),

@@ -18,7 +18,7 @@ from sqlalchemy.types import NullType
 from careflow.compiler import CompiledNode
 from careflow.engine import steps as st
 from careflow.engine.context import NodeReport, RunContext
-from careflow.engine.facts_builder import UnreadableFacts, as_date
+from careflow.engine.facts_builder import UnreadableFacts, age_on, as_date
 from careflow.store import tables
 from careflow.workflow.timezones import zone
 
@@ -52,6 +52,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         start = min(start, ctx.interval_start)
     end = ctx.now
     filters = config.filters
+    default_tz = zone(ctx.compiled.timezone)
     last_at: datetime | None = None
     last_id = ""
     batch = ctx.compiled.settings.batch_size
@@ -66,6 +67,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 e.c.occurred_at,
                 # as stored: a birth date that is not a date must not fail the enrollment of others
                 type_coerce(p.c.birth_date, NullType()).label("birth_date"),
+                type_coerce(p.c.timezone, NullType()).label("timezone"),
             )
             .join(a, a.c.id == e.c.appointment_id)
             .join(p, p.c.id == e.c.patient_id)
@@ -91,7 +93,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 break
             report.batches += 1
             last_at, last_id = rows[-1]["occurred_at"], rows[-1]["id"]
-            eligible = [r for r in rows if _age_ok(r["birth_date"], r["occurred_at"], filters)]
+            eligible = [r for r in rows if _age_ok(r, filters, default_tz)]
             report.reasons["filtered_age"] += len(rows) - len(eligible)
             executions = [
                 {
@@ -150,16 +152,18 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     return report
 
 
-def _age_ok(birth_date: Any, at: datetime, filters: Any) -> bool:
+def _age_ok(row: Any, filters: Any, default_tz: Any) -> bool:
+    """Whether the patient's age on the day of the event, on their own calendar, passes the filters."""
     if filters.min_age is None and filters.max_age is None:
         return True
     try:
-        birth_date = as_date(birth_date)
+        birth_date = as_date(row["birth_date"])
     except ValueError:  # unreadable: no age to compare, like a missing birth date
         return False
     if birth_date is None:
         return False
-    age = at.year - birth_date.year - ((at.month, at.day) < (birth_date.month, birth_date.day))
+    tz = _patient_zone({"patient": {"timezone": row["timezone"]}}, default_tz)
+    age = age_on(birth_date, row["occurred_at"].astimezone(tz).date())
     if filters.min_age is not None and age < filters.min_age:
         return False
     return not (filters.max_age is not None and age > filters.max_age)
@@ -282,7 +286,8 @@ def delay(ctx: RunContext, node: CompiledNode) -> NodeReport:
 
     config = node.config
     default_tz = zone(ctx.compiled.timezone)
-    needs_facts = config.until is not None
+    # Until a time, or whole days on the patient's calendar: the patient's row says which zone.
+    needs_facts = config.until is not None or config.unit in ("days", "weeks")
 
     def decide(row: Any, facts: Any) -> Decision:
         if row["status"] == "waiting" and row["due_at"] is not None:
@@ -307,7 +312,8 @@ def time_window(ctx: RunContext, node: CompiledNode) -> NodeReport:
     default_tz = zone(config.timezone or ctx.compiled.timezone)
 
     def decide(row: Any, facts: Any) -> Decision:
-        tz = _patient_zone(facts, default_tz)
+        # The patient's own zone wins; without one, the window's, then the workflow's.
+        tz = _patient_zone(facts, default_tz, key="own_timezone")
         if is_open(config, ctx.now, tz):
             # A parked step moves on from the opening it waited for, not from its arrival: the
             # window may have been open when it arrived and closed before this node ran.
@@ -322,9 +328,9 @@ def time_window(ctx: RunContext, node: CompiledNode) -> NodeReport:
     return _walk(ctx, node, decide, needs_facts=True)
 
 
-def _patient_zone(facts: Any, default: Any) -> Any:
+def _patient_zone(facts: Any, default: Any, key: str = "timezone") -> Any:
     if facts:
-        name = (facts.get("patient") or {}).get("timezone")
+        name = (facts.get("patient") or {}).get(key)
         if name:
             try:
                 return zone(name)
