@@ -62,6 +62,36 @@ def test_day_before_reminder(engine, journey, fake):
     assert_exactly_once(fake)
 
 
+def test_a_rescheduled_appointment_moves_its_reminder(engine, journey, fake):
+    c = Clinic()
+    for pid, scheduled in (("later", kst(2025, 3, 10, 14)), ("earlier", kst(2025, 3, 12, 14))):
+        c.patient(pid)
+        aid = c.appointment(
+            f"{pid}-a",
+            pid,
+            type="checkup",
+            status="scheduled",
+            scheduled_at=scheduled,
+            created_at=kst(2025, 3, 4, 11),
+        )
+        c.event(f"{pid}-e", aid, "appointment_created", kst(2025, 3, 4, 11))
+    c.load(engine)
+    j = journey(example("day-before-reminder"))
+    j.run_days(kst(2025, 3, 4, 12), kst(2025, 3, 4, 13))
+    moved = {"later-a": kst(2025, 3, 17, 14), "earlier-a": kst(2025, 3, 10, 14)}
+    with engine.begin() as conn:  # both parked until the day before; then the clinic moves them
+        for aid, when in moved.items():
+            conn.execute(
+                update(tables.appointments).where(tables.appointments.c.id == aid).values(scheduled_at=when)
+            )
+    j.run_days(kst(2025, 3, 4, 13), kst(2025, 3, 18))
+    assert j.sent["later/remind"][0] == kst(2025, 3, 16, 10)  # the day before the new date
+    # Found at its old reminder time (11 March 10:00), after the new appointment: past max_lateness.
+    assert "earlier/remind" not in j.sent
+    assert ledger(engine, "day-before-reminder")["earlier"]["status"] == "expired"
+    assert_exactly_once(fake)
+
+
 def test_implant_aftercare(engine, journey, fake):
     c = Clinic()
     c.completed("p1", kst(2025, 3, 3, 14))  # Monday: Thursday 14:00

@@ -290,10 +290,15 @@ def delay(ctx: RunContext, node: CompiledNode) -> NodeReport:
     needs_facts = config.until is not None or config.unit in ("days", "weeks")
 
     def decide(row: Any, facts: Any) -> Decision:
+        tz = _patient_zone(facts, default_tz)
         if row["status"] == "waiting" and row["due_at"] is not None:
             release = row["due_at"]
+            if config.until is not None:
+                # Read again now that it is due: the appointment may have moved since the execution
+                # parked. Later, it waits for the new time; earlier, it moves on from there (and
+                # max_lateness downstream counts from it). A field gone since keeps the old time.
+                release = release_time(config, row["arrived_at"], facts or {}, tz) or release
         else:
-            tz = _patient_zone(facts, default_tz)
             release = release_time(config, row["arrived_at"], facts or {}, tz)
             if release is None:
                 return "exit", "delay_field_missing"
