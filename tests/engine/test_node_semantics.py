@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from careflow.store import tables
 
 from .harness import (
@@ -66,6 +68,29 @@ def test_trigger_enrolls_matching_events_in_window_once(engine, journey, fake):
     assert nxt.enrolled == 1
     assert set(executions(engine, "trigger-test")) == {"p1", "p5"}
     assert fake.stats()["received"] == 0
+
+
+def test_a_first_enrollment_that_fails_loses_no_event(engine, journey, fake, monkeypatch):
+    from careflow.engine import steps as st
+
+    t0 = kst(2025, 3, 4)
+    c = Clinic()
+    c.completed("p1", t0 - timedelta(hours=5))
+    c.load(engine)
+    j = journey(chain("first-fails", ("a", "action", action())))
+
+    def broken(*args, **kw):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(st, "create_steps", broken)
+        with pytest.raises(RuntimeError):
+            j.node("t", t0, interval_start=t0 - timedelta(days=1))
+    assert executions(engine, "first-fails") == {}
+    # The next day's run covers its own interval, and the one of the run that failed.
+    report = j.node("t", t0 + timedelta(days=1), interval_start=t0)
+    assert report.enrolled == 1
+    assert set(executions(engine, "first-fails")) == {"p1"}
 
 
 # ------------------------------------------------------------------ condition

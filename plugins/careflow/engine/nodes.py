@@ -50,6 +50,15 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         start = ctx.interval_start or (ctx.now - timedelta(days=1))
     if ctx.interval_start is not None:
         start = min(start, ctx.interval_start)
+    if mark is None:
+        # The first enrollment marks where it starts before it enrolls anything: should it fail
+        # for good, the next run starts from there instead of from its own interval, and the
+        # events of this one are not lost.
+        with engine.begin() as conn:
+            st.insert_ignore(
+                conn, w, [{"workflow_id": ctx.workflow_id, "enrolled_until": start}], ["workflow_id"]
+            )
+            report.queries += 1
     end = ctx.now
     filters = config.filters
     default_tz = zone(ctx.compiled.timezone)
