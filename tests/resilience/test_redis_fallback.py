@@ -117,3 +117,49 @@ def test_redis_restart_fallback_then_recovery(tmp_path, emitted):
         assert link.fallback_events == 1 and link.recoveries == 1
     finally:
         _stop(proc)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_a_redis_that_refuses_writes_is_down_for_the_breaker(tmp_path, emitted):
+    from careflow.resilience.backends.redis_backend import RedisBackend
+
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    try:
+        client = redis.Redis(port=port)
+        link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=60)
+        breaker = CircuitBreaker("oom:sms", backend=RedisBackend(link, prefix="cftest"), verdict_seconds=0)
+        assert breaker.acquire().backend == "redis"
+        client.set("filler", "x" * 100_000)
+        client.config_set("maxmemory", "1")  # noeviction: every write is refused with OOM
+        for _ in range(5):  # the failures are counted (per process) and open the breaker
+            breaker.record(breaker.acquire(), "transient")
+        with pytest.raises(BreakerOpen):
+            breaker.acquire()
+        assert breaker.snapshot().backend == "local-fallback" and link.down
+        assert [name for name, _ in emitted if name.startswith("breaker_redis")] == ["breaker_redis_fallback"]
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("error", "down"),
+    [
+        (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+        (redis.exceptions.ResponseError("MISCONF Redis is configured to save RDB snapshots, but ..."), True),
+        (redis.exceptions.ResponseError("MASTERDOWN Link with MASTER is down"), True),
+        (redis.exceptions.ResponseError("ERR wrong number of arguments for 'evalsha' command"), False),
+    ],
+)
+def test_which_redis_errors_mean_down(error, down):
+    link = RedisLink(DEAD_REDIS_URL)
+
+    def fails(_client):  # type: ignore[no-untyped-def]
+        raise error
+
+    if down:
+        assert link.run(fails) is not None and not link.run(fails) and link.down
+    else:
+        with pytest.raises(redis.exceptions.ResponseError):
+            link.run(fails)
+        assert not link.down

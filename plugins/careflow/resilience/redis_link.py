@@ -1,7 +1,8 @@
 """One process's connection to Redis, and what happens when Redis is gone.
 
 Breakers and caches run every Redis call through :meth:`RedisLink.run`. A connection error (or a
-timeout, or a read-only replica after a failover) marks the link *down*: the caller gets
+timeout, a read-only replica after a failover, or a Redis refusing writes: out of memory, a
+failed background save) marks the link *down*: the caller gets
 :data:`DOWN` and uses its per-process fallback instead of failing the send. While down, Redis is
 tried again at most every ``retry_seconds`` so an outage costs no connect timeout per message.
 Each change (up -> down, down -> up) is logged once, counted in ``fallback_events`` and emitted as
@@ -35,8 +36,19 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,  # OOM: at maxmemory with noeviction, every write is refused
     OSError,
 )
+#: Replies of a Redis that is up but refuses to work right now (a failed background save that
+#: stops writes, a replica without its master, a script running too long, a cluster slot moving).
+UNAVAILABLE_REPLIES = ("MISCONF", "MASTERDOWN", "BUSY", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis cannot be used now (rather than that careflow asked it wrongly)."""
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(UNAVAILABLE_REPLIES)
 
 
 class _Down:
@@ -101,7 +113,12 @@ class RedisLink:
             return DOWN
         try:
             value = fn(self.client)
-        except UNAVAILABLE_ERRORS as exc:
+        except redis.exceptions.RedisError as exc:
+            if not unavailable(exc):
+                raise
+            self._mark_down(exc)
+            return DOWN
+        except OSError as exc:
             self._mark_down(exc)
             return DOWN
         if self._down:

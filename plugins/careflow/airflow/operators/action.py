@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -116,12 +117,17 @@ def resume_at(breaker: Any, report: Any) -> float | None:
     return retry_at
 
 
+#: The shortest wait a deferral asks for: a time already past (a breaker whose state could not
+#: move on) must not turn into a defer-resume loop.
+MIN_DEFER_SECONDS = 5.0
+
+
 def _breaker_retry_at(breaker: Any) -> float | None:
     if breaker is None:
         return None
     snap = breaker.snapshot()
     if snap.state == "open" and snap.next_probe_at:
-        return float(snap.next_probe_at)
+        return max(float(snap.next_probe_at), time.time() + MIN_DEFER_SECONDS)
     if snap.paused_until:
-        return float(snap.paused_until)
+        return max(float(snap.paused_until), time.time() + MIN_DEFER_SECONDS)
     return None
