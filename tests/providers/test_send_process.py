@@ -188,3 +188,33 @@ def test_the_child_lets_go_of_the_sockets_it_inherited(fake) -> None:
         ]
     # what is left: the pipe to this process and the client's own connections
     assert len(inherited) >= 1
+
+
+def test_a_child_dying_while_a_batch_is_handed_over_leaves_it_unknown() -> None:
+    """The reader gives the batch back (the child is gone) before the hand-over fails with EPIPE."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # a child that is gone at once
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+    class Client:
+        name = "race"
+
+    process = SendProcess(Client(), None, pid, Connection(ours.detach()))
+    send = process._conn.send
+
+    def send_once_given_back(obj):  # type: ignore[no-untyped-def]
+        theirs.close()
+        deadline = time.monotonic() + 5
+        while process._lost is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return send(obj)
+
+    process._conn.send = send_once_given_back  # type: ignore[method-assign]
+    [result] = process.send_batch([make_message("race-1")])
+    assert result.outcome is Outcome.UNKNOWN and result.error_code == "send_process_lost"
+    process.close(timeout=1)

@@ -174,19 +174,22 @@ class SendProcess:
 
     def _call(self, kind: str, payload: list[Any]) -> Future[Any]:
         future: Future[Any] = Future()
-        if self._lost is not None or self._closed:
-            future.set_exception(SendProcessLost(self._lost or "the send process is closed"))
-            return future
         request = next(self._ids)
+        # Checked and registered under the lock _give_back takes: a request is either refused
+        # here or answered there, never both.
         with self._pending_lock:
+            if self._lost is not None or self._closed:
+                future.set_exception(SendProcessLost(self._lost or "the send process is closed"))
+                return future
             self._pending[request] = (future, kind, payload)
         try:
             with self._send_lock:
                 self._conn.send((request, kind, payload))
         except (OSError, ValueError) as exc:
             with self._pending_lock:
-                self._pending.pop(request, None)
-            future.set_exception(SendProcessLost(f"the send process is gone ({type(exc).__name__})"))
+                mine = self._pending.pop(request, None) is not None
+            if mine:  # else the reader saw the child go first and has answered it already
+                future.set_exception(SendProcessLost(f"the send process is gone ({type(exc).__name__})"))
         return future
 
     def _read(self) -> None:
