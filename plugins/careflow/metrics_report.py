@@ -36,11 +36,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
 from careflow.store import tables
+from careflow.workflow.validation import WAKE_TASK_ID  # a task of every DAG, not a node
 
 log = logging.getLogger(__name__)
 
 DAG_PREFIX = "careflow__"
-WAKE_TASK_ID = "careflow_wake"  # a task of every careflow DAG, not a node of the workflow
 _STEP_STATES = ("done", "failed", "skipped", "waiting", "pending")
 
 

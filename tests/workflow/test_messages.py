@@ -85,10 +85,19 @@ def test_periodic_schedules_are_accepted(schedule):
 
 
 @pytest.mark.parametrize(
-    "schedule", ["@once", "@reboot", None, "", "0 0 9 * * *", "61 * * * *", "every day", 5]
+    "schedule", ["@once", "@reboot", None, "", "0 0 9 * * *", "61 * * * *", "every day", 5, "0 0 31 2 *"]
 )
 def test_other_schedules_are_refused(schedule):
     assert schedule_problem(schedule)
+
+
+def test_a_schedule_is_stored_the_way_airflow_reads_it():
+    for written, stored in ((" @daily ", "@daily"), ("0  9 * * 1-5", "0 9 * * 1-5")):
+        workflow = base()
+        workflow["nodes"][0]["data"]["schedule"] = written
+        report = validate_workflow(workflow)
+        assert report.ok and report.workflow is not None, report.to_dict()
+        assert report.workflow.trigger.data.schedule == stored
 
 
 def test_condition_values_are_checked_against_the_fact():
@@ -123,3 +132,16 @@ def test_the_jinja_fallback_checks_syntax_when_the_template_package_is_absent(mo
     data(workflow, "a1")["template"] = "{% if patient.name %}안녕하세요"
     [error] = validate_workflow(workflow).errors
     assert error.code == "ACTION_TEMPLATE_SYNTAX" and error.node_id == "a1"
+
+
+def test_a_node_cannot_take_the_id_of_the_wake_task():
+    workflow = base()
+    workflow["nodes"][1]["id"] = "careflow_wake"
+    workflow["edges"] = [
+        {**edge, "source": "careflow_wake" if edge["source"] == "d1" else edge["source"]}
+        | {"target": "careflow_wake" if edge["target"] == "d1" else edge["target"]}
+        for edge in workflow["edges"]
+    ]
+    report = validate_workflow(workflow)
+    assert not report.ok
+    assert ("NODE_BAD_ID", "careflow_wake") in {(d.code, d.node_id) for d in report.errors}

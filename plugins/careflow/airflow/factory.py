@@ -20,10 +20,10 @@ from careflow.compiler import CompiledWorkflow
 from careflow.compiler.graph import dag_id_for, describe
 from careflow.compiler.schedule import cron_of
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, load_one
+from careflow.workflow.validation import WAKE_TASK_ID  # a task of every DAG, not a node
 
 log = logging.getLogger(__name__)
 
-WAKE_TASK_ID = "careflow_wake"
 DAG_START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 

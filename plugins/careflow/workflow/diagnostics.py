@@ -66,7 +66,10 @@ CODES: dict[str, tuple[Severity, str]] = {
     # Nodes.
     "NODE_MALFORMED": (_E, "A node entry is not a JSON object."),
     "NODE_MISSING_ID": (_E, "A node has no id."),
-    "NODE_BAD_ID": (_E, "A node id is not a valid id (letters, digits, '_', '.', '-'; max 64)."),
+    "NODE_BAD_ID": (
+        _E,
+        "A node id is not a valid id (letters, digits, '_', '.', '-'; max 64), or is careflow_wake.",
+    ),
     "NODE_DUPLICATE_ID": (_E, "Two nodes share an id."),
     "NODE_MISSING_TYPE": (_E, "A node has no type."),
     "NODE_UNKNOWN_TYPE": (_E, "A node type is not trigger, action, condition, delay or timeWindow."),

@@ -178,6 +178,12 @@ class TriggerData(_Strict):
     filters: TriggerFilters = Field(default_factory=lambda: TriggerFilters())
     schedule: str = Field("@daily", description="@daily, @hourly or a five-field cron expression.")
 
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _one_space_between_fields(cls, value: object) -> object:
+        """`` @daily `` is ``@daily``, ``0  9 * * *`` is ``0 9 * * *``: what Airflow's timetable accepts."""
+        return " ".join(value.split()) if isinstance(value, str) else value
+
 
 class ActionData(_Strict):
     """Send one message per execution on a channel."""

@@ -40,6 +40,10 @@ def schedule_problem(schedule: object) -> str | None:
         valid = False
     if not valid:
         return f"{schedule[:60]!r} is not a valid cron expression (minute hour day month weekday)"
+    try:  # valid fields can still name a day that never comes (31 February)
+        croniter(text, datetime(2026, 1, 1)).get_next(datetime)
+    except Exception:
+        return f"{schedule[:60]!r} never runs: no date matches it"
     return None
 
 

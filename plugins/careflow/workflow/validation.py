@@ -96,6 +96,11 @@ class ValidationReport:
         }
 
 
+#: The task careflow adds to every workflow's DAG; no node may take its id.
+WAKE_TASK_ID = "careflow_wake"
+RESERVED_NODE_IDS = frozenset({WAKE_TASK_ID})
+
+
 def validate_path(path: str | Path) -> ValidationReport:
     """Validate a workflow file; a missing, unreadable or oversized file is a diagnostic too."""
     source = str(path)
@@ -410,6 +415,18 @@ def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, Nod
                     f"Node #{index + 1}: id {show(node_id)} may only hold letters, digits, '_', '.' and '-' "
                     "(max 64, starting with a letter or digit)",
                     node_id=node_id[:64] if isinstance(node_id, str) else None,
+                    field=f"{where}.id",
+                )
+            )
+            continue
+        if node_id in RESERVED_NODE_IDS:
+            broken.add(node_id)
+            found.append(
+                make(
+                    "NODE_BAD_ID",
+                    f"Node #{index + 1}: the id {node_id} is the name of a task careflow adds to every "
+                    "workflow's DAG; give the node another id",
+                    node_id=node_id,
                     field=f"{where}.id",
                 )
             )
