@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from careflow import settings
@@ -69,7 +69,15 @@ def publish_report(
     workflow = report.workflow
     digest = content_hash(workflow)
     v = tables.workflow_versions
+    # One publish of a workflow at a time, from reading its latest version to writing its
+    # snapshot: two at once would both take the next version number, and the snapshot written
+    # last could be the older one. SQLite's transactions take the write lock when they begin.
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"careflow publish {workflow.id}"},
+            )
         latest = conn.execute(
             select(v.c.version, v.c.content_hash, v.c.published_at)
             .where(v.c.workflow_id == workflow.id)
@@ -99,20 +107,20 @@ def publish_report(
                 )
             )
             action = "published"
-    # The DAG's start date is the first publication: a new version must not reschedule history.
-    start = start_date or first_published or published_at
-    snap = Snapshot(
-        workflow_id=workflow.id,
-        version=version,
-        content_hash=digest,
-        published_at=published_at.isoformat(),
-        start_date=start.isoformat(),
-        document=canonical_document(workflow),
-        path=snapshot_path(workflows_dir, workflow.id),
-    )
-    existing = _read_existing(snap.path)
-    if action == "published" or existing != snap.to_json():
-        write_snapshot(workflows_dir, snap)
+        # The DAG's start date is the first publication: a new version must not reschedule history.
+        start = start_date or first_published or published_at
+        snap = Snapshot(
+            workflow_id=workflow.id,
+            version=version,
+            content_hash=digest,
+            published_at=published_at.isoformat(),
+            start_date=start.isoformat(),
+            document=canonical_document(workflow),
+            path=snapshot_path(workflows_dir, workflow.id),
+        )
+        existing = _read_existing(snap.path)
+        if action == "published" or existing != snap.to_json():
+            write_snapshot(workflows_dir, snap)  # before the commit: no version without its snapshot
     if action == "published":
         _invalidate_caches(workflow.id, digest)
     return PublishResult(report.source, workflow.id, action, version, digest, report, str(snap.path))

@@ -163,11 +163,12 @@ def test_snapshot_write_is_atomic(
     assert path.read_bytes() == before
     assert _leftovers(workflows_dir) == []
 
-    # the version was stored; publishing again repairs the snapshot instead of making version 3
+    # no version without its snapshot: the failed publish stored nothing, the next one is version 2
+    assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1]
     monkeypatch.undo()
     monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
     (result,) = publish_paths([changed_file], engine=engine, workflows_dir=workflows_dir)
-    assert result.action == "unchanged" and result.version == 2
+    assert result.action == "published" and result.version == 2
     assert json.loads(path.read_text(encoding="utf-8"))["version"] == 2
 
 
@@ -178,3 +179,43 @@ def test_every_example_publishes(engine: Engine, workflows_dir: Path) -> None:
     assert sorted(p.stem for p in workflows_dir.glob("*.json")) == sorted(
         p.stem for p in EXAMPLES.glob("*.json")
     )
+
+
+def test_two_publishes_at_once_take_turns(engine: Engine, workflows_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    from careflow import publishing
+    from careflow.workflow.validation import validate_workflow
+
+    source = json.loads(IMPLANT.read_text(encoding="utf-8"))
+
+    def named(name: str):  # type: ignore[no-untyped-def]
+        return validate_workflow({**source, "name": name})
+
+    publishing.publish_report(named("v1"), engine=engine, workflows_dir=workflows_dir)
+    write = publishing.write_snapshot
+
+    def slow_for_a(where, snap):  # type: ignore[no-untyped-def]
+        if snap.document["name"] == "A":  # A writes its snapshot late: B must not overtake it
+            time.sleep(0.5)
+        return write(where, snap)
+
+    monkeypatch.setattr(publishing, "write_snapshot", slow_for_a)
+    results: dict[str, tuple[str, int | None]] = {}
+
+    def publish(name: str) -> None:
+        result = publishing.publish_report(named(name), engine=engine, workflows_dir=workflows_dir)
+        results[name] = (result.action, result.version)
+
+    first = threading.Thread(target=publish, args=("A",))
+    first.start()
+    time.sleep(0.1)  # A holds the workflow's publish when B starts
+    second = threading.Thread(target=publish, args=("B",))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert results == {"A": ("published", 2), "B": ("published", 3)}
+    assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1, 2, 3]
+    snapshot = json.loads((workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8"))
+    assert (snapshot["version"], snapshot["workflow"]["name"]) == (3, "B")
