@@ -200,3 +200,24 @@ def test_a_failed_statement_names_the_statement_not_the_values(engine) -> None:
         conn.execute(insert(tables.patients).values(**row))  # the same id again
     text_ = str(caught.value)
     assert "patients" in text_ and "Kim Minji" not in text_ and "+821055501234" not in text_
+
+
+def test_a_materialized_view_under_a_clinic_tables_name_is_left_alone(empty_db_url: str) -> None:
+    if not empty_db_url.startswith("postgresql"):
+        pytest.skip("materialized views are Postgres's")
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE clinic_people (pid TEXT, clinic TEXT, full_name TEXT)"))
+        conn.execute(
+            text(
+                "CREATE MATERIALIZED VIEW patients AS SELECT pid AS id, clinic AS clinic_id FROM clinic_people"
+            )
+        )
+    try:
+        report = upgrade()
+        assert "patients" not in report.clinic_tables_created
+        assert "patients" in inspect(engine).get_materialized_view_names()
+    finally:
+        with engine.begin() as conn:  # the next test's reset drops tables by name
+            conn.execute(text("DROP MATERIALIZED VIEW IF EXISTS patients"))
+        engine.dispose()

@@ -66,9 +66,9 @@ def upgrade(engine: Engine | None = None) -> UpgradeReport:
     created: list[str] = []
     with engine.begin() as conn:
         _lock(conn)
-        existing = set(inspect(conn).get_table_names())
+        existing = _relations(conn)
         for table in tables.CLINIC_TABLES:
-            if table.name not in existing and not _is_view(conn, table.name):
+            if table.name not in existing:
                 table.create(conn)
                 created.append(table.name)
         tables.schema_migrations.create(conn, checkfirst=True)
@@ -108,8 +108,15 @@ def _lock(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
 
 
-def _is_view(conn: Connection, name: str) -> bool:
-    return name in inspect(conn).get_view_names()
+def _relations(conn: Connection) -> set[str]:
+    """Every name a clinic may have given its data under: tables, views, and on Postgres
+    materialized views and foreign tables (in the search path's first schema, as the others)."""
+    inspector = inspect(conn)
+    names = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    if conn.dialect.name == "postgresql":
+        names |= set(inspector.get_materialized_view_names())
+        names |= set(inspector.get_foreign_table_names())
+    return names
 
 
 def check_ready(engine: Engine | None = None) -> None:
