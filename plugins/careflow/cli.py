@@ -223,6 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code."""
     from careflow.exceptions import CareflowError
 
+    for stream in (sys.stdout, sys.stderr):
+        # A workflow's text may hold what the terminal cannot encode (a lone surrogate in a
+        # label): it is printed escaped, never turned into an error of the command itself.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -152,3 +152,17 @@ def test_python_dash_m_careflow_help() -> None:
     assert result.stdout.startswith("usage: careflow")
     for command in ("db", "workflows", "schema", "simulate"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_label_the_terminal_cannot_encode_is_printed_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    document = json.loads((EXAMPLES / "day-before-reminder.json").read_text(encoding="utf-8"))
+    document["nodes"][0]["data"]["label"] = "MARK"
+    path = tmp_path / "surrogate.json"
+    # a lone surrogate, as a JSON escape: valid JSON, not encodable as UTF-8
+    path.write_text(json.dumps(document).replace("MARK", "X\\ud800"), encoding="utf-8")
+    exit_code, out, err = _run(capsys, "workflows", "validate", *(["--json"] if as_json else []), str(path))
+    assert exit_code == 1 and "Traceback" not in out + err and "unexpected error" not in err
+    assert "NODE_BAD_FIELD" in out

@@ -77,7 +77,8 @@ def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
         "retries": s.retries,
         "retry_delay": timedelta(seconds=s.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
+        # Backoff doubles the delay up to half an hour, or the first delay where that is longer.
+        "max_retry_delay": timedelta(seconds=max(1800, s.retry_delay_seconds)),
         "execution_timeout": timedelta(seconds=s.task_timeout_seconds),
         **alerts.task_callbacks(),
     }
