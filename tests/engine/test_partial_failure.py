@@ -67,3 +67,26 @@ def test_a_failing_branch_does_not_stop_the_other_branch(engine, journey, fake):
     assert len(j.sent) == 5
     assert executions(engine, "branches")[bad]["status"] == "failed"
     assert {executions(engine, "branches")[p]["status"] for p in patients[1:]} == {"completed"}
+
+
+def test_a_batch_stuck_on_a_lock_fails_after_node_timeout_seconds(engine, journey, fake):
+    import time
+
+    import pytest
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("statement timeouts are Postgres's; SQLite waits for its write lock (busy_timeout)")
+    c = Clinic()
+    cohort(c, 3, kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("stuck", ("a", "action", action()), settings={"node_timeout_seconds": 1}))
+    j.node("t", T)
+    with engine.connect() as holder, holder.begin():
+        holder.execute(text("LOCK TABLE patients IN ACCESS EXCLUSIVE MODE"))  # a migration gone wrong
+        started = time.monotonic()
+        with pytest.raises(Exception, match="statement timeout"):
+            j.node("a", T)
+        assert time.monotonic() - started < 10
+    assert fake.stats()["received"] == 0
+    assert j.node("a", T).sent == 3  # the lock gone, the next attempt sends

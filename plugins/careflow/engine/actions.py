@@ -327,7 +327,7 @@ def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> 
     keys = [key for batch in batches for key in batch]
     if not keys:
         return
-    with ctx.engine.begin() as conn:
+    with st.batch_transaction(ctx) as conn:
         conn.execute(
             update(m)
             .where(
@@ -349,7 +349,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
     lateness = (config.max_lateness or ctx.compiled.settings.max_lateness).minutes()
     default_tz = zone(ctx.compiled.timezone)
     wall = _wall()
-    with ctx.engine.begin() as conn:
+    with st.batch_transaction(ctx, report) as conn:
         rows = st.due_steps(conn, ctx, node.id, after, batch)
         report.queries += 1
         if not rows:
@@ -659,7 +659,7 @@ def _record(
     configuration_error: Any = None
     sent_latency_ms: list[float] = []
     sent_lateness_s: list[float] = []
-    with ctx.engine.begin() as conn:
+    with st.batch_transaction(ctx, report) as conn:
         held = _still_claimed(conn, ctx, list(to_send))
         report.queries += 1
         for key, item in to_send.items():

@@ -41,7 +41,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     config = node.config
     e, a, p, w = tables.appointment_events, tables.appointments, tables.patients, tables.enrollment_watermarks
     engine = ctx.engine
-    with engine.begin() as conn:
+    with st.batch_transaction(ctx, report) as conn:
         _exit_removed_nodes(conn, ctx, report)
         mark = conn.execute(select(w.c.enrolled_until).where(w.c.workflow_id == ctx.workflow_id)).scalar()
         report.queries += 2
@@ -54,7 +54,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         # The first enrollment marks where it starts before it enrolls anything: should it fail
         # for good, the next run starts from there instead of from its own interval, and the
         # events of this one are not lost.
-        with engine.begin() as conn:
+        with st.batch_transaction(ctx, report) as conn:
             st.insert_ignore(
                 conn, w, [{"workflow_id": ctx.workflow_id, "enrolled_until": start}], ["workflow_id"]
             )
@@ -95,7 +95,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
             query = query.where(
                 or_(e.c.occurred_at > last_at, and_(e.c.occurred_at == last_at, e.c.id > last_id))
             )
-        with engine.begin() as conn:
+        with st.batch_transaction(ctx, report) as conn:
             rows = list(conn.execute(query).mappings())
             report.queries += 1
             if not rows:
@@ -147,7 +147,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
             report.processed += len(rows)
         if len(rows) < batch:
             break
-    with engine.begin() as conn:
+    with st.batch_transaction(ctx, report) as conn:
         st.insert_ignore(conn, w, [{"workflow_id": ctx.workflow_id, "enrolled_until": end}], ["workflow_id"])
         conn.execute(
             update(w)
@@ -216,7 +216,7 @@ def _walk(
     after = 0
     batch = ctx.compiled.settings.batch_size
     while True:
-        with ctx.engine.begin() as conn:
+        with st.batch_transaction(ctx, report) as conn:
             rows = st.due_steps(conn, ctx, node.id, after, batch)
             report.queries += 1
             if not rows:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from datetime import time as clock_time
 from decimal import Decimal
@@ -25,6 +26,31 @@ log = logging.getLogger(__name__)
 OPEN_STATES = ("pending", "waiting")
 s = tables.steps
 x = tables.executions
+
+
+@contextmanager
+def batch_transaction(ctx: RunContext, report: NodeReport | None = None) -> Iterator[Connection]:
+    """One transaction of a node's batch.
+
+    On Postgres no statement in it may run longer than the workflow's ``node_timeout_seconds``: a
+    lock that is never released or a query gone wrong fails the batch (and the attempt, which
+    Airflow retries) instead of holding the task until its own timeout. The setting belongs to
+    the pooled connection and is sent only when it differs from what that connection has.
+    """
+    timeout_ms = int(ctx.compiled.settings.node_timeout_seconds) * 1000
+    with ctx.engine.begin() as conn:
+        info = conn.info
+        fresh = conn.dialect.name == "postgresql" and info.get(_STATEMENT_TIMEOUT) != timeout_ms
+        if fresh:
+            conn.exec_driver_sql(f"SET statement_timeout = {timeout_ms}")
+            if report is not None:
+                report.queries += 1
+        yield conn
+    if fresh:  # committed with the transaction (a rolled-back SET is undone: sent again next time)
+        info[_STATEMENT_TIMEOUT] = timeout_ms
+
+
+_STATEMENT_TIMEOUT = "careflow_statement_timeout_ms"
 
 
 def insert_ignore(

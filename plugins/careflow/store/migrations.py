@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -111,7 +112,7 @@ def _lock(conn: Connection) -> None:
 def _relations(conn: Connection) -> set[str]:
     """Every name a clinic may have given its data under: tables, views, and on Postgres
     materialized views and foreign tables (in the search path's first schema, as the others)."""
-    inspector = inspect(conn)
+    inspector: Any = inspect(conn)  # Postgres's inspector has the two methods below
     names = set(inspector.get_table_names()) | set(inspector.get_view_names())
     if conn.dialect.name == "postgresql":
         names |= set(inspector.get_materialized_view_names())

@@ -135,7 +135,10 @@ class WorkflowSettings(_Strict):
 
     max_concurrency: int = Field(5, ge=1, le=100, description="Node tasks of one run at once.")
     node_timeout_seconds: int = Field(
-        30, ge=1, le=3600, description="execution_timeout of a batch of a node."
+        30,
+        ge=1,
+        le=3600,
+        description="The longest one database statement of a node's batch may run (Postgres); the batch fails past it.",
     )
     retries: int = Field(3, ge=0, le=10, description="Airflow retries per node task.")
     retry_delay_seconds: int = Field(30, ge=1, le=3600, description="First retry delay; grows exponentially.")
