@@ -346,3 +346,35 @@ def test_template_failing_for_one_patient_fails_only_that_patient(engine, journe
     assert status == {"p1": "completed", "p2": "failed", "p3": "completed"}
     j.run_at(kst(2025, 3, 5, 0, 30))  # a retry does not resend nor retry the failure
     assert fake.stats()["received"] == 2
+
+
+def test_executions_ended_past_the_retention_are_purged_and_never_enrolled_again(engine, journey, fake):
+    t0 = kst(2025, 3, 4)
+    c = Clinic()
+    c.completed("old", t0 - timedelta(days=40) - timedelta(hours=5))
+    c.completed("waiting", t0 - timedelta(days=40) - timedelta(hours=4))
+    c.completed("recent", t0 - timedelta(hours=5))
+    c.load(engine)
+    doc = chain(
+        "retention",
+        ("a", "action", action()),
+        settings={"retention_days": 30},
+    )
+    j = journey(doc)
+    # 40 days ago everybody was enrolled and sent, but one execution is still running (a later step).
+    j.run_at(t0 - timedelta(days=40))
+    with engine.begin() as conn:
+        ex = tables.executions
+        conn.execute(ex.update().where(ex.c.patient_id == "waiting").values(status="waiting"))
+    assert set(executions(engine, "retention")) == {"old", "waiting"}
+
+    report = j.run_at(t0)["t"]
+    assert report.reasons["purged_past_retention"] == 1
+    assert set(executions(engine, "retention")) == {"waiting", "recent"}  # a live one is kept
+    assert "old" not in {p for p, _ in steps_of(engine, "retention")}
+    assert "old" not in ledger(engine, "retention")
+    # A backfill over the old interval does not enroll the purged event again, nor send twice.
+    again = j.node("t", t0, interval_start=t0 - timedelta(days=41))
+    assert again.enrolled == 0
+    assert set(executions(engine, "retention")) == {"waiting", "recent"}
+    assert fake.stats()["accepted_twice"] == 0 and fake.stats()["accepted"] == 3

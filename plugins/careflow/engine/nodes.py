@@ -8,6 +8,7 @@ Nothing here imports Airflow: the operators call :func:`process_node`.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,8 @@ from careflow.engine.context import NodeReport, RunContext
 from careflow.engine.facts_builder import UnreadableFacts, age_on, as_date
 from careflow.store import tables
 from careflow.workflow.timezones import zone
+
+log = logging.getLogger(__name__)
 
 
 def execution_id_for(workflow_id: str, event_id: str) -> str:
@@ -43,6 +46,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     engine = ctx.engine
     with st.batch_transaction(ctx, report) as conn:
         _exit_removed_nodes(conn, ctx, report)
+        _purge_past_retention(conn, ctx, report)
         mark = conn.execute(select(w.c.enrolled_until).where(w.c.workflow_id == ctx.workflow_id)).scalar()
         report.queries += 2
     start = tables.UTCDateTime().process_result_value(mark, engine.dialect) if mark else None
@@ -50,6 +54,8 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         start = ctx.interval_start or (ctx.now - timedelta(days=1))
     if ctx.interval_start is not None:
         start = min(start, ctx.interval_start)
+    # An event older than the retention could be one whose execution was purged: never again.
+    start = max(start, _retention_cutoff(ctx))
     if mark is None:
         # The first enrollment marks where it starts before it enrolls anything: should it fail
         # for good, the next run starts from there instead of from its own interval, and the
@@ -176,6 +182,44 @@ def _age_ok(row: Any, filters: Any, default_tz: Any) -> bool:
     if filters.min_age is not None and age < filters.min_age:
         return False
     return not (filters.max_age is not None and age > filters.max_age)
+
+
+#: Executions purged per run at most: a first run after a long pause takes several runs, not one
+#: long transaction.
+PURGE_BATCH = 5000
+
+
+def _retention_cutoff(ctx: RunContext) -> datetime:
+    return ctx.now - timedelta(days=ctx.compiled.settings.retention_days)
+
+
+def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> None:
+    """Delete executions that ended more than ``retention_days`` ago, with their steps and ledger rows.
+
+    Only ended ones (completed, failed, exited): a running or waiting execution is kept however
+    old. Their trigger events are older still, and enrollment never reads that far back, so a
+    purged execution is never enrolled (nor its message sent) again.
+    """
+    x, s, m = tables.executions, tables.steps, tables.messages
+    ids = list(
+        conn.execute(
+            select(x.c.id)
+            .where(
+                x.c.workflow_id == ctx.workflow_id,
+                x.c.status.in_(("completed", "failed", "exited")),
+                x.c.finished_at < _retention_cutoff(ctx),
+            )
+            .limit(PURGE_BATCH)
+        ).scalars()
+    )
+    report.queries += 1
+    if not ids:
+        return
+    for table, column in ((s, s.c.execution_id), (m, m.c.execution_id), (x, x.c.id)):
+        conn.execute(table.delete().where(st.among(conn, column, ids)))
+    report.queries += 3
+    report.reasons["purged_past_retention"] += len(ids)
+    log.info("careflow %s: purged %d executions ended before the retention", ctx.workflow_id, len(ids))
 
 
 def _exit_removed_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:

@@ -146,7 +146,12 @@ class WorkflowSettings(_Strict):
         default=Duration(amount=24, unit="hours"),
         description="A message more than this past due is recorded as expired, never sent late.",
     )
-    retention_days: int = Field(180, ge=1, le=3650, description="How long executions are kept.")
+    retention_days: int = Field(
+        180,
+        ge=1,
+        le=3650,
+        description="How long ended executions are kept; events older than this are not enrolled.",
+    )
     batch_size: int = Field(1000, ge=1, le=10000, description="Executions a node processes per query batch.")
     run_deadline_hours: float | None = Field(
         None, gt=0, le=168, description="Alert when a run has not finished this long after it was queued."
