@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from careflow.engine.recipients import normalize_phone
 
 from .harness import Clinic, action, chain, cohort, executions, kst, ledger, steps_of
@@ -69,14 +71,13 @@ def test_a_failing_branch_does_not_stop_the_other_branch(engine, journey, fake):
     assert {executions(engine, "branches")[p]["status"] for p in patients[1:]} == {"completed"}
 
 
+# Statement timeouts are Postgres's; SQLite waits for its write lock (busy_timeout).
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_a_batch_stuck_on_a_lock_fails_after_node_timeout_seconds(engine, journey, fake):
     import time
 
-    import pytest
     from sqlalchemy import text
 
-    if engine.dialect.name != "postgresql":
-        pytest.skip("statement timeouts are Postgres's; SQLite waits for its write lock (busy_timeout)")
     c = Clinic()
     cohort(c, 3, kst(2025, 3, 4, 15))
     c.load(engine)

@@ -202,9 +202,8 @@ def test_a_failed_statement_names_the_statement_not_the_values(engine) -> None:
     assert "patients" in text_ and "Kim Minji" not in text_ and "+821055501234" not in text_
 
 
+@pytest.mark.parametrize("empty_db_url", ["postgres"], indirect=True)  # materialized views are Postgres's
 def test_a_materialized_view_under_a_clinic_tables_name_is_left_alone(empty_db_url: str) -> None:
-    if not empty_db_url.startswith("postgresql"):
-        pytest.skip("materialized views are Postgres's")
     engine = create_engine(empty_db_url)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE clinic_people (pid TEXT, clinic TEXT, full_name TEXT)"))
