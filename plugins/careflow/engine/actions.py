@@ -33,7 +33,7 @@ from careflow.engine import steps as st
 from careflow.engine.context import NodeReport, RunContext
 from careflow.exceptions import ProviderConfigurationError, TemplateError
 from careflow.store import tables
-from careflow.workflow.timezones import zone
+from careflow.workflow.timezones import zone, zone_or
 
 log = logging.getLogger(__name__)
 
@@ -328,15 +328,7 @@ def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> 
     if not keys:
         return
     with st.batch_transaction(ctx) as conn:
-        conn.execute(
-            update(m)
-            .where(
-                st.among(conn, m.c.idempotency_key, keys),
-                m.c.status == "claimed",
-                m.c.claimed_by == ctx.worker,
-            )
-            .values(claimed_at=_wall())
-        )
+        conn.execute(update(m).where(*_held_by(conn, ctx, keys)).values(claimed_at=_wall()))
 
 
 def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
@@ -425,7 +417,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 outcome = ("expired", f"late_by_{int((ctx.now - due).total_seconds() // 60)}_min")
             else:
                 patient = fact["patient"]
-                tz = _zone(patient.get("timezone"), default_tz)
+                tz = zone_or(patient.get("timezone"), default_tz)
                 refusal = check_consent(
                     purpose=config.purpose,
                     channel=config.channel,
@@ -512,15 +504,6 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
             conn, ctx, [r["execution_id"] for r in rows if r["id"] in moved]
         )
     return last_id, to_send, len(rows) == batch
-
-
-def _zone(name: str | None, default: Any) -> Any:
-    if not name:
-        return default
-    try:
-        return zone(name)
-    except ValueError:
-        return default
 
 
 def _claim(conn: Any, ctx: RunContext, keys: list[str], wall: datetime) -> set[str]:
@@ -666,7 +649,7 @@ def _record(
             row = item["row"]
             result = results.get(key)
             outcome = result.outcome if result is not None else Outcome.NOT_SENT
-            delivered = outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) and result is not None
+            delivered = result is not None and result.delivered
             if key not in held and not delivered:
                 report.reasons["claim_taken_over"] += 1
                 continue
@@ -680,6 +663,8 @@ def _record(
                 "sent_at": None,
                 "latency": int(result.latency_ms) if result is not None and result.latency_ms else None,
             }
+            if outcome == Outcome.CONFIGURATION:  # a refused token: the task stops once the batch is recorded
+                configuration_error = result
             if delivered and result is not None:
                 entry.update(status="sent", provider_id=result.provider_id, sent_at=ctx.now)
                 step_updates.append(
@@ -709,11 +694,7 @@ def _record(
                 entry.update(status="unknown", last_error=_safe_error(result))
                 report.pending += 1
                 report.reasons["unknown_outcome"] += 1
-                if outcome == Outcome.CONFIGURATION:
-                    configuration_error = result
             else:
-                if outcome == Outcome.CONFIGURATION:
-                    configuration_error = result
                 entry.update(last_error=_safe_error(result) if result is not None else "not sent")
                 report.pending += 1
                 report.reasons[outcome.value] += 1
@@ -780,12 +761,15 @@ def _decided(
 
 def _still_claimed(conn: Any, ctx: RunContext, keys: list[str]) -> set[str]:
     """The keys of ``keys`` whose ledger row this worker still holds, locked until the transaction ends."""
-    query = select(m.c.idempotency_key).where(
-        st.among(conn, m.c.idempotency_key, keys), m.c.status == "claimed", m.c.claimed_by == ctx.worker
-    )
+    query = select(m.c.idempotency_key).where(*_held_by(conn, ctx, keys))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return set(conn.execute(query).scalars())
+
+
+def _held_by(conn: Any, ctx: RunContext, keys: list[str]) -> tuple[Any, ...]:
+    """Where a ledger row of ``keys`` is still claimed by this worker."""
+    return st.among(conn, m.c.idempotency_key, keys), m.c.status == "claimed", m.c.claimed_by == ctx.worker
 
 
 def _safe_error(result: Any) -> str | None:

@@ -64,7 +64,8 @@ def build_facts(
     now = _aware(now)
     pid, aid = _row_id("patient", patient), _row_id("appointment", appointment)
     clinic_tz = _known_timezone(clinic.get("timezone"))
-    tz_name = _known_timezone(patient.get("timezone")) or clinic_tz
+    own_tz = _known_timezone(patient.get("timezone"))
+    tz_name = own_tz or clinic_tz
     tz = zone(tz_name) if tz_name else UTC
     local_today = now.astimezone(tz).date()
 
@@ -82,7 +83,7 @@ def build_facts(
             "age": age_on(birth_date, local_today) if birth_date else None,
             "timezone": tz_name,
             # the patient's own zone (None: the row has none): what wins over a time window's
-            "own_timezone": _known_timezone(patient.get("timezone")),
+            "own_timezone": own_tz,
             "consent_messages": as_bool(
                 patient.get("consent_messages"), True, where=f"{pid}.consent_messages"
             ),

@@ -21,7 +21,7 @@ from careflow.engine import steps as st
 from careflow.engine.context import NodeReport, RunContext
 from careflow.engine.facts_builder import UnreadableFacts, age_on, as_date
 from careflow.store import tables
-from careflow.workflow.timezones import zone
+from careflow.workflow.timezones import zone, zone_or
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _age_ok(row: Any, filters: Any, default_tz: Any) -> bool:
         return False
     if birth_date is None:
         return False
-    tz = _patient_zone({"patient": {"timezone": row["timezone"]}}, default_tz)
+    tz = zone_or(row["timezone"], default_tz)
     age = age_on(birth_date, row["occurred_at"].astimezone(tz).date())
     if filters.min_age is not None and age < filters.min_age:
         return False
@@ -387,14 +387,7 @@ def time_window(ctx: RunContext, node: CompiledNode) -> NodeReport:
 
 
 def _patient_zone(facts: Any, default: Any, key: str = "timezone") -> Any:
-    if facts:
-        name = (facts.get("patient") or {}).get(key)
-        if name:
-            try:
-                return zone(name)
-            except ValueError:
-                return default
-    return default
+    return zone_or((facts.get("patient") or {}).get(key) if facts else None, default)
 
 
 # ---------------------------------------------------------------- dispatch

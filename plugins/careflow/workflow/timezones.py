@@ -15,6 +15,16 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown timezone {name!r}: use an IANA name such as 'Asia/Seoul'") from exc
 
 
+def zone_or(name: object, default: ZoneInfo) -> ZoneInfo:
+    """The zone named ``name``, or ``default`` when it is empty, not text or not a known zone."""
+    if not isinstance(name, str) or not name:
+        return default
+    try:
+        return zone(name)
+    except ValueError:
+        return default
+
+
 def check_timezone(name: str) -> None:
     """Raise ValueError when ``name`` is not a known IANA timezone."""
     if not isinstance(name, str) or not name or len(name) > 64 or name.startswith("/") or ".." in name:
