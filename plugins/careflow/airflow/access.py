@@ -35,16 +35,14 @@ def _manager() -> Any:
     return get_auth_manager()
 
 
-def may_read_workflow(user: Any, workflow_id: str, method: str = "GET") -> bool:
-    """Whether ``user`` may read (``GET``) the runs of ``workflow_id``'s DAG."""
+def may_read_workflow(user: Any, workflow_id: str | None) -> bool:
+    """Whether ``user`` may read the runs of ``workflow_id``'s DAG (None: of DAGs at all)."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
+    details = DagDetails(id=dag_id_for(workflow_id)) if workflow_id is not None else None
     return bool(
         _manager().is_authorized_dag(
-            method=method,
-            access_entity=DagAccessEntity.RUN,
-            details=DagDetails(id=dag_id_for(workflow_id)),
-            user=user,
+            method="GET", access_entity=DagAccessEntity.RUN, details=details, user=user
         )
     )
 
@@ -67,9 +65,7 @@ def workflow_reader(request: Request, user: Any = Depends(get_user)) -> None:
 
 def any_dag_reader(user: Any = Depends(get_user)) -> None:
     """Dependency of routes about every workflow at once (breakers, caches): reading DAG runs at all."""
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-
-    if not _manager().is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN, user=user):
+    if not may_read_workflow(user, None):
         raise HTTPException(status_code=403, detail="not allowed to read DAG runs")
 
 

@@ -22,13 +22,7 @@ from careflow.airflow.api_metrics import router as metrics_router
 log = logging.getLogger(__name__)
 
 
-def _get_user_dependency() -> Any:
-    from airflow.api_fastapi.core_api.security import get_user
-
-    return get_user
-
-
-get_user = _get_user_dependency()
+get_user = access.get_user
 
 app = FastAPI(
     title="careflow",

@@ -113,12 +113,9 @@ class RedisLink:
             return DOWN
         try:
             value = fn(self.client)
-        except redis.exceptions.RedisError as exc:
+        except (redis.exceptions.RedisError, OSError) as exc:
             if not unavailable(exc):
                 raise
-            self._mark_down(exc)
-            return DOWN
-        except OSError as exc:
             self._mark_down(exc)
             return DOWN
         if self._down:
