@@ -55,11 +55,17 @@ def _unreadable(engine, patient: str, column: str, value: str) -> Iterator[None]
             conn.execute(text("ALTER TABLE patients_stored RENAME TO patients"))
 
 
+def _cohort(engine, size: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """``size`` patients whose implant surgery completed the afternoon before ``T``, loaded."""
+    c = Clinic()
+    patients = cohort(c, size, kst(2025, 3, 4, 15))
+    c.load(engine)
+    return patients
+
+
 @pytest.mark.parametrize(("column", "value"), SPOILED)
 def test_an_unreadable_patient_row_fails_that_patient_only(engine, journey, fake, column, value):
-    c = Clinic()
-    patients = cohort(c, 4, kst(2025, 3, 4, 15))
-    c.load(engine)
+    patients = _cohort(engine, 4)
     bad = patients[2]
     j = journey(chain("unreadable", ("a", "action", action())))
     with _unreadable(engine, bad, column, value):
@@ -69,17 +75,13 @@ def test_an_unreadable_patient_row_fails_that_patient_only(engine, journey, fake
     assert set(j.sent) == {f"{p}/a" for p in patients if p != bad}
     step = steps_of(engine, "unreadable")[(bad, "a")]
     assert (step["status"], step["error"]) == ("failed", "clinic_data_unreadable")
-    assert (ledger(engine, "unreadable")[bad]["status"], ledger(engine, "unreadable")[bad]["reason"]) == (
-        "failed",
-        "clinic_data_unreadable",
-    )
+    message = ledger(engine, "unreadable")[bad]
+    assert (message["status"], message["reason"]) == ("failed", "clinic_data_unreadable")
     assert executions(engine, "unreadable")[bad]["status"] == "failed"
 
 
 def test_an_unreadable_row_exits_that_execution_at_a_condition(engine, journey, fake):
-    c = Clinic()
-    patients = cohort(c, 3, kst(2025, 3, 4, 15))
-    c.load(engine)
+    patients = _cohort(engine, 3)
     bad = patients[0]
     doc = chain(
         "unreadable",
@@ -96,9 +98,7 @@ def test_an_unreadable_row_exits_that_execution_at_a_condition(engine, journey, 
 
 
 def test_an_unreadable_birth_date_does_not_stop_the_enrollment_of_others(engine, journey, fake):
-    c = Clinic()
-    patients = cohort(c, 3, kst(2025, 3, 4, 15))
-    c.load(engine)
+    patients = _cohort(engine, 3)
     bad = patients[1]
     j = journey(chain("unreadable", ("a", "action", action()), filters={"min_age": 18}))
     with _unreadable(engine, bad, "birth_date", "someday"):
