@@ -67,7 +67,11 @@ def test_tasks_mirror_the_graph(built: tuple[dict, list], workflow_id: str) -> N
     assert isinstance(wake, WakeOperator)
     assert wake.upstream_task_ids == _sinks(doc)
     assert not wake.downstream_task_ids
-    assert wake.trigger_rule == "all_done"
+    # a teardown without setups: it runs once its upstream tasks are done, in any state, and the
+    # run's state is the node tasks'
+    assert wake.is_teardown and not wake.on_failure_fail_dagrun
+    assert wake.trigger_rule == "all_done_setup_success"
+    assert not any(t.is_setup for t in dag.tasks)
 
 
 def test_both_condition_branches_are_wired(built: tuple[dict, list]) -> None:

@@ -30,9 +30,13 @@ class WakeOperator(BaseOperator):
     ui_color = "#e5e7eb"
 
     def __init__(self, *, compiled: CompiledWorkflow, **kwargs: Any) -> None:
-        kwargs.setdefault("trigger_rule", "all_done")
         kwargs.setdefault("retries", 2)
         super().__init__(**kwargs)
+        # A teardown without setups runs once every upstream task is done, whatever its state, and
+        # Airflow leaves it out of the run's state: the run fails when a node task failed (or could
+        # not run because one upstream of it failed), as operators read it, and this task still
+        # schedules the next wait. Its own failure is alerted as a task failure.
+        self.as_teardown()
         self.workflow_id = compiled.workflow_id
         self._compiled = compiled
 
