@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from careflow.store import tables
 
-from .harness import Clinic, assert_exactly_once, example, executions, kst, ledger, steps_of
+from .harness import CLINIC_ID, Clinic, assert_exactly_once, example, executions, kst, ledger, steps_of
 
 
 def test_day_before_reminder(engine, journey, fake):
@@ -86,9 +86,52 @@ def test_a_rescheduled_appointment_moves_its_reminder(engine, journey, fake):
             )
     j.run_days(kst(2025, 3, 4, 13), kst(2025, 3, 18))
     assert j.sent["later/remind"][0] == kst(2025, 3, 16, 10)  # the day before the new date
-    # Found at its old reminder time (11 March 10:00), after the new appointment: past max_lateness.
+    # No appointment_rescheduled event was recorded: found at its old reminder time (11 March
+    # 10:00), after the new appointment, past max_lateness.
     assert "earlier/remind" not in j.sent
     assert ledger(engine, "day-before-reminder")["earlier"]["status"] == "expired"
+    assert_exactly_once(fake)
+
+
+def test_a_reminder_follows_its_appointment_moved_earlier_when_the_clinic_records_the_move(
+    engine, journey, fake
+):
+    c = Clinic()
+    for pid in ("moved", "stays"):
+        c.patient(pid)
+        aid = c.appointment(
+            f"{pid}-a",
+            pid,
+            type="checkup",
+            status="scheduled",
+            scheduled_at=kst(2025, 3, 14, 14),
+            created_at=kst(2025, 3, 4, 11),
+        )
+        c.event(f"{pid}-e", aid, "appointment_created", kst(2025, 3, 4, 11))
+    c.load(engine)
+    j = journey(example("day-before-reminder"))
+    j.run_days(kst(2025, 3, 4, 12), kst(2025, 3, 5, 13))  # both parked until 13 March 10:00
+    with engine.begin() as conn:  # on 5 March the clinic moves one to 10 March, and says so
+        conn.execute(
+            update(tables.appointments)
+            .where(tables.appointments.c.id == "moved-a")
+            .values(scheduled_at=kst(2025, 3, 10, 14))
+        )
+        conn.execute(
+            insert(tables.appointment_events).values(
+                id="moved-r",
+                appointment_id="moved-a",
+                patient_id="moved",
+                clinic_id=CLINIC_ID,
+                type="appointment_rescheduled",
+                occurred_at=kst(2025, 3, 5, 13, 30),
+            )
+        )
+    j.run_days(kst(2025, 3, 5, 13), kst(2025, 3, 16))
+    # The day before the new date, at 10:00, not at the old time (13 March).
+    assert j.sent["moved/remind"][0] == kst(2025, 3, 9, 10)
+    assert j.sent["stays/remind"][0] == kst(2025, 3, 13, 10)
+    assert ledger(engine, "day-before-reminder")["moved"]["status"] == "sent"
     assert_exactly_once(fake)
 
 

@@ -154,6 +154,8 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         if len(rows) < batch:
             break
     with st.batch_transaction(ctx, report) as conn:
+        # The interval's moves are followed once, with the watermark that passes them.
+        _follow_moved_appointments(conn, ctx, start, end, report)
         st.insert_ignore(conn, w, [{"workflow_id": ctx.workflow_id, "enrolled_until": end}], ["workflow_id"])
         conn.execute(
             update(w)
@@ -165,6 +167,46 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     if report.enrolled:
         ctx.event("executions_enrolled", node_id=node.id, count=report.enrolled)
     return report
+
+
+def _follow_moved_appointments(
+    conn: Any, ctx: RunContext, start: datetime, end: datetime, report: NodeReport
+) -> None:
+    """Re-read the waits until an appointment's time whose appointment was rescheduled in [start, end).
+
+    A wait until an appointment field is read again when it falls due, which follows a move to a
+    later time. A move to an earlier time is followed here: on the clinic's
+    ``appointment_rescheduled`` event, the waits of that appointment take the time read now, so
+    the reminder goes out before the new date, not at the old one (expired by then). The node's
+    task of this run moves on what is due; the wake task waits for the rest. A field that cannot
+    be read now keeps the time it had.
+    """
+    from careflow.engine.delays import release_time
+    from careflow.engine.facts_builder import UnreadableFacts
+
+    nodes = {n: ctx.compiled.node(n) for n in ctx.compiled.order}
+    waits = {n: node.config for n, node in nodes.items() if node.type == "delay" and node.config.until}
+    if not waits:
+        return
+    rows = st.moved_waits(conn, ctx, sorted(waits), start, end)
+    report.queries += 1
+    if not rows:
+        return
+    facts = st.load_facts(conn, ctx, rows, report)
+    default_tz = zone(ctx.compiled.timezone)
+    moves = []
+    for row in rows:
+        fact = facts.get(row["execution_id"])
+        if fact is None or isinstance(fact, UnreadableFacts):
+            continue
+        release = release_time(
+            waits[row["node_id"]], row["arrived_at"], fact, _patient_zone(fact, default_tz)
+        )
+        if release is not None and release != row["due_at"]:
+            moves.append({"id": row["id"], "due_at": release})
+    st.move_due_times(conn, moves)
+    report.queries += 1 if moves else 0
+    report.reasons["wait_moved"] += len(moves)
 
 
 def _age_ok(row: Any, filters: Any, default_tz: Any) -> bool:

@@ -270,23 +270,27 @@ def _values_update_sql(
     return statement, params
 
 
+#: What a node reads of each step it advances, with the execution's ids.
+STEP_COLUMNS = (
+    s.c.id,
+    s.c.execution_id,
+    s.c.status,
+    s.c.arrived_at,
+    s.c.due_at,
+    s.c.attempts,
+    x.c.patient_id,
+    x.c.appointment_id,
+    x.c.clinic_id,
+    x.c.event_at,
+    x.c.version,
+    x.c.trigger_event_id,
+)
+
+
 def due_steps(conn: Connection, ctx: RunContext, node_id: str, after_id: int, limit: int) -> list[RowMapping]:
     """The next batch of steps at ``node_id`` that are due now (pending, or waiting and due)."""
     query = (
-        select(
-            s.c.id,
-            s.c.execution_id,
-            s.c.status,
-            s.c.arrived_at,
-            s.c.due_at,
-            s.c.attempts,
-            x.c.patient_id,
-            x.c.appointment_id,
-            x.c.clinic_id,
-            x.c.event_at,
-            x.c.version,
-            x.c.trigger_event_id,
-        )
+        select(*STEP_COLUMNS)
         .join(x, x.c.id == s.c.execution_id)
         .where(
             s.c.workflow_id == ctx.workflow_id,
@@ -301,6 +305,48 @@ def due_steps(conn: Connection, ctx: RunContext, node_id: str, after_id: int, li
         # Two workers on the same node never process the same step at once.
         query = query.with_for_update(skip_locked=True, of=s)
     return list(conn.execute(query).mappings().all())
+
+
+def moved_waits(
+    conn: Connection, ctx: RunContext, node_ids: Sequence[str], start: datetime, end: datetime
+) -> list[RowMapping]:
+    """Steps waiting at ``node_ids`` whose appointment the clinic rescheduled in [start, end).
+
+    Read through the clinic's ``appointment_rescheduled`` events of the interval (the events'
+    lookup index: clinic, type, time), so the cost follows the moves, not the parked steps.
+    """
+    e = tables.appointment_events
+    moved = (
+        select(x.c.id)
+        .join(e, e.c.appointment_id == x.c.appointment_id)
+        .where(
+            x.c.workflow_id == ctx.workflow_id,
+            e.c.clinic_id == ctx.compiled.clinic_id,
+            e.c.type == "appointment_rescheduled",
+            e.c.occurred_at >= start,
+            e.c.occurred_at < end,
+        )
+    )
+    query = (
+        select(*STEP_COLUMNS, s.c.node_id)
+        .join(x, x.c.id == s.c.execution_id)
+        .where(
+            s.c.workflow_id == ctx.workflow_id,
+            s.c.node_id.in_(node_ids),
+            s.c.status == "waiting",
+            s.c.execution_id.in_(moved),
+        )
+        .order_by(s.c.id)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=s)
+    return list(conn.execute(query).mappings().all())
+
+
+def move_due_times(conn: Connection, moves: Sequence[dict[str, Any]]) -> None:
+    """Set the due time of waiting steps: dicts with id and due_at (one bulk update)."""
+    if moves:
+        bulk_update(conn, s, "id", moves, {"due_at": "due_at"})
 
 
 def finish_steps(conn: Connection, ctx: RunContext, updates: list[dict[str, Any]]) -> None:
