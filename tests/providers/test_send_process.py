@@ -17,6 +17,7 @@ from careflow.providers.client import Outcome, ProviderClient
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.providers.send_process import SendProcess, available
 from careflow.resilience import BreakerConfig, CircuitBreaker
+from careflow.resilience.backends.memory_backend import MemoryBackend
 from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 
 from .conftest import make_message
@@ -218,3 +219,20 @@ def test_a_child_dying_while_a_batch_is_handed_over_leaves_it_unknown() -> None:
     [result] = process.send_batch([make_message("race-1")])
     assert result.outcome is Outcome.UNKNOWN and result.error_code == "send_process_lost"
     process.close(timeout=1)
+
+
+def test_the_childs_breaker_says_when_sends_may_go_again(fake) -> None:
+    # A breaker of each process's own (as when Redis is out of reach): only the child's sees the sends.
+    fake.configure(error_rate=1.0)
+    config = BreakerConfig(consecutive_failures=3, open_seconds=30, max_open_seconds=60)
+    breaker = CircuitBreaker("child-own:sms", config, backend=MemoryBackend(kind="local-fallback"))
+    with SendProcess.start(client_for(fake, max_concurrency=3), breaker.gate()) as sender:
+        assert sender.sends_resume_at() is None  # closed: sends may go now
+        results = sender.send_batch([make_message(i) for i in range(3)])
+        assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+        resumes = sender.sends_resume_at()
+    assert resumes is not None and time.time() + 20 < resumes <= time.time() + 30
+    assert breaker.snapshot().state == "closed"  # this process's copy never saw a send
+    assert sender.sends_resume_at() is None  # a closed send process cannot say
+    with SendProcess.start(client_for(fake)) as sender:
+        assert sender.sends_resume_at() is None  # no breaker at all

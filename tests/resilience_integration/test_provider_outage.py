@@ -121,3 +121,28 @@ def test_an_outage_with_the_embedded_breaker(sqlite_engine, fake, embedded_break
     assert breaker_for(client_name).snapshot().backend == "embedded"
     assert os.path.getsize(embedded_breakers) > 0
     assert_ridden_out(run, sqlite_engine, fake, client_name, "outage-embedded", 6)
+
+
+def test_a_small_cohort_that_opens_the_per_process_breaker_defers_instead_of_retrying(
+    pg_engine, fake, dead_redis, client_name, monkeypatch
+):
+    # As many messages as the failures that open the breaker, all on the wire at once: every one
+    # fails, none is held back. With Redis out of reach only the send process's own breaker saw
+    # them; the task still waits for that breaker's probe instead of spending one of its retries.
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__SEND_PROCESS", "true")  # as in production
+    compiled = pending_workflow("outage-small-fallback")
+    patients = FAST_BREAKER.consecutive_failures
+    enroll(pg_engine, compiled, patients, datetime.now(timezone.utc))
+    fake.configure(outage_seconds=1.0)
+    run = run_action_task(
+        compiled, pg_engine, fake, client_name=client_name, max_concurrency=patients, cap_seconds=30
+    )
+    first = run.reports[0]
+    assert (first["pending"], first["reasons"]["transient"]) == (patients, patients), first
+    assert "breaker_open" not in first["reasons"], first
+    assert (run.outcome, run.retries) == ("success", 0), (run.outcome, run.reports)
+    assert run.deferrals == 1
+    # the task process's own fallback breaker never saw a send
+    assert breaker_for(client_name).snapshot().state == "closed"
+    assert ledger_counts(pg_engine, "outage-small-fallback") == {"sent": patients}
+    assert fake.stats()["accepted_twice"] == 0

@@ -151,6 +151,18 @@ class SendProcess:
             return {k: _unknown(k, "lookup not answered: the send process is gone") for k in wanted}
         return found
 
+    def sends_resume_at(self, timeout: float = 10.0) -> float | None:
+        """When the child's breaker lets sends go again (``BreakerSnapshot.sends_resume_at``).
+
+        The child's breaker state is the one every worker shares, except when Redis is out of reach:
+        then each process keeps its own, and only the child's has seen this task's sends. None:
+        sends may go now, there is no breaker, or the child cannot say.
+        """
+        try:
+            return self._call("breaker", []).result(timeout)
+        except (SendProcessLost, TimeoutError):
+            return None
+
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Let the child finish what it holds, then reap it (kill it after ``timeout`` seconds)."""
         if self._closed:
@@ -227,8 +239,10 @@ class SendProcess:
             reason = "send_process_lost"
             if kind == "send":
                 future.set_result([_unknown(m.idempotency_key, reason) for m in payload])
-            else:
+            elif kind == "lookup":
                 future.set_result({k: _unknown(k, reason) for k in payload})
+            else:
+                future.set_result(None)
         if pending:
             log.error(
                 "careflow: the send process %s ended with %d request(s) unanswered; their messages are "
@@ -236,6 +250,11 @@ class SendProcess:
                 self.pid,
                 len(pending),
             )
+
+
+def _breaker_resumes_at(gate: SendGate | None) -> float | None:
+    breaker = getattr(gate, "breaker", None)
+    return None if breaker is None else breaker.snapshot().sends_resume_at()
 
 
 def _unknown(key: str, code: str) -> SendResult:
@@ -409,8 +428,10 @@ def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None)
                 if turn is not None:
                     await turn.wait()
                 answer: Any = await client.send_many(payload, gate=gate)
-            else:
+            elif kind == "lookup":
                 answer = await client.lookup_many_async(payload)
+            else:  # "breaker"
+                answer = await asyncio.to_thread(_breaker_resumes_at, gate)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug, not an answer: what may have left is left to a lookup
@@ -418,8 +439,10 @@ def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None)
             if kind == "send":
                 payload.dispatched.set()
                 answer = [_unknown(m.idempotency_key, "send_process_error") for m in payload.messages]
-            else:
+            elif kind == "lookup":
                 answer = {k: _unknown(k, "send_process_error") for k in payload}
+            else:
+                answer = None
         reply(request, kind, answer)
 
     async def main() -> None:

@@ -101,6 +101,14 @@ class BreakerSnapshot:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def sends_resume_at(self) -> float | None:
+        """When sends may go again: an open breaker's next probe, or the end of a 429 pause (None: now)."""
+        if self.state == "open" and self.next_probe_at:
+            return float(self.next_probe_at)
+        if self.paused_until:
+            return float(self.paused_until)
+        return None
+
 
 def snapshot_of(name: str, state: State, config: BreakerConfig, now: float, backend: str) -> BreakerSnapshot:
     """The operator view of a stored state at ``now``."""

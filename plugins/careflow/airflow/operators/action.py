@@ -107,9 +107,10 @@ def resume_at(breaker: Any, report: Any) -> float | None:
     """When a task that left messages pending should send again without spending a retry.
 
     While the breaker is open (or a 429 paused the provider) that is when it may let sends
-    through. When it held messages back during the attempt but lets sends through again by its
-    end (its half-open probes succeeded after it refused the rest of their batch), it is the wait
-    the breaker gave (``report.retry_at``). None: the pending messages failed; Airflow retries.
+    through. When this process's breaker lets sends through, ``report.retry_at`` decides: the
+    wait the breaker gave when it held messages back during the attempt (its half-open probes may
+    have succeeded since), or the wait of the send process's own breaker when Redis was out of
+    reach and each process kept its own. None: the pending messages failed; Airflow retries.
     """
     retry_at = _breaker_retry_at(breaker)
     if retry_at is None and breaker is not None:
@@ -125,9 +126,5 @@ MIN_DEFER_SECONDS = 5.0
 def _breaker_retry_at(breaker: Any) -> float | None:
     if breaker is None:
         return None
-    snap = breaker.snapshot()
-    if snap.state == "open" and snap.next_probe_at:
-        return max(float(snap.next_probe_at), time.time() + MIN_DEFER_SECONDS)
-    if snap.paused_until:
-        return max(float(snap.paused_until), time.time() + MIN_DEFER_SECONDS)
-    return None
+    until = breaker.snapshot().sends_resume_at()
+    return None if until is None else max(until, time.time() + MIN_DEFER_SECONDS)
