@@ -146,7 +146,7 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
         raise
     _drain(ctx, node, in_flight, report, stage, raise_first=True)
     if report.pending and report.retry_at is None:
-        report.retry_at = stage.breaker_resumes_at
+        report.retry_at = stage.sends_resume_at
     return report
 
 
@@ -196,7 +196,7 @@ class _SendStage:
         self.process: Any = None
         self.depth = 1
         #: what the send process's breaker said as the stage closed (see ``SendProcess.sends_resume_at``)
-        self.breaker_resumes_at: float | None = None
+        self.sends_resume_at: float | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._nice = 0
         self._lowered: tuple[int, int] | None = None
@@ -246,7 +246,7 @@ class _SendStage:
         finally:
             try:
                 if self.process is not None:
-                    self.breaker_resumes_at = self.process.sends_resume_at()
+                    self.sends_resume_at = self.process.sends_resume_at()
                     self.process.close()
             finally:
                 _restore_priority(self._lowered)

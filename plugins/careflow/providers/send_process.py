@@ -252,7 +252,7 @@ class SendProcess:
             )
 
 
-def _breaker_resumes_at(gate: SendGate | None) -> float | None:
+def _sends_resume_at(gate: SendGate | None) -> float | None:
     breaker = getattr(gate, "breaker", None)
     return None if breaker is None else breaker.snapshot().sends_resume_at()
 
@@ -431,7 +431,7 @@ def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None)
             elif kind == "lookup":
                 answer = await client.lookup_many_async(payload)
             else:  # "breaker"
-                answer = await asyncio.to_thread(_breaker_resumes_at, gate)
+                answer = await asyncio.to_thread(_sends_resume_at, gate)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug, not an answer: what may have left is left to a lookup
