@@ -89,7 +89,9 @@ def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: 
     """Run the parsed DAG's own operators in dependency order, in-process, with Airflow-style retries.
 
     This is what ``dag.test()`` does minus Airflow's task runner bookkeeping (which costs about a
-    second per task on SQLite): the same operator objects, the same engine code, the same clock.
+    second per task on SQLite): the same operator objects, the same engine code, the same clock. As
+    in Airflow, a task downstream of one that failed does not run (``upstream_failed``), and the
+    wake task, a teardown, runs whatever the others did.
     """
     from types import SimpleNamespace
 
@@ -103,8 +105,12 @@ def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: 
         "params": conf,
     }
     state = "success"
+    failed: set[str] = set()  # failed, or upstream_failed
     for task_id in order:
         task = dag.get_task(task_id)
+        if not task.is_teardown and not failed.isdisjoint(task.upstream_task_ids):
+            failed.add(task_id)
+            continue
         for attempt in range((task.retries or 0) + 1):
             try:
                 task.execute(context)
@@ -117,6 +123,7 @@ def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: 
                         file=sys.stderr,
                     )
                     state = "failed"
+                    failed.add(task_id)
     return state
 
 
