@@ -52,12 +52,23 @@ class ProviderConfigurationError(ProviderError):
 
 
 class BreakerOpen(CareflowError):
-    """The circuit breaker of a provider is open; sending must wait until ``retry_at``."""
+    """The circuit breaker of a provider is open; sending must wait until ``retry_at``.
 
-    def __init__(self, name: str, retry_at: float) -> None:
+    ``retry_at`` is on the clock of the breaker's backend (Redis ``TIME``), read as ``now``;
+    :meth:`local_retry_at` is the same moment on this host's clock.
+    """
+
+    def __init__(self, name: str, retry_at: float, now: float | None = None) -> None:
         self.name = name
         self.retry_at = retry_at
+        self.now = now
         super().__init__(f"circuit breaker {name!r} is open until {retry_at:.0f}")
+
+    def local_retry_at(self) -> float:
+        """``retry_at`` on this host's clock: as far from now as the backend's clock said."""
+        import time
+
+        return self.retry_at if self.now is None else time.time() + (self.retry_at - self.now)
 
 
 class NotImplementedYet(CareflowError):

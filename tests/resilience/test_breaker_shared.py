@@ -222,3 +222,21 @@ def test_operator_reset_is_logged_and_listed(kind, monkeypatch, prefix, tmp_path
     finally:
         forget_breakers()
         forget_links()
+
+
+def test_a_worker_whose_clock_is_off_waits_as_long_as_the_shared_clock_says(redis_backend):
+    from careflow.airflow.operators.action import resume_at
+
+    ahead = 3600.0  # the shared clock (Redis TIME) an hour ahead of this worker's
+    config = BreakerConfig(open_seconds=30.0, max_open_seconds=60.0)
+    breaker = CircuitBreaker("skew:sms", config, backend=redis_backend(clock=lambda: time.time() + ahead))
+    open_breaker(breaker)
+    snap = breaker.snapshot()
+    assert snap.next_probe_at > time.time() + ahead  # kept on the shared clock, as every worker reads it
+    # what a worker waits for is on its own clock: the breaker's 30 s, not an hour and 30 s
+    for until in (snap.sends_resume_at(), breaker.gate().before_send(), resume_at(breaker, None)):
+        assert until is not None and time.time() + 25 < until <= time.time() + 30, until
+    with pytest.raises(BreakerOpen) as info:
+        breaker.acquire()
+    assert info.value.retry_at == pytest.approx(snap.next_probe_at)
+    assert time.time() + 25 < info.value.local_retry_at() <= time.time() + 30

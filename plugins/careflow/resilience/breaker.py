@@ -97,17 +97,29 @@ class BreakerSnapshot:
     open_streak: int = 0
     consecutive_failures: int = 0
     probes_in_flight: int = 0
+    #: the backend's clock (Redis ``TIME``) when this was read, and this host's at the same moment
+    read_at: float | None = None
+    read_here_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def sends_resume_at(self) -> float | None:
-        """When sends may go again: an open breaker's next probe, or the end of a 429 pause (None: now)."""
+        """When sends may go again, on this host's clock (None: now).
+
+        An open breaker's next probe, or the end of a 429 pause. The backend keeps its times on its
+        own clock (Redis ``TIME``, shared by every worker); a worker whose clock is off waits as
+        long as the backend said, not until the backend's time on its own clock.
+        """
         if self.state == "open" and self.next_probe_at:
-            return float(self.next_probe_at)
-        if self.paused_until:
-            return float(self.paused_until)
-        return None
+            until = float(self.next_probe_at)
+        elif self.paused_until:
+            until = float(self.paused_until)
+        else:
+            return None
+        if self.read_at is None or self.read_here_at is None:
+            return until
+        return self.read_here_at + (until - self.read_at)
 
 
 def snapshot_of(name: str, state: State, config: BreakerConfig, now: float, backend: str) -> BreakerSnapshot:
@@ -127,6 +139,8 @@ def snapshot_of(name: str, state: State, config: BreakerConfig, now: float, back
         open_streak=state.streak,
         consecutive_failures=state.consecutive,
         probes_in_flight=state.probes_granted - state.probe_successes if state.state == "half_open" else 0,
+        read_at=now,
+        read_here_at=time.time(),
     )
 
 
@@ -199,7 +213,7 @@ class CircuitBreaker:
             decision = applied.result.decision
             assert decision is not None
             if not decision.granted:
-                raise BreakerOpen(self.name, decision.retry_at or applied.now)
+                raise BreakerOpen(self.name, decision.retry_at or applied.now, applied.now)
             if not decision.probe and applied.result.state.state == CLOSED and self.verdict_seconds > 0:
                 self._verdict = _Verdict(
                     decision.generation,
@@ -365,7 +379,7 @@ class BreakerGate:
         try:
             permit = self.breaker.acquire()
         except BreakerOpen as exc:
-            return exc.retry_at
+            return exc.local_retry_at()
         self._current.set(permit)
         with self._lock:
             self._outstanding.append(permit)
