@@ -313,12 +313,13 @@ def moved_waits(
     """Steps waiting at ``node_ids`` whose appointment the clinic rescheduled in [start, end).
 
     Read through the clinic's ``appointment_rescheduled`` events of the interval (the events'
-    lookup index: clinic, type, time), so the cost follows the moves, not the parked steps.
+    lookup index: clinic, type, time) and each one's patient's executions (their patient index),
+    so the cost follows the moves, not the executions or the parked steps.
     """
     e = tables.appointment_events
     moved = (
         select(x.c.id)
-        .join(e, e.c.appointment_id == x.c.appointment_id)
+        .join(e, and_(e.c.patient_id == x.c.patient_id, e.c.appointment_id == x.c.appointment_id))
         .where(
             x.c.workflow_id == ctx.workflow_id,
             e.c.clinic_id == ctx.compiled.clinic_id,
