@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "include" / "workflows"
@@ -32,6 +34,56 @@ def airflow_env(home: Path, workflows: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def careflow_env(
+    home: Path,
+    workflows: Path,
+    db_url: str,
+    tmp_path: Path,
+    provider: Any,
+    *,
+    redis_url: str = "",
+    token: str | None = None,
+    connection_extra: dict[str, Any] | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """``airflow_env`` for careflow's tasks: its database, Redis (none: the embedded breaker file of
+    ``tmp_path``) and the ``careflow_messaging`` connection to ``provider`` (its own token unless
+    ``token``)."""
+    connection: dict[str, Any] = {
+        "conn_type": "http",
+        "host": provider.url,
+        "password": provider.token if token is None else token,
+    }
+    if connection_extra:
+        connection["extra"] = connection_extra
+    return airflow_env(
+        home,
+        workflows,
+        CAREFLOW_DB_URL=db_url,
+        CAREFLOW_REDIS_URL=redis_url,
+        CAREFLOW_BREAKER_DB=str(tmp_path / "breakers.db"),
+        AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(connection),
+        **extra,
+    )
+
+
+def publish_for_airflow(document: dict[str, Any], engine: Any, tmp_path: Path) -> Path:
+    """Publish ``document`` into ``tmp_path / "workflows"`` (what the dags folder reads); returns that dir.
+
+    The engine's connections are let go, so that the Airflow processes the test starts next are the
+    only ones using the database.
+    """
+    from careflow.publishing import publish_paths
+    from careflow.store.db import dispose_engines
+
+    source = tmp_path / f"{document['id']}.json"
+    source.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    workflows = tmp_path / "workflows"
+    assert publish_paths([source], engine=engine, workflows_dir=workflows)[0].action == "published"
+    dispose_engines()
+    return workflows
 
 
 def copy_examples(target: Path) -> list[Path]:

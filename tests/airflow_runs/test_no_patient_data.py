@@ -7,7 +7,6 @@ message body the provider received.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -18,10 +17,9 @@ import pytest
 
 from careflow.demo.data import generate, load
 from careflow.providers.fake_server import FakeProviderServer
-from careflow.publishing import publish_paths
-from careflow.store.db import dispose_engines, get_engine
+from careflow.store.db import get_engine
 from careflow.store.migrations import upgrade
-from support import airflow_env
+from support import careflow_env, publish_for_airflow
 
 pytestmark = pytest.mark.airflow
 
@@ -56,33 +54,17 @@ def _digits(phone: str) -> str:
 
 
 def test_task_logs_and_xcom_hold_ids_only(airflow_home: Path, tmp_path: Path) -> None:
-    db = tmp_path / "careflow.db"
-    url = f"sqlite:///{db}"
-    workflows = tmp_path / "workflows"
+    url = f"sqlite:///{tmp_path / 'careflow.db'}"
     engine = get_engine(url)
     upgrade(engine)
     data = generate(date(2026, 3, 2), patients=120)
     load(engine, data)
-    source = tmp_path / "booking-thanks.json"
-    source.write_text(json.dumps(WORKFLOW, ensure_ascii=False), encoding="utf-8")
-    published = publish_paths([source], engine=engine, workflows_dir=workflows)
-    assert published[0].action == "published"
-    dispose_engines()
+    workflows = publish_for_airflow(WORKFLOW, engine, tmp_path)
 
     with FakeProviderServer() as provider:
-        env = airflow_env(
-            airflow_home,
-            workflows,
-            CAREFLOW_DB_URL=url,
-            CAREFLOW_REDIS_URL="",
-            CAREFLOW_BREAKER_DB=str(tmp_path / "breakers.db"),
-            AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
-            AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(
-                {"conn_type": "http", "host": provider.url, "password": provider.token}
-            ),
+        env = careflow_env(
+            airflow_home, workflows, url, tmp_path, provider, AIRFLOW__LOGGING__LOGGING_LEVEL="INFO"
         )
-        env.pop("AIRFLOW__LOGGING__LOGGING_LEVEL", None)
-        env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
         run = subprocess.run(
             [
                 sys.executable,

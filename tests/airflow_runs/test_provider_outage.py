@@ -13,7 +13,6 @@ touching the run. On each breaker backend, with careflow's production breaker se
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -26,12 +25,11 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from careflow.providers.fake_server import FakeProviderServer
-from careflow.publishing import publish_paths
 from careflow.store import tables
 from careflow.store.db import dispose_engines, get_engine
 from careflow.store.migrations import upgrade
 from engine.harness import Clinic, action, chain, cohort
-from support import airflow_env
+from support import careflow_env, publish_for_airflow
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -66,11 +64,7 @@ def test_a_20_second_outage_is_ridden_out_by_airflow_without_retries(
     clinic = Clinic()
     cohort(clinic, PATIENTS, datetime.now(timezone.utc) - timedelta(hours=2))
     clinic.load(engine)
-    source = tmp_path / f"{workflow_id}.json"
-    source.write_text(json.dumps(chain(workflow_id, ("send", "action", action())), ensure_ascii=False))
-    workflows = tmp_path / "workflows"
-    assert publish_paths([source], engine=engine, workflows_dir=workflows)[0].action == "published"
-    dispose_engines()
+    workflows = publish_for_airflow(chain(workflow_id, ("send", "action", action())), engine, tmp_path)
 
     redis_url = {
         "redis": "redis://127.0.0.1:6379/0",
@@ -80,20 +74,14 @@ def test_a_20_second_outage_is_ridden_out_by_airflow_without_retries(
     # A provider name of its own: no breaker state from another test or run is shared.
     provider_name = f"outage-{backend}-{uuid.uuid4().hex[:8]}"
     with FakeProviderServer(outage_from_first_send=OUTAGE_SECONDS) as provider:
-        env = airflow_env(
+        env = careflow_env(
             airflow_home,
             workflows,
-            CAREFLOW_DB_URL=url,
-            CAREFLOW_REDIS_URL=redis_url,
-            CAREFLOW_BREAKER_DB=str(tmp_path / "breakers.db"),
-            AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": provider.url,
-                    "password": provider.token,
-                    "extra": {"max_concurrency": CONCURRENCY, "timeout": 5, "provider_name": provider_name},
-                }
-            ),
+            url,
+            tmp_path,
+            provider,
+            redis_url=redis_url,
+            connection_extra={"max_concurrency": CONCURRENCY, "timeout": 5, "provider_name": provider_name},
         )
         started = time.monotonic()
         # A real run at the real time (not a simulated clock): `airflow dags test` runs the

@@ -9,7 +9,6 @@ as an operator watching the DAG's runs expects, while the wake task still does i
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -20,12 +19,11 @@ import pytest
 from sqlalchemy import func, select
 
 from careflow.providers.fake_server import FakeProviderServer
-from careflow.publishing import publish_paths
 from careflow.store import tables
 from careflow.store.db import dispose_engines, get_engine
 from careflow.store.migrations import upgrade
 from engine.harness import Clinic, action, chain, cohort
-from support import airflow_env
+from support import careflow_env, publish_for_airflow
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -42,30 +40,20 @@ def test_a_failed_node_task_fails_the_run_and_the_wake_task_still_runs(
     clinic = Clinic()
     cohort(clinic, PATIENTS, datetime.now(timezone.utc) - timedelta(hours=2))
     clinic.load(engine)
-    source = tmp_path / f"{workflow_id}.json"
     document = chain(
         workflow_id, ("first", "action", action()), ("second", "action", action("다시 안내드립니다"))
     )
-    source.write_text(json.dumps(document, ensure_ascii=False))
-    workflows = tmp_path / "workflows"
-    assert publish_paths([source], engine=engine, workflows_dir=workflows)[0].action == "published"
-    dispose_engines()
+    workflows = publish_for_airflow(document, engine, tmp_path)
 
     with FakeProviderServer() as provider:
-        env = airflow_env(
+        env = careflow_env(
             airflow_home,
             workflows,
-            CAREFLOW_DB_URL=url,
-            CAREFLOW_REDIS_URL="",
-            CAREFLOW_BREAKER_DB=str(tmp_path / "breakers.db"),
-            AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": provider.url,
-                    "password": "not-the-provider-s-token",
-                    "extra": {"max_concurrency": 5, "timeout": 5},
-                }
-            ),
+            url,
+            tmp_path,
+            provider,
+            token="not-the-provider-s-token",
+            connection_extra={"max_concurrency": 5, "timeout": 5},
         )
         run = subprocess.run(
             [str(Path(sys.executable).parent / "airflow"), "dags", "test", f"careflow__{workflow_id}"],

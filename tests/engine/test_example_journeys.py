@@ -8,7 +8,7 @@ and what careflow recorded. Times are Asia/Seoul wall times.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import insert, update
 
@@ -62,19 +62,24 @@ def test_day_before_reminder(engine, journey, fake):
     assert_exactly_once(fake)
 
 
+def _booked_checkup(c: Clinic, pid: str, scheduled_at: datetime) -> None:
+    """Patient ``pid`` with a checkup at ``scheduled_at``, booked (and its event) on 4 March 11:00."""
+    c.patient(pid)
+    aid = c.appointment(
+        f"{pid}-a",
+        pid,
+        type="checkup",
+        status="scheduled",
+        scheduled_at=scheduled_at,
+        created_at=kst(2025, 3, 4, 11),
+    )
+    c.event(f"{pid}-e", aid, "appointment_created", kst(2025, 3, 4, 11))
+
+
 def test_a_rescheduled_appointment_moves_its_reminder(engine, journey, fake):
     c = Clinic()
     for pid, scheduled in (("later", kst(2025, 3, 10, 14)), ("earlier", kst(2025, 3, 12, 14))):
-        c.patient(pid)
-        aid = c.appointment(
-            f"{pid}-a",
-            pid,
-            type="checkup",
-            status="scheduled",
-            scheduled_at=scheduled,
-            created_at=kst(2025, 3, 4, 11),
-        )
-        c.event(f"{pid}-e", aid, "appointment_created", kst(2025, 3, 4, 11))
+        _booked_checkup(c, pid, scheduled)
     c.load(engine)
     j = journey(example("day-before-reminder"))
     j.run_days(kst(2025, 3, 4, 12), kst(2025, 3, 4, 13))
@@ -98,16 +103,7 @@ def test_a_reminder_follows_its_appointment_moved_earlier_when_the_clinic_record
 ):
     c = Clinic()
     for pid in ("moved", "stays"):
-        c.patient(pid)
-        aid = c.appointment(
-            f"{pid}-a",
-            pid,
-            type="checkup",
-            status="scheduled",
-            scheduled_at=kst(2025, 3, 14, 14),
-            created_at=kst(2025, 3, 4, 11),
-        )
-        c.event(f"{pid}-e", aid, "appointment_created", kst(2025, 3, 4, 11))
+        _booked_checkup(c, pid, kst(2025, 3, 14, 14))
     c.load(engine)
     j = journey(example("day-before-reminder"))
     j.run_days(kst(2025, 3, 4, 12), kst(2025, 3, 5, 13))  # both parked until 13 March 10:00

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from careflow.providers.fake_server import FakeProviderServer
-from careflow.publishing import publish_paths
-from careflow.store.db import dispose_engines, get_engine
+from careflow.store.db import get_engine
 from careflow.store.migrations import upgrade
-from support import airflow_env
+from support import careflow_env, publish_for_airflow
 
 from .conftest import WORKFLOW, clinic_data, patient_strings
 
@@ -56,24 +55,17 @@ def test_a_simulated_run_sends_careflow_metrics_without_patient_data(
     engine = get_engine(url)
     upgrade(engine)
     data = clinic_data(engine)
-    source = tmp_path / f"{WORKFLOW['id']}.json"
-    source.write_text(json.dumps(WORKFLOW, ensure_ascii=False), encoding="utf-8")
-    workflows = tmp_path / "workflows"
-    assert publish_paths([source], engine=engine, workflows_dir=workflows)[0].action == "published"
-    dispose_engines()
+    workflows = publish_for_airflow(WORKFLOW, engine, tmp_path)
 
     listener = StatsdListener()
     try:
         with FakeProviderServer() as provider:
-            env = airflow_env(
+            env = careflow_env(
                 airflow_home,
                 workflows,
-                CAREFLOW_DB_URL=url,
-                CAREFLOW_REDIS_URL="",
-                CAREFLOW_BREAKER_DB=str(tmp_path / "breakers.db"),
-                AIRFLOW_CONN_CAREFLOW_MESSAGING=json.dumps(
-                    {"conn_type": "http", "host": provider.url, "password": provider.token}
-                ),
+                url,
+                tmp_path,
+                provider,
                 AIRFLOW__METRICS__STATSD_ON="True",
                 AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
                 AIRFLOW__METRICS__STATSD_PORT=str(listener.port),
