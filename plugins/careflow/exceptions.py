@@ -54,21 +54,15 @@ class ProviderConfigurationError(ProviderError):
 class BreakerOpen(CareflowError):
     """The circuit breaker of a provider is open; sending must wait until ``retry_at``.
 
-    ``retry_at`` is on the clock of the breaker's backend (Redis ``TIME``), read as ``now``;
-    :meth:`local_retry_at` is the same moment on this host's clock.
+    ``retry_at`` is on the clock of the breaker's backend (Redis ``TIME``); ``local_retry_at`` is
+    the same moment on this host's clock (``retry_at`` when none was given).
     """
 
-    def __init__(self, name: str, retry_at: float, now: float | None = None) -> None:
+    def __init__(self, name: str, retry_at: float, local_retry_at: float | None = None) -> None:
         self.name = name
         self.retry_at = retry_at
-        self.now = now
+        self.local_retry_at = retry_at if local_retry_at is None else local_retry_at
         super().__init__(f"circuit breaker {name!r} is open until {retry_at:.0f}")
-
-    def local_retry_at(self) -> float:
-        """``retry_at`` on this host's clock: as far from now as the backend's clock said."""
-        import time
-
-        return self.retry_at if self.now is None else time.time() + (self.retry_at - self.now)
 
 
 class NotImplementedYet(CareflowError):

@@ -239,4 +239,4 @@ def test_a_worker_whose_clock_is_off_waits_as_long_as_the_shared_clock_says(redi
     with pytest.raises(BreakerOpen) as info:
         breaker.acquire()
     assert info.value.retry_at == pytest.approx(snap.next_probe_at)
-    assert time.time() + 25 < info.value.local_retry_at() <= time.time() + 30
+    assert time.time() + 25 < info.value.local_retry_at <= time.time() + 30

@@ -107,9 +107,8 @@ class BreakerSnapshot:
     def sends_resume_at(self) -> float | None:
         """When sends may go again, on this host's clock (None: now).
 
-        An open breaker's next probe, or the end of a 429 pause. The backend keeps its times on its
-        own clock (Redis ``TIME``, shared by every worker); a worker whose clock is off waits as
-        long as the backend said, not until the backend's time on its own clock.
+        An open breaker's next probe, or the end of a 429 pause, moved :func:`on_this_clock`: the
+        backend keeps its times on its own clock (Redis ``TIME``, shared by every worker).
         """
         if self.state == "open" and self.next_probe_at:
             until = float(self.next_probe_at)
@@ -119,7 +118,16 @@ class BreakerSnapshot:
             return None
         if self.read_at is None or self.read_here_at is None:
             return until
-        return self.read_here_at + (until - self.read_at)
+        return on_this_clock(until, self.read_at, self.read_here_at)
+
+
+def on_this_clock(moment: float, backend_now: float, here_now: float) -> float:
+    """``moment`` of the backend's clock on this host's: as far from ``here_now`` as from ``backend_now``.
+
+    The backend's clock (Redis ``TIME``) is read as ``backend_now`` when this host's reads
+    ``here_now``; a worker whose clock is off waits as long as the backend says.
+    """
+    return here_now + (moment - backend_now)
 
 
 def snapshot_of(name: str, state: State, config: BreakerConfig, now: float, backend: str) -> BreakerSnapshot:
@@ -213,7 +221,8 @@ class CircuitBreaker:
             decision = applied.result.decision
             assert decision is not None
             if not decision.granted:
-                raise BreakerOpen(self.name, decision.retry_at or applied.now, applied.now)
+                retry_at = decision.retry_at or applied.now
+                raise BreakerOpen(self.name, retry_at, on_this_clock(retry_at, applied.now, time.time()))
             if not decision.probe and applied.result.state.state == CLOSED and self.verdict_seconds > 0:
                 self._verdict = _Verdict(
                     decision.generation,
@@ -379,7 +388,7 @@ class BreakerGate:
         try:
             permit = self.breaker.acquire()
         except BreakerOpen as exc:
-            return exc.local_retry_at()
+            return exc.local_retry_at
         self._current.set(permit)
         with self._lock:
             self._outstanding.append(permit)
