@@ -145,8 +145,6 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
         _drain(ctx, node, in_flight, report, stage, raise_first=False)
         raise
     _drain(ctx, node, in_flight, report, stage, raise_first=True)
-    if report.pending and report.retry_at is None:
-        report.retry_at = stage.sends_resume_at
     return report
 
 
@@ -162,7 +160,8 @@ def _drain(
     """Record every batch still handed over (claimed, maybe on the wire), then stop the stage.
 
     Each batch is recorded even when recording one before it failed; the first error is raised
-    afterwards (``raise_first``) or, while another exception is on its way out, only logged.
+    afterwards (``raise_first``) or, while another exception is on its way out, only logged. What
+    is left pending without a wait from the breaker takes the send process's breaker's, if any.
     """
     first: BaseException | None = None
     try:
@@ -174,6 +173,8 @@ def _drain(
                     first = exc
                 else:
                     log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)
+        if report.pending and report.retry_at is None:
+            report.retry_at = stage.sends_resume_at()
     finally:
         stage.close()
     if first is not None:
@@ -195,8 +196,6 @@ class _SendStage:
         self.sender: Any = ctx.sender
         self.process: Any = None
         self.depth = 1
-        #: what the send process's breaker said as the stage closed (see ``SendProcess.sends_resume_at``)
-        self.sends_resume_at: float | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._nice = 0
         self._lowered: tuple[int, int] | None = None
@@ -238,6 +237,14 @@ class _SendStage:
             # The send process keeps the priority it was forked with; this thread gives way to it.
             self._lowered = _lower_priority(self._nice)
 
+    def sends_resume_at(self) -> float | None:
+        """When the send process's breaker lets sends go again (None: now, or no send process).
+
+        With Redis out of reach each process keeps its own breaker, and only the send process's
+        has seen this task's sends (``SendProcess.sends_resume_at``).
+        """
+        return None if self.process is None else self.process.sends_resume_at()
+
     def close(self) -> None:
         """Wait for the batches handed over, then stop the send process."""
         try:
@@ -246,7 +253,6 @@ class _SendStage:
         finally:
             try:
                 if self.process is not None:
-                    self.sends_resume_at = self.process.sends_resume_at()
                     self.process.close()
             finally:
                 _restore_priority(self._lowered)

@@ -184,8 +184,7 @@ def _follow_moved_appointments(
     from careflow.engine.delays import release_time
     from careflow.engine.facts_builder import UnreadableFacts
 
-    nodes = {n: ctx.compiled.node(n) for n in ctx.compiled.order}
-    waits = {n: node.config for n, node in nodes.items() if node.type == "delay" and node.config.until}
+    waits = {n.id: n.config for n in ctx.compiled.nodes.values() if n.type == "delay" and n.config.until}
     if not waits:
         return
     rows = st.moved_waits(conn, ctx, sorted(waits), start, end)
