@@ -137,6 +137,16 @@ def test_a_chunked_answer_is_read_whole(serve: Callable[..., ScriptedServer]) ->
     assert server.connections == 1
 
 
+def test_interim_answers_before_the_final_one_are_passed_over(serve: Callable[..., ScriptedServer]) -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    server = serve(lambda n, _: b"HTTP/1.1 100 Continue\r\n\r\n" + early + accepted(f"p-{n}"))
+    results = send_one_by_one(ProviderClient(server.url, "t"), 3)
+    assert [(r.outcome, r.status_code, r.provider_id) for r in results] == [
+        (Outcome.ACCEPTED, 200, f"p-{n}") for n in (1, 2, 3)
+    ]
+    assert server.connections == 1  # the connection stays usable after the interim answers
+
+
 def test_an_answer_larger_than_the_cap_is_unknown(serve: Callable[..., ScriptedServer]) -> None:
     big = b"x" * (MAX_ANSWER + 1)
     server = serve(lambda n, _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big))

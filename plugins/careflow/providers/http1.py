@@ -192,7 +192,13 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():  # a second answer to one request
             self.reusable = False
             return
-        keep = self._parser.should_keep_alive() and self._status >= 200
+        if self._status < 200:
+            # An interim answer (100 Continue, 103 Early Hints from a proxy or CDN): the final
+            # one follows on this connection, and is the answer (RFC 9110 §15.2).
+            self._status, self._headers, self._body, self._size = 0, {}, [], 0
+            self._headers_done = False
+            return
+        keep = self._parser.should_keep_alive()
         self._answer()
         self.reusable = keep and not self.closed
 
