@@ -155,6 +155,24 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Seoul", "America/New_York"])
+def test_retry_after_dates_without_a_zone_are_utc_on_any_worker(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        now = time.time()
+        later = time.gmtime(now + 120)
+        asctime = time.strftime("%a %b %e %H:%M:%S %Y", later)  # RFC 9110's third form
+        minus_zero = time.strftime("%a, %d %b %Y %H:%M:%S -0000", later)
+        assert parse_retry_after(asctime, now=now) == pytest.approx(120, abs=1)
+        assert parse_retry_after(minus_zero, now=now) == pytest.approx(120, abs=1)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_redact_removes_phone_numbers_and_emails() -> None:
     text = redact("bad recipient 010-5550-1234 / +82 10 5550 1234 / kim@example.com for key wf1:a1:ex1")
     assert "5550" not in text and "kim@" not in text and "wf1:a1:ex1" in text

@@ -42,6 +42,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import timezone
 from enum import Enum
 from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import quote
@@ -199,6 +200,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float:
             return DEFAULT_RETRY_AFTER
         if when is None:
             return DEFAULT_RETRY_AFTER
+        if when.tzinfo is None:  # the asctime and "-0000" forms: an HTTP date is always UTC
+            when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
         return DEFAULT_RETRY_AFTER
