@@ -301,6 +301,23 @@ def test_quiet_hours_that_end_past_max_lateness_expire_the_message(engine, journ
     assert fake.stats()["received"] == 1
 
 
+def test_quiet_hours_do_not_restart_the_lateness_of_a_parked_message(engine, journey, fake):
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 4, 21, 30), consent_marketing=True)  # due 21:30, quiet until 08:00
+    c.load(engine)
+    doc = chain("quiet-missed", ("promo", "action", action("(광고) 이벤트", purpose="marketing")))
+    j = journey(doc)
+    assert j.run_at(kst(2025, 3, 4, 21, 31))["promo"].waiting == 1
+    # The 08:00 wake run did not happen (the scheduler was down); the next run is 26.5 h after
+    # the message was due, past the default max_lateness of 24 h.
+    report = j.run_at(kst(2025, 3, 6))["promo"]
+    assert (report.sent, report.expired, report.waiting) == (0, 1, 0)
+    row = ledger(engine, "quiet-missed")["p1"]
+    assert (row["status"], row["reason"]) == ("expired", "late_by_1590_min")
+    j.wakes(kst(2025, 3, 6))
+    assert j.sent == {} and fake.stats()["received"] == 0
+
+
 def test_message_past_max_lateness_expires_and_is_never_sent(engine, journey, fake):
     c = Clinic()
     c.completed("late", kst(2025, 3, 4, 10))  # 14 h before the daily run

@@ -404,7 +404,10 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 report.pending += 1
                 continue
             fact = facts.get(row["execution_id"])
-            due = row["due_at"] if row["status"] == "waiting" and row["due_at"] else row["arrived_at"]
+            # An action's step arrives when its message is due. A step parked by quiet hours keeps
+            # that time: its lateness counts from it, not from the end of the quiet hours, so a
+            # wake run that did not happen cannot stretch max_lateness night after night.
+            due = row["arrived_at"]
             base = {
                 "idempotency_key": key,
                 "execution_id": row["execution_id"],
