@@ -77,6 +77,28 @@ class TestDuration:
             shift(datetime(2026, 1, 1, tzinfo=UTC), 1, "months", SEOUL)
 
 
+class TestDurationAt:
+    def test_days_at_a_time_end_at_that_local_time_on_the_last_day(self) -> None:
+        arrived = datetime(2026, 3, 16, 14, 0, tzinfo=SEOUL)  # Monday 14:00
+        delay = DelayData(amount=1, unit="days", at="10:00")
+        assert release_time(delay, arrived, {}, SEOUL) == datetime(2026, 3, 17, 10, 0, tzinfo=SEOUL)
+        weeks = DelayData(amount=1, unit="weeks", at="09:30")
+        assert release_time(weeks, arrived, {}, SEOUL) == datetime(2026, 3, 23, 9, 30, tzinfo=SEOUL)
+
+    def test_zero_days_at_a_time_is_the_next_such_time(self) -> None:
+        delay = DelayData(amount=0, unit="days", at="10:00")
+        morning = datetime(2026, 3, 16, 8, 0, tzinfo=SEOUL)
+        afternoon = datetime(2026, 3, 16, 14, 0, tzinfo=SEOUL)
+        assert release_time(delay, morning, {}, SEOUL) == datetime(2026, 3, 16, 10, 0, tzinfo=SEOUL)
+        assert release_time(delay, afternoon, {}, SEOUL) == datetime(2026, 3, 17, 10, 0, tzinfo=SEOUL)
+
+    def test_the_time_is_on_the_patients_clock_across_a_dst_change(self) -> None:
+        arrived = ny(2026, 3, 6, 22, 0)  # Friday, EST
+        released = release_time(DelayData(amount=3, unit="days", at="08:00"), arrived, {}, NEW_YORK)
+        assert released == ny(2026, 3, 9, 8, 0)  # Monday 08:00 EDT
+        assert released.tzinfo is UTC
+
+
 class TestUntil:
     def test_day_before_at_ten_in_seoul(self) -> None:
         facts = facts_with(scheduled_at=datetime(2026, 3, 15, 14, 0, tzinfo=SEOUL))

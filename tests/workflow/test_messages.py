@@ -145,3 +145,15 @@ def test_a_node_cannot_take_the_id_of_the_wake_task():
     report = validate_workflow(workflow)
     assert not report.ok
     assert ("NODE_BAD_ID", "careflow_wake") in {(d.code, d.node_id) for d in report.errors}
+
+
+def test_at_is_refused_on_a_wait_in_minutes_or_hours_and_kept_on_days():
+    workflow = base()
+    data(workflow, "d1").update(amount=2, unit="hours", at="10:00")
+    [error] = validate_workflow(workflow).errors
+    assert (error.code, error.node_id, error.field) == ("DELAY_BAD_TIME", "d1", "data.at")
+    assert "remove 'at', or count in days" in error.message
+    workflow = base()
+    data(workflow, "d1").update(amount=0, unit="days", at="10:00")
+    report = validate_workflow(workflow)
+    assert report.ok and "DELAY_ZERO" not in {d.code for d in report.diagnostics}

@@ -112,7 +112,7 @@ def describe(node: CompiledNode) -> str:
             off = f" {c.offset.amount:+d} {c.offset.unit}" if c.offset else ""
             at = f" at {c.at}" if c.at else ""
             return f"wait until {c.until}{off}{at}"
-        return f"wait {c.amount} {c.unit}"
+        return f"wait {c.amount} {c.unit}" + (f" at {c.at}" if c.at and c.unit in ("days", "weeks") else "")
     if node.type == "condition":
         return (
             f"{'all' if c.all is not None else 'any'} of {len(c.all if c.all is not None else c.any)} rule(s)"

@@ -3,6 +3,9 @@
 * Minutes and hours are elapsed time: ``arrived_at + 90 minutes``.
 * Days and weeks are calendar time on the patient's wall clock: "3 days" after Monday 14:00 is
   Thursday 14:00 local, even when a daylight-saving change makes that 71 or 73 hours.
+* Days and weeks with ``at``: that local time on the local date the delay ends ("1 day at
+  10:00" after Monday 14:00 is Tuesday 10:00); with 0 days, the next such time (today's if it is
+  still ahead). Minutes and hours have no ``at`` (validation refuses it).
 * ``until`` delays start from an appointment field (``appointment.scheduled_at``…) read from the
   facts, add the signed ``offset`` (same rules as above), then, if ``at`` is set, move to that
   local time on the resulting local date. "scheduled_at, -1 day, at 10:00" is 10:00 local on the
@@ -36,7 +39,13 @@ def release_time(
     arrived_at = _aware(arrived_at)
     duration = delay.duration()
     if duration is not None:
-        return shift(arrived_at, duration.amount, duration.unit, tz)
+        released = shift(arrived_at, duration.amount, duration.unit, tz)
+        if delay.at is None or duration.unit not in ("days", "weeks"):
+            return released
+        released = at_time(released, delay.at, tz)
+        if released < arrived_at:  # 0 days at a time already past today: tomorrow's
+            released = at_time(shift(arrived_at, 1, "days", tz), delay.at, tz)
+        return released
     if delay.until is None:  # unreachable for validated models
         return None
     found, raw = lookup(facts, delay.until)
@@ -46,10 +55,15 @@ def release_time(
     if delay.offset is not None:
         base = shift(base, delay.offset.amount, delay.offset.unit, tz)
     if delay.at is not None:
-        hour, minute = (int(part) for part in delay.at.split(":"))
-        local_date = base.astimezone(tz).date()
-        base = datetime.combine(local_date, time(hour, minute), tzinfo=tz).astimezone(UTC)
+        base = at_time(base, delay.at, tz)
     return base
+
+
+def at_time(instant: datetime, at: str, tz: ZoneInfo) -> datetime:
+    """``at`` (HH:MM) on the local date of ``instant``, in UTC."""
+    hour, minute = (int(part) for part in at.split(":"))
+    local_date = _aware(instant).astimezone(tz).date()
+    return datetime.combine(local_date, time(hour, minute), tzinfo=tz).astimezone(UTC)
 
 
 def shift(instant: datetime, amount: int, unit: str, tz: ZoneInfo) -> datetime:

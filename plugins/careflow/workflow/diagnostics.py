@@ -123,7 +123,10 @@ CODES: dict[str, tuple[Severity, str]] = {
     # Delays.
     "DELAY_BAD_DURATION": (_E, "A delay needs amount and unit, or until; amount is a whole number 0-3650."),
     "DELAY_BAD_UNIT": (_E, "A delay's unit is not minutes, hours, days or weeks."),
-    "DELAY_BAD_TIME": (_E, "A delay's 'at' is not a time of day HH:MM."),
+    "DELAY_BAD_TIME": (
+        _E,
+        "A delay's 'at' is not a time of day HH:MM, or is set on a wait in minutes or hours.",
+    ),
     "DELAY_BAD_UNTIL": (_E, "A delay's 'until' is not an appointment time careflow knows."),
     "DELAY_BAD_OFFSET": (_E, "A delay's offset is not {amount, unit} with a whole amount -3650..3650."),
     "DELAY_ZERO": (_W, "A delay of zero waits for nothing."),

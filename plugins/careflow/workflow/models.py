@@ -253,7 +253,11 @@ class DelayData(_Strict):
         Literal["appointment.scheduled_at", "appointment.created_at", "appointment.completed_at"] | None
     ) = None
     offset: SignedDuration | None = None
-    at: str | None = Field(None, pattern=HHMM_PATTERN, description="Local time of day, HH:MM.")
+    at: str | None = Field(
+        None,
+        pattern=HHMM_PATTERN,
+        description="Local time of day, HH:MM, at which a wait until a field, or in days or weeks, ends.",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> DelayData:

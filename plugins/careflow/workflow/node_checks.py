@@ -193,6 +193,17 @@ def _post_checks(node_id: str, node_type: str, parsed: Any, where: str) -> list[
                     field="data.filters.min_age",
                 )
             )
+    elif node_type == "delay" and parsed.at is not None and parsed.unit in ("minutes", "hours"):
+        found.append(
+            make(
+                "DELAY_BAD_TIME",
+                f"{where}: 'at' sets the time of day a wait in days or weeks (or until an appointment "
+                f"time) ends; a wait of {parsed.amount} {parsed.unit} ends {parsed.amount} {parsed.unit} "
+                "after the patient arrives: remove 'at', or count in days",
+                node_id=node_id,
+                field="data.at",
+            )
+        )
     elif node_type == "action":
         subject = parsed.subject
         if parsed.channel == "email" and (subject is None or not subject.strip()):

@@ -158,6 +158,7 @@ def _chains(graph: Graph) -> list[Diagnostic]:
             and _is_duration(first)
             and _is_duration(second)
             and first.model.at is None
+            and second.model.at is None
             and len(graph.succ[first.id]) == 1
             and len(graph.pred[second.id]) == 1
         ):
