@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -200,6 +201,30 @@ def test_time_window_passes_inside_and_parks_until_the_opening(engine, journey, 
     j.run_days(kst(2025, 3, 10, 0), kst(2025, 3, 10, 10))
     assert j.sent["friday/a"] == (kst(2025, 3, 10, 9), "scheduled")
     assert_exactly_once(fake)
+
+
+def test_a_patient_without_a_timezone_has_the_clinics_for_windows_and_the_age_filter(engine, journey, fake):
+    berlin = ZoneInfo("Europe/Berlin")  # the clinic's; the workflow's is Asia/Seoul, 8 hours ahead
+    c = Clinic()
+    c.rows["clinics"][0]["timezone"] = "Europe/Berlin"
+    # Wednesday 12:00 in Berlin (20:00 in Seoul): 65 that day on either calendar.
+    c.completed("noon", datetime(2025, 3, 5, 12, 0, tzinfo=berlin), birth_date=date(1960, 3, 5))
+    # Wednesday 23:30 in Berlin is already Thursday, the 65th birthday, in Seoul: 64 in Berlin.
+    c.completed("late", datetime(2025, 3, 5, 23, 30, tzinfo=berlin), birth_date=date(1960, 3, 6))
+    c.load(engine)
+    every_day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    doc = chain(
+        "clinic-zone",
+        ("w", "timeWindow", {"days": every_day, "start": "09:00", "end": "18:00"}),
+        ("a", "action", action()),
+        filters={"min_age": 65},
+        schedule="@hourly",
+    )
+    j = journey(doc)
+    j.run_days(datetime(2025, 3, 5, 11, tzinfo=berlin), datetime(2025, 3, 6, 2, tzinfo=berlin))
+    # Open in Berlin at the 13:00 run; on Seoul's clock it would have waited until 01:00 Berlin.
+    assert j.sent == {"noon/a": (datetime(2025, 3, 5, 13, tzinfo=berlin), "scheduled")}
+    assert set(executions(engine, "clinic-zone")) == {"noon"}
 
 
 def test_time_window_opening_before_the_next_daily_run_is_a_wake_run(engine, journey, fake):

@@ -68,6 +68,14 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     end = ctx.now
     filters = config.filters
     default_tz = zone(ctx.compiled.timezone)
+    if filters.min_age is not None or filters.max_age is not None:
+        # A patient without a timezone of their own has the clinic's: ages go by its calendar.
+        with ctx.engine.connect() as conn:
+            clinic_tz = conn.execute(
+                select(tables.clinics.c.timezone).where(tables.clinics.c.id == ctx.compiled.clinic_id)
+            ).scalar()
+        report.queries += 1
+        default_tz = zone_or(clinic_tz, default_tz)
     last_at: datetime | None = None
     last_id = ""
     batch = ctx.compiled.settings.batch_size
@@ -408,11 +416,13 @@ def time_window(ctx: RunContext, node: CompiledNode) -> NodeReport:
     from careflow.engine.time_window import is_open, next_opening
 
     config = node.config
-    default_tz = zone(config.timezone or ctx.compiled.timezone)
+    workflow_tz = zone(ctx.compiled.timezone)
+    window_tz = zone(config.timezone) if config.timezone else None
 
     def decide(row: Any, facts: Any) -> Decision:
-        # The patient's own zone wins; without one, the window's, then the workflow's.
-        tz = _patient_zone(facts, default_tz, key="own_timezone")
+        # The patient's own zone wins; without one, the window's; then the clinic's, as for delays
+        # and quiet hours (the facts' patient.timezone), then the workflow's.
+        tz = _patient_zone(facts, window_tz or _patient_zone(facts, workflow_tz), key="own_timezone")
         if is_open(config, ctx.now, tz):
             # A parked step moves on from the opening it waited for, not from its arrival: the
             # window may have been open when it arrived and closed before this node ran.

@@ -288,7 +288,9 @@ class TimeWindowData(_Strict):
     )
     start: str = Field(pattern=HHMM_PATTERN)
     end: str = Field(pattern=HHMM_PATTERN)
-    timezone: str | None = Field(None, description="Overrides the workflow's timezone (the patient's wins).")
+    timezone: str | None = Field(
+        None, description="Overrides the clinic's timezone (the patient's own wins)."
+    )
 
 
 class _NodeBase(BaseModel):
