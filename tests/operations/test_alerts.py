@@ -182,6 +182,34 @@ def test_the_deadline_callback_posts_from_the_triggerer_context(webhook: list[di
     assert alert["text"].endswith(f"{BASE}/dags/careflow__booking-followup/runs/scheduled__2026-03-04")
 
 
+@pytest.mark.parametrize(
+    ("states", "alerted"),
+    [
+        # every node task ended; careflow_wake waits in the triggerer for the next wake
+        ({"t1": "success", "a1": "failed", "a2": "upstream_failed", "careflow_wake": "deferred"}, False),
+        ({"t1": "success", "a1": "running", "careflow_wake": None}, True),  # a node task is behind
+        ({"t1": "success", "a1": "up_for_retry", "careflow_wake": None}, True),
+        ({}, True),  # nothing known of the run
+    ],
+)
+def test_the_deadline_is_not_alerted_for_a_run_that_only_waits_for_its_wake(
+    webhook: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, states: dict[str, Any], alerted: bool
+) -> None:
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    asked: list[dict[str, Any]] = []
+
+    def get_task_states(**kwargs: Any) -> dict[str, Any]:
+        asked.append(kwargs)
+        return {"scheduled__2026-03-04": states} if states else {}
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    context = {"dag_run": {"dag_id": "careflow__booking-followup", "dag_run_id": "scheduled__2026-03-04"}}
+    asyncio.run(alerts.run_deadline_missed(workflow_id="booking-followup", hours=6.0, context=context))
+    assert asked == [{"dag_id": "careflow__booking-followup", "run_ids": ["scheduled__2026-03-04"]}]
+    assert len(webhook) == (1 if alerted else 0)
+
+
 def test_without_the_connection_alerts_are_only_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -327,11 +327,26 @@ def dag_callbacks(compiled: Any) -> dict[str, Any]:
     return options
 
 
+#: Task states that no longer change without an operator (a node task that ended, one way or another).
+_ENDED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+
 async def run_deadline_missed(workflow_id: str, hours: float, context: dict[str, Any] | None = None) -> None:
-    """Deadline Alert callback (runs in the triggerer): the run has not finished ``hours`` after it was queued."""
+    """Deadline Alert callback (runs in the triggerer): the run's node tasks have not ended ``hours`` after it was queued.
+
+    A run whose node tasks have all ended stays running while ``careflow_wake`` waits in the
+    triggerer for the next parked execution, sometimes until the next scheduled run: that is its
+    plan, not a run behind, and is not alerted (a node task that failed was alerted when it
+    failed). When the task states cannot be read, the alert goes out.
+    """
     dag_run = (context or {}).get("dag_run") or {}
     run_id = dag_run.get("dag_run_id") or dag_run.get("run_id")
     dag_id = dag_run.get("dag_id") or f"{DAG_PREFIX}{workflow_id}"
+    if run_id and await _only_the_wake_is_left(dag_id, str(run_id)):
+        log.info(
+            "careflow %s: run %s is past its deadline only waiting for its next wake", workflow_id, run_id
+        )
+        return
     alert = Alert(
         kind="run_deadline_missed",
         title=f"the scheduled run has not finished {hours:g} hours after it was queued",
@@ -341,6 +356,26 @@ async def run_deadline_missed(workflow_id: str, hours: float, context: dict[str,
         facts={"Queued at": str(dag_run.get("queued_at") or "")},
     )
     await asyncio.to_thread(send_alert, alert)
+
+
+async def _only_the_wake_is_left(dag_id: str, run_id: str) -> bool:
+    """Whether every task of the run but ``careflow_wake`` has ended (False when that cannot be told)."""
+    from careflow.workflow.validation import WAKE_TASK_ID
+
+    def read() -> dict[str, Any]:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        return RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id])
+
+    try:
+        states = (await asyncio.to_thread(read)).get(run_id) or {}
+    except Exception as exc:  # not in a triggerer, or the API server did not answer: alert
+        log.warning(
+            "careflow: the task states of %s %s could not be read (%s)", dag_id, run_id, type(exc).__name__
+        )
+        return False
+    nodes = {task: state for task, state in states.items() if task != WAKE_TASK_ID}
+    return WAKE_TASK_ID in states and bool(nodes) and all(state in _ENDED for state in nodes.values())
 
 
 def on_event(event: str, **fields: Any) -> None:
