@@ -712,3 +712,19 @@ class ProviderClient:
     def lookup_many(self, keys: Iterable[str]) -> dict[str, SendResult | None]:
         """``lookup`` for many keys from synchronous code, concurrently."""
         return _run_sync(lambda: self.lookup_many_async(keys))
+
+    def refused_empty_message(self) -> int:
+        """POST a message without fields to the messages endpoint; the HTTP status it gets.
+
+        Nothing can be sent by it: a provider refuses it as invalid (400 or 422) once it has
+        accepted the token, which tells a provider that is there from a URL that answers 404 to
+        any path. A request that fails raises.
+        """
+
+        async def probe() -> int:
+            request = b"%sContent-Length: 2\r\n\r\n{}" % self._post_head
+            async with self._transport() as transport:
+                answer: Answer = await transport.pool.request(request)
+            return answer.status
+
+        return _run_sync(probe)

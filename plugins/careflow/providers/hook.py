@@ -98,17 +98,33 @@ class MessagingHook(BaseHook):
         return self.get_client().send_batch(messages, gate=gate, on_result=on_result)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Ask the provider for a key it cannot have: a 404 proves the URL and the token."""
+        """Ask the provider for a key it cannot have, then send it a message without fields.
+
+        The lookup answers 404 and the empty message 400 or 422 only where the messages endpoint
+        is and the token is accepted; a wrong base URL answers 404 to both. Nothing is sent.
+        """
         try:
-            found = self.get_client().lookup_many([f"careflow-connection-test-{uuid.uuid4().hex}"])
+            client = self.get_client()
+            found = client.lookup_many([f"careflow-connection-test-{uuid.uuid4().hex}"])
         except ConfigurationError as exc:
             return False, str(exc)
         result = next(iter(found.values()))
-        if result is None:
-            return True, "provider reachable, token accepted"
-        if result.outcome is Outcome.CONFIGURATION:
+        if result is not None and result.outcome is Outcome.CONFIGURATION:
             return False, f"provider refused the connection ({result.error_code}, HTTP {result.status_code})"
-        return False, f"provider did not answer as expected ({result.error_code})"
+        if result is not None:
+            return False, f"provider did not answer as expected ({result.error_code})"
+        endpoint = f"{client.base_url}/v1/messages"
+        try:
+            status = client.refused_empty_message()
+        except Exception as exc:
+            return False, f"{endpoint} did not answer a test message ({type(exc).__name__})"
+        if status in (400, 422):
+            return True, "provider reachable, token accepted"
+        if status in (401, 403):
+            return False, f"provider refused the connection (HTTP {status})"
+        if status in (404, 405):
+            return False, f"no messages endpoint at {endpoint} (HTTP {status}): check the base URL"
+        return False, f"provider did not answer as expected (HTTP {status} to a message without fields)"
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""The Airflow connection test of ``careflow_messaging``: only a provider that is there passes."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from careflow.providers.fake_server import FakeProviderServer
+from careflow.providers.hook import MessagingHook
+
+
+@pytest.fixture(autouse=True)
+def env_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")
+
+
+@pytest.fixture
+def not_a_provider() -> Iterator[str]:
+    """A web server that answers 404 to every path, like a static site or another service."""
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def check(monkeypatch: pytest.MonkeyPatch, host: str, token: str) -> tuple[bool, str]:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps({"conn_type": "http", "host": host, "password": token})
+    )
+    return MessagingHook().test_connection()
+
+
+def test_the_provider_with_its_token_passes_and_nothing_is_sent(
+    fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert check(monkeypatch, fake.url, fake.token) == (True, "provider reachable, token accepted")
+    assert fake.stats()["accepted"] == 0
+
+
+def test_a_wrong_base_path_on_the_providers_host_fails(
+    fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok, message = check(monkeypatch, f"{fake.url}/api", fake.token)
+    assert not ok and f"no messages endpoint at {fake.url}/api/v1/messages (HTTP 404)" in message
+
+
+def test_a_server_that_answers_404_to_everything_fails(
+    not_a_provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok, message = check(monkeypatch, not_a_provider, "any-token")
+    assert not ok and "check the base URL" in message
+
+
+def test_a_wrong_token_fails(fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok, message = check(monkeypatch, fake.url, "wrong")
+    assert not ok and "401" in message
