@@ -393,12 +393,12 @@ def print_report(report: dict[str, Any], out: Any = None) -> None:
 
 
 def parse_since(value: str | None) -> datetime | None:
-    """``--since``: a date or an ISO time (UTC when no offset is given)."""
+    """``--since``: a date or an ISO time (UTC when no offset is given); a ValueError says what is expected."""
     if not value:
         return None
-    from careflow.clock import parse_time
+    from careflow.simulation import parse_day_or_time
 
-    return parse_time(value if "T" in value else f"{value}T00:00:00")
+    return parse_day_or_time(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -413,7 +413,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``careflow metrics`` command."""
-    report = build_report(args.workflow, parse_since(args.since), airflow=not args.no_airflow)
+    from careflow.exceptions import ConfigurationError
+
+    try:
+        since = parse_since(args.since)
+    except ValueError as exc:
+        raise ConfigurationError(f"--since {exc}") from None
+    report = build_report(args.workflow, since, airflow=not args.no_airflow)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:

@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -48,18 +49,78 @@ def load_dag(dag_id: str) -> Any:
     """Parse the dags folder as the dag-processor does, store the DAGs serialized, and return one."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    manager = DagBundlesManager()
-    manager.sync_bundles_to_db()
-    for bundle in manager.get_all_dag_bundles():
-        bundle.initialize()
-        bag = BundleDagBag(bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
-        if dag_id in bag.dags:
-            sync_bag_to_db(bag, bundle.name, bundle_version=None)
-            return bag.dags[dag_id]
-    raise ConfigurationError(
-        f"DAG {dag_id} was not found in the dags folder: publish the workflow first "
-        f"(careflow workflows publish FILE) and check `careflow workflows list`"
+    try:
+        manager = DagBundlesManager()
+        manager.sync_bundles_to_db()
+        for bundle in manager.get_all_dag_bundles():
+            bundle.initialize()
+            bag = BundleDagBag(bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+            if dag_id in bag.dags:
+                sync_bag_to_db(bag, bundle.name, bundle_version=None)
+                return bag.dags[dag_id]
+    except (OperationalError, ProgrammingError) as exc:  # "no such table", "relation does not exist"
+        _raise_unless_airflow_db_migrated(exc)
+        raise
+    raise _dag_not_found(dag_id)
+
+
+def _raise_unless_airflow_db_migrated(exc: Exception) -> None:
+    """ConfigurationError when Airflow's metadata DB lacks this Airflow's migrations (the cause of ``exc``)."""
+    from airflow.settings import get_engine
+    from airflow.utils.db import check_migrations
+
+    try:
+        check_migrations(timeout=0)  # compares the DB's migration heads with Airflow's, once
+    except TimeoutError:
+        url = get_engine().url.render_as_string(hide_password=True)
+        raise ConfigurationError(
+            f"Airflow's metadata database ({url}) is not migrated: run `airflow db migrate` "
+            f"with the same AIRFLOW_HOME and configuration, then run this again"
+        ) from exc
+    except Exception:  # the heads cannot be read either: the original error says more
+        return
+
+
+def _careflow_dag_file() -> Path:
+    """careflow's DAG file, ``dags/careflow_workflows.py`` of the checkout careflow runs from."""
+    import careflow
+
+    return Path(careflow.__file__).resolve().parents[2] / "dags" / "careflow_workflows.py"
+
+
+def _dag_not_found(dag_id: str) -> ConfigurationError:
+    """Why ``dag_id`` is not among the parsed DAGs: the workflow is not published, or Airflow parses
+    a dags folder without careflow's DAG file."""
+    from airflow.configuration import conf
+
+    from careflow import settings
+    from careflow.compiler.graph import dag_id_for
+    from careflow.snapshots import snapshot_path
+
+    workflow_id = dag_id.removeprefix(dag_id_for(""))
+    snapshot = snapshot_path(settings.workflows_dir(), workflow_id)
+    if not snapshot.is_file():
+        return ConfigurationError(
+            f"DAG {dag_id} was not found in the dags folder: publish the workflow first "
+            f"(careflow workflows publish FILE) and check `careflow workflows list`"
+        )
+    dags_folder = Path(conf.get("core", "dags_folder")).expanduser()
+    dag_file = _careflow_dag_file()
+    if dag_file.is_file():
+        where, fix = str(dag_file), str(dag_file.parent)
+    else:  # careflow installed as a package: its DAG file was copied wherever the deployment put it
+        where, fix = f"{dag_file.parent.name}/{dag_file.name}", "the folder that holds it"
+    if (dags_folder / dag_file.name).is_file():
+        return ConfigurationError(
+            f"workflow {workflow_id} is published ({snapshot}) but {dags_folder / dag_file.name} did not "
+            f"build DAG {dag_id}: check `careflow workflows list` and `airflow dags list-import-errors`"
+        )
+    return ConfigurationError(
+        f"workflow {workflow_id} is published ({snapshot}) but DAG {dag_id} is not in the DAGs Airflow "
+        f"parses from [core] dags_folder ({dags_folder}), which does not hold careflow's DAG file {where}: "
+        f"set [core] dags_folder (AIRFLOW__CORE__DAGS_FOLDER) to {fix}"
     )
 
 
@@ -235,7 +296,10 @@ def simulate(args: argparse.Namespace) -> int:
     """The ``careflow simulate`` command."""
     # Before Airflow is imported: its per-run logging would drown the message lines.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
-    start = parse_time(args.start if "T" in args.start else f"{args.start}T00:00:00")
+    try:
+        start = parse_day_or_time(args.start)
+    except ValueError as exc:
+        raise ConfigurationError(f"--start {exc}") from None
     if args.days < 1 or args.days > 366:
         raise ConfigurationError(f"--days must be between 1 and 366, got {args.days}")
     workflow_ids = _workflow_ids(args.workflow)
@@ -272,6 +336,19 @@ def simulate(args: argparse.Namespace) -> int:
     else:
         print_summary(summary)
     return 0 if not failed else 1
+
+
+def parse_day_or_time(value: str) -> datetime:
+    """A date (midnight UTC) or an ISO 8601 time (UTC when no offset is given), as typed on a command line.
+
+    A ValueError says what is expected.
+    """
+    try:
+        return parse_time(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"{value!r}: expected YYYY-MM-DD or an ISO 8601 time, e.g. 2026-03-02 or 2026-03-02T09:00+09:00"
+        ) from None
 
 
 def _workflow_ids(spec: str) -> list[str]:
@@ -311,4 +388,11 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
         w(f"\n!! {len(summary['failed_runs'])} DAG run(s) did not succeed: {summary['failed_runs'][:5]}\n")
 
 
-__all__ = ["SimulationResult", "load_dag", "simulate", "simulate_workflow", "summarize"]
+__all__ = [
+    "SimulationResult",
+    "load_dag",
+    "parse_day_or_time",
+    "simulate",
+    "simulate_workflow",
+    "summarize",
+]

@@ -1,10 +1,11 @@
 """``careflow demo``: the whole product on the embedded default, in one command.
 
-1. an Airflow home on SQLite (LocalExecutor), careflow's tables in SQLite, no Redis;
+1. an Airflow home on SQLite (LocalExecutor) with careflow's pool, careflow's tables in SQLite, no Redis;
 2. demo clinic data (a few hundred patients, a month of appointments and events);
 3. the example workflows published;
 4. the fake provider started;
-5. two weeks simulated through the real DAGs, then a readable summary.
+5. two weeks simulated through the real DAGs, then a readable summary, and the shell lines that
+   open the same setup in the Airflow UI.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -49,20 +51,41 @@ def demo_env(home: Path, port: int) -> dict[str, str]:
             "AIRFLOW_CONN_CAREFLOW_DB": json.dumps(
                 {"conn_type": "sqlite", "host": str(home / "careflow.db")}
             ),
-            "AIRFLOW_CONN_CAREFLOW_MESSAGING": json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": f"http://127.0.0.1:{port}",
-                    "password": DEMO_TOKEN,
-                    "extra": {"max_concurrency": 20, "timeout": 5},
-                }
-            ),
+            "AIRFLOW_CONN_CAREFLOW_MESSAGING": messaging_connection(port),
             "CAREFLOW_DB_URL": f"sqlite:///{home / 'careflow.db'}",
             "CAREFLOW_REDIS_URL": "",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )
     return env
+
+
+def messaging_connection(port: int) -> str:
+    """The ``careflow_messaging`` connection (JSON) to the demo's fake provider on ``port``."""
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": f"http://127.0.0.1:{port}",
+            "password": DEMO_TOKEN,
+            "extra": {"max_concurrency": 20, "timeout": 5},
+        }
+    )
+
+
+def fake_provider_options(port: int) -> list[str]:
+    """The fake provider's options in the demo: its token, a little latency, 3 % transient errors."""
+    return [
+        "--port",
+        str(port),
+        "--token",
+        DEMO_TOKEN,
+        "--latency-ms",
+        "5",
+        "--error-rate",
+        "0.03",
+        "--seed",
+        "11",
+    ]
 
 
 def _step(text: str) -> float:
@@ -86,6 +109,9 @@ def run_demo(args: argparse.Namespace) -> int:
     for suffix in ("-wal", "-shm"):
         (home / f"careflow.db{suffix}").unlink(missing_ok=True)
     _run([*careflow_bin, "db", "upgrade"], env, "careflow db upgrade")
+    # Every action task runs in the careflow_messaging pool: without it, Airflow's scheduler in the
+    # UI setup printed at the end would never queue a send.
+    _run([*careflow_bin, "setup"], env, "careflow setup")
 
     _step("loading demo clinic data")
     _run(
@@ -102,21 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     _step(f"starting the fake provider on 127.0.0.1:{port}")
     provider = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "careflow.providers.fake_server",
-            "--port",
-            str(port),
-            "--token",
-            DEMO_TOKEN,
-            "--latency-ms",
-            "5",
-            "--error-rate",
-            "0.03",
-            "--seed",
-            "11",
-        ],
+        [sys.executable, "-m", "careflow.providers.fake_server", *fake_provider_options(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -167,13 +179,33 @@ def run_demo(args: argparse.Namespace) -> int:
             f"accepted twice {stats.get('accepted_twice')} =="
         )
     print(f"\ndone in {time.monotonic() - began:.0f} s. Open the same setup in the Airflow UI:")
-    print(
-        f"  export AIRFLOW_HOME={home} AIRFLOW__CORE__DAGS_FOLDER={REPO / 'dags'} "
-        f"AIRFLOW__CORE__PLUGINS_FOLDER={REPO / 'plugins'} AIRFLOW__CAREFLOW__WORKFLOWS_DIR={home / 'workflows'} "
-        f"CAREFLOW_DB_URL=sqlite:///{home / 'careflow.db'} AIRFLOW__CORE__LOAD_EXAMPLES=False"
-    )
-    print(f"  PATH={Path(sys.executable).parent}:$PATH airflow standalone   # then http://localhost:8080")
+    for line in ui_commands(home, port):
+        print(f"  {line}")
     return 0 if not summary.get("failed_runs") else 1
+
+
+def ui_commands(home: Path, port: int) -> list[str]:
+    """Shell lines that run the demo's setup in the Airflow UI: its environment (with the
+    ``careflow_messaging`` connection), the fake provider that connection points at, in the
+    background, and ``airflow standalone``."""
+    bin_dir = Path(sys.executable).parent
+    path = f"PATH={shlex.quote(str(bin_dir))}:$PATH"
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CAREFLOW__WORKFLOWS_DIR": str(home / "workflows"),
+        "CAREFLOW_DB_URL": f"sqlite:///{home / 'careflow.db'}",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING": messaging_connection(port),
+    }
+    provider = shlex.join(["careflow", "fake-provider", *fake_provider_options(port)])
+    log = shlex.quote(str(home / "fake-provider.log"))
+    return [
+        "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items()),
+        f"{path} {provider} > {log} 2>&1 &   # the fake provider, in the background",
+        f"{path} airflow standalone   # then http://localhost:8080",
+    ]
 
 
 _LOAD_DATA = """

@@ -1,0 +1,105 @@
+"""``careflow demo``: what it prints to open the same setup in the Airflow UI works as printed.
+
+Every action task runs in the ``careflow_messaging`` pool and sends through the ``careflow_messaging``
+connection: the demo's Airflow DB must hold the pool, and the printed lines must set the connection
+to the fake provider they start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from careflow.airflow.operators.action import PROVIDER_POOL
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A short demo in a home whose path holds a space; its home and the lines printed for the UI."""
+    home = tmp_path_factory.mktemp("demo") / "demo home"
+    result = subprocess.run(
+        [sys.executable, "-m", "careflow", "demo", "--home", str(home), "--days", "1", "--patients", "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    _, ui = result.stdout.split("Open the same setup in the Airflow UI:\n", 1)
+    return home, [line.strip() for line in ui.splitlines() if line.strip()]
+
+
+@contextmanager
+def _shell(*lines: str) -> Iterator[None]:
+    """Run ``lines`` as a shell script (what pasting them into a terminal does) until the block ends."""
+    shell = subprocess.Popen(
+        ["bash", "-c", "\n".join([*lines, "wait"])],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(timeout=10)
+
+
+def _stats(base_url: str, token: str, timeout: float = 30) -> dict[str, int]:
+    request = urllib.request.Request(
+        f"{base_url}/v1/stats?brief=1", headers={"Authorization": f"Bearer {token}"}
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError:
+            raise
+        except OSError:  # not listening yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_the_demo_airflow_db_has_the_pool_action_tasks_run_in(demo: tuple[Path, list[str]]) -> None:
+    home, _ = demo
+    with closing(sqlite3.connect(home / "airflow.db")) as db:
+        rows = db.execute("select slots from slot_pool where pool = ?", (PROVIDER_POOL,)).fetchall()
+    assert rows and rows[0][0] >= 1
+
+
+def test_the_printed_messaging_connection_reaches_the_printed_fake_provider(
+    demo: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, lines = demo
+    exports = [line for line in lines if line.startswith("export ")]
+    providers = [line for line in lines if "fake-provider" in line]
+    assert len(exports) == 1 and len(providers) == 1, lines
+    assert lines[-1].split("#")[0].split()[-2:] == ["airflow", "standalone"]
+    exported = dict(word.split("=", 1) for word in shlex.split(exports[0])[1:])
+    assert exported["AIRFLOW_HOME"] == str(home)
+    assert "AIRFLOW_CONN_CAREFLOW_MESSAGING" in exported, exports[0]
+
+    from careflow import settings
+
+    monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", exported["AIRFLOW_CONN_CAREFLOW_MESSAGING"])
+    messaging = settings.messaging_config()
+    with _shell(exports[0], providers[0]):
+        stats = _stats(messaging.base_url, messaging.token)
+    assert stats["received"] == 0

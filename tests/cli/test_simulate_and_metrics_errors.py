@@ -1,0 +1,134 @@
+"""``careflow simulate`` and ``careflow metrics`` say what is missing and how to fix it, in one line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from careflow.cli import main
+from support import EXAMPLES, REPO, airflow_env
+
+CAREFLOW = str(Path(sys.executable).parent / "careflow")
+SIMULATE = (
+    "simulate",
+    "--workflow",
+    "implant-aftercare",
+    "--start",
+    "2026-03-02",
+    "--days",
+    "1",
+    "--dry-run",
+)
+
+
+def _careflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CAREFLOW, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> dict[str, str]:
+    """A fresh Airflow home (its metadata DB not migrated) and implant-aftercare published; the environment."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    env = airflow_env(
+        home,
+        tmp_path / "workflows",
+        CAREFLOW_DB_URL=f"sqlite:///{tmp_path / 'careflow.db'}",
+        CAREFLOW_REDIS_URL="",
+        AIRFLOW__LOGGING__LOGGING_LEVEL="ERROR",
+    )
+    for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES / "implant-aftercare.json"))):
+        result = _careflow(env, *argv)
+        assert result.returncode == 0, result.stderr
+    return env
+
+
+def test_simulate_before_airflow_db_migrate_says_to_run_it(published: dict[str, str]) -> None:
+    result = _careflow(published, *SIMULATE)
+    assert result.returncode == 2
+    assert result.stderr.startswith("careflow: Airflow's metadata database (sqlite:///")
+    assert "is not migrated: run `airflow db migrate`" in result.stderr
+    assert "unexpected error" not in result.stderr and "[SQL:" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.airflow
+def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_file(
+    published: dict[str, str], airflow_home: Path
+) -> None:
+    home = Path(published["AIRFLOW_HOME"])
+    shutil.copyfile(airflow_home / "airflow.db", home / "airflow.db")  # a migrated metadata DB
+    (home / "dags").mkdir()
+    env = {**published, "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags")}  # Airflow's default
+    result = _careflow(env, *SIMULATE)
+    assert result.returncode == 2
+    err = result.stderr
+    assert "publish the workflow first" not in err and "unexpected error" not in err
+    assert "workflow implant-aftercare is published" in err
+    assert f"[core] dags_folder ({home / 'dags'})" in err
+    assert "AIRFLOW__CORE__DAGS_FOLDER" in err
+    assert str(REPO / "dags" / "careflow_workflows.py") in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (("metrics", "--since", "2026-13-01"), "--since"),
+        (("metrics", "--since", "yesterday"), "--since"),
+        (("simulate", "--workflow", "implant-aftercare", "--start", "03/02/2026"), "--start"),
+        (("simulate", "--workflow", "implant-aftercare", "--start", "2026-02-30"), "--start"),
+    ],
+)
+def test_a_bad_date_names_the_option_and_what_is_expected(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], option: str
+) -> None:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"careflow: {option} '{argv[-1]}': expected YYYY-MM-DD or an ISO 8601 time"), err
+    assert "unexpected error" not in err
+
+
+@pytest.mark.parametrize(
+    ("value", "moment"),
+    [
+        ("2026-03-02", datetime(2026, 3, 2, tzinfo=timezone.utc)),
+        ("2026-03-02T09:30", datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)),
+        ("2026-03-02T09:00+09:00", datetime(2026, 3, 2, tzinfo=timezone.utc)),
+        ("2026-03-02T09:00:00Z", datetime(2026, 3, 2, 9, tzinfo=timezone.utc)),
+        (" 2026-03-02 ", datetime(2026, 3, 2, tzinfo=timezone.utc)),
+    ],
+)
+def test_a_date_is_midnight_utc_and_a_time_without_offset_is_utc(value: str, moment: datetime) -> None:
+    from careflow.simulation import parse_day_or_time
+
+    parsed = parse_day_or_time(value)
+    assert parsed == moment and parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("dags_folder", ["empty", "with_careflow_dag_file", "unpublished"])
+def test_a_dag_not_found_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workflows_dir: Path, dags_folder: str
+) -> None:
+    from careflow.simulation import _dag_not_found
+
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    if dags_folder == "with_careflow_dag_file":
+        shutil.copyfile(REPO / "dags" / "careflow_workflows.py", folder / "careflow_workflows.py")
+    if dags_folder != "unpublished":
+        shutil.copyfile(EXAMPLES / "implant-aftercare.json", workflows_dir / "implant-aftercare.json")
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(folder))
+    message = str(_dag_not_found("careflow__implant-aftercare"))
+    if dags_folder == "unpublished":
+        assert "publish the workflow first" in message
+    elif dags_folder == "empty":
+        assert f"[core] dags_folder ({folder})" in message and str(REPO / "dags") in message
+    else:
+        assert f"{folder / 'careflow_workflows.py'} did not build DAG careflow__implant-aftercare" in message
+        assert "airflow dags list-import-errors" in message
