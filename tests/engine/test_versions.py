@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from typing import Any
+
 from careflow.store import tables
 
-from .harness import Clinic, example, executions, kst, ledger, rows, steps_of
+from .harness import Clinic, action, chain, example, executions, kst, ledger, rows, steps_of
+
+
+def record_version(engine, doc: dict[str, Any], version: int) -> None:
+    """The published version's row, as ``careflow workflows publish`` writes it."""
+    with engine.begin() as conn:
+        conn.execute(
+            tables.workflow_versions.insert(),
+            {
+                "workflow_id": doc["id"],
+                "version": version,
+                "content_hash": f"v{version}",
+                "name": doc["name"],
+                "clinic_id": doc["clinic_id"],
+                "status": "active",
+                "document": doc,
+                "diagnostics": [],
+                "published_at": datetime(2025, 1, 1, tzinfo=timezone.utc),
+            },
+        )
 
 
 def test_v2_removing_a_node_exits_the_executions_waiting_there(engine, journey, fake):
@@ -44,3 +66,29 @@ def test_v2_removing_a_node_exits_the_executions_waiting_there(engine, journey, 
     assert ledger(engine, "implant-aftercare")["at_delay"]["version"] == 2
     assert v1.sent == {}
     assert len(rows(engine, tables.messages)) == 1
+
+
+def test_a_node_id_kept_with_another_type_exits_the_executions_parked_there(engine, journey, fake):
+    c = Clinic()
+    c.completed("parked", kst(2025, 3, 3, 10))  # parked at d1 for 3 days, until Thursday 10:00
+    c.completed("new", kst(2025, 3, 5, 12))  # enrolls under v2
+    c.load(engine)
+    v1_doc = chain("retyped", ("d1", "delay", {"amount": 3, "unit": "days"}), ("a1", "action", action()))
+    record_version(engine, v1_doc, 1)
+    journey(v1_doc, version=1).run_days(kst(2025, 3, 3), kst(2025, 3, 5))
+    assert steps_of(engine, "retyped")[("parked", "d1")]["status"] == "waiting"
+
+    v2_doc = chain("retyped", ("d1", "action", action("{{ patient.name }}님, 안녕하세요")))
+    record_version(engine, v2_doc, 2)
+    v2 = journey(v2_doc, version=2)
+    v2.run_days(kst(2025, 3, 5), kst(2025, 3, 8))
+
+    ex = executions(engine, "retyped")
+    assert (ex["parked"]["status"], ex["parked"]["exit_reason"]) == (
+        "exited",
+        "node_type_changed_in_version_2:d1",
+    )
+    step = steps_of(engine, "retyped")[("parked", "d1")]
+    assert (step["status"], step["error"]) == ("skipped", "node_type_changed_in_version_2")
+    assert "parked" not in ledger(engine, "retyped")  # not recorded as a message expired days ago
+    assert set(v2.sent) == {"new/d1"}  # the new version's action, for the new enrollment

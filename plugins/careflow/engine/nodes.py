@@ -282,12 +282,56 @@ def _exit_removed_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:
             )
         ).mappings()
     )
-    if not orphans:
+    _exit_steps(conn, ctx, report, orphans, f"node_removed_in_version_{ctx.compiled.version}")
+    _exit_retyped_nodes(conn, ctx, report)
+
+
+def _exit_retyped_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:
+    """Executions parked at a node id whose type changed since the version that parked them exit too.
+
+    A delay that became an action is not the node the execution was waiting at: its wait means
+    nothing there (a message "due" three days ago), and a node that became the trigger would
+    never move it on. The node as it was is gone, so the execution exits with a reason.
+    """
+    s, v = tables.steps, tables.workflow_versions
+    current = {node_id: node.type for node_id, node in ctx.compiled.nodes.items()}
+    older = conn.execute(
+        select(v.c.version, v.c.document).where(
+            v.c.workflow_id == ctx.workflow_id, v.c.version < ctx.compiled.version
+        )
+    ).all()
+    report.queries += 1
+    retyped: dict[str, list[int]] = {}
+    for version, document in older:
+        for raw in (document or {}).get("nodes") or ():
+            node_id = raw.get("id") if isinstance(raw, dict) else None
+            if node_id in current and raw.get("type") != current[node_id]:
+                retyped.setdefault(node_id, []).append(version)
+    if not retyped:
         return
-    reason = f"node_removed_in_version_{ctx.compiled.version}"
-    st.finish_steps(conn, ctx, [{"id": o["id"], "status": "skipped", "error": reason} for o in orphans])
-    st.exit_executions(conn, ctx, {o["execution_id"]: f"{reason}:{o['node_id']}" for o in orphans})
-    report.reasons[reason] += len(orphans)
+    stale = [
+        row
+        for node_id, versions in retyped.items()
+        for row in conn.execute(
+            select(s.c.id, s.c.execution_id, s.c.node_id).where(
+                s.c.workflow_id == ctx.workflow_id,
+                s.c.node_id == node_id,
+                s.c.status.in_(st.OPEN_STATES),
+                s.c.version.in_(versions),
+            )
+        ).mappings()
+    ]
+    report.queries += len(retyped)
+    _exit_steps(conn, ctx, report, stale, f"node_type_changed_in_version_{ctx.compiled.version}")
+
+
+def _exit_steps(conn: Any, ctx: RunContext, report: NodeReport, open_steps: list[Any], reason: str) -> None:
+    """Close ``open_steps`` as skipped with ``reason`` and exit their executions."""
+    if not open_steps:
+        return
+    st.finish_steps(conn, ctx, [{"id": o["id"], "status": "skipped", "error": reason} for o in open_steps])
+    st.exit_executions(conn, ctx, {o["execution_id"]: f"{reason}:{o['node_id']}" for o in open_steps})
+    report.reasons[reason] += len(open_steps)
 
 
 # ---------------------------------------------------------------- the generic batch loop
