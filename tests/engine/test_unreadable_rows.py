@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
@@ -106,3 +107,20 @@ def test_an_unreadable_birth_date_does_not_stop_the_enrollment_of_others(engine,
     assert reports["t"].enrolled == 2 and reports["t"].reasons["filtered_age"] == 1
     assert set(executions(engine, "unreadable")) == {p for p in patients if p != bad}
     assert reports["a"].sent == 2
+
+
+def test_a_sentinel_date_fails_that_patient_only(engine, journey, fake):
+    c = Clinic()
+    patients = cohort(c, 3, kst(2025, 3, 4, 15))
+    c.patient("sentinel")
+    at = kst(2025, 3, 4, 15)
+    end_of_time = datetime(9999, 12, 31, 23, 0, tzinfo=timezone.utc)  # past year 9999 in Seoul
+    c.appointment("sentinel-a", "sentinel", scheduled_at=at - timedelta(hours=1), completed_at=end_of_time)
+    c.event("sentinel-e", "sentinel-a", "appointment_completed", at)
+    c.load(engine)
+    j = journey(chain("sentinel", ("a", "action", action())))
+    report = j.run_at(T)["a"]
+    assert (report.sent, report.failed) == (3, 1)
+    assert set(j.sent) == {f"{p}/a" for p in patients}
+    message = ledger(engine, "sentinel")["sentinel"]
+    assert (message["status"], message["reason"]) == ("failed", "clinic_data_unreadable")

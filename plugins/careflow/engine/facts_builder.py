@@ -135,18 +135,33 @@ def age_on(birth_date: date, today: date) -> int:
     return today.year - birth_date.year - int(before_birthday)
 
 
+#: The times careflow reads: a year-1 or year-9999 sentinel overflows once moved to a patient's
+#: clock, and means no real appointment.
+_EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9998, 12, 31, tzinfo=UTC)
+
+
 def as_utc(value: Any, *, where: str = "value") -> datetime | None:
     """An aware UTC datetime from a datetime (naive = UTC) or ISO string; None stays None."""
     if value is None:
         return None
+    parsed: datetime | None = None
     if isinstance(value, datetime):
-        return _aware(value).astimezone(UTC)
-    if isinstance(value, str) and value.strip():
+        parsed = value
+    elif isinstance(value, str) and value.strip():
         try:
-            return _aware(datetime.fromisoformat(value.strip())).astimezone(UTC)
+            parsed = datetime.fromisoformat(value.strip())
         except ValueError:
             pass
-    raise ValueError(f"{where} is not a datetime")
+    if parsed is None:
+        raise ValueError(f"{where} is not a datetime")
+    try:
+        moment = _aware(parsed).astimezone(UTC)
+    except OverflowError:
+        moment = None
+    if moment is None or not _EARLIEST <= moment <= _LATEST:
+        raise ValueError(f"{where} is out of the range of dates careflow reads (years 2 to 9998)")
+    return moment
 
 
 def as_date(value: Any, *, where: str = "value") -> date | None:

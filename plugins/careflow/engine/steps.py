@@ -534,7 +534,7 @@ def load_facts(
                 upcoming_count=int(upcoming.get(r["patient_id"], 0)),
                 now=ctx.now,
             )
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             facts[r["execution_id"]] = UnreadableFacts(str(exc))
             unreadable.append(str(exc))
     if unreadable:
