@@ -244,6 +244,18 @@ def test_time_window_opening_before_the_next_daily_run_is_a_wake_run(engine, jou
 # ------------------------------------------------------------------ action
 
 
+@pytest.mark.parametrize("subject", ["안내", " ", "{{ patient.nmae }}님"])
+def test_a_subject_on_a_channel_without_one_is_neither_rendered_nor_sent(engine, journey, fake, subject):
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 4, 15))
+    c.load(engine)
+    doc = chain("sms-subject", ("a", "action", action(channel="sms", subject=subject)))
+    report = journey(doc).run_at(kst(2025, 3, 5))["a"]
+    assert (report.sent, report.failed) == (1, 0)
+    [message] = fake.messages()
+    assert message["channel"] == "sms" and message["subject"] is None
+
+
 def test_action_skips_with_a_reason_and_never_sends(engine, journey, fake):
     at = kst(2025, 3, 4, 9, 30)
     c = Clinic()

@@ -459,7 +459,12 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                     else:
                         try:
                             body = render_message(config.template, fact, channel=config.channel)
-                            subject = render_subject(config.subject, fact) if config.subject else None
+                            # Only an e-mail has a subject: on other channels it is not rendered nor sent.
+                            subject = (
+                                render_subject(config.subject, fact)
+                                if config.subject and config.channel == "email"
+                                else None
+                            )
                         except TemplateError as exc:
                             outcome = ("failed", exc.code)
                         else:
