@@ -2,8 +2,9 @@
 
 Names operators rely on (docs/contracts.md §3):
 
-- ``careflow_db``: SQLAlchemy URI of careflow's and the clinic's tables. Absent: the embedded
-  SQLite file ``$AIRFLOW_HOME/careflow.db``.
+- ``careflow_db``: careflow's and the clinic's tables (type postgres or sqlite; the libpq parameters
+  of its extra, such as ``sslmode``, reach the driver). Absent: the embedded SQLite file
+  ``$AIRFLOW_HOME/careflow.db``.
 - ``careflow_messaging``: the provider (type http; ``host`` base URL, ``password`` bearer token,
   extra ``{"max_concurrency": 50, "timeout": 10}``).
 - ``careflow_redis``: breaker state and caches. Absent: embedded fallbacks.
@@ -19,15 +20,72 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 DB_CONN_ID = "careflow_db"
 MESSAGING_CONN_ID = "careflow_messaging"
 REDIS_CONN_ID = "careflow_redis"
 ALERTS_CONN_ID = "careflow_alerts"
+
+# libpq's connection parameters (PostgreSQL 18), less the five the URL itself carries: the keys of
+# a careflow_db connection's extra (or of its URI's query) that reach the driver.
+_LIBPQ_PARAMETERS = frozenset(
+    {
+        "application_name",
+        "channel_binding",
+        "client_encoding",
+        "connect_timeout",
+        "fallback_application_name",
+        "gssdelegation",
+        "gssencmode",
+        "gsslib",
+        "hostaddr",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "krbsrvname",
+        "load_balance_hosts",
+        "max_protocol_version",
+        "min_protocol_version",
+        "oauth_client_id",
+        "oauth_client_secret",
+        "oauth_issuer",
+        "oauth_scope",
+        "options",
+        "passfile",
+        "replication",
+        "require_auth",
+        "requirepeer",
+        "requiressl",
+        "scram_client_key",
+        "scram_server_key",
+        "service",
+        "ssl_max_protocol_version",
+        "ssl_min_protocol_version",
+        "sslcert",
+        "sslcertmode",
+        "sslcompression",
+        "sslcrl",
+        "sslcrldir",
+        "sslkey",
+        "sslkeylogfile",
+        "sslmode",
+        "sslnegotiation",
+        "sslpassword",
+        "sslrootcert",
+        "sslsni",
+        "target_session_attrs",
+        "tcp_user_timeout",
+    }
+)
+
+# RFC 3986's scheme: what may stand between the two "://" of a URI whose host is a URL.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 @dataclass(frozen=True)
@@ -102,33 +160,52 @@ def prepare_nice() -> int:
     return nice
 
 
+def _flag(value: Any) -> bool:
+    """An extra's on/off value, whether JSON gave a boolean or a URI query a string."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
+
+
 def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:
+    """A connection in the form of an ``AIRFLOW_CONN_*`` variable: Airflow's JSON or its URI."""
     if uri.lstrip().startswith("{"):
         data = json.loads(uri)
         extra = data.get("extra") or {}
         if isinstance(extra, str):
             extra = json.loads(extra) if extra else {}
+        port = data.get("port")
         return ConnectionInfo(
             conn_id=conn_id,
             conn_type=data.get("conn_type", ""),
             host=data.get("host") or "",
-            port=data.get("port"),
+            port=int(port) if port not in (None, "") else None,
             login=data.get("login") or "",
             password=data.get("password") or "",
             schema=data.get("schema") or "",
             extra=extra,
         )
     parts = urlsplit(uri)
+    conn_type = parts.scheme.replace("-", "_")
+    # A host that is a URL of another scheme than the connection's type has its scheme written
+    # after the type's (``http://https://:TOKEN@sms.example.com%2Fapi``, as Connection.get_uri() does).
+    protocol, _, rest = uri.partition("://")[2].partition("://")
+    if rest and _SCHEME.fullmatch(protocol):
+        parts = urlsplit(f"//{rest}")
+    else:
+        protocol = ""
     query = dict(parse_qsl(parts.query))
     options: dict[str, Any] = {}
     if "__extra__" in query:
         options = json.loads(query.pop("__extra__"))
     options.update(query)
     host = unquote(parts.hostname or "")
-    conn_type = parts.scheme.replace("-", "_")
-    # Airflow encodes a URL host (http://…) inside the host part: keep it as a base URL.
-    if "%2F" in (parts.netloc or "") or "://" in host:
-        host = unquote(parts.netloc.split("@")[-1])
+    if "/" in host:
+        # A URL (http://…) or a path, quoted whole: read it again from the netloc, which urlsplit
+        # has not lowercased. Its own port is inside it; a ":" after it is the connection's port.
+        host = unquote(parts.netloc.rpartition("@")[2].partition(":")[0])
+    if protocol and host:
+        host = f"{protocol}://{host}"
     return ConnectionInfo(
         conn_id=conn_id,
         conn_type=conn_type,
@@ -136,7 +213,7 @@ def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:
         port=parts.port,
         login=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
-        schema=unquote(parts.path.lstrip("/")),
+        schema=unquote(parts.path[1:]),
         extra=options,
     )
 
@@ -172,8 +249,29 @@ def get_connection(conn_id: str) -> ConnectionInfo | None:
     )
 
 
+def _postgres_options(extra: dict[str, Any]) -> dict[str, str]:
+    """The driver's options in a ``careflow_db`` connection's extra: its libpq parameters.
+
+    The other keys are not the driver's, and libpq refuses a connection with a key it does not
+    know: careflow's own ``sqlalchemy_url``, those of Airflow's Postgres hook (``cursor``,
+    ``sqlalchemy_scheme``…) and anything else an operator keeps there.
+    """
+    options: dict[str, str] = {}
+    for key, value in extra.items():
+        if key in _LIBPQ_PARAMETERS and value is not None:
+            options[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return options
+
+
 def sqlalchemy_url(conn: ConnectionInfo) -> str:
-    """The SQLAlchemy URL of a ``careflow_db`` connection."""
+    """The SQLAlchemy URL of a ``careflow_db`` connection.
+
+    The extra's ``sqlalchemy_url`` is taken as it is; otherwise the URL is built from the
+    connection's fields, with the libpq parameters of its extra (``{"sslmode": "verify-full"}``,
+    or ``?sslmode=verify-full`` in its URI) as query parameters.
+    """
+    from sqlalchemy.engine import URL
+
     if conn.extra.get("sqlalchemy_url"):
         return str(conn.extra["sqlalchemy_url"])
     kind = conn.conn_type.lower()
@@ -181,12 +279,25 @@ def sqlalchemy_url(conn: ConnectionInfo) -> str:
         path = conn.host or conn.schema
         if conn.host and conn.schema:
             path = f"{conn.host}/{conn.schema}"
-        return f"sqlite:///{path}"
+        return URL.create("sqlite", database=path).render_as_string(hide_password=False)
     if kind in ("postgres", "postgresql", "postgresql+psycopg2"):
-        auth = conn.login + (f":{conn.password}" if conn.password else "")
-        at = f"{auth}@" if auth else ""
-        port = f":{conn.port}" if conn.port else ""
-        return f"postgresql+psycopg2://{at}{conn.host or 'localhost'}{port}/{conn.schema or 'postgres'}"
+        query = _postgres_options(conn.extra)
+        host = conn.host or "localhost"
+        # The directory of the server's Unix socket: libpq takes it as the host, a URL cannot.
+        socket_dir = host.startswith("/")
+        if socket_dir:
+            query["host"] = host
+        url = URL.create(
+            "postgresql+psycopg2",
+            # A password without a login needs the empty login, or the URL leaves it out.
+            username=conn.login if conn.login or conn.password else None,
+            password=conn.password or None,
+            host=None if socket_dir else host,
+            port=conn.port,
+            database=conn.schema or "postgres",
+            query=query,
+        )
+        return url.render_as_string(hide_password=False)
     raise ValueError(
         f"connection {conn.conn_id!r} has type {conn.conn_type!r}: careflow_db must be postgres or sqlite"
     )
@@ -209,9 +320,12 @@ def redis_url() -> str | None:
     conn = get_connection(REDIS_CONN_ID)
     if conn is None:
         return None
-    auth = f":{conn.password}@" if conn.password else ""
+    # TLS: a connection of type rediss, or Airflow's Redis hook's extra {"ssl": true}.
+    scheme = "rediss" if conn.conn_type == "rediss" or _flag(conn.extra.get("ssl")) else "redis"
+    auth = quote(conn.login, safe="") + (f":{quote(conn.password, safe='')}" if conn.password else "")
+    at = f"{auth}@" if auth else ""
     db = conn.extra.get("db", conn.schema or 0)
-    return f"redis://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
+    return f"{scheme}://{at}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
 
 
 @dataclass(frozen=True)
