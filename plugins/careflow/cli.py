@@ -239,5 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear one-line error instead of a traceback
-        print(f"careflow: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # Drivers' messages run over several lines (the SQL, its parameters, a link): the first says it.
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        print(f"careflow: unexpected error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return EXIT_ERROR

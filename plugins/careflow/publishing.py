@@ -8,6 +8,9 @@ flight keep running on the new version where their node still exists (docs/contr
 from __future__ import annotations
 
 import getpass
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from careflow import settings
 from careflow.compiler.hashing import canonical_document, content_hash
+from careflow.exceptions import ConfigurationError
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
 from careflow.store.db import get_engine
@@ -72,7 +77,7 @@ def publish_report(
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
     # last could be the older one. SQLite's transactions take the write lock when they begin.
-    with engine.begin() as conn:
+    with _tables_required(), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(
                 text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
@@ -124,6 +129,35 @@ def publish_report(
     if action == "published":
         _invalidate_caches(workflow.id, digest)
     return PublishResult(report.source, workflow.id, action, version, digest, report, str(snap.path))
+
+
+@contextmanager
+def _tables_required() -> Iterator[None]:
+    """A database without careflow's tables is a ConfigurationError that says what to run."""
+    try:
+        yield
+    except DBAPIError as exc:
+        table = missing_table(exc)
+        if table is None:
+            raise
+        raise ConfigurationError(
+            f"careflow's tables do not exist in this database ({table} is missing): "
+            "run `careflow db upgrade` first"
+        ) from exc
+
+
+def missing_table(exc: DBAPIError) -> str | None:
+    """The table a statement failed on because it does not exist (SQLite or Postgres), or None."""
+    orig = exc.orig
+    message = str(orig)
+    sqlite = re.search(r"no such table: (\S+)", message)
+    if sqlite:
+        return sqlite.group(1)
+    state = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    if state == "42P01":  # undefined_table
+        postgres = re.search(r'relation "([^"]+)" does not exist', message)
+        return postgres.group(1) if postgres else "a table"
+    return None
 
 
 def _read_existing(path: Path) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,59 @@ def test_a_label_the_terminal_cannot_encode_is_printed_escaped(
     exit_code, out, err = _run(capsys, "workflows", "validate", *(["--json"] if as_json else []), str(path))
     assert exit_code == 1 and "Traceback" not in out + err and "unexpected error" not in err
     assert "NODE_BAD_FIELD" in out
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database_never_upgraded(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A database on which `careflow db upgrade` has not run (on Postgres and on SQLite)."""
+    from sqlalchemy import create_engine
+
+    from careflow.store import tables
+    from careflow.store.db import dispose_engines
+
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_server_url")
+        engine = create_engine(url)
+        tables.metadata.drop_all(engine)
+        engine.dispose()
+    else:
+        url = f"sqlite:///{tmp_path / 'careflow.db'}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
+    dispose_engines()
+    yield url
+    dispose_engines()
+
+
+def test_publish_before_db_upgrade_says_to_run_it(
+    database_never_upgraded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(
+        capsys,
+        "workflows",
+        "publish",
+        "--workflows-dir",
+        str(tmp_path / "workflows"),
+        str(EXAMPLES / "implant-aftercare.json"),
+    )
+    assert code == 2 and out == ""
+    assert err == (
+        "careflow: careflow's tables do not exist in this database (careflow_workflow_versions is "
+        "missing): run `careflow db upgrade` first\n"
+    )
+
+
+def test_an_unexpected_error_prints_only_the_first_line_of_its_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import careflow.publishing
+
+    def fails(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the statement failed\n[SQL: SELECT secret FROM somewhere]\n(Background …)")
+
+    monkeypatch.setattr(careflow.publishing, "publish_paths", fails)
+    code, _, err = _run(capsys, "workflows", "publish", str(EXAMPLES / "implant-aftercare.json"))
+    assert code == 2
+    assert err == "careflow: unexpected error: RuntimeError: the statement failed\n"
