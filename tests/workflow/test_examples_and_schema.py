@@ -7,11 +7,12 @@ import json
 import jsonschema
 import pytest
 
+from careflow.compiler.hashing import content_hash
 from careflow.workflow.jsonschema import SCHEMA_ID, schema_text, workflow_json_schema
 from careflow.workflow.models import SCHEMA_VERSION
-from careflow.workflow.validation import validate_path
+from careflow.workflow.validation import validate_path, validate_workflow
 
-from .builders import BROKEN, EXAMPLES, FIXTURES, SCHEMA_FILE, load
+from .builders import BROKEN, EXAMPLES, FIXTURES, SCHEMA_FILE, base, data, edge, load, node
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))
 EXPORT_FILES = sorted(FIXTURES.glob("reactflow-*.json"))
@@ -99,3 +100,105 @@ def test_the_schema_refuses_shape_errors_like_the_validator(schema_validator, na
     """A builder that checks drafts against the schema catches the same shape mistakes."""
     assert not validate_path(BROKEN / name).ok
     assert list(schema_validator.iter_errors(load(BROKEN / name)))
+
+
+def _data_of(node_id):
+    def with_fields(**fields):
+        def change(workflow):
+            node(workflow, node_id)["data"] = fields
+
+        return change
+
+    return with_fields
+
+
+_delay, _condition, _action = _data_of("d1"), _data_of("c1"), _data_of("a1")
+
+
+def _wake_id(workflow):
+    node(workflow, "a1")["id"] = "careflow_wake"
+    edge(workflow, "e4")["target"] = "careflow_wake"
+
+
+RULE = {"field": "patient.age", "op": "gte", "value": 65}
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (_condition(label="x"), "CONDITION_BAD_GROUP"),
+        (_condition(all=[RULE], any=[RULE]), "CONDITION_BAD_GROUP"),
+        (_condition(all=[RULE], any=[]), "CONDITION_BAD_GROUP"),
+        (_condition(all=[]), "CONDITION_BAD_GROUP"),
+        (_condition(any=None, all=None), "CONDITION_BAD_GROUP"),
+        (_condition(all=[RULE, {"any": []}]), "CONDITION_BAD_GROUP"),
+        (_action(channel="email", template="hi"), "ACTION_EMAIL_SUBJECT_MISSING"),
+        (_action(channel="email", template="hi", subject="  "), "ACTION_EMAIL_SUBJECT_MISSING"),
+        (_wake_id, "NODE_BAD_ID"),
+        (_delay(label="x"), "DELAY_BAD_DURATION"),
+        (_delay(amount=3), "DELAY_BAD_DURATION"),
+        (_delay(unit="days"), "DELAY_BAD_DURATION"),
+        (_delay(amount=3, unit="days", until="appointment.scheduled_at"), "DELAY_BAD_DURATION"),
+        (_delay(amount=3, unit="days", offset={"amount": -1, "unit": "days"}), "DELAY_BAD_DURATION"),
+    ],
+)
+def test_the_schema_refuses_what_the_validator_refuses_for_its_shape(schema_validator, change, code):
+    """A draft the builder's schema check passes is not refused by publishing for its shape."""
+    workflow = base()
+    change(workflow)
+    assert code in validate_workflow(workflow).codes
+    assert list(schema_validator.iter_errors(workflow))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _condition(any=[RULE]),
+        _condition(all=[RULE], any=None),
+        _condition(all=[{"any": [RULE]}]),
+        _action(channel="email", template="hi", subject="안내"),
+        _action(channel="sms", template="hi", subject=None),
+        _delay(until="appointment.scheduled_at", offset={"amount": -1, "unit": "days"}),
+        _delay(amount=3, unit="days", until=None, offset=None),
+    ],
+)
+def test_the_schema_accepts_what_the_validator_accepts(schema_validator, change):
+    workflow = base()
+    change(workflow)
+    report = validate_workflow(workflow)
+    assert report.ok, report.codes
+    assert [e.message for e in schema_validator.iter_errors(workflow)] == []
+
+
+def _whole(workflow, value):
+    data(workflow, "d1")["amount"] = value
+    data(workflow, "t1")["filters"]["min_age"] = value + 60
+    workflow["settings"]["retries"] = value
+    workflow["settings"]["max_lateness"] = {"amount": value * 8, "unit": "hours"}
+
+
+def test_a_whole_number_written_with_a_decimal_point_is_a_whole_number(schema_validator):
+    written, plain = base(), base()
+    _whole(written, 3.0)
+    _whole(plain, 3)
+    assert list(schema_validator.iter_errors(written)) == []
+    report = validate_workflow(json.dumps(written))
+    assert report.ok and report.workflow is not None, report.codes
+    settings, delay = report.workflow.settings, report.workflow.node("d1").data
+    assert (settings.retries, settings.max_lateness.amount, delay.amount) == (3, 24, 3)
+    assert type(settings.retries) is int and type(delay.amount) is int
+    assert report.workflow.trigger.data.filters.min_age == 63
+    assert content_hash(report.workflow) == content_hash(validate_workflow(plain).workflow)
+
+
+def test_a_fraction_is_refused_where_a_whole_number_is_expected(schema_validator):
+    workflow = base()
+    _whole(workflow, 3.5)
+    assert list(schema_validator.iter_errors(workflow))
+    report = validate_workflow(workflow)
+    assert {(d.code, d.field) for d in report.errors} == {
+        ("DELAY_BAD_DURATION", "data.amount"),
+        ("TRIGGER_BAD_FILTER", "data.filters.min_age"),
+        ("WF_BAD_SETTING", "settings.retries"),
+    }
+    assert all("must be a whole number — got" in d.message for d in report.errors)

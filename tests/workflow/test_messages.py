@@ -8,7 +8,7 @@ from careflow.workflow.diagnostics import CODES, Diagnostic, make
 from careflow.workflow.schedules import schedule_problem
 from careflow.workflow.validation import validate_workflow
 
-from .builders import base, data
+from .builders import base, data, edge, node
 
 
 def test_registry_is_well_formed():
@@ -78,7 +78,8 @@ def test_every_error_of_a_workflow_is_reported_not_only_the_first():
 
 
 @pytest.mark.parametrize(
-    "schedule", ["@hourly", "@daily", "@weekly", "@monthly", "0 9 * * 1-5", "*/30 8-20 * * *"]
+    "schedule",
+    ["@hourly", "@daily", "@weekly", "@monthly", "0 9 * * 1-5", "*/30 8-20 * * *", "0 9 * MAR THU,FRI"],
 )
 def test_periodic_schedules_are_accepted(schedule):
     assert schedule_problem(schedule) is None
@@ -89,6 +90,27 @@ def test_periodic_schedules_are_accepted(schedule):
 )
 def test_other_schedules_are_refused(schedule):
     assert schedule_problem(schedule)
+
+
+@pytest.mark.parametrize(
+    "schedule", ["R 9 * * *", "0 r * * *", "R(0-30) 9 * * *", "0 9 * * R", "H 9 * * *", "H/15 * * * *"]
+)
+def test_random_and_hashed_cron_fields_are_refused(schedule):
+    """croniter draws R anew each time a cron is read (each DAG parse would move the runs); H needs a hash id."""
+    workflow = base()
+    data(workflow, "t1")["schedule"] = schedule
+    [error] = validate_workflow(workflow).errors
+    assert (error.code, error.node_id, error.field) == ("TRIGGER_BAD_SCHEDULE", "t1", "data.schedule")
+    assert "R (a random time) or H (a hashed time)" in error.message and "'0 9 * * *'" in error.message
+
+
+def test_a_node_id_with_a_trailing_newline_is_a_bad_id():
+    workflow = base()
+    node(workflow, "a1")["id"] = "a1\n"  # nodes[4]
+    edge(workflow, "e4")["target"] = "a1\n"
+    report = validate_workflow(workflow)
+    assert ("NODE_BAD_ID", "nodes[4].id") in {(d.code, d.field) for d in report.errors}
+    assert "WF_INVALID" not in report.codes
 
 
 def test_a_schedule_is_stored_the_way_airflow_reads_it():

@@ -21,18 +21,15 @@ Semantics a clinic admin can rely on:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+from careflow.workflow.iso_dates import parse_date, parse_datetime
 from careflow.workflow.models import ConditionData, Rule, RuleGroup
 
 _NUMBER = (int, float, Decimal)
-# Only strings shaped like ISO dates are parsed, so "20260314" or a phone number never is.
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
 def lookup(facts: Mapping[str, Any], path: str) -> tuple[bool, Any]:
@@ -114,13 +111,8 @@ def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if isinstance(value, str):
-        text = value.strip()
-        if not (_ISO_DATE.match(text) or _ISO_DATETIME.match(text)):
-            return None
-        try:
-            return _as_utc(datetime.fromisoformat(text))
-        except ValueError:
-            return None
+        # Validation reads rule values with the same function: a value it accepts compares here.
+        return parse_datetime(value)
     return None
 
 
@@ -129,11 +121,8 @@ def _as_date(value: Any) -> date | None:
         return None  # a date fact is not compared with an instant: which day would it be?
     if isinstance(value, date):
         return value
-    if isinstance(value, str) and _ISO_DATE.match(value.strip()):
-        try:
-            return date.fromisoformat(value.strip())
-        except ValueError:
-            return None
+    if isinstance(value, str):
+        return parse_date(value)
     return None
 
 

@@ -2,19 +2,23 @@
 
 A condition is ``{"all": [...]}`` or ``{"any": [...]}``; an entry is a rule
 ``{"field", "op", "value"}`` or a nested group. Values are checked against the operator and the
-fact's declared type (``gt`` on a true/false fact, ``in`` without a list…).
+fact's declared type (``gt`` on a true/false fact, ``in`` without a list…), and a value is
+accepted only when the engine (:mod:`careflow.engine.rules`) can compare it: a date is read by the
+same :mod:`.iso_dates` functions, text is looked for in text only as text, and a value must be
+one a published version can keep (:mod:`.storable`).
 """
 
 from __future__ import annotations
 
 import difflib
-from datetime import date, datetime
 from typing import Any
 
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.facts import FACTS, fact_type, is_known_fact
 from careflow.workflow.field_errors import show
+from careflow.workflow.iso_dates import parse_date, parse_datetime
 from careflow.workflow.models import CONDITION_OPS, TRIGGER_EVENTS
+from careflow.workflow.storable import scalar_problem
 
 #: Deepest nesting of rule groups (the condition itself is level 1).
 MAX_GROUP_DEPTH = 8
@@ -143,6 +147,9 @@ def _check_rule(rule: Any, path: str, where: str, node_id: str) -> list[Diagnost
 def value_problem(field: str, op: str, value: Any, has_value: bool) -> str | None:
     """Why ``value`` does not fit ``op`` on ``field``, or None."""
     kind = fact_type(field)  # None for free-form attributes
+    problem = _unstorable(value)
+    if problem:
+        return problem
     if op == "exists":
         if value is None or isinstance(value, bool):
             return None
@@ -174,6 +181,12 @@ def value_problem(field: str, op: str, value: Any, has_value: bool) -> str | Non
             return f"'contains' looks inside text or lists, but {field} is {_KIND_WORDS[kind]}"
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             return f"'contains' needs text (or a number) to look for — got {show(value)}"
+        if kind == "string" and not isinstance(value, str):
+            # The engine looks for text in text only: 5678 is never found in '010-1234-5678'.
+            return (
+                f"'contains' looks for text inside {field}: write the value as text, e.g. '{value}' "
+                f"— got {show(value)}"
+            )
         return None
     # eq / ne
     if value is None:
@@ -212,10 +225,25 @@ def _scalar_problem(field: str, kind: str | None, value: Any) -> str | None:
 
 
 def _date_problem(field: str, kind: str, value: Any) -> str | None:
-    if isinstance(value, str):
-        try:
-            (date if kind == "date" and len(value) == 10 else datetime).fromisoformat(value)
+    if kind == "date":
+        if isinstance(value, str) and parse_date(value) is not None:
             return None
-        except ValueError:
-            pass
-    return f"{field} is {_KIND_WORDS[kind]}: compare it with an ISO date such as '2026-03-14' — got {show(value)}"
+        return (
+            f"{field} is a date: compare it with a date written year-month-day, such as '2026-03-14' "
+            f"(no time of day) — got {show(value)}"
+        )
+    if isinstance(value, str) and parse_datetime(value) is not None:
+        return None
+    return (
+        f"{field} is a date and time: compare it with a date such as '2026-03-14' or a date and time "
+        f"such as '2026-03-14T09:00+09:00' — got {show(value)}"
+    )
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why a value (or an item of a list value) cannot be published, or None."""
+    for item in value if isinstance(value, list) else (value,):
+        problem = scalar_problem(item)
+        if problem:
+            return problem
+    return None

@@ -85,7 +85,10 @@ CODES: dict[str, tuple[Severity, str]] = {
     "TRIGGER_MISSING": (_E, "The workflow has no trigger node."),
     "TRIGGER_MULTIPLE": (_E, "The workflow has more than one trigger node."),
     "TRIGGER_UNKNOWN_EVENT": (_E, "The trigger's event is not an appointment event careflow knows."),
-    "TRIGGER_BAD_SCHEDULE": (_E, "The schedule is not @hourly, @daily, @weekly, @monthly or a 5-field cron."),
+    "TRIGGER_BAD_SCHEDULE": (
+        _E,
+        "The schedule is not @hourly, @daily, @weekly, @monthly or a 5-field cron (without random R or hashed H).",
+    ),
     "TRIGGER_BAD_FILTER": (
         _E,
         "A trigger filter is invalid (wrong type, empty list, min_age above max_age).",
@@ -186,6 +189,21 @@ def make(
     edge_id: str | None = None,
     field: str | None = None,
 ) -> Diagnostic:
-    """A diagnostic whose severity comes from the registry (KeyError on an unregistered code)."""
+    """A diagnostic whose severity comes from the registry (KeyError on an unregistered code).
+
+    Text from the workflow that UTF-8 cannot write (a lone surrogate in a label or a field name)
+    is kept as a ``\\ud83d`` escape, so a report can always be printed, sent and stored.
+    """
     severity, _ = CODES[code]
-    return Diagnostic(severity, code, message, node_id=node_id, edge_id=edge_id, field=field)
+    return Diagnostic(
+        severity,
+        code,
+        _writable(message),
+        node_id=_writable(node_id),
+        edge_id=_writable(edge_id),
+        field=_writable(field),
+    )
+
+
+def _writable(text: Any) -> Any:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(text, str) else text

@@ -99,6 +99,11 @@ def describe(error: Mapping[str, Any]) -> str:
         if "[0-5][0-9]" in pattern:
             return f"{name} must be a time of day like 09:00 (00:00-23:59){got}"
         return f"{name} may only hold letters, digits, '_', '.' and '-' (max 64, no spaces){got}"
+    if kind == "string_unicode":  # a lone surrogate: half of an emoji, cut off
+        return (
+            f"{name} holds a broken character (half of an emoji or symbol, e.g. cut off when pasted); "
+            f"type it again{got}"
+        )
     if kind == "value_error":
         message = str(error.get("msg", ""))
         return message.removeprefix("Value error, ")

@@ -12,6 +12,7 @@ from typing import Any
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.field_errors import show
 from careflow.workflow.models import UI_EDGE_FIELDS
+from careflow.workflow.storable import scalar_problem
 
 EDGE_FIELDS = frozenset({"id", "source", "target", "sourceHandle", "targetHandle"})
 CONDITION_HANDLES = ("true", "false")
@@ -115,6 +116,10 @@ def check_edges(
                     field=f"{where}.id",
                 )
             )
+            continue
+        reason = scalar_problem(edge_id)
+        if reason:
+            found.append(make("EDGE_BAD_FIELD", f"Edge #{index + 1}: 'id': {reason}", field=f"{where}.id"))
             continue
         if edge_id in seen_ids:
             found.append(
@@ -232,6 +237,9 @@ def _field_problem(raw: dict[str, Any]) -> tuple[str, str] | None:
         value = raw.get(name)
         if value is not None and not isinstance(value, str):
             return name, f"'{name}' must be text or null — got {show(value)}"
+        reason = scalar_problem(value)
+        if reason:
+            return name, f"'{name}': {reason}"
     return None
 
 

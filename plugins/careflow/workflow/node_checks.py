@@ -23,7 +23,9 @@ from careflow.workflow.models import (
     TriggerData,
 )
 from careflow.workflow.schedules import schedule_problem
+from careflow.workflow.storable import problems
 from careflow.workflow.timezones import check_timezone
+from careflow.workflow.whole_numbers import whole_numbers
 
 DATA_MODELS: dict[str, type[BaseModel]] = {
     "trigger": TriggerData,
@@ -95,7 +97,7 @@ def check_node_data(node_id: str, node_type: str, data: dict[str, Any]) -> tuple
                     field=f"data.{key}",
                 )
             )
-    clean = {k: v for k, v in data.items() if k in known}
+    clean = whole_numbers(model, {k: v for k, v in data.items() if k in known})
 
     found.extend(_pre_checks(node_id, node_type, clean, where, reported))
     if node_type == "condition" and any(d.severity == "error" for d in found):
@@ -123,6 +125,9 @@ def check_node_data(node_id: str, node_type: str, data: dict[str, Any]) -> tuple
             reported.add(head)
         return found, None
 
+    unstorable = _unstorable(node_id, node_type, parsed, where)
+    if unstorable:
+        return found + unstorable, None
     found.extend(_post_checks(node_id, node_type, parsed, where))
     if any(d.severity == "error" for d in found):
         return found, None
@@ -156,6 +161,26 @@ def _pre_checks(
             reported.add("timezone")
     elif node_type == "condition":
         found.extend(check_rules(data, where, node_id))
+    return found
+
+
+def _unstorable(node_id: str, node_type: str, parsed: BaseModel, where: str) -> list[Diagnostic]:
+    """Values the model took that no published version can keep (text with a broken character)."""
+    found = []
+    for loc, reason in problems(parsed.model_dump()):
+        head = str(loc[0]) if loc else ""
+        if node_type == "condition":
+            code = "CONDITION_BAD_VALUE"  # only a rule's value is not checked by its type
+        else:
+            code = _CODE_BY_FIELD[node_type].get(head, "NODE_BAD_FIELD")
+        found.append(
+            make(
+                code,
+                f"{where}: '{field_path(loc)}': {reason}",
+                node_id=node_id,
+                field=field_path(loc, "data"),
+            )
+        )
     return found
 
 

@@ -1,12 +1,13 @@
 """The schedules a trigger may run on.
 
 Workflows are periodic: ``@hourly``, ``@daily``, ``@weekly``, ``@monthly`` or a five-field cron
-expression (minute hour day-of-month month day-of-week). ``@once``, ``None`` and six-field
-(seconds) crons are refused.
+expression (minute hour day-of-month month day-of-week). ``@once``, ``None``, six-field
+(seconds) crons and croniter's random (``R``) and hashed (``H``) fields are refused.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -16,6 +17,10 @@ PRESETS: dict[str, timedelta] = {
     "@weekly": timedelta(weeks=1),
     "@monthly": timedelta(days=31),
 }
+
+# croniter's extensions: a field R, R(0-30), R/15… is drawn at random each time the cron is read,
+# so every parse of the DAG file would give another schedule; H… needs a hash id Airflow never passes.
+_RANDOM_OR_HASHED = re.compile(r"[HR](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE | re.ASCII)
 
 
 def schedule_problem(schedule: object) -> str | None:
@@ -32,6 +37,11 @@ def schedule_problem(schedule: object) -> str | None:
         )
     if len(text.split()) != 5:
         return f"{schedule[:60]!r} is not a five-field cron expression (minute hour day month weekday)"
+    if any(_RANDOM_OR_HASHED.fullmatch(part) for field in text.split() for part in field.split(",")):
+        return (
+            f"{schedule[:60]!r} uses R (a random time) or H (a hashed time), but a workflow runs at "
+            "the times you set; write them out, e.g. '0 9 * * *'"
+        )
     from croniter import croniter
 
     try:

@@ -9,7 +9,8 @@ The stages, cheapest first, so a hostile or huge input is refused before any rea
    diagnostic carries its node id and field path;
 5. edges and the graph (endpoints, handles, duplicates, cycles);
 6. suggestions (warnings and infos);
-7. the pydantic :class:`Workflow`, built only when nothing above is an error.
+7. the pydantic :class:`Workflow`, built only when nothing above is an error, and refused if it
+   holds a value no published version can keep (:mod:`.storable`).
 
 :func:`validate_workflow` never raises.
 """
@@ -40,7 +41,9 @@ from careflow.workflow.models import (
     WorkflowSettings,
 )
 from careflow.workflow.node_checks import check_node_data, node_title
+from careflow.workflow.storable import problems
 from careflow.workflow.suggestions import suggest
+from careflow.workflow.whole_numbers import whole_numbers
 
 #: Largest input read, in bytes (a 1,000-node workflow with long templates fits well within it).
 MAX_BYTES = 5 * 1024 * 1024
@@ -205,7 +208,28 @@ def _validate(raw: Any, source: str) -> ValidationReport:
                         field=field_path(loc) or None,
                     )
                 )
+        if workflow is not None:
+            unstorable = _unstorable(workflow, document)
+            if unstorable:
+                found.extend(unstorable)
+                workflow = None
     return _report(source, workflow, found, workflow_id)
+
+
+def _unstorable(workflow: Workflow, document: dict[str, Any]) -> list[Diagnostic]:
+    """Values the model took that no published version can keep; the checks above name them
+    where they are written, this is the last word before a workflow is handed to publishing."""
+    found = []
+    for loc, reason in problems(workflow.model_dump()):
+        found.append(
+            make(
+                "WF_INVALID",
+                f"Workflow: '{field_path(loc)}': {reason}",
+                node_id=_node_at(document, loc),
+                field=field_path(loc) or None,
+            )
+        )
+    return found
 
 
 def _node_at(document: dict[str, Any], loc: tuple[Any, ...]) -> str | None:
@@ -349,13 +373,16 @@ def _check_workflow_fields(document: dict[str, Any], found: list[Diagnostic]) ->
     if nodes is not None and not isinstance(nodes, list):
         found.append(make("WF_BAD_FIELD", f"'nodes' must be a list — got {show(nodes)}", field="nodes"))
 
-    head = {
-        k: v
-        for k, v in document.items()
-        if k in WORKFLOW_FIELDS
-        and k not in ("nodes", "edges", "schema_version")
-        and not (v is None and k in ("id", "name", "clinic_id"))
-    }
+    head = whole_numbers(
+        Workflow,
+        {
+            k: v
+            for k, v in document.items()
+            if k in WORKFLOW_FIELDS
+            and k not in ("nodes", "edges", "schema_version")
+            and not (v is None and k in ("id", "name", "clinic_id"))
+        },
+    )
     settings = WorkflowSettings.model_validate({})
     try:
         Workflow.model_validate({**head, "nodes": [], "edges": []}, strict=True)
@@ -406,7 +433,7 @@ def _check_nodes(raw_nodes: Any, found: list[Diagnostic]) -> tuple[dict[str, Nod
         if node_id is None or node_id == "":
             found.append(make("NODE_MISSING_ID", f"Node #{index + 1} has no id", field=f"{where}.id"))
             continue
-        if not isinstance(node_id, str) or not id_pattern.match(node_id):
+        if not isinstance(node_id, str) or not id_pattern.fullmatch(node_id):
             if isinstance(node_id, str):
                 broken.add(node_id)
             found.append(
