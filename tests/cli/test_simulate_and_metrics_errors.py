@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -62,7 +63,13 @@ def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_f
     published: dict[str, str], airflow_home: Path
 ) -> None:
     home = Path(published["AIRFLOW_HOME"])
-    shutil.copyfile(airflow_home / "airflow.db", home / "airflow.db")  # a migrated metadata DB
+    # A migrated metadata DB, copied through SQLite: the session's may hold pages in its WAL file.
+    source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(home / "airflow.db")
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
     (home / "dags").mkdir()
     env = {**published, "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags")}  # Airflow's default
     result = _careflow(env, *SIMULATE)
