@@ -60,3 +60,20 @@ def test_refused_payloads_leave_nothing_to_send(engine, workflows_dir):
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(tables.workflow_versions)).scalar() == 0
     assert load_all(workflows_dir) == ([], [])  # no snapshot: no DAG, no run, no send
+
+
+@pytest.mark.parametrize(
+    ("name", "template"),
+    [
+        ("lone surrogate escape", "{{ patient.name }}님 내일 예약입니다 {{ '\\ud83d' }}"),
+        ("5,000-digit integer", "{{ " + "9" * 5000 + " }}"),
+        ("20,000-bit hexadecimal", "{{ 0x" + "f" * 5000 + " }}"),
+        ("float overflowing to infinity", "{{ 1e999 }}"),
+    ],
+)
+def test_text_no_provider_can_send_and_unreadable_numbers_are_syntax_errors(name, template):
+    report = validate_workflow(with_template(template), source=name)
+    assert not report.ok and report.workflow is None
+    assert [(d.code, d.node_id, d.field) for d in report.errors] == [
+        ("ACTION_TEMPLATE_SYNTAX", "a1", "data.template")
+    ]

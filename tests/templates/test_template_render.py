@@ -225,3 +225,153 @@ def test_a_render_reads_the_cpu_clock_only_once_its_budget_could_be_spent(contex
     with pytest.raises(TemplateError) as err:
         render_message(source, context, channel="email")
     assert err.value.code == "TEMPLATE_RENDER_TIMEOUT"
+
+
+# --- clinic attributes a recipient does not have ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{% if patient.attributes.vip %}VIP 라운지{% else %}일반 대기실{% endif %}", "일반 대기실"),
+        ("안내{% if not patient.attributes.vip %} 일반 대기실{% endif %}", "안내 일반 대기실"),
+        ("안내{% if patient.attributes.vip and patient.attributes.vip > 3 %} VIP{% endif %}", "안내"),
+        ("{{ patient.attributes.nickname or patient.name }}님", "김민지님"),
+        ("{{ 'VIP' if appointment.attributes.vip else '일반' }}", "일반"),
+        (
+            "안내{% if patient.attributes.grade.level or patient.attributes.visits[1].day %}!{% endif %}",
+            "안내",
+        ),
+        (
+            "{% for v in patient.attributes.visits %}{% if v.doctor %}{{ v.doctor }} {% endif %}"
+            "{{ v.day }}{% endfor %}",
+            "3월 14일",
+        ),
+    ],
+)
+def test_a_clinic_attribute_the_recipient_lacks_is_false_in_a_test(context, source, expected):
+    context["patient"]["attributes"] = {"grade": "silver", "visits": [{"day": "3월 14일"}]}
+    assert check_template(source, channel="kakao") == []
+    assert render_message(source, context, channel="kakao") == expected
+
+
+def test_a_clinic_attribute_the_recipient_has_is_read_in_a_test(context):
+    context["patient"]["attributes"] = {"vip": True}
+    source = "{% if patient.attributes.vip %}VIP 라운지{% else %}일반 대기실{% endif %}"
+    assert render_message(source, context, channel="kakao") == "VIP 라운지"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "안내 {{ patient.attributes.vip }}",
+        "안내 {{ patient.attributes.vip and '!' }}",
+        "안내 {% for v in patient.attributes.vip %}{{ v }}{% endfor %}",
+        "안내 {{ patient.attributes.vip | upper }}",
+        "안내 {{ patient.attributes.vip | length }}",
+        "안내{% if patient.attributes.vip == 'Y' %} VIP{% endif %}",
+    ],
+)
+def test_a_missing_clinic_attribute_printed_looped_over_or_filtered_fails_the_message(context, source):
+    with pytest.raises(TemplateError) as err:
+        render_message(source, context, channel="kakao")
+    assert err.value.code == "TEMPLATE_UNKNOWN_VARIABLE"
+    assert "'patient.attributes.vip' has no value for this recipient" in err.value.message
+    assert "guard it with {% if patient.attributes.vip %}" in err.value.message
+
+
+def test_a_fact_missing_from_its_record_is_an_error_even_in_a_test(context):
+    del context["clinic"]["phone"]
+    with pytest.raises(TemplateError) as err:
+        render_message("안내{% if clinic.phone %} {{ clinic.phone }}{% endif %}", context, channel="kakao")
+    assert err.value.code == "TEMPLATE_UNKNOWN_VARIABLE"
+    assert "guard it with {% if clinic.phone is defined and clinic.phone %}" in err.value.message
+
+
+# --- lists in clinic attributes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("다음 방문은 {{ patient.attributes.visits[0].day }}입니다.", "다음 방문은 3월 14일입니다."),
+        ("{{ patient.attributes.visits[0]['doctor'] }} 원장", "박 원장"),
+        (
+            "{% for v in patient.attributes.visits %}{{ v.day }} {{ v.doctor }} 원장 진료\n{% endfor %}",
+            "3월 14일 박 원장 진료\n",
+        ),
+        (
+            "{% for v in patient.attributes.visits %}{{ v.day }}{% endfor %}"
+            " ({{ patient.attributes.visits[0].doctor }} 원장)",
+            "3월 14일 (박 원장)",
+        ),
+        (
+            "{% for t in patient.attributes.visits[0].teeth %}{{ t }}번 {% endfor %}치료",
+            "11번 12번 치료",
+        ),
+    ],
+)
+def test_items_of_a_clinic_list_publish_and_render(context, source, expected):
+    context["patient"]["attributes"] = {"visits": [{"day": "3월 14일", "doctor": "박", "teeth": [11, 12]}]}
+    assert check_template(source, channel="kakao") == []
+    assert render_message(source, context, channel="kakao") == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for v in patient.attributes.visits %}{% endfor %}",
+        "{% for v in patient.attributes.visits %}  \n{% endfor %}",
+        "{% for v in patient.attributes.visits %}{% else %} {% endfor %}",
+    ],
+)
+def test_a_template_whose_loops_print_nothing_is_refused_as_empty(source):
+    assert [p.code for p in check_template(source, channel="kakao")] == ["TEMPLATE_EMPTY"]
+
+
+# --- text no provider can send, numbers Python cannot read ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ patient.name }}님 내일 예약입니다 {{ '\\ud83d' }}",
+        "{{ patient.name }}님 내일 예약입니다 \ud83d",
+        "{{ patient.name }}님 {{ patient.attributes.icon | default('\\udc00') }}",
+        "{{ patient.name }}님{% if patient.attributes.icon == '\\ud83d\\ude00' %} 😀{% endif %}",
+    ],
+)
+def test_a_lone_surrogate_in_the_template_is_refused_at_publish(context, source):
+    source = "안내\n" + source
+    [problem] = check_template(source, channel="kakao")
+    assert problem.code == "TEMPLATE_SYNTAX"
+    assert problem.message.startswith("line 2: ") and "lone surrogate" in problem.message
+    with pytest.raises(TemplateError) as err:
+        render_message(source, context, channel="kakao")
+    assert err.value.code == "TEMPLATE_SYNTAX"
+
+
+def test_a_lone_surrogate_in_the_data_fails_that_recipient_as_a_template_error(context):
+    source = "{{ patient.name }}님 {{ patient.attributes.icon }}"
+    context["patient"]["attributes"] = {"icon": "\ud83d"}
+    for render in (
+        lambda: render_message(source, context, channel="kakao"),
+        lambda: render_subject(source, context),
+    ):
+        with pytest.raises(TemplateError) as err:
+            render()
+        assert err.value.code == "TEMPLATE_RENDER_FAILED" and "lone surrogate" in err.value.message
+    context["patient"]["attributes"] = {"icon": "\U0001f600"}
+    assert render_message(source, context, channel="kakao") == "김민지님 😀"
+    assert render_message("{{ '\\U0001F600' }}", context, channel="kakao") == "😀"
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, "1_" + "0" * 5000, "0x" + "f" * 5000, "1e999"])
+def test_a_number_too_long_to_read_is_a_syntax_error(context, number):
+    source = "안내\n{{ " + number + " }}"
+    [problem] = check_template(source, channel="kakao")
+    assert problem.code == "TEMPLATE_SYNTAX"
+    assert problem.message.startswith("line 2: a number in the template is too")
+    with pytest.raises(TemplateError) as err:
+        render_message(source, context, channel="kakao")
+    assert err.value.code == "TEMPLATE_SYNTAX"

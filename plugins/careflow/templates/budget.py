@@ -19,6 +19,7 @@ from jinja2 import Undefined
 from careflow.exceptions import TemplateError
 from careflow.templates import codes, limits
 from careflow.templates.filters import MissingValue
+from careflow.templates.sample import AttributeSample
 
 
 class _CollectorTime(threading.local):
@@ -108,6 +109,8 @@ def loop_guard(value: Any) -> Any:
         return value  # iterating it raises the undefined-variable error
     if value is None:
         raise MissingValue()
+    if isinstance(value, AttributeSample):
+        return ()  # publish time: a clinic list whose items the sample cannot know
     if not isinstance(value, (list, tuple)):
         raise TemplateError(
             codes.RENDER_FAILED, f"a for loop can only go over a list, not a {type(value).__name__}"

@@ -7,12 +7,15 @@ else is refused with a message that names the construct and the line: calls of a
 ``.format()``, ``range()``, ``.upper()``), arithmetic (no ``'a' * 10**9`` or ``'%s' % x``),
 ``include``/``import``/``extends``/``block``/``macro``/``call``/``set``/``with``/``filter``
 blocks, names other than the roots, and any attribute or key starting with ``_``.
-Every fact path a template reads must be in the facts catalog.
+Every fact path a template reads must be in the facts catalog. Text no provider can send (a lone
+surrogate) and numbers too large to print are refused too.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +33,18 @@ LOOP_ATTRIBUTES = frozenset({"index", "index0", "revindex", "revindex0", "first"
 
 #: Expression nesting deeper than this is refused (it only ever comes from generated attacks).
 MAX_DEPTH = 40
+
+#: Half of a UTF-16 pair on its own (``'\ud83d'``): not a character, so no provider can send it.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
+SURROGATE_PROBLEM = (
+    "the template has half of an emoji or other character on its own (a lone surrogate such as "
+    "'\\ud83d'), which cannot be sent; write the character itself or its full escape ('\\U0001F600')"
+)
+
+#: Python reads and prints integers of at most this many digits (``sys.get_int_max_str_digits``):
+#: a longer number is refused.
+MAX_INT_DIGITS = 4300
+_TOO_LARGE = 10**MAX_INT_DIGITS
 
 _BLOCKS: dict[type[nodes.Node], str] = {
     nodes.Include: "{% include %}",
@@ -170,6 +185,7 @@ class _Walker:
             return
         depth += 1
         if isinstance(node, nodes.Const):
+            self.const(node)
             return
         if isinstance(node, (nodes.Name, nodes.Getattr, nodes.Getitem)):
             self.access(node, scope, depth)
@@ -221,6 +237,15 @@ class _Walker:
             self.refuse(node, codes.UNSAFE, "dictionary literals are not allowed in message templates")
         else:
             self.refuse(node, codes.UNSAFE, f"'{type(node).__name__}' is not allowed in message templates")
+
+    def const(self, node: nodes.Const) -> None:
+        value = node.value
+        if isinstance(value, str) and SURROGATE.search(value):
+            self.refuse(node, codes.SYNTAX, SURROGATE_PROBLEM)
+        elif (isinstance(value, int) and abs(value) >= _TOO_LARGE) or (
+            isinstance(value, float) and not math.isfinite(value)  # 1e999 reads as infinity
+        ):
+            self.refuse(node, codes.SYNTAX, "a number in the template is too large")
 
     def filter(self, node: nodes.Filter, scope: frozenset[str], depth: int) -> None:
         known = node.name in FILTERS

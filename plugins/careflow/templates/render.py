@@ -18,9 +18,17 @@ from careflow.exceptions import TemplateError
 from careflow.templates import codes, limits
 from careflow.templates.budget import LOOP_GUARD, RenderBudget, current_budget
 from careflow.templates.filters import MissingValue
-from careflow.templates.policy import ROOTS, Analysis, analyse
+from careflow.templates.policy import (
+    MAX_INT_DIGITS,
+    ROOTS,
+    SURROGATE,
+    SURROGATE_PROBLEM,
+    Analysis,
+    analyse,
+)
 from careflow.templates.sample import publish_context
-from careflow.templates.sandbox import environment
+from careflow.templates.sandbox import Record, environment
+from careflow.workflow.facts import ATTRIBUTE_PREFIXES
 
 #: Compiled templates kept in memory (most recently used first out of the door last).
 CACHE_SIZE = 512
@@ -126,12 +134,26 @@ def _parse(source: Any) -> nodes.Template:
             codes.TOO_LONG,
             f"the template is {len(source)} characters, over the limit of {limits.MAX_SOURCE_CHARS}",
         )
+    surrogate = SURROGATE.search(source)
+    if surrogate:
+        raise TemplateError(codes.SYNTAX, _where(source, surrogate.start()) + SURROGATE_PROBLEM)
     try:
         return environment().parse(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(codes.SYNTAX, f"line {exc.lineno}: {exc.message}") from None
     except RecursionError:
         raise TemplateError(codes.SYNTAX, "the template is nested too deeply") from None
+    except (ValueError, OverflowError):
+        # Jinja reads number literals with int(), which refuses more than 4,300 digits.
+        runs = (run for run in re.finditer(r"[0-9_]+", source) if len(run.group()) > MAX_INT_DIGITS)
+        number = next(runs, None)
+        where = _where(source, number.start()) if number else ""
+        raise TemplateError(codes.SYNTAX, f"{where}a number in the template is too long") from None
+
+
+def _where(source: str, offset: int) -> str:
+    line = source.count("\n", 0, offset) + 1
+    return f"line {line}: "
 
 
 def _analysis(source: Any) -> tuple[nodes.Template, Analysis]:
@@ -217,9 +239,11 @@ def _missing_message(compiled: CompiledTemplate, context: Mapping[str, Any], exc
     where = f"line {line}: " if line else ""
     if missing:
         path = missing[0]
+        # A missing clinic attribute is false in a test; a missing fact is an error even there.
+        test = path if path.startswith(ATTRIBUTE_PREFIXES) else f"{path} is defined and {path}"
         return (
             f"{where}'{path}' has no value for this recipient; "
-            f"guard it with {{% if {path} is defined and {path} %}} or use | default('...')"
+            f"guard it with {{% if {test} %}} or use | default('...')"
         )
     if isinstance(exc, UndefinedError):
         return f"{where}a value the template uses is missing ({exc.message})"
@@ -227,7 +251,11 @@ def _missing_message(compiled: CompiledTemplate, context: Mapping[str, Any], exc
 
 
 def _render(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
-    variables = {root: context[root] for root in ROOTS if root in context}
+    variables = {
+        root: Record(context[root]) if isinstance(context[root], Mapping) else context[root]
+        for root in ROOTS
+        if root in context
+    }
     budget = RenderBudget.start()
     token = current_budget.set(budget)
     parts: list[str] = []
@@ -255,7 +283,16 @@ def _render(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
     finally:
         stream.close()
         current_budget.reset(token)
-    return "".join(parts)
+    text = "".join(parts)
+    if SURROGATE.search(text):
+        # Only clinic data brings one this far (the template's own text is checked when it is
+        # compiled): the provider would refuse the message, so it fails here, for this recipient.
+        raise TemplateError(
+            codes.RENDER_FAILED,
+            "the message has half of an emoji or other character on its own (a lone surrogate), "
+            "which cannot be sent: check the template's text and the clinic data it prints",
+        )
+    return text
 
 
 def render_message(source: str, context: Mapping[str, Any], *, channel: str) -> str:
@@ -306,8 +343,23 @@ def _check_one(
     try:
         render(source, publish_context(compiled.fact_paths, compiled.loop_paths))
     except TemplateError as exc:
+        if exc.code == codes.EMPTY and _loops_can_print(_parse(source)):
+            return []  # the sample's lists are empty: the message may well come from its loops
         return [TemplateProblem(exc.code, exc.message, field)]
     return []
+
+
+def _loops_can_print(tree: nodes.Template) -> bool:
+    """Whether the body of some for loop prints a value or text other than whitespace."""
+    for loop in tree.find_all(nodes.For):
+        for statement in loop.body:
+            outputs = [statement] if isinstance(statement, nodes.Output) else []
+            for output in [*outputs, *statement.find_all(nodes.Output)]:
+                if any(
+                    not isinstance(child, nodes.TemplateData) or child.data.strip() for child in output.nodes
+                ):
+                    return True
+    return False
 
 
 def check_template(source: str, *, channel: str, subject: str | None = None) -> list[TemplateProblem]:

@@ -2,7 +2,8 @@
 
 It is the facts catalog's ``sample_context()`` plus a stand-in for every clinic attribute the
 template uses (``patient.attributes.<key>``): attributes are free-form per clinic, so the sample
-cannot know them, and a template must not fail to publish because of that.
+cannot know them, and a template must not fail to publish because of that. Nor can it know
+whether an attribute is a text, a number or a list: the stand-in acts as each in turn.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ class AttributeSample(str):
     """Stands in for a clinic attribute at publish time; every filter accepts it.
 
     Its text is the attribute's key, so the rendered sample reads sensibly; the date filters treat
-    it as the sample appointment time and ``number`` as a four-digit amount.
+    it as the sample appointment time and ``number`` as a four-digit amount. As a list, a for loop
+    goes over no item (the loop body is still checked statically), while an item read by index
+    (``patient.attributes.visits[0]``) is the stand-in again, whose keys are stand-ins too.
     """
 
     when = datetime(2026, 3, 14, 1, 30, tzinfo=timezone.utc)
@@ -47,13 +50,9 @@ class AttributeSample(str):
 
 
 def publish_context(fact_paths: Iterable[str], loop_paths: Iterable[str] = ()) -> dict[str, Any]:
-    """``sample_context()`` with a stand-in for each attribute path the template uses.
-
-    Attributes a for loop goes over become empty lists (the loop body is still checked statically).
-    """
+    """``sample_context()`` with a stand-in for each attribute path the template uses or loops over."""
     context = sample_context()
-    loops = set(loop_paths)
-    paths = {p for p in (*fact_paths, *loops) if p.startswith(ATTRIBUTE_PREFIXES)}
+    paths = {p for p in (*fact_paths, *loop_paths) if p.startswith(ATTRIBUTE_PREFIXES)}
     # Longest paths first, so "attributes.a.b" makes "a" a mapping before "attributes.a" is seen.
     for path in sorted(paths, key=lambda p: (-p.count("."), p)):
         node: Any = context
@@ -64,5 +63,5 @@ def publish_context(fact_paths: Iterable[str], loop_paths: Iterable[str] = ()) -
             node = node.setdefault(part, {})
         else:
             if isinstance(node, dict) and leaf not in node:
-                node[leaf] = [] if path in loops else AttributeSample(leaf)
+                node[leaf] = AttributeSample(leaf)
     return context

@@ -6,6 +6,11 @@ narrowed to what templates need: keys of the context dicts and ``loop.<x>``; a d
 (``patient.attributes.items``) are never reached, so a clinic attribute named ``items`` reads
 the attribute. Calls and arithmetic are refused here too, behind the policy that refuses them
 before compiling.
+
+A fact missing from a record (``clinic.phone`` absent) is an error wherever it is used. Clinic
+attributes are free-form, so a key or list item missing under them is normal: it is false in a
+test (``{% if patient.attributes.vip %}``) and an error anywhere else (printed, looped over,
+filtered), so a message is never sent with a hole in it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,24 @@ from careflow.templates.filters import (
     recipient_zone,
 )
 from careflow.templates.policy import LOOP_ATTRIBUTES
+from careflow.templates.sample import AttributeSample
+
+
+class Record(dict[str, Any]):
+    """One of the records a template reads (``patient``, ``appointment``, ``clinic``, ``event``).
+
+    Only its keys are catalog facts: below it (clinic attributes, the items of their lists) the
+    data is free-form, and a key missing there is a :class:`MissingAttribute`.
+    """
+
+
+class MissingAttribute(StrictUndefined):
+    """A key or list item missing from clinic attributes: false in a test, an error anywhere else."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:  # type: ignore[override]
+        return False
 
 
 class MessageSandbox(ImmutableSandboxedEnvironment):
@@ -49,22 +72,28 @@ class MessageSandbox(ImmutableSandboxedEnvironment):
                     return obj[attribute]
             elif isinstance(obj, LoopContext) and attribute in LOOP_ATTRIBUTES:
                 return getattr(obj, attribute)
+            elif isinstance(obj, AttributeSample):
+                return AttributeSample(attribute)  # publish time: whatever the real item holds
+            if not isinstance(obj, (Record, LoopContext)):
+                return MissingAttribute(obj=obj, name=attribute)
         return self.undefined(obj=obj, name=attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(obj, Undefined):
             return obj
-        if isinstance(obj, Mapping) and isinstance(argument, str):
+        if isinstance(obj, (Mapping, AttributeSample)) and isinstance(argument, str):
             return self.getattr(obj, argument)
-        if (
-            isinstance(obj, (list, tuple, str))
-            and isinstance(argument, int)
-            and not isinstance(argument, bool)
-        ):
-            try:
-                return obj[argument]
-            except IndexError:
-                pass
+        if isinstance(argument, int) and not isinstance(argument, bool):
+            if isinstance(obj, AttributeSample):
+                return obj  # publish time: an item of a clinic list, standing in like the list
+            if isinstance(obj, (list, tuple, str)):
+                try:
+                    return obj[argument]
+                except IndexError:
+                    pass
+            if isinstance(obj, (list, tuple)):
+                # Lists only ever come from clinic attributes.
+                return MissingAttribute(obj=obj, name=argument)  # type: ignore[arg-type]
         return self.undefined(obj=obj, name=argument)
 
     # Jinja's own signature (dunder names keep template kwargs from clashing with ours).
