@@ -11,7 +11,7 @@ import getpass
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from careflow.exceptions import ConfigurationError
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
 from careflow.store.db import get_engine
+from careflow.workflow.diagnostics import make
 from careflow.workflow.validation import ValidationReport, validate_path
 
 
@@ -84,11 +85,22 @@ def publish_report(
                 {"key": f"careflow publish {workflow.id}"},
             )
         latest = conn.execute(
-            select(v.c.version, v.c.content_hash, v.c.published_at)
+            select(v.c.version, v.c.content_hash, v.c.published_at, v.c.clinic_id)
             .where(v.c.workflow_id == workflow.id)
             .order_by(v.c.version.desc())
             .limit(1)
         ).first()
+        if latest is not None and latest.clinic_id != workflow.clinic_id:
+            # A workflow id is one clinic's: its executions, its DAG and the clinic row its
+            # messages are written with. Another clinic's document under it would take them over.
+            refusal = make(
+                "WF_ID_OF_ANOTHER_CLINIC",
+                f"Workflow {workflow.id} is published for clinic {latest.clinic_id} (version "
+                f"{latest.version}); this document is clinic {workflow.clinic_id}'s: give it its own id",
+                field="clinic_id",
+            )
+            refused = replace(report, workflow=None, diagnostics=[refusal, *report.diagnostics])
+            return PublishResult(report.source, workflow.id, "refused", report=refused)
         first_published = conn.execute(
             select(func.min(v.c.published_at)).where(v.c.workflow_id == workflow.id)
         ).scalar()

@@ -132,6 +132,26 @@ def test_refused_file_exits_1_and_writes_nothing(engine: Engine, workflows_dir: 
     assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]
 
 
+def test_a_workflow_id_published_for_another_clinic_is_refused(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    _publish(workflows_dir, IMPLANT)
+    snapshot = (workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8")
+    other = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    other["clinic_id"] = "busan-02"
+    other["name"] = "부산 임플란트"
+    path = tmp_path / "busan.json"
+    path.write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
+
+    code, (result,) = _publish(workflows_dir, path)
+    assert code == 1 and result["action"] == "refused" and result["version"] is None
+    (refusal,) = [d for d in result["diagnostics"] if d["severity"] == "error"]
+    assert refusal["code"] == "WF_ID_OF_ANOTHER_CLINIC" and refusal["field"] == "clinic_id"
+    assert "published for clinic gangnam-01" in refusal["message"] and "busan-02" in refusal["message"]
+    assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1]
+    assert (workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8") == snapshot
+
+
 def test_refused_output_names_the_error(
     engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -108,6 +108,29 @@ def _a_stage_crashes() -> ValidationReport:
         return validate_workflow(base())
 
 
+@case("WF_ID_OF_ANOTHER_CLINIC", field="clinic_id")
+def _published_for_another_clinic() -> ValidationReport:
+    import tempfile
+
+    from sqlalchemy import create_engine
+
+    from careflow.publishing import publish_report
+    from careflow.store.migrations import upgrade
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_engine(f"sqlite:///{tmp}/careflow.db")
+        try:
+            upgrade(engine)
+            publish_report(validate_workflow(base()), engine=engine, workflows_dir=Path(tmp))
+            other = base()
+            other["clinic_id"] = "busan-02"
+            result = publish_report(validate_workflow(other), engine=engine, workflows_dir=Path(tmp))
+        finally:
+            engine.dispose()
+    assert result.report is not None
+    return result.report
+
+
 # --- nodes ---------------------------------------------------------------------------------------
 
 case("NODE_MALFORMED", field="nodes[5]")(lambda: broken(lambda w: w["nodes"].append("a1")))

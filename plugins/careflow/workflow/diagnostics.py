@@ -56,6 +56,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "WF_BAD_TIMEZONE": (_E, "timezone is not a known IANA timezone."),
     "WF_BAD_SETTING": (_E, "A value under settings is out of range or of the wrong type."),
     "WF_INVALID": (_E, "The workflow model refused the document (a check the staged validation missed)."),
+    "WF_ID_OF_ANOTHER_CLINIC": (_E, "At publish: the workflow id is already published for another clinic."),
     "WF_INTERNAL_ERROR": (
         _E,
         "Validation itself failed; the workflow cannot be published until it is fixed.",
