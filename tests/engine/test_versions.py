@@ -92,3 +92,28 @@ def test_a_node_id_kept_with_another_type_exits_the_executions_parked_there(engi
     assert (step["status"], step["error"]) == ("skipped", "node_type_changed_in_version_2")
     assert "parked" not in ledger(engine, "retyped")  # not recorded as a message expired days ago
     assert set(v2.sent) == {"new/d1"}  # the new version's action, for the new enrollment
+
+
+def test_a_longer_retention_in_a_new_version_never_enrolls_a_purged_event_again(engine, journey, fake):
+    c = Clinic()
+    c.completed("p1", kst(2025, 1, 1, 10))
+    c.load(engine)
+    month = {"amount": 30, "unit": "days"}
+    v1_doc = chain("kept", ("a1", "action", action()), settings={"retention_days": 7, "max_lateness": month})
+    record_version(engine, v1_doc, 1)
+    v1 = journey(v1_doc, version=1)
+    v1.run_at(kst(2025, 1, 2))
+    assert set(v1.sent) == {"p1/a1"}
+    v1.run_at(kst(2025, 1, 12))  # ended more than 7 days ago: purged
+    assert executions(engine, "kept") == {} and rows(engine, tables.messages) == []
+
+    v2_doc = chain(
+        "kept", ("a1", "action", action()), settings={"retention_days": 365, "max_lateness": month}
+    )
+    record_version(engine, v2_doc, 2)
+    v2 = journey(v2_doc, version=2)
+    # The run of 2025-01-02 cleared (or January backfilled): its data interval holds the event.
+    report = v2.run_at(kst(2025, 1, 13), interval_start=kst(2025, 1, 1))["t"]
+    assert report.enrolled == 0
+    assert executions(engine, "kept") == {} and rows(engine, tables.messages) == []
+    assert fake.stats()["received"] == 1

@@ -45,17 +45,19 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     e, a, p, w = tables.appointment_events, tables.appointments, tables.patients, tables.enrollment_watermarks
     engine = ctx.engine
     with st.batch_transaction(ctx, report) as conn:
-        _exit_removed_nodes(conn, ctx, report)
+        older = _older_versions(conn, ctx)
+        _exit_removed_nodes(conn, ctx, report, older)
         _purge_past_retention(conn, ctx, report)
         mark = conn.execute(select(w.c.enrolled_until).where(w.c.workflow_id == ctx.workflow_id)).scalar()
-        report.queries += 2
+        report.queries += 3
     start = tables.UTCDateTime().process_result_value(mark, engine.dialect) if mark else None
     if start is None:
         start = ctx.interval_start or (ctx.now - timedelta(days=1))
     if ctx.interval_start is not None:
         start = min(start, ctx.interval_start)
-    # An event older than the retention could be one whose execution was purged: never again.
-    start = max(start, _retention_cutoff(ctx))
+    # An event older than the retention could be one whose execution was purged: never again. A
+    # version with a shorter retention may have purged it: the shortest of all versions counts.
+    start = max(start, _enrollment_floor(ctx, older))
     if mark is None:
         # The first enrollment marks where it starts before it enrolls anything: should it fail
         # for good, the next run starts from there instead of from its own interval, and the
@@ -242,6 +244,30 @@ def _retention_cutoff(ctx: RunContext) -> datetime:
     return ctx.now - timedelta(days=ctx.compiled.settings.retention_days)
 
 
+def _older_versions(conn: Any, ctx: RunContext) -> list[tuple[int, dict[str, Any]]]:
+    """The documents of the workflow's versions before the one running, as published."""
+    v = tables.workflow_versions
+    rows = conn.execute(
+        select(v.c.version, v.c.document).where(
+            v.c.workflow_id == ctx.workflow_id, v.c.version < ctx.compiled.version
+        )
+    ).all()
+    return [(version, document) for version, document in rows if isinstance(document, dict)]
+
+
+def _enrollment_floor(ctx: RunContext, older: list[tuple[int, dict[str, Any]]]) -> datetime:
+    """The earliest event an older version's retention leaves unpurged (``ctx.now`` minus the shortest)."""
+    from careflow.workflow.models import WorkflowSettings
+
+    default = WorkflowSettings.model_fields["retention_days"].default
+    days = [ctx.compiled.settings.retention_days]
+    for _, document in older:
+        value = (document.get("settings") or {}).get("retention_days", default)
+        if isinstance(value, int) and value > 0:
+            days.append(value)
+    return ctx.now - timedelta(days=min(days))
+
+
 def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> None:
     """Delete executions that ended more than ``retention_days`` ago, with their steps and ledger rows.
 
@@ -271,7 +297,9 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
     log.info("careflow %s: purged %d executions ended before the retention", ctx.workflow_id, len(ids))
 
 
-def _exit_removed_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:
+def _exit_removed_nodes(
+    conn: Any, ctx: RunContext, report: NodeReport, older: list[tuple[int, dict[str, Any]]]
+) -> None:
     """Executions waiting at a node the current version no longer has exit with a reason (docs/contracts.md §4)."""
     s = tables.steps
     known = list(ctx.compiled.nodes)
@@ -283,27 +311,23 @@ def _exit_removed_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:
         ).mappings()
     )
     _exit_steps(conn, ctx, report, orphans, f"node_removed_in_version_{ctx.compiled.version}")
-    _exit_retyped_nodes(conn, ctx, report)
+    _exit_retyped_nodes(conn, ctx, report, older)
 
 
-def _exit_retyped_nodes(conn: Any, ctx: RunContext, report: NodeReport) -> None:
+def _exit_retyped_nodes(
+    conn: Any, ctx: RunContext, report: NodeReport, older: list[tuple[int, dict[str, Any]]]
+) -> None:
     """Executions parked at a node id whose type changed since the version that parked them exit too.
 
     A delay that became an action is not the node the execution was waiting at: its wait means
     nothing there (a message "due" three days ago), and a node that became the trigger would
     never move it on. The node as it was is gone, so the execution exits with a reason.
     """
-    s, v = tables.steps, tables.workflow_versions
+    s = tables.steps
     current = {node_id: node.type for node_id, node in ctx.compiled.nodes.items()}
-    older = conn.execute(
-        select(v.c.version, v.c.document).where(
-            v.c.workflow_id == ctx.workflow_id, v.c.version < ctx.compiled.version
-        )
-    ).all()
-    report.queries += 1
     retyped: dict[str, list[int]] = {}
     for version, document in older:
-        for raw in (document or {}).get("nodes") or ():
+        for raw in document.get("nodes") or ():
             node_id = raw.get("id") if isinstance(raw, dict) else None
             if node_id in current and raw.get("type") != current[node_id]:
                 retyped.setdefault(node_id, []).append(version)
