@@ -394,6 +394,8 @@ def test_template_failing_for_one_patient_fails_only_that_patient(engine, journe
     ]
     row = ledger(engine, "template-test")["p2"]
     assert (row["status"], row["reason"]) == ("failed", "TEMPLATE_UNKNOWN_VARIABLE")
+    assert "patient.attributes.nickname" in row["last_error"]  # what to fix, without a value
+    assert "환자p2" not in row["last_error"] and "010" not in row["last_error"]
     step = steps_of(engine, "template-test")[("p2", "a")]
     assert (step["status"], step["error"]) == ("failed", "TEMPLATE_UNKNOWN_VARIABLE")
     status = {p: e["status"] for p, e in executions(engine, "template-test").items()}

@@ -423,6 +423,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                 "reason": None,
             }
             outcome: tuple[str, str] | None = None  # (ledger status, reason)
+            detail: str | None = None  # what the ledger's last_error says of it (no patient data)
             if fact is None:
                 outcome = ("skipped", "patient_or_appointment_missing")
             elif isinstance(fact, UnreadableFacts):
@@ -466,7 +467,8 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
                                 else None
                             )
                         except TemplateError as exc:
-                            outcome = ("failed", exc.code)
+                            # The template's own words (a path, a line, a limit), never a value.
+                            outcome, detail = ("failed", exc.code), exc.message[:500]
                         else:
                             candidates[key] = {
                                 "row": row,
@@ -490,16 +492,16 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
             if existing is not None and existing["status"] in _SUSPECT:
                 # An earlier attempt may have sent it (its claim was abandoned, or its answer
                 # lost): the provider is asked first, and the outcome stands only if it has nothing.
-                candidates[key] = {"row": row, "base": base, "hold": outcome}
+                candidates[key] = {"row": row, "base": base, "hold": outcome, "hold_detail": detail}
                 continue
             status, reason = outcome
             if existing is None:
-                new_rows.append({**base, "status": status, "reason": reason})
+                new_rows.append({**base, "status": status, "reason": reason, "last_error": detail})
             else:
                 conn.execute(
                     update(m)
                     .where(m.c.idempotency_key == key)
-                    .values(status=status, reason=reason, updated_at=ctx.now)
+                    .values(status=status, reason=reason, last_error=detail, updated_at=ctx.now)
                 )
             step_updates.append(_decided(ctx, node, report, row, status, reason))
         st.insert_ignore(conn, m, new_rows, ["idempotency_key"])
@@ -705,7 +707,7 @@ def _record(
             elif item.get("hold") is not None and result is None:
                 # Not at the provider (or a dry run): the outcome decided before the lookup stands.
                 status, reason = item["hold"]
-                entry.update(status=status, reason=reason)
+                entry.update(status=status, reason=reason, last_error=item.get("hold_detail"))
                 step_updates.append(_decided(ctx, node, report, row, status, reason))
             elif outcome == Outcome.UNKNOWN or (key in sent.looked_up and key not in sent.cleared):
                 # Left "unknown" (a lost answer, or a lookup that did not answer): the next attempt
