@@ -5,7 +5,7 @@ as snapshots, then turned into the same DAGs three ways, each in a fresh interpr
 already imported Airflow and careflow's operators (so only the building is timed):
 
 - ``careflow``: ``build_dags(workflows_dir)``, what careflow's DAG file runs;
-- ``dag_factory``: one YAML file per workflow (DAG arguments, timetable, default args, params,
+- ``dag_factory``: one YAML file per workflow (DAG arguments, timetable, default args,
   tasks with careflow's operator classes, dependencies, docs), loaded by ``dagfactory.load_yaml_dags``;
 - ``handwritten``: one Python file per workflow that builds the DAG with literal arguments, the
   way a person would write it (the floor), executed as Airflow's DagBag executes DAG files.
@@ -127,20 +127,6 @@ def _yaml(spec: dict[str, Any]) -> dict[str, Any]:
             "on_failure_callback": "careflow.airflow.alerts.DAG_RUN_FAILED",
             "doc_md": spec["doc_md"],
             "tags": spec["tags"],
-            "params": {
-                "careflow_clock": {
-                    "__type__": "airflow.sdk.Param",
-                    "default": None,
-                    "type": ["null", "string"],
-                    "description": "Simulated time of this run (ISO 8601). Empty: the wall clock.",
-                },
-                "careflow_dry_run": {
-                    "__type__": "airflow.sdk.Param",
-                    "default": False,
-                    "type": "boolean",
-                    "description": "Record messages without sending.",
-                },
-            },
             "render_template_as_native_obj": False,
             "is_paused_upon_creation": False,
             "tasks": tasks,
@@ -154,7 +140,7 @@ def _python(spec: dict[str, Any]) -> str:
     r = repr
     lines = [
         "from datetime import datetime, timedelta",
-        "from airflow.sdk import DAG, Param",
+        "from airflow.sdk import DAG",
         "from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable",
         "from careflow.airflow import alerts",
         "from benchmarks.yaml_operators import Action, Condition, Delay, TimeWindow, Trigger, Wake",
@@ -177,11 +163,6 @@ def _python(spec: dict[str, Any]) -> str:
         "    },",
         f"    doc_md={r(spec['doc_md'])},",
         f"    tags={r(spec['tags'])},",
-        "    params={",
-        "        'careflow_clock': Param(None, type=['null', 'string'],",
-        "                                description='Simulated time of this run (ISO 8601). Empty: the wall clock.'),",
-        "        'careflow_dry_run': Param(False, type='boolean', description='Record messages without sending.'),",
-        "    },",
         "    render_template_as_native_obj=False,",
         "    is_paused_upon_creation=False,",
         "    on_failure_callback=alerts.DAG_RUN_FAILED,",

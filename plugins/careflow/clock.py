@@ -1,8 +1,8 @@
 """The one clock the engine asks for "now".
 
 In production it is the wall clock. In simulation (``careflow simulate``) the DAG run's conf
-carries ``careflow_clock``: the simulated time of that run, so the same DAG and operators run a
-month of a workflow in seconds.
+carries ``careflow_simulated`` and ``careflow_clock``: the simulated time of that run, so the same
+DAG and operators run a month of a workflow in seconds. Other runs' conf cannot move the clock.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ def is_simulated(conf: Mapping[str, Any] | None) -> bool:
 
 
 def now_for(conf: Mapping[str, Any] | None) -> datetime:
-    """The run's "now": the simulated time when the run has one, else the wall clock."""
-    if conf and conf.get(CLOCK_KEY):
+    """The run's "now": the simulated time of a simulated run, else the wall clock.
+
+    A clock in the conf of any other run (a manual run given one) is not followed: a production
+    run sends real messages, and does it at the real time.
+    """
+    if is_simulated(conf) and conf and conf.get(CLOCK_KEY):
         return parse_time(conf[CLOCK_KEY])
     return wall_clock()

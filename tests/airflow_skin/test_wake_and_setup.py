@@ -63,27 +63,29 @@ def _context(conf: dict) -> dict:  # type: ignore[type-arg]
     return {"dag_run": SimpleNamespace(conf=conf, run_id="scheduled__x"), "run_id": "scheduled__x"}
 
 
-def test_a_wait_that_ended_while_the_run_went_on_is_woken_for_at_once(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_wait_that_ended_while_the_run_went_on_is_woken_for_at_once(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     compiled = _compiled()
     due = NOW + timedelta(seconds=30)  # parked by the delay task at NOW, due before the wake task starts
     _park(engine, compiled, due)
     wake = build_dag(compiled).get_task("careflow_wake")
     later = NOW + timedelta(seconds=60)
+    monkeypatch.setattr("careflow.clock.wall_clock", lambda: later)
     with pytest.raises(TaskDeferred) as deferred:
-        wake.execute(_context({"careflow_clock": later.isoformat()}))
+        wake.execute(_context({}))
     assert deferred.value.trigger.moment == due  # in the past: the trigger fires at once
     with pytest.raises(DagRunTriggerException) as started:
         wake.execute_complete(_context({}), event=None, **deferred.value.kwargs)
     assert started.value.dag_run_id == "careflow_wake__20260309T150030"
 
 
-def test_a_wait_before_the_next_run_is_waited_for_in_the_triggerer(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_wait_before_the_next_run_is_waited_for_in_the_triggerer(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     compiled = _compiled()
     due = NOW + timedelta(minutes=30)  # this workflow runs hourly: the wait ends before the next run
     _park(engine, compiled, due)
     wake = build_dag(compiled).get_task("careflow_wake")
+    monkeypatch.setattr("careflow.clock.wall_clock", lambda: NOW)
     with pytest.raises(TaskDeferred) as deferred:
-        wake.execute(_context({"careflow_clock": NOW.isoformat()} | {"careflow_simulated": False}) | {})
+        wake.execute(_context({}))
     trigger = deferred.value.trigger
     assert isinstance(trigger, DateTimeTrigger)
     assert trigger.moment == due
@@ -94,13 +96,47 @@ def test_a_wait_before_the_next_run_is_waited_for_in_the_triggerer(engine) -> No
     assert started.value.skip_when_already_exists is True
 
 
-def test_a_wait_after_the_next_run_is_left_to_that_run(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_wait_after_the_next_run_is_left_to_that_run(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     compiled = _compiled()
     _park(engine, compiled, NOW + timedelta(days=3))
     wake = build_dag(compiled).get_task("careflow_wake")
-    result = wake.execute(_context({"careflow_clock": NOW.isoformat()}))
+    monkeypatch.setattr("careflow.clock.wall_clock", lambda: NOW)
+    result = wake.execute(_context({}))
     assert result["next_wake"] is None
     assert result["parked_until"] == (NOW + timedelta(days=3)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("conf", "now", "dry_run"),
+    [
+        # a manual run given a clock or a dry run: production sends, at the real time
+        ({"careflow_clock": "2026-03-12T09:00:00+00:00", "careflow_dry_run": True}, NOW, False),
+        ({"careflow_clock": "2026-03-12T09:00:00+00:00", "careflow_simulated": False}, NOW, False),
+        # careflow simulate's runs
+        (
+            {
+                "careflow_clock": "2026-03-12T09:00:00+00:00",
+                "careflow_simulated": True,
+                "careflow_dry_run": True,
+            },
+            datetime(2026, 3, 12, 9, 0, tzinfo=timezone.utc),
+            True,
+        ),
+    ],
+)
+def test_only_a_simulated_run_follows_the_conf_clock_and_dry_run(
+    monkeypatch: pytest.MonkeyPatch,
+    conf: dict,
+    now: datetime,
+    dry_run: bool,  # type: ignore[type-arg]
+) -> None:
+    monkeypatch.setattr("careflow.clock.wall_clock", lambda: NOW)
+    dag = build_dag(_compiled())
+    for task in dag.tasks:
+        if task.task_id == "careflow_wake":
+            continue
+        ctx = task.run_context({**_context(conf), "data_interval_start": None})
+        assert (ctx.now, ctx.dry_run) == (now, dry_run), task.task_id
 
 
 def test_setup_creates_the_provider_pool(airflow_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,7 +55,7 @@ def test_no_patient_data_in_logs_xcom_metrics_or_alerts(cluster, provider) -> No
     if importlib.util.find_spec("careflow.airflow.alerts") is not None:
         # A run that fails (an unreadable clock) fires the failure alerts on the webhook.
         dag = "careflow__e2e-booking"
-        failed = cluster.trigger(dag, conf={"careflow_clock": "not-a-time"})
+        failed = cluster.trigger(dag, conf={"careflow_clock": "not-a-time", "careflow_simulated": True})
         assert cluster.wait_run(dag, failed)["state"] == "failed"
         wait_for("an alert on the webhook", lambda: cluster.alerts.bodies, timeout=60, interval=1)
     time.sleep(2)  # the last statsd packets

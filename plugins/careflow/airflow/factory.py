@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, get_parsing_context
+from airflow.sdk import DAG, get_parsing_context
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from careflow import settings
@@ -96,14 +96,6 @@ def build_dag(compiled: CompiledWorkflow, snap: Snapshot | None = None) -> DAG:
         default_args=default_args,
         doc_md=doc_md(compiled, snap),
         tags=["careflow", f"clinic:{compiled.clinic_id}"],
-        params={
-            "careflow_clock": Param(
-                None,
-                type=["null", "string"],
-                description="Simulated time of this run (ISO 8601). Empty: the wall clock.",
-            ),
-            "careflow_dry_run": Param(False, type="boolean", description="Record messages without sending."),
-        },
         render_template_as_native_obj=False,
         is_paused_upon_creation=False,
         **alerts.dag_callbacks(compiled),

@@ -53,7 +53,9 @@ class CareflowNodeOperator(BaseOperator):
             worker=worker_name(),
             next_run_at=next_run_after(self._compiled, now),
             interval_start=start if start is not None and start <= now else None,
-            dry_run=bool(conf.get("careflow_dry_run")),
+            # Only a simulation records without sending: a dry run's "sent" rows would keep the
+            # real messages from ever going out.
+            dry_run=is_simulated(conf) and bool(conf.get("careflow_dry_run")),
             simulated=is_simulated(conf),
             emit=emit,
         )
