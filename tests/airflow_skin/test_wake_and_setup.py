@@ -27,15 +27,15 @@ def _compiled():  # type: ignore[no-untyped-def]
     return compile_workflow(workflow, version=1, content_hash="h")
 
 
-def _park(engine, compiled, due: datetime) -> None:  # type: ignore[no-untyped-def]
+def _park(engine, compiled, due: datetime, execution_id: str = "x1") -> None:  # type: ignore[no-untyped-def]
     node = next(n for n in compiled.order if compiled.node(n).type == "delay")
     with engine.begin() as conn:
         conn.execute(
             insert(tables.executions).values(
-                id="x1",
+                id=execution_id,
                 workflow_id=compiled.workflow_id,
                 version=1,
-                trigger_event_id="e1",
+                trigger_event_id=f"e-{execution_id}",
                 patient_id="p1",
                 appointment_id="a1",
                 clinic_id=compiled.clinic_id,
@@ -47,7 +47,7 @@ def _park(engine, compiled, due: datetime) -> None:  # type: ignore[no-untyped-d
         )
         conn.execute(
             insert(tables.steps).values(
-                execution_id="x1",
+                execution_id=execution_id,
                 workflow_id=compiled.workflow_id,
                 node_id=node,
                 status="waiting",
@@ -59,8 +59,9 @@ def _park(engine, compiled, due: datetime) -> None:  # type: ignore[no-untyped-d
         )
 
 
-def _context(conf: dict) -> dict:  # type: ignore[type-arg]
-    return {"dag_run": SimpleNamespace(conf=conf, run_id="scheduled__x"), "run_id": "scheduled__x"}
+def _context(conf: dict, began: datetime | None = None) -> dict:  # type: ignore[type-arg]
+    run = SimpleNamespace(conf=conf, run_id="scheduled__x", start_date=began)
+    return {"dag_run": run, "run_id": "scheduled__x"}
 
 
 def test_a_wait_that_ended_while_the_run_went_on_is_woken_for_at_once(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -94,6 +95,24 @@ def test_a_wait_before_the_next_run_is_waited_for_in_the_triggerer(engine, monke
     assert started.value.trigger_dag_id == "careflow__day-before-reminder"
     assert started.value.dag_run_id == "careflow_wake__20260309T153000"
     assert started.value.skip_when_already_exists is True
+
+
+def test_a_wait_left_overdue_before_the_run_began_does_not_hide_the_later_ones(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    compiled = _compiled()
+    # Due before this run began and still parked: its node's task did not move it on (a task
+    # upstream of it failed). A wake run for it exists already; the next scheduled run takes it.
+    _park(engine, compiled, NOW - timedelta(hours=2), "stuck")
+    _park(engine, compiled, NOW + timedelta(minutes=30), "later")
+    monkeypatch.setattr("careflow.clock.wall_clock", lambda: NOW)
+    wake = build_dag(compiled).get_task("careflow_wake")
+    with pytest.raises(TaskDeferred) as deferred:
+        wake.execute(_context({}, began=NOW - timedelta(minutes=5)))
+    assert deferred.value.trigger.moment == NOW + timedelta(minutes=30)
+
+    _park(engine, compiled, NOW - timedelta(minutes=1), "fell-due")  # since the run began: at once
+    with pytest.raises(TaskDeferred) as deferred:
+        wake.execute(_context({}, began=NOW - timedelta(minutes=5)))
+    assert deferred.value.trigger.moment == NOW - timedelta(minutes=1)
 
 
 def test_a_wait_after_the_next_run_is_left_to_that_run(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -527,12 +527,14 @@ def process_node(ctx: RunContext, node_id: str) -> NodeReport:
     return handler(ctx, node)
 
 
-def next_wake(ctx: RunContext, *, overdue: bool = False) -> datetime | None:
+def next_wake(ctx: RunContext, *, overdue_since: datetime | None = None) -> datetime | None:
     """When the earliest parked execution of this workflow becomes due (None: nothing is parked).
 
-    ``overdue`` counts the ones already due too: on the wall clock, a step can fall due after its
-    node's task ran and before the wake task does, and nothing else would pick it up before the
-    next scheduled run.
+    ``overdue_since`` counts the ones that fell due since then too: on the wall clock, a step can
+    fall due after its node's task ran and before the wake task does, and nothing else would pick
+    it up before the next scheduled run. One due before the run began and still parked is one its
+    node's task did not move on (a failed task upstream): it is left to the next scheduled run,
+    and asking for it again would ask for a wake run that exists and hide the later waits.
     """
     with ctx.engine.connect() as conn:
-        return st.next_due(conn, ctx, overdue=overdue)
+        return st.next_due(conn, ctx, overdue_since=overdue_since)

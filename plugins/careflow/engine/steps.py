@@ -447,12 +447,15 @@ def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) 
 
 
 def next_due(
-    conn: Connection, ctx: RunContext, node_ids: Sequence[str] | None = None, *, overdue: bool = False
+    conn: Connection,
+    ctx: RunContext,
+    node_ids: Sequence[str] | None = None,
+    *,
+    overdue_since: datetime | None = None,
 ) -> datetime | None:
-    """The earliest due time among waiting steps of this workflow after now (``overdue``: or before)."""
+    """The earliest due time among waiting steps of this workflow after now (or after ``overdue_since``)."""
     query = select(func.min(s.c.due_at)).where(s.c.workflow_id == ctx.workflow_id, s.c.status == "waiting")
-    if not overdue:
-        query = query.where(s.c.due_at > ctx.now)
+    query = query.where(s.c.due_at > (ctx.now if overdue_since is None else min(overdue_since, ctx.now)))
     if node_ids is not None:
         query = query.where(s.c.node_id.in_(list(node_ids)))
     value = conn.execute(query).scalar()

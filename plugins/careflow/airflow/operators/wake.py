@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -50,8 +50,8 @@ class WakeOperator(BaseOperator):
         ctx = RunContext(compiled=self._compiled, now=now, engine=get_engine(), run_id=context["run_id"])
         # Each task reads the wall clock when it starts: a wait may have ended since its node's task
         # ran, and is woken for at once (in simulation every task of a run has the run's time).
-        overdue = not is_simulated(conf)
-        return now, next_wake(ctx, overdue=overdue), next_run_after(self._compiled, now)
+        since = None if is_simulated(conf) else _run_began(context, now)
+        return now, next_wake(ctx, overdue_since=since), next_run_after(self._compiled, now)
 
     def execute(self, context: Any) -> dict[str, Any]:
         """Report the next wake and defer until it when it comes before the next scheduled run."""
@@ -90,6 +90,14 @@ class WakeOperator(BaseOperator):
             poke_interval=60,
             deferrable=False,
         )
+
+
+def _run_began(context: Any, now: datetime) -> datetime:
+    """When this DAG run began: its node tasks moved on everything due before then."""
+    began = getattr(context["dag_run"], "start_date", None)
+    if isinstance(began, datetime) and began.tzinfo is not None and began <= now:
+        return began
+    return now - timedelta(hours=1)  # a run whose start is unknown: waits due in the last hour
 
 
 __all__ = ["CLOCK_KEY", "WakeOperator"]
