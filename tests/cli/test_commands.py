@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -169,32 +168,8 @@ def test_a_label_the_terminal_cannot_encode_is_printed_escaped(
     assert "NODE_BAD_FIELD" in out
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-def database_never_upgraded(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """A database on which `careflow db upgrade` has not run (on Postgres and on SQLite)."""
-    from sqlalchemy import create_engine
-
-    from careflow.store import tables
-    from careflow.store.db import dispose_engines
-
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_server_url")
-        engine = create_engine(url)
-        tables.metadata.drop_all(engine)
-        engine.dispose()
-    else:
-        url = f"sqlite:///{tmp_path / 'careflow.db'}"
-    monkeypatch.setenv("CAREFLOW_DB_URL", url)
-    monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
-    dispose_engines()
-    yield url
-    dispose_engines()
-
-
 def test_publish_before_db_upgrade_says_to_run_it(
-    database_never_upgraded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    empty_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = _run(
         capsys,
