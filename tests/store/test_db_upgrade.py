@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from careflow.cli import main
 from careflow.store import tables
@@ -104,6 +104,63 @@ def test_a_database_at_version_1_gets_the_open_steps_index(empty_db_url: str) ->
     index = next(i for i in inspect(engine).get_indexes("careflow_steps") if i["name"] == "ix_steps_open")
     assert index["column_names"] == ["workflow_id", "node_id", "id"]
     engine.dispose()
+
+
+def test_clinic_and_provider_ids_of_any_length_are_kept(empty_db_url: str) -> None:
+    from datetime import datetime, timezone
+
+    upgrade()
+    engine = create_engine(empty_db_url)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:  # as a database upgraded before version 3 shipped
+            for table, column, width in (
+                ("careflow_executions", "trigger_event_id", 64),
+                ("careflow_executions", "patient_id", 64),
+                ("careflow_executions", "appointment_id", 64),
+                ("careflow_messages", "patient_id", 64),
+                ("careflow_messages", "provider_id", 128),
+            ):
+                conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE VARCHAR({width})"))
+            conn.execute(text("DELETE FROM careflow_schema_migrations WHERE version > 2"))
+        assert upgrade().applied == [3]
+    now = datetime(2026, 3, 2, tzinfo=timezone.utc)
+    event, patient = "evt-" + "e" * 90, "pat-" + "p" * 90  # a clinic's own ids, through its views
+    with engine.begin() as conn:
+        conn.execute(
+            tables.executions.insert().values(
+                id="x1",
+                workflow_id="w",
+                version=1,
+                trigger_event_id=event,
+                patient_id=patient,
+                appointment_id="apt-" + "a" * 90,
+                clinic_id="c",
+                status="running",
+                enrolled_at=now,
+                event_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            tables.messages.insert().values(
+                idempotency_key="k1",
+                execution_id="x1",
+                workflow_id="w",
+                node_id="a1",
+                version=1,
+                channel="sms",
+                purpose="care",
+                patient_id=patient,
+                status="sent",
+                provider_id="msg-" + "9" * 300,
+                due_at=now,
+                updated_at=now,
+            )
+        )
+    with engine.connect() as conn:
+        stored = conn.execute(select(tables.messages.c.provider_id)).scalar()
+    engine.dispose()
+    assert stored == "msg-" + "9" * 300
 
 
 def test_existing_clinic_table_and_view_are_left_alone(empty_db_url: str) -> None:

@@ -37,9 +37,29 @@ def _open_steps_index(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+#: Columns that hold ids the clinic's data or the provider chose: text of any length.
+_FOREIGN_IDS = (
+    ("careflow_executions", "trigger_event_id"),
+    ("careflow_executions", "patient_id"),
+    ("careflow_executions", "appointment_id"),
+    ("careflow_messages", "patient_id"),
+    ("careflow_messages", "provider_id"),
+)
+
+
+def _foreign_ids_as_text(conn: Connection) -> None:
+    # SQLite keeps text of any length in any of its text columns; Postgres needs the type changed
+    # (varchar to text keeps the rows and indexes as they are).
+    if conn.dialect.name != "postgresql":
+        return
+    for table, column in _FOREIGN_IDS:
+        conn.execute(text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE TEXT'))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "careflow tables: versions, executions, steps, ledger", _initial),
     Migration(2, "careflow_steps: the open steps of a node in id order (ix_steps_open)", _open_steps_index),
+    Migration(3, "clinic and provider ids of any length (executions, ledger)", _foreign_ids_as_text),
 )
 
 

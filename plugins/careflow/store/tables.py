@@ -152,9 +152,10 @@ executions = Table(
     Column("id", String(64), primary_key=True),
     Column("workflow_id", String(64), nullable=False),
     Column("version", Integer, nullable=False),
-    Column("trigger_event_id", String(64), nullable=False),
-    Column("patient_id", String(64), nullable=False),
-    Column("appointment_id", String(64), nullable=False),
+    # The clinic's ids, as long as its own tables or views make them (migration 3).
+    Column("trigger_event_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("appointment_id", Text, nullable=False),
     Column("clinic_id", String(64), nullable=False),
     Column("status", String(16), nullable=False),  # running, waiting, completed, failed, exited
     Column("enrolled_at", UTCDateTime, nullable=False),
@@ -210,11 +211,11 @@ messages = Table(
     Column("version", Integer, nullable=False),
     Column("channel", String(16), nullable=False),
     Column("purpose", String(16), nullable=False),
-    Column("patient_id", String(64), nullable=False),  # recipient reference, never the address
+    Column("patient_id", Text, nullable=False),  # recipient reference, never the address
     Column("status", String(16), nullable=False),  # claimed, sent, failed, skipped, expired, unknown, pending
     Column("outcome", String(32)),
     Column("reason", String(200)),
-    Column("provider_id", String(128)),
+    Column("provider_id", Text),  # the provider's, of whatever length it gives (migration 3)
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text),
     Column("due_at", UTCDateTime, nullable=False),
