@@ -187,3 +187,18 @@ def test_a_worker_whose_claims_were_taken_does_not_overwrite_what_the_new_holder
     assert {(r["status"], r["claimed_by"]) for r in rows.values()} == {("sent", "B")}
     assert {v["status"] for k, v in steps_of(engine, "lease").items() if k[1] == "a"} == {"done"}
     assert fake.stats()["accepted_twice"] == 0
+
+
+def test_a_worker_whose_claims_were_taken_and_sent_does_not_count_them_again(
+    engine, journey, fake, monkeypatch
+):
+    j, ctx, worker, out = _held_claims(engine, journey, fake, monkeypatch, None)
+    monkeypatch.setattr(actions, "CLAIM_LEASE", timedelta(0))  # A stalled past its lease
+    taken = j.node("a", T, worker="B")
+    assert taken.sent == 3
+    fake.configure(honour_idempotency=True)  # A's late requests get the provider's 409
+    ctx.sender.go.set()
+    worker.join(30)
+    assert (out["A"].sent, out["A"].reasons["claim_taken_over"]) == (0, 3)
+    rows = ledger(engine, "lease")
+    assert {(r["status"], r["claimed_by"]) for r in rows.values()} == {("sent", "B")}

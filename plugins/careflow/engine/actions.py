@@ -666,12 +666,16 @@ def _record(
     with st.batch_transaction(ctx, report) as conn:
         held = _still_claimed(conn, ctx, list(to_send))
         report.queries += 1
+        # A message another worker took over and recorded as sent is that worker's to count.
+        taken = [k for k in to_send if k not in held]
+        recorded_sent = _recorded_sent(conn, taken) if taken else set()
+        report.queries += bool(taken)
         for key, item in to_send.items():
             row = item["row"]
             result = results.get(key)
             outcome = result.outcome if result is not None else Outcome.NOT_SENT
             delivered = result is not None and result.delivered
-            if key not in held and not delivered:
+            if key not in held and (not delivered or key in recorded_sent):
                 report.reasons["claim_taken_over"] += 1
                 continue
             entry = {
@@ -785,6 +789,12 @@ def _still_claimed(conn: Any, ctx: RunContext, keys: list[str]) -> set[str]:
     query = select(m.c.idempotency_key).where(*_held_by(conn, ctx, keys))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
+    return set(conn.execute(query).scalars())
+
+
+def _recorded_sent(conn: Any, keys: list[str]) -> set[str]:
+    """The keys of ``keys`` whose ledger row says sent."""
+    query = select(m.c.idempotency_key).where(st.among(conn, m.c.idempotency_key, keys), m.c.status == "sent")
     return set(conn.execute(query).scalars())
 
 
