@@ -94,6 +94,31 @@ def test_a_first_enrollment_that_fails_loses_no_event(engine, journey, fake, mon
     assert set(executions(engine, "first-fails")) == {"p1"}
 
 
+# SQLite takes the write lock as an enrollment begins: no other can commit inside it.
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_an_enrollment_counts_only_the_executions_it_inserted(engine, journey, fake, monkeypatch):
+    from careflow.engine import steps as st
+
+    t0 = kst(2025, 3, 4)
+    c = Clinic()
+    for patient in ("p1", "p2", "p3"):
+        c.completed(patient, t0 - timedelta(hours=5))
+    c.load(engine)
+    j = journey(chain("raced", ("a", "action", action())))
+    insert_ignore = st.insert_ignore
+
+    def another_enrollment_commits_first(conn, table, rows, keys, returning=None):  # type: ignore[no-untyped-def]
+        if table is tables.executions and rows:
+            with engine.begin() as other:  # the same events, enrolled by another worker meanwhile
+                insert_ignore(other, table, rows[:2], keys)
+        return insert_ignore(conn, table, rows, keys, returning)
+
+    monkeypatch.setattr(st, "insert_ignore", another_enrollment_commits_first)
+    report = j.node("t", t0, interval_start=t0 - timedelta(days=1))
+    assert report.enrolled == 1
+    assert len(executions(engine, "raced")) == 3
+
+
 # ------------------------------------------------------------------ condition
 
 

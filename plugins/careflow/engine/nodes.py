@@ -142,7 +142,12 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 conn.execute(select(tables.executions.c.id).where(tables.executions.c.id.in_(ids))).scalars()
             )
             fresh = [ex for ex in executions if ex["id"] not in existing]
-            st.insert_ignore(conn, tables.executions, fresh, ["workflow_id", "trigger_event_id"])
+            # Another enrollment of the same events may have committed since the read above:
+            # only the rows this one inserted are its own (counted, given their first steps).
+            inserted = st.insert_ignore(
+                conn, tables.executions, fresh, ["workflow_id", "trigger_event_id"], returning="id"
+            )
+            fresh = [ex for ex in fresh if ex["id"] in inserted]
             arrivals = [(ex["id"], node.id, ex["event_at"]) for ex in fresh]
             arrivals += [(ex["id"], t, ex["event_at"]) for ex in fresh for t in targets]
             st.create_steps(conn, ctx, arrivals)
