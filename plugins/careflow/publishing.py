@@ -8,6 +8,7 @@ flight keep running on the new version where their node still exists (docs/contr
 from __future__ import annotations
 
 import getpass
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,7 +86,7 @@ def publish_report(
                 {"key": f"careflow publish {workflow.id}"},
             )
         latest = conn.execute(
-            select(v.c.version, v.c.content_hash, v.c.published_at, v.c.clinic_id)
+            select(v.c.version, v.c.content_hash, v.c.published_at, v.c.clinic_id, v.c.document)
             .where(v.c.workflow_id == workflow.id)
             .order_by(v.c.version.desc())
             .limit(1)
@@ -101,6 +102,10 @@ def publish_report(
             )
             refused = replace(report, workflow=None, diagnostics=[refusal, *report.diagnostics])
             return PublishResult(report.source, workflow.id, "refused", report=refused)
+        document = canonical_document(workflow)
+        if latest is not None and latest.content_hash != digest and _same_content(latest.document, document):
+            # The builder listed the same nodes and edges in another order: the same content.
+            digest, document = latest.content_hash, latest.document
         first_published = conn.execute(
             select(func.min(v.c.published_at)).where(v.c.workflow_id == workflow.id)
         ).scalar()
@@ -117,7 +122,7 @@ def publish_report(
                     name=workflow.name,
                     clinic_id=workflow.clinic_id,
                     status=workflow.status,
-                    document=canonical_document(workflow),
+                    document=document,
                     diagnostics=[d.to_dict() for d in report.diagnostics],
                     published_at=published_at,
                     published_by=published_by or _who(),
@@ -132,7 +137,7 @@ def publish_report(
             content_hash=digest,
             published_at=published_at.isoformat(),
             start_date=start.isoformat(),
-            document=canonical_document(workflow),
+            document=document,
             path=snapshot_path(workflows_dir, workflow.id),
         )
         existing = _read_existing(snap.path)
@@ -141,6 +146,18 @@ def publish_report(
     if action == "published":
         _invalidate_caches(workflow.id, digest)
     return PublishResult(report.source, workflow.id, action, version, digest, report, str(snap.path))
+
+
+def _same_content(stored: Any, document: dict[str, Any]) -> bool:
+    """Whether two canonical documents differ at most in the order of their nodes and edges."""
+
+    def unordered(doc: dict[str, Any]) -> dict[str, Any]:
+        def listed(items: Any) -> list[Any]:
+            return sorted(items or [], key=lambda item: json.dumps(item, sort_keys=True, ensure_ascii=False))
+
+        return {**doc, "nodes": listed(doc.get("nodes")), "edges": listed(doc.get("edges"))}
+
+    return isinstance(stored, dict) and unordered(stored) == unordered(document)
 
 
 @contextmanager
@@ -173,8 +190,6 @@ def missing_table(exc: DBAPIError) -> str | None:
 
 
 def _read_existing(path: Path) -> dict[str, Any] | None:
-    import json
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -116,6 +116,29 @@ def test_changed_content_is_version_2_and_keeps_the_first_start_date(
     assert _leftovers(workflows_dir) == []
 
 
+def test_nodes_and_edges_in_another_order_are_the_same_content(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    _, (first,) = _publish(workflows_dir, IMPLANT)
+    snapshot = (workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8")
+    reordered = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    reordered["nodes"].reverse()
+    reordered["edges"].reverse()
+    path = tmp_path / "reordered.json"
+    path.write_text(json.dumps(reordered, ensure_ascii=False), encoding="utf-8")
+
+    code, (again,) = _publish(workflows_dir, path)
+    assert code == 0 and again["action"] == "unchanged" and again["version"] == 1
+    assert again["content_hash"] == first["content_hash"]
+    assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1]
+    assert (workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8") == snapshot
+
+    reordered["nodes"][0]["data"]["label"] = "바뀐 이름"  # a real change is still a new version
+    path.write_text(json.dumps(reordered, ensure_ascii=False), encoding="utf-8")
+    _, (changed,) = _publish(workflows_dir, path)
+    assert changed["action"] == "published" and changed["version"] == 2
+
+
 def test_refused_file_exits_1_and_writes_nothing(engine: Engine, workflows_dir: Path) -> None:
     code, (result,) = _publish(workflows_dir, BROKEN)
     assert code == 1
