@@ -245,8 +245,9 @@ def _age_ok(row: Any, filters: Any, default_tz: Any) -> bool:
 PURGE_BATCH = 5000
 
 
-def _retention_cutoff(ctx: RunContext) -> datetime:
-    return ctx.now - timedelta(days=ctx.compiled.settings.retention_days)
+def _retention_cutoff(now: datetime, retention_days: int) -> datetime:
+    """How far back a retention of ``retention_days`` reaches from ``now``."""
+    return now - timedelta(days=retention_days)
 
 
 def _older_versions(conn: Any, ctx: RunContext) -> list[tuple[int, dict[str, Any]]]:
@@ -270,7 +271,7 @@ def _enrollment_floor(ctx: RunContext, older: list[tuple[int, dict[str, Any]]]) 
         value = (document.get("settings") or {}).get("retention_days", default)
         if isinstance(value, int) and value > 0:
             days.append(value)
-    return ctx.now - timedelta(days=min(days))
+    return _retention_cutoff(ctx.now, min(days))
 
 
 def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> None:
@@ -287,7 +288,7 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
             .where(
                 x.c.workflow_id == ctx.workflow_id,
                 x.c.status.in_(("completed", "failed", "exited")),
-                x.c.finished_at < _retention_cutoff(ctx),
+                x.c.finished_at < _retention_cutoff(ctx.now, ctx.compiled.settings.retention_days),
             )
             .limit(PURGE_BATCH)
         ).scalars()
