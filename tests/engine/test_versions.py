@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
+from sqlalchemy import event
+
+from careflow.engine import nodes
+from careflow.snapshots import document_hash
 from careflow.store import tables
 
 from .harness import Clinic, action, chain, example, executions, kst, ledger, rows, steps_of
@@ -18,7 +24,7 @@ def record_version(engine, doc: dict[str, Any], version: int) -> None:
             {
                 "workflow_id": doc["id"],
                 "version": version,
-                "content_hash": f"v{version}",
+                "content_hash": document_hash(doc),
                 "name": doc["name"],
                 "clinic_id": doc["clinic_id"],
                 "status": "active",
@@ -117,3 +123,64 @@ def test_a_longer_retention_in_a_new_version_never_enrolls_a_purged_event_again(
     assert report.enrolled == 0
     assert executions(engine, "kept") == {} and rows(engine, tables.messages) == []
     assert fake.stats()["received"] == 1
+
+
+@pytest.fixture
+def version_reads(engine, monkeypatch):
+    """The versions whose documents enrollment reads from the store, from an empty cache."""
+    monkeypatch.setattr(nodes, "_seen_versions", OrderedDict())
+    read: list[int] = []
+    derive = nodes._published_version
+    monkeypatch.setattr(nodes, "_published_version", lambda v, doc: read.append(v) or derive(v, doc))
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if "careflow_workflow_versions.document" in statement:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    yield read, statements
+    event.remove(engine, "before_cursor_execute", count)
+
+
+def test_an_older_version_is_read_once_and_a_new_one_still_counts(engine, journey, fake, version_reads):
+    read, statements = version_reads
+    c = Clinic()
+    c.completed("parked", kst(2025, 3, 3, 10))
+    c.load(engine)
+    record_version(engine, chain("seen", ("a1", "action", action())), 1)
+    v2_doc = chain("seen", ("d1", "delay", {"amount": 3, "unit": "days"}), ("a1", "action", action()))
+    record_version(engine, v2_doc, 2)
+    v2 = journey(v2_doc, version=2)
+    v2.run_at(kst(2025, 3, 4))
+    v2.run_at(kst(2025, 3, 4, 1))
+    assert read == [1] and len(statements) == 1  # the second run reads no document
+    assert steps_of(engine, "seen")[("parked", "d1")]["status"] == "waiting"
+
+    # v3 turns d1 into an action: only v2's document, read now, says the parked step is stale.
+    v3_doc = chain("seen", ("d1", "action", action()))
+    record_version(engine, v3_doc, 3)
+    journey(v3_doc, version=3).run_at(kst(2025, 3, 4, 2))
+    assert read == [1, 2] and len(statements) == 2
+    assert executions(engine, "seen")["parked"]["exit_reason"] == "node_type_changed_in_version_3:d1"
+
+
+def test_a_version_number_holding_other_content_is_read_again(engine, journey, fake, version_reads):
+    read, _ = version_reads
+    c = Clinic()
+    c.completed("parked", kst(2025, 3, 3, 10))
+    c.load(engine)
+    v1_doc = chain("renumbered", ("d1", "delay", {"amount": 3, "unit": "days"}), ("a1", "action", action()))
+    record_version(engine, v1_doc, 1)
+    journey(v1_doc, version=1).run_at(kst(2025, 3, 4))
+    v2 = journey(chain("renumbered", ("d1", "delay", {"amount": 4, "unit": "days"})), version=2)
+    v2.run_at(kst(2025, 3, 4, 1))
+    assert steps_of(engine, "renumbered")[("parked", "d1")]["status"] == "waiting"
+
+    # The database rebuilt, version 1 published again with d1 an action: not what was read before.
+    with engine.begin() as conn:
+        conn.execute(tables.workflow_versions.delete())
+    record_version(engine, chain("renumbered", ("d1", "action", action())), 1)
+    v2.run_at(kst(2025, 3, 4, 2))
+    assert read == [1, 1]
+    assert executions(engine, "renumbered")["parked"]["exit_reason"] == "node_type_changed_in_version_2:d1"

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,7 +48,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     e, a, p, w = tables.appointment_events, tables.appointments, tables.patients, tables.enrollment_watermarks
     engine = ctx.engine
     with st.batch_transaction(ctx, report) as conn:
-        older = _older_versions(conn, ctx)
+        older = _older_versions(conn, ctx, report)
         _exit_removed_nodes(conn, ctx, report, older)
         _purge_past_retention(conn, ctx, report)
         mark = conn.execute(select(w.c.enrolled_until).where(w.c.workflow_id == ctx.workflow_id)).scalar()
@@ -250,27 +253,79 @@ def _retention_cutoff(now: datetime, retention_days: int) -> datetime:
     return now - timedelta(days=retention_days)
 
 
-def _older_versions(conn: Any, ctx: RunContext) -> list[tuple[int, dict[str, Any]]]:
-    """The documents of the workflow's versions before the one running, as published."""
+@dataclass(frozen=True)
+class _PublishedVersion:
+    """What enrollment needs of an older version of the workflow, as published."""
+
+    version: int
+    node_types: tuple[tuple[str, Any], ...]  # (node id, type) of each node
+    retention_days: int | None  # None: the document gives no usable number of days
+
+
+def _published_version(version: int, document: Any) -> _PublishedVersion:
+    """The node types and retention of a published version's document."""
+    from careflow.workflow.models import WorkflowSettings
+
+    if not isinstance(document, dict):
+        return _PublishedVersion(version, (), None)
+    default = WorkflowSettings.model_fields["retention_days"].default
+    value = (document.get("settings") or {}).get("retention_days", default)
+    node_types = tuple(
+        (raw["id"], raw.get("type"))
+        for raw in document.get("nodes") or ()
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str)
+    )
+    return _PublishedVersion(version, node_types, value if isinstance(value, int) and value > 0 else None)
+
+
+#: Older versions already read in this process, by (workflow, version, content hash). A version
+#: row is never updated nor deleted, so what was read of it holds; the hash is in the key because a
+#: number alone could name other content elsewhere (a rebuilt database, another database). The
+#: least recently used entry goes first past the cap.
+_SEEN_VERSIONS_MAX = 4096
+_seen_versions: OrderedDict[tuple[str, int, str], _PublishedVersion] = OrderedDict()
+_seen_lock = threading.Lock()
+
+
+def _older_versions(conn: Any, ctx: RunContext, report: NodeReport) -> list[_PublishedVersion]:
+    """The workflow's versions before the one running; the document only of those not read before."""
     v = tables.workflow_versions
-    rows = conn.execute(
-        select(v.c.version, v.c.document).where(
+    listed = conn.execute(
+        select(v.c.version, v.c.content_hash).where(
             v.c.workflow_id == ctx.workflow_id, v.c.version < ctx.compiled.version
         )
     ).all()
-    return [(version, document) for version, document in rows if isinstance(document, dict)]
+    found: dict[int, _PublishedVersion] = {}
+    with _seen_lock:
+        for version, digest in listed:
+            key = (ctx.workflow_id, version, digest)
+            if key in _seen_versions:
+                _seen_versions.move_to_end(key)
+                found[version] = _seen_versions[key]
+    unread = [version for version, _ in listed if version not in found]
+    if unread:
+        rows = conn.execute(
+            select(v.c.version, v.c.content_hash, v.c.document).where(
+                v.c.workflow_id == ctx.workflow_id, st.among(conn, v.c.version, unread)
+            )
+        ).all()
+        report.queries += 1
+        read = {
+            (version, digest): _published_version(version, document) for version, digest, document in rows
+        }
+        with _seen_lock:
+            for (version, digest), published in read.items():
+                _seen_versions[(ctx.workflow_id, version, digest)] = published
+                found[version] = published
+            while len(_seen_versions) > _SEEN_VERSIONS_MAX:
+                _seen_versions.popitem(last=False)
+    return [found[version] for version in sorted(found)]
 
 
-def _enrollment_floor(ctx: RunContext, older: list[tuple[int, dict[str, Any]]]) -> datetime:
+def _enrollment_floor(ctx: RunContext, older: list[_PublishedVersion]) -> datetime:
     """The earliest event an older version's retention leaves unpurged (``ctx.now`` minus the shortest)."""
-    from careflow.workflow.models import WorkflowSettings
-
-    default = WorkflowSettings.model_fields["retention_days"].default
     days = [ctx.compiled.settings.retention_days]
-    for _, document in older:
-        value = (document.get("settings") or {}).get("retention_days", default)
-        if isinstance(value, int) and value > 0:
-            days.append(value)
+    days += [published.retention_days for published in older if published.retention_days is not None]
     return _retention_cutoff(ctx.now, min(days))
 
 
@@ -304,7 +359,7 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
 
 
 def _exit_removed_nodes(
-    conn: Any, ctx: RunContext, report: NodeReport, older: list[tuple[int, dict[str, Any]]]
+    conn: Any, ctx: RunContext, report: NodeReport, older: list[_PublishedVersion]
 ) -> None:
     """Executions waiting at a node the current version no longer has exit with a reason (docs/contracts.md §4)."""
     s = tables.steps
@@ -321,7 +376,7 @@ def _exit_removed_nodes(
 
 
 def _exit_retyped_nodes(
-    conn: Any, ctx: RunContext, report: NodeReport, older: list[tuple[int, dict[str, Any]]]
+    conn: Any, ctx: RunContext, report: NodeReport, older: list[_PublishedVersion]
 ) -> None:
     """Executions parked at a node id whose type changed since the version that parked them exit too.
 
@@ -332,11 +387,10 @@ def _exit_retyped_nodes(
     s = tables.steps
     current = {node_id: node.type for node_id, node in ctx.compiled.nodes.items()}
     retyped: dict[str, list[int]] = {}
-    for version, document in older:
-        for raw in document.get("nodes") or ():
-            node_id = raw.get("id") if isinstance(raw, dict) else None
-            if node_id in current and raw.get("type") != current[node_id]:
-                retyped.setdefault(node_id, []).append(version)
+    for published in older:
+        for node_id, node_type in published.node_types:
+            if node_id in current and node_type != current[node_id]:
+                retyped.setdefault(node_id, []).append(published.version)
     if not retyped:
         return
     stale = [
