@@ -59,7 +59,8 @@ def _park(engine, compiled, due: datetime, execution_id: str = "x1") -> None:  #
         )
 
 
-def _context(conf: dict, began: datetime | None = None) -> dict:  # type: ignore[type-arg]
+def _context(conf: dict, began: datetime | None = NOW) -> dict:  # type: ignore[type-arg]
+    """A task's context in the daily run, which began at ``NOW`` unless told otherwise."""
     run = SimpleNamespace(conf=conf, run_id="scheduled__x", start_date=began)
     return {"dag_run": run, "run_id": "scheduled__x"}
 
@@ -113,6 +114,20 @@ def test_a_wait_left_overdue_before_the_run_began_does_not_hide_the_later_ones(e
     with pytest.raises(TaskDeferred) as deferred:
         wake.execute(_context({}, began=NOW - timedelta(minutes=5)))
     assert deferred.value.trigger.moment == NOW - timedelta(minutes=1)
+
+
+def test_a_run_without_a_start_date_wakes_for_the_waits_ahead(engine, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    compiled = _compiled()
+    # Due ten minutes ago and still parked: without the run's start, nothing says it fell due
+    # during the run rather than before it. The wait ahead is what gets a wake run.
+    _park(engine, compiled, NOW - timedelta(minutes=10), "earlier")
+    _park(engine, compiled, NOW + timedelta(minutes=30), "ahead")
+    monkeypatch.setattr("careflow.clock.wall_clock", lambda: NOW)
+    wake = build_dag(compiled).get_task("careflow_wake")
+    with pytest.raises(TaskDeferred) as deferred:
+        wake.execute(_context({}, began=None))
+    assert deferred.value.trigger.moment == NOW + timedelta(minutes=30)
+    assert "has no start date" in caplog.text
 
 
 def test_a_wait_after_the_next_run_is_left_to_that_run(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]

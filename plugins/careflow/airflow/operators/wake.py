@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -11,6 +12,8 @@ from airflow.sdk import BaseOperator
 from careflow.clock import CLOCK_KEY, is_simulated, now_for, parse_time
 from careflow.compiler import CompiledWorkflow
 from careflow.compiler.schedule import next_run_after
+
+log = logging.getLogger(__name__)
 
 
 class WakeOperator(BaseOperator):
@@ -95,9 +98,18 @@ class WakeOperator(BaseOperator):
 def _run_began(context: Any, now: datetime) -> datetime:
     """When this DAG run began: its node tasks moved on everything due before then."""
     began = getattr(context["dag_run"], "start_date", None)
-    if isinstance(began, datetime) and began.tzinfo is not None and began <= now:
-        return began
-    return now - timedelta(hours=1)  # a run whose start is unknown: waits due in the last hour
+    if isinstance(began, datetime) and began.tzinfo is not None:
+        return min(began, now)
+    # Airflow sets a running DAG run's start date. Without one, ``now`` is the safe guess: every
+    # wait still ahead is woken for, and one that fell due during the run is left to the next
+    # run (late, never lost). An earlier guess could name a wait its node's task left overdue,
+    # ask again for a wake run that exists, and hide the later waits; failing here would leave
+    # all of them to the next scheduled run.
+    log.warning(
+        "careflow: DAG run %s has no start date; a wait due before now is left to a later run",
+        context.get("run_id"),
+    )
+    return now
 
 
 __all__ = ["CLOCK_KEY", "WakeOperator"]
