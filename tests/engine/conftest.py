@@ -28,3 +28,20 @@ def journey(engine: Engine, fake: FakeProviderServer) -> Callable[..., Journey]:
         return Journey(compile_doc(doc, version), engine, fake, **kw)
 
     return make
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every send process the action node starts (the real ones)."""
+    from careflow.providers import send_process
+
+    processes: list[Any] = []
+    real = send_process.SendProcess.start.__func__  # type: ignore[attr-defined]
+
+    def start(cls: Any, client: Any, gate: Any = None) -> Any:
+        process = real(cls, client, gate)
+        processes.append(process)
+        return process
+
+    monkeypatch.setattr(send_process.SendProcess, "start", classmethod(start))
+    return processes

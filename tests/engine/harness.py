@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from careflow.compiler import CompiledWorkflow, compile_workflow
@@ -316,6 +316,21 @@ def steps_of(engine: Engine, workflow_id: str) -> dict[tuple[str, str], dict[str
             step["output"] = json.loads(output)
         out[(patient_of[step["execution_id"]], step["node_id"])] = step
     return out
+
+
+def age_claims(engine: Engine, workflow_id: str, age: timedelta) -> None:
+    """Date the workflow's claims ``age`` back on the wall clock (their lease runs out by that much).
+
+    Shortening ``CLAIM_LEASE`` instead would shorten the lease of the worker that takes the claims
+    over too, and a worker writes no request past its own lease.
+    """
+    m = tables.messages
+    with engine.begin() as conn:
+        conn.execute(
+            update(m)
+            .where(m.c.workflow_id == workflow_id, m.c.status == "claimed")
+            .values(claimed_at=datetime.now(UTC) - age)
+        )
 
 
 def assert_exactly_once(server: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from careflow.store import tables
 from .harness import (
     Clinic,
     action,
+    age_claims,
     assert_exactly_once,
     chain,
     cohort,
@@ -188,7 +189,7 @@ def test_unknown_outcome_is_kept_until_the_provider_answers(engine, journey, fak
     assert {r["status"] for r in ledger(engine, "once").values()} == {"sent"}
 
 
-def test_worker_killed_mid_batch_every_message_delivered_once(engine, journey, fake, db_url, monkeypatch):
+def test_worker_killed_mid_batch_every_message_delivered_once(engine, journey, fake, db_url):
     patients = _setup(engine, fake, 40)
     fake.configure(latency_ms=40)
     j = journey(DOC)
@@ -211,7 +212,7 @@ def test_worker_killed_mid_batch_every_message_delivered_once(engine, journey, f
     held = j.node("a", T)  # within the lease: another worker leaves the claims alone
     assert held.sent == 0 and held.reasons["claimed_elsewhere"] == 40
 
-    monkeypatch.setattr(actions, "CLAIM_LEASE", timedelta(0))
+    age_claims(engine, "once", actions.CLAIM_LEASE)  # the dead worker's lease runs out
     time.sleep(0.3)  # requests the child had in flight have finished on the provider
     recovered = j.node("a", T + timedelta(minutes=6))
     assert recovered.sent == 40

@@ -305,23 +305,6 @@ def test_held_back_sends_stop_the_preparing_of_more_batches(engine, journey, fak
 # -- the send process -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def started(monkeypatch) -> list[Any]:
-    """Every send process the action node starts (the real ones)."""
-    from careflow.providers import send_process
-
-    processes: list[Any] = []
-    real = send_process.SendProcess.start.__func__  # type: ignore[attr-defined]
-
-    def start(cls: Any, client: Any, gate: Any = None) -> Any:
-        process = real(cls, client, gate)
-        processes.append(process)
-        return process
-
-    monkeypatch.setattr(send_process.SendProcess, "start", classmethod(start))
-    return processes
-
-
 def test_a_real_client_sends_from_a_process_of_its_own(engine, journey, fake, started) -> None:
     j = enrolled(engine, journey, "pipe-proc", patients=47, batch_size=5)
     report = j.node("a", T)

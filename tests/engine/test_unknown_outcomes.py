@@ -16,7 +16,7 @@ from careflow.engine.nodes import process_node
 from careflow.providers.client import Outcome, SendResult
 from careflow.store import tables
 
-from .harness import Clinic, action, chain, cohort, kst, ledger, rows, steps_of
+from .harness import Clinic, action, age_claims, chain, cohort, kst, ledger, rows, steps_of
 
 T = kst(2025, 3, 5)
 
@@ -177,7 +177,7 @@ def test_a_worker_whose_claims_were_taken_does_not_overwrite_what_the_new_holder
     engine, journey, fake, monkeypatch
 ):
     j, ctx, worker, out = _held_claims(engine, journey, fake, monkeypatch, Outcome.TRANSIENT)
-    monkeypatch.setattr(actions, "CLAIM_LEASE", timedelta(0))  # A stalled past its lease
+    age_claims(engine, "lease", actions.CLAIM_LEASE)  # A's lease ran out, by B's clock
     taken = j.node("a", T, worker="B")
     assert taken.sent == 3
     ctx.sender.go.set()
@@ -193,7 +193,7 @@ def test_a_worker_whose_claims_were_taken_and_sent_does_not_count_them_again(
     engine, journey, fake, monkeypatch
 ):
     j, ctx, worker, out = _held_claims(engine, journey, fake, monkeypatch, None)
-    monkeypatch.setattr(actions, "CLAIM_LEASE", timedelta(0))  # A stalled past its lease
+    age_claims(engine, "lease", actions.CLAIM_LEASE)  # A's lease ran out, by B's clock
     taken = j.node("a", T, worker="B")
     assert taken.sent == 3
     fake.configure(honour_idempotency=True)  # A's late requests get the provider's 409

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from careflow.exceptions import ConfigurationError
-from careflow.providers.client import Outcome
+from careflow.providers.client import LeaseDeadline, Outcome
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.providers.hook import MessagingHook
 
@@ -38,6 +38,16 @@ def test_uri_connection_with_extras_in_the_query(
     )
     assert hook.get_client() is client
     assert [r.outcome for r in hook.send_batch([make_message(1)])] == [Outcome.ACCEPTED]
+
+
+def test_the_hook_writes_nothing_past_a_batchs_lease(
+    fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", f"http://:{fake.token}@127.0.0.1:{fake.port}")
+    [result] = MessagingHook().send_batch([make_message(2)], deadline=LeaseDeadline(0.0))
+
+    assert (result.outcome, result.error_code) == (Outcome.NOT_SENT, "lease_expired")
+    assert fake.stats()["received"] == 0
 
 
 def test_json_connection(fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
 
 import pytest
 
-from careflow.providers.client import Message, Outcome, ProviderClient, SendResult
+from careflow.providers.client import LeaseDeadline, Message, Outcome, ProviderClient, SendResult
 from careflow.providers.fake_server import FakeProviderServer
 
 from .conftest import BODY, PHONE, free_port, make_message
@@ -315,3 +316,52 @@ def test_an_unusable_idempotency_key_is_refused_before_sending(fake: FakeProvide
 def test_message_defaults() -> None:
     message = Message("k", "sms", PHONE, BODY)
     assert message.subject is None and message.metadata == {}
+
+
+# -- the lease a batch is sent under --------------------------------------------------------------
+
+
+def test_a_batch_whose_lease_has_run_out_writes_no_request(fake: FakeProviderServer) -> None:
+    gate = CountingGate(allow=10)
+    results = client_for(fake).send_batch(
+        [make_message(i) for i in range(5)], gate=gate, deadline=LeaseDeadline(time.time() - 1)
+    )
+
+    assert [(r.outcome, r.error_code, r.request_sent) for r in results] == [
+        (Outcome.NOT_SENT, "lease_expired", False)
+    ] * 5
+    assert fake.stats()["received"] == 0
+    # the gate's permit goes back with a NOT_SENT (a half-open breaker gets its probe slot back)
+    assert gate.asked == len(gate.seen) == 1 and gate.seen[0].outcome is Outcome.NOT_SENT
+
+
+def test_a_renewed_lease_is_followed_until_it_runs_out(fake: FakeProviderServer) -> None:
+    renewed = ctypes.c_double(time.time() + 60)
+    # The claim's own lease ran out; a renewal since then moved it.
+    deadline = LeaseDeadline(time.time() - 1, renewed)
+    accepted: list[SendResult] = []
+
+    def lease_runs_out_after_three(result: SendResult) -> None:
+        if result.delivered:
+            accepted.append(result)
+        if len(accepted) == 3:
+            renewed.value = time.time() - 1
+
+    results = client_for(fake, max_concurrency=1).send_batch(
+        [make_message(i) for i in range(10)], on_result=lease_runs_out_after_three, deadline=deadline
+    )
+
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 3 + [Outcome.NOT_SENT] * 7
+    assert {r.error_code for r in results[3:]} == {"lease_expired"}
+    assert fake.stats()["received"] == 3
+
+
+def test_a_lease_running_out_mid_batch_stops_what_is_not_written_yet(fake: FakeProviderServer) -> None:
+    fake.configure(latency_ms=800)
+    results = client_for(fake, max_concurrency=1).send_batch(
+        [make_message(i) for i in range(5)], deadline=LeaseDeadline(time.time() + 0.5)
+    )
+
+    # The first request was written in time; the second would have been, after its answer, too late.
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] + [Outcome.NOT_SENT] * 4
+    assert fake.stats()["received"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from careflow.providers.client import Outcome, ProviderClient
+from careflow.providers.client import LeaseDeadline, Outcome, ProviderClient
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.providers.send_process import SendProcess, available
 from careflow.resilience import BreakerConfig, CircuitBreaker
@@ -236,3 +237,48 @@ def test_the_childs_breaker_says_when_sends_may_go_again(fake) -> None:
     assert sender.sends_resume_at() is None  # a closed send process cannot say
     with SendProcess.start(client_for(fake)) as sender:
         assert sender.sends_resume_at() is None  # no breaker at all
+
+
+def test_the_child_writes_no_request_past_the_lease_of_its_batch(fake) -> None:
+    with SendProcess.start(client_for(fake)) as sender:
+        results = sender.send_batch(
+            [make_message(i) for i in range(5)], deadline=LeaseDeadline(time.time() - 1, sender.renewed)
+        )
+    assert {(r.outcome, r.error_code) for r in results} == {(Outcome.NOT_SENT, "lease_expired")}
+    assert fake.stats()["received"] == 0
+
+
+def test_a_renewal_in_the_task_process_reaches_the_child_while_it_sends(fake) -> None:
+    fake.configure(latency_ms=200)
+    with SendProcess.start(client_for(fake, max_concurrency=1)) as sender:
+        # Written after the fork: the child reads it from the memory both processes share.
+        sender.renewed.value = time.time() + 60
+        batch = [make_message(i) for i in range(20)]
+        box: dict = {}
+        thread = threading.Thread(
+            target=lambda: box.update(
+                results=sender.send_batch(batch, deadline=LeaseDeadline(time.time() - 1, sender.renewed))
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 10
+        while fake.stats()["received"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sender.renewed.value = time.time() - 1  # the renewed lease runs out
+        thread.join(10)
+
+    results = box["results"]
+    sent = [r for r in results if r.outcome is Outcome.ACCEPTED]
+    # what was on the wire when the lease ran out finished; nothing after it was written
+    assert 2 <= len(sent) < len(batch) and results[: len(sent)] == sent
+    assert {(r.outcome, r.error_code) for r in results[len(sent) :]} == {(Outcome.NOT_SENT, "lease_expired")}
+    assert fake.stats()["received"] == len(sent)
+
+
+def test_a_deadline_follows_only_the_renewals_the_child_shares(fake) -> None:
+    with SendProcess.start(client_for(fake)) as sender:
+        foreign = LeaseDeadline(time.time() + 60, ctypes.c_double(time.time() + 60))
+        with pytest.raises(ValueError, match="renewals it shares"):
+            sender.send_batch([make_message(1)], deadline=foreign)
+        assert sender.send_batch([make_message(1)], deadline=LeaseDeadline(time.time() + 60))[0].delivered
+    assert fake.stats()["received"] == 1

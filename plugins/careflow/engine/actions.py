@@ -6,11 +6,14 @@ idempotency key, in one transaction; (2) send the claimed messages concurrently,
 transaction; (3) record every outcome. A claim is a lease: a worker killed mid-send leaves
 ``claimed`` rows that the next attempt reconciles by asking the provider for the key before it
 sends again (and the provider dedupes on the same key). Unknown outcomes are never resent blindly.
+No request is written once the lease of its batch has run out (a worker that stalled past it):
+the message comes back not sent, pending for a later attempt if this worker still holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -24,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
@@ -34,6 +37,9 @@ from careflow.engine.context import NodeReport, RunContext
 from careflow.exceptions import ProviderConfigurationError, TemplateError
 from careflow.store import tables
 from careflow.workflow.timezones import zone, zone_or
+
+if TYPE_CHECKING:
+    from careflow.providers.client import LeaseDeadline
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,12 @@ _HELD_BACK = ("breaker_open", "throttled")
 _SUSPECT = ("claimed", "unknown")
 #: How often a worker waiting for its batches to be sent renews its claims on them, in seconds.
 RENEW_EVERY = CLAIM_LEASE.total_seconds() / 5
+#: The send stage stops writing a batch's requests this long before its lease runs out (on this
+#: worker's wall clock): another worker judges the lease by its own clock, which may run a little
+#: ahead of this one, and a request checked just in time may still open a connection (up to the
+#: client's timeout, 10 s by default) before it is written. At most a tenth of the lease, so that
+#: a lease shortened to a second (the chaos runner's) keeps most of its time.
+LEASE_MARGIN = timedelta(seconds=30)
 #: The first batch of an action is at most this big, and each next one twice the one before, up
 #: to the workflow's ``batch_size``: the first messages leave once a hundred are prepared, not a
 #: thousand, and the send stage has its next batch before it runs out.
@@ -128,14 +140,14 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
             if prepared is None:
                 more = False
             else:
-                after, to_send, last_full = prepared
+                after, to_send, last_full, claimed_at = prepared
                 more = last_full
                 batch = min(2 * batch, ctx.compiled.settings.batch_size)
                 if to_send:
-                    in_flight.append((to_send, stage.submit(to_send)))
+                    in_flight.append((to_send, stage.submit(to_send, claimed_at)))
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not (report.stop_reason or report.retry_at is not None):
-                _record_handed(ctx, node, in_flight.popleft(), report, in_flight)
+                _record_handed(ctx, node, stage, in_flight.popleft(), report, in_flight)
             if report.stop_reason or report.retry_at is not None:
                 # A configuration error, or the breaker or a long Retry-After held sends back:
                 # the batches not prepared yet stay pending for the attempt after the wait, and
@@ -167,7 +179,7 @@ def _drain(
     try:
         while in_flight:
             try:
-                _record_handed(ctx, node, in_flight.popleft(), report, in_flight)
+                _record_handed(ctx, node, stage, in_flight.popleft(), report, in_flight)
             except Exception as exc:
                 if first is None:
                     first = exc
@@ -188,7 +200,9 @@ class _SendStage:
 
     The send process (``careflow.providers.send_process``) is forked at the first batch, only for
     careflow's own provider client and when ``[careflow] send_process`` is not false. It holds
-    ``depth`` batches at once; a thread of this process holds one.
+    ``depth`` batches at once; a thread of this process holds one. Either way, no request of a
+    batch is written past its lease: the deadline of its claim, or of the last renewal, which
+    covers every batch handed over before it (``renewed``).
     """
 
     def __init__(self, ctx: RunContext, node: CompiledNode) -> None:
@@ -196,6 +210,8 @@ class _SendStage:
         self.sender: Any = ctx.sender
         self.process: Any = None
         self.depth = 1
+        #: the last renewal's deadline; the send process's, in memory it shares, once it runs
+        self._renewed = ctypes.c_double(0.0)
         self._executor: ThreadPoolExecutor | None = None
         self._nice = 0
         self._lowered: tuple[int, int] | None = None
@@ -209,8 +225,10 @@ class _SendStage:
             self.depth = send_process.SendProcess.concurrent_batches
             self._nice = prepare_nice()
 
-    def submit(self, to_send: dict[str, dict[str, Any]]) -> Future[_Sent]:
-        """Hand one claimed batch to the stage; its future gives what was sent."""
+    def submit(self, to_send: dict[str, dict[str, Any]], claimed_at: datetime) -> Future[_Sent]:
+        """Hand one batch, claimed at ``claimed_at``, to the stage; its future gives what was sent."""
+        from careflow.providers.client import LeaseDeadline
+
         if self.ctx.dry_run:  # nothing leaves, no thread
             future: Future[_Sent] = Future()
             future.set_result(_send(self.ctx, self.node, to_send, None))
@@ -222,7 +240,12 @@ class _SendStage:
                 max_workers=self.depth + (self.process is not None),
                 thread_name_prefix=f"careflow-send-{self.node.id}",
             )
-        return self._executor.submit(_send, self.ctx, self.node, to_send, self.sender)
+        deadline = LeaseDeadline(_lease_deadline(claimed_at), self._renewed)
+        return self._executor.submit(_send, self.ctx, self.node, to_send, self.sender, deadline)
+
+    def renewed(self, at: datetime) -> None:
+        """The claims of every batch handed over so far were renewed at ``at``: their lease moves."""
+        self._renewed.value = _lease_deadline(at)
 
     def _start_process(self) -> None:
         from careflow.providers.send_process import SendProcess
@@ -234,6 +257,7 @@ class _SendStage:
             self.depth = 1
         else:
             self.sender = self.process
+            self._renewed = self.process.renewed
             # The send process keeps the priority it was forked with; this thread gives way to it.
             self._lowered = _lower_priority(self._nice)
 
@@ -308,22 +332,26 @@ _Handed = tuple[dict[str, dict[str, Any]], Future[_Sent]]
 def _record_handed(
     ctx: RunContext,
     node: CompiledNode,
+    stage: _SendStage,
     handed: _Handed,
     report: NodeReport,
     behind: Iterable[_Handed] = (),
 ) -> None:
     """Wait for what the send stage made of one batch, count its lookups, and record it.
 
-    While it waits, the claims of this batch and of the batches ``behind`` it are renewed every
-    ``RENEW_EVERY`` seconds: a slow provider keeps a live worker's batches for longer than the
-    lease, and another worker must not take them for abandoned.
+    While it waits, the claims of this batch and of the batches ``behind`` it (every batch the
+    stage holds) are renewed every ``RENEW_EVERY`` seconds: a slow provider keeps a live worker's
+    batches for longer than the lease, and another worker must not take them for abandoned. The
+    stage's deadline moves with a renewal only when every one of those claims was still held.
     """
     to_send, future = handed
     while True:
         try:
             sent = future.result(timeout=RENEW_EVERY)
         except FutureTimeout:
-            _renew_claims(ctx, [to_send, *(batch for batch, _ in behind)])
+            renewed_at = _renew_claims(ctx, [to_send, *(batch for batch, _ in behind)])
+            if renewed_at is not None:
+                stage.renewed(renewed_at)
         else:
             break
     if sent.reconciled:
@@ -333,13 +361,26 @@ def _record_handed(
     _record(ctx, node, to_send, sent, report)
 
 
-def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> None:
-    """Move the lease of every message of ``batches`` that this worker still holds to now."""
-    keys = [key for batch in batches for key in batch]
+def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> datetime | None:
+    """Move the lease of every message of ``batches`` that this worker still holds to now.
+
+    Returns the new claim time if this worker still held every one of them, else None: a message
+    another worker took over (this one stalled past its lease) must not have its batch's deadline
+    moved, so the deadline of every batch stays where it was.
+    """
+    keys = list({key for batch in batches for key in batch})
     if not keys:
-        return
+        return None
+    wall = _wall()
     with st.batch_transaction(ctx) as conn:
-        conn.execute(update(m).where(*_held_by(conn, ctx, keys)).values(claimed_at=_wall()))
+        renewed = conn.execute(update(m).where(*_held_by(conn, ctx, keys)).values(claimed_at=wall)).rowcount
+    return wall if renewed == len(keys) else None
+
+
+def _lease_deadline(claimed_at: datetime) -> float:
+    """The unix time after which no request of a batch claimed (or renewed) at ``claimed_at`` is written."""
+    lease = CLAIM_LEASE.total_seconds()
+    return claimed_at.timestamp() + lease - min(LEASE_MARGIN.total_seconds(), lease / 10)
 
 
 def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
@@ -524,7 +565,7 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
         report.queries += st.settle_executions(
             conn, ctx, [r["execution_id"] for r in rows if r["id"] in moved]
         )
-    return last_id, to_send, len(rows) == batch
+    return last_id, to_send, len(rows) == batch, wall
 
 
 def _claim(conn: Any, ctx: RunContext, keys: list[str], wall: datetime) -> set[str]:
@@ -544,12 +585,19 @@ def _claim(conn: Any, ctx: RunContext, keys: list[str], wall: datetime) -> set[s
     return set(conn.execute(stmt).scalars())
 
 
-def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]], sender: Any) -> _Sent:
+def _send(
+    ctx: RunContext,
+    node: CompiledNode,
+    to_send: dict[str, dict[str, Any]],
+    sender: Any,
+    deadline: LeaseDeadline | None = None,
+) -> _Sent:
     """The send stage of one claimed batch: reconcile suspects, send the rest, ask about lost answers.
 
     Runs in a send thread: it talks to the provider through ``sender`` (the client, or the send
     process) and to the breaker's gate only; the ledger and the report belong to the calling
-    thread, which records what this returns.
+    thread, which records what this returns. No request is written past ``deadline`` (the
+    batch's ``LeaseDeadline``); lookups still go, since they change nothing at the provider.
     """
     from careflow.providers.client import Message, Outcome, SendResult
 
@@ -610,7 +658,7 @@ def _send(ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]
                 msg.idempotency_key, Outcome.ACCEPTED, provider_id="dry-run"
             )
     elif messages:
-        for result in sender.send_batch(messages, gate=ctx.gate):
+        for result in sender.send_batch(messages, gate=ctx.gate, deadline=deadline):
             results[result.idempotency_key] = result
         unknown = [
             m.idempotency_key

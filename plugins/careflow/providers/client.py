@@ -17,7 +17,8 @@ outcome                 when                                                    
 ``UNKNOWN``             the request left but no proof of the outcome: read        reconcile with
                         timeout, dropped connection, malformed 2xx answer         ``lookup``
 ``NOT_SENT``            the batch stopped (gate open, configuration error,        send again later
-                        throttled too long) before this message was sent
+                        throttled too long, lease expired) before this message
+                        was sent
 ======================  =======================================================  ===================
 
 Malformed answers are never ``ACCEPTED``: a 2xx body that is not the contract (HTML from a proxy,
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import email.utils
 import json
 import logging
@@ -115,6 +117,29 @@ class SendGate(Protocol):
 
     def after_send(self, result: SendResult) -> None:
         """Called with every result of a request that was attempted."""
+
+
+class LeaseDeadline:
+    """When the claim a batch is sent under runs out (a unix time): no request of it is written after.
+
+    ``own`` comes with the batch (its claim). ``renewed``, when given, is moved by every renewal of
+    the claims in flight and counts once it is later than ``own``; in shared memory, a send
+    process sees it move. Both are wall-clock times: other workers judge the lease by theirs.
+    """
+
+    __slots__ = ("own", "renewed")
+
+    def __init__(self, own: float, renewed: ctypes.c_double | None = None) -> None:
+        self.own = own
+        self.renewed = renewed
+
+    def __repr__(self) -> str:
+        renewed = None if self.renewed is None else self.renewed.value
+        return f"LeaseDeadline(own={self.own!r}, renewed={renewed!r})"
+
+    def passed(self, now: float) -> bool:
+        """True once ``now`` (``time.time()``) is past both the batch's own deadline and the renewal's."""
+        return now >= self.own and (self.renewed is None or now >= self.renewed.value)
 
 
 # -- the provider's answers ------------------------------------------------------------------
@@ -520,6 +545,15 @@ class ProviderClient:
         )
 
     @staticmethod
+    def _lease_expired(key: str) -> SendResult:
+        return SendResult(
+            key,
+            Outcome.NOT_SENT,
+            error_code="lease_expired",
+            error_message="not sent: the claim on this message ran out before its request was written",
+        )
+
+    @staticmethod
     def _not_sent(key: str, state: _BatchState) -> SendResult:
         retry_after = max(0.0, state.stop_until - time.time()) if state.stop_until else None
         return SendResult(
@@ -536,12 +570,15 @@ class ProviderClient:
         *,
         gate: SendGate | None = None,
         on_result: Callable[[SendResult], None] | None = None,
+        deadline: LeaseDeadline | None = None,
     ) -> list[SendResult]:
         """Send messages concurrently; one result per message, in input order. Never raises per message.
 
         ``gate.before_send()`` is asked before each request (a unix time stops the batch) and
         ``gate.after_send(result)`` hears every attempted request. A ``CONFIGURATION`` outcome
         stops the batch at once; a ``THROTTLED`` one pauses the rest of it for ``Retry-After``.
+        Once ``deadline`` has passed, checked right before each request is written, the batch
+        stops with ``error_code="lease_expired"``: another worker may own its messages by now.
         Messages not sent once the batch stopped come back ``NOT_SENT``. ``on_result`` is called
         once per message as soon as its result is known (``NOT_SENT`` included). If it raises,
         the batch stops, the requests in flight finish, and the first error is re-raised.
@@ -593,7 +630,15 @@ class ProviderClient:
                             emit(index, self._not_sent(message.idempotency_key, state))
                             continue
                     async with semaphore:
-                        result = await self._post(pool, message)
+                        # Checked after every wait (a 429's pause, the gate, a free connection) and
+                        # right before the request is written: a worker that stalled past its lease
+                        # sends nothing of the batch once it resumes. A NOT_SENT given to the gate
+                        # below hands back a half-open breaker's probe slot.
+                        if deadline is not None and deadline.passed(time.time()):
+                            state.stop("lease_expired")
+                            result = self._lease_expired(message.idempotency_key)
+                        else:
+                            result = await self._post(pool, message)
                     if gate is not None:
                         try:
                             gate.after_send(result)
@@ -639,9 +684,10 @@ class ProviderClient:
         *,
         gate: SendGate | None = None,
         on_result: Callable[[SendResult], None] | None = None,
+        deadline: LeaseDeadline | None = None,
     ) -> list[SendResult]:
         """``send_many`` from synchronous code (an Airflow task): runs its own event loop."""
-        return _run_sync(lambda: self.send_many(messages, gate=gate, on_result=on_result))
+        return _run_sync(lambda: self.send_many(messages, gate=gate, on_result=on_result, deadline=deadline))
 
     # -- reconciling -------------------------------------------------------------------------
 

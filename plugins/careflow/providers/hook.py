@@ -16,7 +16,7 @@ from airflow.sdk import BaseHook
 
 from careflow import settings
 from careflow.exceptions import ConfigurationError
-from careflow.providers.client import Message, Outcome, ProviderClient, SendGate, SendResult
+from careflow.providers.client import LeaseDeadline, Message, Outcome, ProviderClient, SendGate, SendResult
 
 
 def _config_for(conn_id: str) -> settings.MessagingConfig:
@@ -93,9 +93,10 @@ class MessagingHook(BaseHook):
         *,
         gate: SendGate | None = None,
         on_result: Callable[[SendResult], None] | None = None,
+        deadline: LeaseDeadline | None = None,
     ) -> list[SendResult]:
         """``ProviderClient.send_batch`` on this connection's client."""
-        return self.get_client().send_batch(messages, gate=gate, on_result=on_result)
+        return self.get_client().send_batch(messages, gate=gate, on_result=on_result, deadline=deadline)
 
     def test_connection(self) -> tuple[bool, str]:
         """Ask the provider for a key it cannot have, then send it a message without fields.

@@ -11,6 +11,10 @@ own, and runs the client, its event loop and the breaker's gate in the child, on
   ``max_concurrency`` bound, so the next batch fills the connections while the last answers of
   the one before it are still coming in;
 - ``lookup_many`` asks the provider about keys, in the child too;
+- a batch comes with the deadline of the claim it is sent under (``LeaseDeadline``), and
+  :attr:`SendProcess.renewed`, a double in memory shared with the child, carries the deadline of
+  the task's last renewal of its claims: the child writes no request once both have passed,
+  and a renewal reaches it without a message on the pipe;
 - the child's log records and the breaker's events (transitions, Redis lost) travel back over
   the same pipe; the task process logs them and hands the events to its alerts and metrics, as
   if they had happened there; the breaker's state is shared through its backend (Redis or the
@@ -27,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -40,6 +46,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from careflow.providers.client import (
+    LeaseDeadline,
     Message,
     Outcome,
     ProviderClient,
@@ -74,11 +81,21 @@ class SendProcess:
     #: How many batches the action node keeps in the child while it prepares the next one.
     concurrent_batches = 2
 
-    def __init__(self, client: ProviderClient, gate: SendGate | None, pid: int, conn: Connection) -> None:
+    def __init__(
+        self,
+        client: ProviderClient,
+        gate: SendGate | None,
+        pid: int,
+        conn: Connection,
+        renewed: ctypes.c_double | None = None,
+    ) -> None:
         self.client = client
         self.name = client.name
         self.gate = gate
         self.pid = pid
+        #: The deadline (unix time) set by the last renewal of the claims in flight; the child reads
+        #: it before every request of a batch whose ``LeaseDeadline`` follows it.
+        self.renewed = renewed if renewed is not None else ctypes.c_double(0.0)
         self._conn = conn
         self._send_lock = threading.Lock()
         self._pending: dict[int, tuple[Future[Any], str, list[Any]]] = {}
@@ -97,20 +114,23 @@ class SendProcess:
         """Fork the child; it sends with ``client`` and asks ``gate`` before every request."""
         if not available():
             raise SendProcessLost("this platform cannot fork a send process")
+        # Made before the fork, so that parent and child map the same page: a renewal written
+        # here is read there at the next request. One writer, and an aligned double: no lock.
+        renewed = multiprocessing.RawValue(ctypes.c_double, 0.0)
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = 1
             try:
                 ours.close()
-                _child_main(Connection(theirs.detach()), client, gate)
+                _child_main(Connection(theirs.detach()), client, gate, renewed)
                 code = 0
             except BaseException:  # the parent reads the closed pipe and gives the batches back
                 pass
             finally:
                 os._exit(code)
         theirs.close()
-        return cls(client, gate, pid, Connection(ours.detach()))
+        return cls(client, gate, pid, Connection(ours.detach()), renewed)
 
     def __enter__(self) -> SendProcess:
         return self
@@ -121,21 +141,31 @@ class SendProcess:
     # -- what the action stage calls ------------------------------------------------------------
 
     def send_batch(
-        self, messages: Iterable[Message], *, gate: SendGate | None = None, on_result: Any = None
+        self,
+        messages: Iterable[Message],
+        *,
+        gate: SendGate | None = None,
+        on_result: Any = None,
+        deadline: LeaseDeadline | None = None,
     ) -> list[SendResult]:
         """Send in the child; one result per message, in input order (see ``ProviderClient.send_many``).
 
-        The child asks the gate it was started with; ``gate`` must be that one or None.
+        The child asks the gate it was started with; ``gate`` must be that one or None. The
+        renewals a ``deadline`` follows must be :attr:`renewed` (or none): the child sees no other.
         """
         if on_result is not None:
             raise ValueError("a send process reports results per batch, not per message (on_result)")
         if gate is not None and gate is not self.gate:
             raise ValueError("a send process asks the gate it was started with")
+        renewals = None if deadline is None else deadline.renewed
+        if renewals is not None and renewals is not self.renewed:
+            raise ValueError("a send process follows the renewals it shares with this process (renewed)")
         batch = list(messages)
         if not batch:
             return []
+        wire = (batch, None if deadline is None else deadline.own, renewals is not None)
         try:
-            results: list[SendResult] = self._call("send", batch).result()
+            results: list[SendResult] = self._call("send", batch, wire).result()
         except SendProcessLost as exc:
             return [_not_sent(m.idempotency_key, str(exc)) for m in batch]
         return results
@@ -184,7 +214,8 @@ class SendProcess:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _call(self, kind: str, payload: list[Any]) -> Future[Any]:
+    def _call(self, kind: str, payload: list[Any], wire: Any = None) -> Future[Any]:
+        """Hand a request to the child: ``payload`` is kept to answer for it, ``wire`` (else it) is sent."""
         future: Future[Any] = Future()
         request = next(self._ids)
         # Checked and registered under the lock _give_back takes: a request is either refused
@@ -196,7 +227,7 @@ class SendProcess:
             self._pending[request] = (future, kind, payload)
         try:
             with self._send_lock:
-                self._conn.send((request, kind, payload))
+                self._conn.send((request, kind, payload if wire is None else wire))
         except (OSError, ValueError) as exc:
             with self._pending_lock:
                 mine = self._pending.pop(request, None) is not None
@@ -295,9 +326,12 @@ def _relog(record: dict[str, Any]) -> None:
 class _Feed:
     """A batch's messages as ``send_many`` takes them; ``dispatched`` is set once all were taken."""
 
-    def __init__(self, messages: list[Message], dispatched: asyncio.Event) -> None:
+    def __init__(
+        self, messages: list[Message], dispatched: asyncio.Event, deadline: LeaseDeadline | None = None
+    ) -> None:
         self.messages = messages
         self.dispatched = dispatched
+        self.deadline = deadline
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -392,7 +426,9 @@ def _drop_inherited_sockets(keep: int) -> None:
         os.close(devnull)
 
 
-def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None) -> None:
+def _child_main(
+    conn: Connection, client: ProviderClient, gate: SendGate | None, renewed: ctypes.c_double
+) -> None:
     # The task process's handlers belong to Airflow's task runner; here a SIGTERM just ends the
     # child (the task process sees its pipe close and gives the batches back as unknown).
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
@@ -427,7 +463,7 @@ def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None)
             if kind == "send":
                 if turn is not None:
                     await turn.wait()
-                answer: Any = await client.send_many(payload, gate=gate)
+                answer: Any = await client.send_many(payload, gate=gate, deadline=payload.deadline)
             elif kind == "lookup":
                 answer = await client.lookup_many_async(payload)
             else:  # "breaker"
@@ -463,8 +499,11 @@ def _child_main(conn: Connection, client: ProviderClient, gate: SendGate | None)
                     break
                 request, kind, payload = item
                 if kind == "send":
+                    messages, own, follows = payload
+                    deadline = None if own is None else LeaseDeadline(own, renewed if follows else None)
                     feed_turn, turn = turn, asyncio.Event()
-                    task = asyncio.create_task(handle(request, kind, _Feed(payload, turn), feed_turn))
+                    feed = _Feed(messages, turn, deadline)
+                    task = asyncio.create_task(handle(request, kind, feed, feed_turn))
                 else:
                     task = asyncio.create_task(handle(request, kind, payload))
                 tasks.add(task)
