@@ -103,9 +103,10 @@ def test_two_workers_racing_on_one_action_send_each_message_once(engine, journey
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads)
     assert not errors, errors
+    assert len(reports) == 2 and all(r.batches for r in reports)  # both workers took part
     assert sum(r.sent for r in reports) == 60
-    assert all(r.batches for r in reports)  # both workers took part
     stats = assert_exactly_once(fake)
     assert stats["received"] == 60 and stats["duplicates"] == 0
     rows = ledger(engine, "once")

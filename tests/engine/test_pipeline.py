@@ -156,9 +156,10 @@ def test_insert_ignore_names_the_table_not_the_value_it_cannot_write(engine) -> 
     row = {**ledger_row("bad", attempts=0, status="pending"), "idempotency_key": "bad-1", "reason": Secret()}
     with pytest.raises((ValueError, StatementError)) as raised, engine.begin() as conn:
         st.insert_ignore(conn, m, [row], ["idempotency_key"])
+    assert "careflow_messages" in str(raised.value)
+    assert "010-1234-5678" not in str(raised.value)
     if engine.dialect.name == "postgresql":  # SQLite's path is SQLAlchemy's own executemany
-        assert "careflow_messages" in str(raised.value) and "Secret" in str(raised.value)
-        assert "010-1234-5678" not in str(raised.value)
+        assert "Secret" in str(raised.value)
     with engine.connect() as conn:
         assert conn.execute(select(m.c.idempotency_key).where(m.c.idempotency_key == "bad-1")).all() == []
 
