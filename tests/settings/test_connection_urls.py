@@ -7,6 +7,7 @@ password or token may hold any character, and the connection's options reach the
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -359,6 +360,8 @@ def redis_user() -> Iterator[tuple[str, str]]:
     try:
         client.ping()
     except redis.exceptions.ConnectionError:
+        if os.environ.get("CI"):
+            pytest.fail("Redis is not reachable at 127.0.0.1:6379; .ci/run should have started it")
         pytest.skip("Redis is not reachable at 127.0.0.1:6379")
     user, password = f"careflow_user_{uuid.uuid4().hex[:10]}", "p@ss/w%rd:1"
     client.acl_setuser(user, enabled=True, passwords=[f"+{password}"], commands=["+ping", "+acl|whoami"])
