@@ -86,6 +86,47 @@ def publish_for_airflow(document: dict[str, Any], engine: Any, tmp_path: Path) -
     return workflows
 
 
+def phone_spellings(phone: str) -> list[str]:
+    """A Korean mobile number as written and as careflow carries it, to search output for.
+
+    ``010-5550-1186`` -> itself, ``01055501186``, the E.164 form the provider client sends
+    (``+821055501186``), the national digits without the trunk 0 (``1055501186``, in every
+    unseparated spelling) and the written form without it (``10-5550-1186``, as in
+    ``+82 10-5550-1186``).
+    """
+    digits = "".join(ch for ch in phone if ch.isdigit())
+    national = digits[1:] if digits.startswith("0") else digits
+    spellings = [phone, digits, f"+82{national}", national]
+    if phone.startswith("0"):
+        spellings.append(phone[1:])
+    return spellings
+
+
+def refuse_connections(monkeypatch: Any) -> list[str]:
+    """Refuse every network connection (sockets, and libpq's own in psycopg2) for the rest of a test.
+
+    Returns the list each attempt is recorded in: a refusal raised inside code that catches
+    ``Exception`` and carries on is still seen when the test asserts the list is empty.
+    """
+    import psycopg2
+
+    attempts: list[str] = []
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            target = next((a for a in args if not isinstance(a, socket.socket)), kwargs)
+            attempts.append(f"{what} {target!r}")
+            raise ConnectionRefusedError(f"no network here: {what} {target!r}")
+
+        return refused
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("socket.connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", refuse("socket.create_connection"))
+    monkeypatch.setattr(psycopg2, "connect", refuse("psycopg2.connect"))
+    return attempts
+
+
 def copy_examples(target: Path) -> list[Path]:
     """Copy the examples into ``target`` (returns the copies)."""
     target.mkdir(parents=True, exist_ok=True)

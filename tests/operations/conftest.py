@@ -18,6 +18,7 @@ from careflow.demo.data import generate, load
 from careflow.engine.context import RunContext
 from careflow.engine.nodes import next_wake, process_node
 from careflow.workflow.validation import validate_workflow
+from support import phone_spellings
 
 START = datetime(2026, 3, 4, tzinfo=timezone.utc)
 
@@ -98,12 +99,12 @@ def run_engine(
 
 
 def patient_strings(data: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Every patient's name, phone number (as written and as digits) and e-mail address."""
+    """Every patient's name, phone number (as written, as digits, in E.164) and e-mail address."""
     out: list[str] = []
     for p in data["patients"]:
         out.append(p["name"])
         if p["phone"]:
-            out += [p["phone"], "".join(ch for ch in p["phone"] if ch.isdigit())]
+            out += phone_spellings(p["phone"])
         if p.get("email"):
             out.append(p["email"])
     return out
