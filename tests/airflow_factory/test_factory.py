@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +13,7 @@ from careflow.airflow.factory import WAKE_TASK_ID, build_dags
 from careflow.airflow.operators import NODE_OPERATORS
 from careflow.airflow.operators.action import PROVIDER_POOL
 from careflow.airflow.operators.wake import WakeOperator
+from support import refuse_connections
 
 from .sample_workflows import BRANCHING, CORRUPT, INVALID, PAUSED, sources_by_id
 
@@ -172,15 +172,11 @@ def test_parsing_touches_no_database_and_no_network(
     published_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CAREFLOW_DB_URL", "postgresql+psycopg2://careflow@127.0.0.1:1/unreachable")
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the DAG factory opened a network connection while parsing")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    attempts = refuse_connections(monkeypatch)
     started = time.perf_counter()
     dags, _ = build_dags(published_dir)
     elapsed = time.perf_counter() - started
+    assert attempts == [], "the DAG factory opened a connection while parsing"
     assert sorted(dags) == [f"careflow__{wid}" for wid in ACTIVE]
     assert elapsed < 2.0, f"parsing {len(dags)} workflows took {elapsed:.2f}s"
 

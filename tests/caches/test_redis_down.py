@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from careflow.resilience.cache import TEMPLATES, VALIDATION, cache_stats
 from careflow.snapshots import load_all
 from careflow.workflow.validation import validate_workflow
-from support import EXAMPLES
+from support import EXAMPLES, refuse_connections
 
 from .conftest import another_process
 
@@ -60,13 +59,10 @@ def test_a_dag_parse_never_asks_redis(dead_redis, engine, workflows_dir, monkeyp
     publish_paths(sources, engine=engine, workflows_dir=workflows_dir)
     another_process()
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("loading snapshots opened a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    attempts = refuse_connections(monkeypatch)
     good, problems = load_all(workflows_dir)
     assert len(good) == len(RAW) and problems == []
+    assert attempts == [], "loading snapshots opened a network connection"
 
 
 @pytest.mark.parametrize("configured", [False, True])
