@@ -9,22 +9,29 @@ touching the run. On each breaker backend, with careflow's production breaker se
 - Redis shared by every worker (careflow tables on Postgres);
 - Redis configured but stopped for the whole run: the per-process fallback (Postgres);
 - no Redis at all: the embedded default (SQLite tables, the breaker in a SQLite file).
+
+Each case also checks where the breaker's state really was: in Redis, in the process (with the
+fallback warning), or in the breaker file.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 
 from careflow.providers.fake_server import FakeProviderServer
+from careflow.resilience.redis_link import key_prefix
 from careflow.store import tables
 from careflow.store.db import dispose_engines, get_engine
 from careflow.store.migrations import upgrade
@@ -34,6 +41,8 @@ from support import careflow_env, publish_for_airflow
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 PATIENTS = 600
+REDIS_URL = "redis://127.0.0.1:6379/0"
+STOPPED_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: Redis is down all along
 OUTAGE_SECONDS = 20.0
 #: The client's concurrency for this provider (the connection's ``max_concurrency``).
 CONCURRENCY = 10
@@ -53,6 +62,67 @@ def _database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
     return url
 
 
+def _breakers_in_redis(provider_name: str) -> dict[str, list[str]]:
+    """The provider's breakers stored in Redis: name -> the states of its logged transitions."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        head = f"{key_prefix()}:breaker:{{"
+        found: dict[str, list[str]] = {}
+        for key in client.scan_iter(match=f"{head}{provider_name}:*}}"):
+            entries = client.lrange(key + b":log", 0, -1)
+            found[key.decode()[len(head) : -1]] = [json.loads(e)["to"] for e in reversed(entries)]
+        return found
+    finally:
+        client.close()
+
+
+def _breakers_in_file(path: Path, provider_name: str) -> dict[str, list[str]]:
+    """The provider's breakers stored in the embedded breaker file, as for Redis."""
+    if not path.exists():
+        return {}
+    with closing(sqlite3.connect(path)) as conn:
+        names = [
+            name
+            for (name,) in conn.execute(
+                "select name from breaker_state where name like ?", (f"{provider_name}:%",)
+            )
+        ]
+        return {
+            name: [
+                json.loads(entry)["to"]
+                for (entry,) in conn.execute(
+                    "select entry from breaker_transitions where name = ? order by id", (name,)
+                )
+            ]
+            for name in names
+        }
+
+
+def _task_logs(airflow_home: Path, dag_id: str) -> str:
+    return "\n".join(
+        p.read_text(errors="replace")
+        for p in (airflow_home / "logs").glob(f"**/dag_id={dag_id}/**/*")
+        if p.is_file()
+    )
+
+
+def _assert_breaker_kept_by(
+    backend: str, *, in_redis: dict[str, list[str]], in_file: dict[str, list[str]], output: str
+) -> None:
+    """The provider's breaker opened in ``backend``'s store: Redis, the process, or the breaker file."""
+    fell_back = "circuit breakers and caches use per-process state" in output
+    if backend == "redis":
+        assert len(in_redis) == 1 and "open" in next(iter(in_redis.values())), in_redis
+        assert in_file == {} and not fell_back, (in_file, fell_back)
+    elif backend == "redis-stopped":
+        assert f"Redis at {STOPPED_REDIS_URL} is unreachable" in output and fell_back, output[-3000:]
+        assert in_redis == {} and in_file == {}, (in_redis, in_file)
+    else:
+        assert len(in_file) == 1 and "open" in next(iter(in_file.values())), in_file
+        assert in_redis == {} and not fell_back, (in_redis, fell_back)
+        assert "using per-process breaker state" not in output  # the file itself was usable
+
+
 @pytest.mark.parametrize("backend", ["redis", "redis-stopped", "embedded"])
 def test_a_20_second_outage_is_ridden_out_by_airflow_without_retries(
     backend: str, airflow_home: Path, tmp_path: Path, request: pytest.FixtureRequest
@@ -67,8 +137,8 @@ def test_a_20_second_outage_is_ridden_out_by_airflow_without_retries(
     workflows = publish_for_airflow(chain(workflow_id, ("send", "action", action())), engine, tmp_path)
 
     redis_url = {
-        "redis": "redis://127.0.0.1:6379/0",
-        "redis-stopped": "redis://127.0.0.1:1/0",  # nothing listens there: Redis is down all along
+        "redis": REDIS_URL,
+        "redis-stopped": STOPPED_REDIS_URL,
         "embedded": "",
     }[backend]
     # A provider name of its own: no breaker state from another test or run is shared.
@@ -135,3 +205,11 @@ def test_a_20_second_outage_is_ridden_out_by_airflow_without_retries(
     # its first try deferred while the breaker was open and then sent everything.
     assert runs and {state for (state,) in runs} == {"success"}, runs
     assert tries == {"send": 1}, tries
+
+    # The breaker that opened lived where this backend keeps it, and nowhere else.
+    _assert_breaker_kept_by(
+        backend,
+        in_redis=_breakers_in_redis(provider_name),
+        in_file=_breakers_in_file(tmp_path / "breakers.db", provider_name),
+        output=run.stdout + run.stderr + _task_logs(airflow_home, f"careflow__{workflow_id}"),
+    )
