@@ -68,6 +68,9 @@ def test_seed_engine_sends_each_due_message_once(pg_server_url: str, monkeypatch
     engine.dispose()
 
 
+WORKFLOWS = 2
+
+
 def test_the_three_builders_build_the_same_dags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """careflow's factory, the dag-factory YAML and the hand-written files give the same DAGs."""
     import importlib.util
@@ -78,7 +81,7 @@ def test_the_three_builders_build_the_same_dags(tmp_path: Path, monkeypatch: pyt
     from careflow.airflow.factory import build_dags
 
     workflows, yaml_dir, python_dir = tmp_path / "workflows", tmp_path / "yaml", tmp_path / "python"
-    generate(workflows, 2, seed=3)
+    generate(workflows, WORKFLOWS, seed=3)
     monkeypatch.setenv("AIRFLOW__CAREFLOW__WORKFLOWS_DIR", str(workflows))
     write_sources(workflows, yaml_dir, python_dir)
     careflow, _ = build_dags(workflows)
@@ -99,10 +102,13 @@ def test_the_three_builders_build_the_same_dags(tmp_path: Path, monkeypatch: pyt
         )
         return (str(dag.timetable), dag.max_active_tasks, dag.max_active_runs, sorted(dag.params), tasks)
 
-    assert set(careflow) == set(handwritten) == {k for k in from_yaml if k.startswith("careflow__")}
+    yaml_ids = {k for k in from_yaml if k.startswith("careflow__")}
+    # one DAG per generated workflow from each builder, each with its tasks
+    assert (len(careflow), len(yaml_ids), len(handwritten)) == (WORKFLOWS, WORKFLOWS, WORKFLOWS)
+    assert set(careflow) == set(handwritten) == yaml_ids
     for dag_id, dag in careflow.items():
+        assert dag.tasks, dag_id
         assert shape(dag) == shape(from_yaml[dag_id]) == shape(handwritten[dag_id])
-    assert os.environ["AIRFLOW__CAREFLOW__WORKFLOWS_DIR"] == str(workflows)
 
 
 def test_cpu_per_message_adds_up_every_process_or_says_it_cannot() -> None:

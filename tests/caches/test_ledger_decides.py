@@ -32,17 +32,21 @@ def test_a_poisoned_sent_key_does_not_stop_a_pending_message(shared, engine):
     c = Clinic()
     cohort(c, 3, kst(2025, 3, 4, 15))
     c.load(engine)
+    cache = get_cache(SENT_KEYS, SENT_KEYS_TTL)
     with FakeProviderServer() as fake:
         fake.configure(honour_idempotency=False, error_rate=1.0)  # every send fails: rows stay pending
         journey = Journey(compile_doc(DOC, 1), engine, fake)
-        journey.run_at(T)
+        journey.run_at(T, sent_keys=cache)
         pending = _ledger(engine)
         assert len(pending) == 3 and set(pending.values()) == {"pending"}
 
         # Poison: every key claims "sent moments ago" although no row says so.
-        get_cache(SENT_KEYS, SENT_KEYS_TTL).set_many({key: "forged" for key in pending})
+        cache.set_many({key: "forged" for key in pending})
         fake.configure(error_rate=0.0)
-        journey.run_at(T.replace(hour=1))
+        reports = journey.run_at(T.replace(hour=1), sent_keys=cache)
+        # The run read the forged hits (each one a suspect) and still sent every message.
+        assert reports["a"].reasons["sent_key_cache_suspects"] == 3
+        assert reports["a"].sent == 3
         assert set(_ledger(engine).values()) == {"sent"}
         stats = assert_exactly_once(fake)
         assert stats["accepted"] == 3 and set(stats["accepts_by_key"]) == set(pending)
