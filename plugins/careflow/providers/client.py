@@ -61,7 +61,7 @@ DEFAULT_RETRY_AFTER = 1.0
 """Seconds to pause after a 429 that carries no usable ``Retry-After``."""
 
 
-class Outcome(str, Enum):  # noqa: UP042 (str() of a member stays "Outcome.X", as logs show it)
+class Outcome(str, Enum):  # noqa: UP042 (a StrEnum would change what str() of a member gives)
     """What became of one send (see the module docstring for the table)."""
 
     ACCEPTED = "accepted"
