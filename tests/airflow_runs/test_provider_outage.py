@@ -7,11 +7,12 @@ and spending a retry; after recovery the same task instance sends everything, wi
 touching the run. On each breaker backend, with careflow's production breaker settings:
 
 - Redis shared by every worker (careflow tables on Postgres);
-- Redis configured but stopped for the whole run: the per-process fallback (Postgres);
+- Redis configured but stopped for the whole run: the fallback to the machine's breaker file
+  (Postgres);
 - no Redis at all: the embedded default (SQLite tables, the breaker in a SQLite file).
 
-Each case also checks where the breaker's state really was: in Redis, in the process (with the
-fallback warning), or in the breaker file.
+Each case also checks where the breaker's state really was: in Redis, or in the breaker file (with
+the fallback warning when Redis is stopped).
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ STOPPED_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: Redis is d
 OUTAGE_SECONDS = 20.0
 #: The client's concurrency for this provider (the connection's ``max_concurrency``).
 CONCURRENCY = 10
-#: "A few dozen failed calls at most": the sends in flight when the breaker opens, plus its probes.
-MAX_FAILED_CALLS = 60
+#: The sends in flight when the breaker opens, plus its probes (18 on every backend here). With
+#: Redis stopped too: the task that defers and resumes and the send process it forks keep the
+#: breaker in the machine's one breaker file, not a breaker learnt anew by each process (56).
+MAX_FAILED_CALLS = 30
 
 
 def _database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -109,14 +112,16 @@ def _task_logs(airflow_home: Path, dag_id: str) -> str:
 def _assert_breaker_kept_by(
     backend: str, *, in_redis: dict[str, list[str]], in_file: dict[str, list[str]], output: str
 ) -> None:
-    """The provider's breaker opened in ``backend``'s store: Redis, the process, or the breaker file."""
-    fell_back = "circuit breakers and caches use per-process state" in output
+    """The provider's breaker opened in ``backend``'s store: Redis or the breaker file."""
+    fell_back = "circuit breakers use this machine's breaker file" in output
     if backend == "redis":
         assert len(in_redis) == 1 and "open" in next(iter(in_redis.values())), in_redis
         assert in_file == {} and not fell_back, (in_file, fell_back)
     elif backend == "redis-stopped":
         assert f"Redis at {STOPPED_REDIS_URL} is unreachable" in output and fell_back, output[-3000:]
-        assert in_redis == {} and in_file == {}, (in_redis, in_file)
+        assert len(in_file) == 1 and "open" in next(iter(in_file.values())), in_file
+        assert in_redis == {}, in_redis
+        assert "using per-process breaker state" not in output  # the file itself was usable
     else:
         assert len(in_file) == 1 and "open" in next(iter(in_file.values())), in_file
         assert in_redis == {} and not fell_back, (in_redis, fell_back)

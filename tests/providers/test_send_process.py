@@ -224,7 +224,8 @@ def test_a_child_dying_while_a_batch_is_handed_over_leaves_it_unknown() -> None:
 
 
 def test_the_childs_breaker_says_when_sends_may_go_again(fake) -> None:
-    # A breaker of each process's own (as when Redis is out of reach): only the child's sees the sends.
+    # A breaker of each process's own (as when Redis and the breaker file are both out of reach):
+    # only the child's sees the sends.
     fake.configure(error_rate=1.0)
     config = BreakerConfig(consecutive_failures=3, open_seconds=30, max_open_seconds=60)
     breaker = CircuitBreaker("child-own:sms", config, backend=MemoryBackend(kind="local-fallback"))

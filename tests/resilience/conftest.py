@@ -37,9 +37,19 @@ def prefix(redis_client: redis.Redis):
         redis_client.delete(*keys)
 
 
+@pytest.fixture(autouse=True)
+def breaker_file(tmp_path, monkeypatch):
+    """The machine's breaker file of this test (``CAREFLOW_BREAKER_DB``): the embedded backend and
+    the Redis backend's fallback while Redis is unreachable."""
+    path = tmp_path / "breakers.db"
+    monkeypatch.setenv("CAREFLOW_BREAKER_DB", str(path))
+    return path
+
+
 @pytest.fixture
 def redis_backend(prefix: str):
-    """Factory of RedisBackend objects on the test prefix, each with its own link (like another worker)."""
+    """Factory of RedisBackend objects on the test prefix, each with its own link (like another worker
+    of this machine: they share the test's breaker file while Redis is unreachable)."""
 
     def make(clock=None, url: str = REDIS_URL, retry_seconds: float = 3.0) -> RedisBackend:
         return RedisBackend(RedisLink(url, retry_seconds=retry_seconds), prefix=prefix, clock=clock)
@@ -48,9 +58,9 @@ def redis_backend(prefix: str):
 
 
 @pytest.fixture
-def embedded_backend(tmp_path):
+def embedded_backend(breaker_file):
     """Factory of EmbeddedBackend objects on one SQLite file of the test."""
-    path = tmp_path / "breakers.db"
+    path = breaker_file
 
     def make(clock=None) -> EmbeddedBackend:
         return EmbeddedBackend(path, **({"clock": clock} if clock else {}))

@@ -1,8 +1,10 @@
-"""Redis unreachable: the breaker keeps working per process, says so once, and returns to Redis."""
+"""Redis unreachable: the breaker keeps working on the machine's breaker file (per process if that
+file is unusable too), says so once, and returns to Redis."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,8 @@ import redis
 
 from careflow.exceptions import BreakerOpen
 from careflow.resilience import BreakerConfig, CircuitBreaker
+from careflow.resilience.backends.redis_backend import RedisBackend
+from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 from careflow.resilience.cache import Cache
 from careflow.resilience.redis_link import RedisLink
 
@@ -21,7 +25,7 @@ from .conftest import DEAD_REDIS_URL
 pytestmark = pytest.mark.redis
 
 
-def test_unreachable_redis_falls_back_to_a_process_breaker_and_says_so_once(redis_backend, emitted, caplog):
+def test_unreachable_redis_falls_back_to_the_breaker_file_and_says_so_once(redis_backend, emitted, caplog):
     backend = redis_backend(url=DEAD_REDIS_URL)
     breaker = CircuitBreaker("down:sms", BreakerConfig(), backend=backend)
     caplog.set_level(logging.WARNING, logger="careflow.resilience")
@@ -40,6 +44,82 @@ def test_unreachable_redis_falls_back_to_a_process_breaker_and_says_so_once(redi
     assert emitted[0][1]["url"] == DEAD_REDIS_URL
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def _open_in_another_process(name: str) -> None:
+    """A worker process of this machine: its own link to the unreachable Redis, its own backend."""
+    breaker = CircuitBreaker(name, BreakerConfig(), backend=RedisBackend(RedisLink(DEAD_REDIS_URL)))
+    for _ in range(breaker.config.consecutive_failures):
+        breaker.record(breaker.acquire(), "transient")
+    if breaker.snapshot().state != "open":
+        raise SystemExit(1)
+
+
+def test_processes_of_one_machine_share_the_fallback_breaker_through_the_file(breaker_file):
+    ours = CircuitBreaker(
+        "machine:sms", BreakerConfig(), backend=RedisBackend(RedisLink(DEAD_REDIS_URL)), verdict_seconds=0
+    )
+    assert ours.acquire().backend == "local-fallback"
+
+    child = multiprocessing.get_context("fork").Process(
+        target=_open_in_another_process, args=("machine:sms",)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+    # the other process's failures opened the breaker this one sends through
+    with pytest.raises(BreakerOpen):
+        ours.acquire()
+    snap = ours.snapshot()
+    assert (snap.state, snap.backend) == ("open", "local-fallback")
+    assert EmbeddedBackend(breaker_file).names() == ["machine:sms"]
+
+
+def test_fallback_breakers_of_two_workers_share_the_probe_slots_on_the_test_clock(redis_backend, clock):
+    config = BreakerConfig(open_seconds=5, max_open_seconds=10, half_open_probes=1)
+    a, b = (
+        CircuitBreaker(
+            "pair:sms", config, backend=redis_backend(clock=clock, url=DEAD_REDIS_URL), verdict_seconds=0
+        )
+        for _ in range(2)
+    )
+    for _ in range(config.consecutive_failures):
+        a.record(a.acquire(), "transient")
+    with pytest.raises(BreakerOpen) as refused:
+        b.acquire()
+    assert refused.value.retry_at == clock.now + config.open_seconds  # the test's clock reached the file
+
+    clock.advance(config.open_seconds)
+    probe = b.acquire()
+    assert probe.probe and probe.backend == "local-fallback"
+    with pytest.raises(BreakerOpen):  # the one probe slot is taken, whichever worker asks
+        a.acquire()
+    b.record(probe, "accepted")
+    assert a.snapshot().state == "closed"
+
+
+def test_with_an_unusable_breaker_file_each_process_keeps_its_own_fallback(tmp_path, monkeypatch, caplog):
+    not_a_directory = tmp_path / "not-a-directory"
+    not_a_directory.write_text("")
+    monkeypatch.setenv("CAREFLOW_BREAKER_DB", str(not_a_directory / "breakers.db"))
+    caplog.set_level(logging.WARNING, logger="careflow.resilience")
+    a, b = (
+        CircuitBreaker(
+            "nofile:sms", BreakerConfig(), backend=RedisBackend(RedisLink(DEAD_REDIS_URL)), verdict_seconds=0
+        )
+        for _ in range(2)
+    )
+
+    for _ in range(a.config.consecutive_failures):
+        a.record(a.acquire(), "transient")
+    with pytest.raises(BreakerOpen):
+        a.acquire()
+    assert a.snapshot().backend == "local-fallback"
+    # the other worker's breaker never saw those failures: it sends on
+    assert b.acquire().backend == "local-fallback" and b.snapshot().state == "closed"
+    unusable = [r.getMessage() for r in caplog.records if "is unusable" in r.getMessage()]
+    assert unusable and str(not_a_directory / "breakers.db") in unusable[0]
 
 
 def test_cache_without_redis_works_in_process():
@@ -76,8 +156,31 @@ def _start_redis(port: int, workdir) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=10)
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_the_breaker_file_is_opened_only_once_redis_cannot_answer(tmp_path, breaker_file):
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    try:
+        link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=60)
+        breaker = CircuitBreaker("lazy:sms", backend=RedisBackend(link, prefix="cftest"), verdict_seconds=0)
+        for _ in range(breaker.config.consecutive_failures):
+            breaker.record(breaker.acquire(), "transient")
+        breaker.reset(by="ops.lee")
+        assert breaker.snapshot().backend == "redis" and breaker.transitions()
+        assert breaker.backend.names() == ["lazy:sms"]
+        assert list(tmp_path.glob(f"{breaker_file.name}*")) == []  # Redis answered every call
+
+        _stop(proc)
+        breaker.record(breaker.acquire(), "transient")
+        assert breaker.snapshot().backend == "local-fallback"
+        assert EmbeddedBackend(breaker_file).names() == ["lazy:sms"]
+    finally:
+        _stop(proc)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
@@ -105,7 +208,7 @@ def test_redis_restart_fallback_then_recovery(tmp_path, emitted):
         time.sleep(0.25)  # the link retries Redis at most every retry_seconds
         after = breaker.acquire()
         assert after.backend == "redis"
-        # a permit from the outage belongs to the per-process breaker: Redis ignores its result
+        # a permit from the outage belongs to the fallback breaker: Redis ignores its result
         breaker.record(during, "transient")
         assert breaker.snapshot().consecutive_failures == 0
         breaker.record(after, "transient")
@@ -132,7 +235,7 @@ def test_a_redis_that_refuses_writes_is_down_for_the_breaker(tmp_path, emitted):
         assert breaker.acquire().backend == "redis"
         client.set("filler", "x" * 100_000)
         client.config_set("maxmemory", "1")  # noeviction: every write is refused with OOM
-        for _ in range(5):  # the failures are counted (per process) and open the breaker
+        for _ in range(5):  # the failures are counted (in the breaker file) and open the breaker
             breaker.record(breaker.acquire(), "transient")
         with pytest.raises(BreakerOpen):
             breaker.acquire()

@@ -97,10 +97,12 @@ def shared_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 @pytest.fixture
-def dead_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Redis configured but unreachable for the whole test: per-process fallback breakers."""
-    _use_backend(monkeypatch, DEAD_REDIS_URL)
-    yield
+def dead_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Redis configured but unreachable for the whole test: breakers fall back to the breaker file
+    of this test (yielded)."""
+    path = tmp_path / "breakers.db"
+    _use_backend(monkeypatch, DEAD_REDIS_URL, CAREFLOW_BREAKER_DB=str(path))
+    yield path
     forget_breakers()
 
 

@@ -415,8 +415,9 @@ def on_event(event: str, **fields: Any) -> None:
         send_in_background(
             Alert(
                 kind="breaker_redis_fallback",
-                title="Redis lost: circuit breakers fall back to per-process state",
-                detail=f"Workers no longer share breaker state ({scrub(str(fields.get('error') or ''), 80)}).",
+                title="Redis lost: circuit breakers fall back to each machine's breaker file",
+                detail="Breaker state is shared only by the workers of one machine "
+                f"({scrub(str(fields.get('error') or ''), 80)}).",
             )
         )
 

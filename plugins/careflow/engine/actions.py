@@ -264,8 +264,9 @@ class _SendStage:
     def sends_resume_at(self) -> float | None:
         """When the send process's breaker lets sends go again (None: now, or no send process).
 
-        With Redis out of reach each process keeps its own breaker, and only the send process's
-        has seen this task's sends (``SendProcess.sends_resume_at``).
+        With Redis out of reach and the machine's breaker file unusable too, each process keeps its
+        own breaker, and only the send process's has seen this task's sends
+        (``SendProcess.sends_resume_at``).
         """
         return None if self.process is None else self.process.sends_resume_at()
 

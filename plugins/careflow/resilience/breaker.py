@@ -14,12 +14,14 @@ by every worker, each transition one Lua script, time from Redis); otherwise the
 file shared by the processes of one machine. The rules are in
 :mod:`careflow.resilience.state_machine`.
 
-Redis down: the process keeps sending under a per-process breaker with the same rules
-(``backend == "local-fallback"`` in snapshots). We chose to keep sending rather than refuse every
-message: a Redis outage is not a provider outage, and the per-process breaker still protects the
-provider from each worker. The switch is logged once, counted (``fallback_events``) and emitted as
-``breaker_redis_fallback``; Redis is retried every few seconds and ``breaker_redis_recovered`` is
-emitted when it answers again. Permits handed out by one backend are ignored by the other.
+Redis down: the process keeps sending under the embedded breaker file with the same rules, shared
+by the processes of this machine (a task that defers and resumes, the send process it forks), not
+with other hosts; per-process memory if that file is unusable too (``backend == "local-fallback"``
+in snapshots either way). We chose to keep sending rather than refuse every message: a Redis outage
+is not a provider outage, and the machine's breaker still protects the provider from each worker.
+The switch is logged once, counted (``fallback_events``) and emitted as ``breaker_redis_fallback``;
+Redis is retried every few seconds and ``breaker_redis_recovered`` is emitted when it answers
+again. Permits handed out by Redis are ignored by the fallback, and the other way round.
 
 Cost in the send path: while closed, a granted verdict is reused for up to ``verdict_seconds``
 (0.5 s) or ``verdict_calls`` acquires without asking the backend, and successes are buffered and
@@ -201,7 +203,7 @@ class CircuitBreaker:
 
     @property
     def fallback_events(self) -> int:
-        """How many times this process fell back from Redis to per-process state (0 off Redis)."""
+        """How many times this process fell back from Redis to the machine's breaker file (0 off Redis)."""
         return int(getattr(self.backend, "fallback_events", 0))
 
     # the send path ------------------------------------------------------------------------------

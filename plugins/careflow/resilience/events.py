@@ -2,7 +2,8 @@
 
 The breaker emits ``breaker_transition`` (every state change it causes; fields ``breaker``,
 ``from_state``, ``to_state``, ``reason``, ``generation``, ``by``, ``at``, ``backend``),
-``breaker_redis_fallback`` (Redis became unreachable, per-process state is used; ``url``, ``error``)
+``breaker_redis_fallback`` (Redis became unreachable: breakers use the machine's breaker file,
+caches per-process state; ``url``, ``error``)
 and ``breaker_redis_recovered`` (``url``). Field names never clash with a subscriber's first
 parameter: write subscribers as ``def on_event(event, **fields)``. Statsd
 counters and alerts attach here with :func:`subscribe`; nothing in the send path depends on a

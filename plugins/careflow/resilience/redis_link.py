@@ -3,7 +3,8 @@
 Breakers and caches run every Redis call through :meth:`RedisLink.run`. A connection error (or a
 timeout, a read-only replica after a failover, or a Redis refusing writes: out of memory, a
 failed background save) marks the link *down*: the caller gets
-:data:`DOWN` and uses its per-process fallback instead of failing the send. While down, Redis is
+:data:`DOWN` and uses its fallback instead of failing the send (breakers: the breaker file shared
+by the processes of this machine; caches: per-process memory). While down, Redis is
 tried again at most every ``retry_seconds`` so an outage costs no connect timeout per message.
 Each change (up -> down, down -> up) is logged once, counted in ``fallback_events`` and emitted as
 ``breaker_redis_fallback`` / ``breaker_redis_recovered`` (see :mod:`careflow.resilience.events`).
@@ -130,7 +131,8 @@ class RedisLink:
             self._down = True
             self.fallback_events += 1
         log.warning(
-            "Redis at %s is unreachable (%s): circuit breakers and caches use per-process state until it is back",
+            "Redis at %s is unreachable (%s): until it is back, circuit breakers use this machine's "
+            "breaker file and caches use per-process state",
             redact(self.url),
             type(exc).__name__,
         )

@@ -109,8 +109,9 @@ def resume_at(breaker: Any, report: Any) -> float | None:
     While the breaker is open (or a 429 paused the provider) that is when it may let sends
     through. When this process's breaker lets sends through, ``report.retry_at`` decides: the
     wait the breaker gave when it held messages back during the attempt (its half-open probes may
-    have succeeded since), or the wait of the send process's own breaker when Redis was out of
-    reach and each process kept its own. None: the pending messages failed; Airflow retries.
+    have succeeded since), or the wait of the send process's own breaker when Redis and the
+    machine's breaker file were both out of reach and each process kept its own. None: the
+    pending messages failed; Airflow retries.
     """
     retry_at = _breaker_retry_at(breaker)
     if retry_at is None and breaker is not None:

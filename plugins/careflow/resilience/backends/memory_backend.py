@@ -1,4 +1,4 @@
-"""Breaker state in this process only: the Redis fallback, and handy in tests."""
+"""Breaker state in this process only: the fallback of an unusable breaker file, and handy in tests."""
 
 from __future__ import annotations
 

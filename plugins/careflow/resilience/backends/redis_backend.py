@@ -7,18 +7,25 @@ Keys (``{name}`` is a hash tag, so one breaker's keys share a cluster slot):
 - ``<prefix>:breakers`` set: every breaker name
 
 Time is Redis' ``TIME`` inside the script, never a worker's clock. When Redis is unreachable the
-backend answers from a per-process :class:`MemoryBackend` (``kind == "local-fallback"``) and goes
-back to Redis once :class:`~careflow.resilience.redis_link.RedisLink` sees it again.
+backend answers from the machine's breaker file (an
+:class:`~careflow.resilience.backends.sqlite_backend.EmbeddedBackend` on
+:func:`~careflow.resilience.backends.sqlite_backend.default_path`, shared by the processes of this
+machine; per-process memory if the file is unusable too), reported as ``"local-fallback"``, and
+goes back to Redis once :class:`~careflow.resilience.redis_link.RedisLink` sees it again. The file
+is opened at the first call that needs it: while Redis works, nothing is written to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 
 from careflow.resilience.backends import TRANSITIONS_KEPT, Applied
-from careflow.resilience.backends.memory_backend import MemoryBackend
+from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 from careflow.resilience.redis_link import DOWN, RedisLink, key_prefix
 from careflow.resilience.state_machine import (
     Acquire,
@@ -33,6 +40,8 @@ from careflow.resilience.state_machine import (
 )
 
 STATE_TTL_MS = 7 * 24 * 3600 * 1000  # an idle breaker is forgotten after a week (it starts closed again)
+FALLBACK = "local-fallback"
+"""What answers while Redis is unreachable: state local to this machine (or process), not to every worker."""
 
 
 def _lua_source() -> str:
@@ -56,7 +65,7 @@ def _as_list(value: object) -> list:
 
 
 class RedisBackend:
-    """Breaker state in Redis with an in-process fallback."""
+    """Breaker state in Redis, with the machine's breaker file as fallback."""
 
     def __init__(
         self,
@@ -64,18 +73,35 @@ class RedisBackend:
         *,
         prefix: str | None = None,
         clock: Callable[[], float] | None = None,
+        fallback_path: str | Path | None = None,
     ) -> None:
-        """``clock`` replaces Redis' TIME; only tests that need a controlled clock pass it."""
+        """``clock`` replaces Redis' TIME (and the fallback's clock); only tests that need a controlled
+        clock pass it. ``fallback_path``: the breaker file used while Redis is unreachable
+        (default: :func:`~careflow.resilience.backends.sqlite_backend.default_path`)."""
         self.link = link
         self.prefix = prefix or key_prefix()
         self._clock = clock
         self._script = link.register_script(_lua_source())
-        self._fallback = MemoryBackend(kind="local-fallback", **({"clock": clock} if clock else {}))
+        self._fallback_path = fallback_path
+        self._fallback_backend: EmbeddedBackend | None = None
+        self._fallback_lock = threading.Lock()
         self._registered: set[str] = set()
 
     @property
     def kind(self) -> str:
-        return "local-fallback" if self.link.down else "redis"
+        return FALLBACK if self.link.down else "redis"
+
+    @property
+    def fallback(self) -> EmbeddedBackend:
+        """The breaker file answering while Redis is unreachable, created at its first use."""
+        backend = self._fallback_backend
+        if backend is None:
+            with self._fallback_lock:
+                backend = self._fallback_backend
+                if backend is None:
+                    clock = {"clock": self._clock} if self._clock is not None else {}
+                    backend = self._fallback_backend = EmbeddedBackend(self._fallback_path, **clock)
+        return backend
 
     @property
     def fallback_events(self) -> int:
@@ -137,7 +163,9 @@ class RedisBackend:
             raise TypeError(f"unknown breaker event {event!r}")
         data = self._run(name, op, config, extra)
         if data is None:
-            return self._fallback.apply(name, config, event)
+            # The file and its own in-memory fallback answer under one name: a permit of one recorded
+            # on the other is checked by generation only. Redis' permits stay apart from both.
+            return dataclasses.replace(self.fallback.apply(name, config, event), backend=FALLBACK)
         decision = None
         if "decision" in data:
             d = data["decision"]
@@ -158,14 +186,15 @@ class RedisBackend:
     def peek(self, name: str, config: BreakerConfig) -> tuple[State, float, str]:
         data = self._run(name, "peek", config, [])
         if data is None:
-            return self._fallback.peek(name, config)
+            state, now, _ = self.fallback.peek(name, config)
+            return state, now, FALLBACK
         return State.from_fields(data["state"]), float(data["now"]), "redis"
 
     def transitions(self, name: str, limit: int = 50) -> list[dict]:
         key = f"{self.state_key(name)}:log"
         raw = self.link.run(lambda client: client.lrange(key, 0, max(limit, 1) - 1))
         if raw is DOWN:
-            return self._fallback.transitions(name, limit)
+            return self.fallback.transitions(name, limit)
         entries = []
         for item in raw[:limit]:
             entry = json.loads(item)
@@ -177,5 +206,5 @@ class RedisBackend:
     def names(self) -> list[str]:
         raw = self.link.run(lambda client: client.smembers(self._names_key()))
         if raw is DOWN:
-            return self._fallback.names()
+            return self.fallback.names()
         return sorted(n.decode() if isinstance(n, bytes) else n for n in raw)

@@ -1,13 +1,15 @@
 """Breaker state shared by the task processes of one machine through a SQLite file.
 
-The embedded default (no ``careflow_redis``): ``airflow standalone`` runs tasks as separate processes
-on one machine, so the breaker lives in ``$AIRFLOW_HOME/careflow-breakers.db`` (or the path in
-``CAREFLOW_BREAKER_DB``). Each step runs in a ``BEGIN IMMEDIATE`` transaction, which takes SQLite's
-write lock before reading, so two processes can never both take the last probe slot. Time comes
-from the local clock: every process is on the same machine.
+The embedded default (no ``careflow_redis``), and the Redis backend's fallback while Redis is
+unreachable: ``airflow standalone`` runs tasks as separate processes on one machine, so the breaker
+lives in ``$AIRFLOW_HOME/careflow-breakers.db`` (or the path in ``CAREFLOW_BREAKER_DB``). Each step
+runs in a ``BEGIN IMMEDIATE`` transaction, which takes SQLite's write lock before reading, so two
+processes can never both take the last probe slot. Time comes from the local clock: every process
+is on the same machine.
 
-If the file cannot be used (disk full, locked past the busy timeout), the process falls back to
-in-memory state with a warning and tries the file again on the next call.
+If the file cannot be used (disk full, locked past the busy timeout, a directory that cannot be
+created), the process falls back to in-memory state with a warning and tries the file again on the
+next call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from careflow.resilience.state_machine import BreakerConfig, Event, State, step
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_SECONDS = 5.0
+#: What makes the file unusable: SQLite's errors, and a directory that cannot be created.
+UNUSABLE: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS breaker_state (
@@ -82,7 +86,7 @@ class EmbeddedBackend:
             self._conn, self._conn_pid = conn, os.getpid()
         return self._conn
 
-    def _failed(self, exc: sqlite3.Error) -> None:
+    def _failed(self, exc: Exception) -> None:
         if not self._failing:
             log.warning(
                 "breaker file %s is unusable (%s): using per-process breaker state until it works again",
@@ -101,7 +105,7 @@ class EmbeddedBackend:
         with self._lock:
             try:
                 applied = self._apply(name, config, event)
-            except sqlite3.Error as exc:
+            except UNUSABLE as exc:
                 self._failed(exc)
                 return self._fallback.apply(name, config, event)
             self._recovered()
@@ -148,7 +152,7 @@ class EmbeddedBackend:
                     .execute("SELECT fields FROM breaker_state WHERE name = ?", (name,))
                     .fetchone()
                 )
-            except sqlite3.Error as exc:
+            except UNUSABLE as exc:
                 self._failed(exc)
                 return self._fallback.peek(name, config)
             self._recovered()
@@ -165,7 +169,7 @@ class EmbeddedBackend:
                     )
                     .fetchall()
                 )
-            except sqlite3.Error as exc:
+            except UNUSABLE as exc:
                 self._failed(exc)
                 return self._fallback.transitions(name, limit)
         return [json.loads(entry) for (entry,) in rows]
@@ -174,7 +178,7 @@ class EmbeddedBackend:
         with self._lock:
             try:
                 rows = self._connection().execute("SELECT name FROM breaker_state ORDER BY name").fetchall()
-            except sqlite3.Error as exc:
+            except UNUSABLE as exc:
                 self._failed(exc)
                 return self._fallback.names()
         return [name for (name,) in rows]
