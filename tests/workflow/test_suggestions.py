@@ -62,6 +62,21 @@ def test_a_care_message_behind_an_overnight_window_is_fine_but_marketing_is_warn
     assert "MARKETING_WINDOW_AT_NIGHT" in codes(workflow)
 
 
+def test_the_quiet_hours_warnings_say_what_the_engine_does_at_night():
+    # The engine holds a marketing message until 08:00 (docs/contracts.md §2); it skips nothing.
+    night = base()
+    data(night, "w1").update(start="22:00", end="06:00")
+    data(night, "a1")["purpose"] = "marketing"
+    unguarded = base()  # a delay between the window and the action
+    data(unguarded, "a1")["purpose"] = "marketing"
+    unguarded["nodes"].append({"id": "d2", "type": "delay", "data": {"amount": 2, "unit": "hours"}})
+    edge(unguarded, "e4").update(target="d2")
+    unguarded["edges"].append({"id": "e5", "source": "d2", "target": "a1"})
+    for workflow, code in ((night, "MARKETING_WINDOW_AT_NIGHT"), (unguarded, "MARKETING_WITHOUT_WINDOW")):
+        [warning] = [d for d in validate_workflow(workflow).warnings if d.code == code]
+        assert "held until 08:00" in warning.message and "skipped" not in warning.message
+
+
 def test_a_delay_between_window_and_marketing_action_breaks_the_window():
     workflow = base()
     data(workflow, "a1")["purpose"] = "marketing"

@@ -289,8 +289,8 @@ def _marketing(graph: Graph) -> list[Diagnostic]:
                 make(
                     "MARKETING_WITHOUT_WINDOW",
                     f"{node.title} is a marketing message with no time window right before it; between 21:00 "
-                    "and 08:00 it is skipped for patients without night consent. Put a window such as "
-                    "09:00-20:00 before it",
+                    "and 08:00 it is held until 08:00 for patients without night consent (and expires if "
+                    "that is past its max_lateness). Put a window such as 09:00-20:00 before it",
                     node_id=node_id,
                 )
             )
@@ -302,8 +302,9 @@ def _marketing(graph: Graph) -> list[Diagnostic]:
                     make(
                         "MARKETING_WINDOW_AT_NIGHT",
                         f"{node.title} is a marketing message behind {graph.nodes[window_id].title} "
-                        f"({window.start}-{window.end}), which is open during quiet hours (21:00-08:00) "
-                        "when marketing is skipped; keep the window within 08:00-21:00",
+                        f"({window.start}-{window.end}), which is open during quiet hours (21:00-08:00), "
+                        "when marketing is held until 08:00 for patients without night consent; keep the "
+                        "window within 08:00-21:00",
                         node_id=node_id,
                     )
                 )
