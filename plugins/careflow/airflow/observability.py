@@ -98,7 +98,7 @@ def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
     elif event == "executions_enrolled":
         stats_client.incr(f"careflow.executions.enrolled.{wf}", int(fields.get("count") or 1))
     elif event == "executions_completed":
-        status = "failed" if fields.get("status") == "failed" else "completed"
+        status = fields.get("status") if fields.get("status") in ("failed", "exited") else "completed"
         stats_client.incr(f"careflow.executions.{status}.{wf}", int(fields.get("count") or 1))
     elif event == "provider_configuration_error":
         stats_client.incr(f"careflow.provider.configuration_errors.{wf}.{node}.{channel}")

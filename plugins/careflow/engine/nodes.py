@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, type_coerce, update
+from sqlalchemy import and_, exists, or_, select, type_coerce, update
 from sqlalchemy.types import NullType
 
 from careflow.compiler import CompiledNode
@@ -344,6 +344,9 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
                 x.c.workflow_id == ctx.workflow_id,
                 x.c.status.in_(("completed", "failed", "exited")),
                 x.c.finished_at < _retention_cutoff(ctx.now, ctx.compiled.settings.retention_days),
+                # Nor one with a branch still open: earlier careflow releases recorded an execution
+                # as exited as soon as one of its branches stopped.
+                ~exists().where(s.c.execution_id == x.c.id, s.c.status.in_(st.OPEN_STATES)),
             )
             .limit(PURGE_BATCH)
         ).scalars()
@@ -410,11 +413,12 @@ def _exit_retyped_nodes(
 
 
 def _exit_steps(conn: Any, ctx: RunContext, report: NodeReport, open_steps: list[Any], reason: str) -> None:
-    """Close ``open_steps`` as skipped with ``reason`` and exit their executions."""
+    """Close ``open_steps`` as skipped with ``reason``; their executions exit once nothing else is open."""
     if not open_steps:
         return
     st.finish_steps(conn, ctx, [{"id": o["id"], "status": "skipped", "error": reason} for o in open_steps])
     st.exit_executions(conn, ctx, {o["execution_id"]: f"{reason}:{o['node_id']}" for o in open_steps})
+    st.settle_executions(conn, ctx, [o["execution_id"] for o in open_steps])
     report.reasons[reason] += len(open_steps)
 
 
@@ -475,9 +479,7 @@ def _walk(
             st.finish_steps(conn, ctx, updates)
             st.create_steps(conn, ctx, arrivals)
             st.exit_executions(conn, ctx, exits)
-            st.settle_executions(
-                conn, ctx, [r["execution_id"] for r in rows if r["execution_id"] not in exits]
-            )
+            st.settle_executions(conn, ctx, [r["execution_id"] for r in rows])
             report.queries += 5
         if len(rows) < batch:
             break

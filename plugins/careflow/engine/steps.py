@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -12,7 +12,7 @@ from datetime import time as clock_time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, any_, bindparam, func, or_, select, text, type_coerce, update
+from sqlalchemy import and_, any_, bindparam, case, func, or_, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
@@ -398,7 +398,11 @@ def create_steps(conn: Connection, ctx: RunContext, arrivals: Iterable[tuple[str
 def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable[str]) -> int:
     """Recompute the status of executions from their steps: one query plus one update per status.
 
-    Returns the number of statements it ran.
+    An execution with a step still pending is running, else with one waiting it is waiting; once
+    nothing is open it has ended: failed when a step failed, exited when a branch stopped with a
+    recorded reason (:func:`exit_executions`), completed otherwise. A branch that stops never
+    ends the execution while another branch is still on its way. Returns the number of
+    statements it ran.
     """
     ids = sorted(set(execution_ids))
     if not ids:
@@ -420,28 +424,43 @@ def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable
         elif states.get("failed"):
             by_status["failed"].append(execution_id)
         else:
-            by_status["completed"].append(execution_id)
+            by_status["ended"].append(execution_id)
     for status, members in by_status.items():
-        finished = ctx.now if status in ("completed", "failed") else None
-        query = update(x).where(among(conn, x.c.id, members), x.c.status != "exited")
-        if finished is not None:  # an execution ends once: its finish time and the metric are kept
-            query = query.where(x.c.status != status)
-        ended = conn.execute(query.values(status=status, updated_at=ctx.now, finished_at=finished)).rowcount
-        if finished is not None and ended:
-            ctx.event("executions_completed", status=status, count=ended)
+        query = update(x).where(among(conn, x.c.id, members))
+        if status in ("running", "waiting"):
+            conn.execute(query.values(status=status, updated_at=ctx.now))
+            continue
+        # An execution ends once: its finish time and the metric are kept.
+        if status == "failed":
+            final: Any = status
+            query = query.where(x.c.status != "failed")
+        else:
+            final = case((x.c.exit_reason.is_(None), "completed"), else_="exited")
+            query = query.where(x.c.status.notin_(("completed", "exited")))
+        ended = Counter(
+            conn.execute(
+                query.values(status=final, updated_at=ctx.now, finished_at=ctx.now).returning(x.c.status)
+            ).scalars()
+        )
+        for final_status, count in sorted(ended.items()):
+            ctx.event("executions_completed", status=final_status, count=count)
     return 1 + len(by_status)
 
 
 def exit_executions(conn: Connection, ctx: RunContext, reasons: dict[str, str]) -> int:
-    """Mark executions as exited with a recorded reason: one update per reason, their number returned."""
+    """Record why a branch of each execution stopped (its first such reason is kept).
+
+    The execution itself exits when nothing else of it is open: the caller settles it
+    (:func:`settle_executions`). Returns the number of statements it ran.
+    """
     grouped: dict[str, list[str]] = defaultdict(list)
     for execution_id, reason in reasons.items():
         grouped[reason].append(execution_id)
     for reason, ids in grouped.items():
         conn.execute(
             update(x)
-            .where(among(conn, x.c.id, ids))
-            .values(status="exited", exit_reason=reason[:200], updated_at=ctx.now, finished_at=ctx.now)
+            .where(among(conn, x.c.id, ids), x.c.exit_reason.is_(None))
+            .values(exit_reason=reason[:200], updated_at=ctx.now)
         )
     return len(grouped)
 
