@@ -169,3 +169,25 @@ def test_to_utc() -> None:
     assert to_utc("2026-03-14T10:30:00+09:00").tzinfo is UTC
     assert to_utc(None) is None
     assert to_utc("garbage") is None
+
+
+@pytest.mark.parametrize(
+    ("field_value", "offset", "at"),
+    [
+        (datetime(9998, 12, 31, tzinfo=UTC), (60, "weeks"), None),  # a placeholder "no date yet"
+        (datetime(9999, 12, 31, 20, tzinfo=UTC), (1, "days"), "10:00"),
+        (datetime(1, 1, 2, tzinfo=UTC), (-3, "days"), None),
+        ("9999-12-31T23:00:00+00:00", (2, "hours"), None),
+    ],
+)
+def test_a_release_past_the_calendar_is_no_time_to_wait_for(field_value, offset, at):
+    # Out of datetime's range (years 1 to 9999): None, which the node records as an exit.
+    assert (
+        release_time(
+            until(offset=offset, at=at),
+            datetime(2026, 3, 3, tzinfo=UTC),
+            facts_with(scheduled_at=field_value),
+            SEOUL,
+        )
+        is None
+    )

@@ -14,7 +14,8 @@
   before the change, i.e. an hour later on the new clock (03:30); a repeated wall time is its
   first occurrence. This is Python's ``fold=0`` rule.
 * A missing, null or unreadable field gives None: the caller records the execution as exited
-  with a reason instead of guessing a time.
+  with a reason instead of guessing a time. So does a release past the calendar's range (a
+  placeholder date such as 9999-12-31 plus an offset).
 
 Naive datetimes (argument or fact) are read as UTC; every datetime returned is aware and in UTC.
 """
@@ -36,7 +37,15 @@ def release_time(
     delay: DelayData, arrived_at: datetime, facts: Mapping[str, Any], tz: ZoneInfo
 ) -> datetime | None:
     """When an execution that reached ``delay`` at ``arrived_at`` may move on (UTC), or None."""
-    arrived_at = _aware(arrived_at)
+    try:
+        return _release_time(delay, _aware(arrived_at), facts, tz)
+    except OverflowError:  # before year 1 or after 9999: no time to wait for
+        return None
+
+
+def _release_time(
+    delay: DelayData, arrived_at: datetime, facts: Mapping[str, Any], tz: ZoneInfo
+) -> datetime | None:
     duration = delay.duration()
     if duration is not None:
         released = shift(arrived_at, duration.amount, duration.unit, tz)
