@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,12 +32,50 @@ def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def engine_url(url: str) -> str:
+    """``url`` with the Postgres driver careflow speaks through (psycopg2) made explicit.
+
+    ``postgresql://`` (and the ``postgres://`` many hosts hand out) mean psycopg2 here, whatever
+    SQLAlchemy's default driver is; another driver named in the URL is refused with the forms that
+    work, since careflow's bulk statements are written for psycopg2.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from careflow.exceptions import ConfigurationError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"careflow_db: {hidden_url(url)!r} is not a database URL ({exc})") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        return url
+    if driver not in ("", "psycopg2"):
+        raise ConfigurationError(
+            f"careflow_db: {hidden_url(url)!r} names the Postgres driver {driver!r}; careflow speaks to "
+            "Postgres through psycopg2: write postgresql://… or postgresql+psycopg2://…"
+        )
+    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+def hidden_url(url: str) -> str:
+    """``url`` with its password masked, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
 def get_engine(url: str | None = None) -> Engine:
     """A pooled engine for ``url`` (default: :func:`careflow.settings.db_url`), one per process."""
     url = url or settings.db_url()
     with _lock:
         engine = _engines.get(url)
         if engine is None:
+            url_as_given, url = url, engine_url(url)
             # hide_parameters: a failed statement's error (and so the task log) names the statement,
             # never the values it carried (patients' ids, and names and phones where the demo loads them).
             if url.startswith("sqlite"):
@@ -54,7 +93,7 @@ def get_engine(url: str | None = None) -> Engine:
                     executemany_batch_page_size=1000,
                     hide_parameters=True,
                 )
-            _engines[url] = engine
+            _engines[url_as_given] = engine
         return engine
 
 

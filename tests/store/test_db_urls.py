@@ -1,0 +1,51 @@
+"""The ``careflow_db`` URL forms careflow takes: Postgres through psycopg2 however the URL says it."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from careflow.cli import main
+from careflow.exceptions import ConfigurationError
+from careflow.store.db import dispose_engines, engine_url, get_engine
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg2"])
+def test_every_plain_postgres_form_connects_through_psycopg2(pg_server_url, scheme):
+    url = scheme + pg_server_url[pg_server_url.index("://") :]
+    engine = get_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        assert engine.dialect.driver == "psycopg2"
+    finally:
+        dispose_engines()
+
+
+def test_db_upgrade_takes_a_plain_postgresql_url(pg_server_url, monkeypatch, capsys):
+    monkeypatch.setenv("CAREFLOW_DB_URL", "postgresql" + pg_server_url[pg_server_url.index("://") :])
+    try:
+        assert main(["db", "upgrade"]) == 0
+    finally:
+        dispose_engines()
+    assert "unexpected error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg", "pg8000"])
+def test_another_postgres_driver_is_refused_with_the_forms_that_work(driver):
+    with pytest.raises(ConfigurationError) as caught:
+        engine_url(f"postgresql+{driver}://clinic:s3cret@db.example:5432/careflow")
+    message = str(caught.value)
+    assert repr(driver) in message and "postgresql+psycopg2://" in message
+    assert "s3cret" not in message
+
+
+def test_sqlite_and_the_password_are_left_as_they_are():
+    assert engine_url("sqlite:////tmp/careflow.db") == "sqlite:////tmp/careflow.db"
+    assert engine_url("postgresql://u:p%40ss@h:5/db") == "postgresql+psycopg2://u:p%40ss@h:5/db"
+
+
+def test_an_unreadable_url_is_named_without_its_password():
+    with pytest.raises(ConfigurationError, match="is not a database URL") as caught:
+        engine_url("not a url://u:hunter2@host/db")
+    assert "hunter2" not in str(caught.value)
