@@ -13,6 +13,16 @@ from typing import Any
 
 CLOCK_KEY = "careflow_clock"
 SIMULATED_KEY = "careflow_simulated"
+#: How an execution enrolled by a simulated run names that run: ``careflow simulate`` refuses a
+#: database where a workflow has executions of other runs (its real ones).
+SIMULATED_RUN_PREFIX = "careflow_sim_"
+
+
+def enrolling_run_id(run_id: str | None, simulated: bool) -> str | None:
+    """The run id an execution records: a simulated run's carries :data:`SIMULATED_RUN_PREFIX`."""
+    if simulated and run_id is not None and not run_id.startswith(SIMULATED_RUN_PREFIX):
+        return SIMULATED_RUN_PREFIX + run_id
+    return run_id
 
 
 def wall_clock() -> datetime:

@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
-from careflow.clock import CLOCK_KEY, parse_time
+from careflow.clock import CLOCK_KEY, SIMULATED_RUN_PREFIX, parse_time
 from careflow.exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,37 @@ def _ledger_rows(workflow_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(select(m).where(m.c.workflow_id == workflow_id)).mappings()]
 
 
+def _refuse_live_workflow(workflow_id: str) -> None:
+    """Refuse to simulate a workflow whose real runs have enrolled patients in this database.
+
+    A simulation enrolls, records its messages in the ledger (``--dry-run`` records them as sent)
+    and purges what ended before its simulated retention, in the same tables as the real runs:
+    on their database it would keep them from sending, and delete their history.
+    """
+    from careflow.store import tables
+    from careflow.store.db import get_engine, hidden_url
+
+    x = tables.executions
+    engine = get_engine()
+    with engine.connect() as conn:
+        live = conn.execute(
+            select(x.c.run_id)
+            .where(
+                x.c.workflow_id == workflow_id,
+                or_(x.c.run_id.is_(None), ~x.c.run_id.startswith(SIMULATED_RUN_PREFIX, autoescape=True)),
+            )
+            .limit(1)
+        ).first()
+    if live is not None:
+        raise ConfigurationError(
+            f"workflow {workflow_id!r} has executions enrolled by real runs (run {live[0]!r}) in this "
+            f"database ({hidden_url(str(engine.url))}): a simulation enrolls, records messages (--dry-run "
+            "records them as sent) and purges past the retention in the same tables, and would keep "
+            "those runs from sending. Simulate on a copy of the database (CAREFLOW_DB_URL=… careflow "
+            "simulate …) or in the demo (careflow demo)"
+        )
+
+
 def _run_once(
     dag: Any, moment: datetime, dry_run: bool, kind: str, *, airflow_runner: bool, order: list[str]
 ) -> str:
@@ -156,7 +187,7 @@ def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: 
     """
     from types import SimpleNamespace
 
-    run_id = f"careflow_sim_{kind}__{moment.strftime('%Y%m%dT%H%M%S')}"
+    run_id = f"{SIMULATED_RUN_PREFIX}{kind}__{moment.strftime('%Y%m%dT%H%M%S')}"
     context = {
         "dag_run": SimpleNamespace(conf=conf, run_id=run_id, dag_id=dag.dag_id),
         "run_id": run_id,
@@ -208,6 +239,7 @@ def simulate_workflow(
     from careflow.store.migrations import check_ready
 
     check_ready()
+    _refuse_live_workflow(workflow_id)
     _quiet_airflow()
     _, compiled = load_one(settings.workflows_dir(), workflow_id)
     dag = load_dag(dag_id_for(workflow_id))

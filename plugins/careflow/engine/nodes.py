@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, type_coerce, update
 from sqlalchemy.types import NullType
 
+from careflow.clock import enrolling_run_id
 from careflow.compiler import CompiledNode
 from careflow.engine import steps as st
 from careflow.engine.context import NodeReport, RunContext
@@ -136,7 +137,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
                     "enrolled_at": ctx.now,
                     "event_at": r["occurred_at"],
                     "updated_at": ctx.now,
-                    "run_id": ctx.run_id,
+                    "run_id": enrolling_run_id(ctx.run_id, ctx.simulated),
                 }
                 for r in eligible
             ]
