@@ -63,7 +63,3 @@ class BreakerOpen(CareflowError):
         self.retry_at = retry_at
         self.local_retry_at = retry_at if local_retry_at is None else local_retry_at
         super().__init__(f"circuit breaker {name!r} is open until {retry_at:.0f}")
-
-
-class NotImplementedYet(CareflowError):
-    """A feature that is announced but not built yet."""
