@@ -339,6 +339,31 @@ class MessagingConfig:
     name: str = "default"
 
 
+def messaging_base_url(conn: ConnectionInfo) -> str:
+    """The provider's base URL in a messaging connection.
+
+    ``host`` is the base URL, or its host name alone: then the connection type (``https``), a
+    ``schema`` of ``http`` or ``https`` (as Airflow's HTTP hook reads it) or the extra
+    ``{"https": true}`` gives the scheme, and ``port`` the port. Any other ``schema`` is the path
+    (where Airflow puts it from a URI like ``https://:TOKEN@sms.example.com/api``).
+    """
+    url = conn.host
+    path = conn.schema.strip("/")
+    scheme_in_schema = path.lower() in ("http", "https")
+    if not url.startswith(("http://", "https://")):
+        if scheme_in_schema:
+            scheme = path.lower()
+        else:
+            scheme = "https" if conn.conn_type == "https" or conn.extra.get("https") else "http"
+        host = f"[{url}]" if ":" in url and not url.startswith("[") else url  # an IPv6 address
+        url = f"{scheme}://{host}"
+        if conn.port:
+            url = f"{url}:{conn.port}"
+    if path and not scheme_in_schema:
+        url = f"{url.rstrip('/')}/{path}"
+    return url.rstrip("/")
+
+
 def messaging_config() -> MessagingConfig:
     """The ``careflow_messaging`` connection (ConfigurationError when missing)."""
     from careflow.exceptions import ConfigurationError
@@ -349,14 +374,8 @@ def messaging_config() -> MessagingConfig:
             "connection 'careflow_messaging' is not defined: add it (type http, host = provider base URL, "
             "password = bearer token), e.g. AIRFLOW_CONN_CAREFLOW_MESSAGING='http://:TOKEN@127.0.0.1:8025'"
         )
-    host = conn.host
-    if not host.startswith(("http://", "https://")):
-        scheme = "https" if conn.conn_type == "https" or conn.extra.get("https") else "http"
-        host = f"{scheme}://{host}"
-        if conn.port:
-            host = f"{host}:{conn.port}"
     return MessagingConfig(
-        base_url=host.rstrip("/"),
+        base_url=messaging_base_url(conn),
         token=conn.password,
         max_concurrency=int(conn.extra.get("max_concurrency", 50)),
         timeout=float(conn.extra.get("timeout", 10)),

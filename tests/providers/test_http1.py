@@ -22,6 +22,8 @@ from careflow.providers.client import Outcome, ProviderClient
 from careflow.providers.http1 import MAX_ANSWER, ConnectFailed, Http1Pool, Origin, RequestLost
 from support import Answer, ScriptedServer
 
+HEAD_CAP = 64 << 10  # bytes of an answer's status line and headers read at most
+
 
 def accepted(provider_id: str = "p-1", *, close: bool = False, length: bool = True) -> bytes:
     body = json.dumps({"id": provider_id, "status": "accepted"}).encode()
@@ -121,6 +123,23 @@ def test_an_idle_connection_the_server_closed_is_not_used_again(serve: Callable[
     assert server.connections == 3
 
 
+def test_a_connection_the_server_closed_before_the_next_request_is_not_written_to(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # Each answer is keep-alive (no Connection: close) and the server closes right after it, as
+    # it may between requests. The close has reached the client when the next message is sent,
+    # but its loop has not read it yet (on_result runs between the two and holds the loop).
+    def answer(n: int, _: bytes) -> Callable[[socket.socket], None]:
+        return lambda conn: conn.sendall(accepted(f"p-{n}"))
+
+    server = serve(answer)
+    results = ProviderClient(server.url, "t", max_concurrency=1).send_batch(
+        [make_message(i) for i in range(6)], on_result=lambda _: time.sleep(0.1)
+    )
+    assert [(r.outcome, r.error_code) for r in results] == [(Outcome.ACCEPTED, None)] * 6
+    assert len(server.requests) == server.connections == 6
+
+
 def test_an_answer_that_ends_with_the_connection_is_read_whole(serve: Callable[..., ScriptedServer]) -> None:
     server = serve(lambda n, _: accepted("p-close", close=True, length=False))
     [result] = ProviderClient(server.url, "t").send_batch([make_message()])
@@ -153,6 +172,40 @@ def test_an_answer_larger_than_the_cap_is_unknown(serve: Callable[..., ScriptedS
     [result] = ProviderClient(server.url, "t").send_batch([make_message()])
     assert result.outcome is Outcome.UNKNOWN and result.request_sent
     assert "larger than" in (result.error_message or "")
+
+
+@pytest.mark.parametrize("pieces", [1, 40], ids=["in-one-piece", "never-ending"])
+def test_an_answer_head_larger_than_the_cap_is_unknown(
+    serve: Callable[..., ScriptedServer], pieces: int
+) -> None:
+    # One header of 100 KiB, whole or streamed 40 times over (a head that never ends): the answer
+    # is given up at once, not read into memory until a timeout.
+    junk = b"a" * (100 << 10)
+
+    def big_head(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Junk: ")
+        for _ in range(pieces):
+            conn.sendall(junk)
+        conn.sendall(b"\r\n" + accepted()[len(b"HTTP/1.1 200 OK\r\n") :])
+        time.sleep(1)
+
+    server = serve(lambda n, _: big_head)
+    started = time.monotonic()
+    [result] = ProviderClient(server.url, "t", timeout=5).send_batch([make_message()])
+    assert (result.outcome, result.error_code, result.request_sent) == (
+        Outcome.UNKNOWN,
+        "connection_lost",
+        True,
+    )
+    assert f"head is larger than {HEAD_CAP} bytes" in (result.error_message or "")
+    assert time.monotonic() - started < 2
+
+
+def test_an_answer_head_just_under_the_cap_is_read(serve: Callable[..., ScriptedServer]) -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Junk: %s\r\n" % (b"a" * (HEAD_CAP - 200))
+    server = serve(lambda n, _: head + accepted()[len(b"HTTP/1.1 200 OK\r\n") :])
+    [result] = ProviderClient(server.url, "t").send_batch([make_message()])
+    assert result.outcome is Outcome.ACCEPTED
 
 
 def test_no_answer_is_a_read_timeout_and_unknown(serve: Callable[..., ScriptedServer]) -> None:
@@ -195,6 +248,8 @@ def test_an_unreachable_host_is_transient_and_nothing_was_sent() -> None:
         ("http://provider.example:99999", "not a URL"),
         ("http://provider.example/v1?x=1", "query"),
         ("http://provider example.com", "printable ASCII"),
+        ("http://a..b:8025", "cannot be looked up"),
+        (f"http://{'x' * 64}.example:8025", "cannot be looked up"),
     ],
 )
 def test_a_url_that_is_not_usable_is_refused_by_name(url: str, words: str) -> None:
@@ -290,6 +345,41 @@ def test_the_pool_tells_not_written_from_written(serve: Callable[..., ScriptedSe
             await pool.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 
     asyncio.run(run())
+
+
+def test_a_host_name_resolution_refuses_is_a_connect_failure() -> None:
+    # Past Origin.parse's checks (built by hand): the resolver raises UnicodeError, not OSError.
+    async def run() -> None:
+        pool = Http1Pool(
+            Origin("http", "a..b", 8025, ""), limit=1, connect_timeout=1, read_timeout=1, total_timeout=2
+        )
+        with pytest.raises(ConnectFailed, match="UnicodeError"):
+            await pool.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("error", [ValueError("bad"), RuntimeError("loop trouble")])
+def test_any_error_before_the_request_is_written_is_a_connect_failure(
+    serve: Callable[..., ScriptedServer], error: Exception
+) -> None:
+    server = serve(lambda n, _: accepted())
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def refuse(*args: object, **kwargs: object) -> None:
+            raise error
+
+        loop.create_connection = refuse  # type: ignore[method-assign,assignment]
+        pool = Http1Pool(
+            Origin.parse(server.url), limit=1, connect_timeout=1, read_timeout=1, total_timeout=2
+        )
+        with pytest.raises(ConnectFailed, match=type(error).__name__):
+            await pool.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    asyncio.run(run())
+    assert server.requests == []
 
 
 def test_the_tls_context_is_built_once_and_again_when_the_trusted_cas_change(

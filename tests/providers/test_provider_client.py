@@ -12,6 +12,7 @@ import pytest
 
 from careflow.providers.client import LeaseDeadline, Message, Outcome, ProviderClient, SendResult
 from careflow.providers.fake_server import FakeProviderServer
+from careflow.providers.http1 import Http1Pool
 
 from .conftest import BODY, PHONE, free_port, make_message
 
@@ -365,3 +366,25 @@ def test_a_lease_running_out_mid_batch_stops_what_is_not_written_yet(fake: FakeP
     # The first request was written in time; the second would have been, after its answer, too late.
     assert [r.outcome for r in results] == [Outcome.ACCEPTED] + [Outcome.NOT_SENT] * 4
     assert fake.stats()["received"] == 1
+
+
+def test_a_lease_running_out_while_a_connection_opens_writes_no_request(
+    fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect = Http1Pool._connect
+
+    async def slow_connect(self: Http1Pool, loop: asyncio.AbstractEventLoop) -> object:
+        await asyncio.sleep(0.4)  # a connection that takes longer than the lease has left
+        return await connect(self, loop)
+
+    monkeypatch.setattr(Http1Pool, "_connect", slow_connect)
+    gate = CountingGate(allow=10)
+    results = client_for(fake, max_concurrency=2).send_batch(
+        [make_message(i) for i in range(4)], gate=gate, deadline=LeaseDeadline(time.time() + 0.2)
+    )
+
+    assert [(r.outcome, r.error_code, r.request_sent) for r in results] == [
+        (Outcome.NOT_SENT, "lease_expired", False)
+    ] * 4
+    assert fake.stats()["received"] == 0
+    assert {r.outcome for r in gate.seen} == {Outcome.NOT_SENT}

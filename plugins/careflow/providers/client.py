@@ -141,6 +141,32 @@ class LeaseDeadline:
         """True once ``now`` (``time.time()``) is past both the batch's own deadline and the renewal's."""
         return now >= self.own and (self.renewed is None or now >= self.renewed.value)
 
+    def check(self) -> None:
+        """Raise ``LeaseExpired`` once the deadline has passed (asked right before a request is written)."""
+        if self.passed(time.time()):
+            raise LeaseExpired
+
+
+class LeaseExpired(Exception):
+    """The lease of a batch ran out before a request of it was written; nothing of it was."""
+
+
+class _LeasedPool:
+    """A connection pool as one batch sends through it: no request is written once its lease ran out.
+
+    The lease is checked again once a connection is ready, as opening one can take up to the
+    connect timeout.
+    """
+
+    __slots__ = ("_check", "pool")
+
+    def __init__(self, pool: Http1Pool, deadline: LeaseDeadline) -> None:
+        self.pool = pool
+        self._check = deadline.check
+
+    def request(self, request: bytes) -> Awaitable[Answer]:
+        return self.pool.request(request, self._check)
+
 
 # -- the provider's answers ------------------------------------------------------------------
 
@@ -499,7 +525,7 @@ class ProviderClient:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _post(self, pool: Http1Pool, message: Message) -> SendResult:
+    async def _post(self, pool: Http1Pool | _LeasedPool, message: Message) -> SendResult:
         key = message.idempotency_key
         if not isinstance(key, str) or not _KEY_OK.match(key):
             return SendResult(
@@ -537,6 +563,8 @@ class ProviderClient:
             answer = await pool.request(request)
         except asyncio.CancelledError:
             raise
+        except LeaseExpired:
+            return self._lease_expired(key)
         except Exception as exc:
             return classify_exception(key, exc, (time.perf_counter() - started) * 1000)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -599,7 +627,8 @@ class ProviderClient:
                     state.stop("result_callback_failed")
 
         async with self._transport() as transport:
-            pool, semaphore = transport.pool, transport.semaphore
+            semaphore = transport.semaphore
+            pool = transport.pool if deadline is None else _LeasedPool(transport.pool, deadline)
 
             async def worker() -> None:
                 for index, message in items:  # shared iterator: each message is taken once
@@ -630,15 +659,17 @@ class ProviderClient:
                             emit(index, self._not_sent(message.idempotency_key, state))
                             continue
                     async with semaphore:
-                        # Checked after every wait (a 429's pause, the gate, a free connection) and
-                        # right before the request is written: a worker that stalled past its lease
-                        # sends nothing of the batch once it resumes. A NOT_SENT given to the gate
-                        # below hands back a half-open breaker's probe slot.
+                        # Checked after every wait (a 429's pause, the gate, a free connection) and,
+                        # by the pool, once a connection is ready, right before the request is
+                        # written: a worker that stalled past its lease sends nothing of the batch
+                        # once it resumes. A NOT_SENT given to the gate below hands back a
+                        # half-open breaker's probe slot.
                         if deadline is not None and deadline.passed(time.time()):
-                            state.stop("lease_expired")
                             result = self._lease_expired(message.idempotency_key)
                         else:
                             result = await self._post(pool, message)
+                        if result.outcome is Outcome.NOT_SENT:
+                            state.stop("lease_expired")
                     if gate is not None:
                         try:
                             gate.after_send(result)

@@ -29,12 +29,8 @@ def _config_for(conn_id: str) -> settings.MessagingConfig:
             f"connection {conn_id!r} is not defined: add it (type http, host = provider base URL, "
             "password = bearer token)"
         )
-    host = conn.host
-    if not host.startswith(("http://", "https://")):
-        scheme = "https" if conn.conn_type == "https" or conn.extra.get("https") else "http"
-        host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
     return settings.MessagingConfig(
-        base_url=host.rstrip("/"),
+        base_url=settings.messaging_base_url(conn),
         token=conn.password,
         max_concurrency=int(conn.extra.get("max_concurrency", 50)),
         timeout=float(conn.extra.get("timeout", 10)),

@@ -9,15 +9,16 @@ readers and tracing hooks. This one does only what the provider's API asks for:
   first and dropped after ``keepalive`` idle seconds;
 - one request at a time per connection (no pipelining), its head written in one piece;
 - answers framed by ``Content-Length``, by chunks or by the connection closing, parsed by
-  ``httptools`` (the C parser of Node's ``llhttp``), and at most ``MAX_ANSWER`` bytes;
+  ``httptools`` (the C parser of Node's ``llhttp``), a head of at most ``MAX_HEAD`` bytes and
+  a body of at most ``MAX_ANSWER``;
 - a connect timeout, a read timeout (no byte of the answer for ``read_timeout`` seconds) and a
   bound on the whole answer (``total_timeout``).
 
 Every failure is one of two exceptions, because the caller must tell them apart (docs/contracts.md §1):
-:class:`ConnectFailed` when nothing was written (refused, DNS, TLS handshake, connect timeout):
-the provider cannot have the message; :class:`RequestLost` when the request was written and no
-complete, well-formed answer came back (closed, reset, timed out, malformed, too large): the
-provider may have it.
+:class:`ConnectFailed` when nothing was written (refused, DNS, TLS handshake, connect timeout, any
+other error before the request's first byte): the provider cannot have the message;
+:class:`RequestLost` when the request was written and no complete, well-formed answer came back
+(closed, reset, timed out, malformed, too large): the provider may have it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ import httptools
 
 MAX_ANSWER = 1 << 20
 """Bytes of an answer's body read at most; the provider's answers are a few hundred bytes."""
+
+MAX_HEAD = 64 << 10
+"""Bytes of an answer's status line and headers read at most (interim answers' included)."""
 
 #: Answer headers kept (lower case); the client reads nothing else.
 _KEPT = frozenset({b"retry-after", b"content-length", b"transfer-encoding"})
@@ -85,6 +89,13 @@ class Origin:
             raise ValueError(f"provider URL {url!r} must start with http:// or https://")
         if not parts.hostname:
             raise ValueError(f"provider URL {url!r} has no host")
+        try:
+            parts.hostname.encode("idna")  # what name resolution does to it: empty or too long labels
+        except UnicodeError:
+            raise ValueError(
+                f"provider URL {url!r} has a host name that cannot be looked up "
+                "(an empty label or one longer than 63 characters)"
+            ) from None
         if parts.query or parts.fragment:
             raise ValueError(f"provider URL {url!r} must not have a query or a fragment")
         if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
@@ -130,6 +141,8 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0  # bytes of the heads parsed, interim answers' included
+        self._head_read = 0  # bytes read while a head was unfinished
         self._headers_done = False
         self._last_data = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -138,6 +151,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.idle_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -156,12 +170,19 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             self._fail(RequestLost("the server sent bytes nobody asked for"))
             return
+        if not self._headers_done:
+            self._head_read += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(RequestLost("the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(RequestLost(f"the answer is not HTTP/1.1: {exc}"))
+        else:
+            # The parser keeps an unfinished header whole until its line ends: a head that never
+            # ends is cut here, by the bytes read, all of them head bytes while it is unfinished.
+            if not self._headers_done and self._head_read > MAX_HEAD:
+                self._fail(RequestLost(f"the answer's head is larger than {MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost decides about the answer
@@ -172,7 +193,11 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():  # a second answer to one request
             self.reusable = False
 
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status) + 15)  # "HTTP/1.1 200 " and CRLF
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         name = name.lower()
         if name in _KEPT:
             self._headers[name.decode("latin-1")] = value.decode("latin-1")
@@ -180,6 +205,12 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         self._headers_done = True
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD:
+            self._fail(RequestLost(f"the answer's head is larger than {MAX_HEAD} bytes"))
+            raise RequestLost("head too large")  # stops the parser
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -229,13 +260,21 @@ class _Connection(asyncio.Protocol):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     async def exchange(self, request: bytes, read_timeout: float, total_timeout: float) -> Answer:
-        """Write ``request`` and wait for its answer (RequestLost or ReadTimeout otherwise)."""
+        """Write ``request`` and wait for its answer (RequestLost or ReadTimeout otherwise).
+
+        ConnectFailed when the transport refuses the write: then nothing of it was written.
+        """
         assert self.transport is not None
         self._status, self._headers, self._body, self._size = 0, {}, [], 0
+        self._head_size = self._head_read = 0
         self._headers_done = self.reusable = False
         waiter: asyncio.Future[Answer] = self.loop.create_future()
         self._waiter = waiter
-        self.transport.write(request)
+        try:
+            self.transport.write(request)
+        except Exception as exc:
+            self._waiter = None
+            raise ConnectFailed(f"the request could not be written: {type(exc).__name__}: {exc}") from exc
         started = self._last_data = self.loop.time()
         deadline = started + total_timeout
         self._timer = self.loop.call_at(
@@ -297,10 +336,20 @@ class Http1Pool:
         self._busy: set[_Connection] = set()
         self.closed = False
 
-    async def request(self, request: bytes) -> Answer:
-        """Send one whole request (head and body) and return its answer."""
+    async def request(self, request: bytes, before_write: Callable[[], object] | None = None) -> Answer:
+        """Send one whole request (head and body) and return its answer.
+
+        ``before_write`` is called once a connection is ready, right before the request is
+        written to it: what it raises is raised as is, and nothing is written.
+        """
         loop = asyncio.get_running_loop()
-        connection = self._reuse(loop) or await self._connect(loop)
+        connection = await self._reuse(loop) or await self._connect(loop)
+        if before_write is not None:
+            try:
+                before_write()
+            except BaseException:
+                self._keep_unused(connection)
+                raise
         self._busy.add(connection)
         try:
             answer = await connection.exchange(request, self.read_timeout, self.total_timeout)
@@ -316,7 +365,12 @@ class Http1Pool:
             self._close(connection)
         return answer
 
-    def _reuse(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+    async def _reuse(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        if self._idle:
+            # A server may close an idle connection at any time: a close that has arrived but
+            # that the loop has not read yet would have the request written to a dead connection
+            # (lost, UNKNOWN). One turn of the loop lets it be read first.
+            await asyncio.sleep(0)
         if self.closed:
             raise ConnectFailed("the connection pool is closed")
         stale_before = loop.time() - self.keepalive
@@ -326,6 +380,12 @@ class Http1Pool:
                 return connection
             self._close(connection)
         return None
+
+    def _keep_unused(self, connection: _Connection) -> None:
+        if connection.writable() and not self.closed and len(self._idle) < self.limit:
+            self._idle.append(connection)
+        else:
+            self._close(connection)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         origin = self.origin
@@ -349,7 +409,7 @@ class Http1Pool:
             ) from exc
         except TimeoutError as exc:
             raise ConnectFailed(f"no connection within {self.connect_timeout:g}s") from exc
-        except (OSError, ssl.SSLError) as exc:
+        except Exception as exc:  # refused, DNS, TLS; a name the resolver cannot encode (UnicodeError)
             raise ConnectFailed(f"could not connect: {type(exc).__name__}: {exc}") from exc
         return connection
 
