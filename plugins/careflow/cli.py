@@ -61,45 +61,66 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in reports) else EXIT_INVALID
 
 
+def _print_publish_result(r: Any) -> None:
+    if r.action == "failed":
+        print(f"careflow: {r.source}: not published: {r.error}", file=sys.stderr, flush=True)
+    elif r.action == "refused":
+        print(f"{r.source}: refused ({len(r.report.errors) if r.report else 0} error(s))")
+        for d in r.report.diagnostics if r.report else []:
+            if d.severity == "error":
+                print(_diagnostic_line(d))
+    else:
+        print(
+            f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({(r.content_hash or '')[:12]}) "
+            f"in {r.database} -> {r.snapshot}"
+        )
+    sys.stdout.flush()
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
-    from careflow.publishing import publish_paths
+    from careflow.publishing import publish_each
 
     workflows_dir = Path(args.workflows_dir) if args.workflows_dir else None
-    results = publish_paths(args.files, workflows_dir=workflows_dir, published_by=args.by)
+    results = []
+    # Each file's result is printed as soon as it is known: a later file's failure must not hide
+    # that the earlier ones were published.
+    for result in publish_each(args.files, workflows_dir=workflows_dir, published_by=args.by):
+        results.append(result)
+        if not args.json:
+            _print_publish_result(result)
     if args.json:
         _print_json([r.to_dict() for r in results])
-    else:
-        for r in results:
-            if r.action == "refused":
-                print(f"{r.source}: refused ({len(r.report.errors) if r.report else 0} error(s))")
-                for d in r.report.diagnostics if r.report else []:
-                    if d.severity == "error":
-                        print(_diagnostic_line(d))
-            else:
-                print(
-                    f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({(r.content_hash or '')[:12]}) -> {r.snapshot}"
-                )
+    if any(r.action == "failed" for r in results):
+        return EXIT_ERROR
     return EXIT_OK if all(r.action != "refused" for r in results) else EXIT_INVALID
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from careflow.publishing import list_workflows
+    from careflow.publishing import read_workflows
 
     workflows_dir = Path(args.workflows_dir) if args.workflows_dir else None
-    listings = list_workflows(workflows_dir=workflows_dir)
-    if args.json:
-        _print_json([item.to_dict() for item in listings])
-        return EXIT_OK
+    listed = read_workflows(workflows_dir=workflows_dir)
+    code = EXIT_ERROR if listed.database_problem else EXIT_OK
+    if args.json:  # the list on stdout, as before; what went wrong with the database on stderr
+        _print_json([item.to_dict() for item in listed.workflows])
+        if listed.database_problem:
+            print(
+                f"careflow: only the snapshots on disk are listed: {listed.database_problem}", file=sys.stderr
+            )
+        return code
     header = f"{'workflow':<28} {'ver':>4} {'status':<9} {'hash':<12} {'validation':<18} snapshot"
     print(header)
     print("-" * len(header))
-    for item in listings:
+    for item in listed.workflows:
         print(
             f"{item.workflow_id:<28} {item.version if item.version is not None else '-':>4} {item.status or '-':<9} "
             f"{(item.content_hash or '-')[:12]:<12} {item.validation or '-':<18} {item.snapshot}"
             + (f"  ({item.problem})" if item.problem else "")
         )
-    return EXIT_OK
+    if listed.database_problem:
+        sys.stdout.flush()
+        print(f"careflow: only the snapshots on disk are listed: {listed.database_problem}", file=sys.stderr)
+    return code
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -181,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--workflow", required=True, metavar="ID")
     sim.add_argument("--start", required=True, metavar="DATE", help="first day, e.g. 2026-03-01")
     sim.add_argument("--days", type=int, default=7)
-    sim.add_argument("--dry-run", action="store_true", help="record messages without sending")
+    sim.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="record messages in the ledger as sent (provider id dry-run) without sending them",
+    )
     sim.add_argument("--json", action="store_true", help="one JSON object per message, then a summary")
     sim.add_argument(
         "--airflow-runner",

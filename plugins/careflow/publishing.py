@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from careflow import settings
 from careflow.compiler.hashing import canonical_document, content_hash
-from careflow.exceptions import ConfigurationError
+from careflow.exceptions import CareflowError, ConfigurationError
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
 from careflow.store.db import get_engine
@@ -37,11 +37,13 @@ class PublishResult:
 
     source: str
     workflow_id: str | None
-    action: str  # published, unchanged, refused
+    action: str  # published, unchanged, refused, failed
     version: int | None = None
     content_hash: str | None = None
     report: ValidationReport | None = None
     snapshot: str | None = None
+    database: str | None = None  # its URL, password hidden
+    error: str | None = None  # why a failed file was not published
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -52,6 +54,8 @@ class PublishResult:
             "version": self.version,
             "content_hash": self.content_hash,
             "snapshot": self.snapshot,
+            "database": self.database,
+            "error": self.error,
             "diagnostics": [d.to_dict() for d in self.report.diagnostics] if self.report else [],
         }
 
@@ -73,13 +77,14 @@ def publish_report(
         return PublishResult(report.source, report.workflow_id, "refused", report=report)
     engine = engine or get_engine()
     workflows_dir = workflows_dir or settings.workflows_dir()
+    database = database_name(engine)
     workflow = report.workflow
     digest = content_hash(workflow)
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
     # last could be the older one. SQLite's transactions take the write lock when they begin.
-    with _tables_required(), engine.begin() as conn:
+    with tables_required(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(
                 text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
@@ -101,7 +106,7 @@ def publish_report(
                 field="clinic_id",
             )
             refused = replace(report, workflow=None, diagnostics=[refusal, *report.diagnostics])
-            return PublishResult(report.source, workflow.id, "refused", report=refused)
+            return PublishResult(report.source, workflow.id, "refused", report=refused, database=database)
         document = canonical_document(workflow)
         if latest is not None and latest.content_hash != digest and _same_content(latest.document, document):
             # The builder listed the same nodes and edges in another order: the same content.
@@ -141,11 +146,41 @@ def publish_report(
             path=snapshot_path(workflows_dir, workflow.id),
         )
         existing = _read_existing(snap.path)
+        ahead = _snapshot_ahead(existing, snap, latest.version if latest is not None else None, database)
+        if ahead:
+            raise ConfigurationError(ahead)  # the version just stored is rolled back with it
         if action == "published" or existing != snap.to_json():
             write_snapshot(workflows_dir, snap)  # before the commit: no version without its snapshot
     if action == "published":
         _invalidate_caches(workflow.id, digest)
-    return PublishResult(report.source, workflow.id, action, version, digest, report, str(snap.path))
+    return PublishResult(
+        report.source, workflow.id, action, version, digest, report, str(snap.path), database=database
+    )
+
+
+def _snapshot_ahead(existing: Any, snap: Snapshot, known: int | None, database: str) -> str | None:
+    """Why writing ``snap`` would replace a newer snapshot on disk, or None when it would not.
+
+    A snapshot newer than the database's latest version (or the same version with other content)
+    was published through another database: careflow_db is not the one that published it, or was
+    not readable and careflow fell back to the embedded one. Writing over it would roll the DAG back.
+    """
+    if not isinstance(existing, dict):
+        return None
+    on_disk = existing.get("version")
+    if not isinstance(on_disk, int) or isinstance(on_disk, bool) or on_disk < snap.version:
+        return None
+    disk_hash = str(existing.get("content_hash") or "")
+    if on_disk == snap.version and disk_hash == snap.content_hash:
+        return None
+    knows = f"v{known}" if known is not None else "no version of it"
+    return (
+        f"Workflow {snap.workflow_id}: the snapshot on disk is v{on_disk} but this database knows "
+        f"{knows}: is careflow_db the right database? Publishing would replace {snap.path} "
+        f"(v{on_disk}, content {disk_hash[:12]}) with v{snap.version} (content {snap.content_hash[:12]}) "
+        f"from {database}. Nothing was published: point careflow_db (or CAREFLOW_DB_URL) at the "
+        f"database that published v{on_disk}"
+    )
 
 
 def _same_content(stored: Any, document: dict[str, Any]) -> bool:
@@ -160,9 +195,14 @@ def _same_content(stored: Any, document: dict[str, Any]) -> bool:
     return isinstance(stored, dict) and unordered(stored) == unordered(document)
 
 
+def database_name(engine: Engine) -> str:
+    """The engine's database URL with its password hidden: how messages name the database."""
+    return engine.url.render_as_string(hide_password=True)
+
+
 @contextmanager
-def _tables_required() -> Iterator[None]:
-    """A database without careflow's tables is a ConfigurationError that says what to run."""
+def tables_required(engine: Engine) -> Iterator[None]:
+    """A database without careflow's tables is a ConfigurationError that names it and says what to run."""
     try:
         yield
     except DBAPIError as exc:
@@ -170,8 +210,8 @@ def _tables_required() -> Iterator[None]:
         if table is None:
             raise
         raise ConfigurationError(
-            f"careflow's tables do not exist in this database ({table} is missing): "
-            "run `careflow db upgrade` first"
+            f"careflow's tables do not exist in this database ({database_name(engine)}: {table} is "
+            "missing): run `careflow db upgrade` first"
         ) from exc
 
 
@@ -232,6 +272,35 @@ def publish_paths(
     ]
 
 
+def publish_each(
+    paths: list[str | Path],
+    *,
+    engine: Engine | None = None,
+    workflows_dir: Path | None = None,
+    published_by: str | None = None,
+) -> Iterator[PublishResult]:
+    """Validate and publish each file in turn, yielding its result as soon as it is known.
+
+    A file that cannot be published (its snapshot cannot be written, the snapshot on disk is newer
+    than the database's version…) is a ``failed`` result that says why, and the next files are
+    still published: the files before it stay published, and the caller can say so.
+    """
+    for path in paths:
+        report = validate_path(path)
+        try:
+            result = publish_report(
+                report, engine=engine, workflows_dir=workflows_dir, published_by=published_by
+            )
+        except Exception as exc:
+            if isinstance(exc, CareflowError):
+                reason = str(exc)
+            else:  # drivers' messages run over several lines (the SQL, its parameters): the first says it
+                first = (str(exc).strip().splitlines() or [""])[0]
+                reason = f"unexpected error: {type(exc).__name__}: {first}"
+            result = PublishResult(report.source, report.workflow_id, "failed", report=report, error=reason)
+        yield result
+
+
 @dataclass
 class WorkflowListing:
     """One line of ``careflow workflows list``."""
@@ -262,24 +331,43 @@ class WorkflowListing:
         }
 
 
+@dataclass
+class WorkflowList:
+    """``careflow workflows list``: the workflows, their database, and why it could not be read."""
+
+    workflows: list[WorkflowListing]
+    database: str | None = None  # its URL, password hidden
+    database_problem: str | None = None  # set when the versions could not be read: snapshots only
+
+
 def list_workflows(
     *, engine: Engine | None = None, workflows_dir: Path | None = None
 ) -> list[WorkflowListing]:
     """Latest version of each workflow, joined with its snapshot state, plus unloadable snapshot files."""
+    return read_workflows(engine=engine, workflows_dir=workflows_dir).workflows
+
+
+def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None = None) -> WorkflowList:
+    """:func:`list_workflows`, with the database's URL and the reason it could not be read.
+
+    An unreadable database never hides the snapshots: they are what the DAG factory sees.
+    """
     workflows_dir = workflows_dir or settings.workflows_dir()
     good, problems = load_all(workflows_dir)
     snaps = {snap.workflow_id: snap for snap, _ in good}
     listings: dict[str, WorkflowListing] = {}
-    db_read = False
+    database: str | None = None
+    problem: str | None = None
     try:
         engine = engine or get_engine()
+        database = database_name(engine)
         v = tables.workflow_versions
         latest = (
             select(v.c.workflow_id, func.max(v.c.version).label("version"))
             .group_by(v.c.workflow_id)
             .subquery()
         )
-        with engine.connect() as conn:
+        with tables_required(engine), engine.connect() as conn:
             rows = conn.execute(
                 select(v).join(
                     latest, (v.c.workflow_id == latest.c.workflow_id) & (v.c.version == latest.c.version)
@@ -299,13 +387,13 @@ def list_workflows(
                     snapshot=state,
                     published_at=row["published_at"].isoformat(),
                 )
-        db_read = True
+    except CareflowError as exc:  # no careflow tables there, or careflow_db is not a usable URL
+        problem = str(exc)
     except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
         reason = (str(exc).strip().splitlines() or [""])[0]  # drivers' messages run over several lines
-        listings["(database)"] = WorkflowListing(
-            workflow_id="(database)",
-            snapshot="n/a",
-            problem=f"cannot read versions: {type(exc).__name__}: {reason}",
+        problem = (
+            f"cannot read the published versions from {database or 'careflow_db'}: "
+            f"{type(exc).__name__}: {reason}"
         )
     for snap, compiled in good:
         if snap.workflow_id not in listings:
@@ -316,16 +404,16 @@ def list_workflows(
                 status=compiled.status,
                 content_hash=snap.content_hash,
                 validation="ok",
-                snapshot="ok (not in database)" if db_read else "ok",
+                snapshot="ok" if problem else "ok (not in database)",
                 published_at=snap.published_at,
             )
-    for problem in problems:
-        wid = problem.path.stem
+    for broken in problems:
+        wid = broken.path.stem
         listing = listings.get(wid) or WorkflowListing(workflow_id=wid)
         listing.snapshot = "broken"
-        listing.problem = problem.message
+        listing.problem = broken.message
         listings[wid] = listing
-    return sorted(listings.values(), key=lambda item: item.workflow_id)
+    return WorkflowList(sorted(listings.values(), key=lambda item: item.workflow_id), database, problem)
 
 
 def snapshot_problems(workflows_dir: Path | None = None) -> list[SnapshotProblem]:

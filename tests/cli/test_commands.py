@@ -169,8 +169,16 @@ def test_a_label_the_terminal_cannot_encode_is_printed_escaped(
 
 
 def test_publish_before_db_upgrade_says_to_run_it(
-    empty_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    empty_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from careflow.store.db import dispose_engines
+
+    # Postgres trusts local connections: any password works, and none may be printed
+    empty_db_url = empty_db_url.replace(
+        "postgresql+psycopg2://postgres@", "postgresql+psycopg2://postgres:s3cret@"
+    )
+    monkeypatch.setenv("CAREFLOW_DB_URL", empty_db_url)
+    dispose_engines()
     code, out, err = _run(
         capsys,
         "workflows",
@@ -180,10 +188,13 @@ def test_publish_before_db_upgrade_says_to_run_it(
         str(EXAMPLES / "implant-aftercare.json"),
     )
     assert code == 2 and out == ""
+    shown = empty_db_url.replace("postgres:s3cret@", "postgres:***@")
     assert err == (
-        "careflow: careflow's tables do not exist in this database (careflow_workflow_versions is "
-        "missing): run `careflow db upgrade` first\n"
+        f"careflow: {EXAMPLES / 'implant-aftercare.json'}: not published: careflow's tables do not exist "
+        f"in this database ({shown}: careflow_workflow_versions is missing): "
+        "run `careflow db upgrade` first\n"
     )
+    assert "s3cret" not in err
 
 
 def test_an_unexpected_error_prints_only_the_first_line_of_its_message(
@@ -194,7 +205,33 @@ def test_an_unexpected_error_prints_only_the_first_line_of_its_message(
     def fails(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("the statement failed\n[SQL: SELECT secret FROM somewhere]\n(Background …)")
 
-    monkeypatch.setattr(careflow.publishing, "publish_paths", fails)
+    monkeypatch.setattr(careflow.publishing, "publish_each", fails)
     code, _, err = _run(capsys, "workflows", "publish", str(EXAMPLES / "implant-aftercare.json"))
     assert code == 2
     assert err == "careflow: unexpected error: RuntimeError: the statement failed\n"
+
+
+@pytest.mark.parametrize(
+    ("workflow_id", "message"),
+    [
+        ("-x", "'id' must start with a letter or digit — got '-x'"),
+        (".hidden", "'id' must start with a letter or digit — got '.hidden'"),
+        ("a" * 65, "'id' is too long (at most 64 characters)"),
+        (
+            "implant aftercare",
+            "'id' may only hold letters, digits, '_', '.' and '-', starting with a letter or digit",
+        ),
+    ],
+)
+def test_a_bad_workflow_id_names_the_rule_it_breaks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], workflow_id: str, message: str
+) -> None:
+    document = json.loads((EXAMPLES / "implant-aftercare.json").read_text(encoding="utf-8"))
+    document["id"] = workflow_id
+    path = tmp_path / "bad-id.json"
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    exit_code, out, _ = _run(capsys, "workflows", "validate", "--json", str(path))
+    assert exit_code == 1
+    (report,) = json.loads(out)
+    (error,) = [d for d in report["diagnostics"] if d["severity"] == "error"]
+    assert error["code"] == "WF_BAD_ID" and message in error["message"], error["message"]

@@ -31,7 +31,9 @@ def published(engine: Engine, workflows_dir: Path) -> Path:
 
 def _list_json(capsys: pytest.CaptureFixture[str], workflows_dir: Path) -> dict[str, dict]:
     assert main(["workflows", "list", "--json", "--workflows-dir", str(workflows_dir)]) == 0
-    return {item["workflow_id"]: item for item in json.loads(capsys.readouterr().out)}
+    out, err = capsys.readouterr()
+    assert err == ""
+    return {item["workflow_id"]: item for item in json.loads(out)}
 
 
 def test_list_shows_versions_hashes_validation_and_broken_snapshots(
@@ -90,16 +92,49 @@ def test_list_works_without_the_database(
 
     dispose_engines()
     monkeypatch.setenv("CAREFLOW_DB_URL", UNREACHABLE)
-    items = _list_json(capsys, published)
-    assert "cannot read versions" in items["(database)"]["problem"]
+    assert main(["workflows", "list", "--json", "--workflows-dir", str(published)]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(
+        f"careflow: only the snapshots on disk are listed: cannot read the published versions from {UNREACHABLE}: "
+    )
+    items = {item["workflow_id"]: item for item in json.loads(out)}
+    assert sorted(items) == sorted([*(p.stem for p in EXAMPLES.glob("*.json")), "corrupt"])
     for wid in (p.stem for p in EXAMPLES.glob("*.json")):
         assert items[wid]["version"] == 1
-        assert items[wid]["snapshot"].startswith("ok")
+        assert items[wid]["snapshot"] == "ok"
         assert len(items[wid]["content_hash"]) == 64
     assert items["corrupt"]["snapshot"] == "broken"
 
-    assert main(["workflows", "list", "--workflows-dir", str(published)]) == 0
-    out = capsys.readouterr().out
-    assert "implant-aftercare" in out and "broken" in out and "cannot read versions" in out
-    # one line per row: the database's multi-line error does not break the table
-    assert len(out.splitlines()) == 2 + 1 + len(list(EXAMPLES.glob("*.json"))) + 1
+    assert main(["workflows", "list", "--workflows-dir", str(published)]) == 2
+    out, err = capsys.readouterr()
+    assert "implant-aftercare" in out and "broken" in out and "cannot read" not in out
+    assert len(out.splitlines()) == 2 + len(list(EXAMPLES.glob("*.json"))) + 1
+    # one line: the database's multi-line error does not run over several
+    assert err.startswith(
+        "careflow: only the snapshots on disk are listed: cannot read the published versions"
+    )
+    assert len(err.splitlines()) == 1
+
+
+def test_list_before_db_upgrade_says_to_run_it_and_exits_2(
+    empty_db_url: str, workflows_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import upgrade
+
+    elsewhere = get_engine(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    upgrade(elsewhere)
+    publish_paths([EXAMPLES / "implant-aftercare.json"], engine=elsewhere, workflows_dir=workflows_dir)
+    missing = (
+        f"careflow's tables do not exist in this database ({empty_db_url}: careflow_workflow_versions "
+        "is missing): run `careflow db upgrade` first"
+    )
+    assert main(["workflows", "list", "--workflows-dir", str(workflows_dir)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"careflow: only the snapshots on disk are listed: {missing}\n"
+    assert [line.split()[:2] for line in out.splitlines()[2:]] == [["implant-aftercare", "1"]]
+
+    assert main(["workflows", "list", "--json", "--workflows-dir", str(workflows_dir)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"careflow: only the snapshots on disk are listed: {missing}\n"
+    assert [item["workflow_id"] for item in json.loads(out)] == ["implant-aftercare"]

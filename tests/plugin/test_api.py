@@ -76,3 +76,23 @@ def test_an_authenticated_call_lists_the_workflows(  # type: ignore[no-untyped-d
     assert by_id["corrupt"]["snapshot"] == "broken"
     assert "not a readable JSON snapshot" in by_id["corrupt"]["problem"]
     json.dumps(body)
+
+
+def test_without_careflow_tables_the_snapshots_are_listed_and_a_header_says_why(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch, workflows_dir: Path, auth_manager
+) -> None:
+    from careflow.airflow.api import DATABASE_PROBLEM_HEADER
+    from careflow.store.db import dispose_engines
+
+    (workflows_dir / "corrupt.json").write_text("{not json", encoding="utf-8")
+    monkeypatch.setenv("CAREFLOW_DB_URL", f"sqlite:///{tmp_path / 'never-upgraded.db'}")
+    dispose_engines()
+    headers = {"Authorization": f"Bearer {_token(auth_manager)}"}
+    try:
+        response = TestClient(app).get("/api/workflows", headers=headers)
+    finally:
+        dispose_engines()
+    assert response.status_code == 200
+    assert [item["workflow_id"] for item in response.json()] == ["corrupt"]
+    problem = response.headers[DATABASE_PROBLEM_HEADER]
+    assert "careflow db upgrade" in problem and "never-upgraded.db" in problem

@@ -262,3 +262,128 @@ def test_two_publishes_at_once_take_turns(engine: Engine, workflows_dir: Path, m
     assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1, 2, 3]
     snapshot = json.loads((workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8"))
     assert (snapshot["version"], snapshot["workflow"]["name"]) == (3, "B")
+
+
+def _with_password(url: str) -> str:
+    """``url`` with a password in it (Postgres trusts local connections: any password works)."""
+    return url.replace("postgresql+psycopg2://postgres@", "postgresql+psycopg2://postgres:s3cret@")
+
+
+def _live_snapshot_v2(workflows_dir: Path, tmp_path: Path) -> bytes:
+    """implant-aftercare published twice through another (the live) database; the snapshot's bytes."""
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import upgrade
+
+    live = get_engine(f"sqlite:///{tmp_path / 'live.db'}")
+    upgrade(live)
+    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    changed["name"] = "임플란트 수술 후 관리 v2"
+    changed_file = tmp_path / "implant-v2.json"
+    changed_file.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    results = publish_paths([IMPLANT, changed_file], engine=live, workflows_dir=workflows_dir)
+    assert [(r.action, r.version) for r in results] == [("published", 1), ("published", 2)]
+    return (workflows_dir / "implant-aftercare.json").read_bytes()
+
+
+def test_publishing_through_another_database_never_rolls_the_snapshot_back(
+    db_url: str,
+    engine: Engine,
+    workflows_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from careflow.store.db import dispose_engines
+
+    before = _live_snapshot_v2(workflows_dir, tmp_path)
+    monkeypatch.setenv("CAREFLOW_DB_URL", _with_password(db_url))  # upgraded, but not the live one
+    dispose_engines()
+
+    code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "the snapshot on disk is v2 but this database knows no version of it: " in err
+    assert "is careflow_db the right database?" in err
+    shown = db_url.replace("postgres@", "postgres:***@")
+    assert shown in err and "s3cret" not in err
+    assert err.startswith(f"careflow: {IMPLANT}: ") and "unexpected error" not in err
+    assert (workflows_dir / "implant-aftercare.json").read_bytes() == before
+    assert _versions(engine, "implant-aftercare") == []  # the version it stored is rolled back
+
+    # the database knows v1 and the snapshot is v2: still refused
+    (result,) = publish_paths([IMPLANT], engine=engine, workflows_dir=tmp_path / "elsewhere")
+    assert result.version == 1
+    code, (failed,) = _publish(workflows_dir, IMPLANT)
+    assert code == 2 and failed["action"] == "failed" and failed["version"] is None
+    assert "the snapshot on disk is v2 but this database knows v1: is careflow_db" in failed["error"]
+    assert (workflows_dir / "implant-aftercare.json").read_bytes() == before
+    assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1]
+
+
+def test_the_same_version_with_other_content_on_disk_is_not_overwritten(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import upgrade
+
+    live = get_engine(f"sqlite:///{tmp_path / 'live.db'}")
+    upgrade(live)
+    other = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    other["name"] = "다른 내용"
+    other_file = tmp_path / "other.json"
+    other_file.write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
+    publish_paths([other_file], engine=live, workflows_dir=workflows_dir)
+    before = (workflows_dir / "implant-aftercare.json").read_bytes()
+
+    code, (failed,) = _publish(workflows_dir, IMPLANT)
+    assert code == 2 and failed["action"] == "failed"
+    assert "the snapshot on disk is v1 but this database knows no version of it" in failed["error"]
+    assert (workflows_dir / "implant-aftercare.json").read_bytes() == before
+    assert _versions(engine, "implant-aftercare") == []
+
+
+def test_publish_output_names_the_database_without_its_password(
+    db_url: str, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from careflow.store.db import dispose_engines
+
+    monkeypatch.setenv("CAREFLOW_DB_URL", _with_password(db_url))
+    dispose_engines()
+    shown = db_url.replace("postgres@", "postgres:***@")
+    assert main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)]) == 0
+    out = capsys.readouterr().out
+    assert "published implant-aftercare v1 (" in out and f" in {shown} -> " in out and "s3cret" not in out
+    code, (result,) = _publish(workflows_dir, IMPLANT)
+    assert code == 0 and result["action"] == "unchanged" and result["database"] == shown
+
+
+def test_a_file_that_fails_does_not_hide_those_published_before_it_nor_stop_the_next(
+    engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, failing, last = (
+        EXAMPLES / f"{name}.json" for name in ("day-before-reminder", "implant-aftercare", "no-show-recovery")
+    )
+    (workflows_dir / "implant-aftercare.json").mkdir()  # its snapshot cannot be written
+
+    code = main(
+        ["workflows", "publish", "--workflows-dir", str(workflows_dir), *map(str, (first, failing, last))]
+    )
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{first}: published day-before-reminder v1 (")
+    assert lines[1].startswith(f"{last}: published no-show-recovery v1 (")
+    assert err.startswith(f"careflow: {failing}: not published: unexpected error: IsADirectoryError: ")
+    assert len(err.splitlines()) == 1
+    assert _versions(engine, "implant-aftercare") == []
+    assert [v for v, _ in _versions(engine, "no-show-recovery")] == [1]
+
+    code, results = _publish(workflows_dir, first, failing, last)
+    assert code == 2
+    assert [(r["workflow_id"], r["action"]) for r in results] == [
+        ("day-before-reminder", "unchanged"),
+        ("implant-aftercare", "failed"),
+        ("no-show-recovery", "unchanged"),
+    ]
+    assert results[1]["source"] == str(failing) and "IsADirectoryError" in results[1]["error"]

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Response
 
 from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
@@ -38,14 +38,26 @@ app.include_router(metrics_router)
 app.include_router(careflow_ui.router)
 
 
-@app.get("/api/workflows")
-def workflows(user: Any = Depends(get_user)) -> list[dict[str, Any]]:
-    """Published workflows the user may read: id, version, status, validation state and snapshot problems."""
-    from careflow.publishing import list_workflows
+#: Set on ``GET /api/workflows`` when careflow's database could not be read (the snapshots are listed).
+DATABASE_PROBLEM_HEADER = "X-Careflow-Database-Problem"
 
-    items = list_workflows()
-    allowed = access.readable(user, (item.workflow_id for item in items))
-    return [item.to_dict() for item in items if item.workflow_id in allowed]
+
+@app.get("/api/workflows")
+def workflows(response: Response, user: Any = Depends(get_user)) -> list[dict[str, Any]]:
+    """Published workflows the user may read: id, version, status, validation state and snapshot problems.
+
+    When careflow's database cannot be read, the snapshots on disk are listed and the
+    ``X-Careflow-Database-Problem`` header says why.
+    """
+    from careflow.publishing import read_workflows
+
+    listed = read_workflows()
+    if listed.database_problem:
+        response.headers[DATABASE_PROBLEM_HEADER] = listed.database_problem.encode(
+            "ascii", "replace"
+        ).decode()[:500]
+    allowed = access.readable(user, (item.workflow_id for item in listed.workflows))
+    return [item.to_dict() for item in listed.workflows if item.workflow_id in allowed]
 
 
 @app.get("/api/breakers", dependencies=[Depends(access.any_dag_reader)])

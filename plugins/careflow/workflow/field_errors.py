@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
+
+#: The characters an id may hold (its full rule is ``models.ID_PATTERN``).
+_ID_CHARACTERS = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def field_path(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
@@ -98,7 +102,15 @@ def describe(error: Mapping[str, Any]) -> str:
         pattern = str(ctx.get("pattern", ""))
         if "[0-5][0-9]" in pattern:
             return f"{name} must be a time of day like 09:00 (00:00-23:59){got}"
-        return f"{name} may only hold letters, digits, '_', '.' and '-' (max 64, no spaces){got}"
+        value = error.get("input")
+        if isinstance(value, str) and _ID_CHARACTERS.fullmatch(value):
+            if not value[0].isalnum():
+                return f"{name} must start with a letter or digit{got}"
+            return f"{name} is too long (at most 64 characters){got}"
+        return (
+            f"{name} may only hold letters, digits, '_', '.' and '-', starting with a letter or digit "
+            f"(max 64, no spaces){got}"
+        )
     if kind == "string_unicode":  # a lone surrogate: half of an emoji, cut off
         return (
             f"{name} holds a broken character (half of an emoji or symbol, e.g. cut off when pasted); "
