@@ -96,6 +96,8 @@ def careflow_metrics(
     engine: Engine, workflow_id: str | None = None, since: datetime | None = None
 ) -> dict[str, Any]:
     """Per workflow and node, from careflow's tables: runs, step outcomes, dwell times, messages."""
+    from careflow.publishing import tables_required
+
     s, x, m = tables.steps, tables.executions, tables.messages
     workflows: dict[str, dict[str, Any]] = {}
 
@@ -124,7 +126,7 @@ def careflow_metrics(
             where.append(moment >= since)
         return where
 
-    with engine.connect() as conn:
+    with tables_required(engine), engine.connect() as conn:
         step_where = scope(s, s.c.arrived_at)
         for row in conn.execute(
             select(s.c.workflow_id, s.c.node_id, s.c.status, func.count())
@@ -411,6 +413,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _is_published(workflow_id: str) -> bool:
+    """Whether the workflow has a version in careflow's database or a snapshot on disk."""
+    from careflow import settings
+    from careflow.snapshots import snapshot_path
+    from careflow.store.db import get_engine
+
+    if snapshot_path(settings.workflows_dir(), workflow_id).is_file():
+        return True
+    v = tables.workflow_versions
+    with get_engine().connect() as conn:
+        return (
+            conn.execute(select(v.c.version).where(v.c.workflow_id == workflow_id).limit(1)).first()
+            is not None
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``careflow metrics`` command."""
     from careflow.exceptions import ConfigurationError
@@ -420,6 +438,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigurationError(f"--since {exc}") from None
     report = build_report(args.workflow, since, airflow=not args.no_airflow)
+    if args.workflow and not report["workflows"] and not _is_published(args.workflow):
+        raise ConfigurationError(
+            f"--workflow {args.workflow}: no such workflow is published; "
+            "`careflow workflows list` shows the published ones"
+        )
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:

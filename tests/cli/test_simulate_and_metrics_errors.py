@@ -139,3 +139,48 @@ def test_a_dag_not_found_says_why(
     else:
         assert f"{folder / 'careflow_workflows.py'} did not build DAG careflow__implant-aftercare" in message
         assert "airflow dags list-import-errors" in message
+
+
+def test_setup_before_airflow_db_migrate_says_to_run_it(tmp_path: Path) -> None:
+    home = tmp_path / "airflow"
+    home.mkdir()
+    env = airflow_env(home, tmp_path / "workflows", AIRFLOW__LOGGING__LOGGING_LEVEL="ERROR")
+    result = _careflow(env, "setup")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"careflow: Airflow's metadata database (sqlite:///{home / 'airflow.db'})"
+    )
+    assert "is not migrated: run `airflow db migrate`" in result.stderr
+    assert "unexpected error" not in result.stderr and "slot_pool" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [(), ("--no-airflow",), ("--json",)])
+def test_metrics_before_db_upgrade_says_to_run_it(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code = main(["metrics", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == (
+        f"careflow: careflow's tables do not exist in this database ({empty_db_url}: careflow_steps is "
+        "missing): run `careflow db upgrade` first\n"
+    )
+
+
+def test_metrics_of_a_workflow_that_is_not_published_says_so(
+    db_url: str, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["metrics", "--no-airflow", "--workflow", "implant-afercare"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == (
+        "careflow: --workflow implant-afercare: no such workflow is published; "
+        "`careflow workflows list` shows the published ones\n"
+    )
+
+    from careflow.publishing import publish_paths
+
+    publish_paths([EXAMPLES / "implant-aftercare.json"], workflows_dir=workflows_dir)
+    assert main(["metrics", "--no-airflow", "--workflow", "implant-aftercare"]) == 0
+    assert "no runs recorded" in capsys.readouterr().out
