@@ -201,3 +201,39 @@ def test_no_patient_data_in_any_answer(client, simulated, engine) -> None:  # ty
         text = client.get(path).text
         assert [s for s in searched if s in text] == [], path
         assert "경과는" not in text, path  # no template or message body either
+
+
+def test_an_ended_execution_is_explained_by_the_version_that_ran_it(  # type: ignore[no-untyped-def]
+    client, simulated, workflows_dir
+) -> None:
+    # v2 replaces the KakaoTalk reminder a1 by an SMS a2 on the condition's other branch.
+    import copy
+    import json
+
+    from careflow.publishing import publish_paths
+    from engine.harness import example
+
+    doc = copy.deepcopy(example("implant-aftercare"))
+    for node in doc["nodes"]:
+        if node["id"] == "a1":
+            node["id"], node["data"]["channel"] = "a2", "sms"
+        if node["id"] == "c1":
+            node["data"]["all"][0]["value"] = True
+    for edge in doc["edges"]:
+        edge["target"] = "a2" if edge["target"] == "a1" else edge["target"]
+        if edge["source"] == "c1":
+            edge["sourceHandle"] = "false"
+    source = workflows_dir.parent / "implant-aftercare.json"
+    source.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    [published] = publish_paths([source], workflows_dir=workflows_dir)
+    assert published.version == 2
+
+    sent = client.get(f"/api/executions/{_execution_of(client, 'p1')}").json()
+    assert [(a["node_id"], a["verdict"]) for a in sent["actions"]] == [("a1", "sent")]
+    other_branch = client.get(f"/api/executions/{_execution_of(client, 'p3')}").json()
+    assert [(a["node_id"], a["verdict"], a["why"]) for a in other_branch["actions"]] == [
+        ("a1", "not reached", "condition c1 took the false branch; a1 is on the true branch")
+    ]
+    # One still on its way goes on in v2: it is explained by v2's graph.
+    waiting = client.get(f"/api/executions/{_execution_of(client, 'p2')}").json()
+    assert [a["node_id"] for a in waiting["actions"]] == ["a2"]

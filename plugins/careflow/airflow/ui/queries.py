@@ -381,7 +381,10 @@ def trace(
             }
             for r in message_rows
         ]
-    compiled = graph_of(row["workflow_id"])
+        compiled = graph_of(row["workflow_id"])
+        wanted = _version_that_ran(row, steps)
+        if wanted is not None and (compiled is None or compiled.version != wanted):
+            compiled = _published_graph(conn, row["workflow_id"], wanted) or compiled
     labels = {n: c.display_name for n, c in compiled.nodes.items()} if compiled else {}
     for step in steps:
         step.pop("patient_id")  # the execution's, given once below
@@ -394,13 +397,48 @@ def trace(
     }
 
 
+def _version_that_ran(execution: Any, steps: list[dict[str, Any]]) -> int | None:
+    """The version whose graph explains an ended execution: the newest that moved it.
+
+    None for one still on its way: it goes on in the current version (docs/contracts.md §4).
+    """
+    if execution["status"] in ("running", "waiting"):
+        return None
+    versions = [st["version"] for st in steps if st.get("version") is not None]
+    return max(versions, default=execution["version"])
+
+
+def _published_graph(conn: Any, workflow_id: str, version: int) -> CompiledWorkflow | None:
+    """The graph of one published version, from the document stored with it (None if unreadable)."""
+    from pydantic import ValidationError
+
+    from careflow.compiler.graph import compile_workflow
+    from careflow.workflow.models import Workflow
+
+    v = tables.workflow_versions
+    found = conn.execute(
+        select(v.c.document, v.c.content_hash).where(v.c.workflow_id == workflow_id, v.c.version == version)
+    ).first()
+    if found is None:
+        return None
+    document = json.loads(found[0]) if isinstance(found[0], str) else found[0]
+    try:
+        return compile_workflow(Workflow.model_validate(document), version=version, content_hash=found[1])
+    except (ValidationError, ValueError, TypeError):
+        return None
+
+
 def explain_actions(
     compiled: CompiledWorkflow,
     execution: dict[str, Any],
     steps: list[dict[str, Any]],
     messages: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """For every action node: sent, or why not ("why did this patient not get the reminder?")."""
+    """For every action node: sent, or why not ("why did this patient not get the reminder?").
+
+    An action node another version had, where this execution has a step or a message, is
+    explained too, from what was recorded.
+    """
     by_node = {st["node_id"]: st for st in steps}
     message_by_node = {msg["node_id"]: msg for msg in messages}
     out = []
@@ -408,6 +446,10 @@ def explain_actions(
         label = compiled.nodes[action_id].display_name
         verdict, why = _verdict(compiled, action_id, execution, by_node, message_by_node.get(action_id))
         out.append({"node_id": action_id, "label": label, "verdict": verdict, "why": why})
+    for node_id, message in message_by_node.items():
+        if node_id not in compiled.nodes:
+            verdict, why = _verdict(compiled, node_id, execution, by_node, message)
+            out.append({"node_id": node_id, "label": node_id, "verdict": verdict, "why": why})
     return out
 
 
