@@ -22,6 +22,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -158,6 +159,30 @@ def prepare_nice() -> int:
     if not 0 <= nice <= 19:
         raise ValueError(f"[careflow] prepare_nice must be a whole number from 0 to 19, got {nice}")
     return nice
+
+
+def enrollment_lookback() -> timedelta:
+    """``[careflow] enrollment_lookback_minutes`` (default 60): how far before the watermark enrollment reads.
+
+    An event is often committed a while after its ``occurred_at`` (a clinic system stamps it when
+    its transaction starts, a sync imports the morning's events at noon): a run that had already
+    read past that time would never see it. Each enrollment therefore reads this far back again;
+    events already enrolled are skipped by the unique (workflow, trigger event) key. Raise it to
+    the longest delay with which the clinic's events arrive; 0 reads from the watermark only.
+    """
+    value = _config("careflow", "enrollment_lookback_minutes")
+    if value is None or not value.strip():
+        return timedelta(minutes=60)
+    try:
+        minutes = int(value)
+    except ValueError:
+        minutes = -1
+    if not 0 <= minutes <= 7 * 24 * 60:
+        raise ValueError(
+            "[careflow] enrollment_lookback_minutes must be a whole number of minutes from 0 to "
+            f"10080 (a week), got {value!r}"
+        )
+    return timedelta(minutes=minutes)
 
 
 def _flag(value: Any) -> bool:

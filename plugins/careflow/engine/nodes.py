@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, type_coerce, update
 from sqlalchemy.types import NullType
 
+from careflow import settings
 from careflow.clock import enrolling_run_id
 from careflow.compiler import CompiledNode
 from careflow.engine import steps as st
@@ -41,8 +42,10 @@ def execution_id_for(workflow_id: str, event_id: str) -> str:
 def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     """Enroll the matching appointment events since the last enrollment, idempotently.
 
-    The window is [watermark, now): a skipped or late run loses nothing, a re-run enrolls nothing
-    twice (the unique (workflow, trigger event) key decides).
+    The window is [watermark - lookback, now): a skipped or late run loses nothing, an event
+    committed after a run read past its time is read by the next one (up to
+    ``[careflow] enrollment_lookback_minutes`` late), and nothing is enrolled twice (the unique
+    (workflow, trigger event) key decides).
     """
     report = NodeReport(node.id, node.type)
     config = node.config
@@ -57,6 +60,8 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     start = tables.UTCDateTime().process_result_value(mark, engine.dialect) if mark else None
     if start is None:
         start = ctx.interval_start or (ctx.now - timedelta(days=1))
+    else:
+        start -= settings.enrollment_lookback()
     if ctx.interval_start is not None:
         start = min(start, ctx.interval_start)
     # An event older than the retention could be one whose execution was purged: never again. A
@@ -141,6 +146,8 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 }
                 for r in eligible
             ]
+            # A view that lists an event twice (a UNION ALL) gives one execution, counted once.
+            executions = list({ex["id"]: ex for ex in executions}.values())
             ids = [ex["id"] for ex in executions]
             existing = set(
                 conn.execute(select(tables.executions.c.id).where(tables.executions.c.id.in_(ids))).scalars()

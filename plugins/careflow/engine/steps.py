@@ -488,7 +488,10 @@ def among(conn: Connection, column: Any, values: Iterable[Any]) -> Any:
     quickly, where an IN list renders and binds a placeholder per value.
     """
     if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+        # Text, not the column's VARCHAR(n): a cast to varchar(n)[] cuts longer values silently,
+        # and a clinic's id longer than careflow's column declares would then match nothing.
+        item = sqltypes.Text() if isinstance(column.type, sqltypes.String) else column.type
+        return column == any_(bindparam(None, list(values), type_=ARRAY(item)))
     return column.in_(list(values))
 
 
