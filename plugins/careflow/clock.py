@@ -49,8 +49,20 @@ def now_for(conf: Mapping[str, Any] | None) -> datetime:
     """The run's "now": the simulated time of a simulated run, else the wall clock.
 
     A clock in the conf of any other run (a manual run given one) is not followed: a production
-    run sends real messages, and does it at the real time.
+    run sends real messages, and does it at the real time. A run whose conf says it is simulated
+    is refused (ConfigurationError) in a process that does not run simulations
+    (``[careflow] allow_simulated_runs``): only ``careflow simulate`` starts them.
     """
-    if is_simulated(conf) and conf and conf.get(CLOCK_KEY):
-        return parse_time(conf[CLOCK_KEY])
+    if is_simulated(conf):
+        from careflow import settings
+        from careflow.exceptions import ConfigurationError
+
+        if not settings.allow_simulated_runs():
+            raise ConfigurationError(
+                f"this run's conf asks for a simulated run ({SIMULATED_KEY}), which only `careflow "
+                "simulate` starts: [careflow] allow_simulated_runs is off in this process, so the run "
+                "is refused rather than moving real executions on a made-up clock"
+            )
+        if conf and conf.get(CLOCK_KEY):
+            return parse_time(conf[CLOCK_KEY])
     return wall_clock()

@@ -161,6 +161,17 @@ def prepare_nice() -> int:
     return nice
 
 
+def allow_simulated_runs() -> bool:
+    """``[careflow] allow_simulated_runs`` (default false): whether this process runs simulated runs.
+
+    ``careflow simulate`` turns it on in its own process. A worker leaves it off, so a run whose
+    conf asks for a simulated clock or a dry run (anyone who may trigger a DAG can write one)
+    fails instead of moving real executions on a made-up clock or recording their messages as
+    sent without sending them.
+    """
+    return _flag(_config("careflow", "allow_simulated_runs"))
+
+
 def enrollment_lookback() -> timedelta:
     """``[careflow] enrollment_lookback_minutes`` (default 60): how far before the watermark enrollment reads.
 

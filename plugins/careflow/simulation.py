@@ -240,6 +240,8 @@ def simulate_workflow(
 
     check_ready()
     _refuse_live_workflow(workflow_id)
+    # This process runs the simulated runs it starts (workers refuse them: settings.allow_simulated_runs).
+    os.environ["AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS"] = "true"
     _quiet_airflow()
     _, compiled = load_one(settings.workflows_dir(), workflow_id)
     dag = load_dag(dag_id_for(workflow_id))

@@ -165,12 +165,36 @@ def test_only_a_simulated_run_follows_the_conf_clock_and_dry_run(
     dry_run: bool,  # type: ignore[type-arg]
 ) -> None:
     monkeypatch.setattr("careflow.clock.wall_clock", lambda: NOW)
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS", "true")  # as careflow simulate sets it
     dag = build_dag(_compiled())
     for task in dag.tasks:
         if task.task_id == "careflow_wake":
             continue
         ctx = task.run_context({**_context(conf), "data_interval_start": None})
         assert (ctx.now, ctx.dry_run) == (now, dry_run), task.task_id
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_worker_refuses_a_run_whose_conf_claims_to_be_simulated(
+    monkeypatch: pytest.MonkeyPatch, dry_run: bool
+) -> None:
+    # Anyone who may trigger the DAG can write this conf: on a worker it would move real
+    # executions on a made-up clock, or record their messages as sent without sending them.
+    from careflow.exceptions import ConfigurationError
+
+    monkeypatch.delenv("AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS", raising=False)
+    conf = {
+        "careflow_clock": "2026-03-12T09:00:00+00:00",
+        "careflow_simulated": True,
+        "careflow_dry_run": dry_run,
+    }
+    dag = build_dag(_compiled())
+    for task in dag.tasks:
+        with pytest.raises(ConfigurationError, match="only `careflow simulate` starts"):
+            if task.task_id == "careflow_wake":
+                task.execute({**_context(conf), "data_interval_start": None})
+            else:
+                task.run_context({**_context(conf), "data_interval_start": None})
 
 
 def test_setup_creates_the_provider_pool(airflow_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,6 +59,7 @@ def test_a_refused_token_alerts_once_with_ids_and_a_link_and_no_patient_data(
         "careflow_clock": (START + timedelta(days=1)).isoformat(),
         "careflow_simulated": True,
     }
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS", "true")  # as careflow simulate sets it
     with FakeProviderServer() as provider:
         monkeypatch.setenv(
             "AIRFLOW_CONN_CAREFLOW_MESSAGING",
