@@ -224,6 +224,28 @@ def test_operator_reset_is_logged_and_listed(kind, monkeypatch, prefix, tmp_path
         forget_links()
 
 
+def test_a_breaker_used_after_redis_lost_its_data_is_listed_again(
+    monkeypatch, prefix, redis_client, redis_backend
+):
+    worker = CircuitBreaker("lost:sms", backend=redis_backend(), verdict_seconds=0)
+    worker.record(worker.acquire(), "accepted")
+    # Redis restarted without persistence (or was flushed): this test's keys are gone
+    redis_client.delete(*redis_client.scan_iter(match=f"{prefix}:*"))
+    open_breaker(worker)
+
+    # the api-server, another process, lists the breaker (so /api/breakers/{name}/reset finds it)
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("CAREFLOW_REDIS_PREFIX", prefix)
+    forget_breakers()
+    forget_links()
+    try:
+        listed = {s.name: s for s in list_breakers()}
+        assert listed["lost:sms"].state == "open"
+    finally:
+        forget_breakers()
+        forget_links()
+
+
 def test_a_worker_whose_clock_is_off_waits_as_long_as_the_shared_clock_says(redis_backend):
     from careflow.airflow.operators.action import resume_at
 

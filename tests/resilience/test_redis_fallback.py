@@ -19,6 +19,7 @@ from careflow.resilience.backends.redis_backend import RedisBackend
 from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 from careflow.resilience.cache import Cache
 from careflow.resilience.redis_link import RedisLink
+from careflow.resilience.state_machine import State
 
 from .conftest import DEAD_REDIS_URL
 
@@ -223,6 +224,81 @@ def test_redis_restart_fallback_then_recovery(tmp_path, emitted):
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_a_probe_granted_by_the_breaker_file_is_answered_there_after_redis_came_back(
+    tmp_path, breaker_file, clock, emitted
+):
+    config = BreakerConfig(
+        consecutive_failures=2, open_seconds=1, probe_timeout_seconds=2, half_open_probes=1
+    )
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    try:
+        link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=0.05)
+        backend = RedisBackend(link, prefix="cftest", clock=clock)
+        breaker = CircuitBreaker("blip:sms", config, backend=backend, verdict_seconds=0)
+        _stop(proc)  # a network blip: Redis and the provider fail together
+        for _ in range(config.consecutive_failures):
+            breaker.record(breaker.acquire(), "transient")
+        clock.advance(config.open_seconds)
+        probe = breaker.acquire()
+        assert probe.probe and probe.backend == "local-fallback"
+
+        proc = _start_redis(port, tmp_path)
+        time.sleep(0.1)  # the link retries Redis at most every retry_seconds
+        breaker.record(probe, "accepted")  # the provider is back too
+        assert EmbeddedBackend(breaker_file).peek("blip:sms", config)[0].state == "closed"
+        assert breaker.acquire().backend == "redis"
+
+        # much later Redis alone is lost: the healthy provider is not refused, no breaker opens
+        clock.advance(10 * config.probe_timeout_seconds)
+        _stop(proc)
+        assert breaker.acquire().backend == "local-fallback"
+        opened = [
+            f["reason"] for name, f in emitted if name == "breaker_transition" and f["to_state"] == "open"
+        ]
+        assert opened == ["consecutive_failures"]
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_a_result_counts_only_on_the_backend_that_granted_its_permit(tmp_path, breaker_file):
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    try:
+        link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=0.05)
+        breaker = CircuitBreaker("cross:sms", backend=RedisBackend(link, prefix="cftest"), verdict_seconds=0)
+
+        def breaker_file_state() -> State:
+            return EmbeddedBackend(breaker_file).peek("cross:sms", breaker.config)[0]
+
+        from_redis = breaker.acquire()
+        assert from_redis.backend == "redis"
+        _stop(proc)
+        breaker.record(from_redis, "transient")  # Redis is gone: the result is dropped
+        assert link.down and breaker_file_state().consecutive == 0
+
+        from_file = breaker.acquire()
+        assert from_file.backend == "local-fallback"
+        proc = _start_redis(port, tmp_path)
+        time.sleep(0.1)
+        breaker.record(from_file, "transient")  # Redis is back: the result still goes to the file
+        assert breaker_file_state().consecutive == 1
+        snap = breaker.snapshot()
+        assert (snap.backend, snap.consecutive_failures) == ("redis", 0)
+
+        # a 429 answered to a Redis permit while Redis is gone still pauses the sends of the file
+        throttled = breaker.acquire()
+        _stop(proc)
+        breaker.record(throttled, "throttled", retry_after=60)
+        with pytest.raises(BreakerOpen):
+            breaker.acquire()
+        assert breaker_file_state().consecutive == 1
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_redis_that_refuses_writes_is_down_for_the_breaker(tmp_path, emitted):
     from careflow.resilience.backends.redis_backend import RedisBackend
 
@@ -235,7 +311,9 @@ def test_a_redis_that_refuses_writes_is_down_for_the_breaker(tmp_path, emitted):
         assert breaker.acquire().backend == "redis"
         client.set("filler", "x" * 100_000)
         client.config_set("maxmemory", "1")  # noeviction: every write is refused with OOM
-        for _ in range(5):  # the failures are counted (in the breaker file) and open the breaker
+        # the first result is a Redis permit's, refused by Redis: dropped; the file's permits count
+        # there and open the breaker
+        for _ in range(1 + breaker.config.consecutive_failures):
             breaker.record(breaker.acquire(), "transient")
         with pytest.raises(BreakerOpen):
             breaker.acquire()

@@ -21,7 +21,11 @@ in snapshots either way). We chose to keep sending rather than refuse every mess
 is not a provider outage, and the machine's breaker still protects the provider from each worker.
 The switch is logged once, counted (``fallback_events``) and emitted as ``breaker_redis_fallback``;
 Redis is retried every few seconds and ``breaker_redis_recovered`` is emitted when it answers
-again. Permits handed out by Redis are ignored by the fallback, and the other way round.
+again. Permits handed out by Redis are ignored by the fallback, and the other way round: a result
+is recorded on the backend that granted its permit, so a fallback permit's result goes to the
+breaker file even after Redis came back (a probe granted by the file frees its slot there), and a
+Redis permit's result that arrives while Redis is unreachable is dropped (its generation means
+nothing to the file; a 429's pause still applies).
 
 Cost in the send path: while closed, a granted verdict is reused for up to ``verdict_seconds``
 (0.5 s) or ``verdict_calls`` acquires without asking the backend, and successes are buffered and
@@ -46,7 +50,7 @@ from typing import Any
 
 from careflow.exceptions import BreakerOpen
 from careflow.resilience import events
-from careflow.resilience.backends import Applied, BreakerBackend
+from careflow.resilience.backends import STALE_GENERATION, Applied, BreakerBackend
 from careflow.resilience.state_machine import (
     CLOSED,
     FAILURE,
@@ -65,8 +69,6 @@ from careflow.resilience.state_machine import (
 
 log = logging.getLogger(__name__)
 
-STALE_GENERATION = -1  # never a real generation: the record is ignored (a 429's pause still applies)
-
 
 @dataclass(frozen=True)
 class Permit:
@@ -75,7 +77,7 @@ class Permit:
     name: str
     generation: int
     probe: bool
-    backend: str = ""  # which backend granted it; a permit from another backend is ignored
+    backend: str = ""  # which backend granted it: its result is recorded there
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,6 @@ class CircuitBreaker:
             return
         with self._lock:
             generation = permit.generation
-            if permit.backend and permit.backend != self.backend.kind:
-                generation = STALE_GENERATION
             if generation == STALE_GENERATION and kind != THROTTLED:
                 return  # the backend would ignore it anyway
             if kind == SUCCESS and not permit.probe and self.flush_every > 1:
@@ -265,14 +265,17 @@ class CircuitBreaker:
                 if kind == THROTTLED
                 else None,
             )
-            applied = self.backend.apply(self.name, self.config, event)
+            applied = self.backend.apply(self.name, self.config, event, permit.backend)
             self._announce(applied)
             state = applied.result.state
             verdict = self._verdict
             if (
                 kind == THROTTLED
                 or state.state != CLOSED
-                or (verdict is not None and verdict.generation != state.generation)
+                or (
+                    verdict is not None
+                    and (verdict.generation != state.generation or verdict.backend != applied.backend)
+                )
             ):
                 self._verdict = None
 
@@ -331,7 +334,7 @@ class CircuitBreaker:
         if buffer is None or buffer.successes == 0:
             return
         applied = self.backend.apply(
-            self.name, self.config, Record(buffer.generation, successes=buffer.successes)
+            self.name, self.config, Record(buffer.generation, successes=buffer.successes), buffer.backend
         )
         self._announce(applied)
 

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from careflow.resilience.backends import TRANSITIONS_KEPT, Applied
+from careflow.resilience.backends import TRANSITIONS_KEPT, Applied, stale_unless
 from careflow.resilience.state_machine import BreakerConfig, Event, State, step
 
 
@@ -25,7 +25,8 @@ class MemoryBackend:
     def kind(self) -> str:
         return self._kind
 
-    def apply(self, name: str, config: BreakerConfig, event: Event) -> Applied:
+    def apply(self, name: str, config: BreakerConfig, event: Event, granted_by: str = "") -> Applied:
+        event = stale_unless(event, granted_by, self._kind)
         with self._lock:
             now = self._clock()
             result = step(self._states.get(name, State()), event, config, now)

@@ -4,7 +4,9 @@ Keys (``{name}`` is a hash tag, so one breaker's keys share a cluster slot):
 
 - ``<prefix>:breaker:{<name>}`` hash: the fields of :class:`~careflow.resilience.state_machine.State`
 - ``<prefix>:breaker:{<name>}:log`` list: transitions, newest first, the last 100
-- ``<prefix>:breakers`` set: every breaker name
+- ``<prefix>:breakers`` set: every breaker name, added by the script whenever it writes a state
+  (a breaker's first call does), so a Redis that lost its data (FLUSHALL, a restart without
+  persistence) lists every breaker in use again
 
 Time is Redis' ``TIME`` inside the script, never a worker's clock. When Redis is unreachable the
 backend answers from the machine's breaker file (an
@@ -13,6 +15,15 @@ backend answers from the machine's breaker file (an
 machine; per-process memory if the file is unusable too), reported as ``"local-fallback"``, and
 goes back to Redis once :class:`~careflow.resilience.redis_link.RedisLink` sees it again. The file
 is opened at the first call that needs it: while Redis works, nothing is written to it.
+
+A result is recorded where its permit was granted, whichever answers other calls by then:
+
+- a fallback permit's result goes to the breaker file, even once Redis is back: a probe the file
+  granted must be answered there, or its slot stays taken and the next outage starts with a
+  probe timeout (the breaker opens with a healthy provider);
+- a Redis permit's result goes to Redis; if Redis is unreachable by then it is dropped (only a
+  429's pause is applied, to the file): the file keeps its own counts and generations, and the
+  sends it allows from now on count there.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from careflow.resilience.backends import TRANSITIONS_KEPT, Applied
+from careflow.resilience.backends import TRANSITIONS_KEPT, Applied, stale_unless
 from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 from careflow.resilience.redis_link import DOWN, RedisLink, key_prefix
 from careflow.resilience.state_machine import (
@@ -85,7 +96,6 @@ class RedisBackend:
         self._fallback_path = fallback_path
         self._fallback_backend: EmbeddedBackend | None = None
         self._fallback_lock = threading.Lock()
-        self._registered: set[str] = set()
 
     @property
     def kind(self) -> str:
@@ -114,7 +124,7 @@ class RedisBackend:
     def _names_key(self) -> str:
         return f"{self.prefix}:breakers"
 
-    def _args(self, op: str, config: BreakerConfig, extra: list) -> list:
+    def _args(self, name: str, op: str, config: BreakerConfig, extra: list) -> list:
         now = repr(float(self._clock())) if self._clock is not None else ""
         return [
             op,
@@ -129,28 +139,27 @@ class RedisBackend:
             repr(float(config.probe_timeout_seconds)),
             TRANSITIONS_KEPT,
             STATE_TTL_MS,
+            name,
             *extra,
         ]
 
     def _run(self, name: str, op: str, config: BreakerConfig, extra: list) -> dict | None:
         key = self.state_key(name)
-        args = self._args(op, config, extra)
-        register = name not in self._registered and op != "peek"
-
-        def call(client):
-            raw = self._script(keys=[key, f"{key}:log"], args=args, client=client)
-            if register:
-                client.sadd(self._names_key(), name)
-            return raw
-
-        raw = self.link.run(call)
+        keys = [key, f"{key}:log", self._names_key()]
+        args = self._args(name, op, config, extra)
+        raw = self.link.run(lambda client: self._script(keys=keys, args=args, client=client))
         if raw is DOWN:
             return None
-        if register:
-            self._registered.add(name)
         return json.loads(raw)
 
-    def apply(self, name: str, config: BreakerConfig, event: Event) -> Applied:
+    def _on_fallback(self, name: str, config: BreakerConfig, event: Event) -> Applied:
+        # The file and its own in-memory fallback answer under one name: a permit of one recorded
+        # on the other is checked by generation only.
+        return dataclasses.replace(self.fallback.apply(name, config, event), backend=FALLBACK)
+
+    def apply(self, name: str, config: BreakerConfig, event: Event, granted_by: str = "") -> Applied:
+        if granted_by == FALLBACK and isinstance(event, Record):
+            return self._on_fallback(name, config, event)
         if isinstance(event, Acquire):
             op, extra = "acquire", []
         elif isinstance(event, Record):
@@ -163,9 +172,7 @@ class RedisBackend:
             raise TypeError(f"unknown breaker event {event!r}")
         data = self._run(name, op, config, extra)
         if data is None:
-            # The file and its own in-memory fallback answer under one name: a permit of one recorded
-            # on the other is checked by generation only. Redis' permits stay apart from both.
-            return dataclasses.replace(self.fallback.apply(name, config, event), backend=FALLBACK)
+            return self._on_fallback(name, config, stale_unless(event, granted_by, FALLBACK))
         decision = None
         if "decision" in data:
             d = data["decision"]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from careflow.resilience.backends import TRANSITIONS_KEPT, Applied
+from careflow.resilience.backends import TRANSITIONS_KEPT, Applied, stale_unless
 from careflow.resilience.backends.memory_backend import MemoryBackend
 from careflow.resilience.state_machine import BreakerConfig, Event, State, step
 
@@ -101,13 +101,13 @@ class EmbeddedBackend:
             log.warning("breaker file %s works again", self.path)
         self._failing = False
 
-    def apply(self, name: str, config: BreakerConfig, event: Event) -> Applied:
+    def apply(self, name: str, config: BreakerConfig, event: Event, granted_by: str = "") -> Applied:
         with self._lock:
             try:
-                applied = self._apply(name, config, event)
+                applied = self._apply(name, config, stale_unless(event, granted_by, "embedded"))
             except UNUSABLE as exc:
                 self._failed(exc)
-                return self._fallback.apply(name, config, event)
+                return self._fallback.apply(name, config, event, granted_by)
             self._recovered()
             return applied
 

@@ -1,14 +1,14 @@
 -- careflow circuit breaker: one atomic step of the state machine in state_machine.py (keep in sync).
 --
--- KEYS[1] state hash, KEYS[2] transitions log (list, newest first)
+-- KEYS[1] state hash, KEYS[2] transitions log (list, newest first), KEYS[3] set of breaker names
 -- ARGV[1] op: acquire | record | reset | peek
 -- ARGV[2] now override ('' = Redis' TIME; only tests pass a value)
 -- ARGV[3..10] config: window_seconds, min_calls, failure_rate_threshold, consecutive_failures,
 --             open_seconds, max_open_seconds, half_open_probes, probe_timeout_seconds
--- ARGV[11] transitions kept, ARGV[12] key ttl in ms
--- record: ARGV[13] generation, ARGV[14] probe (0/1), ARGV[15] successes, ARGV[16] failures,
---         ARGV[17] pause seconds ('' = none)
--- reset:  ARGV[13] by
+-- ARGV[11] transitions kept, ARGV[12] key ttl in ms, ARGV[13] breaker name
+-- record: ARGV[14] generation, ARGV[15] probe (0/1), ARGV[16] successes, ARGV[17] failures,
+--         ARGV[18] pause seconds ('' = none)
+-- reset:  ARGV[14] by
 -- Returns a JSON object: state fields (strings), decision, transitions, ignored, now.
 
 local BUCKETS = 10
@@ -17,6 +17,7 @@ local MAX_PAUSE_SECONDS = 3600.0
 
 local state_key = KEYS[1]
 local log_key = KEYS[2]
+local names_key = KEYS[3]
 local op = ARGV[1]
 
 local now
@@ -39,6 +40,7 @@ local cfg = {
 }
 local log_max = tonumber(ARGV[11])
 local ttl_ms = tonumber(ARGV[12])
+local name = ARGV[13]
 
 local function fmt(x)
   return string.format('%.17g', x)
@@ -82,7 +84,8 @@ for i = 0, BUCKETS - 1 do
   s.buckets[i] = { id, c, f }
 end
 
-local dirty = false
+-- The first call stores the state (as the breaker file does), which lists the breaker.
+local dirty = op ~= 'peek' and #raw == 0
 local transitions = {}
 local decision = nil
 local ignored = false
@@ -256,12 +259,12 @@ if op == 'acquire' then
   acquire()
 elseif op == 'record' then
   local pause = nil
-  if ARGV[17] ~= '' then
-    pause = tonumber(ARGV[17])
+  if ARGV[18] ~= '' then
+    pause = tonumber(ARGV[18])
   end
-  record(tonumber(ARGV[13]), ARGV[14] == '1', tonumber(ARGV[15]), tonumber(ARGV[16]), pause)
+  record(tonumber(ARGV[14]), ARGV[15] == '1', tonumber(ARGV[16]), tonumber(ARGV[17]), pause)
 elseif op == 'reset' then
-  reset(ARGV[13])
+  reset(ARGV[14])
 elseif op ~= 'peek' then
   return redis.error_reply('careflow breaker: unknown op ' .. tostring(op))
 end
@@ -293,6 +296,9 @@ if dirty then
   end
   redis.call('HSET', state_key, unpack(args))
   redis.call('PEXPIRE', state_key, ttl_ms)
+  -- Whoever writes a state lists it: the names come back after Redis lost its data (FLUSHALL, a
+  -- restart without persistence) as soon as a worker uses the breaker again.
+  redis.call('SADD', names_key, name)
 end
 
 local out_transitions = {}
