@@ -9,7 +9,7 @@ import pytest
 
 from careflow.exceptions import SnapshotError
 from careflow.publishing import publish_paths
-from careflow.resilience.cache import COMPILED_WORKFLOWS, VALIDATION, get_cache, workflow_key
+from careflow.resilience.cache import VALIDATION, VALIDATION_TTL, get_cache, workflow_key
 from careflow.snapshots import compile_cache_info, load_one
 from careflow.workflow.validation import validate_path
 from support import EXAMPLES
@@ -55,12 +55,12 @@ def test_publishing_drops_what_the_shared_caches_hold_about_the_workflow(
 ):
     source = tmp_path / "implant-aftercare.json"
     source.write_bytes((EXAMPLES / "implant-aftercare.json").read_bytes())
-    compiled_cache = get_cache(COMPILED_WORKFLOWS, 24 * 3600)
+    validation_cache = get_cache(VALIDATION, VALIDATION_TTL)
     old = workflow_key("implant-aftercare", "0" * 64)
-    compiled_cache.set(old, "an entry about an older version")
+    validation_cache.set(old, "an entry about an older version")
     [result] = publish_paths([source], engine=engine, workflows_dir=workflows_dir)
     assert result.action == "published"
-    assert compiled_cache.get(old) is None
+    assert validation_cache.get(old) is None
 
 
 def test_an_edited_snapshot_is_refused_not_served_from_the_compile_cache(engine, tmp_path, workflows_dir):

@@ -130,7 +130,7 @@ def test_standard_caches_and_registry(monkeypatch, prefix):
         stats = {s["name"]: s for s in cache_stats()}
         assert set(STANDARD_CACHES) <= set(stats)
         assert stats[SENT_KEYS]["misses"] == 1 and stats[SENT_KEYS]["backend"] == "redis"
-        assert cache_module.COMPILED_WORKFLOWS_TTL == 24 * 3600 and cache_module.VALIDATION_TTL == 600
+        assert cache_module.VALIDATION_TTL == 600
         assert cache_module.TEMPLATES_TTL == 3600 and SENT_KEYS_TTL == 300
     finally:
         forget_caches()
@@ -143,15 +143,14 @@ def test_publishing_a_workflow_drops_its_cached_entries(monkeypatch, prefix):
     forget_caches()
     forget_links()
     try:
-        compiled = get_cache(cache_module.COMPILED_WORKFLOWS, cache_module.COMPILED_WORKFLOWS_TTL)
         validation = get_cache(cache_module.VALIDATION, cache_module.VALIDATION_TTL)
-        compiled.set(workflow_key("wf-1", "aaa"), "graph v1")
         validation.set(workflow_key("wf-1", "aaa"), "ok")
-        compiled.set(workflow_key("wf-10", "bbb"), "other workflow")
+        validation.set(workflow_key("wf-1", "bbb"), "ok")
+        validation.set(workflow_key("wf-10", "bbb"), "other workflow")
         assert invalidate_workflow("wf-1", "ccc") == 2
-        assert compiled.get(workflow_key("wf-1", "aaa")) is None
         assert validation.get(workflow_key("wf-1", "aaa")) is None
-        assert compiled.get(workflow_key("wf-10", "bbb")) == "other workflow"
+        assert validation.get(workflow_key("wf-1", "bbb")) is None
+        assert validation.get(workflow_key("wf-10", "bbb")) == "other workflow"
     finally:
         forget_caches()
         forget_links()
@@ -161,7 +160,7 @@ def test_no_redis_configured_means_local_caches(monkeypatch):
     monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
     forget_caches()
     try:
-        cache = get_cache("compiled_workflows", 86400)
+        cache = get_cache("validation", 600)
         cache.set("sha256:ab", b"{}")
         assert cache.get("sha256:ab") == b"{}"
         assert cache.stats()["backend"] == "local"

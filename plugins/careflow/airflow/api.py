@@ -89,8 +89,9 @@ def reset_breaker(name: str, user: Any = Depends(get_user)) -> dict[str, Any]:
 
 @app.get("/api/cache", dependencies=[Depends(access.any_dag_reader)])
 def cache() -> dict[str, Any]:
-    """Hit and miss counts per cache, and the compiled-template cache."""
+    """Hit and miss counts per cache, and this process' compiled-workflow and compiled-template caches."""
     from careflow.resilience import cache_stats
+    from careflow.snapshots import compile_cache_info
     from careflow.templates import cache_info
 
-    return {"caches": cache_stats(), "templates": cache_info()}
+    return {"caches": cache_stats(), "compiled_workflows": compile_cache_info(), "templates": cache_info()}

@@ -146,18 +146,20 @@ def report_caches() -> None:
     """Send the cache hit and miss totals as gauges (``careflow.cache.<hits|misses>.<cache>``).
 
     The resilience caches count in Redis when it is configured (totals shared by every worker),
-    otherwise per process; ``template_compile`` is the process' compiled-template cache.
+    otherwise per process; ``compiled_workflows`` and ``template_compile`` are the process'
+    compiled-workflow and compiled-template caches.
     """
     stats_client = stats()
     if stats_client is None:
         return
     try:
         from careflow.resilience import cache_stats
+        from careflow.snapshots import compile_cache_info
         from careflow.templates import cache_info
 
         totals = [(c["name"], c["hits"], c["misses"]) for c in cache_stats()]
-        info = cache_info()
-        totals.append(("template_compile", info["hits"], info["misses"]))
+        for name, info in (("compiled_workflows", compile_cache_info()), ("template_compile", cache_info())):
+            totals.append((name, info["hits"], info["misses"]))
         for name, hits, misses in totals:
             stats_client.gauge(f"careflow.cache.hits.{part(name)}", float(hits))
             stats_client.gauge(f"careflow.cache.misses.{part(name)}", float(misses))

@@ -20,8 +20,6 @@ from careflow.resilience.breaker import (
     list_breakers,
 )
 from careflow.resilience.cache import (
-    COMPILED_WORKFLOWS,
-    COMPILED_WORKFLOWS_TTL,
     SENT_KEYS,
     SENT_KEYS_TTL,
     STANDARD_CACHES,
@@ -36,8 +34,6 @@ from careflow.resilience.cache import (
 from careflow.resilience.state_machine import BreakerConfig
 
 __all__ = [
-    "COMPILED_WORKFLOWS",
-    "COMPILED_WORKFLOWS_TTL",
     "SENT_KEYS",
     "SENT_KEYS_TTL",
     "STANDARD_CACHES",

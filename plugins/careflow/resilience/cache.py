@@ -11,6 +11,9 @@ with. Keys in Redis are ``<prefix>:cache:{<name>}:v:<key>`` and hit/miss counter
 each process keeps its own LRU (``backend == "local"``); when Redis is unreachable the same LRU is
 used (``"local-fallback"``) until it is back. Invalidations made during an outage do not reach
 Redis: an entry invalidated then may be served again until its TTL ends.
+
+Compiled workflows are not cached here: :mod:`careflow.snapshots` keeps them in each process
+(a compile costs less than a Redis round trip).
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ from careflow.resilience.redis_link import DOWN, RedisLink, key_prefix
 
 Value = str | bytes
 
-COMPILED_WORKFLOWS = "compiled_workflows"
-COMPILED_WORKFLOWS_TTL = 24 * 3600.0  # keyed by content hash: an entry never goes stale
 VALIDATION = "validation"
 VALIDATION_TTL = 10 * 60.0
 TEMPLATES = "templates"
@@ -39,7 +40,6 @@ SENT_KEYS = "sent_keys"
 SENT_KEYS_TTL = 5 * 60.0  # recently sent idempotency keys, in front of the ledger
 
 STANDARD_CACHES: dict[str, float] = {
-    COMPILED_WORKFLOWS: COMPILED_WORKFLOWS_TTL,
     VALIDATION: VALIDATION_TTL,
     TEMPLATES: TEMPLATES_TTL,
     SENT_KEYS: SENT_KEYS_TTL,
@@ -319,22 +319,20 @@ def cache_stats() -> list[dict[str, Any]]:
 
 
 def workflow_key(workflow_id: str, digest: str) -> str:
-    """Key of an entry about one version of a workflow in ``compiled_workflows`` and ``validation``."""
+    """Key of an entry about one version of a workflow in ``validation``."""
     return f"{workflow_id}:{digest}"
 
 
 def invalidate_workflow(workflow_id: str, digest: str | None = None) -> int:
-    """Drop what ``compiled_workflows`` and ``validation`` hold about a workflow (called on publish).
+    """Drop what ``validation`` holds about a workflow (called on publish).
 
     Removes every :func:`workflow_key` entry of ``workflow_id`` and an entry keyed by the bare
     ``digest``; returns how many entries went. Never raises for an unreachable Redis.
     """
-    removed = 0
-    for name in (COMPILED_WORKFLOWS, VALIDATION):
-        cache = get_cache(name, STANDARD_CACHES[name])
-        removed += cache.invalidate_prefix(workflow_key(workflow_id, ""))
-        if digest:
-            cache.invalidate(digest)
+    cache = get_cache(VALIDATION, VALIDATION_TTL)
+    removed = cache.invalidate_prefix(workflow_key(workflow_id, ""))
+    if digest:
+        cache.invalidate(digest)
     return removed
 
 
