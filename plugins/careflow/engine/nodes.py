@@ -26,6 +26,7 @@ from careflow.engine import steps as st
 from careflow.engine.context import NodeReport, RunContext
 from careflow.engine.facts_builder import UnreadableFacts, age_on, as_date
 from careflow.store import tables
+from careflow.store.migrations import check_ready
 from careflow.workflow.timezones import zone, zone_or
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     config = node.config
     e, a, p, w = tables.appointment_events, tables.appointments, tables.patients, tables.enrollment_watermarks
     engine = ctx.engine
+    # A clinic view whose ids are not text fails here, named, not in the middle of the reads.
+    report.queries += check_ready(engine)
     with st.batch_transaction(ctx, report) as conn:
         older = _older_versions(conn, ctx, report)
         _exit_removed_nodes(conn, ctx, report, older)
@@ -87,46 +90,52 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
             ).scalar()
         report.queries += 1
         default_tz = zone_or(clinic_tz, default_tz)
-    last_at: datetime | None = None
+    # Pages follow the instant each event denotes, not the text (on SQLite) the clinic wrote it
+    # as: the events of the same second as a page's last one are on the next page, not skipped.
+    occurred = st.clinic_time(engine, e.c.occurred_at)
+    columns = [
+        e.c.id,
+        e.c.appointment_id,
+        e.c.patient_id,
+        e.c.clinic_id,
+        e.c.occurred_at,
+        # as stored: a birth date that is not a date must not fail the enrollment of others
+        type_coerce(p.c.birth_date, NullType()).label("birth_date"),
+        type_coerce(p.c.timezone, NullType()).label("timezone"),
+    ]
+    page_key = "occurred_at"
+    if engine.dialect.name != "postgresql":
+        page_key = "occurred_instant"
+        columns.append(occurred.label(page_key))
+    last_at: Any = None
     last_id = ""
     batch = ctx.compiled.settings.batch_size
     targets = node.targets()
     while True:
         query = (
-            select(
-                e.c.id,
-                e.c.appointment_id,
-                e.c.patient_id,
-                e.c.clinic_id,
-                e.c.occurred_at,
-                # as stored: a birth date that is not a date must not fail the enrollment of others
-                type_coerce(p.c.birth_date, NullType()).label("birth_date"),
-                type_coerce(p.c.timezone, NullType()).label("timezone"),
-            )
+            select(*columns)
             .join(a, a.c.id == e.c.appointment_id)
             .join(p, p.c.id == e.c.patient_id)
             .where(
                 e.c.clinic_id == ctx.compiled.clinic_id,
                 e.c.type == config.event,
-                e.c.occurred_at >= start,
-                e.c.occurred_at < end,
+                occurred >= st.careflow_time(engine, start),
+                occurred < st.careflow_time(engine, end),
             )
-            .order_by(e.c.occurred_at, e.c.id)
+            .order_by(occurred, e.c.id)
             .limit(batch)
         )
         if filters.appointment_types:
             query = query.where(a.c.type.in_(filters.appointment_types))
         if last_at is not None:
-            query = query.where(
-                or_(e.c.occurred_at > last_at, and_(e.c.occurred_at == last_at, e.c.id > last_id))
-            )
+            query = query.where(or_(occurred > last_at, and_(occurred == last_at, e.c.id > last_id)))
         with st.batch_transaction(ctx, report) as conn:
             rows = list(conn.execute(query).mappings())
             report.queries += 1
             if not rows:
                 break
             report.batches += 1
-            last_at, last_id = rows[-1]["occurred_at"], rows[-1]["id"]
+            last_at, last_id = rows[-1][page_key], rows[-1]["id"]
             eligible = [r for r in rows if _age_ok(r, filters, default_tz)]
             report.reasons["filtered_age"] += len(rows) - len(eligible)
             executions = [

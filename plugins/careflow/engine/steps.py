@@ -12,10 +12,10 @@ from datetime import time as clock_time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, any_, bindparam, case, func, or_, select, text, type_coerce, update
+from sqlalchemy import and_, any_, bindparam, case, func, literal, or_, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.sql import sqltypes
 
 from careflow.engine.context import NodeReport, RunContext
@@ -324,8 +324,8 @@ def moved_waits(
             x.c.workflow_id == ctx.workflow_id,
             e.c.clinic_id == ctx.compiled.clinic_id,
             e.c.type == "appointment_rescheduled",
-            e.c.occurred_at >= start,
-            e.c.occurred_at < end,
+            clinic_time(conn, e.c.occurred_at) >= careflow_time(conn, start),
+            clinic_time(conn, e.c.occurred_at) < careflow_time(conn, end),
         )
     )
     query = (
@@ -495,11 +495,50 @@ def among(conn: Connection, column: Any, values: Iterable[Any]) -> Any:
     return column.in_(list(values))
 
 
-def _records_by_id(result: Any) -> dict[Any, dict[str, Any]]:
-    """Rows as plain dicts by their ``id`` column (names zipped with each row's values)."""
+def clinic_time(conn: Connection | Engine, column: Any) -> Any:
+    """A time column of the clinic's tables, to compare with :func:`careflow_time` of a value.
+
+    On Postgres the column itself (its indexes serve the comparison). SQLite keeps the text the
+    clinic's system wrote ('2025-03-04 06:00:00', '…T06:00:00.000Z', '…+09:00'), which compares
+    as text, not as the instant it denotes: both sides are compared as ``julianday()``, the
+    instant to the millisecond (an offset such as +09:00 is taken off).
+    """
+    if conn.dialect.name == "postgresql":
+        return column
+    return func.julianday(_colon_offset(type_coerce(column, sqltypes.Text())), type_=sqltypes.Float())
+
+
+def careflow_time(conn: Connection | Engine, value: datetime) -> Any:
+    """``value`` as :func:`clinic_time` compares it (unchanged on Postgres)."""
+    if conn.dialect.name == "postgresql":
+        return value
+    return func.julianday(literal(value, tables.UTCDateTime()), type_=sqltypes.Float())
+
+
+def _colon_offset(stored: Any) -> Any:
+    """``stored`` with an offset written +HHMM (strftime's %z) as +HH:MM, the form SQLite reads.
+
+    Python reads both; SQLite's date functions give NULL for the first.
+    """
+    tail = func.substr(stored, -5)
+    return case(
+        (
+            tail.op("GLOB")("[+-][0-9][0-9][0-9][0-9]"),
+            func.substr(stored, 1, func.length(stored) - 2).concat(":").concat(func.substr(stored, -2)),
+        ),
+        else_=stored,
+    )
+
+
+def _records_by_id(result: Any) -> dict[str, dict[str, Any]]:
+    """Rows as plain dicts by their ``id`` column as text (names zipped with each row's values).
+
+    As text: a clinic's view may hand out integer ids (outside the contract), which careflow
+    looks up by the text it stored.
+    """
     names = tuple(result.keys())
     at = names.index("id")
-    return {row[at]: dict(zip(names, row, strict=True)) for row in result.all()}
+    return {str(row[at]): dict(zip(names, row, strict=True)) for row in result.all()}
 
 
 def load_facts(
@@ -529,17 +568,18 @@ def load_facts(
     )
     if not clinic.get("timezone"):
         clinic["timezone"] = ctx.compiled.timezone
-    upcoming: dict[str, int] = dict(
-        conn.execute(
+    upcoming: dict[str, int] = {
+        str(patient_id): count
+        for patient_id, count in conn.execute(
             select(a.c.patient_id, func.count())
             .where(
                 among(conn, a.c.patient_id, patient_ids),
                 a.c.status == "scheduled",
-                a.c.scheduled_at > ctx.now,
+                clinic_time(conn, a.c.scheduled_at) > careflow_time(conn, ctx.now),
             )
             .group_by(a.c.patient_id)
         ).all()
-    )
+    }
     report.queries += 4
     facts: dict[str, Any] = {}
     unreadable: list[str] = []

@@ -27,6 +27,18 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
+def _postgres_utc(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # A clinic's view may serve times without a zone: careflow reads them as UTC (docs/contracts.md
+    # §2), and so must the session, which compares them with careflow's times in its own TimeZone.
+    # Set on the connection, not as a startup option: poolers such as PgBouncer refuse those.
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    cur = dbapi_conn.cursor()
+    cur.execute("SET TIME ZONE 'UTC'")
+    cur.close()
+    dbapi_conn.autocommit = autocommit
+
+
 def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
     # Take the write lock up front: a read lock upgraded later fails under contention.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -93,6 +105,7 @@ def get_engine(url: str | None = None) -> Engine:
                     executemany_batch_page_size=1000,
                     hide_parameters=True,
                 )
+                event.listen(engine, "connect", _postgres_utc, insert=True)
             _engines[url_as_given] = engine
         return engine
 

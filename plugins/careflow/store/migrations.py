@@ -7,6 +7,7 @@ never edit one that has shipped.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -140,15 +141,99 @@ def _relations(conn: Connection) -> set[str]:
     return names
 
 
-def check_ready(engine: Engine | None = None) -> None:
-    """Raise ConfigurationError when the database has not been upgraded."""
+#: Engines whose database :func:`check_ready` found ready: checked once per process and database.
+_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def check_ready(engine: Engine | None = None) -> int:
+    """Raise ConfigurationError when the database has not been upgraded or a clinic id is not text.
+
+    Runs as each run's enrollment starts, before careflow reads the clinic's data; once a database
+    is found ready, not again in this process. Returns the number of queries it ran.
+    """
     from careflow.exceptions import ConfigurationError
 
     engine = engine or get_engine()
+    if engine in _ready:
+        return 0
     with engine.connect() as conn:
         version = current_version(conn)
-    latest = MIGRATIONS[-1].version
-    if version < latest:
+        latest = MIGRATIONS[-1].version
+        if version < latest:
+            raise ConfigurationError(
+                f"careflow's tables are at version {version}, the code needs {latest}: run `careflow db upgrade`"
+            )
+        not_text, queries = _clinic_ids_not_text(conn)
+    if not_text:
         raise ConfigurationError(
-            f"careflow's tables are at version {version}, the code needs {latest}: run `careflow db upgrade`"
+            f"the clinic's ids must be text (docs/contracts.md §2): {', '.join(not_text)}; cast each "
+            "to text in the view careflow reads, for example CAST(id AS text) AS id"
         )
+    _ready.add(engine)
+    return 2 + queries
+
+
+#: The id columns of each clinic relation (``id`` and the ids of the rows it refers to).
+_CLINIC_IDS = {
+    table.name: [c.name for c in table.c if c.name == "id" or c.name.endswith("_id")]
+    for table in tables.CLINIC_TABLES
+}
+
+
+def _clinic_ids_not_text(conn: Connection) -> tuple[list[str], int]:
+    """The clinic relations' id columns that are not text ("patients.id is integer"), and the
+    number of queries it took to find them.
+
+    An integer id never matches the text careflow stores and binds: Postgres refuses to compare
+    them, SQLite finds no row or the wrong one.
+    """
+    if conn.dialect.name == "postgresql":
+        # Each name as careflow's statements resolve it (the search path), table or view alike.
+        found = conn.execute(
+            text(
+                "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory "
+                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid IN (SELECT to_regclass(name) FROM unnest(CAST(:names AS text[])) AS name) "
+                "AND a.attnum > 0 AND NOT a.attisdropped"
+            ),
+            {"names": list(_CLINIC_IDS)},
+        ).all()
+        return [
+            f"{relation}.{column} is {type_}"
+            for relation, column, type_, category in found
+            if column in _CLINIC_IDS.get(relation, ()) and category != "S"
+        ], 1
+    # SQLite: a column declared INTEGER (REAL, NUMERIC…) keeps numbers; a view's computed column
+    # declares nothing, and what it holds tells (one row of each).
+    declared = conn.exec_driver_sql(
+        "SELECT m.name, p.name, p.type FROM sqlite_master m JOIN pragma_table_info(m.name) p "
+        f"WHERE m.type IN ('table', 'view') AND m.name IN ({', '.join('?' * len(_CLINIC_IDS))})",
+        tuple(_CLINIC_IDS),
+    ).all()
+    columns = [(r, c, t) for r, c, t in declared if c in _CLINIC_IDS.get(r, ())]
+    not_text = [f"{r}.{c} is {t.lower()}" for r, c, t in columns if _numeric_affinity(t)]
+    sampled = [(r, c) for r, c, t in columns if not t]
+    if not sampled:
+        return not_text, 1
+    preparer = conn.dialect.identifier_preparer
+    held = conn.exec_driver_sql(
+        "SELECT "
+        + ", ".join(
+            f"(SELECT typeof({preparer.quote(c)}) FROM {preparer.quote(r)} LIMIT 1)" for r, c in sampled
+        )
+    ).one()
+    not_text += [
+        f"{r}.{c} holds {kind} values"
+        for (r, c), kind in zip(sampled, held, strict=True)
+        if kind in ("integer", "real")
+    ]
+    return not_text, 2
+
+
+def _numeric_affinity(declared: str) -> bool:
+    """Whether SQLite stores a number written into a column declared ``declared`` as a number."""
+    declared = declared.upper()
+    if "INT" in declared:
+        return True
+    return bool(declared) and not any(word in declared for word in ("CHAR", "CLOB", "TEXT", "BLOB"))
