@@ -57,10 +57,20 @@ def _foreign_ids_as_text(conn: Connection) -> None:
         conn.execute(text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE TEXT'))
 
 
+def _problem_indexes(conn: Connection) -> None:
+    for table, name in ((tables.steps, "ix_steps_problems"), (tables.messages, "ix_messages_problems")):
+        next(i for i in table.indexes if i.name == name).create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "careflow tables: versions, executions, steps, ledger", _initial),
     Migration(2, "careflow_steps: the open steps of a node in id order (ix_steps_open)", _open_steps_index),
     Migration(3, "clinic and provider ids of any length (executions, ledger)", _foreign_ids_as_text),
+    Migration(
+        4,
+        "failed and skipped steps and unsent messages (ix_steps_problems, ix_messages_problems)",
+        _problem_indexes,
+    ),
 )
 
 

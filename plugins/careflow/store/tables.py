@@ -199,6 +199,16 @@ steps = Table(
         postgresql_where=text("status IN ('pending', 'waiting')"),
         sqlite_where=text("status IN ('pending', 'waiting')"),
     ),
+    # The failed and skipped steps (the careflow view's failures page, over every workflow): read
+    # without scanning the steps that went well (migration 4).
+    Index(
+        "ix_steps_problems",
+        "workflow_id",
+        "node_id",
+        "status",
+        postgresql_where=text("status IN ('failed', 'skipped')"),
+        sqlite_where=text("status IN ('failed', 'skipped')"),
+    ),
 )
 
 messages = Table(
@@ -226,6 +236,15 @@ messages = Table(
     Column("latency_ms", Integer),
     UniqueConstraint("execution_id", "node_id", name="uq_messages_execution_node"),
     Index("ix_messages_workflow_status", "workflow_id", "node_id", "status"),
+    # The messages that were not sent (the failures page), as ix_steps_problems (migration 4).
+    Index(
+        "ix_messages_problems",
+        "workflow_id",
+        "node_id",
+        "status",
+        postgresql_where=text("status IN ('failed', 'expired', 'skipped', 'unknown')"),
+        sqlite_where=text("status IN ('failed', 'expired', 'skipped', 'unknown')"),
+    ),
 )
 
 CAREFLOW_TABLES = (

@@ -134,7 +134,7 @@ def node_counts(engine: Engine, workflow_id: str, run_id: str | None = None) -> 
         step_query = step_query.where(s.c.run_id == run_id)
         message_query = message_query.join(
             s, (s.c.execution_id == m.c.execution_id) & (s.c.node_id == m.c.node_id)
-        ).where(s.c.run_id == run_id)
+        ).where(s.c.run_id == run_id, s.c.workflow_id == workflow_id)
     steps: dict[str, dict[str, int]] = defaultdict(dict)
     messages: dict[str, dict[str, int]] = defaultdict(dict)
     with engine.connect() as conn:
