@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
 
 from careflow.compiler import CompiledWorkflow, compile_workflow
@@ -366,3 +368,23 @@ def cohort(clinic: Clinic, n: int, at: datetime, prefix: str = "p", **patient: A
     for pid in ids:
         clinic.completed(pid, at, **patient)
     return ids
+
+
+@contextmanager
+def clinic_view(engine: Engine, table: str, select_sql: str, *, drop: Sequence[str] = ()) -> Iterator[None]:
+    """``table`` read through a view while the block runs, as a clinic maps careflow onto its schema.
+
+    The table's rows stay in ``<table>_stored`` for ``select_sql`` to read; afterwards the view and
+    the tables named in ``drop`` (made for the view) are dropped and the table is put back.
+    """
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {table} RENAME TO {table}_stored"))
+        conn.execute(text(f"CREATE VIEW {table} AS {select_sql}"))
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP VIEW {table}"))
+            for name in drop:
+                conn.execute(text(f"DROP TABLE {name}"))
+            conn.execute(text(f"ALTER TABLE {table}_stored RENAME TO {table}"))

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from careflow.exceptions import ConfigurationError
 
-from .harness import CLINIC_ID, KST, Clinic, action, chain, executions, kst, ledger
+from .harness import CLINIC_ID, KST, Clinic, action, chain, clinic_view, executions, kst, ledger
 
 UTC = timezone.utc
 
@@ -209,20 +209,13 @@ def test_a_move_earlier_is_followed_by_the_run_whose_window_holds_it(engine, jou
 def _events_without_zone(engine: Engine) -> Iterator[None]:
     """``appointment_events`` as a view whose ``occurred_at`` has no zone (UTC wall times)."""
     naive = "occurred_at AT TIME ZONE 'UTC'" if engine.dialect.name == "postgresql" else "occurred_at"
-    with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE appointment_events RENAME TO appointment_events_stored"))
-        conn.execute(
-            text(
-                "CREATE VIEW appointment_events AS SELECT id, appointment_id, patient_id, clinic_id, type, "
-                f"{naive} AS occurred_at FROM appointment_events_stored"
-            )
-        )
-    try:
+    with clinic_view(
+        engine,
+        "appointment_events",
+        f"SELECT id, appointment_id, patient_id, clinic_id, type, {naive} AS occurred_at "
+        "FROM appointment_events_stored",
+    ):
         yield
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP VIEW appointment_events"))
-            conn.execute(text("ALTER TABLE appointment_events_stored RENAME TO appointment_events"))
 
 
 def test_times_without_a_zone_are_utc_whatever_the_database_time_zone(engine, journey, fake, monkeypatch):
@@ -256,20 +249,14 @@ def _events_with_ids(engine: Engine, id_expression: str) -> Iterator[None]:
                 "kind TEXT, at TIMESTAMP WITH TIME ZONE)"
             )
         )
-        conn.execute(text("ALTER TABLE appointment_events RENAME TO appointment_events_stored"))
-        conn.execute(
-            text(
-                f"CREATE VIEW appointment_events AS SELECT {id_expression} AS id, visit AS appointment_id, "
-                "person AS patient_id, clinic AS clinic_id, kind AS type, at AS occurred_at FROM clinic_log"
-            )
-        )
-    try:
+    with clinic_view(
+        engine,
+        "appointment_events",
+        f"SELECT {id_expression} AS id, visit AS appointment_id, person AS patient_id, "
+        "clinic AS clinic_id, kind AS type, at AS occurred_at FROM clinic_log",
+        drop=["clinic_log"],
+    ):
         yield
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP VIEW appointment_events"))
-            conn.execute(text("DROP TABLE clinic_log"))
-            conn.execute(text("ALTER TABLE appointment_events_stored RENAME TO appointment_events"))
 
 
 def _log(engine: Engine, at: datetime) -> None:

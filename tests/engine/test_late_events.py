@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from .harness import Clinic, action, chain, executions, kst
+from .harness import Clinic, action, chain, clinic_view, executions, kst
 
 
 def _daily(j, day: int) -> None:
@@ -56,23 +56,12 @@ def test_an_event_listed_twice_by_the_clinics_view_is_one_execution_counted_once
     c.completed("p1", kst(2025, 3, 4, 15))
     c.completed("p2", kst(2025, 3, 4, 16))
     c.load(engine)
-    with engine.begin() as conn:  # the same rows again, as a UNION ALL of two feeds would list them
-        conn.execute(text("ALTER TABLE appointment_events RENAME TO appointment_events_feed"))
-        conn.execute(
-            text(
-                "CREATE VIEW appointment_events AS SELECT * FROM appointment_events_feed "
-                "UNION ALL SELECT * FROM appointment_events_feed"
-            )
-        )
-    try:
+    twice = "SELECT * FROM appointment_events_stored UNION ALL SELECT * FROM appointment_events_stored"
+    with clinic_view(engine, "appointment_events", twice):  # as a UNION ALL of two feeds lists them
         j = journey(chain("twice", ("a", "action", action())))
         reports = j.run_at(kst(2025, 3, 5))
-        assert reports["t"].enrolled == 2
-        assert sorted(executions(engine, "twice")) == ["p1", "p2"]
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP VIEW appointment_events"))
-            conn.execute(text("ALTER TABLE appointment_events_feed RENAME TO appointment_events"))
+    assert reports["t"].enrolled == 2
+    assert sorted(executions(engine, "twice")) == ["p1", "p2"]
 
 
 def test_a_clinic_id_longer_than_careflows_columns_is_found(engine, journey):

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from careflow.store import tables
 
-from .harness import Clinic, action, chain, cohort, executions, kst, ledger, steps_of
+from .harness import Clinic, action, chain, clinic_view, cohort, executions, kst, ledger, steps_of
 
 T = kst(2025, 3, 5)
 SPOILED = [("consent_messages", "maybe"), ("birth_date", "last spring"), ("attributes", "{not json")]
@@ -36,24 +36,14 @@ def _unreadable(engine, patient: str, column: str, value: str) -> Iterator[None]
     shown = ", ".join(
         f"CASE WHEN id = :id THEN :v ELSE {c}::text END AS {c}" if c == column else c for c in columns
     )
-    with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE patients RENAME TO patients_stored"))
-        # a view's definition cannot take parameters: the two values are quoted literals
+    with engine.connect() as conn:  # a view's definition cannot take parameters: quoted literals
         quoted = {
             k: conn.exec_driver_sql("SELECT quote_literal(%s)", (v,)).scalar()
             for k, v in (("id", patient), ("v", value))
         }
-        conn.execute(
-            text(
-                f"CREATE VIEW patients AS SELECT {shown.replace(':id', quoted['id']).replace(':v', quoted['v'])} FROM patients_stored"
-            )
-        )
-    try:
+    shown = shown.replace(":id", quoted["id"]).replace(":v", quoted["v"])
+    with clinic_view(engine, "patients", f"SELECT {shown} FROM patients_stored"):
         yield
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP VIEW patients"))
-            conn.execute(text("ALTER TABLE patients_stored RENAME TO patients"))
 
 
 def _cohort(engine, size: int) -> list[str]:  # type: ignore[no-untyped-def]
