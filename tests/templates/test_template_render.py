@@ -375,3 +375,39 @@ def test_a_number_too_long_to_read_is_a_syntax_error(context, number):
     with pytest.raises(TemplateError) as err:
         render_message(source, context, channel="kakao")
     assert err.value.code == "TEMPLATE_SYNTAX"
+
+
+def test_the_parts_of_a_join_print_as_they_would_alone(render, context):
+    # Each part of `a ~ b` follows what `{{ }}` applies: a date in the recipient's timezone, a
+    # missing value refused (never "None"), and so on however deep the join.
+    assert render("{{ '예약: ' ~ appointment.scheduled_at }}") == "예약: 2026-03-14 10:30"
+    assert render("{{ patient.name ~ '님' }}") == "김민지님"
+    assert render("{{ ('(' ~ (patient.name ~ ')')) }}") == "(김민지)"
+    context["patient"]["email"] = None
+    context["patient"]["attributes"] = {"nickname": None}
+    for source, path in [
+        ("{{ patient.email ~ '' }}", "patient.email"),
+        ("{{ '메일 ' ~ ('<' ~ patient.email) }}", "patient.email"),
+        ("{{ patient.attributes.nickname ~ '님' }}", "patient.attributes.nickname"),
+    ]:
+        with pytest.raises(TemplateError) as err:
+            render(source)
+        assert err.value.code == "TEMPLATE_UNKNOWN_VARIABLE", source
+        assert f"'{path}' has no value" in err.value.message
+
+
+def test_a_list_is_not_printed_as_a_whole(render, context):
+    context["patient"]["attributes"] = {"tags": ["임플란트", None], "visits": [{"d": 1}]}
+    for source in (
+        "{{ patient.attributes.tags }}",
+        "{{ patient.attributes.visits }}",
+        "{{ '태그: ' ~ patient.attributes.tags }}",
+        "{{ patient.attributes.tags[1:] }}",
+    ):
+        with pytest.raises(TemplateError) as err:
+            render(source)
+        assert err.value.code == "TEMPLATE_RENDER_FAILED", source
+        assert "| join(', ')" in err.value.message
+    context["patient"]["attributes"] = {"tags": ["임플란트", "교정"]}
+    assert render("{{ patient.attributes.tags | join(', ') }}") == "임플란트, 교정"
+    assert render("{{ patient.attributes.tags[0] }}") == "임플란트"

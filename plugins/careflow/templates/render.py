@@ -27,7 +27,7 @@ from careflow.templates.policy import (
     analyse,
 )
 from careflow.templates.sample import publish_context
-from careflow.templates.sandbox import Record, environment
+from careflow.templates.sandbox import CONCAT_PART, Record, environment
 from careflow.workflow.facts import ATTRIBUTE_PREFIXES
 
 #: Compiled templates kept in memory (most recently used first out of the door last).
@@ -196,9 +196,17 @@ def compile_template(source: str) -> CompiledTemplate:
 
 
 def _guard_loops(tree: nodes.Template) -> None:
-    """Route every for loop's list through the loop guard, which bounds its length and the budget."""
+    """Route every for loop's list through the loop guard, which bounds its length and the budget,
+    and every part of a ``~`` join through what ``{{ }}`` applies to what it prints."""
     for loop in tree.find_all(nodes.For):
         loop.iter = nodes.Filter(loop.iter, LOOP_GUARD, [], [], None, None, lineno=loop.lineno)
+    for join in tree.find_all(nodes.Concat):
+        join.nodes = [
+            part
+            if isinstance(part, nodes.Const) and isinstance(part.value, str)
+            else nodes.Filter(part, CONCAT_PART, [], [], None, None, lineno=join.lineno)
+            for part in join.nodes
+        ]
     tree.set_environment(environment())
 
 

@@ -104,9 +104,15 @@ class MessageSandbox(ImmutableSandboxedEnvironment):
         raise SecurityError(f"the operator {operator!r} is not allowed in message templates")
 
 
+#: The filter each part of a ``~`` join goes through, so that it prints as ``{{ x }}`` would (a
+#: join's parts do not pass through ``finalize``); not a valid identifier: no template can name it.
+CONCAT_PART = "careflow-concat-part"
+
+
 @pass_context
 def _finalize(context: Context, value: Any) -> Any:
-    """What ``{{ x }}`` prints: missing values refused, dates in the recipient's timezone."""
+    """What ``{{ x }}`` and each part of ``a ~ b`` print: missing values refused, dates in the
+    recipient's timezone, groups and lists refused (Python's own spelling of them is no message)."""
     if value is None:
         raise MissingValue()
     if isinstance(value, (datetime, date)):
@@ -117,6 +123,11 @@ def _finalize(context: Context, value: Any) -> Any:
     if isinstance(value, Mapping):
         raise TemplateError(
             codes.RENDER_FAILED, "a group of values cannot be printed as a whole; print one of its fields"
+        )
+    if isinstance(value, (list, tuple)):
+        raise TemplateError(
+            codes.RENDER_FAILED,
+            "a list cannot be printed as a whole; print one of its items, or join them: | join(', ')",
         )
     return value
 
@@ -139,6 +150,7 @@ def environment() -> MessageSandbox:
     env.filters.clear()
     env.filters.update({name: function for name, (function, _) in FILTERS.items()})
     env.filters[LOOP_GUARD] = loop_guard
+    env.filters[CONCAT_PART] = _finalize
     env.tests.clear()
     env.tests.update(TESTS)
     return env
