@@ -113,3 +113,17 @@ def test_unknown_channel_is_refused() -> None:
         recipient_for("fax", PATIENT)
     with pytest.raises(ValueError, match="channel"):
         missing_recipient_reason("fax")
+
+
+@pytest.mark.parametrize(
+    ("written", "e164"),
+    [
+        ("+44 (0) 20 7946 0958", "+442079460958"),
+        ("+49 (0)30 1234567", "+49301234567"),
+        ("+33 (0)6 12 34 56 78", "+33612345678"),
+        ("+82 (0)10-1234-5678", "+821012345678"),
+        ("+1 (415) 555-0100", "+14155550100"),  # an area code in brackets is kept
+    ],
+)
+def test_a_trunk_prefix_written_in_brackets_is_left_out(written, e164):
+    assert normalize_phone(written) == e164

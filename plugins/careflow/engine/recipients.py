@@ -6,7 +6,9 @@
   prefix 010 with 8 digits after it, or the legacy 011/016/017/018/019 with 7 or 8. Landlines
   (``02-555-0101``) cannot receive these messages and are refused.
 * Numbers with another country code are accepted as E.164 (``+`` and 8 to 15 digits): careflow
-  cannot tell a foreign mobile from a landline, the provider rejects the latter per message.
+  cannot tell a foreign mobile from a landline, the provider rejects the latter per message. A
+  trunk prefix written ``(0)`` after the country code (``+44 (0)20 7946 0958``) is left out, as
+  E.164 has it.
 * ``email`` goes to an address that passes a simple syntax check (no DNS lookup).
 
 When there is no usable address, :func:`missing_recipient_reason` gives the stable reason code
@@ -26,6 +28,7 @@ PHONE_CHANNELS = ("sms", "lms", "kakao")
 _SEPARATORS = re.compile(r"[\s\-.()]")
 _KOREAN_MOBILE = re.compile(r"^(?:10\d{8}|1[16789]\d{7,8})$")  # national number without the 0
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+_TRUNK_ZERO = re.compile(r"\(\s*0\s*\)")  # "+44 (0)20 …": the national trunk prefix, not dialled from abroad
 _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
@@ -38,6 +41,8 @@ def normalize_phone(raw: Any) -> str | None:
     text = raw.strip()
     if not text or (text.count("+") > 1) or ("+" in text and not text.startswith("+")):
         return None
+    if text.startswith("+"):
+        text = _TRUNK_ZERO.sub("", text, count=1)
     digits = _SEPARATORS.sub("", text.lstrip("+"))
     if not digits.isdigit() or not digits.isascii():
         return None
