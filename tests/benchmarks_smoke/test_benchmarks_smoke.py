@@ -158,3 +158,24 @@ def test_backend_cpu_covers_the_connections_to_this_database(pg_server_url: str)
     assert pid in cpu and cpu[pid] >= 0
     sqlite = create_engine("sqlite://")
     assert backend_cpu_s(sqlite) == {}
+
+
+def test_a_small_dag_run_goes_through_the_benchmarks_task_processes(pg_server_url: str) -> None:
+    # The path `python -m benchmarks` measures, at a size that takes seconds: trigger, action and
+    # wake tasks in processes of their own, against Postgres and the fake provider.
+    from benchmarks import harness, throughput
+
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import upgrade
+
+    size = 30
+    with harness.bench_database() as db, harness.careflow_env(db.url) as env:
+        engine = get_engine(db.url)
+        upgrade(engine)
+        harness.load_clinic(engine, size)
+        harness.publish(env, size)
+        with harness.fake_provider(0) as fake:
+            run = throughput.run_dag(env, fake, harness.workflow_id_for(size), 10, size)
+        engine.dispose()
+    assert run.messages == size
+    assert [task.task for task in run.tasks] == ["t1", "a1", "careflow_wake"]
