@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 
-.PHONY: demo test lint typecheck install fake-provider
+.PHONY: demo test test-py312 lint typecheck install fake-provider
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/python -m pytest
+
+test-py312:
+	bash .ci/py312
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
