@@ -26,7 +26,7 @@ from careflow.compiler.hashing import canonical_document, content_hash
 from careflow.exceptions import CareflowError, ConfigurationError
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
-from careflow.store.db import get_engine
+from careflow.store.db import database_name, get_engine
 from careflow.workflow.diagnostics import make
 from careflow.workflow.validation import ValidationReport, validate_path
 
@@ -193,11 +193,6 @@ def _same_content(stored: Any, document: dict[str, Any]) -> bool:
         return {**doc, "nodes": listed(doc.get("nodes")), "edges": listed(doc.get("edges"))}
 
     return isinstance(stored, dict) and unordered(stored) == unordered(document)
-
-
-def database_name(engine: Engine) -> str:
-    """The engine's database URL with its password hidden: how messages name the database."""
-    return engine.url.render_as_string(hide_password=True)
 
 
 @contextmanager

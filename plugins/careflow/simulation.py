@@ -141,7 +141,7 @@ def _refuse_live_workflow(workflow_id: str) -> None:
     on their database it would keep them from sending, and delete their history.
     """
     from careflow.store import tables
-    from careflow.store.db import get_engine, hidden_url
+    from careflow.store.db import database_name, get_engine
 
     x = tables.executions
     engine = get_engine()
@@ -157,7 +157,7 @@ def _refuse_live_workflow(workflow_id: str) -> None:
     if live is not None:
         raise ConfigurationError(
             f"workflow {workflow_id!r} has executions enrolled by real runs (run {live[0]!r}) in this "
-            f"database ({hidden_url(str(engine.url))}): a simulation enrolls, records messages (--dry-run "
+            f"database ({database_name(engine)}): a simulation enrolls, records messages (--dry-run "
             "records them as sent) and purges past the retention in the same tables, and would keep "
             "those runs from sending. Simulate on a copy of the database (CAREFLOW_DB_URL=… careflow "
             "simulate …) or in the demo (careflow demo)"

@@ -71,6 +71,11 @@ def engine_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
+def database_name(engine: Engine) -> str:
+    """The engine's database URL with its password hidden: how messages name the database."""
+    return engine.url.render_as_string(hide_password=True)
+
+
 def hidden_url(url: str) -> str:
     """``url`` with its password masked, for messages and logs."""
     from sqlalchemy.engine import make_url
