@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code."""
-    from careflow.exceptions import CareflowError
+    from careflow.exceptions import CareflowError, first_line
 
     for stream in (sys.stdout, sys.stderr):
         # A workflow's text may hold what the terminal cannot encode (a lone surrogate in a
@@ -264,7 +264,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear one-line error instead of a traceback
-        # Drivers' messages run over several lines (the SQL, its parameters, a link): the first says it.
-        reason = (str(exc).strip().splitlines() or [""])[0]
-        print(f"careflow: unexpected error: {type(exc).__name__}: {reason}", file=sys.stderr)
+        print(f"careflow: unexpected error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

@@ -63,3 +63,9 @@ class BreakerOpen(CareflowError):
         self.retry_at = retry_at
         self.local_retry_at = retry_at if local_retry_at is None else local_retry_at
         super().__init__(f"circuit breaker {name!r} is open until {retry_at:.0f}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: a driver's runs over several (the SQL, its
+    parameters, a link), and the first says what went wrong."""
+    return (str(exc).strip().splitlines() or [""])[0]

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from careflow import settings
 from careflow.compiler.hashing import canonical_document, content_hash
-from careflow.exceptions import CareflowError, ConfigurationError
+from careflow.exceptions import CareflowError, ConfigurationError, first_line
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
 from careflow.store.db import database_name, get_engine
@@ -289,9 +289,8 @@ def publish_each(
         except Exception as exc:
             if isinstance(exc, CareflowError):
                 reason = str(exc)
-            else:  # drivers' messages run over several lines (the SQL, its parameters): the first says it
-                first = (str(exc).strip().splitlines() or [""])[0]
-                reason = f"unexpected error: {type(exc).__name__}: {first}"
+            else:
+                reason = f"unexpected error: {type(exc).__name__}: {first_line(exc)}"
             result = PublishResult(report.source, report.workflow_id, "failed", report=report, error=reason)
         yield result
 
@@ -385,10 +384,9 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
     except CareflowError as exc:  # no careflow tables there, or careflow_db is not a usable URL
         problem = str(exc)
     except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
-        reason = (str(exc).strip().splitlines() or [""])[0]  # drivers' messages run over several lines
         problem = (
             f"cannot read the published versions from {database or 'careflow_db'}: "
-            f"{type(exc).__name__}: {reason}"
+            f"{type(exc).__name__}: {first_line(exc)}"
         )
     for snap, compiled in good:
         if snap.workflow_id not in listings:
