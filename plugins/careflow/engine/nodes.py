@@ -93,6 +93,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
     # Pages follow the instant each event denotes, not the text (on SQLite) the clinic wrote it
     # as: the events of the same second as a page's last one are on the next page, not skipped.
     occurred = st.clinic_time(engine, e.c.occurred_at)
+    window = (occurred >= st.careflow_time(engine, start), occurred < st.careflow_time(engine, end))
     columns = [
         e.c.id,
         e.c.appointment_id,
@@ -119,8 +120,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
             .where(
                 e.c.clinic_id == ctx.compiled.clinic_id,
                 e.c.type == config.event,
-                occurred >= st.careflow_time(engine, start),
-                occurred < st.careflow_time(engine, end),
+                *window,
             )
             .order_by(occurred, e.c.id)
             .limit(batch)

@@ -317,6 +317,7 @@ def moved_waits(
     so the cost follows the moves, not the executions or the parked steps.
     """
     e = tables.appointment_events
+    occurred = clinic_time(conn, e.c.occurred_at)
     moved = (
         select(x.c.id)
         .join(e, and_(e.c.patient_id == x.c.patient_id, e.c.appointment_id == x.c.appointment_id))
@@ -324,8 +325,8 @@ def moved_waits(
             x.c.workflow_id == ctx.workflow_id,
             e.c.clinic_id == ctx.compiled.clinic_id,
             e.c.type == "appointment_rescheduled",
-            clinic_time(conn, e.c.occurred_at) >= careflow_time(conn, start),
-            clinic_time(conn, e.c.occurred_at) < careflow_time(conn, end),
+            occurred >= careflow_time(conn, start),
+            occurred < careflow_time(conn, end),
         )
     )
     query = (
