@@ -179,3 +179,27 @@ def test_a_small_dag_run_goes_through_the_benchmarks_task_processes(pg_server_ur
         engine.dispose()
     assert run.messages == size
     assert [task.task for task in run.tasks] == ["t1", "a1", "careflow_wake"]
+
+
+def test_each_compared_figure_is_the_median_round() -> None:
+    """Three rounds give the middle one, whatever order they came in; every round is kept beside it."""
+    from types import SimpleNamespace
+
+    from benchmarks.__main__ import median_of, round_rates
+
+    def careflow(seconds: float) -> SimpleNamespace:
+        return SimpleNamespace(messages=1000, action=SimpleNamespace(seconds=seconds))
+
+    runs = [careflow(0.5), careflow(0.25), careflow(0.4)]  # 2,000, 4,000 and 2,500 msg/s
+    assert median_of(runs, lambda r: r.messages / r.action.seconds) is runs[2]
+    assert median_of([3.0, 1.0], float) == 1.0  # an even count: the lower middle
+    with pytest.raises(ValueError, match="no runs"):
+        median_of([], float)
+    seeds = [SimpleNamespace(msgs_per_s=rate) for rate in (400.0, 900.0, 600.0)]
+    alone = [{"msgs_per_s": rate} for rate in (2000.0, 2100.0, 1900.0)]
+    assert round_rates({"c": runs, "s": seeds, "a": alone}, "c", "s", "a") == {
+        "rounds": 3,
+        "careflow_rounds_msgs_per_s": [2000.0, 4000.0, 2500.0],
+        "seed_rounds_msgs_per_s": [400.0, 900.0, 600.0],
+        "provider_alone_rounds_msgs_per_s": [2000.0, 2100.0, 1900.0],
+    }
