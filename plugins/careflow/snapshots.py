@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from careflow.compiler import CompiledWorkflow, compile_workflow
 from careflow.exceptions import SnapshotError
+from careflow.workflow import storable
+from careflow.workflow.field_errors import field_path
 from careflow.workflow.models import Workflow
 
 SNAPSHOT_FORMAT = 1
@@ -152,6 +154,13 @@ def compile_snapshot(snap: Snapshot) -> CompiledWorkflow:
         _counts["hits"] += 1
         return cached
     _counts["misses"] += 1
+    # A snapshot published before validation refused a value no database can store (a NUL in a
+    # label) would build a DAG that Airflow cannot write, and with it every DAG of the file.
+    for loc, reason in storable.problems(snap.document):
+        raise SnapshotError(
+            f"{snap.path.name}: '{field_path(loc) or 'workflow'}': {reason}; "
+            "fix the workflow and publish it again"
+        )
     try:
         workflow = Workflow.model_validate(snap.document)
         compiled = compile_workflow(workflow, version=snap.version, content_hash=snap.content_hash)

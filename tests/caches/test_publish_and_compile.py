@@ -73,3 +73,27 @@ def test_an_edited_snapshot_is_refused_not_served_from_the_compile_cache(engine,
     snap.path.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(SnapshotError, match="content hash"):
         load_one(workflows_dir, "no-show-recovery")
+
+
+def test_a_snapshot_holding_a_nul_is_reported_and_the_others_still_load(engine, tmp_path, workflows_dir):
+    """A snapshot published before validation refused NULs (its hash agrees with its content) would
+    build a DAG Airflow cannot write on Postgres, and with it every DAG of the file: it is a problem."""
+    from careflow.snapshots import document_hash, load_all
+
+    for name in ("no-show-recovery.json", "implant-aftercare.json"):
+        (tmp_path / name).write_bytes((EXAMPLES / name).read_bytes())
+    publish_paths(
+        [tmp_path / "no-show-recovery.json", tmp_path / "implant-aftercare.json"],
+        engine=engine,
+        workflows_dir=workflows_dir,
+    )
+    snap, _ = load_one(workflows_dir, "no-show-recovery")
+    raw = json.loads(snap.path.read_text(encoding="utf-8"))
+    raw["workflow"]["nodes"][0]["data"]["label"] = "미내원\x00"
+    raw["content_hash"] = document_hash(raw["workflow"])
+    snap.path.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+    good, problems = load_all(workflows_dir)
+    assert [s.workflow_id for s, _ in good] == ["implant-aftercare"]
+    [problem] = problems
+    assert problem.path.name == snap.path.name
+    assert "'nodes[0].data.label'" in problem.message and "NUL character" in problem.message

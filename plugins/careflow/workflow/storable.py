@@ -3,7 +3,10 @@
 JSON lets a document say two things a published version cannot keep: ``1e999`` reads as
 infinity, which JSON writes back as null (the published rule would compare with nothing), and an
 escaped lone surrogate (``"\\ud83d"``, half of an emoji cut off) is text UTF-8 cannot encode, so
-hashing or storing the version fails. Validation refuses both where they are written.
+hashing or storing the version fails. An escaped NUL (``"\\u0000"``) is text Postgres cannot
+store, in careflow's tables or in Airflow's (a label becomes a task's display name, and one DAG
+that cannot be written there keeps every DAG of its file out). Validation refuses all three
+where they are written.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ def scalar_problem(value: Any) -> str | None:
         return (
             "the text holds a broken character (half of an emoji or symbol, e.g. cut off when "
             f"pasted); type it again — got {show(value)}"
+        )
+    if isinstance(value, str) and "\x00" in value:
+        return (
+            "the text holds an invisible NUL character (code 0, e.g. pasted from another program), "
+            f"which databases cannot store; type it again — got {show(value)}"
         )
     return None
 
