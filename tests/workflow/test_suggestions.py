@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from careflow.engine.delays import release_time
+from careflow.workflow.models import DelayData
 from careflow.workflow.validation import validate_workflow
 
 from .builders import base, data, edge
@@ -87,6 +94,27 @@ def test_a_delay_between_window_and_marketing_action_breaks_the_window():
     assert "MARKETING_WITHOUT_WINDOW" in codes(workflow)
 
 
+def add_branch(workflow, edge_id: str, handle: str, target: str) -> None:
+    workflow["edges"].append({"id": edge_id, "source": "c1", "target": target, "sourceHandle": handle})
+
+
+def test_a_condition_is_redundant_only_when_both_branches_lead_to_the_same_steps():
+    workflow = base()
+    workflow["nodes"].append(
+        {
+            "id": "a2",
+            "type": "action",
+            "data": {"label": "예약 안내", "channel": "sms", "template": "{{ clinic.name }}"},
+        }
+    )
+    add_branch(workflow, "e5", "false", "w1")
+    add_branch(workflow, "e6", "false", "a2")  # true -> w1; false -> w1 and a2: the condition decides a2
+    assert "CONDITION_REDUNDANT" not in codes(workflow)
+    add_branch(workflow, "e7", "true", "a2")  # true and false -> w1 and a2: it decides nothing
+    [hint] = [d for d in validate_workflow(workflow).warnings if d.code == "CONDITION_REDUNDANT"]
+    assert hint.node_id == "c1" and "a2" in hint.message and "w1" in hint.message
+
+
 def test_siblings_are_not_chained_actions():
     workflow = base()
     workflow["nodes"].append(
@@ -115,6 +143,108 @@ def test_a_reminder_before_the_appointment_is_not_in_the_past_for_new_bookings()
     assert "DELAY_UNTIL_PAST" not in codes(workflow)
     data(workflow, "t1")["event"] = "appointment_no_show"
     assert "DELAY_UNTIL_PAST" in codes(workflow)
+
+
+def until_hints(delay: dict, event: str = "appointment_completed") -> list[str]:
+    """The DELAY_UNTIL_PAST messages for the base workflow with d1 set to ``delay``."""
+    workflow = base()
+    data(workflow, "t1")["event"] = event
+    data(workflow, "d1").clear()
+    data(workflow, "d1").update(delay)
+    return [d.message for d in validate_workflow(workflow).warnings if d.code == "DELAY_UNTIL_PAST"]
+
+
+def test_a_wait_until_a_field_at_a_time_of_day_may_not_have_passed_yet():
+    # The engine releases at 18:00 on the completion day: anyone completed before 18:00 waits.
+    [hint] = until_hints({"until": "appointment.completed_at", "at": "18:00"})
+    assert "may have passed" in hint and "already passed" not in hint and "0 days at 18:00" in hint
+
+
+def test_a_positive_offset_in_hours_with_a_time_of_day_can_land_earlier_the_same_day():
+    # completed_at + 1 hour, at 08:00: 08:00 on the completion day for anyone completed before 23:00.
+    [hint] = until_hints(
+        {"until": "appointment.completed_at", "offset": {"amount": 1, "unit": "hours"}, "at": "08:00"}
+    )
+    assert "may have passed" in hint and "08:00 on the day of appointment.completed_at +1 hours" in hint
+    # 20 hours later at 18:00: the completion day only for a completion before 04:00, and then still ahead.
+    assert (
+        until_hints(
+            {"until": "appointment.completed_at", "offset": {"amount": 20, "unit": "hours"}, "at": "18:00"}
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [
+        {"until": "appointment.completed_at"},
+        {"until": "appointment.completed_at", "offset": {"amount": -2, "unit": "hours"}},
+        {"until": "appointment.completed_at", "offset": {"amount": -1, "unit": "days"}, "at": "18:00"},
+        {"until": "appointment.scheduled_at", "offset": {"amount": -30, "unit": "hours"}, "at": "23:00"},
+        {"until": "appointment.completed_at", "at": "00:00"},
+    ],
+)
+def test_a_wait_that_always_ends_before_the_event_is_warned_as_already_passed(delay):
+    [hint] = until_hints(delay)
+    assert "already passed" in hint and "may have passed" not in hint
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [
+        {"until": "appointment.completed_at", "offset": {"amount": 2, "unit": "hours"}},
+        {"until": "appointment.completed_at", "offset": {"amount": 1, "unit": "days"}, "at": "08:00"},
+        {"until": "appointment.completed_at", "offset": {"amount": 1, "unit": "weeks"}, "at": "00:00"},
+    ],
+)
+def test_a_wait_that_ends_after_the_event_is_not_warned(delay):
+    assert until_hints(delay) == []
+
+
+SEOUL, NEW_YORK = ZoneInfo("Asia/Seoul"), ZoneInfo("America/New_York")
+OFFSETS = [None] + [
+    {"amount": amount, "unit": unit}
+    for amount, unit in [
+        (0, "days"),
+        (-1, "days"),
+        (1, "days"),
+        (1, "weeks"),
+        (-30, "minutes"),
+        (-1, "hours"),
+        (1, "hours"),
+        (16, "hours"),
+        (20, "hours"),
+        (-24, "hours"),
+        (-26, "hours"),
+    ]
+]
+
+
+@pytest.mark.parametrize("tz", [SEOUL, NEW_YORK], ids=["Seoul", "New_York"])
+def test_the_until_hint_follows_the_release_time_the_engine_computes(tz):
+    # Completions every 20 minutes over a normal day and both daylight-saving days (New York), each
+    # released by the engine with completed_at = the event: what the hint says must hold for them.
+    events = [
+        datetime(year, month, day, tzinfo=tz).astimezone(timezone.utc) + timedelta(minutes=20 * step)
+        for year, month, day in [(2026, 6, 10), (2026, 3, 8), (2026, 11, 1)]
+        for step in range(72)
+    ]
+    for offset in OFFSETS:
+        for at in (None, "00:00", "08:00", "18:00", "23:30"):
+            delay = {"until": "appointment.completed_at", "offset": offset, "at": at}
+            delay = {key: value for key, value in delay.items() if value is not None}
+            passed = {
+                release_time(DelayData(**delay), event, {"appointment": {"completed_at": event}}, tz) <= event
+                for event in events
+            }
+            [hint] = until_hints(delay) or [None]
+            if hint is None:
+                assert passed == {False}, delay
+            elif "already passed" in hint:
+                assert passed == {True}, delay
+            else:
+                assert "may have passed" in hint and True in passed, delay
 
 
 def test_lateness_is_compared_with_the_cron_gap():

@@ -122,7 +122,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "CONDITION_BRANCH_EMPTY": (_I, "A condition has no edge on its true or its false handle."),
     "CONDITION_REDUNDANT": (
         _W,
-        "Both branches of a condition go to the same node: the condition changes nothing.",
+        "Both branches of a condition lead to exactly the same steps: the condition changes nothing.",
     ),
     # Delays.
     "DELAY_BAD_DURATION": (_E, "A delay needs amount and unit, or until; amount is a whole number 0-3650."),
@@ -139,7 +139,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         "Two duration delays follow each other with nothing between: one delay would do.",
     ),
     "DELAY_EXCEEDS_RETENTION": (_W, "The waits up to this delay are longer than settings.retention_days."),
-    "DELAY_UNTIL_PAST": (_W, "A delay waits until a time that has always passed for this trigger event."),
+    "DELAY_UNTIL_PAST": (
+        _W,
+        "A delay waits until a time that has passed, or with 'at' may have passed, when the trigger "
+        "event enrolls the patient.",
+    ),
     # Time windows.
     "WINDOW_BAD_TIME": (_E, "A time window's start or end is not a time of day HH:MM."),
     "WINDOW_BAD_DAY": (_E, "A time window's days are not a list of mon..sun."),

@@ -6,11 +6,11 @@ could run in parallel, waits longer than the retention, marketing that quiet hou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.graph_checks import Graph, NodeRef
-from careflow.workflow.models import Duration, WorkflowSettings
+from careflow.workflow.models import Duration, SignedDuration, WorkflowSettings
 from careflow.workflow.schedules import longest_gap
 
 #: Marketing messages are skipped outside 08:00-21:00 without night consent (docs/contracts.md §2).
@@ -26,6 +26,9 @@ PAST_AT_EVENT: dict[str, frozenset[str]] = {
     "appointment_cancelled": frozenset({"appointment.created_at"}),
     "appointment_rescheduled": frozenset({"appointment.created_at"}),
 }
+
+#: The longest a local day lasts: a fall-back day is 26 hours where clocks go back two (Antarctica/Troll).
+LONGEST_DAY_MINUTES = 26 * 60
 
 
 def suggest(graph: Graph, settings: WorkflowSettings) -> list[Diagnostic]:
@@ -124,13 +127,15 @@ def _condition_branches(graph: Graph) -> list[Diagnostic]:
                         node_id=node.id,
                     )
                 )
-        both = sorted(targets["true"] & targets["false"])
-        if both:
+        # Only identical branches make the condition pointless: when one branch also leads somewhere
+        # the other does not (true -> w1; false -> w1 and a2), the condition decides who goes there.
+        if targets["true"] and targets["true"] == targets["false"]:
+            names = " and ".join(graph.nodes[target].title for target in sorted(targets["true"]))
             found.append(
                 make(
                     "CONDITION_REDUNDANT",
-                    f"{node.title}: both branches lead to {graph.nodes[both[0]].title}, so the condition "
-                    "changes nothing",
+                    f"{node.title}: both branches lead to {names} and nowhere else, so the condition "
+                    "changes nothing; delete it, or connect one branch to a different step",
                     node_id=node.id,
                 )
             )
@@ -226,19 +231,57 @@ def _until_in_past(graph: Graph) -> list[Diagnostic]:
         model = node.model
         if node.type != "delay" or model is None or model.until not in past or node.id not in graph.reachable:
             continue
-        if model.offset is None or model.offset.minutes() <= 0:
-            found.append(
-                make(
-                    "DELAY_UNTIL_PAST",
-                    f"{node.title}: it waits until {model.until}"
-                    f"{'' if model.offset is None else f' {model.offset.amount:+d} {model.offset.unit}'}, "
-                    f"which has already passed when '{trigger.event}' enrolls the patient; the delay ends "
-                    "at once. Use a positive offset or a duration",
-                    node_id=node.id,
-                    field="data.until",
-                )
+        passed = _release_passed(model.offset, model.at)
+        if passed is None:
+            continue
+        offset = "" if model.offset is None else f" {model.offset.amount:+d} {model.offset.unit}"
+        release = (
+            f"{model.until}{offset}"
+            if model.at is None
+            else f"{model.at} on the day of {model.until}{offset}"
+        )
+        if passed == "always":
+            message = (
+                f"{node.title}: it waits until {release}, which has already passed when '{trigger.event}' "
+                "enrolls the patient; the delay ends at once. Use a positive offset or a duration"
             )
+        else:
+            when = "is" if model.offset is None or model.offset.minutes() <= 0 else "can be"
+            earlier = ", or an earlier one" if when == "is" else ""
+            message = (
+                f"{node.title}: it waits until {release}; that day {when} the day '{trigger.event}' enrolls "
+                f"the patient{earlier}, so it may have passed: for a patient enrolled after {model.at} that "
+                f"day, the delay ends at once instead of waiting for the next {model.at}. Use a delay of 0 "
+                f"days at {model.at} to wait for the next {model.at}, or a positive offset in days for a "
+                "later day"
+            )
+        found.append(make("DELAY_UNTIL_PAST", message, node_id=node.id, field="data.until"))
     return found
+
+
+def _release_passed(offset: SignedDuration | None, at: str | None) -> Literal["always", "maybe"] | None:
+    """Whether a wait until a field never later than the trigger event ends before that event.
+
+    Mirrors careflow.engine.delays: the field plus the offset (minutes and hours elapsed, days and
+    weeks on the local calendar), then, with ``at``, that local time on the resulting local date.
+    "maybe" when it depends on the time of day of the event; None when it never ends before it (for
+    a positive offset: taking the field at the event, the latest it can be).
+    """
+    minutes = 0 if offset is None else offset.minutes()
+    if at is None:
+        return "always" if minutes <= 0 else None
+    in_days = offset is not None and offset.unit in ("days", "weeks")
+    if minutes < 0 and (in_days or minutes <= -LONGEST_DAY_MINUTES):
+        return "always"  # a local date before the field's, so before the event's
+    if minutes <= 0:
+        # The field's local date or an earlier one, so the event's or an earlier one. Midnight of it
+        # is never after the event; a later time is after an event earlier on that date.
+        return "always" if _minutes(at) == 0 else "maybe"
+    if in_days:
+        return None  # a local date after the field's
+    # Hours later: still the event's date for an event before midnight minus the offset, and `at` has
+    # passed for an event after `at`.
+    return "maybe" if _minutes(at) + minutes < 24 * 60 else None
 
 
 def _retention(graph: Graph, settings: WorkflowSettings) -> list[Diagnostic]:
