@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+#: What a command killed by SIGPIPE exits with in a shell: its reader closed the pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 def _print_json(data: Any) -> None:
@@ -263,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`careflow metrics --json | head`): nothing is wrong with the
+        # command, and what is left in the buffer goes nowhere instead of into an error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a clear one-line error instead of a traceback
         print(f"careflow: unexpected error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

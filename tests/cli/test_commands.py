@@ -144,6 +144,19 @@ def test_console_script_validates_and_upgrades(tmp_path: Path) -> None:
     assert (tmp_path / "careflow.db").exists()
 
 
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly() -> None:
+    """`careflow schema | head -1`: the command stops as a piped command does, without an error."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "careflow", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    # The reader is gone before the command writes (it is still importing): every write fails.
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert err == ""
+
+
 def test_python_dash_m_careflow_help() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "careflow", "--help"], capture_output=True, text=True, timeout=60

@@ -177,11 +177,13 @@ CODES: dict[str, tuple[Severity, str]] = {
     ),
     "MARKETING_WITHOUT_WINDOW": (
         _W,
-        "A marketing action is not right behind a time window: at night (21:00-08:00) it is skipped.",
+        "A marketing action is not right behind a time window: at night (21:00-08:00) it is held "
+        "until 08:00 for patients without night consent.",
     ),
     "MARKETING_WINDOW_AT_NIGHT": (
         _W,
-        "A marketing action's time window is open during quiet hours (21:00-08:00), when it is skipped.",
+        "A marketing action's time window is open during quiet hours (21:00-08:00), when it is held "
+        "until 08:00 for patients without night consent.",
     ),
 }
 
