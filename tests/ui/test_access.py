@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+
+from careflow.airflow.access import POOL
 
 from .conftest import WORKFLOW
 
@@ -87,3 +90,138 @@ def test_a_workflow_the_user_may_read_is_served(auth_manager, simulated, client,
     assert {m["workflow_id"] for m in client.get("/api/failures").json()["messages"]} == {WORKFLOW}
     [execution] = client.get("/api/patients/p1/executions").json()
     assert client.get(f"/api/executions/{execution['execution_id']}").status_code == 200
+
+
+# On a multi-team Airflow a DAG belongs to the team of its bundle; the simple auth manager lets a
+# non-admin read it only from that team, as Airflow's own routes do.
+TEAM, OTHER_TEAM = "clinic-a", "clinic-b"
+
+
+@pytest.fixture
+def owned_by_team(airflow_home, monkeypatch) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Teams on; the workflow's DAG sits in a bundle of ``TEAM``, the messaging pool is ``TEAM``'s."""
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+    _add_dag(team=TEAM)
+    try:
+        yield
+    finally:
+        _remove_dag()
+
+
+@pytest.fixture
+def dag_without_team(airflow_home) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Teams off (Airflow's default); the workflow's DAG sits in a bundle of no team."""
+    _add_dag(team=None)
+    try:
+        yield
+    finally:
+        _remove_dag()
+
+
+def _add_dag(team: str | None) -> None:
+    from airflow.models.dag import DagModel, clear_team_name_cache
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.models.pool import Pool
+    from airflow.models.team import Team
+    from airflow.settings import Session
+
+    with Session() as session:
+        bundle = DagBundleModel(name="careflow-test-bundle")
+        session.add(bundle)
+        if team is not None:
+            team_row = Team(name=team)
+            session.add(team_row)
+            bundle.teams.append(team_row)
+        session.flush()  # the bundle (and team) rows before the rows that point at them
+        if team is not None:
+            session.add(Pool(pool=POOL, slots=4, include_deferred=False, team_name=team))
+        session.add(DagModel(dag_id=f"careflow__{WORKFLOW}", bundle_name=bundle.name, fileloc="/dags/x.py"))
+        session.commit()
+    clear_team_name_cache()  # Airflow caches a DAG's team (None before the row existed)
+
+
+def _remove_dag() -> None:
+    from airflow.models.dag import DagModel, clear_team_name_cache
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.models.pool import Pool
+    from airflow.models.team import Team
+    from airflow.settings import Session
+    from sqlalchemy import delete
+
+    with Session() as session:
+        session.execute(delete(DagModel).where(DagModel.dag_id == f"careflow__{WORKFLOW}"))
+        session.execute(delete(Pool).where(Pool.pool == POOL))
+        bundle = session.get(DagBundleModel, "careflow-test-bundle")
+        if bundle is not None:
+            bundle.teams.clear()
+            session.delete(bundle)
+        session.execute(delete(Team).where(Team.name == TEAM))
+        session.commit()
+    clear_team_name_cache()
+
+
+def _team_client(auth_manager: Any, role: str, teams: list[str] | None) -> TestClient:
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    from careflow.airflow.api import app
+
+    user = SimpleAuthManagerUser(username=f"{role}-park", role=role, teams=teams)
+    return TestClient(app, headers={"Authorization": f"Bearer {auth_manager.generate_jwt(user)}"})
+
+
+def _sees_everything(viewer: TestClient) -> None:
+    for path in (
+        f"/api/workflows/{WORKFLOW}/graph",
+        f"/api/workflows/{WORKFLOW}/runs",
+        f"/api/workflows/{WORKFLOW}/counts",
+        f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
+    ):
+        assert viewer.get(path).status_code == 200, path
+    assert viewer.get("/api/failures", params={"workflow_id": WORKFLOW}).status_code == 200
+    assert viewer.get("/api/metrics", params={"workflow": WORKFLOW}).status_code == 200
+    assert [w["workflow_id"] for w in viewer.get("/api/workflows").json()] == [WORKFLOW]
+    assert {m["workflow_id"] for m in viewer.get("/api/failures").json()["messages"]} == {WORKFLOW}
+    assert [w["workflow_id"] for w in viewer.get("/api/metrics").json()["workflows"]] == [WORKFLOW]
+    [execution] = viewer.get("/api/patients/p1/executions").json()
+    assert viewer.get(f"/api/executions/{execution['execution_id']}").status_code == 200
+
+
+def test_a_viewer_of_another_team_sees_nothing_of_the_workflow(  # type: ignore[no-untyped-def]
+    auth_manager, simulated, client, owned_by_team
+) -> None:
+    [execution] = client.get("/api/patients/p1/executions").json()  # an admin sees it
+    viewer = _team_client(auth_manager, "viewer", [OTHER_TEAM])
+    for path in (
+        f"/api/workflows/{WORKFLOW}/graph",
+        f"/api/workflows/{WORKFLOW}/runs",
+        f"/api/workflows/{WORKFLOW}/counts",
+        f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
+    ):
+        assert viewer.get(path).status_code == 403, path
+    assert viewer.get("/api/failures", params={"workflow_id": WORKFLOW}).status_code == 403
+    assert viewer.get("/api/metrics", params={"workflow": WORKFLOW}).status_code == 403
+    assert viewer.get(f"/api/executions/{execution['execution_id']}").status_code == 404
+    assert viewer.get("/api/workflows").json() == []
+    failures = viewer.get("/api/failures").json()
+    assert failures["reasons"] == [] and failures["steps"] == [] and failures["messages"] == []
+    assert viewer.get("/api/patients/p1/executions").json() == []
+    assert viewer.get("/api/metrics").json()["workflows"] == []
+
+
+def test_a_viewer_of_the_workflows_team_sees_everything(  # type: ignore[no-untyped-def]
+    auth_manager, simulated, owned_by_team
+) -> None:
+    _sees_everything(_team_client(auth_manager, "viewer", [TEAM]))
+
+
+def test_only_an_op_of_the_pools_team_may_reset_a_breaker(  # type: ignore[no-untyped-def]
+    auth_manager, simulated, owned_by_team
+) -> None:
+    refused = _team_client(auth_manager, "op", [OTHER_TEAM]).post("/api/breakers/default:sms/reset")
+    assert refused.status_code == 403 and POOL in refused.json()["detail"]
+    # Past the check (no such breaker here).
+    assert _team_client(auth_manager, "op", [TEAM]).post("/api/breakers/default:sms/reset").status_code == 404
+
+
+def test_without_teams_a_viewer_sees_everything(auth_manager, simulated, dag_without_team) -> None:  # type: ignore[no-untyped-def]
+    _sees_everything(_client(auth_manager, "viewer"))

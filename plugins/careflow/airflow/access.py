@@ -5,6 +5,10 @@ user reads them where the auth manager lets them read that DAG's runs. Routes th
 workflows show only the workflows the user may read. Circuit breakers guard the messaging
 provider, whose sends the ``careflow_messaging`` pool caps: reading them takes what reading any
 DAG takes, resetting one takes the right to change that pool.
+
+On a multi-team Airflow (``[core] multi_team``) a DAG belongs to the team of its bundle and the
+pool to its own team; the auth manager is told that team, as Airflow's own API routes
+(``requires_access_dag``, ``requires_access_pool``) tell it, so a user of another team is refused.
 """
 
 from __future__ import annotations
@@ -35,11 +39,10 @@ def _manager() -> Any:
     return get_auth_manager()
 
 
-def may_read_workflow(user: Any, workflow_id: str | None) -> bool:
-    """Whether ``user`` may read the runs of ``workflow_id``'s DAG (None: of DAGs at all)."""
+def _may_read_dag(user: Any, dag_id: str | None, team_name: str | None) -> bool:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
-    details = DagDetails(id=dag_id_for(workflow_id)) if workflow_id is not None else None
+    details = DagDetails(id=dag_id, team_name=team_name) if dag_id is not None else None
     return bool(
         _manager().is_authorized_dag(
             method="GET", access_entity=DagAccessEntity.RUN, details=details, user=user
@@ -47,9 +50,27 @@ def may_read_workflow(user: Any, workflow_id: str | None) -> bool:
     )
 
 
+def may_read_workflow(user: Any, workflow_id: str | None) -> bool:
+    """Whether ``user`` may read the runs of ``workflow_id``'s DAG (None: of DAGs at all)."""
+    if workflow_id is None:
+        return _may_read_dag(user, None, None)
+    from airflow.models.dag import DagModel
+
+    dag_id = dag_id_for(workflow_id)
+    # None without a team (or a DAG row yet); cached by Airflow for [core] team_name_cache_ttl.
+    return _may_read_dag(user, dag_id, DagModel.get_team_name(dag_id))
+
+
 def readable(user: Any, workflow_ids: Iterable[str]) -> set[str]:
     """The workflows of ``workflow_ids`` whose runs ``user`` may read."""
-    return {wid for wid in set(workflow_ids) if may_read_workflow(user, wid)}
+    from airflow.models.dag import DagModel
+
+    dag_ids = {wid: dag_id_for(wid) for wid in set(workflow_ids)}
+    if not dag_ids:
+        return set()
+    # One query for every DAG's team; a DAG missing from it has no team.
+    teams = DagModel.get_dag_id_to_team_name_mapping(list(dag_ids.values()))
+    return {wid for wid, dag_id in dag_ids.items() if _may_read_dag(user, dag_id, teams.get(dag_id))}
 
 
 def check_workflow(user: Any, workflow_id: str) -> None:
@@ -72,8 +93,13 @@ def any_dag_reader(user: Any = Depends(get_user)) -> None:
 def pool_editor(user: Any = Depends(get_user)) -> None:
     """Dependency of routes that change how careflow sends: the right to change the messaging pool."""
     from airflow.api_fastapi.auth.managers.models.resource_details import PoolDetails
+    from airflow.configuration import conf
+    from airflow.models.pool import Pool
 
-    if not _manager().is_authorized_pool(method="PUT", details=PoolDetails(name=POOL), user=user):
+    # As requires_access_pool: the pool's team is looked up only when teams are on.
+    team_name = Pool.get_team_name(POOL) if conf.getboolean("core", "multi_team") else None
+    details = PoolDetails(name=POOL, team_name=team_name)
+    if not _manager().is_authorized_pool(method="PUT", details=details, user=user):
         raise HTTPException(status_code=403, detail=f"not allowed to change the {POOL} pool")
 
 
