@@ -712,6 +712,13 @@ def _record(
     configuration_error: Any = None
     sent_latency_ms: list[float] = []
     sent_lateness_s: list[float] = []
+    # A 429 is the provider's answer whatever becomes of the transaction below: counted now. The
+    # outcomes recorded in it are counted once it commits (``batch_transaction``).
+    for result in results.values():
+        if result.outcome == Outcome.THROTTLED:
+            ctx.event(
+                "message_outcome", node_id=node.id, channel=config.channel, outcome="throttled", reason="429"
+            )
     with st.batch_transaction(ctx, report) as conn:
         held = _still_claimed(conn, ctx, list(to_send))
         report.queries += 1
@@ -776,14 +783,6 @@ def _record(
                     # Held back by the breaker or a provider's pause, not failed: when to try again.
                     until = time.time() + (result.retry_after or 0.0)
                     report.retry_at = until if report.retry_at is None else max(report.retry_at, until)
-                if outcome == Outcome.THROTTLED:
-                    ctx.event(
-                        "message_outcome",
-                        node_id=node.id,
-                        channel=config.channel,
-                        outcome="throttled",
-                        reason="429",
-                    )
             ledger_rows.append(entry)
         st.bulk_update(
             conn,
@@ -820,7 +819,10 @@ def _record(
 def _decided(
     ctx: RunContext, node: CompiledNode, report: NodeReport, row: Any, status: str, reason: str
 ) -> dict[str, Any]:
-    """Count a message that will not be sent (failed, expired or skipped) and give its step's update."""
+    """Count a message that will not be sent (failed, expired or skipped) and give its step's update.
+
+    Called inside the batch's transaction: its event goes out once that commits.
+    """
     if status == "failed":
         report.failed += 1
     elif status == "expired":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +38,8 @@ class RunContext:
     #: makes a key a suspect that is looked up at the provider before any send; never a reason
     #: to skip one. None: not used.
     sent_keys: Any = None
+    #: per thread, the events of each open :meth:`events_held` block, innermost last
+    _held: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     @property
     def workflow_id(self) -> str:
@@ -42,9 +47,36 @@ class RunContext:
         return self.compiled.workflow_id
 
     def event(self, name: str, **fields: Any) -> None:
-        """Report an observable event (metrics, alerts) without patient data."""
-        if self.emit is not None:
+        """Report an observable event (metrics, alerts) without patient data.
+
+        Inside :meth:`events_held` it is held back until the block succeeds.
+        """
+        if self.emit is None:
+            return
+        blocks = getattr(self._held, "blocks", None)
+        if blocks:
+            blocks[-1].append((name, fields))
+        else:
             self.emit(name, workflow_id=self.workflow_id, **fields)
+
+    @contextmanager
+    def events_held(self) -> Iterator[None]:
+        """Hold back the events this thread reports in the block: sent if it ends, dropped if it raises.
+
+        Around a transaction, an event that counts its writes goes out once they are committed: a
+        batch rolled back and decided again by Airflow's retry is counted once, by the retry. A
+        block inside another hands its events to the outer one; other threads' events go out as
+        they come.
+        """
+        blocks = self._held.__dict__.setdefault("blocks", [])
+        held: list[tuple[str, dict[str, Any]]] = []
+        blocks.append(held)
+        try:
+            yield
+        finally:
+            blocks.pop()
+        for name, fields in held:
+            self.event(name, **fields)
 
 
 @dataclass

@@ -183,6 +183,8 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
             if not targets:
                 st.settle_executions(conn, ctx, [ex["id"] for ex in fresh])
             report.queries += 4
+            if fresh:  # sent once this page commits: a page rolled back is counted by the retry
+                ctx.event("executions_enrolled", node_id=node.id, count=len(fresh))
             report.enrolled += len(fresh)
             report.reasons["already_enrolled"] += len(executions) - len(fresh)
             report.processed += len(rows)
@@ -199,8 +201,6 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         )
         report.queries += 2
     report.passed = report.enrolled
-    if report.enrolled:
-        ctx.event("executions_enrolled", node_id=node.id, count=report.enrolled)
     return report
 
 

@@ -36,9 +36,13 @@ def batch_transaction(ctx: RunContext, report: NodeReport | None = None) -> Iter
     lock that is never released or a query gone wrong fails the batch (and the attempt, which
     Airflow retries) instead of holding the task until its own timeout. The setting belongs to
     the pooled connection and is sent only when it differs from what that connection has.
+
+    The events reported through ``ctx`` inside it (messages decided, executions ended) are sent
+    once it has committed and dropped if it rolls back: the retry that decides the same rows
+    again counts them.
     """
     timeout_ms = int(ctx.compiled.settings.node_timeout_seconds) * 1000
-    with ctx.engine.begin() as conn:
+    with ctx.events_held(), ctx.engine.begin() as conn:
         info = conn.info
         fresh = conn.dialect.name == "postgresql" and info.get(_STATEMENT_TIMEOUT) != timeout_ms
         if fresh:
@@ -403,7 +407,8 @@ def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable
     nothing is open it has ended: failed when a step failed, exited when a branch stopped with a
     recorded reason (:func:`exit_executions`), completed otherwise. A branch that stops never
     ends the execution while another branch is still on its way. Returns the number of
-    statements it ran.
+    statements it ran. The ended ones are counted (``executions_completed``) once the caller's
+    :func:`batch_transaction` commits.
     """
     ids = sorted(set(execution_ids))
     if not ids:
