@@ -266,6 +266,58 @@ def test_time_window_opening_before_the_next_daily_run_is_a_wake_run(engine, jou
     assert j.sent == {"p1/a": (kst(2025, 3, 10, 9), "wake")}
 
 
+@pytest.mark.parametrize(
+    ("back", "late_by"),
+    [(kst(2025, 3, 7, 11), 25 * 60), (kst(2025, 3, 8, 11), 49 * 60)],
+    ids=["friday-window-open", "saturday-window-closed"],
+)
+def test_a_step_the_window_saw_late_keeps_its_lateness_through_the_closed_days(
+    engine, journey, fake, back, late_by
+):
+    """Surgery Monday 10:00, three days' wait: the step reaches the weekday window Thursday 10:00,
+    while it is open. No run until Friday or Saturday 11:00 (paused, the scheduler down). Friday the
+    window is open and the message, a day late, expires; Saturday the window is closed and the step
+    waits for Monday, but the two days it was already late stay late: it expires too, never sent."""
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 3, 10))
+    c.load(engine)
+    doc = chain(
+        "window-late",
+        ("d", "delay", {"amount": 3, "unit": "days"}),
+        ("w", "timeWindow", {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}),
+        ("a", "action", action()),
+    )
+    j = journey(doc)
+    j.run_at(kst(2025, 3, 4))  # enrolls; the delay parks it until Thursday 10:00
+    j.run_at(back)
+    j.wakes(back, kst(2025, 3, 11))
+    j.run_days(kst(2025, 3, 9), kst(2025, 3, 12))
+    assert j.sent == {}
+    row = ledger(engine, "window-late")["p1"]
+    assert (row["status"], row["reason"]) == ("expired", f"late_by_{late_by}_min")
+
+
+def test_a_step_the_window_saw_minutes_after_closing_goes_out_at_the_next_opening(engine, journey, fake):
+    """The same wait, released Friday 17:58 and seen by the window at 18:01 (closed): the three
+    minutes it was late are all it carries, and it goes out at Monday's opening."""
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 4, 17, 58))
+    c.load(engine)
+    doc = chain(
+        "window-lag",
+        ("d", "delay", {"amount": 3, "unit": "days"}),
+        ("w", "timeWindow", {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}),
+        ("a", "action", action()),
+    )
+    j = journey(doc)
+    j.run_at(kst(2025, 3, 5))
+    j.run_at(kst(2025, 3, 7, 18, 1))
+    j.run_days(kst(2025, 3, 8), kst(2025, 3, 11))
+    assert j.sent == {"p1/a": (kst(2025, 3, 10, 9), "wake")}
+    row = ledger(engine, "window-lag")["p1"]
+    assert (row["status"], row["due_at"]) == ("sent", kst(2025, 3, 10, 8, 57))
+
+
 # ------------------------------------------------------------------ action
 
 

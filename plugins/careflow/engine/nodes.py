@@ -575,13 +575,35 @@ def time_window(ctx: RunContext, node: CompiledNode) -> NodeReport:
             # window may have been open when it arrived and closed before this node ran.
             since = _arrival(row)
             opened = next_opening(config, since, tz) or ctx.now
-            return "pass", {"at": min(max(since, opened), ctx.now), "output": {"window": "open"}}
+            at = min(max(since, opened), ctx.now)
+            return "pass", {"at": _carry_lateness(config, row, at, tz), "output": {"window": "open"}}
         opening = next_opening(config, ctx.now, tz)
         if opening is None:
             return "exit", "window_never_opens"
         return "wait", opening
 
     return _walk(ctx, node, decide, needs_facts=True)
+
+
+def _carry_lateness(config: Any, row: Any, at: datetime, tz: Any) -> datetime:
+    """When a parked step moves on: ``at``, less how late this node first saw it, if it was late.
+
+    A step that reached the window while it was open, but that this node first saw once it had
+    closed (no run for two days, or a run a few minutes after the closing), waited for the next
+    opening. The window holds a step only while it is closed: the time the step was already late
+    when this node saw it stays late, and its action counts it against ``max_lateness`` as it
+    would have if the window had still been open. Without this, a run that came back on a Saturday
+    sent on Monday what a run that came back on the Friday had rightly expired.
+    """
+    from careflow.engine.time_window import next_opening
+
+    seen = row["started_at"]
+    if row["status"] != "waiting" or seen is None:
+        return at
+    due = next_opening(config, row["arrived_at"], tz)  # when it would have passed, seen on time
+    if due is None or due >= seen:
+        return at  # seen on time: a closed window is the wait it asks for
+    return max(due, at - (seen - due))
 
 
 def _patient_zone(facts: Any, default: Any, key: str = "timezone") -> Any:

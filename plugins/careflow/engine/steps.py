@@ -281,6 +281,7 @@ STEP_COLUMNS = (
     s.c.status,
     s.c.arrived_at,
     s.c.due_at,
+    s.c.started_at,
     s.c.attempts,
     x.c.patient_id,
     x.c.appointment_id,
