@@ -375,7 +375,7 @@ def simulate(args: argparse.Namespace) -> int:
 def parse_day_or_time(value: str) -> datetime:
     """A date (midnight UTC) or an ISO 8601 time (UTC when no offset is given), as typed on a command line.
 
-    A ValueError says what is expected.
+    A ValueError says what is expected, also for a time that leaves years 1 to 9999 in UTC.
     """
     try:
         return parse_time(value.strip())
@@ -383,6 +383,8 @@ def parse_day_or_time(value: str) -> datetime:
         raise ValueError(
             f"{value!r}: expected YYYY-MM-DD or an ISO 8601 time, e.g. 2026-03-02 or 2026-03-02T09:00+09:00"
         ) from None
+    except OverflowError:  # 0001-01-01T00:00+14:00 is a valid ISO time, but before year 1 in UTC
+        raise ValueError(f"{value!r}: out of range once converted to UTC (years 1 to 9999)") from None
 
 
 def _workflow_ids(spec: str) -> list[str]:

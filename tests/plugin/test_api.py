@@ -78,14 +78,11 @@ def test_an_authenticated_call_lists_the_workflows(  # type: ignore[no-untyped-d
     json.dumps(body)
 
 
-def test_without_careflow_tables_the_snapshots_are_listed_and_a_header_says_why(  # type: ignore[no-untyped-def]
-    tmp_path: Path, monkeypatch, workflows_dir: Path, auth_manager
-) -> None:
-    from careflow.airflow.api import DATABASE_PROBLEM_HEADER
+def _listed_without_database(db_url: str, workflows_dir: Path, monkeypatch, auth_manager):  # type: ignore[no-untyped-def]
     from careflow.store.db import dispose_engines
 
     (workflows_dir / "corrupt.json").write_text("{not json", encoding="utf-8")
-    monkeypatch.setenv("CAREFLOW_DB_URL", f"sqlite:///{tmp_path / 'never-upgraded.db'}")
+    monkeypatch.setenv("CAREFLOW_DB_URL", db_url)
     dispose_engines()
     headers = {"Authorization": f"Bearer {_token(auth_manager)}"}
     try:
@@ -94,5 +91,29 @@ def test_without_careflow_tables_the_snapshots_are_listed_and_a_header_says_why(
         dispose_engines()
     assert response.status_code == 200
     assert [item["workflow_id"] for item in response.json()] == ["corrupt"]
-    problem = response.headers[DATABASE_PROBLEM_HEADER]
-    assert "careflow db upgrade" in problem and "never-upgraded.db" in problem
+    return response
+
+
+def test_without_careflow_tables_the_snapshots_are_listed_and_a_header_says_why(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch, workflows_dir: Path, auth_manager, caplog
+) -> None:
+    from careflow.airflow.api import DATABASE_PROBLEM_HEADER
+
+    url = f"sqlite:///{tmp_path / 'never-upgraded.db'}"
+    response = _listed_without_database(url, workflows_dir, monkeypatch, auth_manager)
+    # Any signed-in viewer reads the header: it says what to do, the log says which database.
+    upgrade = "careflow's tables are missing: run `careflow db upgrade`"
+    assert response.headers[DATABASE_PROBLEM_HEADER] == upgrade
+    assert "never-upgraded.db" in caplog.text
+
+
+def test_an_unreachable_database_is_named_in_the_log_not_in_the_header(  # type: ignore[no-untyped-def]
+    monkeypatch, workflows_dir: Path, auth_manager, caplog
+) -> None:
+    from careflow.airflow.api import DATABASE_PROBLEM_HEADER
+
+    url = "postgresql+psycopg2://careflow:secret@127.0.0.1:1/careflow"
+    response = _listed_without_database(url, workflows_dir, monkeypatch, auth_manager)
+    assert response.headers[DATABASE_PROBLEM_HEADER] == "careflow's database is unreachable"
+    assert "127.0.0.1" in caplog.text and "psycopg2" in caplog.text
+    assert "secret" not in caplog.text

@@ -203,6 +203,30 @@ def test_no_patient_data_in_any_answer(client, simulated, engine) -> None:  # ty
         assert "경과는" not in text, path  # no template or message body either
 
 
+def test_no_json_answer_is_kept_by_a_browser_or_a_proxy(client, simulated) -> None:  # type: ignore[no-untyped-def]
+    paths = [
+        "/api/workflows",
+        f"{WF}/graph",
+        f"{WF}/runs",
+        f"{WF}/counts",
+        f"{WF}/nodes/a1/steps",
+        "/api/failures",
+        "/api/patients/p1/executions",
+        f"/api/executions/{_execution_of(client, 'p1')}",
+        "/api/metrics",
+        "/api/breakers",
+        "/api/cache",
+        "/api/executions/no-such-execution",  # a 404 names the id asked for
+        "/api/patients/a%00b/executions",  # a 422 repeats it
+    ]
+    for path in paths:
+        assert client.get(path).headers["cache-control"] == "no-store", path
+    assert TestClient(app).get("/api/failures").headers["cache-control"] == "no-store"  # a 401 too
+    # The page's own files keep theirs: the browser may keep them, and asks whether they changed.
+    for name in ("", "app.js", "style.css"):
+        assert client.get(f"/ui/{name}").headers["cache-control"] == "no-cache"
+
+
 def test_an_ended_execution_is_explained_by_the_version_that_ran_it(  # type: ignore[no-untyped-def]
     client, simulated, workflows_dir
 ) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException
 
 from careflow.compiler.graph import dag_id_for
 
@@ -77,11 +77,6 @@ def check_workflow(user: Any, workflow_id: str) -> None:
     """403 unless ``user`` may read ``workflow_id``'s runs."""
     if not may_read_workflow(user, workflow_id):
         raise HTTPException(status_code=403, detail=f"not allowed to read workflow {workflow_id!r}")
-
-
-def workflow_reader(request: Request, user: Any = Depends(get_user)) -> None:
-    """Dependency of routes with a ``workflow_id`` path parameter: reading that workflow's runs."""
-    check_workflow(user, request.path_params["workflow_id"])
 
 
 def any_dag_reader(user: Any = Depends(get_user)) -> None:

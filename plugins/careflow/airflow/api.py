@@ -4,20 +4,30 @@ Airflow mounts plugin apps without authentication: every route here depends on A
 ``get_user`` (a JWT in the ``Authorization: Bearer`` header or Airflow's session cookie), so an
 anonymous call gets 401 on every route; and each asks Airflow's auth manager whether this user
 may read or change what it serves (:mod:`careflow.airflow.access`), 403 when not.
+
+When careflow's database fails a request, the answer is a 503 whose detail names the problem
+(its tables are missing, it is unreachable) and what to do, never the database's URL or the
+driver's text: those go to the api-server's log. No JSON answer is kept by a browser or a proxy (``Cache-Control: no-store``):
+they carry patients' ids.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
 from careflow.airflow.api_metrics import router as metrics_router
+from careflow.exceptions import ConfigurationError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +51,81 @@ app.include_router(careflow_ui.router)
 #: Set on ``GET /api/workflows`` when careflow's database could not be read (the snapshots are listed).
 DATABASE_PROBLEM_HEADER = "X-Careflow-Database-Problem"
 
+#: What a user is told of careflow's database failing; what failed, and where, goes to the log.
+TABLES_MISSING = "careflow's tables are missing: run `careflow db upgrade`"
+UNREACHABLE = "careflow's database is unreachable"
+DATABASE_FAILED = "careflow's database could not answer: the api-server's log says why"
+MISCONFIGURED = "careflow is not configured correctly: the api-server's log says why"
+
+
+def database_problem(exc: Exception) -> str:
+    """The phrase that tells a user why careflow's database failed with ``exc``, without its URL."""
+    from careflow.publishing import missing_table
+
+    # careflow_metrics (tables_required) turns a missing table into a ConfigurationError naming the database.
+    if isinstance(exc, ConfigurationError) and isinstance(exc.__cause__, DBAPIError):
+        exc = exc.__cause__
+    if isinstance(exc, DBAPIError):
+        if missing_table(exc) is not None:
+            return TABLES_MISSING
+        if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+            return UNREACHABLE
+        return DATABASE_FAILED
+    if isinstance(exc, PoolTimeout):  # no connection came free in time
+        return UNREACHABLE
+    return MISCONFIGURED  # a ConfigurationError: careflow_db is not a usable URL, say
+
+
+async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    detail = database_problem(exc)
+    # The route's template, not its path: a path may carry a patient's id.
+    route = getattr(request.scope.get("route"), "path", "?")
+    log.warning(
+        "careflow: %s %s answered 503 (%s): %s: %s",
+        request.method,
+        route,
+        detail,
+        type(exc).__name__,
+        first_line(exc),
+        exc_info=detail in (DATABASE_FAILED, MISCONFIGURED),
+    )
+    return JSONResponse(status_code=503, content={"detail": detail})
+
+
+for _failure in (DBAPIError, PoolTimeout, ConfigurationError):
+    app.add_exception_handler(_failure, _service_unavailable)
+
+
+@app.middleware("http")
+async def _not_stored(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """``Cache-Control: no-store`` on every answer that sets none (the page's files say ``no-cache``)."""
+    response = await call_next(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _listing_problem(problem: str) -> str:
+    """:func:`database_problem` for the reason ``read_workflows`` gives as text, not as an exception."""
+    if "careflow db upgrade" in problem:  # publishing.tables_required's advice
+        return TABLES_MISSING
+    if problem.startswith("cannot read the published versions"):  # the database did not answer
+        return UNREACHABLE
+    return MISCONFIGURED
+
 
 @app.get("/api/workflows")
 def workflows(response: Response, user: Any = Depends(get_user)) -> list[dict[str, Any]]:
     """Published workflows the user may read: id, version, status, validation state and snapshot problems.
 
     When careflow's database cannot be read, the snapshots on disk are listed and the
-    ``X-Careflow-Database-Problem`` header says why.
+    ``X-Careflow-Database-Problem`` header says why in a phrase of :func:`database_problem`.
     """
     from careflow.publishing import read_workflows
 
     listed = read_workflows()
     if listed.database_problem:
-        response.headers[DATABASE_PROBLEM_HEADER] = listed.database_problem.encode(
-            "ascii", "replace"
-        ).decode()[:500]
+        log.warning("careflow: GET /api/workflows lists the snapshots only: %s", listed.database_problem)
+        response.headers[DATABASE_PROBLEM_HEADER] = _listing_problem(listed.database_problem)
     allowed = access.readable(user, (item.workflow_id for item in listed.workflows))
     return [item.to_dict() for item in listed.workflows if item.workflow_id in allowed]
 

@@ -2,7 +2,7 @@
 
 The router is included in careflow's app (:mod:`careflow.airflow.api`), whose dependencies
 authenticate every route with Airflow's ``get_user``: anonymous calls get 401. The report holds
-only the workflows whose DAG runs the user may read.
+only the workflows whose DAG runs the user may read; one workflow careflow does not know is a 404.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from careflow.airflow import access
+from careflow.airflow.ui.params import require_known
+from careflow.workflow.models import ID_PATTERN
 
 router = APIRouter()
 
 
 @router.get("/api/metrics")
 def metrics(
-    workflow: str | None = Query(None, description="one workflow id (default: all)"),
+    workflow: str | None = Query(None, pattern=ID_PATTERN, description="one workflow id (default: all)"),
     since: str | None = Query(None, description="only runs from this date or ISO time on"),
     user: Any = Depends(access.get_user),
 ) -> dict[str, Any]:
@@ -31,6 +33,7 @@ def metrics(
         raise HTTPException(status_code=422, detail=f"since: {exc}") from exc
     if workflow is not None:
         access.check_workflow(user, workflow)
+        require_known(workflow)
     report = build_report(workflow, moment)
     allowed = access.readable(user, (item["workflow_id"] for item in report["workflows"]))
     report["workflows"] = [item for item in report["workflows"] if item["workflow_id"] in allowed]

@@ -3,7 +3,9 @@
 Included in careflow's FastAPI app, whose ``get_user`` dependency guards every route here, the
 page included: in the browser Airflow's session cookie authenticates, elsewhere a bearer JWT.
 What a route serves of a workflow, the user must be allowed to read in Airflow: that workflow's
-DAG runs (:mod:`careflow.airflow.access`); routes across workflows leave out the others.
+DAG runs (:mod:`careflow.airflow.access`); routes across workflows leave out the others. Ids are
+checked first (:mod:`careflow.airflow.ui.params`): a malformed one is a 422, a workflow careflow
+does not know a 404.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ from fastapi.responses import FileResponse
 
 from careflow.airflow import access
 from careflow.airflow.ui import queries
+from careflow.airflow.ui.params import (
+    ExecutionId,
+    NodeFilter,
+    NodeId,
+    PatientId,
+    RunFilter,
+    WorkflowFilter,
+    known_workflow,
+    readable_workflow,
+    require_known,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: The files the page is made of, and their media types: nothing else is served from the folder.
@@ -58,8 +71,8 @@ def asset(name: str) -> FileResponse:
     return _file(name)
 
 
-@router.get("/api/workflows/{workflow_id}/graph", dependencies=[Depends(access.workflow_reader)])
-def workflow_graph(workflow_id: str) -> dict[str, Any]:
+@router.get("/api/workflows/{workflow_id}/graph")
+def workflow_graph(workflow_id: str = Depends(readable_workflow)) -> dict[str, Any]:
     """The published graph: nodes in topological columns, edges by handle."""
     compiled = _compiled(workflow_id)
     if compiled is None:
@@ -67,23 +80,26 @@ def workflow_graph(workflow_id: str) -> dict[str, Any]:
     return queries.graph(compiled)
 
 
-@router.get("/api/workflows/{workflow_id}/runs", dependencies=[Depends(access.workflow_reader)])
-def workflow_runs(workflow_id: str, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+@router.get("/api/workflows/{workflow_id}/runs")
+def workflow_runs(
+    workflow_id: str = Depends(known_workflow), limit: int = Query(50, ge=1, le=500)
+) -> list[dict[str, Any]]:
     """The runs that moved the workflow's executions, latest first."""
     return queries.runs(_engine(), workflow_id, limit)
 
 
-@router.get("/api/workflows/{workflow_id}/counts", dependencies=[Depends(access.workflow_reader)])
-def workflow_counts(workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
+@router.get("/api/workflows/{workflow_id}/counts")
+def workflow_counts(workflow_id: str = Depends(known_workflow), run_id: RunFilter = None) -> dict[str, Any]:
     """Steps per node and status, messages per action node and status: of one run, or of all."""
     return queries.node_counts(_engine(), workflow_id, run_id)
 
 
-@router.get(
-    "/api/workflows/{workflow_id}/nodes/{node_id}/steps", dependencies=[Depends(access.workflow_reader)]
-)
+@router.get("/api/workflows/{workflow_id}/nodes/{node_id}/steps")
 def workflow_node_steps(
-    workflow_id: str, node_id: str, run_id: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    node_id: NodeId,
+    workflow_id: str = Depends(known_workflow),
+    run_id: RunFilter = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     """The latest steps at one node: execution and patient ids, status, branch, reason, times."""
     return queries.node_steps(_engine(), workflow_id, node_id, run_id=run_id, limit=limit)
@@ -91,15 +107,16 @@ def workflow_node_steps(
 
 @router.get("/api/failures")
 def recent_failures(
-    workflow_id: str | None = None,
-    node_id: str | None = None,
-    run_id: str | None = None,
+    workflow_id: WorkflowFilter = None,
+    node_id: NodeFilter = None,
+    run_id: RunFilter = None,
     limit: int = Query(100, ge=1, le=1000),
     user: Any = Depends(access.get_user),
 ) -> dict[str, Any]:
     """Failed and skipped steps, failed, expired, skipped and unknown messages, with reasons."""
     if workflow_id is not None:
         access.check_workflow(user, workflow_id)
+        require_known(workflow_id)
         allowed = None
     else:
         allowed = access.readable(user, access.known_workflows())
@@ -109,7 +126,7 @@ def recent_failures(
 
 
 @router.get("/api/executions/{execution_id}")
-def execution_trace(execution_id: str, user: Any = Depends(access.get_user)) -> dict[str, Any]:
+def execution_trace(execution_id: ExecutionId, user: Any = Depends(access.get_user)) -> dict[str, Any]:
     """One execution's trace: nodes, times, branches, messages, and why each action was (not) sent."""
     found = queries.trace(_engine(), execution_id, _compiled)
     if found is None or not access.may_read_workflow(user, found["execution"]["workflow_id"]):
@@ -120,7 +137,7 @@ def execution_trace(execution_id: str, user: Any = Depends(access.get_user)) -> 
 
 @router.get("/api/patients/{patient_id}/executions")
 def patient_executions(
-    patient_id: str, limit: int = Query(100, ge=1, le=1000), user: Any = Depends(access.get_user)
+    patient_id: PatientId, limit: int = Query(100, ge=1, le=1000), user: Any = Depends(access.get_user)
 ) -> list[dict[str, Any]]:
     """A patient's executions by patient id, latest first (of the workflows the user may read)."""
     allowed = access.readable(user, access.known_workflows())
