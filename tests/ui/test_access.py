@@ -61,22 +61,7 @@ def test_a_workflow_the_user_may_not_read_is_nowhere_to_be_seen(
 
     [execution] = client.get("/api/patients/p1/executions").json()  # an admin sees it
     monkeypatch.setattr(access, "_manager", lambda: _OnlySome(auth_manager, allowed))
-    for path in (
-        f"/api/workflows/{WORKFLOW}/graph",
-        f"/api/workflows/{WORKFLOW}/runs",
-        f"/api/workflows/{WORKFLOW}/counts",
-        f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
-    ):
-        assert client.get(path).status_code == 403, path
-    assert client.get("/api/failures", params={"workflow_id": WORKFLOW}).status_code == 403
-    assert client.get("/api/metrics", params={"workflow": WORKFLOW}).status_code == 403
-    assert client.get(f"/api/executions/{execution['execution_id']}").status_code == 404
-    # Lists across workflows leave it out.
-    assert [w["workflow_id"] for w in client.get("/api/workflows").json()] == []
-    failures = client.get("/api/failures").json()
-    assert failures["reasons"] == [] and failures["steps"] == [] and failures["messages"] == []
-    assert client.get("/api/patients/p1/executions").json() == []
-    assert client.get("/api/metrics").json()["workflows"] == []
+    _sees_nothing(client, execution["execution_id"])
     assert client.get("/api/breakers").status_code == 403
     assert client.post("/api/breakers/default:sms/reset").status_code == 403
 
@@ -169,6 +154,25 @@ def _team_client(auth_manager: Any, role: str, teams: list[str] | None) -> TestC
     return TestClient(app, headers={"Authorization": f"Bearer {auth_manager.generate_jwt(user)}"})
 
 
+def _sees_nothing(viewer: TestClient, execution_id: str) -> None:
+    """403 on the workflow's routes, 404 on its execution, and left out of every list."""
+    for path in (
+        f"/api/workflows/{WORKFLOW}/graph",
+        f"/api/workflows/{WORKFLOW}/runs",
+        f"/api/workflows/{WORKFLOW}/counts",
+        f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
+    ):
+        assert viewer.get(path).status_code == 403, path
+    assert viewer.get("/api/failures", params={"workflow_id": WORKFLOW}).status_code == 403
+    assert viewer.get("/api/metrics", params={"workflow": WORKFLOW}).status_code == 403
+    assert viewer.get(f"/api/executions/{execution_id}").status_code == 404
+    assert [w["workflow_id"] for w in viewer.get("/api/workflows").json()] == []
+    failures = viewer.get("/api/failures").json()
+    assert failures["reasons"] == [] and failures["steps"] == [] and failures["messages"] == []
+    assert viewer.get("/api/patients/p1/executions").json() == []
+    assert viewer.get("/api/metrics").json()["workflows"] == []
+
+
 def _sees_everything(viewer: TestClient) -> None:
     for path in (
         f"/api/workflows/{WORKFLOW}/graph",
@@ -190,22 +194,7 @@ def test_a_viewer_of_another_team_sees_nothing_of_the_workflow(  # type: ignore[
     auth_manager, simulated, client, owned_by_team
 ) -> None:
     [execution] = client.get("/api/patients/p1/executions").json()  # an admin sees it
-    viewer = _team_client(auth_manager, "viewer", [OTHER_TEAM])
-    for path in (
-        f"/api/workflows/{WORKFLOW}/graph",
-        f"/api/workflows/{WORKFLOW}/runs",
-        f"/api/workflows/{WORKFLOW}/counts",
-        f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
-    ):
-        assert viewer.get(path).status_code == 403, path
-    assert viewer.get("/api/failures", params={"workflow_id": WORKFLOW}).status_code == 403
-    assert viewer.get("/api/metrics", params={"workflow": WORKFLOW}).status_code == 403
-    assert viewer.get(f"/api/executions/{execution['execution_id']}").status_code == 404
-    assert viewer.get("/api/workflows").json() == []
-    failures = viewer.get("/api/failures").json()
-    assert failures["reasons"] == [] and failures["steps"] == [] and failures["messages"] == []
-    assert viewer.get("/api/patients/p1/executions").json() == []
-    assert viewer.get("/api/metrics").json()["workflows"] == []
+    _sees_nothing(_team_client(auth_manager, "viewer", [OTHER_TEAM]), execution["execution_id"])
 
 
 def test_a_viewer_of_the_workflows_team_sees_everything(  # type: ignore[no-untyped-def]
