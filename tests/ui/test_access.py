@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -86,30 +87,31 @@ TEAM, OTHER_TEAM = "clinic-a", "clinic-b"
 def owned_by_team(airflow_home, monkeypatch) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """Teams on; the workflow's DAG sits in a bundle of ``TEAM``, the messaging pool is ``TEAM``'s."""
     monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
-    _add_dag(team=TEAM)
-    try:
+    with _dag_in_bundle(team=TEAM):
         yield
-    finally:
-        _remove_dag()
 
 
 @pytest.fixture
 def dag_without_team(airflow_home) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """Teams off (Airflow's default); the workflow's DAG sits in a bundle of no team."""
-    _add_dag(team=None)
-    try:
+    with _dag_in_bundle(team=None):
         yield
-    finally:
-        _remove_dag()
 
 
-def _add_dag(team: str | None) -> None:
+@contextmanager
+def _dag_in_bundle(team: str | None) -> Iterator[None]:
+    """The workflow's DAG row in a test bundle (of ``team``), the pool ``team``'s; all as before after.
+
+    Airflow's test database is the session's: a DAG row or the pool that earlier tests made is
+    moved for the test and moved back, never deleted.
+    """
     from airflow.models.dag import DagModel, clear_team_name_cache
     from airflow.models.dagbundle import DagBundleModel
     from airflow.models.pool import Pool
     from airflow.models.team import Team
     from airflow.settings import Session
 
+    dag_id = f"careflow__{WORKFLOW}"
     with Session() as session:
         bundle = DagBundleModel(name="careflow-test-bundle")
         session.add(bundle)
@@ -118,31 +120,42 @@ def _add_dag(team: str | None) -> None:
             session.add(team_row)
             bundle.teams.append(team_row)
         session.flush()  # the bundle (and team) rows before the rows that point at them
-        if team is not None:
+        dag = session.get(DagModel, dag_id)
+        dag_before = None if dag is None else dag.bundle_name
+        if dag is None:
+            session.add(DagModel(dag_id=dag_id, bundle_name=bundle.name, fileloc="/dags/x.py"))
+        else:
+            dag.bundle_name = bundle.name
+        pool = session.query(Pool).filter(Pool.pool == POOL).one_or_none()
+        pool_before = None if pool is None else (pool.team_name,)
+        if pool is None and team is not None:
             session.add(Pool(pool=POOL, slots=4, include_deferred=False, team_name=team))
-        session.add(DagModel(dag_id=f"careflow__{WORKFLOW}", bundle_name=bundle.name, fileloc="/dags/x.py"))
+        elif pool is not None:
+            pool.team_name = team
         session.commit()
     clear_team_name_cache()  # Airflow caches a DAG's team (None before the row existed)
-
-
-def _remove_dag() -> None:
-    from airflow.models.dag import DagModel, clear_team_name_cache
-    from airflow.models.dagbundle import DagBundleModel
-    from airflow.models.pool import Pool
-    from airflow.models.team import Team
-    from airflow.settings import Session
-    from sqlalchemy import delete
-
-    with Session() as session:
-        session.execute(delete(DagModel).where(DagModel.dag_id == f"careflow__{WORKFLOW}"))
-        session.execute(delete(Pool).where(Pool.pool == POOL))
-        bundle = session.get(DagBundleModel, "careflow-test-bundle")
-        if bundle is not None:
-            bundle.teams.clear()
-            session.delete(bundle)
-        session.execute(delete(Team).where(Team.name == TEAM))
-        session.commit()
-    clear_team_name_cache()
+    try:
+        yield
+    finally:
+        with Session() as session:
+            dag = session.get(DagModel, dag_id)
+            if dag is not None and dag_before is None:
+                session.delete(dag)
+            elif dag is not None:
+                dag.bundle_name = dag_before
+            pool = session.query(Pool).filter(Pool.pool == POOL).one_or_none()
+            if pool is not None and pool_before is None:
+                session.delete(pool)
+            elif pool is not None and pool_before is not None:
+                pool.team_name = pool_before[0]
+            session.flush()
+            stale = session.get(DagBundleModel, "careflow-test-bundle")
+            if stale is not None:
+                stale.teams.clear()
+                session.delete(stale)
+            session.query(Team).filter(Team.name == TEAM).delete()
+            session.commit()
+        clear_team_name_cache()
 
 
 def _team_client(auth_manager: Any, role: str, teams: list[str] | None) -> TestClient:
