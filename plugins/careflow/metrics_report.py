@@ -413,32 +413,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _is_published(workflow_id: str) -> bool:
-    """Whether the workflow has a version in careflow's database or a snapshot on disk."""
-    from careflow import settings
-    from careflow.snapshots import snapshot_path
-    from careflow.store.db import get_engine
-
-    if snapshot_path(settings.workflows_dir(), workflow_id).is_file():
-        return True
-    v = tables.workflow_versions
-    with get_engine().connect() as conn:
-        return (
-            conn.execute(select(v.c.version).where(v.c.workflow_id == workflow_id).limit(1)).first()
-            is not None
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     """The ``careflow metrics`` command."""
     from careflow.exceptions import ConfigurationError
+    from careflow.publishing import is_published
 
     try:
         since = parse_since(args.since)
     except ValueError as exc:
         raise ConfigurationError(f"--since {exc}") from None
     report = build_report(args.workflow, since, airflow=not args.no_airflow)
-    if args.workflow and not report["workflows"] and not _is_published(args.workflow):
+    if args.workflow and not report["workflows"] and not is_published(args.workflow):
         raise ConfigurationError(
             f"--workflow {args.workflow}: no such workflow is published; "
             "`careflow workflows list` shows the published ones"

@@ -341,6 +341,21 @@ def list_workflows(
     return read_workflows(engine=engine, workflows_dir=workflows_dir).workflows
 
 
+def is_published(
+    workflow_id: str, *, engine: Engine | None = None, workflows_dir: Path | None = None
+) -> bool:
+    """Whether careflow knows the workflow: a snapshot file (loadable or not) or a version in its database.
+
+    What :func:`list_workflows` lists, asked of one id: a file check, then at most one query.
+    """
+    if snapshot_path(workflows_dir or settings.workflows_dir(), workflow_id).is_file():
+        return True
+    v = tables.workflow_versions
+    with (engine or get_engine()).connect() as conn:
+        found = conn.execute(select(v.c.version).where(v.c.workflow_id == workflow_id).limit(1)).first()
+    return found is not None
+
+
 def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None = None) -> WorkflowList:
     """:func:`list_workflows`, with the database's URL and the reason it could not be read.
 

@@ -36,11 +36,9 @@ def require_known(workflow_id: str) -> None:
     What ``GET …/graph`` and ``careflow metrics --workflow`` go by, so that an id with a typo is
     told apart from a workflow that has not run yet.
     """
-    from careflow import settings
-    from careflow.airflow.ui.queries import workflow_known
-    from careflow.store.db import get_engine
+    from careflow.publishing import is_published
 
-    if not workflow_known(get_engine(), settings.workflows_dir(), workflow_id):
+    if not is_published(workflow_id):
         raise HTTPException(status_code=404, detail=f"no workflow {workflow_id!r}")
 
 

@@ -48,22 +48,6 @@ def load_compiled(workflows_dir: Path, workflow_id: str) -> CompiledWorkflow | N
         return None
 
 
-def workflow_known(engine: Engine, workflows_dir: Path, workflow_id: str) -> bool:
-    """Whether the workflow has a snapshot file (loadable or not) or a version in careflow's database.
-
-    The workflows :func:`careflow.airflow.access.known_workflows` lists, asked of one id: a file
-    check, then at most one query.
-    """
-    from careflow.snapshots import snapshot_path
-
-    if snapshot_path(workflows_dir, workflow_id).is_file():
-        return True
-    v = tables.workflow_versions
-    with engine.connect() as conn:
-        found = conn.execute(select(v.c.version).where(v.c.workflow_id == workflow_id).limit(1)).first()
-    return found is not None
-
-
 def graph(compiled: CompiledWorkflow) -> dict[str, Any]:
     """Nodes placed in topological columns (longest path from the trigger) and the edges by handle."""
     column: dict[str, int] = {}
