@@ -332,6 +332,9 @@ class WorkflowList:
     workflows: list[WorkflowListing]
     database: str | None = None  # its URL, password hidden
     database_problem: str | None = None  # set when the versions could not be read: snapshots only
+    #: what was raised when they could not be read (a CareflowError: no careflow tables there, or
+    #: careflow_db is not a usable URL; anything else: the database did not answer)
+    database_error: Exception | None = None
 
 
 def list_workflows(
@@ -367,6 +370,7 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
     listings: dict[str, WorkflowListing] = {}
     database: str | None = None
     problem: str | None = None
+    error: Exception | None = None
     try:
         engine = engine or get_engine()
         database = database_name(engine)
@@ -397,8 +401,9 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
                     published_at=row["published_at"].isoformat(),
                 )
     except CareflowError as exc:  # no careflow tables there, or careflow_db is not a usable URL
-        problem = str(exc)
+        problem, error = str(exc), exc
     except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
+        error = exc
         problem = (
             f"cannot read the published versions from {database or 'careflow_db'}: "
             f"{type(exc).__name__}: {first_line(exc)}"
@@ -421,7 +426,9 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
         listing.snapshot = "broken"
         listing.problem = broken.message
         listings[wid] = listing
-    return WorkflowList(sorted(listings.values(), key=lambda item: item.workflow_id), database, problem)
+    return WorkflowList(
+        sorted(listings.values(), key=lambda item: item.workflow_id), database, problem, error
+    )
 
 
 def snapshot_problems(workflows_dir: Path | None = None) -> list[SnapshotProblem]:

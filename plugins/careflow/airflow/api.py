@@ -27,7 +27,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
 from careflow.airflow.api_metrics import router as metrics_router
-from careflow.exceptions import ConfigurationError, first_line
+from careflow.exceptions import CareflowError, ConfigurationError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,11 @@ async def _not_stored(request: Request, call_next: Callable[[Request], Awaitable
     return response
 
 
-def _listing_problem(problem: str) -> str:
-    """:func:`database_problem` for the reason ``read_workflows`` gives as text, not as an exception."""
-    if "careflow db upgrade" in problem:  # publishing.tables_required's advice
-        return TABLES_MISSING
-    if problem.startswith("cannot read the published versions"):  # the database did not answer
-        return UNREACHABLE
-    return MISCONFIGURED
+def _listing_problem(error: Exception | None) -> str:
+    """:func:`database_problem` for why ``read_workflows`` listed the snapshots only."""
+    # Its CareflowErrors are careflow's own (tables missing, careflow_db unusable); anything else
+    # it caught is the database not answering.
+    return database_problem(error) if isinstance(error, CareflowError) else UNREACHABLE
 
 
 @app.get("/api/workflows")
@@ -125,7 +123,7 @@ def workflows(response: Response, user: Any = Depends(get_user)) -> list[dict[st
     listed = read_workflows()
     if listed.database_problem:
         log.warning("careflow: GET /api/workflows lists the snapshots only: %s", listed.database_problem)
-        response.headers[DATABASE_PROBLEM_HEADER] = _listing_problem(listed.database_problem)
+        response.headers[DATABASE_PROBLEM_HEADER] = _listing_problem(listed.database_error)
     allowed = access.readable(user, (item.workflow_id for item in listed.workflows))
     return [item.to_dict() for item in listed.workflows if item.workflow_id in allowed]
 
