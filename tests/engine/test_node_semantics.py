@@ -266,6 +266,16 @@ def test_time_window_opening_before_the_next_daily_run_is_a_wake_run(engine, jou
     assert j.sent == {"p1/a": (kst(2025, 3, 10, 9), "wake")}
 
 
+def _three_days_then_weekdays(workflow_id: str) -> dict:
+    """Three days' wait, then a weekday 09:00-18:00 window, then the message."""
+    return chain(
+        workflow_id,
+        ("d", "delay", {"amount": 3, "unit": "days"}),
+        ("w", "timeWindow", {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}),
+        ("a", "action", action()),
+    )
+
+
 @pytest.mark.parametrize(
     ("back", "late_by"),
     [(kst(2025, 3, 7, 11), 25 * 60), (kst(2025, 3, 8, 11), 49 * 60)],
@@ -281,13 +291,7 @@ def test_a_step_the_window_saw_late_keeps_its_lateness_through_the_closed_days(
     c = Clinic()
     c.completed("p1", kst(2025, 3, 3, 10))
     c.load(engine)
-    doc = chain(
-        "window-late",
-        ("d", "delay", {"amount": 3, "unit": "days"}),
-        ("w", "timeWindow", {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}),
-        ("a", "action", action()),
-    )
-    j = journey(doc)
+    j = journey(_three_days_then_weekdays("window-late"))
     j.run_at(kst(2025, 3, 4))  # enrolls; the delay parks it until Thursday 10:00
     j.run_at(back)
     j.wakes(back, kst(2025, 3, 11))
@@ -303,13 +307,7 @@ def test_a_step_the_window_saw_minutes_after_closing_goes_out_at_the_next_openin
     c = Clinic()
     c.completed("p1", kst(2025, 3, 4, 17, 58))
     c.load(engine)
-    doc = chain(
-        "window-lag",
-        ("d", "delay", {"amount": 3, "unit": "days"}),
-        ("w", "timeWindow", {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}),
-        ("a", "action", action()),
-    )
-    j = journey(doc)
+    j = journey(_three_days_then_weekdays("window-lag"))
     j.run_at(kst(2025, 3, 5))
     j.run_at(kst(2025, 3, 7, 18, 1))
     j.run_days(kst(2025, 3, 8), kst(2025, 3, 11))

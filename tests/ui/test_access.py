@@ -167,14 +167,18 @@ def _team_client(auth_manager: Any, role: str, teams: list[str] | None) -> TestC
     return TestClient(app, headers={"Authorization": f"Bearer {auth_manager.generate_jwt(user)}"})
 
 
+#: The routes of one workflow, each guarded by the right to read its DAG's runs.
+WORKFLOW_ROUTES = (
+    f"/api/workflows/{WORKFLOW}/graph",
+    f"/api/workflows/{WORKFLOW}/runs",
+    f"/api/workflows/{WORKFLOW}/counts",
+    f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
+)
+
+
 def _sees_nothing(viewer: TestClient, execution_id: str) -> None:
     """403 on the workflow's routes, 404 on its execution, and left out of every list."""
-    for path in (
-        f"/api/workflows/{WORKFLOW}/graph",
-        f"/api/workflows/{WORKFLOW}/runs",
-        f"/api/workflows/{WORKFLOW}/counts",
-        f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
-    ):
+    for path in WORKFLOW_ROUTES:
         assert viewer.get(path).status_code == 403, path
     assert viewer.get("/api/failures", params={"workflow_id": WORKFLOW}).status_code == 403
     assert viewer.get("/api/metrics", params={"workflow": WORKFLOW}).status_code == 403
@@ -188,12 +192,7 @@ def _sees_nothing(viewer: TestClient, execution_id: str) -> None:
 
 
 def _sees_everything(viewer: TestClient) -> None:
-    for path in (
-        f"/api/workflows/{WORKFLOW}/graph",
-        f"/api/workflows/{WORKFLOW}/runs",
-        f"/api/workflows/{WORKFLOW}/counts",
-        f"/api/workflows/{WORKFLOW}/nodes/a1/steps",
-    ):
+    for path in WORKFLOW_ROUTES:
         assert viewer.get(path).status_code == 200, path
     assert viewer.get("/api/failures", params={"workflow_id": WORKFLOW}).status_code == 200
     assert viewer.get("/api/metrics", params={"workflow": WORKFLOW}).status_code == 200
