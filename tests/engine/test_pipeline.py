@@ -231,6 +231,45 @@ def test_many_small_batches_send_every_message_once(engine, journey, fake) -> No
     assert {row["status"] for row in ledger(engine, "pipe").values()} == {"sent"}
 
 
+def test_the_last_batch_goes_out_in_parts_each_recorded_as_it_comes_back(
+    engine, journey, fake, monkeypatch
+) -> None:
+    from careflow.engine import actions
+
+    monkeypatch.setattr(actions, "LAST_PART", 10)
+    j = enrolled(engine, journey, "pipe-parts", patients=250, batch_size=1000)
+    sizes: list[int] = []
+    recorded: list[int] = []
+    inner = j.client()
+
+    class Watching:
+        """Notes the size of what it is handed; otherwise the real client."""
+
+        def send_batch(self, messages: Any, **kw: Any) -> list[SendResult]:
+            sizes.append(len(messages))
+            return inner.send_batch(messages, **kw)
+
+        def lookup_many(self, keys: Any) -> Any:
+            return inner.lookup_many(keys)
+
+    real_record = actions._record
+
+    def record(ctx: Any, node: Any, to_send: Any, *args: Any) -> None:
+        recorded.append(len(to_send))
+        real_record(ctx, node, to_send, *args)
+
+    monkeypatch.setattr(actions, "_record", record)
+    ctx = j.context(T)
+    ctx.sender = Watching()
+    report = process_node(ctx, "a")
+    # The first batch (100) was full; the second found the other 150: the last, sent in halves
+    # down to the last part, each recorded on its own.
+    assert (report.sent, report.pending, report.batches) == (250, 0, 2)
+    assert sizes == recorded == [100, 75, 37, 19, 19]
+    assert assert_exactly_once(fake)["accepted"] == 250
+    assert {row["status"] for row in ledger(engine, "pipe-parts").values()} == {"sent"}
+
+
 def test_a_batch_on_the_wire_is_recorded_when_the_one_before_it_stops_the_task(engine, journey, fake) -> None:
     j = enrolled(engine, journey, "pipe-stop", patients=30, batch_size=10)
     calls: list[int] = []

@@ -65,6 +65,11 @@ LEASE_MARGIN = timedelta(seconds=30)
 #: to the workflow's ``batch_size``: the first messages leave once a hundred are prepared, not a
 #: thousand, and the send stage has its next batch before it runs out.
 FIRST_BATCH = 100
+#: The last batch of an action (the one that found fewer due steps than it asked for) goes to the
+#: send stage in parts, each half the size of the one before, down to about this size: the task
+#: records a part while the next ones are on the wire, so that what it still records after the
+#: provider's last answer is the smallest part, not the whole batch.
+LAST_PART = 200
 
 
 def idempotency_key(execution_id: str, node_id: str) -> str:
@@ -143,8 +148,8 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 after, to_send, last_full, claimed_at = prepared
                 more = last_full
                 batch = min(2 * batch, ctx.compiled.settings.batch_size)
-                if to_send:
-                    in_flight.append((to_send, stage.submit(to_send, claimed_at)))
+                for part in _parts(to_send, last=not last_full):
+                    in_flight.append((part, stage.submit(part, claimed_at)))
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not (report.stop_reason or report.retry_at is not None):
                 _record_handed(ctx, node, stage, in_flight.popleft(), report, in_flight)
@@ -158,6 +163,23 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
         raise
     _drain(ctx, node, in_flight, report, stage, raise_first=True)
     return report
+
+
+def _parts(to_send: dict[str, dict[str, Any]], *, last: bool) -> list[dict[str, dict[str, Any]]]:
+    """What the send stage gets of one batch: the whole (none if empty), or the ``last`` batch in parts.
+
+    The last batch's parts are each half of what is left, until ``2 * LAST_PART`` or fewer are
+    left: the last part.
+    """
+    if not last:
+        return [to_send] if to_send else []
+    keys = list(to_send)
+    parts: list[dict[str, dict[str, Any]]] = []
+    while keys:
+        size = len(keys) // 2 if len(keys) > 2 * LAST_PART else len(keys)
+        parts.append({key: to_send[key] for key in keys[:size]})
+        keys = keys[size:]
+    return parts
 
 
 def _drain(
