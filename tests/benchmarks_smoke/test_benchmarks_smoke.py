@@ -203,3 +203,22 @@ def test_each_compared_figure_is_the_median_round() -> None:
         "seed_rounds_msgs_per_s": [400.0, 900.0, 600.0],
         "provider_alone_rounds_msgs_per_s": [2000.0, 2100.0, 1900.0],
     }
+
+
+def test_the_project_is_compiled_before_anything_is_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Task processes read careflow's bytecode instead of compiling it, even where no process writes it."""
+    import importlib.util
+    import sys
+
+    from benchmarks import __main__ as bench
+
+    for folder in ("plugins/careflow", "dags", "benchmarks"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "module.py").write_text("VALUE = 1\n", encoding="utf-8")
+    monkeypatch.setattr(harness, "REPO", tmp_path)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE=1
+    bench.compile_project()
+    for folder in ("plugins/careflow", "dags", "benchmarks"):
+        assert Path(importlib.util.cache_from_source(str(tmp_path / folder / "module.py"))).is_file()
