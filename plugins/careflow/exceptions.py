@@ -14,6 +14,22 @@ class ConfigurationError(CareflowError):
     """careflow is not set up correctly (a connection, a setting, a missing table)."""
 
 
+class ConnectionMissing(ConfigurationError):
+    """An Airflow connection careflow needs is defined nowhere Airflow looks (environment, secrets backends)."""
+
+    def __init__(self, conn_id: str, message: str) -> None:
+        self.conn_id = conn_id
+        super().__init__(message)
+
+
+class AirflowDatabaseError(CareflowError):
+    """Airflow's metadata database failed a read careflow made through Airflow (a sign-in, an access check).
+
+    Raised from the database's own error, so that what careflow answers names Airflow's database
+    and not careflow's: the two may be on one server, never the same tables.
+    """
+
+
 class WorkflowInvalid(CareflowError):
     """A workflow has validation errors and cannot be published or compiled."""
 

@@ -1,13 +1,15 @@
 """When careflow's database has no tables or does not answer, the view's routes say so with a 503.
 
 The answer names the problem and what to do, never the database's URL or the driver's text: those
-go to the api-server's log.
+go to the api-server's log. When Airflow's metadata database fails instead (the sign-in and the
+access checks read it), the 503 names Airflow's database, not careflow's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -88,3 +90,107 @@ def test_an_unreachable_database_is_a_503_that_does_not_name_it(
     assert response.status_code == 503
     assert response.json() == {"detail": "careflow's database is unreachable"}
     assert "OperationalError" in caplog.text  # the driver's own words are in the log
+
+
+@pytest.fixture(params=["unreachable", "without tables"])
+def airflow_database_failing(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Airflow's sessions open on a Postgres nobody listens for, or on a database without its tables.
+
+    careflow's own database answers: only what the sign-in and the access checks read fails.
+    """
+    from airflow import settings as airflow_settings
+    from airflow.models.dag import clear_team_name_cache
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import scoped_session, sessionmaker
+
+    if request.param == "unreachable":
+        url = "postgresql+psycopg2://airflow:secret@127.0.0.1:1/airflow"
+    else:
+        url = f"sqlite:///{tmp_path / 'never-migrated.db'}"
+    engine = create_engine(url)
+    monkeypatch.setattr(airflow_settings, "Session", scoped_session(sessionmaker(bind=engine)))
+    clear_team_name_cache()  # a team looked up by an earlier test would not be read again
+    yield request.param
+    engine.dispose()
+    clear_team_name_cache()
+
+
+#: What the 503 says of Airflow's metadata database, by how it fails.
+AIRFLOW_PROBLEM = {
+    "unreachable": "Airflow's metadata database is unreachable: the api-server's log says why",
+    "without tables": "Airflow's metadata database lacks tables: run `airflow db migrate`",
+}
+
+#: Routes whose access check reads Airflow's metadata database: a DAG's team, every listed DAG's
+#: teams, the messaging pool's team (looked up with teams on).
+ACCESS_CHECKED = [
+    ("GET", f"/api/workflows/{WORKFLOW}/graph"),
+    ("GET", f"/api/workflows/{WORKFLOW}/runs"),
+    ("GET", f"/api/workflows/{WORKFLOW}/nodes/a1/steps"),
+    ("GET", f"/api/failures?workflow_id={WORKFLOW}"),
+    ("GET", f"/api/metrics?workflow={WORKFLOW}"),
+    ("GET", "/api/workflows"),
+    ("GET", "/api/failures"),
+    ("GET", "/api/patients/p1/executions"),
+    ("POST", "/api/breakers/default:sms/reset"),
+]
+
+
+@pytest.fixture
+def careflow_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An upgraded careflow database that answers (SQLite: which kind does not matter here)."""
+    from careflow.store.db import dispose_engines
+    from careflow.store.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'careflow.db'}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    dispose_engines()
+    upgrade()
+    yield url
+    dispose_engines()
+
+
+def _assert_airflow_named(response: Any, failing: str, caplog: pytest.LogCaptureFixture) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json() == {"detail": AIRFLOW_PROBLEM[failing]}
+    if failing == "unreachable":  # the driver's own words, and where, are in the log only
+        assert "OperationalError" in caplog.text and "127.0.0.1" in caplog.text
+        assert "secret" not in caplog.text
+    else:
+        assert "no such table" in caplog.text
+
+
+@pytest.mark.parametrize("path", DATA_ROUTES)
+def test_when_airflows_database_fails_the_sign_in_the_503_names_airflows_database(
+    client: TestClient,
+    careflow_db: str,
+    snapshot: None,
+    airflow_database_failing: str,
+    path: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Airflow's sign-in looks the token up among the revoked ones, in its metadata database:
+    # careflow's database, which answers, is not the one to blame.
+    _assert_airflow_named(client.get(path), airflow_database_failing, caplog)
+
+
+@pytest.mark.parametrize(("method", "path"), ACCESS_CHECKED)
+def test_when_airflows_database_fails_an_access_check_the_503_names_airflows_database(
+    client: TestClient,
+    careflow_db: str,
+    snapshot: None,
+    airflow_database_failing: str,
+    method: str,
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from airflow.models.revoked_token import RevokedToken
+
+    # The sign-in got through (a token checked before the database went away, say): the team
+    # lookups of the access checks are what fail.
+    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, session=None: False))
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")  # the pool's team is looked up only then
+    _assert_airflow_named(client.request(method, path), airflow_database_failing, caplog)

@@ -9,23 +9,48 @@ DAG takes, resetting one takes the right to change that pool.
 On a multi-team Airflow (``[core] multi_team``) a DAG belongs to the team of its bundle and the
 pool to its own team; the auth manager is told that team, as Airflow's own API routes
 (``requires_access_dag``, ``requires_access_pool``) tell it, so a user of another team is refused.
+
+The sign-in (Airflow's revoked tokens), the team lookups and, with some auth managers, the
+decision itself read Airflow's metadata database: when it fails, they raise
+:class:`~careflow.exceptions.AirflowDatabaseError` from its error, so that the 503 names that
+database and not careflow's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Depends, HTTPException
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from careflow.compiler.graph import dag_id_for
+from careflow.exceptions import AirflowDatabaseError
 
 #: The pool whose edit right resets a breaker (``careflow setup`` creates it).
 POOL = "careflow_messaging"
 
 
+@contextmanager
+def airflow_database() -> Iterator[None]:
+    """A call into Airflow that reads its metadata database: that database failing, an AirflowDatabaseError."""
+    try:
+        yield
+    except (DBAPIError, PoolTimeout) as exc:
+        raise AirflowDatabaseError(f"Airflow's metadata database failed: {type(exc).__name__}") from exc
+
+
 def _user_dependency() -> Any:
-    from airflow.api_fastapi.core_api.security import get_user
+    from airflow.api_fastapi.core_api.security import get_user as airflow_get_user
+
+    # FastAPI reads the parameters of the function wrapped (``__wrapped__``): Airflow's own.
+    @functools.wraps(airflow_get_user)
+    async def get_user(*args: Any, **kwargs: Any) -> Any:
+        with airflow_database():  # a bearer token is looked up among the revoked ones
+            return await airflow_get_user(*args, **kwargs)
 
     return get_user
 
@@ -43,11 +68,12 @@ def _may_read_dag(user: Any, dag_id: str | None, team_name: str | None) -> bool:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
     details = DagDetails(id=dag_id, team_name=team_name) if dag_id is not None else None
-    return bool(
-        _manager().is_authorized_dag(
-            method="GET", access_entity=DagAccessEntity.RUN, details=details, user=user
+    with airflow_database():  # an auth manager may keep its users and roles there (FAB's does)
+        return bool(
+            _manager().is_authorized_dag(
+                method="GET", access_entity=DagAccessEntity.RUN, details=details, user=user
+            )
         )
-    )
 
 
 def may_read_workflow(user: Any, workflow_id: str | None) -> bool:
@@ -58,7 +84,9 @@ def may_read_workflow(user: Any, workflow_id: str | None) -> bool:
 
     dag_id = dag_id_for(workflow_id)
     # None without a team (or a DAG row yet); cached by Airflow for [core] team_name_cache_ttl.
-    return _may_read_dag(user, dag_id, DagModel.get_team_name(dag_id))
+    with airflow_database():
+        team_name = DagModel.get_team_name(dag_id)
+    return _may_read_dag(user, dag_id, team_name)
 
 
 def readable(user: Any, workflow_ids: Iterable[str]) -> set[str]:
@@ -69,7 +97,8 @@ def readable(user: Any, workflow_ids: Iterable[str]) -> set[str]:
     if not dag_ids:
         return set()
     # One query for every DAG's team; a DAG missing from it has no team.
-    teams = DagModel.get_dag_id_to_team_name_mapping(list(dag_ids.values()))
+    with airflow_database():
+        teams = DagModel.get_dag_id_to_team_name_mapping(list(dag_ids.values()))
     return {wid for wid, dag_id in dag_ids.items() if _may_read_dag(user, dag_id, teams.get(dag_id))}
 
 
@@ -91,10 +120,12 @@ def pool_editor(user: Any = Depends(get_user)) -> None:
     from airflow.configuration import conf
     from airflow.models.pool import Pool
 
-    # As requires_access_pool: the pool's team is looked up only when teams are on.
-    team_name = Pool.get_team_name(POOL) if conf.getboolean("core", "multi_team") else None
-    details = PoolDetails(name=POOL, team_name=team_name)
-    if not _manager().is_authorized_pool(method="PUT", details=details, user=user):
+    with airflow_database():
+        # As requires_access_pool: the pool's team is looked up only when teams are on.
+        team_name = Pool.get_team_name(POOL) if conf.getboolean("core", "multi_team") else None
+        details = PoolDetails(name=POOL, team_name=team_name)
+        allowed = _manager().is_authorized_pool(method="PUT", details=details, user=user)
+    if not allowed:
         raise HTTPException(status_code=403, detail=f"not allowed to change the {POOL} pool")
 
 

@@ -7,8 +7,9 @@ may read or change what it serves (:mod:`careflow.airflow.access`), 403 when not
 
 When careflow's database fails a request, the answer is a 503 whose detail names the problem
 (its tables are missing, it is unreachable) and what to do, never the database's URL or the
-driver's text: those go to the api-server's log. No JSON answer is kept by a browser or a proxy (``Cache-Control: no-store``):
-they carry patients' ids.
+driver's text: those go to the api-server's log. When Airflow's metadata database fails one (the
+sign-in and the access checks read it), the 503 names that database instead. No JSON answer is
+kept by a browser or a proxy (``Cache-Control: no-store``): they carry patients' ids.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
 from careflow.airflow.api_metrics import router as metrics_router
-from careflow.exceptions import CareflowError, ConfigurationError, first_line
+from careflow.exceptions import AirflowDatabaseError, CareflowError, ConfigurationError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -57,42 +58,55 @@ UNREACHABLE = "careflow's database is unreachable"
 DATABASE_FAILED = "careflow's database could not answer: the api-server's log says why"
 MISCONFIGURED = "careflow is not configured correctly: the api-server's log says why"
 
+#: What a user is told of Airflow's metadata database failing where the sign-in and the access checks read it.
+AIRFLOW_TABLES_MISSING = "Airflow's metadata database lacks tables: run `airflow db migrate`"
+AIRFLOW_UNREACHABLE = "Airflow's metadata database is unreachable: the api-server's log says why"
+AIRFLOW_DATABASE_FAILED = "Airflow's metadata database could not answer: the api-server's log says why"
 
-def database_problem(exc: Exception) -> str:
-    """The phrase that tells a user why careflow's database failed with ``exc``, without its URL."""
+
+def database_problem(exc: BaseException) -> str:
+    """The phrase that tells a user why careflow's database, or Airflow's, failed with ``exc``, without its URL."""
     from careflow.publishing import missing_table
 
-    # careflow_metrics (tables_required) turns a missing table into a ConfigurationError naming the database.
-    if isinstance(exc, ConfigurationError) and isinstance(exc.__cause__, DBAPIError):
-        exc = exc.__cause__
+    airflow = isinstance(exc, AirflowDatabaseError)  # the sign-in or an access check failed
+    if airflow:
+        tables, unreachable, failed = AIRFLOW_TABLES_MISSING, AIRFLOW_UNREACHABLE, AIRFLOW_DATABASE_FAILED
+        exc = exc.__cause__ or exc  # raised from a DBAPIError or a PoolTimeout (access.airflow_database)
+    else:
+        tables, unreachable, failed = TABLES_MISSING, UNREACHABLE, DATABASE_FAILED
+        # careflow_metrics (tables_required) turns a missing table into a ConfigurationError naming the database.
+        if isinstance(exc, ConfigurationError) and isinstance(exc.__cause__, DBAPIError):
+            exc = exc.__cause__
     if isinstance(exc, DBAPIError):
         if missing_table(exc) is not None:
-            return TABLES_MISSING
+            return tables
         if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
-            return UNREACHABLE
-        return DATABASE_FAILED
+            return unreachable
+        return failed
     if isinstance(exc, PoolTimeout):  # no connection came free in time
-        return UNREACHABLE
-    return MISCONFIGURED  # a ConfigurationError: careflow_db is not a usable URL, say
+        return unreachable
+    return failed if airflow else MISCONFIGURED  # a ConfigurationError: careflow_db is not a usable URL, say
 
 
 async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse:
     detail = database_problem(exc)
     # The route's template, not its path: a path may carry a patient's id.
     route = getattr(request.scope.get("route"), "path", "?")
+    # Airflow's database error is the cause of the AirflowDatabaseError: the log names the driver's.
+    error = exc.__cause__ if isinstance(exc, AirflowDatabaseError) and exc.__cause__ is not None else exc
     log.warning(
         "careflow: %s %s answered 503 (%s): %s: %s",
         request.method,
         route,
         detail,
-        type(exc).__name__,
-        first_line(exc),
-        exc_info=detail in (DATABASE_FAILED, MISCONFIGURED),
+        type(error).__name__,
+        first_line(error),
+        exc_info=detail in (DATABASE_FAILED, MISCONFIGURED, AIRFLOW_DATABASE_FAILED),
     )
     return JSONResponse(status_code=503, content={"detail": detail})
 
 
-for _failure in (DBAPIError, PoolTimeout, ConfigurationError):
+for _failure in (DBAPIError, PoolTimeout, ConfigurationError, AirflowDatabaseError):
     app.add_exception_handler(_failure, _service_unavailable)
 
 
