@@ -1,4 +1,7 @@
-"""Ids are checked before they reach a database, and a workflow careflow does not know is a 404."""
+"""Ids are checked before they reach a database, and a workflow careflow does not know is a 404.
+
+Every parameter is checked before the workflow is: a malformed one is a 422 whatever the workflow.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +56,35 @@ def test_a_malformed_id_is_a_422_naming_the_parameter(
 ) -> None:
     # Postgres refuses a NUL byte in a string: before, this was a 500 there (and a search on SQLite).
     response = client.get(path, params=params)
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [parameter]
+
+
+#: A route of one workflow (``{wf}``) with another of its parameters malformed, and where that one is.
+MALFORMED_BESIDE_A_WORKFLOW = [
+    ("/api/workflows/{wf}/runs", {"limit": "0"}, ["query", "limit"]),
+    ("/api/workflows/{wf}/counts", {"run_id": NUL}, ["query", "run_id"]),
+    ("/api/workflows/{wf}/nodes/a%00b/steps", None, ["path", "node_id"]),
+    ("/api/workflows/{wf}/nodes/a1/steps", {"run_id": NUL}, ["query", "run_id"]),
+    ("/api/workflows/{wf}/nodes/a1/steps", {"limit": "1001"}, ["query", "limit"]),
+    ("/api/failures?workflow_id={wf}", {"node_id": NUL}, ["query", "node_id"]),
+    ("/api/failures?workflow_id={wf}", {"limit": "0"}, ["query", "limit"]),
+]
+
+
+@pytest.mark.parametrize("workflow", [WORKFLOW, "nope"])
+@pytest.mark.parametrize(("path", "params", "parameter"), MALFORMED_BESIDE_A_WORKFLOW)
+def test_a_malformed_parameter_is_a_422_whatever_the_workflow(
+    client: TestClient,
+    published: Path,
+    workflow: str,
+    path: str,
+    params: dict[str, str] | None,
+    parameter: list[str],
+) -> None:
+    # Before, a workflow careflow does not know was a 404 first: FastAPI calls a route's
+    # dependencies (the workflow's checks) before it checks the route's own parameters.
+    response = client.get(path.format(wf=workflow), params=params)
     assert response.status_code == 422, response.text
     assert [error["loc"] for error in response.json()["detail"]] == [parameter]
 
@@ -121,3 +153,17 @@ def test_who_may_not_read_a_workflow_is_not_told_whether_it_exists(  # type: ign
             assert client.get(f"/api/workflows/{workflow}/{path}").status_code == 403, (workflow, path)
         assert client.get("/api/failures", params={"workflow_id": workflow}).status_code == 403
         assert client.get("/api/metrics", params={"workflow": workflow}).status_code == 403
+
+
+@pytest.mark.parametrize(("path", "params", "parameter"), MALFORMED_BESIDE_A_WORKFLOW)
+def test_a_malformed_parameter_is_a_422_even_to_who_may_not_read_the_workflow(  # type: ignore[no-untyped-def]
+    client: TestClient, published: Path, auth_manager, monkeypatch, path, params, parameter
+) -> None:
+    from careflow.airflow import access
+
+    # The same answer for every workflow, so it tells nothing of one the user may not read.
+    monkeypatch.setattr(access, "_manager", lambda: _ReadsNoDag(auth_manager))
+    for workflow in (WORKFLOW, "nope"):
+        response = client.get(path.format(wf=workflow), params=params)
+        assert response.status_code == 422, (workflow, response.text)
+        assert [error["loc"] for error in response.json()["detail"]] == [parameter]

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from careflow.airflow import access
-from careflow.airflow.ui.params import require_known
+from careflow.airflow.ui.params import check_known_workflow
 from careflow.workflow.models import ID_PATTERN
 
 router = APIRouter()
@@ -32,8 +32,7 @@ def metrics(
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=f"since: {exc}") from exc
     if workflow is not None:
-        access.check_workflow(user, workflow)
-        require_known(workflow)
+        check_known_workflow(user, workflow)
     report = build_report(workflow, moment)
     allowed = access.readable(user, (item["workflow_id"] for item in report["workflows"]))
     report["workflows"] = [item for item in report["workflows"] if item["workflow_id"] in allowed]

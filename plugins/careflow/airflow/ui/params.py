@@ -5,6 +5,12 @@ or run id is any text without control characters, no longer than an Airflow run 
 breaks a rule is a 422 naming the parameter: Postgres refuses a NUL byte in a string outright
 (careflow's tables, and Airflow's, where the access check looks up the team of the workflow's
 DAG), so a workflow id in the path is checked before its access too.
+
+Every parameter of a route is checked before the workflow's access (403) and existence (404):
+a malformed one is the same 422 whatever the workflow. FastAPI calls a route's dependencies
+before it checks the route's own parameters, so a route that takes other parameters besides the
+workflow id checks the workflow in its body (:func:`check_known_workflow`), not through a
+dependency such as :func:`readable_workflow`.
 """
 
 from __future__ import annotations
@@ -43,12 +49,18 @@ def require_known(workflow_id: str) -> None:
 
 
 def readable_workflow(workflow_id: WorkflowId, user: Any = Depends(access.get_user)) -> str:
-    """The path's workflow: a well-formed id (422) whose runs the user may read (403)."""
+    """The path's workflow: a well-formed id (422) whose runs the user may read (403).
+
+    For a route whose only parameter is the workflow id (see the module's docstring).
+    """
     access.check_workflow(user, workflow_id)
     return workflow_id
 
 
-def known_workflow(workflow_id: str = Depends(readable_workflow)) -> str:
-    """The path's workflow: as :func:`readable_workflow`, and one careflow knows (404)."""
+def check_known_workflow(user: Any, workflow_id: str) -> None:
+    """403 unless ``user`` may read ``workflow_id``'s runs, 404 unless careflow knows it.
+
+    Called in a route's body, once FastAPI has checked all of the route's parameters.
+    """
+    access.check_workflow(user, workflow_id)
     require_known(workflow_id)
-    return workflow_id

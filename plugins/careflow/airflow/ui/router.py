@@ -4,8 +4,8 @@ Included in careflow's FastAPI app, whose ``get_user`` dependency guards every r
 page included: in the browser Airflow's session cookie authenticates, elsewhere a bearer JWT.
 What a route serves of a workflow, the user must be allowed to read in Airflow: that workflow's
 DAG runs (:mod:`careflow.airflow.access`); routes across workflows leave out the others. Ids are
-checked first (:mod:`careflow.airflow.ui.params`): a malformed one is a 422, a workflow careflow
-does not know a 404.
+checked first (:mod:`careflow.airflow.ui.params`): a malformed one is a 422 whatever the workflow,
+then a workflow careflow does not know is a 404.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from careflow.airflow.ui.params import (
     PatientId,
     RunFilter,
     WorkflowFilter,
-    known_workflow,
+    WorkflowId,
+    check_known_workflow,
     readable_workflow,
-    require_known,
 )
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -82,26 +82,32 @@ def workflow_graph(workflow_id: str = Depends(readable_workflow)) -> dict[str, A
 
 @router.get("/api/workflows/{workflow_id}/runs")
 def workflow_runs(
-    workflow_id: str = Depends(known_workflow), limit: int = Query(50, ge=1, le=500)
+    workflow_id: WorkflowId, limit: int = Query(50, ge=1, le=500), user: Any = Depends(access.get_user)
 ) -> list[dict[str, Any]]:
     """The runs that moved the workflow's executions, latest first."""
+    check_known_workflow(user, workflow_id)
     return queries.runs(_engine(), workflow_id, limit)
 
 
 @router.get("/api/workflows/{workflow_id}/counts")
-def workflow_counts(workflow_id: str = Depends(known_workflow), run_id: RunFilter = None) -> dict[str, Any]:
+def workflow_counts(
+    workflow_id: WorkflowId, run_id: RunFilter = None, user: Any = Depends(access.get_user)
+) -> dict[str, Any]:
     """Steps per node and status, messages per action node and status: of one run, or of all."""
+    check_known_workflow(user, workflow_id)
     return queries.node_counts(_engine(), workflow_id, run_id)
 
 
 @router.get("/api/workflows/{workflow_id}/nodes/{node_id}/steps")
 def workflow_node_steps(
+    workflow_id: WorkflowId,
     node_id: NodeId,
-    workflow_id: str = Depends(known_workflow),
     run_id: RunFilter = None,
     limit: int = Query(100, ge=1, le=1000),
+    user: Any = Depends(access.get_user),
 ) -> list[dict[str, Any]]:
     """The latest steps at one node: execution and patient ids, status, branch, reason, times."""
+    check_known_workflow(user, workflow_id)
     return queries.node_steps(_engine(), workflow_id, node_id, run_id=run_id, limit=limit)
 
 
@@ -115,8 +121,7 @@ def recent_failures(
 ) -> dict[str, Any]:
     """Failed and skipped steps, failed, expired, skipped and unknown messages, with reasons."""
     if workflow_id is not None:
-        access.check_workflow(user, workflow_id)
-        require_known(workflow_id)
+        check_known_workflow(user, workflow_id)
         allowed = None
     else:
         allowed = access.readable(user, access.known_workflows())
