@@ -401,14 +401,15 @@ def messaging_base_url(conn: ConnectionInfo) -> str:
 
 
 def messaging_config() -> MessagingConfig:
-    """The ``careflow_messaging`` connection (ConfigurationError when missing)."""
-    from careflow.exceptions import ConfigurationError
+    """The ``careflow_messaging`` connection (ConnectionMissing, a ConfigurationError, when missing)."""
+    from careflow.exceptions import ConnectionMissing
 
     conn = get_connection(MESSAGING_CONN_ID)
     if conn is None:
-        raise ConfigurationError(
+        raise ConnectionMissing(
+            MESSAGING_CONN_ID,
             "connection 'careflow_messaging' is not defined: add it (type http, host = provider base URL, "
-            "password = bearer token), e.g. AIRFLOW_CONN_CAREFLOW_MESSAGING='http://:TOKEN@127.0.0.1:8025'"
+            "password = bearer token), e.g. AIRFLOW_CONN_CAREFLOW_MESSAGING='http://:TOKEN@127.0.0.1:8025'",
         )
     return MessagingConfig(
         base_url=messaging_base_url(conn),

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 
 from careflow.airflow import alerts
 from careflow.airflow.factory import build_dag
@@ -39,11 +40,10 @@ def _context(run_id: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def test_a_refused_token_alerts_once_with_ids_and_a_link_and_no_patient_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
-) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
-
+def _simulated_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Engine, Any, Any, dict[str, Any]]:
+    """careflow's database with the demo clinic, the test workflow's DAG, and a simulated run's context."""
     url = f"sqlite:///{tmp_path / 'careflow.db'}"
     monkeypatch.setenv("CAREFLOW_DB_URL", url)
     monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
@@ -60,6 +60,16 @@ def test_a_refused_token_alerts_once_with_ids_and_a_link_and_no_patient_data(
         "careflow_simulated": True,
     }
     monkeypatch.setenv("AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS", "true")  # as careflow simulate sets it
+    return engine, data, dag, context
+
+
+def test_a_refused_token_alerts_once_with_ids_and_a_link_and_no_patient_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    _, data, dag, context = _simulated_day(tmp_path, monkeypatch)
+    run_id = context["run_id"]
     with FakeProviderServer() as provider:
         monkeypatch.setenv(
             "AIRFLOW_CONN_CAREFLOW_MESSAGING",
@@ -87,6 +97,87 @@ def test_a_refused_token_alerts_once_with_ids_and_a_link_and_no_patient_data(
     posted = json.dumps(webhook, ensure_ascii=False)
     leaks = [s for s in patient_strings(data) if s in posted]
     assert not leaks, f"patient data in the alert: {leaks[:3]}"
+
+
+def _at_notice(engine: Engine) -> tuple[dict[str, int], dict[str, int]]:
+    """The steps at the action node by status, and its ledger rows by status."""
+    with engine.connect() as conn:
+        steps = conn.execute(
+            text("SELECT status, count(*) FROM careflow_steps WHERE node_id = 'notice' GROUP BY status")
+        )
+        messages = conn.execute(
+            text("SELECT status, count(*) FROM careflow_messages WHERE node_id = 'notice' GROUP BY status")
+        )
+        return dict(steps.tuples().all()), dict(messages.tuples().all())
+
+
+def test_a_missing_messaging_connection_alerts_at_once_and_keeps_its_messages_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    engine, data, dag, context = _simulated_day(tmp_path, monkeypatch)
+    monkeypatch.delenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", raising=False)
+    monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")  # careflow_alerts is in the environment
+    dag.get_task("booked").execute(context)
+    dag.get_task("hour_later").execute(context)
+    notice = dag.get_task("notice")
+    due, _ = _at_notice(engine)
+    assert due.get("pending"), due  # messages are due at the action node
+    # The attempt fails and Airflow retries it (a secrets backend that did not answer looks the
+    # same), but the alert goes out now, not after the retries' backoff.
+    with pytest.raises(AirflowException) as failed:
+        notice.execute(context)
+    assert not isinstance(failed.value, AirflowFailException)
+    assert "connection 'careflow_messaging' is not defined: add it" in str(failed.value)
+    assert "AIRFLOW_CONN_CAREFLOW_MESSAGING=" in str(failed.value)
+    assert "messages stay due" in str(failed.value)
+    assert len(webhook) == 1, webhook
+    ti = SimpleNamespace(dag_id=dag.dag_id, task_id="notice", run_id=context["run_id"], try_number=1)
+    for callback in notice.on_failure_callback:
+        callback({"ti": ti, "dag": dag, "exception": failed.value})
+
+    # One alert (the task's failure is not a second one), which says the connection is missing,
+    # not that the provider refused a token.
+    assert len(webhook) == 1, webhook
+    (alert,) = webhook
+    assert "the careflow_messaging connection is not defined" in alert["text"]
+    assert "Add careflow_messaging" in alert["text"] and "refused" not in alert["text"]
+    assert f"workflow {WORKFLOW['id']}" in alert["text"] and alert["text"].endswith("/tasks/notice")
+    posted = json.dumps(webhook, ensure_ascii=False)
+    assert not [s for s in patient_strings(data) if s in posted]
+
+    # Nothing was claimed: the steps are as they were, the ledger has no row of the node.
+    assert _at_notice(engine) == (due, {})
+    with FakeProviderServer() as provider:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+            json.dumps({"conn_type": "http", "host": provider.url, "password": provider.token}),
+        )
+        counts = notice.execute(context)  # the connection added: the same run sends them all
+        assert counts["sent"] == due["pending"] == len(provider.messages())
+    dispose_engines()
+
+
+def test_a_messaging_connection_without_a_host_fails_the_task_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    engine, _, dag, context = _simulated_day(tmp_path, monkeypatch)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps({"conn_type": "http", "password": "token"})
+    )
+    dag.get_task("booked").execute(context)
+    dag.get_task("hour_later").execute(context)
+    due, _ = _at_notice(engine)
+    # Defined but unusable: no retry would find it otherwise, so Airflow does not retry.
+    with pytest.raises(AirflowFailException) as failed:
+        dag.get_task("notice").execute(context)
+    assert "messages stay due" in str(failed.value)
+    assert len(webhook) == 1 and "the careflow_messaging connection is not usable" in webhook[0]["text"]
+    assert _at_notice(engine) == (due, {})
+    dispose_engines()
 
 
 def test_breaker_open_and_redis_fallback_alert_once_per_cooldown(webhook: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""Alerts: failed tasks and runs, an open breaker, Redis lost, refused credentials, a missed run deadline.
+"""Alerts: failed tasks and runs, an open breaker, Redis lost, a provider setup to fix, a missed run deadline.
 
 Every alert goes through :func:`send_alert`: it is logged, and posted as Slack-compatible JSON
 (``{"text", "blocks"}``) to the ``careflow_alerts`` connection when it is defined. An alert names the
@@ -11,7 +11,8 @@ Wiring (the DAG factory calls :func:`task_callbacks` and :func:`dag_callbacks`):
 - ``on_failure_callback`` on every task and on the DAG run: :class:`CareflowNotifier`;
 - engine and breaker events (``provider_configuration_error``, ``breaker_transition`` to open,
   ``breaker_redis_fallback``) through :mod:`careflow.airflow.observability`, at most once per
-  :data:`COOLDOWN_SECONDS` per subject and process;
+  :data:`COOLDOWN_SECONDS` per subject and process; a ``provider_configuration_error`` is the
+  provider refusing the token, or the ``careflow_messaging`` connection missing or unusable;
 - ``settings.run_deadline_hours``: a ``DeadlineAlert`` on the run's queued time whose
   ``AsyncCallback`` (:func:`run_deadline_missed`) runs in the triggerer (Airflow marks Deadline
   Alerts experimental).
@@ -216,11 +217,17 @@ def _failure_detail(exc: BaseException | None) -> str | None:
 
 
 def _caused_by_configuration(exc: BaseException | None) -> bool:
-    from careflow.exceptions import ProviderConfigurationError
+    """Whether a task stopped where its ``provider_configuration_error`` event alerted already."""
+    from airflow.sdk.exceptions import AirflowException
 
-    return isinstance(exc, ProviderConfigurationError) or isinstance(
-        getattr(exc, "__cause__", None), ProviderConfigurationError
-    )
+    from careflow.exceptions import ConfigurationError, ProviderConfigurationError
+
+    cause = getattr(exc, "__cause__", None)
+    if isinstance(exc, ProviderConfigurationError) or isinstance(cause, ProviderConfigurationError):
+        return True
+    # The action task stops on a messaging connection it cannot use (missing, no host) this way;
+    # a missing one after its retries.
+    return isinstance(exc, AirflowException) and isinstance(cause, ConfigurationError)
 
 
 def alert_from_context(kind: str, context: Any) -> Alert:
@@ -378,6 +385,32 @@ async def _only_the_wake_is_left(dag_id: str, run_id: str) -> bool:
     return WAKE_TASK_ID in states and bool(nodes) and all(state in _ENDED for state in nodes.values())
 
 
+def _configuration_problem(fields: dict[str, Any]) -> tuple[str, str]:
+    """Title and detail of a ``provider_configuration_error`` alert, by the event's ``problem``.
+
+    Without one, the provider refused the token (401/403); ``connection_missing`` and
+    ``connection_unusable`` are the action task's messaging connection, before anything was sent.
+    """
+    connection = str(fields.get("connection") or settings.MESSAGING_CONN_ID)
+    problem = fields.get("problem")
+    if problem == "connection_missing":
+        return (
+            f"the {connection} connection is not defined",
+            f"Nothing was sent; the messages stay due and the task retries. Add {connection} (type http, "
+            "host = the provider's base URL, password = the bearer token), or make the secrets backend "
+            "that holds it answer: the next attempt sends them.",
+        )
+    if problem == "connection_unusable":
+        return (
+            f"the {connection} connection is not usable",
+            f"Sending stopped for this node; its messages stay due. {scrub(str(fields.get('error') or ''))}",
+        )
+    return (
+        "the messaging provider refused careflow's credentials",
+        "Sending stopped for this node. Fix the token of the careflow_messaging connection.",
+    )
+
+
 def on_event(event: str, **fields: Any) -> None:
     """Alert on the engine and breaker events that need an operator (subscribed to observability)."""
     workflow_id = fields.get("workflow_id")
@@ -385,14 +418,15 @@ def on_event(event: str, **fields: Any) -> None:
         node_id, run_id = fields.get("node_id"), fields.get("run_id")
         if not _first_time((event, str(workflow_id), str(node_id), str(run_id))):
             return
+        title, detail = _configuration_problem(fields)
         send_alert(
             Alert(
                 kind=event,
-                title="the messaging provider refused careflow's credentials",
+                title=title,
                 workflow_id=workflow_id,
                 node_id=node_id,
                 run_id=run_id,
-                detail="Sending stopped for this node. Fix the token of the careflow_messaging connection.",
+                detail=detail,
                 link=ui_link(f"{DAG_PREFIX}{workflow_id}" if workflow_id else None, run_id, node_id),
                 facts={"Channel": str(fields.get("channel") or "")},
             )

@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from careflow import settings
-from careflow.exceptions import ConfigurationError
+from careflow.exceptions import ConfigurationError, ConnectionMissing
 from careflow.providers.client import LeaseDeadline, Message, Outcome, ProviderClient, SendGate, SendResult
 
 
@@ -25,9 +25,10 @@ def _config_for(conn_id: str) -> settings.MessagingConfig:
     # Another provider's connection: same shape as careflow_messaging.
     conn = settings.get_connection(conn_id)
     if conn is None:
-        raise ConfigurationError(
+        raise ConnectionMissing(
+            conn_id,
             f"connection {conn_id!r} is not defined: add it (type http, host = provider base URL, "
-            "password = bearer token)"
+            "password = bearer token)",
         )
     return settings.MessagingConfig(
         base_url=settings.messaging_base_url(conn),

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from careflow.airflow.operators.base import CareflowNodeOperator
-from careflow.exceptions import ProviderConfigurationError
+from careflow.exceptions import ConfigurationError, ConnectionMissing, ProviderConfigurationError
 
 #: The pool that caps concurrent send tasks against the messaging provider (created by setup).
 PROVIDER_POOL = "careflow_messaging"
@@ -21,7 +21,10 @@ class ActionOperator(CareflowNodeOperator):
     circuit breaker is open the task stops sending, leaves the unsent messages pending and
     defers in the triggerer until the breaker may half-open. Transient failures left pending
     fail the attempt so that Airflow retries it with exponential backoff; permanent failures are
-    recorded per patient and never fail the others.
+    recorded per patient and never fail the others. A messaging connection that is unusable, or
+    credentials the provider refuses, fail the task at once: no retry would fix them. A missing
+    connection alerts at once and the task keeps its retries: Airflow's secrets lookup says
+    "not defined" also of a backend that did not answer.
     """
 
     ui_color = "#fecaca"
@@ -44,7 +47,10 @@ class ActionOperator(CareflowNodeOperator):
             from careflow.providers.hook import MessagingHook
 
             hook = MessagingHook()
-            ctx.sender = hook.get_client()
+            try:
+                ctx.sender = hook.get_client()
+            except ConfigurationError as exc:
+                raise self._connection_unusable(ctx, hook.careflow_conn_id, exc) from exc
             breaker = _breaker(f"{getattr(ctx.sender, 'name', 'default')}:{self.channel}")
             ctx.gate = breaker.gate() if breaker is not None else None
             ctx.sent_keys = _sent_keys()
@@ -68,6 +74,37 @@ class ActionOperator(CareflowNodeOperator):
                 f"({dict(report.reasons)}); the next attempt sends them"
             )
         return report.to_xcom()
+
+    def _connection_unusable(self, ctx: Any, conn_id: str, exc: ConfigurationError) -> Exception:
+        """What stops the task when its messaging connection cannot be used; an alert says so now.
+
+        Nothing has been claimed yet: the node's messages stay due. A connection that is defined
+        but unusable (no host, a value the client refuses) fails the task at once (retries would
+        find it as it is). A connection found nowhere may be a secrets backend that failed to
+        answer (Airflow's lookup reports both alike): the attempt fails and Airflow retries it,
+        so that a backend's bad minute does not leave the messages to the next run.
+        """
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        missing = isinstance(exc, ConnectionMissing)
+        ctx.event(
+            "provider_configuration_error",
+            node_id=self.careflow_node_id,
+            channel=self.channel,
+            run_id=ctx.run_id,
+            connection=conn_id,
+            problem="connection_missing" if missing else "connection_unusable",
+            error=str(exc),
+        )
+        if missing:
+            return AirflowException(
+                f"{exc}; node {self.careflow_node_id} sent nothing and its messages stay due: the task's "
+                "retries send them once the connection is added (or clear this task then)"
+            )
+        return AirflowFailException(
+            f"{exc}; node {self.careflow_node_id} sent nothing and its messages stay due: the next run "
+            "sends them once the connection is fixed (or clear this task then)"
+        )
 
     def _defer_until(self, retry_at: float, counts: dict[str, Any]) -> dict[str, Any]:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
