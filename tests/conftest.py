@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from support import EXAMPLES, airflow_env
+from support import EXAMPLES, airflow_env, upgraded
 
 # Every Airflow import in the test session sees one private home (never ~/airflow); the
 # `airflow_home` fixture migrates its metadata DB once, for the tests that need it.
@@ -74,19 +74,12 @@ def _reset_schema(url: str) -> None:
 @pytest.fixture(params=["postgres", "sqlite"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An upgraded careflow database on Postgres and on the embedded SQLite (the test runs twice)."""
-    from careflow.store.db import dispose_engines
-    from careflow.store.migrations import upgrade
-
     if request.param == "postgres":
         url = request.getfixturevalue("pg_server_url")
         _reset_schema(url)
     else:
         url = f"sqlite:///{tmp_path / 'careflow.db'}"
-    monkeypatch.setenv("CAREFLOW_DB_URL", url)
-    dispose_engines()
-    upgrade()
-    yield url
-    dispose_engines()
+    yield from upgraded(url, monkeypatch)
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -9,7 +9,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +214,15 @@ class ScriptedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def upgraded(url: str, monkeypatch: Any) -> Iterator[str]:
+    """careflow's database at ``url``, upgraded and set as ``CAREFLOW_DB_URL``, for a fixture to yield from."""
+    from careflow.store.db import dispose_engines
+    from careflow.store.migrations import upgrade
+
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    dispose_engines()
+    upgrade()
+    yield url
+    dispose_engines()

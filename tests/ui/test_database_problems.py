@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from support import upgraded
+
 from .conftest import WORKFLOW
 
 #: Every route that reads careflow's tables; implant-aftercare has a snapshot, "other" has none.
@@ -141,15 +143,7 @@ ACCESS_CHECKED = [
 @pytest.fixture
 def careflow_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An upgraded careflow database that answers (SQLite: which kind does not matter here)."""
-    from careflow.store.db import dispose_engines
-    from careflow.store.migrations import upgrade
-
-    url = f"sqlite:///{tmp_path / 'careflow.db'}"
-    monkeypatch.setenv("CAREFLOW_DB_URL", url)
-    dispose_engines()
-    upgrade()
-    yield url
-    dispose_engines()
+    yield from upgraded(f"sqlite:///{tmp_path / 'careflow.db'}", monkeypatch)
 
 
 def _assert_airflow_named(response: Any, failing: str, caplog: pytest.LogCaptureFixture) -> None:
