@@ -50,19 +50,14 @@ class ActionOperator(CareflowNodeOperator):
             try:
                 ctx.sender = hook.get_client()
             except ConfigurationError as exc:
-                raise self._connection_unusable(ctx, hook.careflow_conn_id, exc) from exc
+                raise self._connection_problem(ctx, hook.careflow_conn_id, exc) from exc
             breaker = _breaker(f"{getattr(ctx.sender, 'name', 'default')}:{self.channel}")
             ctx.gate = breaker.gate() if breaker is not None else None
             ctx.sent_keys = _sent_keys()
         try:
             report = process_node(ctx, self.careflow_node_id)
         except ProviderConfigurationError as exc:
-            ctx.event(
-                "provider_configuration_error",
-                node_id=self.careflow_node_id,
-                channel=self.channel,
-                run_id=ctx.run_id,
-            )
+            self._configuration_error(ctx)
             raise AirflowFailException(str(exc)) from exc
         self.log_report(report)
         if report.pending:
@@ -75,7 +70,17 @@ class ActionOperator(CareflowNodeOperator):
             )
         return report.to_xcom()
 
-    def _connection_unusable(self, ctx: Any, conn_id: str, exc: ConfigurationError) -> Exception:
+    def _configuration_error(self, ctx: Any, **problem: Any) -> None:
+        """This node's ``provider_configuration_error`` event (an alert); ``problem`` says what, when not a refused token."""
+        ctx.event(
+            "provider_configuration_error",
+            node_id=self.careflow_node_id,
+            channel=self.channel,
+            run_id=ctx.run_id,
+            **problem,
+        )
+
+    def _connection_problem(self, ctx: Any, conn_id: str, exc: ConfigurationError) -> Exception:
         """What stops the task when its messaging connection cannot be used; an alert says so now.
 
         Nothing has been claimed yet: the node's messages stay due. A connection that is defined
@@ -87,11 +92,8 @@ class ActionOperator(CareflowNodeOperator):
         from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
         missing = isinstance(exc, ConnectionMissing)
-        ctx.event(
-            "provider_configuration_error",
-            node_id=self.careflow_node_id,
-            channel=self.channel,
-            run_id=ctx.run_id,
+        self._configuration_error(
+            ctx,
             connection=conn_id,
             problem="connection_missing" if missing else "connection_unusable",
             error=str(exc),
