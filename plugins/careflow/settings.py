@@ -339,13 +339,49 @@ def sqlalchemy_url(conn: ConnectionInfo) -> str:
     )
 
 
+#: Airflow's executors that run every task on the machine of the scheduler that queued it.
+LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+
+
+def remote_executors() -> list[str]:
+    """The executors of ``[core] executor`` that may run tasks on other machines (class names).
+
+    The setting lists one or more, each a name, a class path or ``alias:class path``.
+    """
+    names = [
+        entry.split(":")[-1].strip().rsplit(".", 1)[-1]
+        for entry in (_config("core", "executor") or "").split(",")
+    ]
+    return [name for name in names if name and name not in LOCAL_EXECUTORS]
+
+
 def db_url() -> str:
-    """SQLAlchemy URL of careflow's tables: ``CAREFLOW_DB_URL``, else ``careflow_db``, else embedded SQLite."""
+    """SQLAlchemy URL of careflow's tables: ``CAREFLOW_DB_URL``, else ``careflow_db``, else embedded SQLite.
+
+    The embedded SQLite file is the fallback only where Airflow runs every task on one machine.
+    With an executor that runs them elsewhere, each worker would keep a file and a ledger of its
+    own, and a message could go out once from each: careflow refuses (``ConnectionMissing``).
+    A secrets backend that fails to answer looks like a missing connection to Airflow's lookup,
+    so a worker there fails its task and Airflow retries it.
+    """
     if os.environ.get("CAREFLOW_DB_URL"):
         return os.environ["CAREFLOW_DB_URL"]
     conn = get_connection(DB_CONN_ID)
     if conn is not None:
         return sqlalchemy_url(conn)
+    remote = remote_executors()
+    if remote:
+        from careflow.exceptions import ConnectionMissing
+
+        raise ConnectionMissing(
+            DB_CONN_ID,
+            f"connection 'careflow_db' is not defined (or the secrets backend did not return it), and "
+            f"Airflow runs tasks with {', '.join(remote)}: each worker would keep its own "
+            "$AIRFLOW_HOME/careflow.db, and its own record of what was sent. Add careflow_db, the "
+            "Postgres database every worker shares, e.g. "
+            "AIRFLOW_CONN_CAREFLOW_DB='postgresql://careflow:PASSWORD@db-host:5432/careflow' "
+            "(or set CAREFLOW_DB_URL)",
+        )
     return f"sqlite:///{airflow_home() / 'careflow.db'}"
 
 

@@ -140,6 +140,37 @@ def test_an_absolute_sqlite_path_in_a_uri_stays_absolute(
     assert make_url(settings.db_url()).database == str(path)
 
 
+@pytest.mark.parametrize(
+    ("executor", "refused"),
+    [
+        ("LocalExecutor", None),
+        ("CeleryExecutor", "CeleryExecutor"),
+        ("LocalExecutor,KubernetesExecutor", "KubernetesExecutor"),
+        ("LocalExecutor,edge:airflow.providers.edge3.executors.EdgeExecutor", "EdgeExecutor"),
+    ],
+)
+def test_the_embedded_database_only_where_every_task_runs_on_one_machine(
+    executor: str, refused: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without careflow_db, a worker elsewhere would keep a ledger of its own: careflow refuses, naming why."""
+    from careflow.exceptions import ConnectionMissing
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
+    if refused is None:
+        assert settings.db_url() == f"sqlite:///{tmp_path / 'careflow.db'}"
+    else:
+        with pytest.raises(ConnectionMissing, match=f"careflow_db.*{refused}.*own record of what was sent"):
+            settings.db_url()
+        assert not (tmp_path / "careflow.db").exists()
+    # Defined, or set explicitly, it is used whatever the executor.
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_DB", "postgresql://careflow@db.internal/careflow")
+    assert make_url(settings.db_url()).host == "db.internal"
+    monkeypatch.delenv("AIRFLOW_CONN_CAREFLOW_DB")
+    monkeypatch.setenv("CAREFLOW_DB_URL", f"sqlite:///{tmp_path / 'chosen.db'}")
+    assert settings.db_url() == f"sqlite:///{tmp_path / 'chosen.db'}"
+
+
 # Airflow's own URI of a connection ---------------------------------------------------------------
 
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16)
