@@ -216,6 +216,23 @@ def test_breaker_open_and_redis_fallback_alert_once_per_cooldown(webhook: list[d
     assert any("Redis lost: circuit breakers fall back" in text for text in kinds), kinds
 
 
+@pytest.mark.parametrize(
+    ("text", "told"),
+    [
+        (
+            "run scheduled__2026-03-04T09:00:00+00:00 stopped at 010-5551-2345",
+            "run scheduled__2026-03-04T09:00:00+00:00 stopped at <number>",
+        ),
+        ("due 2026-03-04 09:00:00, to +82 10 5551 2345", "due 2026-03-04 09:00:00, to <number>"),
+        ("manual__2026-12-03T22:47:18.123456Z", "manual__2026-12-03T22:47:18.123456Z"),
+        ("010-2026-0304 and 2026-03-04 01055512345", "<number> and 2026-03-04 <number>"),
+        ("not a date: 2026-13-40", "not a date: <number>"),
+    ],
+)
+def test_an_alert_tells_dates_and_masks_phone_numbers(text: str, told: str) -> None:
+    assert alerts.scrub(text) == told
+
+
 def test_task_failure_alert_names_the_run_and_masks_contact_data(webhook: list[dict[str, Any]]) -> None:
     ti = SimpleNamespace(
         dag_id="careflow__implant-aftercare", task_id="c1", run_id="scheduled__2026-03-04", try_number=2

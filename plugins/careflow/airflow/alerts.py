@@ -45,6 +45,12 @@ TIMEOUT_SECONDS = 5.0
 DAG_PREFIX = "careflow__"
 
 _PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+#: A date (and time) as Airflow writes it in run ids and logical dates: told, not masked.
+_ISO_TIME = re.compile(
+    r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?(?!\d)"
+)
+_CONTACT = re.compile(f"(?P<time>{_ISO_TIME.pattern})|{_PHONE.pattern}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _recent: dict[tuple[str, ...], float] = {}
 _recent_lock = threading.Lock()
@@ -110,8 +116,8 @@ class Alert:
 
 
 def scrub(text: str, limit: int = 300) -> str:
-    """Mask phone numbers and e-mail addresses and cut to ``limit`` characters."""
-    text = _EMAIL.sub("<email>", _PHONE.sub("<number>", text))
+    """Mask phone numbers and e-mail addresses and cut to ``limit`` characters; dates stay."""
+    text = _EMAIL.sub("<email>", _CONTACT.sub(lambda match: match["time"] or "<number>", text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
