@@ -184,3 +184,48 @@ def test_a_version_number_holding_other_content_is_read_again(engine, journey, f
     v2.run_at(kst(2025, 3, 4, 2))
     assert read == [1, 1]
     assert executions(engine, "renumbered")["parked"]["exit_reason"] == "node_type_changed_in_version_2:d1"
+
+
+def test_a_new_delay_amount_applies_to_the_executions_that_arrive_after_it(engine, journey, fake):
+    c = Clinic()
+    c.completed("parked", kst(2025, 3, 3, 10))  # v1: parked at d1 for 3 days, until Thursday 10:00
+    c.completed("new", kst(2025, 3, 5, 12))  # enrolls under v2: one day, until Thursday 12:00
+    c.load(engine)
+    v1_doc = chain("resized", ("d1", "delay", {"amount": 3, "unit": "days"}), ("a1", "action", action()))
+    record_version(engine, v1_doc, 1)
+    journey(v1_doc, version=1).run_days(kst(2025, 3, 3), kst(2025, 3, 5))
+    parked = steps_of(engine, "resized")[("parked", "d1")]
+    assert (parked["status"], parked["due_at"]) == ("waiting", kst(2025, 3, 6, 10))
+
+    v2_doc = chain("resized", ("d1", "delay", {"amount": 1, "unit": "days"}), ("a1", "action", action()))
+    record_version(engine, v2_doc, 2)
+    v2 = journey(v2_doc, version=2)
+    v2.run_days(kst(2025, 3, 5), kst(2025, 3, 8))
+
+    # Nobody already waiting is released early by the shorter delay (v2 would have released the
+    # parked one on Tuesday); the new enrollment gets it.
+    assert {key: at for key, (at, _) in v2.sent.items()} == {
+        "parked/a1": kst(2025, 3, 6, 10),
+        "new/a1": kst(2025, 3, 6, 12),
+    }
+    steps = steps_of(engine, "resized")
+    assert steps[("parked", "d1")]["version"] == 2 and steps[("new", "d1")]["version"] == 2
+
+
+def test_a_wait_until_an_appointment_field_is_read_again_with_the_new_version(engine, journey, fake):
+    c = Clinic()
+    c.completed("parked", kst(2025, 3, 3, 10))
+    c.load(engine)
+    until = {"until": "appointment.completed_at", "offset": {"amount": 3, "unit": "days"}}
+    v1_doc = chain("reread", ("d1", "delay", until), ("a1", "action", action()))
+    record_version(engine, v1_doc, 1)
+    journey(v1_doc, version=1).run_days(kst(2025, 3, 3), kst(2025, 3, 5))
+    assert steps_of(engine, "reread")[("parked", "d1")]["due_at"] == kst(2025, 3, 6, 10)
+
+    later = {**until, "offset": {"amount": 4, "unit": "days"}}
+    v2_doc = chain("reread", ("d1", "delay", later), ("a1", "action", action()))
+    record_version(engine, v2_doc, 2)
+    v2 = journey(v2_doc, version=2)
+    v2.run_days(kst(2025, 3, 5), kst(2025, 3, 9))
+    # Read again when it fell due on Thursday, with the offset published since: Friday.
+    assert {key: at for key, (at, _) in v2.sent.items()} == {"parked/a1": kst(2025, 3, 7, 10)}
