@@ -326,3 +326,43 @@ def test_without_the_connection_alerts_are_only_logged(
     monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")
     assert alerts.send_alert(alerts.Alert(kind="breaker_open", title="circuit breaker x opened")) is False
     assert "circuit breaker x opened" in caplog.text
+
+
+def _configuration_alert(run_id: str = "scheduled__2026-03-04T00:00:00+00:00", **fields: Any) -> None:
+    alerts.on_event(
+        "provider_configuration_error",
+        workflow_id=WORKFLOW["id"],
+        node_id="notice",
+        run_id=run_id,
+        channel="sms",
+        connection="careflow_messaging",
+        problem="connection_missing",
+        **fields,
+    )
+
+
+@pytest.mark.parametrize("redis", ["shared", "stopped", "none"])
+def test_each_attempt_of_one_problem_alerts_once_where_redis_is_shared(
+    redis: str, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    """Each retry of a task runs in a new process: Redis lets them agree; without it each alerts."""
+    import uuid
+
+    from careflow.resilience.redis_link import forget_links
+
+    url = {"shared": "redis://127.0.0.1:6379/0", "stopped": "redis://127.0.0.1:6390/0", "none": ""}[redis]
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", url)
+    monkeypatch.setenv("CAREFLOW_REDIS_PREFIX", f"cftest:{uuid.uuid4().hex[:12]}")
+    forget_links()
+    try:
+        for _attempt in range(3):
+            monkeypatch.setattr("careflow.airflow.alerts._recent", {})  # a new process
+            _configuration_alert()
+        _configuration_alert(run_id="scheduled__2026-03-05T00:00:00+00:00")  # another run
+    finally:
+        forget_links()
+    texts = [alert["text"] for alert in webhook]
+    missing = [text for text in texts if "the careflow_messaging connection is not defined" in text]
+    assert len(missing) == (2 if redis == "shared" else 4), texts
+    # Redis out of reach is told once, as always; nothing else went out.
+    assert len(texts) - len(missing) == (redis == "stopped"), texts

@@ -11,7 +11,8 @@ Wiring (the DAG factory calls :func:`task_callbacks` and :func:`dag_callbacks`):
 - ``on_failure_callback`` on every task and on the DAG run: :class:`CareflowNotifier`;
 - engine and breaker events (``provider_configuration_error``, ``breaker_transition`` to open,
   ``breaker_redis_fallback``) through :mod:`careflow.airflow.observability`, at most once per
-  :data:`COOLDOWN_SECONDS` per subject and process; a ``provider_configuration_error`` is the
+  :data:`COOLDOWN_SECONDS` per subject (every process that shares careflow's Redis agrees
+  through it; without Redis, per process); a ``provider_configuration_error`` is the
   provider refusing the token, or the ``careflow_messaging`` connection missing or unusable;
 - ``settings.run_deadline_hours``: a ``DeadlineAlert`` on the run's queued time whose
   ``AsyncCallback`` (:func:`run_deadline_missed`) runs in the triggerer (Airflow marks Deadline
@@ -21,6 +22,7 @@ Wiring (the DAG factory calls :func:`task_callbacks` and :func:`dag_callbacks`):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -202,13 +204,36 @@ def send_in_background(alert: Alert) -> threading.Thread:
 
 
 def _first_time(key: tuple[str, ...], now: float | None = None) -> bool:
+    """Whether ``key``'s alert has not gone out in the last ``COOLDOWN_SECONDS``: here, or anywhere.
+
+    The processes of one problem (each attempt of a task runs in a new one, each worker its own)
+    agree through Redis where ``careflow_redis`` is set up; without it, or with Redis out of
+    reach, each process decides for itself.
+    """
     now = time.monotonic() if now is None else now
     with _recent_lock:
         last = _recent.get(key)
         if last is not None and now - last < COOLDOWN_SECONDS:
             return False
         _recent[key] = now
+    return _first_anywhere(key)
+
+
+def _first_anywhere(key: tuple[str, ...]) -> bool:
+    """Whether no process sharing careflow's Redis took ``key``'s alert in the cooldown (True without Redis)."""
+    try:
+        url = settings.redis_url()
+        if not url:
+            return True
+        from careflow.resilience.redis_link import DOWN, key_prefix, link_for
+
+        digest = hashlib.sha256("\x1f".join(key).encode("utf-8")).hexdigest()[:32]
+        name = f"{key_prefix()}:alert:{digest}"
+        taken = link_for(url).run(lambda client: client.set(name, 1, nx=True, ex=COOLDOWN_SECONDS))
+    except Exception:
+        log.warning("careflow: alerts cannot agree through Redis; this process alerts", exc_info=True)
         return True
+    return taken is DOWN or bool(taken)
 
 
 def _failure_detail(exc: BaseException | None) -> str | None:
