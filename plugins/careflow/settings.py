@@ -346,11 +346,13 @@ LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecut
 def remote_executors() -> list[str]:
     """The executors of ``[core] executor`` that may run tasks on other machines (class names).
 
-    The setting lists one or more, each a name, a class path or ``alias:class path``.
+    The setting lists one or more, each a name, a class path or ``alias:class path``; with
+    teams, ``;`` separates the lists and ``team=`` starts a team's.
     """
     names = [
         entry.split(":")[-1].strip().rsplit(".", 1)[-1]
-        for entry in (_config("core", "executor") or "").split(",")
+        for executors in (_config("core", "executor") or "").split(";")
+        for entry in executors.split("=", 1)[-1].split(",")
     ]
     return [name for name in names if name and name not in LOCAL_EXECUTORS]
 

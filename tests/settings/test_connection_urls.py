@@ -147,6 +147,7 @@ def test_an_absolute_sqlite_path_in_a_uri_stays_absolute(
         ("CeleryExecutor", "CeleryExecutor"),
         ("LocalExecutor,KubernetesExecutor", "KubernetesExecutor"),
         ("LocalExecutor,edge:airflow.providers.edge3.executors.EdgeExecutor", "EdgeExecutor"),
+        ("LocalExecutor;team1=CeleryExecutor", "runs tasks with CeleryExecutor: each worker"),
     ],
 )
 def test_the_embedded_database_only_where_every_task_runs_on_one_machine(
