@@ -64,6 +64,12 @@ AIRFLOW_UNREACHABLE = "Airflow's metadata database is unreachable: the api-serve
 AIRFLOW_DATABASE_FAILED = "Airflow's metadata database could not answer: the api-server's log says why"
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The error behind an AirflowDatabaseError (raised from a DBAPIError or a PoolTimeout by
+    ``access.airflow_database``), else ``exc`` itself."""
+    return exc.__cause__ if isinstance(exc, AirflowDatabaseError) and exc.__cause__ is not None else exc
+
+
 def database_problem(exc: BaseException) -> str:
     """The phrase that tells a user why careflow's database, or Airflow's, failed with ``exc``, without its URL."""
     from careflow.publishing import missing_table
@@ -71,7 +77,7 @@ def database_problem(exc: BaseException) -> str:
     airflow = isinstance(exc, AirflowDatabaseError)  # the sign-in or an access check failed
     if airflow:
         tables, unreachable, failed = AIRFLOW_TABLES_MISSING, AIRFLOW_UNREACHABLE, AIRFLOW_DATABASE_FAILED
-        exc = exc.__cause__ or exc  # raised from a DBAPIError or a PoolTimeout (access.airflow_database)
+        exc = _driver_error(exc)
     else:
         tables, unreachable, failed = TABLES_MISSING, UNREACHABLE, DATABASE_FAILED
         # careflow_metrics (tables_required) turns a missing table into a ConfigurationError naming the database.
@@ -92,8 +98,7 @@ async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse
     detail = database_problem(exc)
     # The route's template, not its path: a path may carry a patient's id.
     route = getattr(request.scope.get("route"), "path", "?")
-    # Airflow's database error is the cause of the AirflowDatabaseError: the log names the driver's.
-    error = exc.__cause__ if isinstance(exc, AirflowDatabaseError) and exc.__cause__ is not None else exc
+    error = _driver_error(exc)  # for Airflow's database, the log names the driver's error
     log.warning(
         "careflow: %s %s answered 503 (%s): %s: %s",
         request.method,
