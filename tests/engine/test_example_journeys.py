@@ -19,13 +19,16 @@ from .harness import CLINIC_ID, Clinic, assert_exactly_once, example, executions
 
 def test_day_before_reminder(engine, journey, fake):
     c = Clinic()
-    for pid in ("p1", "p2", "p3", "p4"):
+    for pid in ("p1", "p2", "p3", "p4", "p5"):
         c.patient(pid)
     bookings = {
         # patient: (created, scheduled)
         "p1": (kst(2025, 3, 3, 11, 20), kst(2025, 3, 6, 15)),  # reminder Wed 10:00
         "p2": (kst(2025, 3, 3, 11, 40), kst(2025, 3, 6, 16)),  # cancelled on Tuesday
-        "p3": (kst(2025, 3, 5, 11), kst(2025, 3, 5, 16)),  # booked after its reminder time: expired
+        # Booked on the day itself: its reminder's day (4 March) is over, so no "tomorrow" on the
+        # day of the appointment, neither past max_lateness (p3) nor within it (p5, 22 h late).
+        "p3": (kst(2025, 3, 5, 11), kst(2025, 3, 5, 16)),
+        "p5": (kst(2025, 3, 5, 7), kst(2025, 3, 5, 16)),
         "p4": (kst(2025, 3, 5, 11), kst(2025, 3, 6, 9)),  # booked 1 h after 10:00: sent at once, late
     }
     for pid, (created, scheduled) in bookings.items():
@@ -53,12 +56,20 @@ def test_day_before_reminder(engine, journey, fake):
     assert ("p2", "remind") not in steps
     assert steps[("p1", "day_before")]["status"] == "done"
     assert steps[("p1", "day_before")]["output"] == {"released_at": "2025-03-05T01:00:00+00:00"}
+    for pid in ("p3", "p5"):
+        assert (steps[(pid, "day_before")]["status"], steps[(pid, "day_before")]["error"]) == (
+            "skipped",
+            "release_day_passed",
+        )
     messages = ledger(engine, "day-before-reminder")
-    assert messages["p3"]["status"] == "expired" and messages["p3"]["reason"].startswith("late_by_")
+    assert set(messages) == {"p1", "p4"}
     assert messages["p4"]["status"] == "sent"
-    assert {p: e["status"] for p, e in executions(engine, "day-before-reminder").items()} == dict.fromkeys(
-        ("p1", "p2", "p3", "p4"), "completed"
-    )
+    ended = executions(engine, "day-before-reminder")
+    assert {p: e["status"] for p, e in ended.items()} == {
+        **dict.fromkeys(("p1", "p2", "p4"), "completed"),
+        **dict.fromkeys(("p3", "p5"), "exited"),
+    }
+    assert ended["p5"]["exit_reason"] == "release_day_passed@day_before"
     assert_exactly_once(fake)
 
 
@@ -92,9 +103,10 @@ def test_a_rescheduled_appointment_moves_its_reminder(engine, journey, fake):
     j.run_days(kst(2025, 3, 4, 13), kst(2025, 3, 18))
     assert j.sent["later/remind"][0] == kst(2025, 3, 16, 10)  # the day before the new date
     # No appointment_rescheduled event was recorded: found at its old reminder time (11 March
-    # 10:00), after the new appointment, past max_lateness.
+    # 10:00), after the new appointment; the day its reminder was for (9 March) is over.
     assert "earlier/remind" not in j.sent
-    assert ledger(engine, "day-before-reminder")["earlier"]["status"] == "expired"
+    assert "earlier" not in ledger(engine, "day-before-reminder")
+    assert steps_of(engine, "day-before-reminder")[("earlier", "day_before")]["error"] == "release_day_passed"
     assert_exactly_once(fake)
 
 
@@ -102,32 +114,44 @@ def test_a_reminder_follows_its_appointment_moved_earlier_when_the_clinic_record
     engine, journey, fake
 ):
     c = Clinic()
-    for pid in ("moved", "stays"):
+    for pid in ("moved", "stays", "same-day"):
         _booked_checkup(c, pid, kst(2025, 3, 14, 14))
     c.load(engine)
     j = journey(example("day-before-reminder"))
-    j.run_days(kst(2025, 3, 4, 12), kst(2025, 3, 5, 13))  # both parked until 13 March 10:00
-    with engine.begin() as conn:  # on 5 March the clinic moves one to 10 March, and says so
-        conn.execute(
-            update(tables.appointments)
-            .where(tables.appointments.c.id == "moved-a")
-            .values(scheduled_at=kst(2025, 3, 10, 14))
-        )
-        conn.execute(
-            insert(tables.appointment_events).values(
-                id="moved-r",
-                appointment_id="moved-a",
-                patient_id="moved",
-                clinic_id=CLINIC_ID,
-                type="appointment_rescheduled",
-                occurred_at=kst(2025, 3, 5, 13, 30),
+
+    def move(pid: str, to: datetime, at: datetime) -> None:
+        with engine.begin() as conn:  # the clinic moves the appointment, and says so
+            conn.execute(
+                update(tables.appointments)
+                .where(tables.appointments.c.id == f"{pid}-a")
+                .values(scheduled_at=to)
             )
-        )
-    j.run_days(kst(2025, 3, 5, 13), kst(2025, 3, 16))
+            conn.execute(
+                insert(tables.appointment_events).values(
+                    id=f"{pid}-r",
+                    appointment_id=f"{pid}-a",
+                    patient_id=pid,
+                    clinic_id=CLINIC_ID,
+                    type="appointment_rescheduled",
+                    occurred_at=at,
+                )
+            )
+
+    j.run_days(kst(2025, 3, 4, 12), kst(2025, 3, 5, 13))  # all parked until 13 March 10:00
+    move("moved", kst(2025, 3, 10, 14), at=kst(2025, 3, 5, 13, 30))  # on 5 March, to 10 March
+    j.run_days(kst(2025, 3, 5, 13), kst(2025, 3, 10, 8, 45))
+    # On 10 March at 08:30, to that afternoon: the day before (9 March) is over. Sent at the
+    # 09:00 run it would be 23 hours late, within max_lateness, and say "tomorrow" on the day.
+    move("same-day", kst(2025, 3, 10, 15), at=kst(2025, 3, 10, 8, 30))
+    j.run_days(kst(2025, 3, 10, 8, 45), kst(2025, 3, 16))
     # The day before the new date, at 10:00, not at the old time (13 March).
     assert j.sent["moved/remind"][0] == kst(2025, 3, 9, 10)
     assert j.sent["stays/remind"][0] == kst(2025, 3, 13, 10)
-    assert ledger(engine, "day-before-reminder")["moved"]["status"] == "sent"
+    messages = ledger(engine, "day-before-reminder")
+    assert messages["moved"]["status"] == "sent"
+    assert "same-day" not in messages
+    ex = executions(engine, "day-before-reminder")["same-day"]
+    assert (ex["status"], ex["exit_reason"]) == ("exited", "release_day_passed@day_before")
     assert_exactly_once(fake)
 
 

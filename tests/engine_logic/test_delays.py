@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from careflow.engine.delays import release_time, shift, to_utc
+from careflow.engine.delays import day_passed, release_time, shift, to_utc
 from careflow.workflow.models import DelayData
 
 UTC = timezone.utc
@@ -191,3 +191,52 @@ def test_a_release_past_the_calendar_is_no_time_to_wait_for(field_value, offset,
         )
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "release", "now", "passed"),
+    [
+        # "10:00 on the day before" found the next morning, Seoul time: its day is over.
+        (
+            {"until": "appointment.scheduled_at", "offset": {"amount": -1, "unit": "days"}, "at": "10:00"},
+            datetime(2025, 3, 4, 1, tzinfo=UTC),
+            datetime(2025, 3, 4, 23, tzinfo=UTC),  # 08:00 on 5 March in Seoul
+            True,
+        ),
+        # The same release found that afternoon: still its day (a booking made after 10:00).
+        (
+            {"until": "appointment.scheduled_at", "offset": {"amount": -1, "unit": "days"}, "at": "10:00"},
+            datetime(2025, 3, 4, 1, tzinfo=UTC),
+            datetime(2025, 3, 4, 14, 59, tzinfo=UTC),  # 23:59 on 4 March in Seoul
+            False,
+        ),
+        # Days without "at", and "at" without an offset, name a day too.
+        (
+            {"until": "appointment.scheduled_at", "offset": {"amount": -2, "unit": "days"}},
+            datetime(2025, 3, 4, 5, tzinfo=UTC),
+            datetime(2025, 3, 4, 15, 1, tzinfo=UTC),  # 00:01 on 5 March in Seoul
+            True,
+        ),
+        (
+            {"until": "appointment.scheduled_at", "at": "08:00"},
+            datetime(2025, 3, 3, 23, tzinfo=UTC),
+            datetime(2025, 3, 5, 0, tzinfo=UTC),
+            True,
+        ),
+        # Hours before a field, and waits of an amount, name no day: max_lateness alone judges them.
+        (
+            {"until": "appointment.scheduled_at", "offset": {"amount": -2, "unit": "hours"}},
+            datetime(2025, 3, 4, 1, tzinfo=UTC),
+            datetime(2025, 3, 5, 0, tzinfo=UTC),
+            False,
+        ),
+        (
+            {"amount": 1, "unit": "days", "at": "10:00"},
+            datetime(2025, 3, 4, 1, tzinfo=UTC),
+            datetime(2025, 3, 5, 0, tzinfo=UTC),
+            False,
+        ),
+    ],
+)
+def test_a_wait_that_names_a_day_is_for_that_day_only(data, release, now, passed) -> None:
+    assert day_passed(DelayData.model_validate(data), release, now, SEOUL) is passed

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from careflow.engine.delays import release_time
+from careflow.engine.delays import day_passed, release_time
 from careflow.workflow.models import DelayData
 from careflow.workflow.validation import validate_workflow
 
@@ -180,14 +180,25 @@ def test_a_positive_offset_in_hours_with_a_time_of_day_can_land_earlier_the_same
     [
         {"until": "appointment.completed_at"},
         {"until": "appointment.completed_at", "offset": {"amount": -2, "unit": "hours"}},
-        {"until": "appointment.completed_at", "offset": {"amount": -1, "unit": "days"}, "at": "18:00"},
-        {"until": "appointment.scheduled_at", "offset": {"amount": -30, "unit": "hours"}, "at": "23:00"},
         {"until": "appointment.completed_at", "at": "00:00"},
     ],
 )
 def test_a_wait_that_always_ends_before_the_event_is_warned_as_already_passed(delay):
     [hint] = until_hints(delay)
     assert "already passed" in hint and "may have passed" not in hint
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [
+        {"until": "appointment.completed_at", "offset": {"amount": -1, "unit": "days"}, "at": "18:00"},
+        {"until": "appointment.completed_at", "offset": {"amount": -1, "unit": "days"}},
+        {"until": "appointment.scheduled_at", "offset": {"amount": -30, "unit": "hours"}, "at": "23:00"},
+    ],
+)
+def test_a_wait_for_a_day_before_the_event_is_warned_that_every_patient_leaves(delay):
+    [hint] = until_hints(delay)
+    assert "every patient leaves the workflow here (release_day_passed)" in hint
 
 
 @pytest.mark.parametrize(
@@ -234,17 +245,25 @@ def test_the_until_hint_follows_the_release_time_the_engine_computes(tz):
         for at in (None, "00:00", "08:00", "18:00", "23:30"):
             delay = {"until": "appointment.completed_at", "offset": offset, "at": at}
             delay = {key: value for key, value in delay.items() if value is not None}
-            passed = {
-                release_time(DelayData(**delay), event, {"appointment": {"completed_at": event}}, tz) <= event
+            model = DelayData(**delay)
+            releases = {
+                event: release_time(model, event, {"appointment": {"completed_at": event}}, tz)
                 for event in events
             }
+            passed = {release <= event for event, release in releases.items()}
+            # Found by the run that enrolls it (at the event, the earliest one can): its day over?
+            over = {day_passed(model, release, event, tz) for event, release in releases.items()}
             [hint] = until_hints(delay) or [None]
             if hint is None:
                 assert passed == {False}, delay
+            elif "every patient leaves" in hint:
+                assert over == {True}, delay
             elif "already passed" in hint:
                 assert passed == {True}, delay
             else:
                 assert "may have passed" in hint and True in passed, delay
+            if True in over:
+                assert hint is not None and "leaves the workflow here (release_day_passed)" in hint, delay
 
 
 def test_lateness_is_compared_with_the_cron_gap():

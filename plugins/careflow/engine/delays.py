@@ -13,6 +13,12 @@
 * A wall time the clock skips (02:30 on a spring-forward day) is read with the offset in force
   before the change, i.e. an hour later on the new clock (03:30); a repeated wall time is its
   first occurrence. This is Python's ``fold=0`` rule.
+* A wait until a field that names a day (an ``at`` time, or an offset in days or weeks: "10:00 on
+  the day before the appointment") is for that day only. Found once its day is over on the
+  patient's calendar (booked or moved to a time that leaves no such day, or no run reached it
+  that day), it is not released late: ``day_passed`` says so and the execution leaves the branch
+  (``release_day_passed``). Its message would speak of a day that is gone ("tomorrow" on the day
+  itself); ``max_lateness`` alone would let it out up to a day late.
 * A missing, null or unreadable field gives None: the caller records the execution as exited
   with a reason instead of guessing a time. So does a release past the calendar's range (a
   placeholder date such as 9999-12-31 plus an offset).
@@ -89,6 +95,19 @@ def shift(instant: datetime, amount: int, unit: str, tz: ZoneInfo) -> datetime:
     # offset of the target day (fold=0 for skipped or repeated wall times).
     wall = local.replace(tzinfo=None) + timedelta(days=days)
     return wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+
+
+def day_passed(delay: DelayData, release: datetime, now: datetime, tz: ZoneInfo) -> bool:
+    """Whether ``delay`` names a day (see the module) and that day of ``release`` is over at ``now``.
+
+    Both are read on ``tz``, the patient's calendar. A wait of an amount, or until a field plus
+    minutes or hours without ``at``, names no day: ``max_lateness`` alone judges how late it is.
+    """
+    if delay.until is None:
+        return False
+    if delay.at is None and (delay.offset is None or delay.offset.unit not in ("days", "weeks")):
+        return False
+    return _aware(release).astimezone(tz).date() < _aware(now).astimezone(tz).date()
 
 
 def to_utc(value: Any) -> datetime | None:

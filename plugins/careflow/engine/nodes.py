@@ -531,7 +531,7 @@ def condition(ctx: RunContext, node: CompiledNode) -> NodeReport:
 
 def delay(ctx: RunContext, node: CompiledNode) -> NodeReport:
     """Park each execution until ``arrival + delay`` (or until an appointment field ± offset at HH:MM)."""
-    from careflow.engine.delays import release_time
+    from careflow.engine.delays import day_passed, release_time
 
     config = node.config
     default_tz = zone(ctx.compiled.timezone)
@@ -552,6 +552,10 @@ def delay(ctx: RunContext, node: CompiledNode) -> NodeReport:
             if release is None:
                 return "exit", "delay_field_missing"
         if release <= ctx.now:
+            if day_passed(config, release, ctx.now, tz):
+                # "10:00 on the day before": that day is over (a booking or a move too close to
+                # the appointment, or no run that day); its words would be wrong from now on.
+                return "exit", "release_day_passed"
             return "pass", {"at": release, "output": {"released_at": release.isoformat()}}
         return "wait", release
 

@@ -142,7 +142,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "DELAY_UNTIL_PAST": (
         _W,
         "A delay waits until a time that has passed, or with 'at' may have passed, when the trigger "
-        "event enrolls the patient.",
+        "event enrolls the patient; for a day before it, every patient leaves there.",
     ),
     # Time windows.
     "WINDOW_BAD_TIME": (_E, "A time window's start or end is not a time of day HH:MM."),

@@ -240,10 +240,25 @@ def _until_in_past(graph: Graph) -> list[Diagnostic]:
             if model.at is None
             else f"{model.at} on the day of {model.until}{offset}"
         )
-        if passed == "always":
+        names_day = model.at is not None or (
+            model.offset is not None and model.offset.unit in ("days", "weeks")
+        )
+        # The engine does not release a wait that names a day once that day is over (release_day_passed).
+        day_over = (
+            "; on a later day than that, the patient leaves the workflow here (release_day_passed)"
+            if names_day
+            else ""
+        )
+        if passed == "earlier_day":
+            message = (
+                f"{node.title}: it waits until {release}, a day before the day '{trigger.event}' enrolls "
+                "the patient; a wait for a day that is over is not released late, so every patient leaves "
+                "the workflow here (release_day_passed). Use a positive offset or a duration"
+            )
+        elif passed == "always":
             message = (
                 f"{node.title}: it waits until {release}, which has already passed when '{trigger.event}' "
-                "enrolls the patient; the delay ends at once. Use a positive offset or a duration"
+                f"enrolls the patient; the delay ends at once{day_over}. Use a positive offset or a duration"
             )
         else:
             when = "is" if model.offset is None or model.offset.minutes() <= 0 else "can be"
@@ -251,28 +266,34 @@ def _until_in_past(graph: Graph) -> list[Diagnostic]:
             message = (
                 f"{node.title}: it waits until {release}; that day {when} the day '{trigger.event}' enrolls "
                 f"the patient{earlier}, so it may have passed: for a patient enrolled after {model.at} that "
-                f"day, the delay ends at once instead of waiting for the next {model.at}. Use a delay of 0 "
-                f"days at {model.at} to wait for the next {model.at}, or a positive offset in days for a "
-                "later day"
+                f"day, the delay ends at once instead of waiting for the next {model.at}"
+                f"{day_over if earlier else ''}. Use a delay of 0 days at {model.at} to wait for the next "
+                f"{model.at}, or a positive offset in days for a later day"
             )
         found.append(make("DELAY_UNTIL_PAST", message, node_id=node.id, field="data.until"))
     return found
 
 
-def _release_passed(offset: SignedDuration | None, at: str | None) -> Literal["always", "maybe"] | None:
+def _release_passed(
+    offset: SignedDuration | None, at: str | None
+) -> Literal["earlier_day", "always", "maybe"] | None:
     """Whether a wait until a field never later than the trigger event ends before that event.
 
     Mirrors careflow.engine.delays: the field plus the offset (minutes and hours elapsed, days and
     weeks on the local calendar), then, with ``at``, that local time on the resulting local date.
-    "maybe" when it depends on the time of day of the event; None when it never ends before it (for
-    a positive offset: taking the field at the event, the latest it can be).
+    "earlier_day" when the wait names a day (``at``, or an offset in days or weeks) and that day is
+    always before the event's, so the engine never releases it (``day_passed``); "maybe" when it
+    depends on the time of day of the event; None when it never ends before it (for a positive
+    offset: taking the field at the event, the latest it can be).
     """
     minutes = 0 if offset is None else offset.minutes()
-    if at is None:
-        return "always" if minutes <= 0 else None
     in_days = offset is not None and offset.unit in ("days", "weeks")
+    if at is None:
+        if minutes < 0 and in_days:
+            return "earlier_day"  # whole local days before the field's date
+        return "always" if minutes <= 0 else None
     if minutes < 0 and (in_days or minutes <= -LONGEST_DAY_MINUTES):
-        return "always"  # a local date before the field's, so before the event's
+        return "earlier_day"  # a local date before the field's, so before the event's
     if minutes <= 0:
         # The field's local date or an earlier one, so the event's or an earlier one. Midnight of it
         # is never after the event; a later time is after an event earlier on that date.
