@@ -230,6 +230,16 @@ def cpu_per_message(run: Any) -> dict[str, float | None]:
     return {**parts, "total": round(sum(known), 4) if len(known) == len(parts) else None}
 
 
+def cores_busy(msgs_per_s: float, cpu: dict[str, float | None]) -> float | None:
+    """How many cores careflow's processes kept busy on average: the rate times the CPU a message.
+
+    Below the machine's cores, part of them waited (the task's thread and its statements take
+    turns); None where the total CPU a message is unknown.
+    """
+    total = cpu.get("total")
+    return None if total is None else round(msgs_per_s * total / 1000, 2)
+
+
 def round_rates(rounds: dict[str, list[Any]], careflow: str, seed: str, alone: str) -> dict[str, Any]:
     """Every round's rates, in the order they were taken, beside the medians the figures are."""
 
@@ -274,6 +284,7 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
             "provider_alone_msgs_per_s": sends["ceiling_overhead"]["msgs_per_s"],
             **round_rates(sends["rounds"], "overhead", "seed_overhead", "ceiling_overhead"),
             "cpu_ms_per_message": cpu_per_message(overhead),
+            "cores_busy": cores_busy(careflow_overhead, cpu_per_message(overhead)),
             # what ten times the seed's rate leaves per message on this machine's cores
             "cpu_budget_ms_at_10x": round(1000 * (os.cpu_count() or 1) / (10 * seed_overhead.msgs_per_s), 4),
         },
@@ -351,6 +362,12 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
             "task {task} + send process {send_process} + Postgres {database} + fake provider {provider}".format(
                 **{name: "?" if value is None else f"{value:.3f}" for name, value in cpu.items()}
             ),
+            "",
+        ),
+        (
+            "  cores kept busy (rate × CPU a message)",
+            "?" if eo["cores_busy"] is None else f"{eo['cores_busy']:.2f}",
+            f"of {info['nproc']}",
             "",
         ),
         (

@@ -130,6 +130,13 @@ def test_cpu_per_message_adds_up_every_process_or_says_it_cannot() -> None:
     assert cpu_per_message(run)["database"] is None and cpu_per_message(run)["total"] is None
 
 
+def test_cores_busy_is_the_rate_times_the_cpu_a_message() -> None:
+    from benchmarks.__main__ import cores_busy
+
+    assert cores_busy(5000.0, {"total": 0.26}) == 1.3
+    assert cores_busy(5000.0, {"total": None}) is None
+
+
 def test_process_cpu_is_read_from_proc() -> None:
     """This process has used some CPU; a process that does not exist has none to report."""
     from benchmarks.run_task import process_cpu_s
