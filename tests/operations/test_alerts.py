@@ -366,3 +366,36 @@ def test_each_attempt_of_one_problem_alerts_once_where_redis_is_shared(
     assert len(missing) == (2 if redis == "shared" else 4), texts
     # Redis out of reach is told once, as always; nothing else went out.
     assert len(texts) - len(missing) == (redis == "stopped"), texts
+
+
+@pytest.mark.parametrize(
+    ("states", "alerted"),
+    [
+        # hour_later failed and alerted on its own; notice is its consequence: the run's alert
+        # would tell it again
+        ({"booked": "success", "hour_later": "failed", "notice": "upstream_failed"}, False),
+        ({"booked": "success", "notice": "failed", "careflow_wake": "failed"}, False),
+        ({"booked": "success", "notice": "success", "careflow_wake": "success"}, True),  # none failed
+        ({"booked": "success", "gone": "failed"}, True),  # a task no longer in the DAG
+        (None, True),  # the states could not be read
+    ],
+)
+def test_a_failed_run_is_alerted_once_not_again_after_its_task(
+    webhook: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    states: dict[str, Any] | None,
+    alerted: bool,
+) -> None:
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    def get_task_states(**kwargs: Any) -> dict[str, Any]:
+        if states is None:
+            raise ConnectionError("no supervisor to ask")
+        assert kwargs == {"dag_id": "careflow__booking-followup", "run_ids": ["scheduled__2026-03-04"]}
+        return {"scheduled__2026-03-04": states}
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    dag = build_dag(compiled_workflow())
+    run = SimpleNamespace(dag_id="careflow__booking-followup", run_id="scheduled__2026-03-04")
+    alerts.DAG_RUN_FAILED({"dag": dag, "dag_run": run, "run_id": run.run_id, "reason": "task_failure"})
+    assert len(webhook) == (1 if alerted else 0)

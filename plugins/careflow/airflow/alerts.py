@@ -308,6 +308,8 @@ class CareflowNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         """Build the alert from the callback context and send it."""
+        if self.kind == "dag_run_failed" and _told_by_task_alerts(context or {}):
+            return
         exc = (context or {}).get("exception")
         ti = (context or {}).get("ti")
         if _caused_by_configuration(exc) and ti is not None:
@@ -328,6 +330,46 @@ class CareflowNotifier(BaseNotifier):
 
 TASK_FAILED = CareflowNotifier("task_failed")
 DAG_RUN_FAILED = CareflowNotifier("dag_run_failed")
+
+
+def _told_by_task_alerts(context: dict[str, Any]) -> bool:
+    """Whether the failed run's failure was alerted already, task by task.
+
+    True when Airflow's task states of the run name at least one failed task and each failed task
+    alerts on its own (a task-failed ``CareflowNotifier`` among its failure callbacks, as
+    careflow's node and wake tasks have): those alerts went out as the tasks failed, and the run's would tell the same
+    failure a second time, later (a run stays open while ``careflow_wake`` waits). Tasks
+    ``upstream_failed`` are the failed task's consequence. False, and the run's alert goes out,
+    when the states cannot be read, when no task failed (the run failed for another reason), or
+    when a failed task has no alert of its own.
+    """
+    dag, dag_run, ti = context.get("dag"), context.get("dag_run"), context.get("ti")
+    dag_id = getattr(dag, "dag_id", None) or getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None)
+    run_id = context.get("run_id") or getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None)
+    if dag is None or not dag_id or not run_id:
+        return False
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        states = RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id) or {}
+    except Exception as exc:  # not in a process that can ask, or no answer: the run's alert goes out
+        log.warning(
+            "careflow: the task states of %s %s could not be read (%s)", dag_id, run_id, type(exc).__name__
+        )
+        return False
+    failed = [task_id for task_id, state in states.items() if state == "failed"]
+    if not failed:
+        return False
+    for task_id in failed:
+        try:
+            callbacks = dag.get_task(task_id).on_failure_callback
+        except Exception:  # a task no longer in the DAG
+            return False
+        listed = callbacks if isinstance(callbacks, list) else [callbacks]
+        if not any(isinstance(c, CareflowNotifier) and c.kind == "task_failed" for c in listed):
+            return False
+    log.info("careflow: run %s of %s failed; its failed tasks %s alerted already", run_id, dag_id, failed)
+    return True
 
 
 def task_callbacks() -> dict[str, Any]:
