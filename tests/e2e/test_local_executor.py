@@ -58,6 +58,16 @@ def test_no_patient_data_in_logs_xcom_metrics_or_alerts(cluster, provider) -> No
         failed = cluster.trigger(dag, conf={"careflow_clock": "not-a-time", "careflow_simulated": True})
         assert cluster.wait_run(dag, failed)["state"] == "failed"
         wait_for("an alert on the webhook", lambda: cluster.alerts.bodies, timeout=60, interval=1)
+        # One failure, one alert: the run's callback (in the DAG processor) reads the run's task
+        # states and finds its failed task alerted already.
+        wait_for(
+            "the run's callback to find the task's alert",
+            lambda: any(f"run {failed} of {dag} failed; its failed tasks" in t for t in cluster.log_texts()),
+            timeout=90,
+            interval=2,
+        )
+        assert [b for b in cluster.alerts.bodies if "a task failed" in b]
+        assert not [b for b in cluster.alerts.bodies if "a DAG run failed" in b]
     time.sleep(2)  # the last statsd packets
     bodies = [m["body"] for m in provider.messages()]
     sources = {
