@@ -103,9 +103,7 @@ def day_passed(delay: DelayData, release: datetime, now: datetime, tz: ZoneInfo)
     Both are read on ``tz``, the patient's calendar. A wait of an amount, or until a field plus
     minutes or hours without ``at``, names no day: ``max_lateness`` alone judges how late it is.
     """
-    if delay.until is None:
-        return False
-    if delay.at is None and (delay.offset is None or delay.offset.unit not in ("days", "weeks")):
+    if not delay.names_a_day():
         return False
     return _aware(release).astimezone(tz).date() < _aware(now).astimezone(tz).date()
 

@@ -278,6 +278,15 @@ class DelayData(_Strict):
             return None
         return Duration(amount=self.amount, unit=self.unit)
 
+    def names_a_day(self) -> bool:
+        """Whether it waits until a field on a day of the calendar: with ``at``, or an offset in days or weeks.
+
+        "10:00 on the day before the appointment" is for that day only (``engine.delays.day_passed``).
+        """
+        if self.until is None:
+            return False
+        return self.at is not None or (self.offset is not None and self.offset.unit in ("days", "weeks"))
+
 
 class TimeWindowData(_Strict):
     """Days and hours when messages may go out; ``start > end`` is an overnight window."""

@@ -240,13 +240,10 @@ def _until_in_past(graph: Graph) -> list[Diagnostic]:
             if model.at is None
             else f"{model.at} on the day of {model.until}{offset}"
         )
-        names_day = model.at is not None or (
-            model.offset is not None and model.offset.unit in ("days", "weeks")
-        )
         # The engine does not release a wait that names a day once that day is over (release_day_passed).
         day_over = (
-            "; on a later day than that, the patient leaves the workflow here (release_day_passed)"
-            if names_day
+            "; a patient enrolled on a later day than that leaves the workflow here (release_day_passed)"
+            if model.names_a_day()
             else ""
         )
         if passed == "earlier_day":
