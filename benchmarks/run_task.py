@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,18 +30,23 @@ def count_round_trips(engine: Any) -> dict[str, int]:
     from sqlalchemy import event
 
     counts = {"statements": 0, "begins": 0, "commits": 0, "checkouts": 0}
+    lock = threading.Lock()  # the action task records on a thread of its own while it prepares
+
+    def count(name: str) -> None:
+        with lock:
+            counts[name] += 1
 
     def statement(*_: Any) -> None:
-        counts["statements"] += 1
+        count("statements")
 
     def begin(*_: Any) -> None:
-        counts["begins"] += 1
+        count("begins")
 
     def commit(*_: Any) -> None:
-        counts["commits"] += 1
+        count("commits")
 
     def checkout(*_: Any) -> None:
-        counts["checkouts"] += 1  # pool_pre_ping: one round trip per checkout
+        count("checkouts")  # pool_pre_ping: one round trip per checkout
 
     event.listen(engine, "before_cursor_execute", statement)
     event.listen(engine, "begin", begin)

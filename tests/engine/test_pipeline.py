@@ -417,6 +417,68 @@ def test_send_process_false_keeps_the_sends_in_the_task_process(
     assert assert_exactly_once(fake)["accepted"] == 12
 
 
+def test_with_a_send_process_on_postgres_batches_are_recorded_on_a_thread_of_their_own(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    from careflow.engine import actions
+
+    j = enrolled(engine, journey, "pipe-rec", patients=47, batch_size=5)
+    prepared_on: set[str] = set()
+    recorded_on: set[str] = set()
+    real_prepare, real_record = actions._prepare_batch, actions._record
+
+    def prepare(*args: Any) -> Any:
+        prepared_on.add(threading.current_thread().name)
+        return real_prepare(*args)
+
+    def record(*args: Any) -> None:
+        recorded_on.add(threading.current_thread().name)
+        real_record(*args)
+
+    monkeypatch.setattr(actions, "_prepare_batch", prepare)
+    monkeypatch.setattr(actions, "_record", record)
+    report = j.node("a", T)
+
+    # Counted once each, whichever thread counted them.
+    assert (report.sent, report.pending, report.batches, report.processed) == (47, 0, 10, 47)
+    assert prepared_on == {threading.current_thread().name} and len(started) == 1
+    if engine.dialect.name == "postgresql":
+        assert recorded_on == {"careflow-record-a"}  # while this thread prepared the next batch
+    else:
+        assert recorded_on == prepared_on  # SQLite takes one writer at a time: one thread does both
+    assert assert_exactly_once(fake)["accepted"] == 47
+    assert {row["status"] for row in ledger(engine, "pipe-rec").values()} == {"sent"}
+
+
+def test_a_batch_that_cannot_be_recorded_fails_the_task_after_the_others_are_recorded(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    from careflow.engine import actions
+
+    j = enrolled(engine, journey, "pipe-rec-fail", patients=30, batch_size=5)
+    real_record = actions._record
+    calls: list[int] = []
+
+    def record(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        real_record(*args)
+
+    monkeypatch.setattr(actions, "_record", record)
+    with pytest.raises(RuntimeError, match="went away"):
+        j.node("a", T)
+
+    rows = ledger(engine, "pipe-rec-fail")
+    statuses = [row["status"] for row in rows.values()]
+    # The second batch stays claimed (the next attempt after its lease asks the provider about
+    # it); every batch handed over after it was still recorded, and nothing was sent twice.
+    assert statuses.count("claimed") == 5
+    assert statuses.count("sent") == len(rows) - 5 >= 5
+    assert len(calls) * 5 == len(rows)
+    assert assert_exactly_once(fake)["accepted"] == len(rows)
+
+
 def test_every_batch_in_the_send_process_is_recorded_when_the_credentials_are_refused(
     engine, journey, fake, started
 ) -> None:

@@ -129,15 +129,18 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
 
     Batches go through a pipeline: while batches are on the wire (handed to the send stage: a
     process of its own where the provider client runs its event loop, or a thread of this one),
-    this thread records the batch before them and prepares the batch after them. The database
-    and the provider are both kept busy; every ledger write still happens here, in order, and a
-    batch is recorded before the task ends, whatever happened to the batches around it.
+    the batch before them is recorded and this thread prepares the batch after them. With a send
+    process on Postgres the recording is done by a thread of its own on a connection of its own
+    (``_Recorder``), so that its statements and this thread's run at once; otherwise this thread
+    does both. Batches are recorded in the order they were handed over, each on one thread, and
+    every batch is recorded before the task ends, whatever happened to the batches around it.
     """
     report = NodeReport(node.id, node.type)
     after = 0
     batch = min(FIRST_BATCH, ctx.compiled.settings.batch_size)
     stage = _SendStage(ctx, node)
     in_flight: deque[_Handed] = deque()
+    recorder: _Recorder | None = None
     try:
         more = True
         while more:
@@ -148,21 +151,153 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 after, to_send, last_full, claimed_at = prepared
                 more = last_full
                 batch = min(2 * batch, ctx.compiled.settings.batch_size)
-                for part in _parts(to_send, last=not last_full):
-                    in_flight.append((part, stage.submit(part, claimed_at)))
+                parts = _parts(to_send, last=not last_full)
+                if parts and recorder is None and stage.start() and _records_aside(ctx, stage):
+                    recorder = _Recorder(ctx, node, stage)
+                for part in parts:
+                    if recorder is not None:
+                        recorder.hand(part, claimed_at)
+                    else:
+                        in_flight.append((part, stage.submit(part, claimed_at)))
             # The oldest batch is recorded once the stage holds as many as it sends at once.
-            while len(in_flight) > stage.depth and not (report.stop_reason or report.retry_at is not None):
+            while len(in_flight) > stage.depth and not _held_back(report):
                 _record_handed(ctx, node, stage, in_flight.popleft(), report, in_flight)
-            if report.stop_reason or report.retry_at is not None:
+            if _held_back(report) or (recorder is not None and recorder.stopped()):
                 # A configuration error, or the breaker or a long Retry-After held sends back:
                 # the batches not prepared yet stay pending for the attempt after the wait, and
                 # are not rendered, claimed and released for nothing in the meantime.
                 break
     except BaseException:
-        _drain(ctx, node, in_flight, report, stage, raise_first=False)
+        try:
+            if recorder is not None:
+                _merge(report, recorder.close(raise_first=False))
+        finally:
+            _drain(ctx, node, in_flight, report, stage, raise_first=False)
         raise
-    _drain(ctx, node, in_flight, report, stage, raise_first=True)
+    first: BaseException | None = None
+    try:
+        if recorder is not None:
+            try:
+                _merge(report, recorder.close(raise_first=True))
+            except BaseException as exc:
+                _merge(report, recorder.report)
+                first = exc
+    finally:
+        _drain(ctx, node, in_flight, report, stage, raise_first=first is None)
+    if first is not None:
+        raise first
     return report
+
+
+def _held_back(report: NodeReport) -> bool:
+    """Whether recording a batch stopped the action: a configuration error, or sends held back."""
+    return bool(report.stop_reason) or report.retry_at is not None
+
+
+def _records_aside(ctx: RunContext, stage: _SendStage) -> bool:
+    """Whether batches are recorded in a thread of their own, on a connection of their own.
+
+    With a send process (which holds several batches) on Postgres: the statements that record
+    one batch run while this thread prepares the next, on the other core. SQLite takes one writer
+    at a time, and a send thread holds one batch: there is nothing to overlap.
+    """
+    return stage.depth > 1 and ctx.engine.dialect.name == "postgresql"
+
+
+class _Recorder:
+    """Records the batches handed to the send stage, in order, in a thread of its own.
+
+    The preparing thread hands each claimed batch over (``hand``: it goes to the send stage and
+    joins the queue) and goes on preparing the next, while this thread waits for the oldest and
+    records it on its own connection (``_record_handed``). At most ``stage.depth + 1`` batches are
+    handed and not yet recorded, as when one thread did both. Every batch handed over is recorded,
+    even after recording one before it failed (``close`` raises the first error). The recorder's
+    counts are its own (``report``), added to the action's at the end.
+    """
+
+    def __init__(self, ctx: RunContext, node: CompiledNode, stage: _SendStage) -> None:
+        self.ctx, self.node, self.stage = ctx, node, stage
+        self.report = NodeReport(node.id, node.type)
+        self._queue: deque[_Handed] = deque()
+        #: guards the queue, and a batch handed to the stage against a renewal of the claims
+        #: (a batch handed over while claims are renewed would have its deadline moved unrenewed)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name=f"careflow-record-{node.id}", daemon=True)
+        self._thread.start()
+
+    def hand(self, part: dict[str, dict[str, Any]], claimed_at: datetime) -> None:
+        """Send ``part`` (claimed at ``claimed_at``) and queue it for recording; waits for room first."""
+        with self._cond:
+            while len(self._queue) > self.stage.depth and not self.stopped():
+                self._cond.wait()
+            self._queue.append((part, self.stage.submit(part, claimed_at)))
+            self._cond.notify_all()
+
+    def stopped(self) -> bool:
+        """Whether recording stopped the action (an error, a configuration error, sends held back)."""
+        return bool(self._errors) or _held_back(self.report)
+
+    def close(self, *, raise_first: bool) -> NodeReport:
+        """Wait until every batch handed over is recorded; the recorder's counts, or its first error."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self._errors and raise_first:
+            raise self._errors[0]
+        for error in self._errors:
+            log.warning("careflow: recording a batch failed while the task was failing", exc_info=error)
+        return self.report
+
+    def _behind(self) -> list[_Handed]:
+        return list(self._queue)[1:]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                handed = self._queue[0]
+            try:
+                _record_handed(
+                    self.ctx, self.node, self.stage, handed, self.report, _Live(self._behind, self._cond)
+                )
+            except BaseException as exc:
+                if self._errors:
+                    log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)
+                self._errors.append(exc)
+            finally:
+                with self._cond:
+                    self._queue.popleft()
+                    self._cond.notify_all()
+
+
+class _Live:
+    """The batches behind the one being recorded, read afresh at each renewal, under ``guard``."""
+
+    def __init__(self, read: Any, guard: Any) -> None:
+        self.read, self.guard = read, guard
+
+    def __iter__(self) -> Iterator[_Handed]:
+        return iter(self.read())
+
+
+def _merge(into: NodeReport, other: NodeReport) -> None:
+    """Add the counts of ``other`` (the recorder's) to ``into`` (the action's)."""
+    for name in ("processed", "passed", "waiting", "skipped", "failed", "expired", "sent", "pending"):
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+    into.batches += other.batches
+    into.queries += other.queries
+    into.reasons.update(other.reasons)
+    if other.next_due is not None:
+        into.next_due = other.next_due if into.next_due is None else min(into.next_due, other.next_due)
+    if other.retry_at is not None:
+        into.retry_at = other.retry_at if into.retry_at is None else max(into.retry_at, other.retry_at)
+    into.stop_reason = into.stop_reason or other.stop_reason
 
 
 def _parts(to_send: dict[str, dict[str, Any]], *, last: bool) -> list[dict[str, dict[str, Any]]]:
@@ -247,6 +382,19 @@ class _SendStage:
             self.depth = send_process.SendProcess.concurrent_batches
             self._nice = prepare_nice()
 
+    def start(self) -> bool:
+        """Start the send process (or thread) before the first batch; False in a dry run (none)."""
+        if self.ctx.dry_run:
+            return False
+        if self._executor is None:
+            if self.depth > 1:
+                self._start_process()
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.depth + (self.process is not None),
+                thread_name_prefix=f"careflow-send-{self.node.id}",
+            )
+        return True
+
     def submit(self, to_send: dict[str, dict[str, Any]], claimed_at: datetime) -> Future[_Sent]:
         """Hand one batch, claimed at ``claimed_at``, to the stage; its future gives what was sent."""
         from careflow.providers.client import LeaseDeadline
@@ -255,13 +403,8 @@ class _SendStage:
             future: Future[_Sent] = Future()
             future.set_result(_send(self.ctx, self.node, to_send, None))
             return future
-        if self._executor is None:
-            if self.depth > 1:
-                self._start_process()
-            self._executor = ThreadPoolExecutor(
-                max_workers=self.depth + (self.process is not None),
-                thread_name_prefix=f"careflow-send-{self.node.id}",
-            )
+        self.start()
+        assert self._executor is not None
         deadline = LeaseDeadline(_lease_deadline(claimed_at), self._renewed)
         return self._executor.submit(_send, self.ctx, self.node, to_send, self.sender, deadline)
 
@@ -368,13 +511,16 @@ def _record_handed(
     stage's deadline moves with a renewal only when every one of those claims was still held.
     """
     to_send, future = handed
+    # A recorder's queue is read, and its claims renewed, while no batch can be handed over.
+    guard = getattr(behind, "guard", None) or contextlib.nullcontext()
     while True:
         try:
             sent = future.result(timeout=RENEW_EVERY)
         except FutureTimeout:
-            renewed_at = _renew_claims(ctx, [to_send, *(batch for batch, _ in behind)])
-            if renewed_at is not None:
-                stage.renewed(renewed_at)
+            with guard:
+                renewed_at = _renew_claims(ctx, [to_send, *(batch for batch, _ in behind)])
+                if renewed_at is not None:
+                    stage.renewed(renewed_at)
         else:
             break
     if sent.reconciled:
