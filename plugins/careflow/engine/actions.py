@@ -245,14 +245,18 @@ class _Recorder:
             self._closed = True
             self._cond.notify_all()
         self._thread.join()
-        if self._errors and raise_first:
-            raise self._errors[0]
-        for error in self._errors:
-            log.warning("careflow: recording a batch failed while the task was failing", exc_info=error)
+        if self._errors:
+            if raise_first:
+                raise self._errors[0]
+            # the errors after the first were logged as they came
+            log.warning(
+                "careflow: recording a batch failed while the task was failing", exc_info=self._errors[0]
+            )
         return self.report
 
-    def _behind(self) -> list[_Handed]:
-        return list(self._queue)[1:]
+    def __iter__(self) -> Iterator[_Handed]:
+        """The batches behind the one being recorded (the caller holds the lock)."""
+        return iter(list(self._queue)[1:])
 
     def _run(self) -> None:
         while True:
@@ -263,9 +267,7 @@ class _Recorder:
                     return
                 handed = self._queue[0]
             try:
-                _record_handed(
-                    self.ctx, self.node, self.stage, handed, self.report, _Live(self._behind, self._cond)
-                )
+                _record_handed(self.ctx, self.node, self.stage, handed, self.report, self, self._cond)
             except BaseException as exc:
                 if self._errors:
                     log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)
@@ -274,16 +276,6 @@ class _Recorder:
                 with self._cond:
                     self._queue.popleft()
                     self._cond.notify_all()
-
-
-class _Live:
-    """The batches behind the one being recorded, read afresh at each renewal, under ``guard``."""
-
-    def __init__(self, read: Any, guard: Any) -> None:
-        self.read, self.guard = read, guard
-
-    def __iter__(self) -> Iterator[_Handed]:
-        return iter(self.read())
 
 
 def _merge(into: NodeReport, other: NodeReport) -> None:
@@ -502,6 +494,7 @@ def _record_handed(
     handed: _Handed,
     report: NodeReport,
     behind: Iterable[_Handed] = (),
+    guard: contextlib.AbstractContextManager[Any] | None = None,
 ) -> None:
     """Wait for what the send stage made of one batch, count its lookups, and record it.
 
@@ -509,10 +502,11 @@ def _record_handed(
     stage holds) are renewed every ``RENEW_EVERY`` seconds: a slow provider keeps a live worker's
     batches for longer than the lease, and another worker must not take them for abandoned. The
     stage's deadline moves with a renewal only when every one of those claims was still held.
+    ``behind`` is read afresh at each renewal, under ``guard`` when another thread hands batches
+    over (the recorder's lock: no batch is handed over while the claims are renewed).
     """
     to_send, future = handed
-    # A recorder's queue is read, and its claims renewed, while no batch can be handed over.
-    guard = getattr(behind, "guard", None) or contextlib.nullcontext()
+    guard = guard if guard is not None else contextlib.nullcontext()
     while True:
         try:
             sent = future.result(timeout=RENEW_EVERY)
