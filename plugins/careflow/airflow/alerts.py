@@ -261,14 +261,38 @@ def _caused_by_configuration(exc: BaseException | None) -> bool:
     return isinstance(exc, AirflowException) and isinstance(cause, ConfigurationError)
 
 
+def _dag_and_run(context: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The DAG id and run id of a task or DAG-run callback context (None where it has none)."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag_run, dag = context.get("dag_run"), context.get("dag")
+    dag_id = getattr(ti, "dag_id", None) or getattr(dag_run, "dag_id", None) or getattr(dag, "dag_id", None)
+    run_id = getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None) or context.get("run_id")
+    return dag_id, run_id
+
+
+def _task_states(dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """Airflow's task states of one run by task id, or None when they cannot be read.
+
+    Asked through the process' supervisor (the triggerer's, the DAG processor's): outside one,
+    or without an answer, the caller alerts as if it knew nothing.
+    """
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        states = RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id])
+    except Exception as exc:
+        log.warning(
+            "careflow: the task states of %s %s could not be read (%s)", dag_id, run_id, type(exc).__name__
+        )
+        return None
+    return states.get(run_id) or {}
+
+
 def alert_from_context(kind: str, context: Any) -> Alert:
     """The alert for a task or DAG-run callback context (task instance, run, exception)."""
     context = context or {}
     ti = context.get("ti") or context.get("task_instance")
-    dag_run = context.get("dag_run")
-    dag = context.get("dag")
-    dag_id = getattr(ti, "dag_id", None) or getattr(dag_run, "dag_id", None) or getattr(dag, "dag_id", None)
-    run_id = getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None) or context.get("run_id")
+    dag_id, run_id = _dag_and_run(context)
     task_id = getattr(ti, "task_id", None) if kind == "task_failed" else None
     facts = {}
     if kind == "task_failed" and getattr(ti, "try_number", None):
@@ -343,19 +367,12 @@ def _told_by_task_alerts(context: dict[str, Any]) -> bool:
     when the states cannot be read, when no task failed (the run failed for another reason), or
     when a failed task has no alert of its own.
     """
-    dag, dag_run, ti = context.get("dag"), context.get("dag_run"), context.get("ti")
-    dag_id = getattr(dag, "dag_id", None) or getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None)
-    run_id = context.get("run_id") or getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None)
+    dag = context.get("dag")
+    dag_id, run_id = _dag_and_run(context)
     if dag is None or not dag_id or not run_id:
         return False
-    try:
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-        states = RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id) or {}
-    except Exception as exc:  # not in a process that can ask, or no answer: the run's alert goes out
-        log.warning(
-            "careflow: the task states of %s %s could not be read (%s)", dag_id, run_id, type(exc).__name__
-        )
+    states = _task_states(dag_id, run_id)
+    if states is None:  # the run's alert goes out
         return False
     failed = [task_id for task_id, state in states.items() if state == "failed"]
     if not failed:
@@ -442,17 +459,8 @@ async def _only_the_wake_is_left(dag_id: str, run_id: str) -> bool:
     """Whether every task of the run but ``careflow_wake`` has ended (False when that cannot be told)."""
     from careflow.workflow.validation import WAKE_TASK_ID
 
-    def read() -> dict[str, Any]:
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-        return RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id])
-
-    try:
-        states = (await asyncio.to_thread(read)).get(run_id) or {}
-    except Exception as exc:  # not in a triggerer, or the API server did not answer: alert
-        log.warning(
-            "careflow: the task states of %s %s could not be read (%s)", dag_id, run_id, type(exc).__name__
-        )
+    states = await asyncio.to_thread(_task_states, dag_id, run_id)
+    if states is None:  # not in a triggerer, or the API server did not answer: alert
         return False
     nodes = {task: state for task, state in states.items() if task != WAKE_TASK_ID}
     return WAKE_TASK_ID in states and bool(nodes) and all(state in _ENDED for state in nodes.values())
