@@ -450,6 +450,59 @@ def test_with_a_send_process_on_postgres_batches_are_recorded_on_a_thread_of_the
     assert {row["status"] for row in ledger(engine, "pipe-rec").values()} == {"sent"}
 
 
+def test_a_batch_waiting_for_room_in_the_recorder_has_its_claims_renewed_with_the_others(monkeypatch) -> None:
+    """A renewal moves the deadline every later batch may use: it must cover the waiting ones too.
+
+    The queue is full and its oldest batch is slow, so the next claimed batches wait in ``hand``
+    while their claims age. A renewal that left them out would hand them a deadline their own
+    claims never had: another worker may have taken them over, and they would be sent twice.
+    """
+    import ctypes
+    from concurrent.futures import Future
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from careflow.engine import actions
+
+    renewals: list[set[str]] = []
+
+    def renew(ctx: Any, batches: list[dict[str, Any]]) -> datetime:
+        renewals.append({key for batch in batches for key in batch})
+        return datetime.now(timezone.utc)
+
+    monkeypatch.setattr(actions, "RENEW_EVERY", 0.02)
+    monkeypatch.setattr(actions, "_renew_claims", renew)
+    monkeypatch.setattr(actions, "_record", lambda *args: None)
+
+    class Stage:
+        depth = 2
+
+        def __init__(self) -> None:
+            self._renewed = ctypes.c_double(0.0)
+            self.renewals_before: dict[str, int] = {}
+
+        def submit(self, part: dict[str, Any], claimed_at: datetime) -> Future[Any]:
+            key = next(iter(part))
+            self.renewals_before[key] = len(renewals)
+            future: Future[Any] = Future()
+            threading.Timer(0.3 if key == "k0" else 0.01, future.set_result, [actions._Sent({})]).start()
+            return future
+
+        def renewed(self, at: datetime) -> None:
+            self._renewed.value = actions._lease_deadline(at)
+
+    stage = Stage()
+    recorder = actions._Recorder(SimpleNamespace(), SimpleNamespace(id="a", type="action"), stage)  # type: ignore[arg-type]
+    recorder.hand([{"k0": {}}, {"k1": {}}, {"k2": {}}], datetime.now(timezone.utc))
+    claimed = len(renewals)
+    recorder.hand([{"k3": {}}, {"k4": {}}], datetime.now(timezone.utc))  # waits while k0 is slow
+    recorder.close(raise_first=True)
+
+    assert stage.renewals_before["k3"] > claimed  # it did wait through renewals
+    for key in ("k3", "k4"):
+        assert all(key in keys for keys in renewals[claimed : stage.renewals_before[key]]), key
+
+
 def test_a_batch_that_cannot_be_recorded_fails_the_task_after_the_others_are_recorded(
     engine, journey, fake, started, monkeypatch
 ) -> None:

@@ -154,11 +154,10 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 parts = _parts(to_send, last=not last_full)
                 if parts and recorder is None and stage.start() and _records_aside(ctx, stage):
                     recorder = _Recorder(ctx, node, stage)
-                for part in parts:
-                    if recorder is not None:
-                        recorder.hand(part, claimed_at)
-                    else:
-                        in_flight.append((part, stage.submit(part, claimed_at)))
+                if recorder is not None:
+                    recorder.hand(parts, claimed_at)
+                else:
+                    in_flight.extend((part, stage.submit(part, claimed_at)) for part in parts)
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not _held_back(report):
                 _record_handed(ctx, node, stage, in_flight.popleft(), report, in_flight)
@@ -219,21 +218,37 @@ class _Recorder:
         self.ctx, self.node, self.stage = ctx, node, stage
         self.report = NodeReport(node.id, node.type)
         self._queue: deque[_Handed] = deque()
-        #: guards the queue, and a batch handed to the stage against a renewal of the claims
-        #: (a batch handed over while claims are renewed would have its deadline moved unrenewed)
+        #: claimed parts waiting for room in the queue: their claims are renewed with the others'
+        self._waiting: list[dict[str, dict[str, Any]]] = []
+        #: guards the queue, the waiting parts, and a batch handed to the stage against a renewal
+        #: of the claims (a batch handed over while claims are renewed would have its deadline
+        #: moved unrenewed)
         self._cond = threading.Condition()
         self._closed = False
         self._errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name=f"careflow-record-{node.id}", daemon=True)
         self._thread.start()
 
-    def hand(self, part: dict[str, dict[str, Any]], claimed_at: datetime) -> None:
-        """Send ``part`` (claimed at ``claimed_at``) and queue it for recording; waits for room first."""
+    def hand(self, parts: list[dict[str, dict[str, Any]]], claimed_at: datetime) -> None:
+        """Send each of ``parts`` (claimed at ``claimed_at``) and queue it for recording, as room comes.
+
+        While a part waits for room, its claims are renewed with those of the batches queued
+        before it: a renewal moves the stage's deadline, which every batch handed after it may
+        use, so it must have covered the claims of every batch claimed by then. A part whose
+        claims were not renewed keeps the deadline of its own claim.
+        """
         with self._cond:
-            while len(self._queue) > self.stage.depth and not self.stopped():
-                self._cond.wait()
-            self._queue.append((part, self.stage.submit(part, claimed_at)))
-            self._cond.notify_all()
+            self._waiting = list(parts)
+            try:
+                while self._waiting:
+                    while len(self._queue) > self.stage.depth and not self.stopped():
+                        self._cond.wait()
+                    part = self._waiting[0]
+                    self._queue.append((part, self.stage.submit(part, claimed_at)))
+                    self._waiting.pop(0)
+                    self._cond.notify_all()
+            finally:
+                self._waiting = []
 
     def stopped(self) -> bool:
         """Whether recording stopped the action (an error, a configuration error, sends held back)."""
@@ -254,9 +269,9 @@ class _Recorder:
             )
         return self.report
 
-    def __iter__(self) -> Iterator[_Handed]:
-        """The batches behind the one being recorded (the caller holds the lock)."""
-        return iter(list(self._queue)[1:])
+    def __iter__(self) -> Iterator[tuple[dict[str, dict[str, Any]], Any]]:
+        """The batches behind the one being recorded, queued or claimed and waiting (the caller holds the lock)."""
+        return iter([*list(self._queue)[1:], *((part, None) for part in self._waiting)])
 
     def _run(self) -> None:
         while True:
