@@ -494,8 +494,11 @@ def test_a_batch_waiting_for_room_in_the_recorder_has_its_claims_renewed_with_th
     stage = Stage()
     recorder = actions._Recorder(SimpleNamespace(), SimpleNamespace(id="a", type="action"), stage)  # type: ignore[arg-type]
     recorder.hand([{"k0": {}}, {"k1": {}}, {"k2": {}}], datetime.now(timezone.utc))
-    claimed = len(renewals)
-    recorder.hand([{"k3": {}}, {"k4": {}}], datetime.now(timezone.utc))  # waits while k0 is slow
+    # Counted and handed under the recorder's lock (re-entrant; released while ``hand`` waits),
+    # which renewals also take: no renewal falls between the count and the hand-over.
+    with recorder._cond:
+        claimed = len(renewals)
+        recorder.hand([{"k3": {}}, {"k4": {}}], datetime.now(timezone.utc))  # waits while k0 is slow
     recorder.close(raise_first=True)
 
     assert stage.renewals_before["k3"] > claimed  # it did wait through renewals
