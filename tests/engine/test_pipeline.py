@@ -506,6 +506,90 @@ def test_a_batch_waiting_for_room_in_the_recorder_has_its_claims_renewed_with_th
         assert all(key in keys for keys in renewals[claimed : stage.renewals_before[key]]), key
 
 
+def test_claimed_batches_waiting_for_room_are_released_when_the_task_is_stopped(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    """An execution timeout (SIGALRM, as Airflow raises it) while claimed batches wait to be handed.
+
+    The provider is slow, so the send stage is full. With the recorder (Postgres) the fourth
+    batch, claimed, waits for room; the timeout ends the task there, and that batch is recorded as
+    not sent (pending) instead of staying claimed until its lease runs out. Without it (SQLite)
+    the timeout comes while the task waits for the first batch; that batch is still recorded. In
+    both, every batch handed over is recorded, and the next attempt sends the rest, each once.
+    """
+    import signal
+
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+
+    from careflow.engine import actions
+
+    j = enrolled(engine, journey, "pipe-stopped", patients=40, batch_size=5)
+    fake.configure(latency_ms=1000)
+    real_prepare = actions._prepare_batch
+    prepared: list[int] = []
+
+    def prepare(*args: Any) -> Any:
+        result = real_prepare(*args)
+        prepared.append(1)
+        if len(prepared) == 4:  # the stage holds three batches, all on the wire for a second
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+        return result
+
+    def timeout(signum: int, frame: Any) -> None:
+        raise AirflowTaskTimeout("the task's execution timeout")
+
+    monkeypatch.setattr(actions, "_prepare_batch", prepare)
+    previous = signal.signal(signal.SIGALRM, timeout)
+    try:
+        with pytest.raises(AirflowTaskTimeout):
+            j.node("a", T)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    rows = ledger(engine, "pipe-stopped")
+    statuses = [row["status"] for row in rows.values()]
+    assert len(prepared) == 4 and len(rows) == 20
+    assert "claimed" not in statuses
+    if engine.dialect.name == "postgresql":
+        # the recorder's path: the fourth batch waited for room and was released, not sent
+        assert statuses.count("sent") == fake.stats()["accepted"] == 15
+        assert statuses.count("pending") == 5
+    else:
+        # one thread prepares and records: the timeout came while it waited for the first batch,
+        # which was recorded on the way out with the three handed after it
+        assert statuses.count("sent") == fake.stats()["accepted"] == 20
+    sent_before = statuses.count("sent")
+
+    fake.configure(latency_ms=0)
+    report = j.node("a", T + timedelta(minutes=1))  # well inside the lease: nothing is left claimed
+    assert report.sent == 40 - sent_before and report.reasons["claimed_elsewhere"] == 0
+    assert assert_exactly_once(fake)["accepted"] == 40
+
+
+def test_a_released_batch_leaves_a_message_an_earlier_attempt_may_have_sent_for_the_provider_to_answer() -> (
+    None
+):
+    from careflow.engine import actions
+
+    released = actions._not_handed(
+        {
+            "new": {"previous": None},
+            "refused": {"previous": {"status": "pending"}},
+            "abandoned": {"previous": {"status": "claimed"}, "hold": ("expired", "late_by_90_min")},
+            "lost": {"previous": {"status": "unknown"}},
+        }
+    )
+    outcomes = {key: result.outcome for key, result in released.results.items()}
+    assert outcomes == {
+        "new": Outcome.NOT_SENT,
+        "refused": Outcome.NOT_SENT,
+        "abandoned": Outcome.UNKNOWN,  # not asked about: its hold waits for the provider's answer
+        "lost": Outcome.UNKNOWN,
+    }
+    assert not any(result.request_sent or result.delivered for result in released.results.values())
+
+
 def test_a_batch_that_cannot_be_recorded_fails_the_task_after_the_others_are_recorded(
     engine, journey, fake, started, monkeypatch
 ) -> None:

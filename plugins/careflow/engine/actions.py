@@ -160,7 +160,7 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                     in_flight.extend((part, stage.submit(part, claimed_at)) for part in parts)
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not _held_back(report):
-                _record_handed(ctx, node, stage, in_flight.popleft(), report, in_flight)
+                _record_oldest(ctx, node, stage, in_flight, report)
             if _held_back(report) or (recorder is not None and recorder.stopped()):
                 # A configuration error, or the breaker or a long Retry-After held sends back:
                 # the batches not prepared yet stay pending for the attempt after the wait, and
@@ -236,6 +236,11 @@ class _Recorder:
         before it: a renewal moves the stage's deadline, which every batch handed after it may
         use, so it must have covered the claims of every batch claimed by then. A part whose
         claims were not renewed keeps the deadline of its own claim.
+
+        If the wait ends in an exception (the task's execution timeout), the parts still
+        waiting are queued as not sent: the recorder releases their claims (pending, or unknown for
+        a message an earlier attempt may have sent) instead of leaving them claimed until the lease
+        runs out.
         """
         with self._cond:
             self._waiting = list(parts)
@@ -247,6 +252,13 @@ class _Recorder:
                     self._queue.append((part, self.stage.submit(part, claimed_at)))
                     self._waiting.pop(0)
                     self._cond.notify_all()
+            except BaseException:
+                queued = {id(part) for part, _ in self._queue}
+                for part in self._waiting:
+                    if id(part) not in queued:
+                        self._queue.append((part, _done(_not_handed(part))))
+                self._cond.notify_all()
+                raise
             finally:
                 self._waiting = []
 
@@ -322,6 +334,25 @@ def _parts(to_send: dict[str, dict[str, Any]], *, last: bool) -> list[dict[str, 
         parts.append({key: to_send[key] for key in keys[:size]})
         keys = keys[size:]
     return parts
+
+
+def _record_oldest(
+    ctx: RunContext, node: CompiledNode, stage: _SendStage, in_flight: deque[_Handed], report: NodeReport
+) -> None:
+    """Record the oldest batch of ``in_flight`` and take it off.
+
+    A batch whose recording failed is taken off (it stays claimed: the next attempt after its
+    lease asks the provider about it). One whose wait was cut short by the task's execution
+    timeout (not an ``Exception``) stays first, for ``_drain`` to record on the way out.
+    """
+    handed = in_flight.popleft()
+    try:
+        _record_handed(ctx, node, stage, handed, report, in_flight)
+    except Exception:
+        raise
+    except BaseException:
+        in_flight.appendleft(handed)
+        raise
 
 
 def _drain(
@@ -407,9 +438,7 @@ class _SendStage:
         from careflow.providers.client import LeaseDeadline
 
         if self.ctx.dry_run:  # nothing leaves, no thread
-            future: Future[_Sent] = Future()
-            future.set_result(_send(self.ctx, self.node, to_send, None))
-            return future
+            return _done(_send(self.ctx, self.node, to_send, None))
         self.start()
         assert self._executor is not None
         deadline = LeaseDeadline(_lease_deadline(claimed_at), self._renewed)
@@ -500,6 +529,31 @@ class _Sent:
 
 #: A claimed batch handed to the send stage, and what the stage will make of it.
 _Handed = tuple[dict[str, dict[str, Any]], Future[_Sent]]
+
+
+def _not_handed(to_send: dict[str, dict[str, Any]]) -> _Sent:
+    """What became of a claimed batch that never reached the send stage: nothing left for the provider.
+
+    Recorded, this releases its claims: a message is pending again, or unknown if an earlier
+    attempt may have sent it (the provider was not asked about it, so the next attempt asks first).
+    """
+    from careflow.providers.client import Outcome, SendResult
+
+    results: dict[str, Any] = {}
+    for key, item in to_send.items():
+        previous = item.get("previous")
+        if previous is not None and previous["status"] in _SUSPECT:
+            results[key] = SendResult(key, Outcome.UNKNOWN, error_code="not_looked_up")
+        else:
+            results[key] = SendResult(key, Outcome.NOT_SENT, error_code="task_stopped")
+    return _Sent(results)
+
+
+def _done(sent: _Sent) -> Future[_Sent]:
+    """A future that already holds ``sent``."""
+    future: Future[_Sent] = Future()
+    future.set_result(sent)
+    return future
 
 
 def _record_handed(
