@@ -506,39 +506,69 @@ def test_a_batch_waiting_for_room_in_the_recorder_has_its_claims_renewed_with_th
         assert all(key in keys for keys in renewals[claimed : stage.renewals_before[key]]), key
 
 
-def test_claimed_batches_waiting_for_room_are_released_when_the_task_is_stopped(
+def stop_when_the_stage_is_full(engine, monkeypatch, stop: Any) -> list[int]:
+    """Call ``stop`` as the action starts waiting on a full send stage; the batches prepared by then.
+
+    Every batch is on the wire for a second (the caller makes the provider that slow). With the
+    recorder (Postgres) the stage holds three batches and the fourth, claimed, waits for room in
+    ``hand``; without it (SQLite) the task waits for the first batch once it handed the third.
+    """
+    from careflow.engine import actions
+
+    real_prepare = actions._prepare_batch
+    prepared: list[int] = []
+    full_at = 4 if engine.dialect.name == "postgresql" else 3
+
+    def prepare(*args: Any) -> Any:
+        result = real_prepare(*args)
+        prepared.append(1)
+        if len(prepared) == full_at:
+            stop()
+        return result
+
+    monkeypatch.setattr(actions, "_prepare_batch", prepare)
+    return prepared
+
+
+def assert_stopped_cleanly(engine, fake, j, workflow_id: str, prepared: list[int]) -> None:
+    """Nothing of a stopped action is left claimed, and the next attempt sends the rest once."""
+    statuses = [row["status"] for row in ledger(engine, workflow_id).values()]
+    assert "claimed" not in statuses
+    if engine.dialect.name == "postgresql":
+        # the fourth batch waited for room: released (pending), never sent
+        assert (len(prepared), len(statuses), statuses.count("pending")) == (4, 20, 5)
+    else:
+        # the task waited for the first batch: it and the two handed after it are recorded
+        assert (len(prepared), len(statuses)) == (3, 15)
+    assert statuses.count("sent") == fake.stats()["accepted"] == 15
+
+    fake.configure(latency_ms=0)
+    report = j.node("a", T + timedelta(minutes=1))  # well inside the lease: nothing is left claimed
+    assert report.sent == 25 and report.reasons["claimed_elsewhere"] == 0
+    assert assert_exactly_once(fake)["accepted"] == 40
+
+
+def test_claimed_batches_are_recorded_or_released_when_the_task_times_out(
     engine, journey, fake, started, monkeypatch
 ) -> None:
-    """An execution timeout (SIGALRM, as Airflow raises it) while claimed batches wait to be handed.
+    """An execution timeout (SIGALRM, as Airflow raises it) while the action waits on a full stage.
 
-    The provider is slow, so the send stage is full. With the recorder (Postgres) the fourth
-    batch, claimed, waits for room; the timeout ends the task there, and that batch is recorded as
-    not sent (pending) instead of staying claimed until its lease runs out. Without it (SQLite)
-    the timeout comes while the task waits for the first batch; that batch is still recorded. In
-    both, every batch handed over is recorded, and the next attempt sends the rest, each once.
+    Every batch handed to the send stage is recorded, and a batch claimed but not handed over yet
+    is recorded as not sent (pending) instead of staying claimed until its lease runs out.
     """
     import signal
 
     from airflow.sdk.exceptions import AirflowTaskTimeout
 
-    from careflow.engine import actions
-
     j = enrolled(engine, journey, "pipe-stopped", patients=40, batch_size=5)
     fake.configure(latency_ms=1000)
-    real_prepare = actions._prepare_batch
-    prepared: list[int] = []
-
-    def prepare(*args: Any) -> Any:
-        result = real_prepare(*args)
-        prepared.append(1)
-        if len(prepared) == 4:  # the stage holds three batches, all on the wire for a second
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
-        return result
+    prepared = stop_when_the_stage_is_full(
+        engine, monkeypatch, lambda: signal.setitimer(signal.ITIMER_REAL, 0.2)
+    )
 
     def timeout(signum: int, frame: Any) -> None:
         raise AirflowTaskTimeout("the task's execution timeout")
 
-    monkeypatch.setattr(actions, "_prepare_batch", prepare)
     previous = signal.signal(signal.SIGALRM, timeout)
     try:
         with pytest.raises(AirflowTaskTimeout):
@@ -546,25 +576,49 @@ def test_claimed_batches_waiting_for_room_are_released_when_the_task_is_stopped(
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    assert_stopped_cleanly(engine, fake, j, "pipe-stopped", prepared)
 
-    rows = ledger(engine, "pipe-stopped")
-    statuses = [row["status"] for row in rows.values()]
-    assert len(prepared) == 4 and len(rows) == 20
-    assert "claimed" not in statuses
-    if engine.dialect.name == "postgresql":
-        # the recorder's path: the fourth batch waited for room and was released, not sent
-        assert statuses.count("sent") == fake.stats()["accepted"] == 15
-        assert statuses.count("pending") == 5
-    else:
-        # one thread prepares and records: the timeout came while it waited for the first batch,
-        # which was recorded on the way out with the three handed after it
-        assert statuses.count("sent") == fake.stats()["accepted"] == 20
-    sent_before = statuses.count("sent")
 
-    fake.configure(latency_ms=0)
-    report = j.node("a", T + timedelta(minutes=1))  # well inside the lease: nothing is left claimed
-    assert report.sent == 40 - sent_before and report.reasons["claimed_elsewhere"] == 0
-    assert assert_exactly_once(fake)["accepted"] == 40
+def test_airflow_stopping_the_action_task_records_what_was_handed_over_and_frees_the_rest(
+    engine, journey, fake, started, monkeypatch, tmp_path
+) -> None:
+    """Airflow's SIGTERM (a task marked failed, or cleared while it runs) calls the task's ``on_kill``.
+
+    The action operator stops its sending there, as at an execution timeout.
+    """
+    import signal
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowTaskTerminated
+
+    from careflow.airflow.factory import build_dag
+
+    j = enrolled(engine, journey, "pipe-term", patients=40, batch_size=5)
+    fake.configure(latency_ms=1000)
+    monkeypatch.setattr("careflow.airflow.operators.base.now_for", lambda conf: T)  # the run's time
+    monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", f"http://:{fake.token}@127.0.0.1:{fake.port}")
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
+    monkeypatch.setenv("CAREFLOW_BREAKER_DB", str(tmp_path / "breakers.db"))
+    task = build_dag(j.compiled).get_task("a")
+    context = {
+        "dag_run": SimpleNamespace(conf={}, run_id="scheduled__x", start_date=T),
+        "run_id": "scheduled__x",
+    }
+    term = threading.Timer(0.2, os.kill, [os.getpid(), signal.SIGTERM])
+    prepared = stop_when_the_stage_is_full(engine, monkeypatch, term.start)
+    # What Airflow's task runner installs: a SIGTERM calls the running task's on_kill.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: task.on_kill())
+    try:
+        with pytest.raises(AirflowTaskTerminated, match="stopped by Airflow while sending"):
+            task.execute({**context, "data_interval_start": None})
+        task.on_kill()  # outside the sending (as after an execution timeout): nothing to stop
+    finally:
+        term.cancel()
+        if term.is_alive():
+            term.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert_stopped_cleanly(engine, fake, j, "pipe-term", prepared)
 
 
 def test_a_released_batch_leaves_a_message_an_earlier_attempt_may_have_sent_for_the_provider_to_answer() -> (

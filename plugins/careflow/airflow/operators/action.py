@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -54,11 +55,14 @@ class ActionOperator(CareflowNodeOperator):
             breaker = _breaker(f"{getattr(ctx.sender, 'name', 'default')}:{self.channel}")
             ctx.gate = breaker.gate() if breaker is not None else None
             ctx.sent_keys = _sent_keys()
+        self._sending = True
         try:
             report = process_node(ctx, self.careflow_node_id)
         except ProviderConfigurationError as exc:
             self._configuration_error(ctx)
             raise AirflowFailException(str(exc)) from exc
+        finally:
+            self._sending = False
         self.log_report(report)
         if report.pending:
             retry_at = resume_at(breaker, report)
@@ -69,6 +73,25 @@ class ActionOperator(CareflowNodeOperator):
                 f"({dict(report.reasons)}); the next attempt sends them"
             )
         return report.to_xcom()
+
+    def on_kill(self) -> None:
+        """Airflow stops the task (its SIGTERM: the task was marked failed, or cleared while it ran).
+
+        While messages are being sent, the sending stops where it is: on the way out the batches
+        already handed to the send stage are recorded and the claims of those claimed but not
+        handed over are released, so the next attempt takes them at once instead of after the
+        claim's lease. Airflow kills the task 5 seconds after its SIGTERM; a batch still waiting
+        for the provider then is left claimed, as by a killed worker. Outside the sending (and in
+        any thread but the main one, where Airflow's handler does not run) nothing is raised.
+        """
+        if getattr(self, "_sending", False) and threading.current_thread() is threading.main_thread():
+            from airflow.sdk.exceptions import AirflowTaskTerminated
+
+            self._sending = False  # once: a second signal does not cut the recording short
+            raise AirflowTaskTerminated(
+                f"careflow {self.workflow_id}/{self.careflow_node_id}: stopped by Airflow while sending; "
+                "what was handed to the provider is recorded, the rest stays pending"
+            )
 
     def _configuration_error(self, ctx: Any, **problem: Any) -> None:
         """This node's ``provider_configuration_error`` event (an alert); ``problem`` says what, when not a refused token."""
