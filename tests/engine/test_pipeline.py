@@ -531,20 +531,27 @@ def stop_when_the_stage_is_full(engine, monkeypatch, stop: Any) -> list[int]:
 
 
 def assert_stopped_cleanly(engine, fake, j, workflow_id: str, prepared: list[int]) -> None:
-    """Nothing of a stopped action is left claimed, and the next attempt sends the rest once."""
-    statuses = [row["status"] for row in ledger(engine, workflow_id).values()]
+    """What a stopped action leaves: nothing claimed, nothing more sent, the rest sent once later.
+
+    The two batches on the wire when the stop came are answered and recorded. The third was
+    handed over but waited for a connection (ten, all taken for a second by the first two): the
+    stop keeps its requests from being written, and it is recorded not sent. With the recorder
+    the fourth, claimed and waiting for room, is released too.
+    """
+    rows = ledger(engine, workflow_id)
+    statuses = [row["status"] for row in rows.values()]
     assert "claimed" not in statuses
-    if engine.dialect.name == "postgresql":
-        # the fourth batch waited for room: released (pending), never sent
-        assert (len(prepared), len(statuses), statuses.count("pending")) == (4, 20, 5)
-    else:
-        # the task waited for the first batch: it and the two handed after it are recorded
-        assert (len(prepared), len(statuses)) == (3, 15)
-    assert statuses.count("sent") == fake.stats()["accepted"] == 15
+    assert len(prepared) == (4 if engine.dialect.name == "postgresql" else 3)
+    assert len(rows) == 5 * len(prepared)
+    sent = statuses.count("sent")
+    assert 0 < sent <= 10 and sent == fake.stats()["accepted"]
+    assert statuses.count("pending") == len(rows) - sent
+    stopped = [row for row in rows.values() if row["last_error"] == "not_sent task_stopped"]
+    assert len(stopped) >= 5  # the third batch at least: handed over, never written
 
     fake.configure(latency_ms=0)
     report = j.node("a", T + timedelta(minutes=1))  # well inside the lease: nothing is left claimed
-    assert report.sent == 25 and report.reasons["claimed_elsewhere"] == 0
+    assert report.sent == 40 - sent and report.reasons["claimed_elsewhere"] == 0
     assert assert_exactly_once(fake)["accepted"] == 40
 
 

@@ -357,6 +357,31 @@ def test_a_renewed_lease_is_followed_until_it_runs_out(fake: FakeProviderServer)
     assert fake.stats()["received"] == 3
 
 
+def test_a_stopping_task_ends_the_lease_of_its_batches_at_once(fake: FakeProviderServer) -> None:
+    from careflow.providers.client import STOPPING
+
+    # A renewal an hour away and a claim just made: only the stop ends the lease.
+    renewed = ctypes.c_double(time.time() + 3600)
+    deadline = LeaseDeadline(time.time() + 3600, renewed)
+    accepted: list[SendResult] = []
+
+    def stopped_after_two(result: SendResult) -> None:
+        if result.delivered:
+            accepted.append(result)
+        if len(accepted) == 2:
+            renewed.value = STOPPING
+
+    results = client_for(fake, max_concurrency=1).send_batch(
+        [make_message(i) for i in range(6)], on_result=stopped_after_two, deadline=deadline
+    )
+
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 2 + [Outcome.NOT_SENT] * 4
+    assert {(r.error_code, r.request_sent) for r in results[2:]} == {("task_stopped", False)}
+    assert fake.stats()["received"] == 2
+    assert deadline.stopping and deadline.passed(0.0)
+    assert not LeaseDeadline(time.time() + 3600, ctypes.c_double(0.0)).passed(time.time())
+
+
 def test_a_lease_running_out_mid_batch_stops_what_is_not_written_yet(fake: FakeProviderServer) -> None:
     fake.configure(latency_ms=800)
     results = client_for(fake, max_concurrency=1).send_batch(

@@ -166,7 +166,11 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 # the batches not prepared yet stay pending for the attempt after the wait, and
                 # are not rendered, claimed and released for nothing in the meantime.
                 break
-    except BaseException:
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            # Stopped from outside (its execution timeout, Airflow stopping it, an interrupt):
+            # what is on the wire finishes, nothing more is written.
+            stage.stop_sending()
         try:
             if recorder is not None:
                 _merge(report, recorder.close(raise_first=False))
@@ -407,6 +411,9 @@ class _SendStage:
         self.depth = 1
         #: the last renewal's deadline; the send process's, in memory it shares, once it runs
         self._renewed = ctypes.c_double(0.0)
+        #: set by ``stop_sending``; guarded, with ``_renewed``, against a renewal moving it back
+        self._stopping = False
+        self._stop_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._nice = 0
         self._lowered: tuple[int, int] | None = None
@@ -446,7 +453,22 @@ class _SendStage:
 
     def renewed(self, at: datetime) -> None:
         """The claims of every batch handed over so far were renewed at ``at``: their lease moves."""
-        self._renewed.value = _lease_deadline(at)
+        with self._stop_lock:
+            if not self._stopping:
+                self._renewed.value = _lease_deadline(at)
+
+    def stop_sending(self) -> None:
+        """The task is stopping: no request not yet written is written, whatever batch it is of.
+
+        The requests already written finish and are recorded; the others come back not sent
+        (``task_stopped``), so the batches handed over are recorded as soon as what is on the wire
+        has been answered, rather than once every message of them has gone out.
+        """
+        from careflow.providers.client import STOPPING
+
+        with self._stop_lock:
+            self._stopping = True
+            self._renewed.value = STOPPING
 
     def _start_process(self) -> None:
         from careflow.providers.send_process import SendProcess

@@ -119,12 +119,18 @@ class SendGate(Protocol):
         """Called with every result of a request that was attempted."""
 
 
+#: ``LeaseDeadline.renewed`` set below zero: the task is stopping (its execution timeout, Airflow
+#: stopping it), and no request of a batch following it is written any more.
+STOPPING = -1.0
+
+
 class LeaseDeadline:
     """When the claim a batch is sent under runs out (a unix time): no request of it is written after.
 
     ``own`` comes with the batch (its claim). ``renewed``, when given, is moved by every renewal of
     the claims in flight and counts once it is later than ``own``; in shared memory, a send
     process sees it move. Both are wall-clock times: other workers judge the lease by theirs.
+    ``renewed`` set to ``STOPPING`` ends the lease at once: the task sending the batch is stopping.
     """
 
     __slots__ = ("own", "renewed")
@@ -138,17 +144,35 @@ class LeaseDeadline:
         return f"LeaseDeadline(own={self.own!r}, renewed={renewed!r})"
 
     def passed(self, now: float) -> bool:
-        """True once ``now`` (``time.time()``) is past both the batch's own deadline and the renewal's."""
-        return now >= self.own and (self.renewed is None or now >= self.renewed.value)
+        """True once ``now`` (``time.time()``) is past both the batch's own deadline and the renewal's.
+
+        True at once when the task is stopping.
+        """
+        if self.renewed is None:
+            return now >= self.own
+        renewed = self.renewed.value
+        return renewed < 0 or (now >= self.own and now >= renewed)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the task sending the batch is stopping (``renewed`` is ``STOPPING``)."""
+        return self.renewed is not None and self.renewed.value < 0
 
     def check(self) -> None:
         """Raise ``LeaseExpired`` once the deadline has passed (asked right before a request is written)."""
         if self.passed(time.time()):
-            raise LeaseExpired
+            raise LeaseExpired(self.stopping)
 
 
 class LeaseExpired(Exception):
-    """The lease of a batch ran out before a request of it was written; nothing of it was."""
+    """The lease of a batch ran out before a request of it was written; nothing of it was.
+
+    ``stopping``: it ended because the task is stopping, not because the claim aged.
+    """
+
+    def __init__(self, stopping: bool = False) -> None:
+        super().__init__("the task is stopping" if stopping else "the claim ran out")
+        self.stopping = stopping
 
 
 class _LeasedPool:
@@ -563,8 +587,8 @@ class ProviderClient:
             answer = await pool.request(request)
         except asyncio.CancelledError:
             raise
-        except LeaseExpired:
-            return self._lease_expired(key)
+        except LeaseExpired as exc:
+            return self._lease_expired(key, stopping=exc.stopping)
         except Exception as exc:
             return classify_exception(key, exc, (time.perf_counter() - started) * 1000)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -573,7 +597,14 @@ class ProviderClient:
         )
 
     @staticmethod
-    def _lease_expired(key: str) -> SendResult:
+    def _lease_expired(key: str, *, stopping: bool = False) -> SendResult:
+        if stopping:
+            return SendResult(
+                key,
+                Outcome.NOT_SENT,
+                error_code="task_stopped",
+                error_message="not sent: the task was stopped before this message's request was written",
+            )
         return SendResult(
             key,
             Outcome.NOT_SENT,
@@ -606,7 +637,8 @@ class ProviderClient:
         ``gate.after_send(result)`` hears every attempted request. A ``CONFIGURATION`` outcome
         stops the batch at once; a ``THROTTLED`` one pauses the rest of it for ``Retry-After``.
         Once ``deadline`` has passed, checked right before each request is written, the batch
-        stops with ``error_code="lease_expired"``: another worker may own its messages by now.
+        stops with ``error_code="lease_expired"``: another worker may own its messages by now
+        (``"task_stopped"`` when the task is stopping: the requests already written finish).
         Messages not sent once the batch stopped come back ``NOT_SENT``. ``on_result`` is called
         once per message as soon as its result is known (``NOT_SENT`` included). If it raises,
         the batch stops, the requests in flight finish, and the first error is re-raised.
@@ -665,11 +697,11 @@ class ProviderClient:
                         # once it resumes. A NOT_SENT given to the gate below hands back a
                         # half-open breaker's probe slot.
                         if deadline is not None and deadline.passed(time.time()):
-                            result = self._lease_expired(message.idempotency_key)
+                            result = self._lease_expired(message.idempotency_key, stopping=deadline.stopping)
                         else:
                             result = await self._post(pool, message)
                         if result.outcome is Outcome.NOT_SENT:
-                            state.stop("lease_expired")
+                            state.stop(result.error_code or "lease_expired")
                     if gate is not None:
                         try:
                             gate.after_send(result)

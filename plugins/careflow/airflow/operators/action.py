@@ -77,12 +77,12 @@ class ActionOperator(CareflowNodeOperator):
     def on_kill(self) -> None:
         """Airflow stops the task (its SIGTERM: the task was marked failed, or cleared while it ran).
 
-        While messages are being sent, the sending stops where it is: on the way out the batches
-        already handed to the send stage are recorded and the claims of those claimed but not
-        handed over are released, so the next attempt takes them at once instead of after the
-        claim's lease. Airflow kills the task 5 seconds after its SIGTERM; a batch still waiting
-        for the provider then is left claimed, as by a killed worker. Outside the sending (and in
-        any thread but the main one, where Airflow's handler does not run) nothing is raised.
+        While messages are being sent, the sending stops where it is: no request is written after
+        it, the requests on the wire are answered and recorded, and every other message claimed
+        goes back to pending, so the next attempt takes them at once instead of after the claim's
+        lease. Airflow kills the task 5 seconds after its SIGTERM; a batch with a request still
+        unanswered then is left claimed, as by a killed worker. Outside the sending (and in any
+        thread but the main one, where Airflow's handler does not run) nothing is raised.
         """
         if getattr(self, "_sending", False) and threading.current_thread() is threading.main_thread():
             from airflow.sdk.exceptions import AirflowTaskTerminated
