@@ -127,3 +127,63 @@ def test_every_plugin_route_refuses_anonymous_calls_on_the_api_server(cluster) -
     response = cluster.api("GET", "/careflow/api/workflows")
     assert response.status_code == 200, response.text[:300]
     assert {"e2e-booking", "e2e-aftercare"} <= {w["workflow_id"] for w in response.json()}
+
+
+def test_a_sending_task_marked_failed_stops_and_leaves_nothing_claimed(
+    cluster, careflow_engine, provider
+) -> None:  # type: ignore[no-untyped-def]
+    """Marking a running action task failed: Airflow's supervisor sends its process group a SIGTERM
+    (and a SIGKILL 5 seconds later), and the task's ``on_kill`` stops the sending. The requests on
+    the wire are answered and recorded, nothing is left claimed for the lease, and the next run
+    sends the rest once.
+    """
+    from datetime import timedelta
+
+    from .journeys import provider_keys
+    from .scenario import BOOKING, dag_id, now_utc
+
+    cohort = Cohort(BOOKING, "notice", "lt")
+    cohort.add(160, event="appointment_created", at=now_utc() - timedelta(seconds=2), status="scheduled")
+    cohort.load(careflow_engine)
+    refused = list(provider.provider.config.permanent_fail_recipients)
+    # 8 connections: 160 messages take 40 s to send; none refused (a phone of the booking test's)
+    provider.configure(latency_ms=2000, permanent_fail_recipients=[])
+    dag = dag_id(BOOKING)
+
+    def nothing_claimed() -> dict[str, dict] | None:  # type: ignore[type-arg]
+        rows = cohort.ledger(careflow_engine)
+        return rows if rows and "claimed" not in {r["status"] for r in rows.values()} else None
+
+    try:
+        run_id = cluster.trigger(dag)
+        wait_for(
+            "the action task to be sending",
+            lambda: any(r["status"] == "sent" for r in cohort.ledger(careflow_engine).values()),
+            timeout=120,
+            interval=0.5,
+        )
+        cluster.ok(
+            "PATCH", f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/notice", json={"new_state": "failed"}
+        )
+        assert cluster.wait_run(dag, run_id)["state"] == "failed"
+        stopped = wait_for("the stopped task to have recorded what it claimed", nothing_claimed, 30, 0.5)
+    finally:
+        provider.configure(latency_ms=5, permanent_fail_recipients=refused)
+    assert "stopped by Airflow while sending" in "\n".join(cluster.log_texts()), cluster.diagnostics()
+    sent = [pid for pid, row in stopped.items() if row["status"] == "sent"]
+    # The answers of the requests on the wire were recorded (the send process got the SIGTERM too
+    # and did not drop them: none is unknown); what was not written went back to pending.
+    others = {
+        pid: (r["status"], r["last_error"])
+        for pid, r in stopped.items()
+        if r["status"] not in ("sent", "pending")
+    }
+    assert 0 < len(sent) < 160 and not others, (len(sent), others)
+    assert any(row["last_error"] == "not_sent task_stopped" for row in stopped.values())
+    assert set(provider_keys(provider, BOOKING["id"])) >= {cohort.key(pid) for pid in sent}
+
+    again = cluster.trigger(dag)
+    assert cluster.wait_run(dag, again)["state"] == "success", cluster.task_states(dag, again)
+    assert {row["status"] for row in cohort.ledger(careflow_engine).values()} == {"sent"}
+    assert set(provider_keys(provider, BOOKING["id"])) >= cohort.expected_keys()
+    assert provider.stats(brief=True)["accepted_twice"] == 0

@@ -586,6 +586,54 @@ def test_claimed_batches_are_recorded_or_released_when_the_task_times_out(
     assert_stopped_cleanly(engine, fake, j, "pipe-stopped", prepared)
 
 
+def test_a_stop_after_the_last_batch_was_handed_over_stops_the_sending_too(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    """The timeout comes once every batch is handed over, while the task waits for them to be recorded.
+
+    Ten connections, a second an answer: the first ten requests are on the wire; the thirty others
+    are not written, and are recorded pending as soon as those ten are answered.
+    """
+    import signal
+
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+
+    from careflow.engine import actions
+
+    j = enrolled(engine, journey, "pipe-closing", patients=40, batch_size=20)
+    fake.configure(latency_ms=1000)
+    real_prepare = actions._prepare_batch
+
+    def prepare(*args: Any) -> Any:
+        result = real_prepare(*args)
+        if result is None:  # nothing left to prepare: the task now waits for what it handed over
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+        return result
+
+    def timeout(signum: int, frame: Any) -> None:
+        raise AirflowTaskTimeout("the task's execution timeout")
+
+    monkeypatch.setattr(actions, "_prepare_batch", prepare)
+    previous = signal.signal(signal.SIGALRM, timeout)
+    try:
+        with pytest.raises(AirflowTaskTimeout):
+            j.node("a", T)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    statuses = [row["status"] for row in ledger(engine, "pipe-closing").values()]
+    assert len(statuses) == 40 and "claimed" not in statuses
+    sent = statuses.count("sent")
+    assert 0 < sent <= 10 and sent == fake.stats()["accepted"]
+    assert statuses.count("pending") == 40 - sent
+
+    fake.configure(latency_ms=0)
+    report = j.node("a", T + timedelta(minutes=1))
+    assert report.sent == 40 - sent
+    assert assert_exactly_once(fake)["accepted"] == 40
+
+
 def test_airflow_stopping_the_action_task_records_what_was_handed_over_and_frees_the_rest(
     engine, journey, fake, started, monkeypatch, tmp_path
 ) -> None:
@@ -612,7 +660,14 @@ def test_airflow_stopping_the_action_task_records_what_was_handed_over_and_frees
         "dag_run": SimpleNamespace(conf={}, run_id="scheduled__x", start_date=T),
         "run_id": "scheduled__x",
     }
-    term = threading.Timer(0.2, os.kill, [os.getpid(), signal.SIGTERM])
+
+    def sigterm() -> None:
+        # Airflow signals the task's whole process group: its send process gets the SIGTERM too.
+        for process in started:
+            os.kill(process.pid, signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    term = threading.Timer(0.2, sigterm)
     prepared = stop_when_the_stage_is_full(engine, monkeypatch, term.start)
     # What Airflow's task runner installs: a SIGTERM calls the running task's on_kill.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: task.on_kill())

@@ -181,7 +181,7 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     try:
         if recorder is not None:
             try:
-                _merge(report, recorder.close(raise_first=True))
+                _merge(report, _close_recorder(recorder, stage))
             except BaseException as exc:
                 _merge(report, recorder.report)
                 first = exc
@@ -190,6 +190,23 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     if first is not None:
         raise first
     return report
+
+
+def _close_recorder(recorder: _Recorder, stage: _SendStage) -> NodeReport:
+    """Wait until the recorder has recorded every batch; its counts, or its first error.
+
+    Stopped from outside while waiting (the execution timeout, Airflow's SIGTERM): the sending
+    stops, the recorder is waited for again, now only as long as what is on the wire takes, and
+    the stop goes on its way.
+    """
+    try:
+        return recorder.close(raise_first=True)
+    except Exception:
+        raise
+    except BaseException:
+        stage.stop_sending()
+        recorder.close(raise_first=False)
+        raise
 
 
 def _held_back(report: NodeReport) -> bool:
@@ -373,21 +390,33 @@ def _drain(
     Each batch is recorded even when recording one before it failed; the first error is raised
     afterwards (``raise_first``) or, while another exception is on its way out, only logged. What
     is left pending without a wait from the breaker takes the send process's breaker's, if any.
+    A stop from outside while draining stops the sending, and the drain goes on; the stop is
+    raised once every batch is recorded.
     """
     first: BaseException | None = None
+    stopped: BaseException | None = None
     try:
         while in_flight:
             try:
-                _record_handed(ctx, node, stage, in_flight.popleft(), report, in_flight)
+                _record_oldest(ctx, node, stage, in_flight, report)
             except Exception as exc:
                 if first is None:
                     first = exc
                 else:
                     log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)
+            except BaseException as exc:
+                if stopped is not None:
+                    raise
+                # Stopped from outside while draining: nothing more is written, and the batches
+                # left are recorded as soon as what is on the wire is answered.
+                stopped = exc
+                stage.stop_sending()
         if report.pending and report.retry_at is None:
             report.retry_at = stage.sends_resume_at()
     finally:
         stage.close()
+    if stopped is not None:
+        raise stopped
     if first is not None:
         if raise_first:
             raise first

@@ -429,9 +429,15 @@ def _drop_inherited_sockets(keep: int) -> None:
 def _child_main(
     conn: Connection, client: ProviderClient, gate: SendGate | None, renewed: ctypes.c_double
 ) -> None:
-    # The task process's handlers belong to Airflow's task runner; here a SIGTERM just ends the
-    # child (the task process sees its pipe close and gives the batches back as unknown).
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+    # The task process's handlers belong to Airflow's task runner. Airflow stops a task by
+    # signalling its whole process group, this child included: the child leaves the stop to the
+    # task, which stops the sending (no request is written after it) and waits for the requests on
+    # the wire, so that their answers are recorded rather than left unknown. The child still ends
+    # when the task does (its pipe closes) and with the SIGKILL that follows Airflow's SIGTERM.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signum, signal.SIG_IGN)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
         with contextlib.suppress(OSError, ValueError):
             signal.signal(signum, signal.SIG_DFL)
     _drop_inherited_sockets(conn.fileno())
