@@ -555,23 +555,12 @@ def assert_stopped_cleanly(engine, fake, j, workflow_id: str, prepared: list[int
     assert assert_exactly_once(fake)["accepted"] == 40
 
 
-def test_claimed_batches_are_recorded_or_released_when_the_task_times_out(
-    engine, journey, fake, started, monkeypatch
-) -> None:
-    """An execution timeout (SIGALRM, as Airflow raises it) while the action waits on a full stage.
-
-    Every batch handed to the send stage is recorded, and a batch claimed but not handed over yet
-    is recorded as not sent (pending) instead of staying claimed until its lease runs out.
-    """
+def run_until_the_timeout(j: Any) -> None:
+    """Run node ``a`` at ``T`` until the execution timeout ends it: a SIGALRM the test set, raising
+    ``AirflowTaskTimeout`` where the task is, as Airflow's timeout does."""
     import signal
 
     from airflow.sdk.exceptions import AirflowTaskTimeout
-
-    j = enrolled(engine, journey, "pipe-stopped", patients=40, batch_size=5)
-    fake.configure(latency_ms=1000)
-    prepared = stop_when_the_stage_is_full(
-        engine, monkeypatch, lambda: signal.setitimer(signal.ITIMER_REAL, 0.2)
-    )
 
     def timeout(signum: int, frame: Any) -> None:
         raise AirflowTaskTimeout("the task's execution timeout")
@@ -583,6 +572,24 @@ def test_claimed_batches_are_recorded_or_released_when_the_task_times_out(
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_claimed_batches_are_recorded_or_released_when_the_task_times_out(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    """An execution timeout (SIGALRM, as Airflow raises it) while the action waits on a full stage.
+
+    Every batch handed to the send stage is recorded, and a batch claimed but not handed over yet
+    is recorded as not sent (pending) instead of staying claimed until its lease runs out.
+    """
+    import signal
+
+    j = enrolled(engine, journey, "pipe-stopped", patients=40, batch_size=5)
+    fake.configure(latency_ms=1000)
+    prepared = stop_when_the_stage_is_full(
+        engine, monkeypatch, lambda: signal.setitimer(signal.ITIMER_REAL, 0.2)
+    )
+    run_until_the_timeout(j)
     assert_stopped_cleanly(engine, fake, j, "pipe-stopped", prepared)
 
 
@@ -596,8 +603,6 @@ def test_a_stop_after_the_last_batch_was_handed_over_stops_the_sending_too(
     """
     import signal
 
-    from airflow.sdk.exceptions import AirflowTaskTimeout
-
     from careflow.engine import actions
 
     j = enrolled(engine, journey, "pipe-closing", patients=40, batch_size=20)
@@ -610,17 +615,8 @@ def test_a_stop_after_the_last_batch_was_handed_over_stops_the_sending_too(
             signal.setitimer(signal.ITIMER_REAL, 0.3)
         return result
 
-    def timeout(signum: int, frame: Any) -> None:
-        raise AirflowTaskTimeout("the task's execution timeout")
-
     monkeypatch.setattr(actions, "_prepare_batch", prepare)
-    previous = signal.signal(signal.SIGALRM, timeout)
-    try:
-        with pytest.raises(AirflowTaskTimeout):
-            j.node("a", T)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    run_until_the_timeout(j)
 
     statuses = [row["status"] for row in ledger(engine, "pipe-closing").values()]
     assert len(statuses) == 40 and "claimed" not in statuses
