@@ -630,6 +630,35 @@ def test_a_stop_after_the_last_batch_was_handed_over_stops_the_sending_too(
     assert assert_exactly_once(fake)["accepted"] == 40
 
 
+def test_a_stop_between_a_claim_and_its_hand_over_releases_the_claimed_batch(
+    engine, journey, fake, started
+) -> None:
+    """The timeout comes while the first batch, claimed, waits for the send process to start."""
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+
+    from careflow.engine import actions
+
+    j = enrolled(engine, journey, "pipe-unhanded", patients=40, batch_size=5)
+
+    def start(self: Any) -> bool:
+        raise AirflowTaskTimeout("the task's execution timeout")  # as the signal raises it, mid-fork
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(actions._SendStage, "start", start)
+        with pytest.raises(AirflowTaskTimeout):
+            j.node("a", T)
+
+    rows = ledger(engine, "pipe-unhanded")
+    assert len(rows) == 5 and not started and fake.stats()["received"] == 0
+    assert {(row["status"], row["last_error"]) for row in rows.values()} == {
+        ("pending", "not_sent task_stopped")
+    }
+
+    report = j.node("a", T + timedelta(minutes=1))  # well inside the lease: nothing is left claimed
+    assert report.sent == 40 and report.reasons["claimed_elsewhere"] == 0
+    assert assert_exactly_once(fake)["accepted"] == 40
+
+
 def test_airflow_stopping_the_action_task_records_what_was_handed_over_and_frees_the_rest(
     engine, journey, fake, started, monkeypatch, tmp_path
 ) -> None:

@@ -141,6 +141,8 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     stage = _SendStage(ctx, node)
     in_flight: deque[_Handed] = deque()
     recorder: _Recorder | None = None
+    #: the parts of the batch just claimed that nothing has taken charge of yet (recorder or queue)
+    unhanded: list[dict[str, dict[str, Any]]] = []
     try:
         more = True
         while more:
@@ -149,15 +151,20 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 more = False
             else:
                 after, to_send, last_full, claimed_at = prepared
+                unhanded = [to_send]
                 more = last_full
                 batch = min(2 * batch, ctx.compiled.settings.batch_size)
-                parts = _parts(to_send, last=not last_full)
+                unhanded = parts = _parts(to_send, last=not last_full)
                 if parts and recorder is None and stage.start() and _records_aside(ctx, stage):
                     recorder = _Recorder(ctx, node, stage)
                 if recorder is not None:
+                    unhanded = []  # the recorder takes charge of them, those it cannot send included
                     recorder.hand(parts, claimed_at)
                 else:
-                    in_flight.extend((part, stage.submit(part, claimed_at)) for part in parts)
+                    unhanded = list(parts)
+                    while unhanded:
+                        in_flight.append((unhanded[0], stage.submit(unhanded[0], claimed_at)))
+                        unhanded.pop(0)
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not _held_back(report):
                 _record_oldest(ctx, node, stage, in_flight, report)
@@ -171,11 +178,15 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
             # Stopped from outside (its execution timeout, Airflow stopping it, an interrupt):
             # what is on the wire finishes, nothing more is written.
             stage.stop_sending()
+        unhanded = [part for part in unhanded if part and all(part is not queued for queued, _ in in_flight)]
         try:
             if recorder is not None:
                 _merge(report, recorder.close(raise_first=False))
         finally:
-            _drain(ctx, node, in_flight, report, stage, raise_first=False)
+            try:
+                _drain(ctx, node, in_flight, report, stage, raise_first=False)
+            finally:
+                _release(ctx, node, unhanded, report)
         raise
     first: BaseException | None = None
     try:
@@ -190,6 +201,22 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     if first is not None:
         raise first
     return report
+
+
+def _release(
+    ctx: RunContext, node: CompiledNode, parts: list[dict[str, dict[str, Any]]], report: NodeReport
+) -> None:
+    """Record as not sent the claimed ``parts`` a stop caught before they were handed to the send stage.
+
+    An error here is logged, not raised: the exception on its way out is the task's.
+    """
+    for part in parts:
+        try:
+            _record(ctx, node, part, _not_handed(part), report)
+        except Exception:
+            log.warning(
+                "careflow: releasing the claims of a batch failed; its lease frees them", exc_info=True
+            )
 
 
 def _close_recorder(recorder: _Recorder, stage: _SendStage) -> NodeReport:
@@ -246,6 +273,8 @@ class _Recorder:
         #: moved unrenewed)
         self._cond = threading.Condition()
         self._closed = False
+        #: set by the recording thread as it ends (``close`` waits for it)
+        self._finished = False
         self._errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name=f"careflow-record-{node.id}", daemon=True)
         self._thread.start()
@@ -289,10 +318,14 @@ class _Recorder:
 
     def close(self, *, raise_first: bool) -> NodeReport:
         """Wait until every batch handed over is recorded; the recorder's counts, or its first error."""
+        # Waited for on the recorder's condition, not with Thread.join: a join that a signal's
+        # exception interrupted (the execution timeout) takes the thread for ended, and every
+        # join after it returns at once while the thread still records.
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+            while not self._finished:
+                self._cond.wait()
         if self._errors:
             if raise_first:
                 raise self._errors[0]
@@ -307,23 +340,30 @@ class _Recorder:
         return iter([*list(self._queue)[1:], *((part, None) for part in self._waiting)])
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                handed = self._queue[0]
-            try:
-                _record_handed(self.ctx, self.node, self.stage, handed, self.report, self, self._cond)
-            except BaseException as exc:
-                if self._errors:
-                    log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)
-                self._errors.append(exc)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._queue.popleft()
-                    self._cond.notify_all()
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if not self._queue:
+                        return
+                    handed = self._queue[0]
+                try:
+                    _record_handed(self.ctx, self.node, self.stage, handed, self.report, self, self._cond)
+                except BaseException as exc:
+                    if self._errors:
+                        log.warning(
+                            "careflow: recording a batch failed after an earlier error", exc_info=True
+                        )
+                    self._errors.append(exc)
+                finally:
+                    with self._cond:
+                        self._queue.popleft()
+                        self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
 
 
 def _merge(into: NodeReport, other: NodeReport) -> None:
