@@ -151,20 +151,19 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
                 more = False
             else:
                 after, to_send, last_full, claimed_at = prepared
-                unhanded = [to_send]
+                unhanded = parts = _parts(to_send, last=not last_full)
                 more = last_full
                 batch = min(2 * batch, ctx.compiled.settings.batch_size)
-                unhanded = parts = _parts(to_send, last=not last_full)
                 if parts and recorder is None and stage.start() and _records_aside(ctx, stage):
                     recorder = _Recorder(ctx, node, stage)
                 if recorder is not None:
                     unhanded = []  # the recorder takes charge of them, those it cannot send included
                     recorder.hand(parts, claimed_at)
                 else:
-                    unhanded = list(parts)
-                    while unhanded:
-                        in_flight.append((unhanded[0], stage.submit(unhanded[0], claimed_at)))
-                        unhanded.pop(0)
+                    # those already queued when a stop comes are the queue's (see the filter below)
+                    for part in parts:
+                        in_flight.append((part, stage.submit(part, claimed_at)))
+                    unhanded = []
             # The oldest batch is recorded once the stage holds as many as it sends at once.
             while len(in_flight) > stage.depth and not _held_back(report):
                 _record_oldest(ctx, node, stage, in_flight, report)
