@@ -399,3 +399,21 @@ def test_a_failed_run_is_alerted_once_not_again_after_its_task(
     run = SimpleNamespace(dag_id="careflow__booking-followup", run_id="scheduled__2026-03-04")
     alerts.DAG_RUN_FAILED({"dag": dag, "dag_run": run, "run_id": run.run_id, "reason": "task_failure"})
     assert len(webhook) == (1 if alerted else 0)
+
+
+def test_a_failed_run_is_alerted_when_airflow_hands_the_callback_its_serialized_dag(
+    webhook: list[dict[str, Any]],
+) -> None:
+    # `airflow dags test` (DAG.test) runs the run's failure callbacks with the scheduler's
+    # SerializedDAG in the context, which has no Jinja environment to render a notifier with.
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    scheduler_dag = DagSerialization.deserialize_dag(
+        DagSerialization.serialize_dag(build_dag(compiled_workflow()))
+    )
+    assert not hasattr(scheduler_dag, "get_template_env")
+    run = SimpleNamespace(dag_id="careflow__booking-followup", run_id="manual__2026-03-04")
+    alerts.DAG_RUN_FAILED(
+        {"dag": scheduler_dag, "dag_run": run, "run_id": run.run_id, "reason": "task_failure"}
+    )
+    assert len(webhook) == 1 and "a DAG run failed" in webhook[0]["text"]

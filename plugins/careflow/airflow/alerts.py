@@ -330,6 +330,14 @@ class CareflowNotifier(BaseNotifier):
         super().__init__()
         self.kind = kind
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Nothing to render (no template fields), so no Jinja environment is asked of the DAG.
+
+        ``airflow dags test`` runs a failed run's callbacks with the scheduler's ``SerializedDAG``
+        in the context, which has none: the base notifier's rendering fails there before the
+        alert is built.
+        """
+
     def notify(self, context: Any) -> None:
         """Build the alert from the callback context and send it."""
         if self.kind == "dag_run_failed" and _told_by_task_alerts(context or {}):
