@@ -36,6 +36,20 @@ def airflow_env(home: Path, workflows: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def failure_output(run: Any) -> str:
+    """What an ``airflow …`` subprocess printed, for a failed assertion: its first error, and its end.
+
+    The end alone often shows only what failed last (a run's failure callback), not why.
+    """
+    text = f"{run.stdout}\n{run.stderr}"
+    lines = text.splitlines()
+    first = next(
+        (i for i, line in enumerate(lines) if "[error" in line or line.startswith("Traceback")), None
+    )
+    head = "\n".join(lines[first : first + 80]) if first is not None else "(no error logged)"
+    return f"first error:\n{head}\n\nlast output:\n{text[-2500:]}"
+
+
 def careflow_env(
     home: Path,
     workflows: Path,

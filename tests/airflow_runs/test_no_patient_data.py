@@ -19,7 +19,7 @@ from careflow.demo.data import generate, load
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.store.db import get_engine
 from careflow.store.migrations import upgrade
-from support import careflow_env, phone_spellings, publish_for_airflow
+from support import careflow_env, failure_output, phone_spellings, publish_for_airflow
 
 pytestmark = pytest.mark.airflow
 
@@ -82,7 +82,7 @@ def test_task_logs_and_xcom_hold_ids_only(airflow_home: Path, tmp_path: Path) ->
             timeout=400,
         )
         bodies = [m["body"] for m in provider.messages()]
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, failure_output(run)
     assert bodies, (
         f"the run sent nothing: the scan would prove nothing\n{run.stdout[-1500:]}\n{run.stderr[-1500:]}"
     )

@@ -37,7 +37,7 @@ from careflow.store import tables
 from careflow.store.db import dispose_engines, get_engine
 from careflow.store.migrations import upgrade
 from engine.harness import Clinic, action, chain, cohort
-from support import careflow_env, publish_for_airflow
+from support import careflow_env, failure_output, publish_for_airflow
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -170,7 +170,7 @@ def test_a_20_second_outage_is_ridden_out_by_airflow_without_retries(
         )
         seconds = time.monotonic() - started
         stats = provider.stats()
-    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
+    assert run.returncode == 0, failure_output(run)
 
     with sqlite3.connect(airflow_home / "airflow.db") as conn:
         runs = conn.execute(

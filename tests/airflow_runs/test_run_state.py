@@ -23,7 +23,7 @@ from careflow.store import tables
 from careflow.store.db import dispose_engines, get_engine
 from careflow.store.migrations import upgrade
 from engine.harness import Clinic, action, chain, cohort
-from support import careflow_env, publish_for_airflow
+from support import careflow_env, failure_output, publish_for_airflow
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -73,7 +73,7 @@ def test_a_failed_node_task_fails_the_run_and_the_wake_task_still_runs(
                 "select task_id, state from task_instance where dag_id = ?", (f"careflow__{workflow_id}",)
             ).fetchall()
         )
-    detail = (run.stdout[-2000:], run.stderr[-3000:])
+    detail = failure_output(run)
     assert stats["accepted"] == 0, stats
     assert states == {
         "t": "success",
