@@ -240,6 +240,26 @@ def cores_busy(msgs_per_s: float, cpu: dict[str, float | None]) -> float | None:
     return None if total is None else round(msgs_per_s * total / 1000, 2)
 
 
+def accepting_span(run: Any) -> dict[str, float | None]:
+    """Where the action task's time went around its sending, from the provider's side.
+
+    ``first_accepted_after_ms``: from the task's start to the first message the provider accepted
+    (preparing the first batch, starting the send process, the provider's latency);
+    ``ended_after_last_ms``: from the last accepted message to the task's end (recording what
+    was still on the wire, stopping the send process); ``accepting_msgs_per_s``: the rate in
+    between. None where the provider accepted nothing.
+    """
+    if run.accepting_s is None:
+        return {"first_accepted_after_ms": None, "ended_after_last_ms": None, "accepting_msgs_per_s": None}
+    return {
+        "first_accepted_after_ms": round(1000 * run.first_accepted_after_s),
+        "ended_after_last_ms": round(1000 * run.ended_after_last_s),
+        "accepting_msgs_per_s": round((run.messages - 1) / run.accepting_s, 1)
+        if run.accepting_s > 0
+        else None,
+    }
+
+
 def round_rates(rounds: dict[str, list[Any]], careflow: str, seed: str, alone: str) -> dict[str, Any]:
     """Every round's rates, in the order they were taken, beside the medians the figures are."""
 
@@ -275,6 +295,7 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
             "provider_alone_msgs_per_s": sends["ceiling_bound"]["msgs_per_s"],
             "provider_alone_fraction": round(careflow_bound / sends["ceiling_bound"]["msgs_per_s"], 3),
             **round_rates(sends["rounds"], "bound_50", "seed_bound", "ceiling_bound"),
+            **accepting_span(bound),
         },
         "engine_overhead": {
             "messages": overhead.messages,
@@ -322,6 +343,13 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
             f"{pb['provider_alone_msgs_per_s']:,.0f} msg/s",
             f"careflow {pb['provider_alone_fraction']:.0%} of it; "
             f"latency p50 {sends['ceiling_bound']['latency_p50_ms']} ms",
+            "",
+        ),
+        (
+            "  careflow, from its first accepted message to its last",
+            f"{pb['accepting_msgs_per_s'] or 0:,.0f} msg/s",
+            f"the first {pb['first_accepted_after_ms']} ms after the task started; "
+            f"the task ended {pb['ended_after_last_ms']} ms after the last",
             "",
         ),
         (

@@ -120,8 +120,10 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
     own_before = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     children_before = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN))
     ready = time.perf_counter()
+    started_at = time.time()
     result = task.execute(context)
     finished = time.perf_counter()
+    ended_at = time.time()
     own = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - own_before
     children = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN)) - children_before
     round_trips = dict(counts)  # before the query below adds its own
@@ -133,6 +135,8 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
         "result": result,
         "setup_s": ready - started,
         "seconds": finished - ready,
+        "execute_started_at": started_at,
+        "execute_ended_at": ended_at,
         "round_trips": sum(round_trips.values()),
         "round_trip_detail": round_trips,
         # CPU seconds during the task: this process (every thread), the send process it forked and

@@ -77,6 +77,12 @@ class DagRun:
     tasks: list[TaskRun]
     #: CPU seconds the fake provider's process took while the action task ran (None: unreadable)
     provider_cpu_s: float | None = None
+    #: seconds from the action task's start to the provider's first accepted message, and from its
+    #: last accepted message to the task's end (None when nothing was accepted)
+    first_accepted_after_s: float | None = None
+    ended_after_last_s: float | None = None
+    #: seconds between the provider's first and last accepted message
+    accepting_s: float | None = None
 
     @property
     def action(self) -> TaskRun:
@@ -111,7 +117,14 @@ def run_dag(
             f"warning: {expected - run.messages} of {expected} messages were not sent: {report['reasons']}",
             file=sys.stderr,
         )
-    accepted = provider.stats()["accepted"]
+    stats = provider.stats()
+    accepted = stats["accepted"]
+    first, last = stats.get("first_accepted_at"), stats.get("last_accepted_at")
+    if first is not None and last is not None:
+        action = tasks[1].detail
+        run.first_accepted_after_s = first - float(action["execute_started_at"])
+        run.ended_after_last_s = float(action["execute_ended_at"]) - last
+        run.accepting_s = last - first
     if accepted != run.messages:
         raise SystemExit(
             f"the provider accepted {accepted} messages, the action task reports {run.messages} sent"

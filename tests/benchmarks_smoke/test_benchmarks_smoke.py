@@ -186,6 +186,12 @@ def test_a_small_dag_run_goes_through_the_benchmarks_task_processes(pg_server_ur
         engine.dispose()
     assert run.messages == size
     assert [task.task for task in run.tasks] == ["t1", "a1", "careflow_wake"]
+    # the provider's first and last accepted message fall inside the action task
+    assert run.first_accepted_after_s is not None and run.ended_after_last_s is not None
+    assert run.first_accepted_after_s > 0 and run.ended_after_last_s > 0 and run.accepting_s >= 0
+    assert run.first_accepted_after_s + run.accepting_s + run.ended_after_last_s == pytest.approx(
+        run.action.seconds, abs=0.01
+    )
 
 
 def test_each_compared_figure_is_the_median_round() -> None:

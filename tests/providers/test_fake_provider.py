@@ -85,6 +85,9 @@ def test_store_lookup_list_and_stats_over_http(fake: FakeProviderServer) -> None
     assert stats["accepts_by_key"] == {"k1": 1, "k2": 1} and stats["attempts_by_key"] == {"k1": 2, "k2": 1}
     assert (stats["received"], stats["duplicates"], stats["lookups"], stats["accepted_twice"]) == (3, 1, 2, 0)
     assert "accepts_by_key" not in brief
+    # k1 was accepted before ``before``, k2 after it
+    assert brief["first_accepted_at"] < before < brief["last_accepted_at"]
+    assert brief["last_accepted_at"] == listing["messages"][-1]["accepted_at"]
 
 
 def test_http_edges_unknown_paths_wrong_methods_large_bodies_bad_requests(fake: FakeProviderServer) -> None:

@@ -203,6 +203,9 @@ class FakeProvider:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "accepted_twice": sum(1 for n in self.accepts_by_key.values() if n > 1),
+            # unix times of the first and the last message accepted (None before the first)
+            "first_accepted_at": self.order[0]["accepted_at"] if self.order else None,
+            "last_accepted_at": self.order[-1]["accepted_at"] if self.order else None,
         }
         if not brief:
             data["accepts_by_key"] = dict(self.accepts_by_key)
