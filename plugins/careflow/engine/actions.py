@@ -177,15 +177,15 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
             # Stopped from outside (its execution timeout, Airflow stopping it, an interrupt):
             # what is on the wire finishes, nothing more is written.
             stage.stop_sending()
-        unhanded = [part for part in unhanded if part and all(part is not queued for queued, _ in in_flight)]
+        # Claimed parts the stop caught before they were handed over are queued as not sent, as
+        # ``_Recorder.hand`` queues those still waiting: recorded, they release their claims.
+        released = [part for part in unhanded if part and all(part is not queued for queued, _ in in_flight)]
+        in_flight.extend((part, _done(_not_handed(part))) for part in released)
         try:
             if recorder is not None:
                 _merge(report, recorder.close(raise_first=False))
         finally:
-            try:
-                _drain(ctx, node, in_flight, report, stage, raise_first=False)
-            finally:
-                _release(ctx, node, unhanded, report)
+            _drain(ctx, node, in_flight, report, stage, raise_first=False)
         raise
     first: BaseException | None = None
     try:
@@ -200,22 +200,6 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     if first is not None:
         raise first
     return report
-
-
-def _release(
-    ctx: RunContext, node: CompiledNode, parts: list[dict[str, dict[str, Any]]], report: NodeReport
-) -> None:
-    """Record as not sent the claimed ``parts`` a stop caught before they were handed to the send stage.
-
-    An error here is logged, not raised: the exception on its way out is the task's.
-    """
-    for part in parts:
-        try:
-            _record(ctx, node, part, _not_handed(part), report)
-        except Exception:
-            log.warning(
-                "careflow: releasing the claims of a batch failed; its lease frees them", exc_info=True
-            )
 
 
 def _close_recorder(recorder: _Recorder, stage: _SendStage) -> NodeReport:
