@@ -121,7 +121,7 @@ def run_dag(
     accepted = stats["accepted"]
     first, last = stats.get("first_accepted_at"), stats.get("last_accepted_at")
     if first is not None and last is not None:
-        action = tasks[1].detail
+        action = run.action.detail
         run.first_accepted_after_s = first - float(action["execute_started_at"])
         run.ended_after_last_s = float(action["execute_ended_at"]) - last
         run.accepting_s = last - first
