@@ -136,3 +136,23 @@ def test_a_simulated_run_sends_careflow_metrics_without_patient_data(
     nodes = {n["node_id"]: n for n in item["nodes"]}
     assert nodes["notice"]["task_s"]["p95"] > 0
     assert nodes["notice"]["task_states"].get("success", 0) >= 1
+
+
+def test_the_statsd_settings_in_the_docs_read_as_they_say_when_copied() -> None:
+    """docs/metrics.md's `[metrics]` block, read as Airflow reads airflow.cfg (a `#` after a value is
+    part of the value): the prefix is `airflow`, and no other value carries a comment either."""
+    import configparser
+    import re
+
+    from airflow.configuration import AirflowConfigParser
+
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text(encoding="utf-8")
+    block = re.search(r"```ini\n(\[metrics\]\n.*?)```", doc, re.S)
+    assert block is not None, "docs/metrics.md has no [metrics] ini block"
+    assert issubclass(AirflowConfigParser, configparser.ConfigParser)
+    parser = configparser.ConfigParser()  # Airflow's parser keeps ConfigParser's inline-comment rule
+    parser.read_string(block.group(1))
+    values = dict(parser["metrics"])
+    assert values["statsd_prefix"] == "airflow", values
+    assert values["statsd_on"] == "True" and values["statsd_port"] == "8125", values
+    assert not [k for k, v in values.items() if "#" in v], values
