@@ -18,9 +18,12 @@ secrets backends (the metadata DB only when asked for a connection at run time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -255,7 +258,52 @@ def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:
 
 
 def get_connection(conn_id: str) -> ConnectionInfo | None:
-    """An Airflow connection by id, or None when it is not defined anywhere."""
+    """An Airflow connection by id, or None when it is not defined anywhere.
+
+    Inside :func:`connections_read_once` for ``conn_id``, the connection as the block read it.
+    """
+    with _read_once_lock:
+        for held in reversed(_read_once):
+            if conn_id in held:
+                return held[conn_id]
+    return _look_up(conn_id)
+
+
+#: the connections read by the :func:`connections_read_once` blocks in progress, innermost last
+_read_once: list[dict[str, ConnectionInfo | None]] = []
+_read_once_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def connections_read_once(*conn_ids: str) -> Iterator[None]:
+    """Read these connections now, on this thread, and answer every lookup of them in the block
+    from that read, on whatever thread it comes.
+
+    An action task reads this way, on its main thread, the connections its other threads may need
+    (the send process's reader thread raising an alert: ``careflow_alerts``, and ``careflow_redis``
+    to agree on it with other processes). Airflow's task runner answers a lookup through one
+    channel per task process; the one of ``dag.test()`` and ``airflow dags test`` (task and
+    supervisor in one process) is not safe to use from two threads at once, and a lookup from the
+    reader thread there, while the main thread reported the task deferred, lost that report and
+    failed the task. A connection that cannot be read now is looked up when it is asked for, as
+    outside the block.
+    """
+    held: dict[str, ConnectionInfo | None] = {}
+    for conn_id in conn_ids:
+        try:
+            held[conn_id] = _look_up(conn_id)
+        except Exception:  # the lookup that needs it raises it, where it is asked for
+            continue
+    with _read_once_lock:
+        _read_once.append(held)
+    try:
+        yield
+    finally:
+        with _read_once_lock:
+            _read_once[:] = [other for other in _read_once if other is not held]
+
+
+def _look_up(conn_id: str) -> ConnectionInfo | None:
     env = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
     if env:
         return _parse_uri(conn_id, env)

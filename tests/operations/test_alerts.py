@@ -216,6 +216,49 @@ def test_breaker_open_and_redis_fallback_alert_once_per_cooldown(webhook: list[d
     assert any("Redis lost: circuit breakers fall back" in text for text in kinds), kinds
 
 
+def test_an_action_task_looks_its_connections_up_on_its_main_thread_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    """The breaker opens in the send process; its alert is raised on the task's reader thread and
+    posted from a thread of its own, to the webhook the task's main thread read: under ``airflow
+    dags test`` a lookup from another thread can lose the main thread's report to Airflow."""
+    import threading
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from careflow import settings
+
+    _, _, dag, context = _simulated_day(tmp_path, monkeypatch)
+    monkeypatch.delenv("CAREFLOW_REDIS_URL")  # careflow_redis is looked up too (and not defined)
+    real_lookup = settings._look_up
+    looked_up_on: list[tuple[str, str]] = []
+
+    def lookup(conn_id: str) -> Any:
+        looked_up_on.append((conn_id, threading.current_thread().name))
+        return real_lookup(conn_id)
+
+    monkeypatch.setattr(settings, "_look_up", lookup)
+    with FakeProviderServer(error_rate=1.0) as provider:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+            json.dumps({"conn_type": "http", "host": provider.url, "password": provider.token}),
+        )
+        dag.get_task("booked").execute(context)
+        dag.get_task("hour_later").execute(context)
+        looked_up_on.clear()
+        with pytest.raises(AirflowException, match="still pending"):
+            dag.get_task("notice").execute(context)
+    dispose_engines()
+    deadline = time.monotonic() + 10
+    while not webhook and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert [a["text"] for a in webhook if "opened" in a["text"]], webhook
+    looked_up = {conn_id for conn_id, _ in looked_up_on}
+    assert {"careflow_alerts", "careflow_redis"} <= looked_up, looked_up_on
+    assert {thread for _, thread in looked_up_on} == {threading.main_thread().name}, looked_up_on
+
+
 @pytest.mark.parametrize(
     ("text", "told"),
     [

@@ -170,15 +170,27 @@ def webhook_url() -> str | None:
     return host.rstrip("/") + ("/" + path.lstrip("/") if path else "")
 
 
-def send_alert(alert: Alert) -> bool:
-    """Log the alert and post it to ``careflow_alerts``; True when the webhook accepted it. Never raises."""
+class _Unread:
+    """The webhook has not been read yet: ``send_alert`` reads it."""
+
+
+_UNREAD = _Unread()
+
+
+def send_alert(alert: Alert, url: str | None | _Unread = _UNREAD) -> bool:
+    """Log the alert and post it to ``careflow_alerts``; True when the webhook accepted it. Never raises.
+
+    ``url``: the webhook as :func:`send_in_background` read it before starting its thread (None:
+    there is none); by default it is read here.
+    """
     log.warning("%s", alert.text)
     observability.stats_incr(f"careflow.alerts.{observability.part(alert.kind)}")
-    try:
-        url = webhook_url()
-    except Exception:
-        log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
-        return False
+    if isinstance(url, _Unread):
+        try:
+            url = webhook_url()
+        except Exception:
+            log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
+            return False
     if url is None:
         return False
     request = urllib.request.Request(
@@ -197,8 +209,19 @@ def send_alert(alert: Alert) -> bool:
 
 def send_in_background(alert: Alert) -> threading.Thread:
     """:func:`send_alert` on its own thread: breaker events fire inside the send path, which must not
-    wait for a webhook. The thread is not a daemon, so a process that ends normally still posts it."""
-    thread = threading.Thread(target=send_alert, args=(alert,), name="careflow-alert")
+    wait for a webhook. The thread is not a daemon, so a process that ends normally still posts it.
+
+    The webhook is read first, on the thread that raised the alert, and the new thread only posts:
+    a lookup on a thread of its own could come at any moment of the task, and Airflow's in-process
+    task runner (``dag.test()``, ``airflow dags test``) is not safe to ask from two threads at once
+    (see :func:`careflow.settings.connections_read_once`).
+    """
+    try:
+        url: str | None | _Unread = webhook_url()
+    except Exception:
+        log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
+        url = None
+    thread = threading.Thread(target=send_alert, args=(alert, url), name="careflow-alert")
     thread.start()
     return thread
 

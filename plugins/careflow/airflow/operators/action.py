@@ -37,7 +37,18 @@ class ActionOperator(CareflowNodeOperator):
         self.channel = self._compiled.node(self.careflow_node_id).config.channel
 
     def execute(self, context: Any) -> dict[str, Any]:
-        """Send every due message of this node, then defer or retry what is left."""
+        """Send every due message of this node, then defer or retry what is left.
+
+        The alerts raised meanwhile (a breaker opening, Redis lost) come from the send process's
+        reader thread and the send threads too: the connections they need are read once, here, on
+        the task's main thread (``connections_read_once``).
+        """
+        from careflow import settings
+
+        with settings.connections_read_once(settings.ALERTS_CONN_ID, settings.REDIS_CONN_ID):
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
         from careflow.engine.nodes import process_node
