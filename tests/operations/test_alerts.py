@@ -259,6 +259,29 @@ def test_an_action_task_looks_its_connections_up_on_its_main_thread_only(
     assert {thread for _, thread in looked_up_on} == {threading.main_thread().name}, looked_up_on
 
 
+def test_an_alert_posted_in_the_background_reads_its_webhook_before_its_thread_starts(
+    monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    """Outside an action task too (a trigger task losing Redis): the alert's own thread only posts."""
+    import threading
+
+    from careflow import settings
+
+    real_lookup = settings._look_up
+    looked_up_on: list[str] = []
+
+    def lookup(conn_id: str) -> Any:
+        if conn_id == "careflow_alerts":
+            looked_up_on.append(threading.current_thread().name)
+        return real_lookup(conn_id)
+
+    monkeypatch.setattr(settings, "_look_up", lookup)
+    alerts.send_in_background(alerts.Alert(kind="breaker_redis_fallback", title="Redis lost")).join(10)
+
+    assert len(webhook) == 1 and "Redis lost" in webhook[0]["text"], webhook
+    assert looked_up_on == [threading.main_thread().name], looked_up_on
+
+
 @pytest.mark.parametrize(
     ("text", "told"),
     [
