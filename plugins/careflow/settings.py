@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -314,6 +315,10 @@ def _look_up(conn_id: str) -> ConnectionInfo | None:
 
         conn = BaseHook.get_connection(conn_id)
     except Exception:
+        if hasattr(sys.modules.get("airflow.sdk.execution_time.task_runner"), "SUPERVISOR_COMMS"):
+            # In a task, Airflow's task runner gave its answer; the metadata path would only ask it
+            # again, with a deprecation warning in the task's log.
+            return None
         try:
             from airflow.models.connection import Connection
 
