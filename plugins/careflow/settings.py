@@ -286,8 +286,12 @@ def connections_read_once(*conn_ids: str) -> Iterator[None]:
     channel per task process; the one of ``dag.test()`` and ``airflow dags test`` (task and
     supervisor in one process) is not safe to use from two threads at once, and a lookup from the
     reader thread there, while the main thread reported the task deferred, lost that report and
-    failed the task. A connection that cannot be read now is looked up when it is asked for, as
-    outside the block.
+    failed the task.
+
+    What the read finds holds for the whole block, "not defined" included (a secrets backend that
+    did not answer says the same, so its alerts are then only logged, as they would be by a lookup
+    of their own at that moment). Only a lookup that raises (a malformed ``AIRFLOW_CONN_*`` value)
+    is not held: it raises again where the connection is asked for.
     """
     held: dict[str, ConnectionInfo | None] = {}
     for conn_id in conn_ids:

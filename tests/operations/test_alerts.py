@@ -230,6 +230,7 @@ def test_an_action_task_looks_its_connections_up_on_its_main_thread_only(
 
     _, _, dag, context = _simulated_day(tmp_path, monkeypatch)
     monkeypatch.delenv("CAREFLOW_REDIS_URL")  # careflow_redis is looked up too (and not defined)
+    monkeypatch.delenv("AIRFLOW_CONN_CAREFLOW_REDIS", raising=False)
     real_lookup = settings._look_up
     looked_up_on: list[tuple[str, str]] = []
 

@@ -63,6 +63,7 @@ def test_connections_read_once_answer_every_thread_from_one_read(monkeypatch: py
     hook = '{"conn_type": "http", "host": "https://chat.example.org/hook"}'
     monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_ALERTS", hook)
     monkeypatch.setenv("CAREFLOW_CONNECTIONS_FROM_ENV_ONLY", "1")
+    monkeypatch.delenv("AIRFLOW_CONN_CAREFLOW_REDIS", raising=False)
     real = settings._look_up
     looked_up_on: list[str] = []
 

@@ -396,6 +396,9 @@ def _child_events(reply: Any) -> None:
 
     events._lock = threading.Lock()  # a lock held by another thread at the fork stays held here
     events._subscribers[:] = [forward]
+    from careflow import settings
+
+    settings._read_once_lock = threading.Lock()  # the same: a thread may be reading a connection
 
 
 def _drop_inherited_sockets(keep: int) -> None:
