@@ -170,27 +170,38 @@ def webhook_url() -> str | None:
     return host.rstrip("/") + ("/" + path.lstrip("/") if path else "")
 
 
-class _Unread:
-    """The webhook has not been read yet: ``send_alert`` reads it."""
+def send_alert(alert: Alert) -> bool:
+    """Log the alert and post it to ``careflow_alerts``; True when the webhook accepted it. Never raises."""
+    return _post(alert, _read_webhook())
 
 
-_UNREAD = _Unread()
+def send_in_background(alert: Alert) -> threading.Thread:
+    """:func:`send_alert` on its own thread: breaker events fire inside the send path, which must not
+    wait for a webhook. The thread is not a daemon, so a process that ends normally still posts it.
 
-
-def send_alert(alert: Alert, url: str | None | _Unread = _UNREAD) -> bool:
-    """Log the alert and post it to ``careflow_alerts``; True when the webhook accepted it. Never raises.
-
-    ``url``: the webhook as :func:`send_in_background` read it before starting its thread (None:
-    there is none); by default it is read here.
+    The webhook is read first, on the thread that raised the alert, and the new thread only posts:
+    a lookup on a thread of its own could come at any moment of the task, and Airflow's in-process
+    task runner (``dag.test()``, ``airflow dags test``) is not safe to ask from two threads at once
+    (see :func:`careflow.settings.connections_read_once`).
     """
+    thread = threading.Thread(target=_post, args=(alert, _read_webhook()), name="careflow-alert")
+    thread.start()
+    return thread
+
+
+def _read_webhook() -> str | None:
+    """:func:`webhook_url`, or None (said in the log) when the connection cannot be read."""
+    try:
+        return webhook_url()
+    except Exception:
+        log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
+        return None
+
+
+def _post(alert: Alert, url: str | None) -> bool:
+    """Log the alert and post it to ``url`` (None: nowhere); True when the webhook accepted it."""
     log.warning("%s", alert.text)
     observability.stats_incr(f"careflow.alerts.{observability.part(alert.kind)}")
-    if isinstance(url, _Unread):
-        try:
-            url = webhook_url()
-        except Exception:
-            log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
-            return False
     if url is None:
         return False
     request = urllib.request.Request(
@@ -205,25 +216,6 @@ def send_alert(alert: Alert, url: str | None | _Unread = _UNREAD) -> bool:
     except Exception as exc:
         log.error("careflow: alert webhook failed (%s): %s", type(exc).__name__, alert.kind)
         return False
-
-
-def send_in_background(alert: Alert) -> threading.Thread:
-    """:func:`send_alert` on its own thread: breaker events fire inside the send path, which must not
-    wait for a webhook. The thread is not a daemon, so a process that ends normally still posts it.
-
-    The webhook is read first, on the thread that raised the alert, and the new thread only posts:
-    a lookup on a thread of its own could come at any moment of the task, and Airflow's in-process
-    task runner (``dag.test()``, ``airflow dags test``) is not safe to ask from two threads at once
-    (see :func:`careflow.settings.connections_read_once`).
-    """
-    try:
-        url: str | None | _Unread = webhook_url()
-    except Exception:
-        log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
-        url = None
-    thread = threading.Thread(target=send_alert, args=(alert, url), name="careflow-alert")
-    thread.start()
-    return thread
 
 
 def _first_time(key: tuple[str, ...], now: float | None = None) -> bool:
