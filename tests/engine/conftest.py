@@ -38,8 +38,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     processes: list[Any] = []
     real = send_process.SendProcess.start.__func__  # type: ignore[attr-defined]
 
-    def start(cls: Any, client: Any, gate: Any = None) -> Any:
-        process = real(cls, client, gate)
+    def start(cls: Any, client: Any, gate: Any = None, **kw: Any) -> Any:
+        process = real(cls, client, gate, **kw)
         processes.append(process)
         return process
 

@@ -356,6 +356,45 @@ def test_a_real_client_sends_from_a_process_of_its_own(engine, journey, fake, st
     assert {row["status"] for row in ledger(engine, "pipe-proc").values()} == {"sent"}
 
 
+def test_the_send_process_starts_with_the_first_due_steps_before_they_are_claimed(
+    engine, journey, fake, monkeypatch
+) -> None:
+    """On Postgres it opens its connections while the first batch is prepared, told how many may come."""
+    from careflow.engine import steps
+    from careflow.providers import send_process
+
+    j = enrolled(engine, journey, "pipe-early", patients=47, batch_size=5)
+    real_start = send_process.SendProcess.start.__func__  # type: ignore[attr-defined]
+    real_insert = steps.insert_ignore
+    seen: list[str] = []
+
+    def start(cls: Any, client: Any, gate: Any = None, *, warm: int = 0) -> Any:
+        seen.append(f"start, {warm} coming")
+        return real_start(cls, client, gate, warm=warm)
+
+    def insert_ignore(conn: Any, table: Any, rows: list[Any], *args: Any, **kw: Any) -> Any:
+        if rows and kw.get("returning"):
+            seen.append(f"claim {len(rows)}")
+        return real_insert(conn, table, rows, *args, **kw)
+
+    monkeypatch.setattr(send_process.SendProcess, "start", classmethod(start))
+    monkeypatch.setattr(steps, "insert_ignore", insert_ignore)
+    report = j.node("a", T)
+
+    assert report.sent == 47 and len([s for s in seen if s.startswith("start")]) == 1
+    if engine.dialect.name == "postgresql":
+        assert seen[:3] == ["start, 5 coming", "claim 5", "claim 5"]
+    else:  # SQLite's one writer would wait for the fork: the batch is claimed first
+        assert seen[:3] == ["claim 5", "start, 0 coming", "claim 5"]
+    assert assert_exactly_once(fake)["accepted"] == 47
+
+
+def test_no_send_process_starts_when_nothing_is_due(engine, journey, fake, started) -> None:
+    j = enrolled(engine, journey, "pipe-none", patients=3, batch_size=5)
+    assert j.node("a", T).sent == 3 and len(started) == 1
+    assert j.node("a", T + timedelta(minutes=1)).processed == 0 and len(started) == 1
+
+
 def priority() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
@@ -427,9 +466,9 @@ def test_with_a_send_process_on_postgres_batches_are_recorded_on_a_thread_of_the
     recorded_on: set[str] = set()
     real_prepare, real_record = actions._prepare_batch, actions._record
 
-    def prepare(*args: Any) -> Any:
+    def prepare(*args: Any, **kw: Any) -> Any:
         prepared_on.add(threading.current_thread().name)
-        return real_prepare(*args)
+        return real_prepare(*args, **kw)
 
     def record(*args: Any) -> None:
         recorded_on.add(threading.current_thread().name)
@@ -519,8 +558,8 @@ def stop_when_the_stage_is_full(engine, monkeypatch, stop: Any) -> list[int]:
     prepared: list[int] = []
     full_at = 4 if engine.dialect.name == "postgresql" else 3
 
-    def prepare(*args: Any) -> Any:
-        result = real_prepare(*args)
+    def prepare(*args: Any, **kw: Any) -> Any:
+        result = real_prepare(*args, **kw)
         prepared.append(1)
         if len(prepared) == full_at:
             stop()
@@ -609,8 +648,8 @@ def test_a_stop_after_the_last_batch_was_handed_over_stops_the_sending_too(
     fake.configure(latency_ms=1000)
     real_prepare = actions._prepare_batch
 
-    def prepare(*args: Any) -> Any:
-        result = real_prepare(*args)
+    def prepare(*args: Any, **kw: Any) -> Any:
+        result = real_prepare(*args, **kw)
         if result is None:  # nothing left to prepare: the task now waits for what it handed over
             signal.setitimer(signal.ITIMER_REAL, 0.3)
         return result
@@ -633,23 +672,25 @@ def test_a_stop_after_the_last_batch_was_handed_over_stops_the_sending_too(
 def test_a_stop_between_a_claim_and_its_hand_over_releases_the_claimed_batch(
     engine, journey, fake, started
 ) -> None:
-    """The timeout comes while the first batch, claimed, waits for the send process to start."""
+    """The timeout comes once the first batch is claimed, right before it is handed over."""
     from airflow.sdk.exceptions import AirflowTaskTimeout
 
     from careflow.engine import actions
 
     j = enrolled(engine, journey, "pipe-unhanded", patients=40, batch_size=5)
 
-    def start(self: Any) -> bool:
-        raise AirflowTaskTimeout("the task's execution timeout")  # as the signal raises it, mid-fork
+    def records_aside(*_: Any) -> bool:
+        raise AirflowTaskTimeout("the task's execution timeout")  # as the signal raises it
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(actions._SendStage, "start", start)
+        patch.setattr(actions, "_records_aside", records_aside)
         with pytest.raises(AirflowTaskTimeout):
             j.node("a", T)
 
     rows = ledger(engine, "pipe-unhanded")
-    assert len(rows) == 5 and not started and fake.stats()["received"] == 0
+    # the send process started with the first due steps, and was stopped without a request
+    assert len(rows) == 5 and len(started) == 1 and started[0]._closed
+    assert fake.stats()["received"] == 0
     assert {(row["status"], row["last_error"]) for row in rows.values()} == {
         ("pending", "not_sent task_stopped")
     }

@@ -423,3 +423,82 @@ def test_a_slow_answer_leaves_no_timeout_behind_for_the_next_request_on_its_conn
         (Outcome.ACCEPTED, "p-2"),
     ]
     assert server.connections == 1
+
+
+def pool_for(url: str, limit: int = 4) -> Http1Pool:
+    return Http1Pool(Origin.parse(url), limit=limit, connect_timeout=1, read_timeout=1, total_timeout=2)
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_connections_opened_ahead_are_taken_over_by_the_first_requests(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    server = serve(lambda n, _: accepted(f"p-{n}"))
+
+    async def run() -> list[int]:
+        pool = pool_for(server.url)
+        pool.warm(10)  # at most the pool's limit
+        answers = await asyncio.gather(*(pool.request(REQUEST) for _ in range(4)))
+        await pool.close()
+        return [a.status for a in answers]
+
+    assert asyncio.run(run()) == [200] * 4
+    assert server.connections == 4  # the four opened ahead; no request opened one of its own
+
+
+def test_connections_opened_ahead_and_not_taken_wait_idle_for_the_next_requests(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    server = serve(lambda n, _: accepted(f"p-{n}"))
+
+    async def run() -> None:
+        pool = pool_for(server.url)
+        pool.warm(3)
+        for _ in range(50):  # until they are open
+            if len(pool._idle) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(pool._idle) == 3 and not pool._opening
+        for _ in range(3):
+            await pool.request(REQUEST)
+        pool.warm(3)  # three are open already: nothing more to open
+        assert not pool._opening
+        await pool.close()
+
+    asyncio.run(run())
+    assert server.connections == 3
+
+
+def test_a_request_that_takes_over_a_failed_connect_fails_as_not_written() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def run() -> None:
+        pool = pool_for(f"http://127.0.0.1:{port}")
+        pool.warm(2)
+        with pytest.raises(ConnectFailed, match="could not connect"):
+            await pool.request(REQUEST)
+        await asyncio.sleep(0.05)  # the other one fails too, and is dropped
+        assert not pool._opening and not pool._idle
+        await pool.close()
+
+    asyncio.run(run())
+
+
+def test_closing_the_pool_drops_the_connections_still_opening(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n, _: accepted())
+
+    async def run() -> None:
+        pool = pool_for(server.url)
+        pool.warm(4)
+        await pool.close()
+        assert not pool._opening and not pool._idle
+        pool.warm(4)  # a closed pool opens nothing
+        assert not pool._opening
+        with pytest.raises(ConnectFailed, match="closed"):
+            await pool.request(REQUEST)
+
+    asyncio.run(run())

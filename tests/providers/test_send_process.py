@@ -284,3 +284,20 @@ def test_a_deadline_follows_only_the_renewals_the_child_shares(fake) -> None:
             sender.send_batch([make_message(1)], deadline=foreign)
         assert sender.send_batch([make_message(1)], deadline=LeaseDeadline(time.time() + 60))[0].delivered
     assert fake.stats()["received"] == 1
+
+
+def test_told_what_is_coming_the_child_opens_its_connections_before_the_batch_arrives() -> None:
+    from support import ScriptedServer
+
+    body = b'{"id": "p-1", "status": "accepted"}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with ScriptedServer(lambda n, _: answer) as server:
+        client = ProviderClient(server.url, "t", max_concurrency=3)
+        with SendProcess.start(client, warm=5) as sender:  # 5 coming, 3 at a time: 3 connections
+            deadline = time.monotonic() + 10
+            while server.connections < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.connections == 3 and server.requests == []
+            results = sender.send_batch([make_message(i) for i in range(5)])
+        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
+        assert server.connections == 3 and len(server.requests) == 5

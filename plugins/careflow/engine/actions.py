@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -143,10 +143,15 @@ def _send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
     recorder: _Recorder | None = None
     #: the parts of the batch just claimed that nothing has taken charge of yet (recorder or queue)
     unhanded: list[dict[str, dict[str, Any]]] = []
+    # On Postgres the send stage starts as soon as the first batch has due steps, so that the send
+    # process opens its connections while the batch is prepared. SQLite's one writer would wait
+    # for the fork too (the batch's transaction holds the database): there it starts once the
+    # batch is claimed.
+    early_start = stage.start if ctx.engine.dialect.name == "postgresql" else None
     try:
         more = True
         while more:
-            prepared = _prepare_batch(ctx, node, after, batch, report)
+            prepared = _prepare_batch(ctx, node, after, batch, report, on_due=early_start)
             if prepared is None:
                 more = False
             else:
@@ -449,8 +454,11 @@ def _drain(
 class _SendStage:
     """Where claimed batches are sent: a send process when it can, else a thread of this process.
 
-    The send process (``careflow.providers.send_process``) is forked at the first batch, only for
-    careflow's own provider client and when ``[careflow] send_process`` is not false. It holds
+    The send process (``careflow.providers.send_process``) is forked once, only for careflow's
+    own provider client and when ``[careflow] send_process`` is not false: on Postgres as soon as
+    the first batch has due steps (before they are claimed, even if none of them turns out to be
+    sent), and it opens its connections to the provider while the task prepares that batch; on
+    SQLite once the first batch is claimed. It holds
     ``depth`` batches at once; a thread of this process holds one. Either way, no request of a
     batch is written past its lease: the deadline of its claim, or of the last renewal, which
     covers every batch handed over before it (``renewed``).
@@ -479,13 +487,18 @@ class _SendStage:
             self.depth = send_process.SendProcess.concurrent_batches
             self._nice = prepare_nice()
 
-    def start(self) -> bool:
-        """Start the send process (or thread) before the first batch; False in a dry run (none)."""
+    def start(self, due: int = 0) -> bool:
+        """Start the send process (or thread) before the first batch; False in a dry run (none).
+
+        ``due``: how many messages the first batch may hold; the send process opens as many
+        connections (up to the provider's concurrency) while they are prepared. Started once:
+        later calls change nothing.
+        """
         if self.ctx.dry_run:
             return False
         if self._executor is None:
             if self.depth > 1:
-                self._start_process()
+                self._start_process(due)
             self._executor = ThreadPoolExecutor(
                 max_workers=self.depth + (self.process is not None),
                 thread_name_prefix=f"careflow-send-{self.node.id}",
@@ -522,11 +535,11 @@ class _SendStage:
             self._stopping = True
             self._renewed.value = STOPPING
 
-    def _start_process(self) -> None:
+    def _start_process(self, due: int) -> None:
         from careflow.providers.send_process import SendProcess
 
         try:
-            self.process = SendProcess.start(self.ctx.sender, self.ctx.gate)
+            self.process = SendProcess.start(self.ctx.sender, self.ctx.gate, warm=due)
         except Exception:
             log.warning("careflow: could not start a send process; sending from this one", exc_info=True)
             self.depth = 1
@@ -689,7 +702,14 @@ def _lease_deadline(claimed_at: datetime) -> float:
     return claimed_at.timestamp() + lease - min(LEASE_MARGIN.total_seconds(), lease / 10)
 
 
-def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, report: NodeReport):  # type: ignore[no-untyped-def]
+def _prepare_batch(  # type: ignore[no-untyped-def]
+    ctx: RunContext,
+    node: CompiledNode,
+    after: int,
+    batch: int,
+    report: NodeReport,
+    on_due: Callable[[int], object] | None = None,
+):
     from careflow.engine.consent import check_consent, quiet_hours_end
     from careflow.engine.facts_builder import UnreadableFacts
     from careflow.engine.recipients import missing_recipient_reason, recipient_for
@@ -704,6 +724,8 @@ def _prepare_batch(ctx: RunContext, node: CompiledNode, after: int, batch: int, 
         report.queries += 1
         if not rows:
             return None
+        if on_due is not None:
+            on_due(len(rows))
         report.batches += 1
         last_id = rows[-1]["id"]
         facts = st.load_facts(conn, ctx, rows, report)

@@ -529,6 +529,16 @@ class ProviderClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def warm(self, count: int) -> None:
+        """Start opening up to ``count`` connections (at most ``max_concurrency``) in the pool ``async with`` keeps.
+
+        The first requests take them over as they come (``Http1Pool.warm``). Outside ``async with``
+        there is no pool to keep them in, and nothing is opened.
+        """
+        shared = self._shared
+        if shared is not None and shared.loop is asyncio.get_running_loop():
+            shared.pool.warm(min(count, self.max_concurrency))
+
     async def aclose(self) -> None:
         """Close the connections opened by ``async with``."""
         shared, self._shared = self._shared, None

@@ -6,7 +6,8 @@ these requests never need: redirects, cookies, proxies, compression, multipart, 
 readers and tracing hooks. This one does only what the provider's API asks for:
 
 - one origin (``http`` or ``https``), a keep-alive pool of connections to it, reused newest
-  first and dropped after ``keepalive`` idle seconds;
+  first and dropped after ``keepalive`` idle seconds; ``warm`` opens some ahead of the first
+  requests, which take them over as they come;
 - one request at a time per connection (no pipelining), its head written in one piece;
 - answers framed by ``Content-Length``, by chunks or by the connection closing, parsed by
   ``httptools`` (the C parser of Node's ``llhttp``), a head of at most ``MAX_HEAD`` bytes and
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -334,7 +336,32 @@ class Http1Pool:
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
+        #: connects ``warm`` started that no request has taken over yet
+        self._opening: deque[asyncio.Task[_Connection]] = deque()
         self.closed = False
+
+    def warm(self, count: int) -> None:
+        """Start opening connections so that ``count`` are open or opening (at most ``limit``).
+
+        Each is a connect started early: a request that finds no idle connection takes over the
+        oldest still opening, and raises what that connect raised, as if it had started it
+        (:class:`ConnectFailed`: nothing was written). One that no request took over joins the
+        idle connections; one that failed is dropped. Needs a running event loop.
+        """
+        loop = asyncio.get_running_loop()
+        wanted = min(count, self.limit) - len(self._idle) - len(self._busy) - len(self._opening)
+        for _ in range(max(0, wanted) if not self.closed else 0):
+            task = loop.create_task(self._connect(loop))
+            task.add_done_callback(self._opened)
+            self._opening.append(task)
+
+    def _opened(self, task: asyncio.Task[_Connection]) -> None:
+        if task not in self._opening:  # taken over by a request, which has its outcome
+            return
+        self._opening.remove(task)
+        if task.cancelled() or task.exception() is not None:
+            return  # the requests after it connect themselves, and see their own failure
+        self._keep_unused(task.result())
 
     async def request(self, request: bytes, before_write: Callable[[], object] | None = None) -> Answer:
         """Send one whole request (head and body) and return its answer.
@@ -343,7 +370,7 @@ class Http1Pool:
         written to it: what it raises is raised as is, and nothing is written.
         """
         loop = asyncio.get_running_loop()
-        connection = await self._reuse(loop) or await self._connect(loop)
+        connection = await self._reuse(loop) or await self._take_over() or await self._connect(loop)
         if before_write is not None:
             try:
                 before_write()
@@ -380,6 +407,12 @@ class Http1Pool:
                 return connection
             self._close(connection)
         return None
+
+    async def _take_over(self) -> _Connection | None:
+        """The oldest connect ``warm`` started, awaited as if this request had started it; None if none."""
+        if not self._opening:
+            return None
+        return await self._opening.popleft()
 
     def _keep_unused(self, connection: _Connection) -> None:
         if connection.writable() and not self.closed and len(self._idle) < self.limit:
@@ -422,9 +455,17 @@ class Http1Pool:
         """Close the idle connections and drop the busy ones; the pool takes no more requests."""
         self.closed = True
         idle, self._idle = self._idle, []
+        opening, self._opening = self._opening, deque()
+        for task in opening:
+            task.cancel()
         for connection in idle:
             self._close(connection)
         for connection in list(self._busy):
             connection.abort()
+        if opening:
+            # a connect that ended before its cancel arrived: its connection is not kept
+            for opened in await asyncio.gather(*opening, return_exceptions=True):
+                if isinstance(opened, _Connection):
+                    self._close(opened)
         if idle:
             await asyncio.sleep(0)  # let the transports run their close callbacks

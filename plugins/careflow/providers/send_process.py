@@ -110,8 +110,13 @@ class SendProcess:
         return f"SendProcess(pid={self.pid}, provider={self.name!r})"
 
     @classmethod
-    def start(cls, client: ProviderClient, gate: SendGate | None = None) -> SendProcess:
-        """Fork the child; it sends with ``client`` and asks ``gate`` before every request."""
+    def start(cls, client: ProviderClient, gate: SendGate | None = None, *, warm: int = 0) -> SendProcess:
+        """Fork the child; it sends with ``client`` and asks ``gate`` before every request.
+
+        ``warm``: how many messages are about to come. The child starts opening that many
+        connections (up to the client's ``max_concurrency``) and reaches the breaker's backend
+        once, while the task still prepares them, instead of when the first requests go out.
+        """
         if not available():
             raise SendProcessLost("this platform cannot fork a send process")
         # Made before the fork, so that parent and child map the same page: a renewal written
@@ -123,7 +128,7 @@ class SendProcess:
             code = 1
             try:
                 ours.close()
-                _child_main(Connection(theirs.detach()), client, gate, renewed)
+                _child_main(Connection(theirs.detach()), client, gate, renewed, warm)
                 code = 0
             except BaseException:  # the parent reads the closed pipe and gives the batches back
                 pass
@@ -429,8 +434,19 @@ def _drop_inherited_sockets(keep: int) -> None:
         os.close(devnull)
 
 
+def _warm_gate(gate: SendGate | None) -> None:
+    """Reach the breaker's backend once (a read: its connection and script are ready for the first send).
+
+    What goes wrong here goes wrong again at the first send, which deals with it.
+    """
+    breaker = getattr(gate, "breaker", None)
+    if breaker is not None:
+        with contextlib.suppress(Exception):
+            breaker.snapshot()
+
+
 def _child_main(
-    conn: Connection, client: ProviderClient, gate: SendGate | None, renewed: ctypes.c_double
+    conn: Connection, client: ProviderClient, gate: SendGate | None, renewed: ctypes.c_double, warm: int = 0
 ) -> None:
     # The task process's handlers belong to Airflow's task runner. Airflow stops a task by
     # signalling its whole process group, this child included: the child leaves the stop to the
@@ -493,6 +509,11 @@ def _child_main(
     async def main() -> None:
         async with client:
             tasks: set[asyncio.Task[None]] = set()
+            if warm > 0:
+                client.warm(warm)
+                warming = asyncio.create_task(asyncio.to_thread(_warm_gate, gate))
+                tasks.add(warming)
+                warming.add_done_callback(tasks.discard)
             # Batches take the connections in the order they came: the next one starts once the
             # one before it has handed out its last message, so batches finish one after the
             # other (the task records the first while the next are still on the wire) and the
