@@ -260,6 +260,38 @@ def test_an_action_task_looks_its_connections_up_on_its_main_thread_only(
     assert {thread for _, thread in looked_up_on} == {threading.main_thread().name}, looked_up_on
 
 
+def test_an_action_task_does_not_look_up_careflow_redis_when_the_environment_names_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CAREFLOW_REDIS_URL`` comes first (``settings.redis_url``): the connection is never asked for."""
+    from careflow import settings
+    from careflow.resilience.breaker import forget_breakers
+
+    _, _, dag, context = _simulated_day(tmp_path, monkeypatch)  # CAREFLOW_REDIS_URL="" (embedded)
+    forget_breakers()  # a breaker an earlier test opened stays open in this process
+    real_lookup = settings._look_up
+    looked_up: list[str] = []
+
+    def lookup(conn_id: str) -> Any:
+        looked_up.append(conn_id)
+        return real_lookup(conn_id)
+
+    monkeypatch.setattr(settings, "_look_up", lookup)
+    with FakeProviderServer() as provider:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+            json.dumps({"conn_type": "http", "host": provider.url, "password": provider.token}),
+        )
+        dag.get_task("booked").execute(context)
+        dag.get_task("hour_later").execute(context)
+        looked_up.clear()
+        assert dag.get_task("notice").execute(context)["sent"] >= 1
+    dispose_engines()
+    forget_breakers()
+
+    assert "careflow_alerts" in looked_up and "careflow_redis" not in looked_up, looked_up
+
+
 def test_an_alert_posted_in_the_background_reads_its_webhook_before_its_thread_starts(
     monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
 ) -> None:

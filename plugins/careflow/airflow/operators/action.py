@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -45,7 +46,10 @@ class ActionOperator(CareflowNodeOperator):
         """
         from careflow import settings
 
-        with settings.connections_read_once(settings.ALERTS_CONN_ID, settings.REDIS_CONN_ID):
+        held = [settings.ALERTS_CONN_ID]
+        if "CAREFLOW_REDIS_URL" not in os.environ:  # else Redis is found there (``redis_url``)
+            held.append(settings.REDIS_CONN_ID)
+        with settings.connections_read_once(*held):
             return self._execute(context)
 
     def _execute(self, context: Any) -> dict[str, Any]:
