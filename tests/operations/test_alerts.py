@@ -216,6 +216,16 @@ def test_breaker_open_and_redis_fallback_alert_once_per_cooldown(webhook: list[d
     assert any("Redis lost: circuit breakers fall back" in text for text in kinds), kinds
 
 
+def _up_to_the_notice(monkeypatch: pytest.MonkeyPatch, dag: Any, context: Any, provider: Any) -> None:
+    """Point ``careflow_messaging`` at ``provider`` and run the simulated day's tasks before its action ``notice``."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+        json.dumps({"conn_type": "http", "host": provider.url, "password": provider.token}),
+    )
+    dag.get_task("booked").execute(context)
+    dag.get_task("hour_later").execute(context)
+
+
 def test_an_action_task_looks_its_connections_up_on_its_main_thread_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
 ) -> None:
@@ -240,12 +250,7 @@ def test_an_action_task_looks_its_connections_up_on_its_main_thread_only(
 
     monkeypatch.setattr(settings, "_look_up", lookup)
     with FakeProviderServer(error_rate=1.0) as provider:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_CAREFLOW_MESSAGING",
-            json.dumps({"conn_type": "http", "host": provider.url, "password": provider.token}),
-        )
-        dag.get_task("booked").execute(context)
-        dag.get_task("hour_later").execute(context)
+        _up_to_the_notice(monkeypatch, dag, context, provider)
         looked_up_on.clear()
         with pytest.raises(AirflowException, match="still pending"):
             dag.get_task("notice").execute(context)
@@ -278,12 +283,7 @@ def test_an_action_task_does_not_look_up_careflow_redis_when_the_environment_nam
 
     monkeypatch.setattr(settings, "_look_up", lookup)
     with FakeProviderServer() as provider:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_CAREFLOW_MESSAGING",
-            json.dumps({"conn_type": "http", "host": provider.url, "password": provider.token}),
-        )
-        dag.get_task("booked").execute(context)
-        dag.get_task("hour_later").execute(context)
+        _up_to_the_notice(monkeypatch, dag, context, provider)
         looked_up.clear()
         assert dag.get_task("notice").execute(context)["sent"] >= 1
     dispose_engines()
