@@ -444,9 +444,14 @@ def db_url() -> str:
     return f"sqlite:///{airflow_home() / 'careflow.db'}"
 
 
+def redis_connection_used() -> bool:
+    """Whether :func:`redis_url` reads the ``careflow_redis`` connection: not when ``CAREFLOW_REDIS_URL`` is set."""
+    return "CAREFLOW_REDIS_URL" not in os.environ
+
+
 def redis_url() -> str | None:
     """Redis URL from ``careflow_redis`` (or ``CAREFLOW_REDIS_URL``); None means the embedded fallbacks."""
-    if "CAREFLOW_REDIS_URL" in os.environ:
+    if not redis_connection_used():
         return os.environ["CAREFLOW_REDIS_URL"] or None
     conn = get_connection(REDIS_CONN_ID)
     if conn is None:

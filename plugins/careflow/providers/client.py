@@ -537,7 +537,7 @@ class ProviderClient:
         """
         shared = self._shared
         if shared is not None and shared.loop is asyncio.get_running_loop():
-            shared.pool.warm(min(count, self.max_concurrency))
+            shared.pool.warm(count)  # the pool keeps at most max_concurrency
 
     async def aclose(self) -> None:
         """Close the connections opened by ``async with``."""

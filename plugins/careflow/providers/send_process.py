@@ -439,10 +439,8 @@ def _warm_gate(gate: SendGate | None) -> None:
 
     What goes wrong here goes wrong again at the first send, which deals with it.
     """
-    breaker = getattr(gate, "breaker", None)
-    if breaker is not None:
-        with contextlib.suppress(Exception):
-            breaker.snapshot()
+    with contextlib.suppress(Exception):
+        _sends_resume_at(gate)
 
 
 def _child_main(

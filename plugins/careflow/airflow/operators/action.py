@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -47,7 +46,7 @@ class ActionOperator(CareflowNodeOperator):
         from careflow import settings
 
         held = [settings.ALERTS_CONN_ID]
-        if "CAREFLOW_REDIS_URL" not in os.environ:  # else Redis is found there (``redis_url``)
+        if settings.redis_connection_used():
             held.append(settings.REDIS_CONN_ID)
         with settings.connections_read_once(*held):
             return self._execute(context)
