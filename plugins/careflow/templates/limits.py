@@ -30,7 +30,8 @@ MAX_SOURCE_CHARS = 20_000
 #: is reported with its channel limit, while a runaway template cannot fill memory.
 MAX_RENDER_CHARS = 200_000
 
-#: CPU-time budget of one render, in seconds (waiting for a busy CPU does not count).
+#: CPU-time budget of one render, in seconds (waiting for a busy CPU does not count). A render is
+#: never stopped before it is spent, and at most ``budget.CPU_READ_REUSED_FOR_SECONDS`` after.
 RENDER_BUDGET_SECONDS = 0.2
 
 #: Items one for loop may go over, and iterations of all loops of one render together.
