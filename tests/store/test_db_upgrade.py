@@ -113,12 +113,28 @@ def test_a_database_of_version_3_gets_the_problem_indexes(empty_db_url: str) -> 
         conn.execute(text("DROP INDEX ix_steps_problems"))
         conn.execute(text("DROP INDEX ix_messages_problems"))
         conn.execute(text("DELETE FROM careflow_schema_migrations WHERE version > 3"))
-    assert upgrade().applied == [4]
+    assert upgrade().applied == [4, 5]
     inspector = inspect(engine)
     steps = {i["name"]: i["column_names"] for i in inspector.get_indexes("careflow_steps")}
     messages = {i["name"]: i["column_names"] for i in inspector.get_indexes("careflow_messages")}
     assert steps["ix_steps_problems"] == ["workflow_id", "node_id", "status"]
     assert messages["ix_messages_problems"] == ["workflow_id", "node_id", "status"]
+    engine.dispose()
+
+
+def test_a_database_of_version_4_gets_the_waiting_steps_index_in_due_order(empty_db_url: str) -> None:
+    upgrade()
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:  # as a database upgraded before version 5 shipped
+        conn.execute(text("DROP INDEX ix_steps_due"))
+        conn.execute(
+            text("CREATE INDEX ix_steps_due ON careflow_steps (workflow_id, node_id, status, due_at)")
+        )
+        conn.execute(text("DELETE FROM careflow_schema_migrations WHERE version > 4"))
+    assert upgrade().applied == [5]
+    steps = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("careflow_steps")}
+    assert steps["ix_steps_due"] == ["workflow_id", "status", "due_at", "node_id"]
+    assert upgrade().applied == []
     engine.dispose()
 
 
@@ -139,7 +155,7 @@ def test_clinic_and_provider_ids_of_any_length_are_kept(empty_db_url: str) -> No
         ):
             conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE VARCHAR({width})"))
         conn.execute(text("DELETE FROM careflow_schema_migrations WHERE version > 2"))
-    assert upgrade().applied == [3, 4]
+    assert upgrade().applied == [3, 4, 5]
     now = datetime(2026, 3, 2, tzinfo=timezone.utc)
     event, patient = "evt-" + "e" * 90, "pat-" + "p" * 90  # a clinic's own ids, through its views
     with engine.begin() as conn:

@@ -187,7 +187,11 @@ steps = Table(
     Column("version", Integer),
     Column("run_id", String(250)),
     UniqueConstraint("execution_id", "node_id", name="uq_steps_execution_node"),
-    Index("ix_steps_due", "workflow_id", "node_id", "status", "due_at"),
+    # The waiting steps of a workflow in due order (the next wake, migration 5): status before
+    # due_at, so the earliest is the first entry; node_id last, so the due-steps query, which
+    # names a node but not one status, can only use it for the workflow, never in place of
+    # ix_steps_open (whose order needs no sort) even when the planner expects one row.
+    Index("ix_steps_due", "workflow_id", "status", "due_at", "node_id"),
     # The open steps of a node in id order: a batch of due steps is read from where the last one
     # ended and stops at its size, however many steps the node holds and however fresh the
     # planner's statistics are (a node's steps are written in bulk just before they are read).
