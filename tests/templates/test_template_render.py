@@ -270,6 +270,23 @@ def test_a_shared_cpu_clock_read_never_starts_a_budget_early():
     assert started.deadline - limits.RENDER_BUDGET_SECONDS >= before - 1e-6
 
 
+def test_a_forked_child_reads_its_own_cpu_clock():
+    # The child's thread starts its CPU clock from zero: starting from its parent's read would
+    # leave its renders without a budget for as long as the parent had run.
+    import os
+    import time
+
+    from careflow.templates import budget
+
+    budget._last_read.wall, budget._last_read.cpu = time.perf_counter(), 1_000.0
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it read its own clock
+        os._exit(0 if budget._cpu_at(time.perf_counter()) < 1_000.0 else 1)
+    _, status = os.waitpid(pid, 0)
+    budget._last_read.wall = float("-inf")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 # --- clinic attributes a recipient does not have ------------------------------------------------
 
 

@@ -8,6 +8,7 @@ context variable: renders in different threads or tasks never share one.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from contextvars import ContextVar
@@ -63,6 +64,14 @@ class _LastRead(threading.local):
 
 
 _last_read = _LastRead()
+
+
+def _forget_last_read() -> None:
+    # A forked child's thread starts its own CPU clock from zero: its parent's read says nothing.
+    _last_read.wall = float("-inf")
+
+
+os.register_at_fork(after_in_child=_forget_last_read)
 
 #: How old this thread's last CPU clock read may be for a render to start from it; a render may
 #: run this much past its budget before it is stopped, and is never stopped before it is spent.
