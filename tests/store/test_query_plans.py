@@ -44,23 +44,18 @@ def _written_just_now(engine: Any) -> None:
                 ),
                 ids,
             )
-            for node, status in (("t1", "pending"), ("a1", "pending")):
-                conn.execute(
-                    text(
-                        "INSERT INTO careflow_steps (execution_id, workflow_id, node_id, status, arrived_at,"
-                        " attempts) SELECT md5(g::text), :wf, :node, :status, :now, 0"
-                        " FROM generate_series(:first, :last) AS g"
-                    ),
-                    {**ids, "node": node, "status": status},
-                )
-                if node == "t1":
-                    conn.execute(
-                        text(
-                            "UPDATE careflow_steps SET status = 'done', started_at = :now WHERE node_id = 't1'"
-                            " AND status = 'pending'"
-                        ),
-                        {"now": NOW},
-                    )
+            insert_steps = text(
+                "INSERT INTO careflow_steps (execution_id, workflow_id, node_id, status, arrived_at, attempts)"
+                " SELECT md5(g::text), :wf, :node, 'pending', :now, 0 FROM generate_series(:first, :last) AS g"
+            )
+            conn.execute(insert_steps, {**ids, "node": "t1"})
+            conn.execute(
+                text(
+                    "UPDATE careflow_steps SET status = 'done', started_at = :now WHERE node_id = 't1' AND status = 'pending'"
+                ),
+                {"now": NOW},
+            )
+            conn.execute(insert_steps, {**ids, "node": "a1"})
 
 
 def _plan_of(conn: Any, call: Any) -> str:

@@ -203,24 +203,35 @@ def test_refused_templates_are_not_cached():
     assert cache_info()["size"] == 0
 
 
-def test_a_render_reads_the_cpu_clock_only_once_its_budget_could_be_spent(context, monkeypatch):
-    # The CPU clock is a system call; a render well within its budget reads it at most once (at
-    # the start), however many chunks it writes. A render past its budget is still stopped.
-    import gc
+@pytest.fixture
+def cpu_clock_reads(monkeypatch):
+    """A list that grows by one at every read of the CPU clock by the render budget."""
     import time
 
     from careflow.templates import budget
 
-    reads = []
+    reads: list[int] = []
     real = time.thread_time
     monkeypatch.setattr(budget.time, "thread_time", lambda: reads.append(1) or real())
+    return reads
+
+
+def test_a_render_reads_the_cpu_clock_only_once_its_budget_could_be_spent(
+    context, monkeypatch, cpu_clock_reads
+):
+    # The CPU clock is a system call; a render well within its budget reads it at most once (at
+    # the start), however many chunks it writes. A render past its budget is still stopped.
+    import gc
+
+    from careflow.templates import budget
+
     source = "".join(f"{{{{ patient.name }}}} {i} " for i in range(50))
     gc.disable()  # a full collection reads the clock too (to leave its time out)
     try:
         render_message(source, context, channel="email")
     finally:
         gc.enable()
-    assert len(reads) <= 1
+    assert len(cpu_clock_reads) <= 1
     # At most CPU_READ_REUSED_FOR_SECONDS past the budget: a budget that much below nothing stops it.
     monkeypatch.setattr(limits, "RENDER_BUDGET_SECONDS", -budget.CPU_READ_REUSED_FOR_SECONDS)
     with pytest.raises(TemplateError) as err:
@@ -228,7 +239,7 @@ def test_a_render_reads_the_cpu_clock_only_once_its_budget_could_be_spent(contex
     assert err.value.code == "TEMPLATE_RENDER_TIMEOUT"
 
 
-def test_renders_back_to_back_share_a_cpu_clock_read(context, monkeypatch):
+def test_renders_back_to_back_share_a_cpu_clock_read(context, cpu_clock_reads):
     # A batch renders hundreds of messages in a row on one thread: the CPU clock is read once
     # every CPU_READ_REUSED_FOR_SECONDS of wall time, not once a render.
     import gc
@@ -236,9 +247,6 @@ def test_renders_back_to_back_share_a_cpu_clock_read(context, monkeypatch):
 
     from careflow.templates import budget
 
-    reads = []
-    real = time.thread_time
-    monkeypatch.setattr(budget.time, "thread_time", lambda: reads.append(1) or real())
     renders = 200
     gc.disable()
     try:
@@ -248,8 +256,8 @@ def test_renders_back_to_back_share_a_cpu_clock_read(context, monkeypatch):
         wall = time.perf_counter() - started
     finally:
         gc.enable()
-    assert len(reads) <= wall / budget.CPU_READ_REUSED_FOR_SECONDS + 1, (len(reads), wall)
-    assert len(reads) < renders / 4, (len(reads), wall)
+    assert len(cpu_clock_reads) <= wall / budget.CPU_READ_REUSED_FOR_SECONDS + 1, (len(cpu_clock_reads), wall)
+    assert len(cpu_clock_reads) < renders / 4, (len(cpu_clock_reads), wall)
 
 
 def test_a_shared_cpu_clock_read_never_starts_a_budget_early():
