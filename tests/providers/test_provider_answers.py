@@ -141,6 +141,69 @@ def test_a_well_formed_acceptance_is_accepted(provider_id: str, status: int) -> 
     assert result.outcome is Outcome.ACCEPTED and result.provider_id == provider_id
 
 
+def _as_json_loads_reads_it(raw: bytes) -> str | None:
+    """The provider id that ``json.loads`` (NaN and Infinity refused) and the model make of ``raw``."""
+    import json
+
+    from careflow.providers.client import AcceptedBody
+
+    def refuse(name: str) -> None:
+        raise ValueError(name)
+
+    try:
+        return AcceptedBody.model_validate(json.loads(raw, parse_constant=refuse)).id
+    except (ValueError, RecursionError):
+        return None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id": "abc-1", "status": "accepted"}',
+        b'\xef\xbb\xbf{"id": "abc-1", "status": "accepted"}',  # a UTF-8 byte order mark
+        '{"id": "abc-1", "status": "accepted"}'.encode("utf-16"),
+        '{"id": "abc-1", "status": "accepted"}'.encode("utf-16-le"),
+        '{"id": "abc-1", "status": "accepted"}'.encode("utf-32"),
+        b'{"id": "abc-1", "status": "accepted", "cost": NaN}',
+        b'{"id": "abc-1", "status": "accepted", "cost": -Infinity}',
+        b'{"id": "abc-1", "status": "accepted", "cost": 1e999}',
+        b'{"id": "abc-1", "status": "accepted", "id": "abc-2"}',
+        b'{"id": "abc-1", "status": "accepted"} and more',
+        b'{"id": "abc-\xff", "status": "accepted"}',
+        b'{"id": "\xed\xa0\x80", "status": "accepted"}',  # a lone surrogate, as UTF-8 cannot carry it
+        b'{"id": "\\ud800", "status": "accepted"}',
+        b"\xef\xbb\xbf\xef\xbb\xbf{}",
+    ],
+)
+def test_an_answer_is_read_as_json_loads_reads_it(raw: bytes) -> None:
+    from careflow.providers.client import parse_accepted
+
+    try:
+        provider_id: str | None = parse_accepted(raw).id
+    except ValueError:
+        provider_id = None
+    assert provider_id == _as_json_loads_reads_it(raw)
+
+
+def test_answers_share_one_json_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``json.loads`` with ``parse_constant`` builds a decoder per call: thousands a batch."""
+    import json
+
+    from careflow.providers.client import parse_accepted
+
+    built: list[object] = []
+
+    class Counted(json.JSONDecoder):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(json, "JSONDecoder", Counted)
+    for n in range(100):
+        assert parse_accepted(f'{{"id": "abc-{n}", "status": "accepted"}}'.encode()).id == f"abc-{n}"
+    assert built == []
+
+
 def test_parse_retry_after() -> None:
     now = time.time()
     assert parse_retry_after("3") == 3.0

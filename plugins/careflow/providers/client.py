@@ -214,13 +214,18 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: One decoder for every answer: ``json.loads`` with ``parse_constant`` builds a new one per call.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def parse_accepted(raw: bytes) -> AcceptedBody:
     """The body of a 2xx answer, read as strict JSON (no NaN or Infinity anywhere in it).
 
     Raises ValueError (ValidationError included) when it is not ``{"id": str, "status": str}``.
+    Bytes are decoded as ``json.loads`` decodes them (UTF-8, -16 or -32, a UTF-8 BOM allowed).
     """
     try:
-        document = json.loads(raw, parse_constant=_refuse_constant)
+        document = _STRICT_JSON.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:  # nested deeper than the parser goes: certainly not an acceptance
         raise ValueError("the answer is nested too deeply") from None
     return AcceptedBody.model_validate(document)
