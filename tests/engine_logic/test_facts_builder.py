@@ -220,3 +220,84 @@ def test_unreadable_values_name_the_row_not_the_value(patient: dict, appointment
     assert column in message
     for leaked in ("not json", "maybe", "17/05", "tomorrow", "[1, 2]"):
         assert leaked not in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(1, 1, 1, 5, 0, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 0, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 0, tzinfo=ZoneInfo("Asia/Seoul")),
+    ],
+)
+def test_times_outside_the_years_careflow_reads_are_unreadable_however_they_come(value: datetime) -> None:
+    """A UTC datetime straight from the driver takes a shortcut, which still checks the range."""
+    with pytest.raises(ValueError, match=r"a-1\.scheduled_at is out of the range"):
+        build(appointment={"scheduled_at": value})
+
+
+def test_times_in_other_zones_and_subclasses_come_out_as_utc() -> None:
+    class Moment(datetime):  # as pendulum's DateTime is
+        pass
+
+    seoul = datetime(2026, 3, 14, 10, 0, tzinfo=ZoneInfo("Asia/Seoul"))
+    moment = Moment(2026, 3, 14, 1, 0, tzinfo=UTC)
+    appointment = build(appointment={"scheduled_at": seoul, "created_at": moment})["appointment"]
+    for value in (appointment["scheduled_at"], appointment["created_at"]):
+        assert value == datetime(2026, 3, 14, 1, 0, tzinfo=UTC)
+        assert value.tzinfo is UTC
+
+
+def test_a_batch_gives_what_each_execution_alone_gives() -> None:
+    from careflow.engine.facts_builder import BatchFacts
+
+    rows = [
+        ({"birth_date": date(1990, 3, 17)}, {}),
+        ({"id": "p-2", "timezone": "America/New_York", "birth_date": date(1990, 3, 17)}, {"id": "a-2"}),
+        ({"id": "p-3", "timezone": "Mars/Olympus"}, {"id": "a-3", "completed_at": None}),
+        ({"id": "p-4", "timezone": "America/New_York", "consent_messages": 0}, {"id": "a-4"}),
+        ({"id": "p-5", "timezone": 9, "attributes": '{"vip": false}'}, {"id": "a-5", "attributes": "{}"}),
+        ({"id": "p-6", "timezone": ""}, {"id": "a-6", "completed_at": "2026-03-16T23:30:00Z"}),
+    ]
+    batch = BatchFacts(clinic=CLINIC, now=NOW)
+    built = []
+    for patient, appointment in rows:
+        facts = batch.build(
+            patient={**PATIENT, **patient},
+            appointment={**APPOINTMENT, **appointment},
+            event=EVENT,
+            upcoming_count=2,
+        )
+        assert facts == build(patient=patient, appointment=appointment, upcoming=2)
+        built.append(facts)
+    assert [f["patient"]["timezone"] for f in built] == [
+        "Asia/Seoul",
+        "America/New_York",
+        "Asia/Seoul",
+        "America/New_York",
+        "Asia/Seoul",
+        "Asia/Seoul",
+    ]
+    # Born 17 March 1990: 36 in Seoul, where it is the 17th; 35 in New York, where it is the 16th.
+    assert [built[0]["patient"]["age"], built[1]["patient"]["age"]] == [36, 35]
+    built[0]["clinic"]["name"] = "changed by one execution"
+    assert built[1]["clinic"]["name"] == CLINIC["name"]  # each execution has dicts of its own
+
+
+def test_a_batch_looks_each_timezone_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from careflow.engine import facts_builder
+
+    checked: list[str] = []
+    real = facts_builder.check_timezone
+    monkeypatch.setattr(facts_builder, "check_timezone", lambda name: (checked.append(name), real(name))[1])
+    batch = facts_builder.BatchFacts(clinic=CLINIC, now=NOW)
+    for n in range(200):
+        zone_name = ("America/New_York", None, "Mars/Olympus")[n % 3]
+        facts = batch.build(
+            patient={**PATIENT, "id": f"p-{n}", "timezone": zone_name},
+            appointment={**APPOINTMENT, "id": f"a-{n}"},
+            event=EVENT,
+            upcoming_count=0,
+        )
+        assert facts["patient"]["own_timezone"] == (zone_name if zone_name == "America/New_York" else None)
+    assert sorted(checked) == ["America/New_York", "Asia/Seoul", "Mars/Olympus"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timezone, tzinfo
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -61,65 +61,103 @@ def build_facts(
     now: datetime,
 ) -> dict[str, Any]:
     """The nested facts dict (``facts["patient"]["age"]``…) for one execution at ``now``."""
-    now = _aware(now)
-    pid, aid = _row_id("patient", patient), _row_id("appointment", appointment)
-    clinic_tz = _known_timezone(clinic.get("timezone"))
-    own_tz = _known_timezone(patient.get("timezone"))
-    tz_name = own_tz or clinic_tz
-    tz = zone(tz_name) if tz_name else UTC
-    local_today = now.astimezone(tz).date()
+    return BatchFacts(clinic=clinic, now=now).build(
+        patient=patient, appointment=appointment, event=event, upcoming_count=upcoming_count
+    )
 
-    birth_date = as_date(patient.get("birth_date"), where=f"{pid}.birth_date")
-    completed_at = as_utc(appointment.get("completed_at"), where=f"{aid}.completed_at")
-    upcoming = int(upcoming_count)
 
-    return {
-        "patient": {
-            "id": _text(patient.get("id")),
-            "name": patient.get("name"),
-            "phone": patient.get("phone"),
-            "email": patient.get("email"),
-            "birth_date": birth_date,
-            "age": age_on(birth_date, local_today) if birth_date else None,
-            "timezone": tz_name,
-            # the patient's own zone (None: the row has none): what wins over a time window's
-            "own_timezone": own_tz,
-            "consent_messages": as_bool(
-                patient.get("consent_messages"), True, where=f"{pid}.consent_messages"
-            ),
-            "consent_marketing": as_bool(
-                patient.get("consent_marketing"), False, where=f"{pid}.consent_marketing"
-            ),
-            "consent_night_marketing": as_bool(
-                patient.get("consent_night_marketing"), False, where=f"{pid}.consent_night_marketing"
-            ),
-            "has_upcoming_appointment": upcoming > 0,
-            "upcoming_appointment_count": upcoming,
-            "attributes": as_attributes(patient.get("attributes"), where=f"{pid}.attributes"),
-        },
-        "appointment": {
-            "id": _text(appointment.get("id")),
-            "type": appointment.get("type"),
-            "status": appointment.get("status"),
-            "scheduled_at": as_utc(appointment.get("scheduled_at"), where=f"{aid}.scheduled_at"),
-            "created_at": as_utc(appointment.get("created_at"), where=f"{aid}.created_at"),
-            "completed_at": completed_at,
-            "days_since_completed": (
-                (local_today - completed_at.astimezone(tz).date()).days if completed_at else None
-            ),
-            "attributes": as_attributes(appointment.get("attributes"), where=f"{aid}.attributes"),
-        },
-        "clinic": {
+class BatchFacts:
+    """:func:`build_facts` for the executions of one batch: one clinic, one ``now``.
+
+    What every execution of the batch shares is worked out once: the clinic's facts, and for each
+    timezone its zone and the local date at ``now``. Each execution still gets dicts of its own.
+    """
+
+    def __init__(self, *, clinic: Mapping[str, Any], now: datetime) -> None:
+        self.now = _aware(now)
+        self.clinic_timezone = _known_timezone(clinic.get("timezone"))
+        self._clinic = {
             "id": _text(clinic.get("id")),
             "name": clinic.get("name"),
             "phone": clinic.get("phone"),
-            "timezone": clinic_tz,
-        },
-        "event": {
-            "type": event.get("type"),
-            "occurred_at": as_utc(event.get("occurred_at"), where=f"{_row_id('event', event)}.occurred_at"),
-        },
-    }
+            "timezone": self.clinic_timezone,
+        }
+        #: a patient row's timezone value -> the known zone name it gives (None: unset or unknown)
+        self._known: dict[str, str | None] = {}
+        #: a zone name (None: UTC) -> (the zone, the local date at ``now``)
+        self._zones: dict[str | None, tuple[tzinfo, date]] = {}
+
+    def build(
+        self,
+        *,
+        patient: Mapping[str, Any],
+        appointment: Mapping[str, Any],
+        event: Mapping[str, Any],
+        upcoming_count: int,
+    ) -> dict[str, Any]:
+        """The facts of one execution."""
+        pid, aid = _row_id("patient", patient), _row_id("appointment", appointment)
+        own_tz = self._known_timezone(patient.get("timezone"))
+        tz_name = own_tz or self.clinic_timezone
+        local = self._zones.get(tz_name)
+        if local is None:
+            found: tzinfo = zone(tz_name) if tz_name else UTC
+            local = self._zones[tz_name] = (found, self.now.astimezone(found).date())
+        tz, local_today = local
+
+        birth_date = as_date(patient.get("birth_date"), where=f"{pid}.birth_date")
+        completed_at = _utc(appointment.get("completed_at"), aid, "completed_at")
+        upcoming = int(upcoming_count)
+
+        return {
+            "patient": {
+                "id": _text(patient.get("id")),
+                "name": patient.get("name"),
+                "phone": patient.get("phone"),
+                "email": patient.get("email"),
+                "birth_date": birth_date,
+                "age": age_on(birth_date, local_today) if birth_date else None,
+                "timezone": tz_name,
+                # the patient's own zone (None: the row has none): what wins over a time window's
+                "own_timezone": own_tz,
+                "consent_messages": _bool(patient.get("consent_messages"), True, pid, "consent_messages"),
+                "consent_marketing": _bool(patient.get("consent_marketing"), False, pid, "consent_marketing"),
+                "consent_night_marketing": _bool(
+                    patient.get("consent_night_marketing"), False, pid, "consent_night_marketing"
+                ),
+                "has_upcoming_appointment": upcoming > 0,
+                "upcoming_appointment_count": upcoming,
+                "attributes": _attributes(patient.get("attributes"), pid),
+            },
+            "appointment": {
+                "id": _text(appointment.get("id")),
+                "type": appointment.get("type"),
+                "status": appointment.get("status"),
+                "scheduled_at": _utc(appointment.get("scheduled_at"), aid, "scheduled_at"),
+                "created_at": _utc(appointment.get("created_at"), aid, "created_at"),
+                "completed_at": completed_at,
+                "days_since_completed": (
+                    (local_today - completed_at.astimezone(tz).date()).days if completed_at else None
+                ),
+                "attributes": _attributes(appointment.get("attributes"), aid),
+            },
+            "clinic": dict(self._clinic),
+            "event": {
+                "type": event.get("type"),
+                "occurred_at": _utc(event.get("occurred_at"), _row_id("event", event), "occurred_at"),
+            },
+        }
+
+    def _known_timezone(self, name: Any) -> str | None:
+        if not isinstance(name, str):
+            return _known_timezone(name)
+        known = self._known.get(name, _UNSEEN)
+        if known is _UNSEEN:
+            known = self._known[name] = _known_timezone(name)
+        return known  # type: ignore[return-value]
+
+
+_UNSEEN = object()
 
 
 def patient_timezone(facts: Mapping[str, Any], default: str) -> ZoneInfo:
@@ -214,6 +252,28 @@ def as_attributes(value: Any, *, where: str = "attributes") -> dict[str, Any]:
         if isinstance(parsed, dict):
             return parsed
     raise ValueError(f"{where} is not a JSON object")
+
+
+# What the database driver gives for a well-formed row takes a shortcut; anything else goes the
+# long way, which names the row and the column (built only then).
+
+
+def _utc(value: Any, row: str, column: str) -> datetime | None:
+    if value.__class__ is datetime and value.tzinfo is UTC and _EARLIEST <= value <= _LATEST:
+        return value  # type: ignore[no-any-return]
+    return as_utc(value, where=f"{row}.{column}")
+
+
+def _bool(value: Any, default: bool, row: str, column: str) -> bool:
+    if value is True or value is False:
+        return value  # type: ignore[no-any-return]
+    return as_bool(value, default, where=f"{row}.{column}")
+
+
+def _attributes(value: Any, row: str) -> dict[str, Any]:
+    if value.__class__ is dict:
+        return dict(value)
+    return as_attributes(value, where=f"{row}.attributes")
 
 
 def _known_timezone(name: Any) -> str | None:

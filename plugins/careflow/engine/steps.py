@@ -559,12 +559,12 @@ def load_facts(
 ) -> dict[str, Any]:
     """Facts per execution id, read now (four queries for the whole batch).
 
-    The clinic's rows are read as the database driver returns them (``build_facts`` normalises
+    The clinic's rows are read as the database driver returns them (``BatchFacts`` normalises
     every value), so that a value careflow cannot read is that execution's problem, not the
     batch's: its facts are an :class:`UnreadableFacts` naming the row and the column, None when
     its patient or appointment is gone.
     """
-    from careflow.engine.facts_builder import UnreadableFacts, build_facts
+    from careflow.engine.facts_builder import BatchFacts, UnreadableFacts
 
     p, a, c = tables.patients, tables.appointments, tables.clinics
     patient_ids = sorted({r["patient_id"] for r in rows})
@@ -597,6 +597,7 @@ def load_facts(
     facts: dict[str, Any] = {}
     unreadable: list[str] = []
     event_type = ctx.compiled.trigger.config.event
+    batch = BatchFacts(clinic=clinic, now=ctx.now)
     for r in rows:
         patient = patients.get(r["patient_id"])
         appointment = appointments.get(r["appointment_id"])
@@ -604,13 +605,11 @@ def load_facts(
             facts[r["execution_id"]] = None
             continue
         try:
-            facts[r["execution_id"]] = build_facts(
+            facts[r["execution_id"]] = batch.build(
                 patient=patient,
                 appointment=appointment,
-                clinic=clinic,
                 event={"type": event_type, "occurred_at": r["event_at"]},
                 upcoming_count=int(upcoming.get(r["patient_id"], 0)),
-                now=ctx.now,
             )
         except (ValueError, OverflowError) as exc:
             facts[r["execution_id"]] = UnreadableFacts(str(exc))
