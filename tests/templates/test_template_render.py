@@ -479,3 +479,25 @@ def test_a_list_is_not_printed_as_a_whole(render, context):
     context["patient"]["attributes"] = {"tags": ["임플란트", "교정"]}
     assert render("{{ patient.attributes.tags | join(', ') }}") == "임플란트, 교정"
     assert render("{{ patient.attributes.tags[0] }}") == "임플란트"
+
+
+def test_what_a_record_holds_is_read_as_the_sandbox_reads_it(render, context):
+    """Facts of a record take a shortcut in the sandbox; what is not one of them still goes the long way."""
+    from careflow.templates.sandbox import MissingAttribute, Record, environment
+
+    class Name(str):  # a driver's own string type
+        pass
+
+    context["patient"]["name"] = Name("김민지")
+    assert render("{{ patient.name }}님") == "김민지님"
+    context["patient"] = {**context["patient"], "attributes": {"tags": ["임플란트"]}}
+    assert render("{{ patient.attributes.tags[0] }}") == "임플란트"
+    env = environment()
+    record = Record({"name": "김민지", "_hidden": "x"})
+    assert env.getattr(record, "name") == "김민지"
+    for name in ("_hidden", "missing"):
+        found = env.getattr(record, name)
+        assert not isinstance(found, MissingAttribute) and found.__class__ is not str  # undefined
+    assert isinstance(env.getattr({"other": 1}, "missing"), MissingAttribute)
+    context["patient"] = Record(context["patient"])  # a record handed in as one stays one
+    assert render("{{ patient.name }}님") == "김민지님"

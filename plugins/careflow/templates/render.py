@@ -258,11 +258,14 @@ def _missing_message(compiled: CompiledTemplate, context: Mapping[str, Any], exc
     return f"{where}a value the template uses is empty for this recipient; use | default('...')"
 
 
+_ABSENT = object()
+
+
 def _render(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
     variables = {
-        root: Record(context[root]) if isinstance(context[root], Mapping) else context[root]
+        root: Record(value) if value.__class__ is dict or isinstance(value, Mapping) else value
         for root in ROOTS
-        if root in context
+        if (value := context.get(root, _ABSENT)) is not _ABSENT
     }
     budget = RenderBudget.start()
     token = current_budget.set(budget)

@@ -64,6 +64,14 @@ class MessageSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "/", "//", "%", "+", "-"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        # A fact of a record (most of what a template reads): the checks below, answered at once.
+        if (
+            obj.__class__ is Record
+            and attribute.__class__ is str
+            and attribute in obj
+            and not attribute.startswith("_")
+        ):
+            return obj[attribute]
         if isinstance(obj, Undefined):
             return obj  # keep the first missing name for the error message
         if isinstance(attribute, str) and not attribute.startswith("_"):
@@ -113,6 +121,8 @@ CONCAT_PART = "careflow-concat-part"
 def _finalize(context: Context, value: Any) -> Any:
     """What ``{{ x }}`` and each part of ``a ~ b`` print: missing values refused, dates in the
     recipient's timezone, groups and lists refused (Python's own spelling of them is no message)."""
+    if value.__class__ is str:  # most of what a message prints: none of the cases below
+        return value
     if value is None:
         raise MissingValue()
     if isinstance(value, (datetime, date)):
