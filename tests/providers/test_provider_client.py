@@ -314,6 +314,59 @@ def test_an_unusable_idempotency_key_is_refused_before_sending(fake: FakeProvide
     assert fake.stats()["received"] == 0
 
 
+def test_the_request_body_is_compact_utf8_json_of_the_contract_fields() -> None:
+    import json
+
+    from aiohttp import web
+
+    from .conftest import AppThread
+
+    bodies: list[tuple[str | None, bytes]] = []
+
+    async def keep(request: web.Request) -> web.Response:
+        bodies.append((request.headers.get("Content-Length"), await request.read()))
+        return web.json_response({"id": f"m{len(bodies)}", "status": "accepted"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", keep)
+    korean = '김민지님, 내일 10:00 임플란트 검진입니다 "확인" \\ 😀'
+    messages = [make_message(1, body=korean), make_message(2, channel="email", subject="검진 안내")]
+    with AppThread(app) as server:
+        results = ProviderClient(server.url, "token").send_batch(messages)
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 2
+    by_key = {}
+    for length, raw in bodies:
+        assert length == str(len(raw))
+        document = json.loads(raw)
+        # No space between tokens, and text as UTF-8 (no \u escapes): the fewest bytes.
+        assert raw == json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        by_key[document["idempotency_key"]] = document
+    assert by_key["wf1:a1:ex1"] == {
+        "channel": "sms",
+        "to": PHONE,
+        "body": korean,
+        "idempotency_key": "wf1:a1:ex1",
+        "metadata": {"workflow_id": "wf1", "node_id": "a1", "execution_id": "ex1"},
+    }
+    assert by_key["wf1:a1:ex2"]["subject"] == "검진 안내"
+
+
+def test_a_message_that_cannot_be_written_as_json_is_refused_before_sending(fake: FakeProviderServer) -> None:
+    results = client_for(fake).send_batch(
+        [
+            make_message(1, body="half an emoji \ud83d"),
+            make_message(2, metadata={"workflow_id": object()}),
+            make_message(3),
+        ]
+    )
+
+    assert [(r.outcome, r.error_code, r.request_sent) for r in results[:2]] == [
+        (Outcome.PERMANENT, "invalid_message", False)
+    ] * 2
+    assert results[2].outcome is Outcome.ACCEPTED
+    assert fake.stats()["received"] == 1
+
+
 def test_message_defaults() -> None:
     message = Message("k", "sms", PHONE, BODY)
     assert message.subject is None and message.metadata == {}

@@ -49,6 +49,7 @@ from enum import Enum
 from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import quote
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from careflow.providers.http1 import Answer, ConnectFailed, Http1Pool, Origin, RequestLost
@@ -213,6 +214,9 @@ class AcceptedBody(BaseModel):
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
+
+#: The request's body: compact UTF-8 JSON (about a tenth of ``json.dumps``'s time a message).
+_REQUEST_JSON = msgspec.json.Encoder()
 
 #: One decoder for every answer: ``json.loads`` with ``parse_constant`` builds a new one per call.
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
@@ -583,8 +587,8 @@ class ProviderClient:
         if message.subject is not None:
             payload["subject"] = message.subject
         try:
-            data = json.dumps(payload, ensure_ascii=False).encode()
-        except (TypeError, ValueError):
+            data = _REQUEST_JSON.encode(payload)
+        except (TypeError, ValueError, msgspec.EncodeError):  # a lone surrogate is a ValueError
             return SendResult(
                 key,
                 Outcome.PERMANENT,
