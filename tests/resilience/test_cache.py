@@ -166,3 +166,17 @@ def test_no_redis_configured_means_local_caches(monkeypatch):
         assert cache.stats()["backend"] == "local"
     finally:
         forget_caches()
+
+
+def test_redis_replies_are_read_by_hiredis(prefix):
+    """A batch's sent-keys lookup reads a thousand replies: in C, not in redis-py's Python parser."""
+    link = RedisLink(REDIS_URL)
+    cache = Cache("sent_keys", 60, link=link, prefix=prefix)
+    keys = [f"wf:a1:ex{n}" for n in range(1000)]
+    cache.set_many({k: "accepted" for k in keys[::2]})
+    assert cache.get_many(keys) == {k: "accepted" for k in keys[::2]}
+    connection = link.client.connection_pool.get_connection()
+    try:
+        assert type(connection._parser).__name__ == "_HiredisParser"
+    finally:
+        link.client.connection_pool.release(connection)
