@@ -19,12 +19,20 @@ from careflow.store import tables
 from .harness import Clinic, action, chain, clinic_view, cohort, executions, kst, ledger, steps_of
 
 T = kst(2025, 3, 5)
-SPOILED = [("consent_messages", "maybe"), ("birth_date", "last spring"), ("attributes", "{not json")]
+#: valid JSON (Postgres stores it), nested deeper than Python's parsers go
+TOO_DEEP = "[" * 3000 + "]" * 3000
+SPOILED = [
+    ("consent_messages", "maybe"),
+    ("birth_date", "last spring"),
+    ("attributes", "{not json"),
+    ("attributes", TOO_DEEP),
+]
 
 
 @contextmanager
-def _unreadable(engine, patient: str, column: str, value: str) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """``patients.<column>`` of ``patient`` reads as ``value`` while the block runs."""
+def _unreadable(engine, patient: str, column: str, value: str, *, as_type: str = "text") -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """``patients.<column>`` of ``patient`` reads as ``value`` while the block runs (on Postgres, as
+    a column of type ``as_type``)."""
     if engine.dialect.name == "sqlite":
         with engine.begin() as conn:
             conn.execute(
@@ -34,7 +42,8 @@ def _unreadable(engine, patient: str, column: str, value: str) -> Iterator[None]
         return
     columns = [c.name for c in tables.patients.c]
     shown = ", ".join(
-        f"CASE WHEN id = :id THEN :v ELSE {c}::text END AS {c}" if c == column else c for c in columns
+        f"(CASE WHEN id = :id THEN :v ELSE {c}::text END)::{as_type} AS {c}" if c == column else c
+        for c in columns
     )
     with engine.connect() as conn:  # a view's definition cannot take parameters: quoted literals
         quoted = {
@@ -69,6 +78,18 @@ def test_an_unreadable_patient_row_fails_that_patient_only(engine, journey, fake
     message = ledger(engine, "unreadable")[bad]
     assert (message["status"], message["reason"]) == ("failed", "clinic_data_unreadable")
     assert executions(engine, "unreadable")[bad]["status"] == "failed"
+
+
+def test_attributes_nested_too_deeply_in_a_json_column_fail_that_patient_only(engine, journey, fake):
+    """A JSON column is read as text and parsed per patient: one that nests too deeply is that
+    patient's problem, whatever the column's type in the clinic's view."""
+    patients = _cohort(engine, 3)
+    bad = patients[1]
+    j = journey(chain("unreadable", ("a", "action", action())))
+    with _unreadable(engine, bad, "attributes", TOO_DEEP, as_type="json"):
+        report = j.run_at(T)["a"]
+    assert (report.sent, report.failed) == (2, 1)
+    assert ledger(engine, "unreadable")[bad]["reason"] == "clinic_data_unreadable"
 
 
 def test_an_unreadable_row_exits_that_execution_at_a_condition(engine, journey, fake):

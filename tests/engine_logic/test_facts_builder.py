@@ -8,6 +8,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from careflow.engine.facts_builder import age_on, build_facts, patient_timezone
 from careflow.workflow.facts import FACTS
@@ -301,3 +304,47 @@ def test_a_batch_looks_each_timezone_up_once(monkeypatch: pytest.MonkeyPatch) ->
         )
         assert facts["patient"]["own_timezone"] == (zone_name if zone_name == "America/New_York" else None)
     assert sorted(checked) == ["America/New_York", "Asia/Seoul", "Mars/Olympus"]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(value=_JSON_VALUES, ensure_ascii=st.booleans(), cut=st.integers(0, 400), junk=st.text(max_size=3))
+def test_json_is_read_as_json_loads_reads_it(value: Any, ensure_ascii: bool, cut: int, junk: str) -> None:
+    from careflow.engine.facts_builder import read_json
+
+    text = json.dumps(value, ensure_ascii=ensure_ascii)
+    for candidate in (text, text[:cut] + junk + text[cut:], text.encode(), text.encode("utf-16")):
+        try:
+            expected: Any = ("read", json.loads(candidate))
+        except ValueError:
+            expected = ValueError
+        try:
+            got: Any = ("read", read_json(candidate))
+        except ValueError:
+            got = ValueError
+        # repr: NaN is not equal to itself, and -0.0 must stay -0.0
+        assert repr(got) == repr(expected), candidate
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"n": 1e400}', '{"s": "\\ud800"}', '{"n": ' + "9" * 5000 + "}", '{"a": NaN}', '{"a": "x\\ty"}', "{}\n"],
+)
+def test_what_msgspec_and_json_read_differently_is_read_as_json_does(text: str) -> None:
+    from careflow.engine.facts_builder import read_json
+
+    try:
+        expected: Any = repr(json.loads(text))
+    except ValueError:
+        expected = ValueError
+    try:
+        got: Any = repr(read_json(text))
+    except ValueError:
+        got = ValueError
+    assert got == expected

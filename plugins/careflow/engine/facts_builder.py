@@ -30,6 +30,8 @@ from datetime import date, datetime, timezone, tzinfo
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from careflow.workflow.timezones import check_timezone, zone
 
 UTC = timezone.utc
@@ -246,9 +248,11 @@ def as_attributes(value: Any, *, where: str = "attributes") -> dict[str, Any]:
         if not value.strip():
             return {}
         try:
-            parsed = json.loads(value)
+            parsed = read_json(value)
         except ValueError:
             raise ValueError(f"{where} is not valid JSON") from None
+        except RecursionError:  # valid JSON, nested deeper than the parsers go
+            raise ValueError(f"{where} nests deeper than careflow reads") from None
         if isinstance(parsed, dict):
             return parsed
     raise ValueError(f"{where} is not a JSON object")
@@ -274,6 +278,21 @@ def _attributes(value: Any, row: str) -> dict[str, Any]:
     if value.__class__ is dict:
         return dict(value)
     return as_attributes(value, where=f"{row}.attributes")
+
+
+_JSON = msgspec.json.Decoder()
+
+
+def read_json(text: str | bytes) -> Any:
+    """``json.loads(text)``, about ten times faster where msgspec reads the text the same way.
+
+    What msgspec refuses and ``json`` reads (a number past a float's range, a lone surrogate's
+    escape, UTF-16 bytes) is read by ``json``, so the result is always ``json.loads``'s.
+    """
+    try:
+        return _JSON.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
 
 
 def _known_timezone(name: Any) -> str | None:
