@@ -29,10 +29,13 @@ nothing to the file; a 429's pause still applies).
 
 Cost in the send path: while closed, a granted verdict is reused for up to ``verdict_seconds``
 (0.5 s) or ``verdict_calls`` acquires without asking the backend, and successes are buffered and
-flushed every ``flush_every`` results or ``flush_seconds`` (0.2 s). Failures, 429s and every probe
-go to the backend at once, so opening is prompt and the half-open probe limit holds across
-processes. The price: a worker may keep sending for up to ``verdict_seconds`` after another worker
-opened the breaker or a 429 paused it; those sends' results carry the old generation and are ignored.
+flushed every ``flush_every`` (1,000) results or ``flush_seconds`` (0.2 s), whichever comes first.
+A flush is a round trip to Redis on the send process's event loop, which writes no request while
+it waits: at thousands of messages a second the time bound alone keeps the shared counts fresh.
+Failures, 429s and every probe go to the backend at once, so opening is prompt and the half-open
+probe limit holds across processes. The price: a worker may keep sending for up to
+``verdict_seconds`` after another worker opened the breaker or a 429 paused it; those sends'
+results carry the old generation and are ignored.
 """
 
 from __future__ import annotations
@@ -183,7 +186,7 @@ class CircuitBreaker:
         backend: BreakerBackend,
         verdict_seconds: float = 0.5,
         verdict_calls: int = 1000,
-        flush_every: int = 100,
+        flush_every: int = 1000,
         flush_seconds: float = 0.2,
     ) -> None:
         if not name:
