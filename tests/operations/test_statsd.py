@@ -156,3 +156,52 @@ def test_the_statsd_settings_in_the_docs_read_as_they_say_when_copied() -> None:
     assert values["statsd_prefix"] == "airflow", values
     assert values["statsd_on"] == "True" and values["statsd_port"] == "8125", values
     assert not [k for k, v in values.items() if "#" in v], values
+
+
+def test_without_metrics_a_batch_works_out_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two timers a message are worked out only where Airflow sends metrics somewhere."""
+    from airflow.sdk._shared.observability.metrics import stats as backend
+    from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+
+    from careflow.airflow import observability
+
+    class Timed:
+        def __init__(self) -> None:
+            self.timers: list[tuple[str, float]] = []
+
+        def incr(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def timing(self, stat: str, value: float, **kwargs: object) -> None:
+            self.timers.append((stat, value))
+
+    class Watched(list):
+        read = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            Watched.read += 1
+            return super().__iter__()
+
+    fields = {
+        "workflow_id": "wf",
+        "node_id": "a1",
+        "channel": "sms",
+        "count": 3,
+        "latencies_ms": Watched([10.0, 20.0, 30.0]),
+        "lateness_s": Watched([1.0, 2.0, 3.0]),
+    }
+    monkeypatch.setattr(backend, "_backend", NoStatsLogger())
+    observability._record(Timed(), "messages_sent", fields)
+    assert Watched.read == 0
+    sent = Timed()
+    monkeypatch.setattr(backend, "_backend", sent)
+    observability._record(sent, "messages_sent", fields)
+    assert Watched.read == 2
+    assert sent.timers == [
+        ("careflow.messages.send_latency_ms.wf.a1.sms", 10.0),
+        ("careflow.messages.send_latency_ms.wf.a1.sms", 20.0),
+        ("careflow.messages.send_latency_ms.wf.a1.sms", 30.0),
+        ("careflow.messages.lateness_ms.wf.a1", 1000.0),
+        ("careflow.messages.lateness_ms.wf.a1", 2000.0),
+        ("careflow.messages.lateness_ms.wf.a1", 3000.0),
+    ]

@@ -79,12 +79,25 @@ def stats() -> Any:
     return Stats
 
 
+def _metrics_off() -> bool:
+    """Whether Airflow's metrics go nowhere (``[metrics] statsd_on`` and OpenTelemetry off)."""
+    try:
+        from airflow.sdk._shared.observability.metrics import stats as backend
+        from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+
+        return isinstance(backend._get_backend(), NoStatsLogger)
+    except Exception:  # another Airflow's internals: the timers are sent, as before
+        return False
+
+
 def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
     wf = part(fields.get("workflow_id"))
     node = part(fields.get("node_id"))
     channel = part(fields.get("channel"))
     if event == "messages_sent":  # a batch: the counter once, the timers once per message
         stats_client.incr(f"careflow.messages.sent.{wf}.{node}.{channel}", int(fields.get("count") or 0))
+        if _metrics_off():
+            return  # two timers a message, each worked out for nothing
         latency = f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}"
         for value in fields.get("latencies_ms") or ():
             stats_client.timing(latency, float(value or 0))
