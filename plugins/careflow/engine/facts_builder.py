@@ -129,7 +129,7 @@ class BatchFacts:
                 ),
                 "has_upcoming_appointment": upcoming > 0,
                 "upcoming_appointment_count": upcoming,
-                "attributes": _attributes(patient.get("attributes"), pid),
+                "attributes": as_attributes(patient.get("attributes"), where=f"{pid}.attributes"),
             },
             "appointment": {
                 "id": _text(appointment.get("id")),
@@ -141,7 +141,7 @@ class BatchFacts:
                 "days_since_completed": (
                     (local_today - completed_at.astimezone(tz).date()).days if completed_at else None
                 ),
-                "attributes": _attributes(appointment.get("attributes"), aid),
+                "attributes": as_attributes(appointment.get("attributes"), where=f"{aid}.attributes"),
             },
             "clinic": dict(self._clinic),
             "event": {
@@ -272,12 +272,6 @@ def _bool(value: Any, default: bool, row: str, column: str) -> bool:
     if value is True or value is False:
         return value  # type: ignore[no-any-return]
     return as_bool(value, default, where=f"{row}.{column}")
-
-
-def _attributes(value: Any, row: str) -> dict[str, Any]:
-    if value.__class__ is dict:
-        return dict(value)
-    return as_attributes(value, where=f"{row}.attributes")
 
 
 _JSON = msgspec.json.Decoder()

@@ -13,8 +13,20 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, any_, bindparam, case, func, literal, or_, select, text, type_coerce, update
-from sqlalchemy import cast as sqlalchemy_cast
+from sqlalchemy import (
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -642,7 +654,7 @@ def _as_stored(conn: Connection, table: Any) -> list[Any]:
     postgres = conn.dialect.name == "postgresql"
     return [
         (
-            sqlalchemy_cast(column, sqltypes.Text())
+            cast(column, sqltypes.Text())
             if postgres and isinstance(column.type, sqltypes.JSON)
             else type_coerce(column, sqltypes.NullType())
         ).label(column.name)
