@@ -107,11 +107,11 @@ def test_an_enrollment_counts_only_the_executions_it_inserted(engine, journey, f
     j = journey(chain("raced", ("a", "action", action())))
     insert_ignore = st.insert_ignore
 
-    def another_enrollment_commits_first(conn, table, rows, keys, returning=None):  # type: ignore[no-untyped-def]
+    def another_enrollment_commits_first(conn, table, rows, keys, returning=None, **kw):  # type: ignore[no-untyped-def]
         if table is tables.executions and rows:
             with engine.begin() as other:  # the same events, enrolled by another worker meanwhile
-                insert_ignore(other, table, rows[:2], keys)
-        return insert_ignore(conn, table, rows, keys, returning)
+                insert_ignore(other, table, rows[:2], keys, **kw)
+        return insert_ignore(conn, table, rows, keys, returning, **kw)
 
     monkeypatch.setattr(st, "insert_ignore", another_enrollment_commits_first)
     report = j.node("t", t0, interval_start=t0 - timedelta(days=1))

@@ -98,6 +98,85 @@ def test_bulk_update_gives_each_row_its_own_values(engine) -> None:
     assert got["bulk-untouched"]["status"] == "claimed" and got["bulk-untouched"]["attempts"] == 2
 
 
+def test_bulk_update_sends_what_every_row_shares_once(engine) -> None:
+    """What every row holds alike goes as a constant; each row keeps the value it was given."""
+    base = ledger_row("shared", attempts=1, status="claimed")
+    keys = [f"shared-{i}" for i in range(4)]
+    rows = [
+        {"idempotency_key": k, "status": "sent", "sent_at": T, "provider_id": f"p-{i}", "latency": i or None}
+        for i, k in enumerate(keys)
+    ]
+    columns = {
+        "status": "status",
+        "sent_at": "sent_at",
+        "provider_id": "provider_id",
+        "latency_ms": "latency",
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(m), [{**base, "idempotency_key": k, "execution_id": k} for k in keys])
+        if engine.dialect.name == "postgresql":
+            _, params = st._values_update_sql(conn, m, "idempotency_key", rows, columns, {}, {})
+            import json
+
+            assert [sorted(r) for r in json.loads(params["rows"])] == [
+                ["idempotency_key", "provider_id"],
+                *[["idempotency_key", "latency_ms", "provider_id"]] * 3,
+            ]
+        st.bulk_update(conn, m, "idempotency_key", rows, columns, {"updated_at": T + timedelta(hours=1)})
+    with engine.connect() as conn:
+        got = conn.execute(
+            select(m.c.idempotency_key, m.c.status, m.c.sent_at, m.c.provider_id, m.c.latency_ms)
+            .where(m.c.workflow_id == "shared")
+            .order_by(m.c.idempotency_key)
+        ).all()
+    assert got == [(k, "sent", T, f"p-{i}", i or None) for i, k in enumerate(keys)]
+
+
+def test_bulk_update_writes_each_json_value_as_it_was_given(engine) -> None:
+    """Equal JSON values of distinct objects are each row's own (``1`` and ``1.0`` are not written alike)."""
+    from careflow.engine.steps import finish_steps
+
+    s = tables.steps
+    execution = {
+        "id": "jsonv",
+        "workflow_id": "jsonv",
+        "version": 1,
+        "trigger_event_id": "e",
+        "patient_id": "p",
+        "appointment_id": "a",
+        "clinic_id": "c",
+        "status": "running",
+        "enrolled_at": T,
+        "event_at": T,
+        "updated_at": T,
+    }
+    with engine.begin() as conn:
+        st.insert_ignore(conn, tables.executions, [execution], ["workflow_id", "trigger_event_id"])
+        st.insert_ignore(
+            conn,
+            s,
+            [{"execution_id": "jsonv", "node_id": n, "arrived_at": T} for n in ("n1", "n2", "n3")],
+            ["execution_id", "node_id"],
+            constants={"workflow_id": "jsonv", "status": "pending"},
+        )
+        ids = dict(conn.execute(select(s.c.node_id, s.c.id).where(s.c.workflow_id == "jsonv")).all())
+        shared = {"message": "sent"}
+        ctx = type("Ctx", (), {"now": T, "compiled": type("C", (), {"version": 2})(), "run_id": "r"})()
+        finish_steps(
+            conn,
+            ctx,
+            [
+                {"id": ids["n1"], "status": "done", "output": {"n": 1}},
+                {"id": ids["n2"], "status": "done", "output": {"n": 1.0}},
+                {"id": ids["n3"], "status": "done", "output": {"n": 1}},
+            ],
+        )
+        finish_steps(conn, ctx, [{"id": ids[n], "status": "done", "output": shared} for n in ("n1", "n3")])
+        got = dict(conn.execute(select(s.c.node_id, s.c.output).where(s.c.workflow_id == "jsonv")).all())
+    assert got == {"n1": {"message": "sent"}, "n2": {"n": 1.0}, "n3": {"message": "sent"}}
+    assert type(got["n2"]["n"]) is float
+
+
 def test_insert_ignore_skips_conflicts_and_returns_what_it_wrote(engine) -> None:
     base = ledger_row("ins", attempts=0, status="pending")
     with engine.begin() as conn:
@@ -201,6 +280,125 @@ def test_insert_ignore_writes_json_and_time_columns(engine) -> None:
     assert sorted((n, at, out["n"], out["text"]) for n, at, out in got) == [
         (f"n{i}", T + timedelta(minutes=i), i, "100% '좋음'") for i in range(3)
     ]
+
+
+def test_insert_ignore_gives_every_row_the_constants(engine) -> None:
+    rows = [
+        {"idempotency_key": f"const-{i}", "execution_id": f"x{i}", "reason": None if i else "first"}
+        for i in range(3)
+    ]
+    constants = {
+        **ledger_row("const"),
+        "status": "claimed",
+        "attempts": 1,
+        "claimed_at": T,
+        "last_error": None,
+    }
+    with engine.begin() as conn:
+        wrote = st.insert_ignore(
+            conn, m, rows, ["idempotency_key"], returning="idempotency_key", constants=constants
+        )
+        again = st.insert_ignore(conn, m, rows[:1], ["idempotency_key"], constants=constants)
+    assert wrote == {"const-0", "const-1", "const-2"} and again == set()
+    with engine.connect() as conn:
+        got = {
+            r["idempotency_key"]: r
+            for r in conn.execute(select(m).where(m.c.workflow_id == "const")).mappings()
+        }
+    assert set(got) == {"const-0", "const-1", "const-2"}
+    for i, key in enumerate(sorted(got)):
+        row = got[key]
+        assert (row["execution_id"], row["status"], row["attempts"]) == (f"x{i}", "claimed", 1)
+        assert (row["channel"], row["claimed_at"], row["due_at"], row["last_error"]) == ("kakao", T, T, None)
+        assert row["reason"] == ("first" if i == 0 else None)
+
+
+def test_insert_ignore_refuses_a_column_given_twice(engine) -> None:
+    row = {**ledger_row("twice"), "idempotency_key": "twice-1", "execution_id": "x", "status": "claimed"}
+    given_twice = r"\['status'\] given both in the rows and as constants"
+    with pytest.raises(ValueError, match=given_twice), engine.begin() as conn:
+        st.insert_ignore(conn, m, [row], ["idempotency_key"], constants={"status": "sent"})
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # the document is Postgres' statement's
+def test_rows_leave_their_nulls_out_of_the_document(engine) -> None:
+    """A NULL is a key left out of the JSON the rows go in as: the same NULL, less to write and parse."""
+    rows = [
+        {"execution_id": "nulls", "node_id": "n1", "output": None, "error": None, "arrived_at": T},
+        {"execution_id": "nulls", "node_id": "n2", "output": {"a": None}, "error": "e", "arrived_at": T},
+    ]
+    with engine.connect() as conn:
+        document = st._Recordset(conn, tables.steps).document([(c, c) for c in rows[0]], rows)
+    import json
+
+    assert [sorted(r) for r in json.loads(document)] == [
+        ["arrived_at", "execution_id", "node_id"],
+        ["arrived_at", "error", "execution_id", "node_id", "output"],
+    ]
+    execution = {
+        "id": "nulls",
+        "workflow_id": "nulls",
+        "version": 1,
+        "trigger_event_id": "e",
+        "patient_id": "p",
+        "appointment_id": "a",
+        "clinic_id": "c",
+        "status": "running",
+        "enrolled_at": T,
+        "event_at": T,
+        "updated_at": T,
+    }
+    s = tables.steps
+    with engine.begin() as conn:
+        st.insert_ignore(conn, tables.executions, [execution], ["workflow_id", "trigger_event_id"])
+        st.insert_ignore(
+            conn, s, rows, ["execution_id", "node_id"], constants={"workflow_id": "nulls", "status": "done"}
+        )
+        got = dict(
+            conn.execute(
+                select(s.c.node_id, s.c.output.is_(None) & s.c.error.is_(None)).where(
+                    s.c.workflow_id == "nulls"
+                )
+            ).all()
+        )
+        output = conn.exec_driver_sql(
+            "SELECT output::text FROM careflow_steps WHERE execution_id = 'nulls' AND node_id = 'n2'"
+        ).scalar()
+    assert got == {"n1": True, "n2": False}  # SQL NULLs, not the JSON null
+    assert output == '{"a":null}'
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite enforces no VARCHAR length
+def test_a_constant_too_long_for_its_column_is_refused_not_cut(engine) -> None:
+    """A constant is cast to text, so the column's own length refuses what would not fit."""
+    from sqlalchemy.exc import DataError
+
+    row = {**ledger_row("long"), "idempotency_key": "long-1", "execution_id": "x", "status": "claimed"}
+    with engine.begin() as conn:
+        st.insert_ignore(conn, m, [row], ["idempotency_key"])
+    too_long = "w" * 300  # claimed_by is VARCHAR(250)
+    with pytest.raises(DataError, match="too long"), engine.begin() as conn:
+        st.insert_ignore(
+            conn,
+            m,
+            [{k: v for k, v in row.items() if k != "status"} | {"idempotency_key": "long-2"}],
+            ["idempotency_key"],
+            constants={"status": "claimed", "claimed_by": too_long},
+        )
+    with pytest.raises(DataError, match="too long"), engine.begin() as conn:
+        st.bulk_update(
+            conn,
+            m,
+            "idempotency_key",
+            [{"idempotency_key": "long-1", "status": "sent"}],
+            {"status": "status"},
+            {"claimed_by": too_long},
+        )
+    with engine.connect() as conn:
+        got = conn.execute(
+            select(m.c.idempotency_key, m.c.status, m.c.claimed_by).where(m.c.workflow_id == "long")
+        ).all()
+    assert got == [("long-1", "claimed", None)]
 
 
 def test_many_small_batches_send_every_message_once(engine, journey, fake) -> None:

@@ -77,19 +77,27 @@ def insert_ignore(
     rows: Sequence[dict[str, Any]],
     keys: Sequence[str],
     returning: str | None = None,
+    constants: dict[str, Any] | None = None,
 ) -> set[Any]:
     """Insert rows, silently skipping those that violate the unique ``keys`` (idempotent writes).
 
     With ``returning`` (a column name), the values of that column for the rows actually inserted.
-    Every row must have the same columns.
+    Every row must have the same columns. ``constants`` gives columns the same value in every
+    row; on Postgres each is sent once, not once a row.
     """
     if not rows:
         return set()
+    constants = constants or {}
+    both = sorted(rows[0].keys() & constants.keys())
+    if both:
+        raise ValueError(f"insert into {table.name}: {both} given both in the rows and as constants")
     if conn.dialect.name == "postgresql":
         # One statement with every row quoted by psycopg2: a fraction of the CPU that compiling
         # the insert and binding each row's parameters costs (the action task's hot path).
-        result = conn.exec_driver_sql(*_values_insert_sql(conn, table, rows, keys, returning))
+        result = conn.exec_driver_sql(*_values_insert_sql(conn, table, rows, keys, returning, constants))
         return set(result.scalars()) if returning is not None else set()
+    if constants:
+        rows = [{**row, **constants} for row in rows]
     statement = sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
     if returning is None:
         conn.execute(statement, list(rows))
@@ -155,7 +163,14 @@ class _Recordset:
     def __init__(self, conn: Connection, table: Any) -> None:
         dialect = conn.dialect
         self.source = f"json_populate_recordset(NULL::{_sql(dialect.identifier_preparer.format_table(table))}, %(rows)s)"
-        self._sql_type = {column.name: column.type.compile(dialect=dialect) for column in table.c}
+        # A string is cast to text, not to the column's VARCHAR(n): an explicit cast would cut a
+        # longer value silently, where writing it into the column refuses it.
+        self._sql_type = {
+            column.name: "TEXT"
+            if isinstance(column.type, sqltypes.String) and not isinstance(column.type, sqltypes.JSON)
+            else column.type.compile(dialect=dialect)
+            for column in table.c
+        }
         # JSON columns take the value itself (nested in the document); others what SQLAlchemy binds.
         self._processors = {
             column.name: process
@@ -180,12 +195,14 @@ class _Recordset:
         ]
         records = []
         for row in rows:
-            record = {column: row[field] for field, column in plain}
+            # A key left out is a NULL to json_populate_recordset, as a JSON null is: NULLs are
+            # not written into the document, nor parsed out of it.
+            record = {column: value for field, column in plain if (value := row[field]) is not None}
             for field, column, process, seen in processed:
                 value = row[field]
                 if value is None:
-                    record[column] = None
-                elif seen is None:
+                    continue
+                if seen is None:
                     record[column] = process(value)
                 else:
                     text = seen.get(value)
@@ -199,6 +216,16 @@ class _Recordset:
             return _DOCUMENT.encode(records).decode()
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise ValueError(f"rows for {self._table} cannot be written: {exc}") from exc
+
+    def same_in(self, column: str, field: str, rows: Sequence[dict[str, Any]]) -> bool:
+        """Whether every row holds the same value in ``field`` (for ``column``): of the same type
+        and equal, or for a JSON column the very same object (``1`` and ``1.0`` are equal, and
+        would not be written alike)."""
+        first = rows[0][field]
+        if column in self._json:
+            return all(row[field] is first for row in rows)
+        kind = type(first)
+        return all(type(value := row[field]) is kind and value == first for row in rows)
 
     def cast(self, column: str, name: str) -> str:
         """A placeholder ``%(name)s`` for one value of ``column``, cast to the column's type."""
@@ -233,27 +260,38 @@ def _sql(text_: str) -> str:
 
 
 def _values_insert_sql(
-    conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str], returning: str | None
+    conn: Connection,
+    table: Any,
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    returning: str | None,
+    constants: dict[str, Any],
 ) -> tuple[str, dict[str, Any]]:
-    """The Postgres statement of :func:`insert_ignore` and its one parameter, the rows as JSON."""
+    """The Postgres statement of :func:`insert_ignore` and its parameters: the rows as JSON, the constants."""
     preparer = conn.dialect.identifier_preparer
-    columns = list(rows[0])
+    first = rows[0].keys()
+    columns = list(first)
     for index, row in enumerate(rows):
-        if len(row) != len(columns) or any(column not in row for column in columns):
+        if row.keys() != first:
             raise ValueError(
                 f"insert into {table.name}: row {index} has columns {sorted(row)}, row 0 has {sorted(columns)}"
             )
     recordset = _Recordset(conn, table)
-    names = ", ".join(preparer.quote(c) for c in columns)
+    params: dict[str, Any] = {"rows": recordset.document([(c, c) for c in columns], rows)}
+    values = [_sql(preparer.quote(c)) for c in columns]
+    for index, (column, value) in enumerate(constants.items()):
+        params[f"c{index}"] = recordset.constant(column, value)
+        values.append(recordset.cast(column, f"c{index}"))
+    names = ", ".join(preparer.quote(c) for c in [*columns, *constants])
     conflict = ", ".join(preparer.quote(k) for k in keys)
     statement = (
-        f"{_sql(f'INSERT INTO {preparer.format_table(table)} ({names}) SELECT {names} FROM')} "
-        f"{recordset.source} "
+        f"{_sql(f'INSERT INTO {preparer.format_table(table)} ({names})')} SELECT {', '.join(values)} "
+        f"FROM {recordset.source} "
         f"{_sql(f'ON CONFLICT ({conflict}) DO NOTHING')}"
     )
     if returning is not None:
         statement += f" {_sql(f'RETURNING {preparer.quote(returning)}')}"
-    return statement, {"rows": recordset.document([(c, c) for c in columns], rows)}
+    return statement, params
 
 
 def _values_update_sql(
@@ -268,12 +306,18 @@ def _values_update_sql(
     """The Postgres statement of :func:`bulk_update` and its parameters: the rows as JSON, the constants."""
     preparer = conn.dialect.identifier_preparer
     recordset = _Recordset(conn, table)
+    # A column whose value is the same in every row (a batch's status, the run's time) is sent
+    # once, as a constant: the document holds what differs from row to row.
+    shared = {
+        target: rows[0][field] for target, field in columns.items() if recordset.same_in(target, field, rows)
+    }
+    varying = {target: field for target, field in columns.items() if target not in shared}
     params: dict[str, Any] = {
-        "rows": recordset.document([(key, key), *((f, t) for t, f in columns.items())], rows)
+        "rows": recordset.document([(key, key), *((f, t) for t, f in varying.items())], rows)
     }
     names = {column.name: _sql(f"t.{preparer.quote(column.name)}") for column in table.c}
-    sets = [_sql(f"{preparer.quote(target)} = v.{preparer.quote(target)}") for target in columns]
-    for index, (target, value) in enumerate(constants.items()):
+    sets = [_sql(f"{preparer.quote(target)} = v.{preparer.quote(target)}") for target in varying]
+    for index, (target, value) in enumerate({**shared, **constants}.items()):
         params[f"c{index}"] = recordset.constant(target, value)
         placeholder = recordset.cast(target, f"c{index}")
         if target in expressions:
@@ -404,19 +448,22 @@ def finish_steps(conn: Connection, ctx: RunContext, updates: list[dict[str, Any]
 def create_steps(conn: Connection, ctx: RunContext, arrivals: Iterable[tuple[str, str, datetime]]) -> int:
     """Create a pending step for each (execution id, node id, arrival time); an existing one is kept."""
     rows = [
-        {
-            "execution_id": execution_id,
+        {"execution_id": execution_id, "node_id": node_id, "arrived_at": arrived_at}
+        for execution_id, node_id, arrived_at in arrivals
+    ]
+    insert_ignore(
+        conn,
+        s,
+        rows,
+        ["execution_id", "node_id"],
+        constants={
             "workflow_id": ctx.workflow_id,
-            "node_id": node_id,
             "status": "pending",
-            "arrived_at": arrived_at,
             "attempts": 0,
             "version": ctx.compiled.version,
             "run_id": ctx.run_id,
-        }
-        for execution_id, node_id, arrived_at in arrivals
-    ]
-    insert_ignore(conn, s, rows, ["execution_id", "node_id"])
+        },
+    )
     return len(rows)
 
 
