@@ -716,7 +716,7 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
     from careflow.templates import render_message, render_subject
 
     config = node.config
-    lateness = (config.max_lateness or ctx.compiled.settings.max_lateness).minutes()
+    max_late = timedelta(minutes=(config.max_lateness or ctx.compiled.settings.max_lateness).minutes())
     default_tz = zone(ctx.compiled.timezone)
     wall = _wall()
     with st.batch_transaction(ctx, report) as conn:
@@ -747,6 +747,7 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
         arrivals: list[tuple[str, str, datetime]] = []
         exits: dict[str, str] = {}
         candidates: dict[str, dict[str, Any]] = {}
+        local_nows: dict[Any, datetime] = {}  # the run's now in each patient timezone of the batch
         for row, key in zip(rows, keys, strict=True):
             report.processed += 1
             existing = ledger.get(key)
@@ -777,19 +778,12 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
             # that time: its lateness counts from it, not from the end of the quiet hours, so a
             # wake run that did not happen cannot stretch max_lateness night after night.
             due = row["arrived_at"]
+            # What the ledger row of this message holds of its own; the rest is the batch's.
             base = {
                 "idempotency_key": key,
                 "execution_id": row["execution_id"],
-                "workflow_id": ctx.workflow_id,
-                "node_id": node.id,
-                "version": ctx.compiled.version,
-                "channel": config.channel,
-                "purpose": config.purpose,
                 "patient_id": row["patient_id"],
                 "due_at": due,
-                "updated_at": ctx.now,
-                "attempts": 0,
-                "reason": None,
             }
             outcome: tuple[str, str] | None = None  # (ledger status, reason)
             detail: str | None = None  # what the ledger's last_error says of it (no patient data)
@@ -797,21 +791,22 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
                 outcome = ("skipped", "patient_or_appointment_missing")
             elif isinstance(fact, UnreadableFacts):
                 outcome = ("failed", UnreadableFacts.REASON)
-            elif ctx.now - due > timedelta(minutes=lateness):
+            elif ctx.now - due > max_late:
                 outcome = ("expired", f"late_by_{int((ctx.now - due).total_seconds() // 60)}_min")
             else:
                 patient = fact["patient"]
                 tz = zone_or(patient.get("timezone"), default_tz)
+                local_now = local_nows.get(tz)
+                if local_now is None:
+                    local_now = local_nows[tz] = ctx.now.astimezone(tz)
                 refusal = check_consent(
                     purpose=config.purpose,
                     channel=config.channel,
                     patient=patient,
-                    local_now=ctx.now.astimezone(tz),
+                    local_now=local_now,
                 )
-                resume = (
-                    quiet_hours_end(ctx.now.astimezone(tz)) if refusal == "marketing_quiet_hours" else None
-                )
-                if resume is not None and resume - due > timedelta(minutes=lateness):
+                resume = quiet_hours_end(local_now) if refusal == "marketing_quiet_hours" else None
+                if resume is not None and resume - due > max_late:
                     # The quiet hours end past the message's max_lateness: it would go out late.
                     outcome = ("expired", "quiet_hours_past_max_lateness")
                 elif resume is not None:
@@ -848,15 +843,7 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
                             }
                             if existing is None:
                                 # A key nobody has written yet is claimed by writing it.
-                                new_claims.append(
-                                    {
-                                        **base,
-                                        "status": "claimed",
-                                        "claimed_by": ctx.worker,
-                                        "claimed_at": wall,
-                                        "attempts": 1,
-                                    }
-                                )
+                                new_claims.append(base)
                             continue
             if existing is not None and existing["status"] in _SUSPECT:
                 # An earlier attempt may have sent it (its claim was abandoned, or its answer
@@ -873,8 +860,30 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
                     .values(status=status, reason=reason, last_error=detail, updated_at=ctx.now)
                 )
             step_updates.append(_decided(ctx, node, report, row, status, reason))
-        st.insert_ignore(conn, m, new_rows, ["idempotency_key"])
-        claimed = st.insert_ignore(conn, m, new_claims, ["idempotency_key"], returning="idempotency_key")
+        shared = {
+            "workflow_id": ctx.workflow_id,
+            "node_id": node.id,
+            "version": ctx.compiled.version,
+            "channel": config.channel,
+            "purpose": config.purpose,
+            "updated_at": ctx.now,
+        }
+        st.insert_ignore(conn, m, new_rows, ["idempotency_key"], constants={**shared, "attempts": 0})
+        claimed = st.insert_ignore(
+            conn,
+            m,
+            new_claims,
+            ["idempotency_key"],
+            returning="idempotency_key",
+            constants={
+                **shared,
+                "status": "claimed",
+                "claimed_by": ctx.worker,
+                "claimed_at": wall,
+                "attempts": 1,
+                "reason": None,
+            },
+        )
         # Keys written before (pending, unknown, an abandoned claim), or written by another worker
         # since the ledger was read: an update takes the lease only where it is free.
         unclaimed = [k for k in candidates if k not in claimed]
@@ -1036,6 +1045,8 @@ def _record(
     step_updates: list[dict[str, Any]] = []
     arrivals: list[tuple[str, str, datetime]] = []
     targets = node.targets()
+    # One object for every sent step of the batch: the bulk update writes it once.
+    sent_output = {"message": "sent", "channel": config.channel}
     configuration_error: Any = None
     sent_latency_ms: list[float] = []
     sent_lateness_s: list[float] = []
@@ -1075,13 +1086,7 @@ def _record(
                 configuration_error = result
             if delivered and result is not None:
                 entry.update(status="sent", provider_id=result.provider_id, sent_at=ctx.now)
-                step_updates.append(
-                    {
-                        "id": row["id"],
-                        "status": "done",
-                        "output": {"message": "sent", "channel": config.channel},
-                    }
-                )
+                step_updates.append({"id": row["id"], "status": "done", "output": sent_output})
                 arrivals += [(row["execution_id"], t, ctx.now) for t in targets]
                 report.sent += 1
                 report.passed += 1
