@@ -167,7 +167,7 @@ class _Recordset:
         # longer value silently, where writing it into the column refuses it.
         self._sql_type = {
             column.name: "TEXT"
-            if isinstance(column.type, sqltypes.String) and not isinstance(column.type, sqltypes.JSON)
+            if isinstance(column.type, sqltypes.String) and not isinstance(column.type, sqltypes.Enum)
             else column.type.compile(dialect=dialect)
             for column in table.c
         }
