@@ -212,8 +212,9 @@ def cpu_per_message(run: Any) -> dict[str, float | None]:
     """CPU milliseconds a message while the action task ran, process by process, and their total.
 
     ``task``: the action task's process (preparing, recording, every thread); ``send_process``:
-    the process it forks for the provider client; ``database``: Postgres' backends; ``provider``:
-    the fake provider. None where this machine could not tell (a remote database server).
+    the process it forks for the provider client; ``database``: Postgres' backends; ``redis``: the
+    Redis server (the breaker's state, the sent-keys cache); ``provider``: the fake provider.
+    None where this machine could not tell (a remote database or Redis server).
     """
     detail = run.action.detail
 
@@ -224,6 +225,7 @@ def cpu_per_message(run: Any) -> dict[str, float | None]:
         "task": per_message(detail.get("cpu_s")),
         "send_process": per_message(detail.get("send_process_cpu_s")),
         "database": per_message(detail.get("database_cpu_s")),
+        "redis": per_message(run.redis_cpu_s),
         "provider": per_message(run.provider_cpu_s),
     }
     known = [value for value in parts.values() if value is not None]
@@ -387,7 +389,7 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
         (
             "  careflow's CPU a message (all processes)",
             "?" if cpu["total"] is None else f"{cpu['total']:.3f} ms",
-            "task {task} + send process {send_process} + Postgres {database} + fake provider {provider}".format(
+            "task {task} + send process {send_process} + Postgres {database} + Redis {redis} + fake provider {provider}".format(
                 **{name: "?" if value is None else f"{value:.3f}" for name, value in cpu.items()}
             ),
             "",

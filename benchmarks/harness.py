@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("CAREFLOW_BENCH_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -230,6 +231,30 @@ def reset_careflow_state(engine: Any, redis_prefix: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------- the fake provider
+
+
+def redis_server_pid() -> int | None:
+    """The pid of the Redis server the benchmark uses, where it runs on this machine; else None.
+
+    Taken from the server's own ``INFO`` and checked against ``/proc``: a server in a container
+    or on another host reports a pid that is not its process here.
+    """
+    import redis
+
+    if urlsplit(REDIS_URL).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        pid = int(client.info("server")["process_id"])
+    except Exception:
+        return None
+    finally:
+        client.close()
+    try:
+        command = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return pid if command.startswith("redis") else None
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.harness import REPO, RUN_AT, CareflowEnv, FakeProviderProcess
+from benchmarks.harness import REPO, RUN_AT, CareflowEnv, FakeProviderProcess, redis_server_pid
 from benchmarks.run_task import process_cpu_s
 
 
@@ -77,6 +77,9 @@ class DagRun:
     tasks: list[TaskRun]
     #: CPU seconds the fake provider's process took while the action task ran (None: unreadable)
     provider_cpu_s: float | None = None
+    #: CPU seconds the Redis server took meanwhile (the breaker's state, the sent-keys cache;
+    #: None: a server on another machine)
+    redis_cpu_s: float | None = None
     #: seconds from the action task's start to the provider's first accepted message, and from its
     #: last accepted message to the task's end (None when nothing was accepted)
     first_accepted_after_s: float | None = None
@@ -101,13 +104,22 @@ def run_dag(
     """Trigger, action and wake tasks of one run, in order, each in its own process."""
     variables = env.variables(provider, concurrency)
     tasks = [run_task(variables, workflow_id, "t1")]
-    before = process_cpu_s(provider.process.pid)
+    redis_pid = redis_server_pid()
+
+    def cpu_s() -> tuple[float | None, float | None]:
+        return process_cpu_s(provider.process.pid), process_cpu_s(redis_pid) if redis_pid else None
+
+    before = cpu_s()
     tasks.append(run_task(variables, workflow_id, "a1"))
-    after = process_cpu_s(provider.process.pid)
+    after = cpu_s()
     tasks.append(run_task(variables, workflow_id, "careflow_wake"))
     report = tasks[1].result
-    provider_cpu = after - before if before is not None and after is not None else None
-    run = DagRun(messages=int(report.get("sent", 0)), tasks=tasks, provider_cpu_s=provider_cpu)
+    provider_cpu, redis_cpu = (
+        b - a if a is not None and b is not None else None for a, b in zip(before, after, strict=True)
+    )
+    run = DagRun(
+        messages=int(report.get("sent", 0)), tasks=tasks, provider_cpu_s=provider_cpu, redis_cpu_s=redis_cpu
+    )
     if int(report.get("processed", 0)) != expected or report.get("pending"):
         raise SystemExit(f"expected {expected} due messages, the action task reports {report}")
     if run.messages != expected:

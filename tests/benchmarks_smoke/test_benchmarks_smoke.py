@@ -118,14 +118,18 @@ def test_cpu_per_message_adds_up_every_process_or_says_it_cannot() -> None:
     from benchmarks.__main__ import cpu_per_message
 
     action = SimpleNamespace(detail={"cpu_s": 1.2, "send_process_cpu_s": 0.4, "database_cpu_s": 0.8})
-    run = SimpleNamespace(messages=4000, action=action, provider_cpu_s=0.2)
+    run = SimpleNamespace(messages=4000, action=action, provider_cpu_s=0.2, redis_cpu_s=0.04)
     assert cpu_per_message(run) == {
         "task": 0.3,
         "send_process": 0.1,
         "database": 0.2,
+        "redis": 0.01,
         "provider": 0.05,
-        "total": 0.65,
+        "total": 0.66,
     }
+    run.redis_cpu_s = None  # a Redis server on another machine
+    assert cpu_per_message(run)["redis"] is None and cpu_per_message(run)["total"] is None
+    run.redis_cpu_s = 0.04
     action.detail["database_cpu_s"] = None  # a database server on another machine
     assert cpu_per_message(run)["database"] is None and cpu_per_message(run)["total"] is None
 
@@ -147,6 +151,19 @@ def test_process_cpu_is_read_from_proc() -> None:
         return
     assert mine is not None and mine > 0
     assert process_cpu_s(2**22 + 7) is None  # above Linux's largest pid
+
+
+@pytest.mark.redis
+def test_the_local_redis_server_is_found_and_a_remote_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis' CPU counts where its server runs here; elsewhere the figure says it cannot tell."""
+    from benchmarks import harness
+    from benchmarks.run_task import process_cpu_s
+
+    pid = harness.redis_server_pid()
+    assert pid is not None and Path(f"/proc/{pid}/comm").read_text().startswith("redis")
+    assert process_cpu_s(pid) is not None
+    monkeypatch.setattr(harness, "REDIS_URL", "redis://redis.example.invalid:6379/0")
+    assert harness.redis_server_pid() is None
 
 
 @pytest.mark.postgres
