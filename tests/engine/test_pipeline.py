@@ -42,6 +42,23 @@ def ledger_row(workflow_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
+def execution_row(workflow_id: str, execution_id: str | None = None) -> dict[str, Any]:
+    """An execution of workflow ``workflow_id`` (its id the workflow's unless given), for the steps a test writes."""
+    return {
+        "id": execution_id or workflow_id,
+        "workflow_id": workflow_id,
+        "version": 1,
+        "trigger_event_id": "e",
+        "patient_id": "p",
+        "appointment_id": "a",
+        "clinic_id": "c",
+        "status": "running",
+        "enrolled_at": T,
+        "event_at": T,
+        "updated_at": T,
+    }
+
+
 def enrolled(engine, journey, workflow_id: str, *, patients: int, batch_size: int) -> Any:
     """A trigger → action journey whose ``patients`` completed yesterday, enrolled at ``T``."""
     c = Clinic()
@@ -137,19 +154,7 @@ def test_bulk_update_writes_each_json_value_as_it_was_given(engine) -> None:
     from careflow.engine.steps import finish_steps
 
     s = tables.steps
-    execution = {
-        "id": "jsonv",
-        "workflow_id": "jsonv",
-        "version": 1,
-        "trigger_event_id": "e",
-        "patient_id": "p",
-        "appointment_id": "a",
-        "clinic_id": "c",
-        "status": "running",
-        "enrolled_at": T,
-        "event_at": T,
-        "updated_at": T,
-    }
+    execution = execution_row("jsonv")
     with engine.begin() as conn:
         st.insert_ignore(conn, tables.executions, [execution], ["workflow_id", "trigger_event_id"])
         st.insert_ignore(
@@ -244,19 +249,7 @@ def test_insert_ignore_names_the_table_not_the_value_it_cannot_write(engine) -> 
 
 
 def test_insert_ignore_writes_json_and_time_columns(engine) -> None:
-    execution = {
-        "id": "json-x",
-        "workflow_id": "json",
-        "version": 1,
-        "trigger_event_id": "e",
-        "patient_id": "p",
-        "appointment_id": "a",
-        "clinic_id": "c",
-        "status": "running",
-        "enrolled_at": T,
-        "event_at": T,
-        "updated_at": T,
-    }
+    execution = execution_row("json", "json-x")
     rows = [
         {
             "execution_id": "json-x",
@@ -335,19 +328,7 @@ def test_rows_leave_their_nulls_out_of_the_document(engine) -> None:
         ["arrived_at", "execution_id", "node_id"],
         ["arrived_at", "error", "execution_id", "node_id", "output"],
     ]
-    execution = {
-        "id": "nulls",
-        "workflow_id": "nulls",
-        "version": 1,
-        "trigger_event_id": "e",
-        "patient_id": "p",
-        "appointment_id": "a",
-        "clinic_id": "c",
-        "status": "running",
-        "enrolled_at": T,
-        "event_at": T,
-        "updated_at": T,
-    }
+    execution = execution_row("nulls")
     s = tables.steps
     with engine.begin() as conn:
         st.insert_ignore(conn, tables.executions, [execution], ["workflow_id", "trigger_event_id"])
