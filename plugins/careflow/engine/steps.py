@@ -227,18 +227,16 @@ class _Recordset:
         kind = type(first)
         return all(type(value := row[field]) is kind and value == first for row in rows)
 
-    def cast(self, column: str, name: str) -> str:
-        """A placeholder ``%(name)s`` for one value of ``column``, cast to the column's type."""
+    def bind(self, params: dict[str, Any], column: str, value: Any) -> str:
+        """Put one value of ``column`` in ``params`` (as psycopg2 should bind it: JSON columns get
+        their JSON text) and give its placeholder, cast to the column's type."""
+        if value is not None and column in self._json:
+            value = json.dumps(value, default=_json_value, allow_nan=False)
+        elif value is not None and (process := self._processors.get(column)) is not None:
+            value = process(value)
+        name = f"c{len(params)}"
+        params[name] = value
         return f"CAST(%({name})s AS {self._sql_type[column]})"
-
-    def constant(self, column: str, value: Any) -> Any:
-        """One value of ``column`` as psycopg2 should bind it (JSON columns get their JSON text)."""
-        if value is None:
-            return None
-        if column in self._json:
-            return json.dumps(value, default=_json_value, allow_nan=False)
-        process = self._processors.get(column)
-        return process(value) if process is not None else value
 
 
 def _json_value(value: Any) -> Any:
@@ -279,9 +277,7 @@ def _values_insert_sql(
     recordset = _Recordset(conn, table)
     params: dict[str, Any] = {"rows": recordset.document([(c, c) for c in columns], rows)}
     values = [_sql(preparer.quote(c)) for c in columns]
-    for index, (column, value) in enumerate(constants.items()):
-        params[f"c{index}"] = recordset.constant(column, value)
-        values.append(recordset.cast(column, f"c{index}"))
+    values += [recordset.bind(params, column, value) for column, value in constants.items()]
     names = ", ".join(preparer.quote(c) for c in [*columns, *constants])
     conflict = ", ".join(preparer.quote(k) for k in keys)
     statement = (
@@ -317,9 +313,8 @@ def _values_update_sql(
     }
     names = {column.name: _sql(f"t.{preparer.quote(column.name)}") for column in table.c}
     sets = [_sql(f"{preparer.quote(target)} = v.{preparer.quote(target)}") for target in varying]
-    for index, (target, value) in enumerate({**shared, **constants}.items()):
-        params[f"c{index}"] = recordset.constant(target, value)
-        placeholder = recordset.cast(target, f"c{index}")
+    for target, value in {**shared, **constants}.items():
+        placeholder = recordset.bind(params, target, value)
         if target in expressions:
             sets.append(
                 f"{_sql(preparer.quote(target))} = {_sql(expressions[target]).format(**names, value=placeholder)}"
