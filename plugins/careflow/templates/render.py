@@ -51,6 +51,9 @@ class CompiledTemplate:
     template: Template
     fact_paths: frozenset[str]  # the catalog facts it reads
     loop_paths: frozenset[str]  # the facts its for loops go over
+    #: what a template that only prints text and facts (``{{ patient.name }}님``) is made of, in
+    #: order: its text, and ``(record, fact)`` for each fact it prints; None for any other template
+    parts: tuple[str | tuple[str, str], ...] | None = None
     _globals: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -190,9 +193,38 @@ def compile_template(source: str) -> CompiledTemplate:
         ) from None
     except (TemplateSyntaxError, SyntaxError, MemoryError) as exc:
         raise TemplateError(codes.SYNTAX, f"the template cannot be compiled ({type(exc).__name__})") from None
-    compiled = CompiledTemplate(key, template, frozenset(analysis.fact_paths), frozenset(analysis.loop_paths))
+    compiled = CompiledTemplate(
+        key, template, frozenset(analysis.fact_paths), frozenset(analysis.loop_paths), _plain_parts(tree)
+    )
     _cache.put(key, compiled)
     return compiled
+
+
+def _plain_parts(tree: nodes.Template) -> tuple[str | tuple[str, str], ...] | None:
+    """The parts of a template made only of text and ``{{ record.fact }}``; None for any other.
+
+    Most message templates are such (a greeting, a name, the clinic's name), and for them the
+    text is the parts joined, each fact as the sandbox prints a text: as it is. Read from the
+    parsed tree, so the text is what Jinja outputs (its whitespace rules already applied).
+    """
+    parts: list[str | tuple[str, str]] = []
+    for statement in tree.body:
+        if not isinstance(statement, nodes.Output):
+            return None
+        for child in statement.nodes:
+            if isinstance(child, nodes.TemplateData):
+                parts.append(child.data)
+            elif (
+                isinstance(child, nodes.Getattr)
+                and isinstance(child.node, nodes.Name)
+                and child.node.name in ROOTS
+                and child.node.ctx == "load"
+                and not child.attr.startswith("_")
+            ):
+                parts.append((child.node.name, child.attr))
+            else:
+                return None
+    return tuple(parts)
 
 
 def _guard_loops(tree: nodes.Template) -> None:
@@ -261,7 +293,34 @@ def _missing_message(compiled: CompiledTemplate, context: Mapping[str, Any], exc
 _ABSENT = object()
 
 
+def _join_plain(parts: tuple[str | tuple[str, str], ...], context: Mapping[str, Any]) -> str | None:
+    """A plain template's text (:func:`_plain_parts`), or None when a fact it prints is not text.
+
+    What the sandbox prints of a fact that is a ``str`` is that text. Anything else (a missing
+    record or fact, None, a date, a number) is left to the sandbox, which prints or refuses it.
+    """
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        root, name = part
+        record = context.get(root)
+        if record.__class__ is not dict:
+            return None
+        value = record.get(name)  # type: ignore[union-attr]
+        if value.__class__ is not str:
+            return None
+        out.append(value)
+    return "".join(out)
+
+
 def _render(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
+    text = None if compiled.parts is None else _join_plain(compiled.parts, context)
+    if text is not None:
+        RenderBudget.start().add_output(text)  # the same caps as a render through the sandbox
+        _refuse_lone_surrogates(text)
+        return text
     variables = {
         root: Record(value) if value.__class__ is dict or isinstance(value, Mapping) else value
         for root in ROOTS
@@ -295,6 +354,11 @@ def _render(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
         stream.close()
         current_budget.reset(token)
     text = "".join(parts)
+    _refuse_lone_surrogates(text)
+    return text
+
+
+def _refuse_lone_surrogates(text: str) -> None:
     if SURROGATE.search(text):
         # Only clinic data brings one this far (the template's own text is checked when it is
         # compiled): the provider would refuse the message, so it fails here, for this recipient.
@@ -303,7 +367,6 @@ def _render(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
             "the message has half of an emoji or other character on its own (a lone surrogate), "
             "which cannot be sent: check the template's text and the clinic data it prints",
         )
-    return text
 
 
 def render_message(source: str, context: Mapping[str, Any], *, channel: str) -> str:
