@@ -1043,6 +1043,54 @@ def test_the_heap_is_frozen_while_an_action_runs_and_handed_back(engine, journey
     assert seen and seen[0] > 100_000 and gc.get_freeze_count() == 0
 
 
+def test_young_collections_are_rarer_while_an_action_runs(engine, journey, fake, monkeypatch) -> None:
+    import gc
+
+    from careflow.engine import actions
+
+    seen: list[tuple[int, int, int]] = []
+    real = actions._send_action
+    monkeypatch.setattr(
+        actions, "_send_action", lambda ctx, node: (seen.append(gc.get_threshold()), real(ctx, node))[1]
+    )
+    before = gc.get_threshold()
+    j = enrolled(engine, journey, "pipe-young", patients=3, batch_size=5)
+    assert j.node("a", T).sent == 3
+    assert seen == [(actions.YOUNG_COLLECTION_EVERY, *before[1:])]
+    assert gc.get_threshold() == before
+
+
+def test_the_thresholds_come_back_when_the_last_of_overlapping_actions_ends() -> None:
+    import gc
+
+    from careflow.engine.actions import YOUNG_COLLECTION_EVERY, _frozen_heap
+
+    before = gc.get_threshold()
+    first, second = _frozen_heap(), _frozen_heap()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # actions on two threads need not end in the order they began
+    assert gc.get_threshold()[0] == YOUNG_COLLECTION_EVERY
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize("young", [0, 100_000])
+def test_a_collector_switched_off_or_already_rarer_is_left_as_it_is(young) -> None:
+    import gc
+
+    from careflow.engine.actions import _frozen_heap
+
+    before = gc.get_threshold()
+    gc.set_threshold(young, *before[1:])
+    try:
+        with _frozen_heap():
+            assert gc.get_threshold()[0] == young
+        assert gc.get_threshold()[0] == young
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_garbage_made_while_the_heap_is_frozen_is_still_collected() -> None:
     import gc
     import weakref
