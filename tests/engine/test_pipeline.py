@@ -1060,6 +1060,27 @@ def test_young_collections_are_rarer_while_an_action_runs(engine, journey, fake,
     assert gc.get_threshold() == before
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_every_generation_is_collected_every_few_batches_of_an_action(
+    engine, journey, fake, monkeypatch, enabled
+) -> None:
+    import gc
+
+    from careflow.engine import actions
+
+    j = enrolled(engine, journey, f"pipe-full-{enabled}", patients=25, batch_size=1)
+    full: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: full.append(generation) or 0)
+    if not enabled:
+        gc.disable()
+    try:
+        assert j.node("a", T).sent == 25
+    finally:
+        gc.enable()
+    # 25 batches of one message: after the 10th and the 20th; none when the collector is off.
+    assert full == ([2] * (25 // actions.FULL_COLLECTION_EVERY) if enabled else [])
+
+
 def test_the_thresholds_come_back_when_the_last_of_overlapping_actions_ends() -> None:
     import gc
 
