@@ -182,6 +182,72 @@ def test_bulk_update_writes_each_json_value_as_it_was_given(engine) -> None:
     assert type(got["n2"]["n"]) is float
 
 
+def test_settling_decides_each_execution_from_its_steps_states(engine) -> None:
+    """Pending wins over waiting, waiting over failed; nothing open or failed ends it, once."""
+    s, x = tables.steps, tables.executions
+    steps = {
+        "running": ["done", "pending", "failed"],
+        "waiting": ["done", "waiting", "failed"],
+        "failed": ["done", "failed", "skipped"],
+        "completed": ["done", "done", "skipped"],
+        "exited": ["done", "skipped"],
+        "no-steps": [],
+        "ended-before": ["done"],
+    }
+    executions = [execution_row("settle", f"settle-{name}") for name in steps]
+    for row in executions:  # every row with the same columns: one insert of them all
+        row.update(trigger_event_id=row["id"], exit_reason=None, finished_at=None)
+    executions[list(steps).index("exited")]["exit_reason"] = "condition_false"
+    executions[list(steps).index("ended-before")].update(
+        status="completed", finished_at=T - timedelta(days=1)
+    )
+    events: list[tuple[str, dict[str, Any]]] = []
+    ctx = type("Ctx", (), {"now": T, "event": lambda self, name, **f: events.append((name, f))})()
+    with engine.begin() as conn:
+        conn.execute(insert(x), executions)
+        conn.execute(
+            insert(s),
+            [
+                {
+                    "execution_id": f"settle-{name}",
+                    "workflow_id": "settle",
+                    "node_id": f"n{i}",
+                    "status": status,
+                    "arrived_at": T,
+                }
+                for name, states in steps.items()
+                for i, status in enumerate(states)
+            ],
+        )
+        st.settle_executions(conn, ctx, [row["id"] for row in executions])
+        got = {
+            execution_id.removeprefix("settle-"): (status, finished_at)
+            for execution_id, status, finished_at in conn.execute(
+                select(x.c.id, x.c.status, x.c.finished_at).where(x.c.workflow_id == "settle")
+            )
+        }
+    assert {name: status for name, (status, _) in got.items()} == {
+        "running": "running",
+        "waiting": "waiting",
+        "failed": "failed",
+        "completed": "completed",
+        "exited": "exited",
+        "no-steps": "completed",
+        "ended-before": "completed",
+    }
+    assert {name for name, (_, finished) in got.items() if finished == T} == {
+        "failed",
+        "completed",
+        "exited",
+        "no-steps",
+    }
+    assert sorted((name, f["status"], f["count"]) for name, f in events) == [
+        ("executions_completed", "completed", 2),
+        ("executions_completed", "exited", 1),
+        ("executions_completed", "failed", 1),
+    ]
+
+
 def test_insert_ignore_skips_conflicts_and_returns_what_it_wrote(engine) -> None:
     base = ledger_row("ins", attempts=0, status="pending")
     with engine.begin() as conn:

@@ -475,21 +475,22 @@ def settle_executions(conn: Connection, ctx: RunContext, execution_ids: Iterable
     ids = sorted(set(execution_ids))
     if not ids:
         return 0
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
-    for row in conn.execute(
-        select(s.c.execution_id, s.c.status, func.count())
-        .where(among(conn, s.c.execution_id, ids))
-        .group_by(s.c.execution_id, s.c.status)
+    # Only the states that decide: an execution none of whose steps is in one of them has ended.
+    states: dict[str, set[str]] = defaultdict(set)
+    for execution_id, status in conn.execute(
+        select(s.c.execution_id, s.c.status)
+        .where(among(conn, s.c.execution_id, ids), s.c.status.in_(("pending", "waiting", "failed")))
+        .distinct()
     ):
-        counts[row[0]][row[1]] = row[2]
+        states[execution_id].add(status)
     by_status: dict[str, list[str]] = defaultdict(list)
     for execution_id in ids:
-        states = counts.get(execution_id, {})
-        if states.get("pending"):
+        found = states.get(execution_id, ())
+        if "pending" in found:
             by_status["running"].append(execution_id)
-        elif states.get("waiting"):
+        elif "waiting" in found:
             by_status["waiting"].append(execution_id)
-        elif states.get("failed"):
+        elif "failed" in found:
             by_status["failed"].append(execution_id)
         else:
             by_status["ended"].append(execution_id)
