@@ -42,8 +42,9 @@ def ledger_row(workflow_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-def execution_row(workflow_id: str, execution_id: str | None = None) -> dict[str, Any]:
-    """An execution of workflow ``workflow_id`` (its id the workflow's unless given), for the steps a test writes."""
+def execution_row(workflow_id: str, execution_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """An execution of workflow ``workflow_id`` (its id the workflow's unless given), for the steps a
+    test writes; ``fields`` add to it or override it, as :func:`ledger_row`'s do."""
     return {
         "id": execution_id or workflow_id,
         "workflow_id": workflow_id,
@@ -56,6 +57,7 @@ def execution_row(workflow_id: str, execution_id: str | None = None) -> dict[str
         "enrolled_at": T,
         "event_at": T,
         "updated_at": T,
+        **fields,
     }
 
 
@@ -194,13 +196,24 @@ def test_settling_decides_each_execution_from_its_steps_states(engine) -> None:
         "no-steps": [],
         "ended-before": ["done"],
     }
-    executions = [execution_row("settle", f"settle-{name}") for name in steps]
-    for row in executions:  # every row with the same columns: one insert of them all
-        row.update(trigger_event_id=row["id"], exit_reason=None, finished_at=None)
-    executions[list(steps).index("exited")]["exit_reason"] = "condition_false"
-    executions[list(steps).index("ended-before")].update(
-        status="completed", finished_at=T - timedelta(days=1)
-    )
+    own: dict[str, dict[str, Any]] = {
+        "exited": {"exit_reason": "condition_false"},
+        "ended-before": {"status": "completed", "finished_at": T - timedelta(days=1)},
+    }
+    # Every row with the same columns: one insert of them all.
+    executions = [
+        execution_row(
+            "settle",
+            f"settle-{name}",
+            **{
+                "trigger_event_id": f"settle-{name}",
+                "exit_reason": None,
+                "finished_at": None,
+                **own.get(name, {}),
+            },
+        )
+        for name in steps
+    ]
     events: list[tuple[str, dict[str, Any]]] = []
     ctx = type("Ctx", (), {"now": T, "event": lambda self, name, **f: events.append((name, f))})()
     with engine.begin() as conn:
