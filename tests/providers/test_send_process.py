@@ -301,3 +301,59 @@ def test_told_what_is_coming_the_child_opens_its_connections_before_the_batch_ar
             results = sender.send_batch([make_message(i) for i in range(5)])
         assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
         assert server.connections == 3 and len(server.requests) == 5
+
+
+def _child_exiting_after(seconds: float) -> int:
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    return pid
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pidfd (Linux)")
+def test_reaping_waits_for_the_exit_itself_not_a_polling_interval(monkeypatch) -> None:
+    """Where the kernel gives the child a pidfd, the child is collected as it exits: no sleep at all."""
+    from careflow.providers import send_process
+
+    pid = _child_exiting_after(0.05)
+    sleeps: list[float] = []
+    monkeypatch.setattr(send_process.time, "sleep", sleeps.append)
+    send_process._reap(pid)
+    assert not _alive(pid)  # collected: waitpid finds no such child
+    assert sleeps == []
+
+
+def test_reaping_without_a_pidfd_checks_often_at_first_then_less(monkeypatch) -> None:
+    """Elsewhere the checks start half a millisecond apart and double, up to 10 ms."""
+    from careflow.providers import send_process
+
+    monkeypatch.delattr(send_process.os, "pidfd_open", raising=False)
+    pid = _child_exiting_after(0.1)
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(send_process.time, "sleep", sleep)
+    send_process._reap(pid)
+    assert not _alive(pid)
+    assert sleeps[:6] == [0.0005, 0.001, 0.002, 0.004, 0.008, 0.01]
+    assert max(sleeps) == 0.01
+
+
+def test_reaping_gives_up_on_a_child_that_does_not_exit(monkeypatch) -> None:
+    """A child still running at the timeout is left to the caller (which killed it first)."""
+    from careflow.providers import send_process
+
+    pid = _child_exiting_after(30)
+    try:
+        started = time.monotonic()
+        send_process._reap(pid, timeout=0.2)
+        assert 0.2 <= time.monotonic() - started < 5
+        assert _alive(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

@@ -36,6 +36,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import threading
@@ -301,8 +302,17 @@ def _not_sent(key: str, why: str) -> SendResult:
     return SendResult(key, Outcome.NOT_SENT, error_code="send_process_lost", error_message=why)
 
 
-def _reap(pid: int) -> None:
-    deadline = time.monotonic() + 5
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """Collect the child once it has exited, waiting up to ``timeout`` seconds for it.
+
+    The child exits right after its last word, so the wait is its exit, not a polling interval:
+    where Linux gives the process a file descriptor (``pidfd_open``), the wait ends as the child
+    does; elsewhere the checks come closer together at first (from half a millisecond, doubling
+    up to 10 ms). A child still running at ``timeout`` is left (the caller has killed it first).
+    """
+    deadline = time.monotonic() + timeout
+    _wait_for_exit(pid, timeout)
+    pause = 0.0005
     while True:
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
@@ -310,7 +320,25 @@ def _reap(pid: int) -> None:
             return
         if done or time.monotonic() > deadline:
             return
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    """Block until process ``pid`` exits or ``timeout`` passes, where the platform can tell (Linux)."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return
+    try:
+        fd = opener(pid)
+    except OSError:  # gone already, or a kernel without pidfds: the polling decides
+        return
+    try:
+        select.select([fd], [], [], timeout)  # readable once the process has exited
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _reemit(event: str, fields: dict[str, Any]) -> None:
