@@ -173,6 +173,23 @@ def _as_json_loads_reads_it(raw: bytes) -> str | None:
         b'{"id": "\xed\xa0\x80", "status": "accepted"}',  # a lone surrogate, as UTF-8 cannot carry it
         b'{"id": "\\ud800", "status": "accepted"}',
         b"\xef\xbb\xbf\xef\xbb\xbf{}",
+        # the two fields alone, which msgspec reads first: what it makes of them must not differ
+        b'{"id": "abc-1", "status": "accepted", "id": ""}',
+        b'{"id": "a\\u0000", "status": "accepted"}',
+        b'{"id": "a\x01", "status": "accepted"}',  # a raw control character
+        b'{"id": "\\ud83d\\ude00", "status": "accepted"}',  # an escaped surrogate pair
+        b'{"id": "\xf0\x9f\x98\x80", "status": "accepted"}',
+        b'{"id": "' + "\u00e9".encode() * 512 + b'", "status": "accepted"}',  # 512 characters
+        b'{"id": "' + "\u00e9".encode() * 513 + b'", "status": "accepted"}',
+        b'{"id": "", "status": "accepted"}',
+        b'{"id": "abc-1", "status": 1}',
+        b'{"id": "abc-1"}',
+        b' {"id": "abc-1", "status": "accepted"}\n',
+        b'{"id": "abc-1", "status": "accepted"}\x00',
+        b'["abc-1", "accepted"]',
+        # and with a field more, read the long way, which refuses what json.loads refuses
+        b'{"id": "abc-1", "status": "accepted", "n": ' + b"1" * 5000 + b"}",
+        b'{"id": "abc-1", "status": "accepted", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     ],
 )
 def test_an_answer_is_read_as_json_loads_reads_it(raw: bytes) -> None:
@@ -183,6 +200,21 @@ def test_an_answer_is_read_as_json_loads_reads_it(raw: bytes) -> None:
     except ValueError:
         provider_id = None
     assert provider_id == _as_json_loads_reads_it(raw)
+
+
+def test_a_plain_answer_is_read_without_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract's answer, two fields in UTF-8, is read by msgspec: no JSON decoder, no model."""
+    from careflow.providers import client
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read the long way")
+
+    monkeypatch.setattr(client.AcceptedBody, "model_validate", refuse)
+    monkeypatch.setattr(client._STRICT_JSON, "decode", refuse)
+    accepted = client.parse_accepted(b'{"id":"msg_1","status":"accepted"}')
+    assert (accepted.id, accepted.status) == ("msg_1", "accepted")
+    with pytest.raises(AssertionError, match="long way"):  # a field more: the long way
+        client.parse_accepted(b'{"id":"msg_1","status":"accepted","cost":1}')
 
 
 def test_answers_share_one_json_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
