@@ -47,7 +47,6 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -389,7 +388,10 @@ class BreakerGate:
         self._current: contextvars.ContextVar[Permit | None] = contextvars.ContextVar(
             f"careflow_gate_{breaker.name}", default=None
         )
-        self._outstanding: deque[Permit] = deque(maxlen=self.MAX_OUTSTANDING)
+        #: the permits given and not yet recorded, oldest first, by identity: a send's result finds
+        #: its own permit without walking those of the other sends in flight (up to the provider's
+        #: concurrency, and the batches that share it)
+        self._outstanding: dict[int, Permit] = {}
         self._lock = threading.Lock()
 
     def before_send(self) -> float | None:
@@ -399,17 +401,20 @@ class BreakerGate:
             return exc.local_retry_at
         self._current.set(permit)
         with self._lock:
-            self._outstanding.append(permit)
+            if len(self._outstanding) >= self.MAX_OUTSTANDING:  # the oldest is forgotten
+                del self._outstanding[next(iter(self._outstanding))]
+            self._outstanding[id(permit)] = permit
         return None
 
     def after_send(self, result: Any) -> None:
         permit = self._current.get()
         self._current.set(None)
         with self._lock:
-            if permit is not None and any(p is permit for p in self._outstanding):
-                self._outstanding.remove(permit)
+            # An entry's key is the id of a permit the dict keeps alive: no other permit has it.
+            if permit is not None and self._outstanding.get(id(permit)) is permit:
+                del self._outstanding[id(permit)]
             elif self._outstanding:
-                permit = self._outstanding.popleft()
+                permit = self._outstanding.pop(next(iter(self._outstanding)))
             else:
                 permit = None
         if permit is None:  # a result without a permit still carries a 429's pause
