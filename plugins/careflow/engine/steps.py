@@ -555,13 +555,40 @@ def among(conn: Connection, column: Any, values: Iterable[Any]) -> Any:
 
     The statement is then the same whatever the number of values: compiled once, parsed
     quickly, where an IN list renders and binds a placeholder per value.
+
+    Ids (text and whole numbers, the usual case) go as one string in Postgres' array syntax
+    (``'{"a","b"}'``), which the server reads as an array of the column's type: the driver would
+    otherwise write ``ARRAY['a', 'b', …]``, an expression of a thousand constants that the
+    server parses one by one, after adapting each value itself (a statement of a thousand ids
+    took about 0.8 ms longer that way, an update 1.5 ms). Left untyped, as the driver's
+    ``ARRAY[…]`` is, so that a clinic's integer ids compare too.
     """
+    values = list(values)
     if conn.dialect.name == "postgresql":
+        written = array_text(values)
+        if written is not None:
+            return column == any_(bindparam(None, written, type_=sqltypes.NullType()))
         # Text, not the column's VARCHAR(n): a cast to varchar(n)[] cuts longer values silently,
         # and a clinic's id longer than careflow's column declares would then match nothing.
         item = sqltypes.Text() if isinstance(column.type, sqltypes.String) else column.type
-        return column == any_(bindparam(None, list(values), type_=ARRAY(item)))
-    return column.in_(list(values))
+        return column == any_(bindparam(None, values, type_=ARRAY(item)))
+    return column.in_(values)
+
+
+def array_text(values: Sequence[Any]) -> str | None:
+    """``values`` in Postgres' text form of an array, each one quoted; None if one is not a ``str`` or an ``int``.
+
+    Exact types only: a ``bool`` is an ``int`` that would be written ``True``, and a subclass of
+    ``str`` may print otherwise.
+    """
+    if all(type(value) is str for value in values):
+        joined = '","'.join(values)
+        if "\\" in joined or '"' in joined:  # escaped one by one only when one needs it
+            joined = '","'.join(value.replace("\\", "\\\\").replace('"', '\\"') for value in values)
+        return '{"' + joined + '"}' if values else "{}"
+    if all(type(value) is int for value in values):
+        return "{" + ",".join(map(str, values)) + "}"
+    return None
 
 
 def clinic_time(conn: Connection | Engine, column: Any) -> Any:
