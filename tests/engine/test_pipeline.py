@@ -151,6 +151,34 @@ def test_bulk_update_sends_what_every_row_shares_once(engine) -> None:
     assert got == [(k, "sent", T, f"p-{i}", i or None) for i, k in enumerate(keys)]
 
 
+def test_bulk_update_of_rows_alike_but_for_their_keys_sends_the_keys_alone(engine) -> None:
+    """Nothing differs but the key: on Postgres the keys go as one array, with no document to join."""
+    base = ledger_row("alike", attempts=1, status="claimed")
+    keys = ["alike-1", 'alike-"2"', "alike-3", "alike-untouched"]
+    rows = [{"idempotency_key": k, "status": "sent", "sent_at": T} for k in keys[:3]]
+    columns = {"status": "status", "sent_at": "sent_at"}
+    with engine.begin() as conn:
+        conn.execute(insert(m), [{**base, "idempotency_key": k, "execution_id": k} for k in keys])
+        if engine.dialect.name == "postgresql":
+            statement, params = st._values_update_sql(
+                conn, m, "idempotency_key", rows, columns, {}, {"attempts": "{attempts} + 1"}
+            )
+            assert "json_populate_recordset" not in statement and "rows" not in params
+            assert params["keys"] == '{"alike-1","alike-\\"2\\"","alike-3"}'
+        st.bulk_update(
+            conn, m, "idempotency_key", rows, columns, {"updated_at": T}, {"attempts": "{attempts} + 1"}
+        )
+    with engine.connect() as conn:
+        got = conn.execute(
+            select(m.c.idempotency_key, m.c.status, m.c.sent_at, m.c.attempts)
+            .where(m.c.workflow_id == "alike")
+            .order_by(m.c.idempotency_key)
+        ).all()
+    assert sorted(got) == sorted(
+        [(k, "sent", T, 2) for k in keys[:3]] + [("alike-untouched", "claimed", None, 1)]
+    )
+
+
 def test_bulk_update_writes_each_json_value_as_it_was_given(engine) -> None:
     """Equal JSON values of distinct objects are each row's own (``1`` and ``1.0`` are not written alike)."""
     from careflow.engine.steps import finish_steps
