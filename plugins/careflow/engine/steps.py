@@ -587,12 +587,13 @@ def array_text(values: Sequence[Any]) -> str | None:
     Exact types only: a ``bool`` is an ``int`` that would be written ``True``, and a subclass of
     ``str`` may print otherwise.
     """
-    if all(type(value) is str for value in values):
+    kinds = set(map(type, values))
+    if kinds <= {str}:
         joined = '","'.join(values)
         if "\\" in joined or '"' in joined:  # escaped one by one only when one needs it
             joined = '","'.join(value.replace("\\", "\\\\").replace('"', '\\"') for value in values)
         return '{"' + joined + '"}' if values else "{}"
-    if all(type(value) is int for value in values):
+    if kinds == {int}:
         return "{" + ",".join(map(str, values)) + "}"
     return None
 
