@@ -357,3 +357,34 @@ def test_reaping_gives_up_on_a_child_that_does_not_exit(monkeypatch) -> None:
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pidfd (Linux)")
+def test_reaping_waits_on_a_pidfd_numbered_past_selects_limit(monkeypatch) -> None:
+    """A task process with many files open: a pidfd above 1,024 is still waited on, not an error."""
+    import resource
+
+    from careflow.providers import send_process
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("cannot open a file descriptor past 1,024 here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    real_open = os.pidfd_open
+
+    def high_pidfd(pid: int) -> int:
+        fd = real_open(pid)
+        try:
+            return os.dup2(fd, 1500)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(send_process.os, "pidfd_open", high_pidfd)
+    pid = _child_exiting_after(0.05)
+    sleeps: list[float] = []
+    monkeypatch.setattr(send_process.time, "sleep", sleeps.append)
+    try:
+        send_process._reap(pid)
+        assert not _alive(pid) and sleeps == []
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -334,7 +334,11 @@ def _wait_for_exit(pid: int, timeout: float) -> None:
     except OSError:  # gone already, or a kernel without pidfds: the polling decides
         return
     try:
-        select.select([fd], [], [], timeout)  # readable once the process has exited
+        # poll, not select: a task process with many files open may give a pidfd past select's
+        # limit (1,024). Readable once the process has exited.
+        waiter = select.poll()
+        waiter.register(fd, select.POLLIN)
+        waiter.poll(max(0, int(timeout * 1000)))
     except OSError:
         pass
     finally:
