@@ -362,6 +362,7 @@ def test_reaping_gives_up_on_a_child_that_does_not_exit(monkeypatch) -> None:
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pidfd (Linux)")
 def test_reaping_waits_on_a_pidfd_numbered_past_selects_limit(monkeypatch) -> None:
     """A task process with many files open: a pidfd above 1,024 is still waited on, not an error."""
+    import fcntl
     import resource
 
     from careflow.providers import send_process
@@ -375,7 +376,7 @@ def test_reaping_waits_on_a_pidfd_numbered_past_selects_limit(monkeypatch) -> No
     def high_pidfd(pid: int) -> int:
         fd = real_open(pid)
         try:
-            return os.dup2(fd, 1500)
+            return fcntl.fcntl(fd, fcntl.F_DUPFD, 1500)  # the lowest free number from 1,500 on
         finally:
             os.close(fd)
 
