@@ -122,9 +122,10 @@ def bulk_update(
     over the row's current values, ``{column}`` standing for a column and ``{value}`` for the
     target's entry in ``constants`` (``"coalesce({started_at}, {value})"``).
 
-    Postgres gets one ``UPDATE … FROM (VALUES …)`` for the whole list: one round trip and one
-    plan instead of a statement per row. SQLite (the embedded default, in-process) gets an
-    ``executemany`` of the same update.
+    Postgres gets one ``UPDATE`` for the whole list (``_values_update_sql``): one round trip and
+    one plan instead of a statement per row, the rows joined from one JSON document, or named by
+    one array of keys when nothing else differs from row to row. SQLite (the embedded default,
+    in-process) gets an ``executemany`` of the same update.
     """
     if not rows:
         return

@@ -195,7 +195,9 @@ class _LeasedPool:
 
 # -- the provider's answers ------------------------------------------------------------------
 
-NonEmptyStr = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+#: The longest provider id or status careflow takes (both readings of an answer hold to it).
+_FIELD_MAX = 512
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1, max_length=_FIELD_MAX)]
 
 
 class AcceptedBody(BaseModel):
@@ -222,7 +224,7 @@ _REQUEST_JSON = msgspec.json.Encoder()
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
-_Field = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+_Field = Annotated[str, msgspec.Meta(min_length=1, max_length=_FIELD_MAX)]
 
 
 class Accepted(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
