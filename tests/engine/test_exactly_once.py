@@ -82,13 +82,27 @@ def test_clearing_the_action_task_after_success_resends_nothing(engine, journey,
     assert stats["received"] == 10
 
 
-def test_two_workers_racing_on_one_action_send_each_message_once(engine, journey, fake):
+def test_two_workers_racing_on_one_action_send_each_message_once(engine, journey, fake, monkeypatch):
     patients = _setup(engine, fake, 60)
     fake.configure(latency_ms=5)
     j = journey({**DOC, "settings": {"batch_size": 20}})  # several batches: the workers interleave
     j.node("t", T)
     start = threading.Barrier(2)
     reports, errors = [], []
+    # Each worker goes on past its first batch only once the other has read one too, so that they
+    # do race: left to the scheduler, SQLite's one writer sometimes let the first worker take every
+    # batch while the second slept in its busy handler.
+    met, waiting = threading.Barrier(2, timeout=30), {"w1", "w2"}
+    real_prepare = actions._prepare_batch
+
+    def prepare(ctx, *args, **kwargs):  # type: ignore[no-untyped-def]
+        prepared = real_prepare(ctx, *args, **kwargs)
+        if ctx.worker in waiting:  # after its first batch, each racing worker waits for the other
+            waiting.discard(ctx.worker)
+            met.wait()
+        return prepared
+
+    monkeypatch.setattr(actions, "_prepare_batch", prepare)
 
     def worker(name: str) -> None:
         ctx = j.context(T, run_id=f"race_{name}", worker=name)
