@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -768,7 +769,10 @@ def test_with_a_send_process_on_postgres_batches_are_recorded_on_a_thread_of_the
     assert (report.sent, report.pending, report.batches, report.processed) == (47, 0, 10, 47)
     assert prepared_on == {threading.current_thread().name} and len(started) == 1
     if engine.dialect.name == "postgresql":
-        assert recorded_on == {"careflow-record-a"}  # while this thread prepared the next batch
+        # while this thread prepared the next batch; once none was left, a second one took the
+        # answered batches
+        assert "careflow-record-a" in recorded_on
+        assert recorded_on <= {"careflow-record-a", "careflow-record-a-2"}
     else:
         assert recorded_on == prepared_on  # SQLite takes one writer at a time: one thread does both
     assert assert_exactly_once(fake)["accepted"] == 47
@@ -829,6 +833,185 @@ def test_a_batch_waiting_for_room_in_the_recorder_has_its_claims_renewed_with_th
     assert stage.renewals_before["k3"] > claimed  # it did wait through renewals
     for key in ("k3", "k4"):
         assert all(key in keys for keys in renewals[claimed : stage.renewals_before[key]]), key
+
+
+class _TimedStage:
+    """A send stage whose batches are answered after the delay their first key names (seconds)."""
+
+    depth = 2
+
+    def __init__(self, delays: dict[str, float]) -> None:
+        import ctypes
+
+        self.delays = delays
+        self._renewed = ctypes.c_double(0.0)
+
+    def submit(self, part: dict[str, Any], claimed_at: Any) -> Any:
+        from concurrent.futures import Future
+
+        from careflow.engine import actions
+
+        future: Future[Any] = Future()
+        threading.Timer(self.delays[next(iter(part))], future.set_result, [actions._Sent({})]).start()
+        return future
+
+    def renewed(self, at: Any) -> None:
+        pass
+
+
+def _recorder_logging(
+    monkeypatch, delays: dict[str, float], fail: str | None = None
+) -> tuple[Any, list[Any]]:
+    """A recorder over a ``_TimedStage``; what it records is logged (key, thread, start, end), not written."""
+    from types import SimpleNamespace
+
+    from careflow.engine import actions
+
+    log: list[tuple[str, str, float, float]] = []
+
+    def record(ctx: Any, node: Any, to_send: dict[str, Any], sent: Any, report: Any) -> None:
+        key, started = next(iter(to_send)), time.monotonic()
+        time.sleep(0.05)  # statements take time
+        report.sent += len(to_send)
+        log.append((key, threading.current_thread().name, started, time.monotonic()))
+        if key == fail:
+            raise RuntimeError(f"recording {key} failed")
+
+    monkeypatch.setattr(actions, "_record", record)
+    node = SimpleNamespace(id="a", type="action")
+    return actions._Recorder(SimpleNamespace(), node, _TimedStage(delays)), log  # type: ignore[arg-type]
+
+
+def test_once_nothing_more_is_handed_a_second_thread_records_the_answered_batches(monkeypatch) -> None:
+    """The last batches are recorded on two connections at once, not one after the other.
+
+    The oldest batch is answered last: the recording thread waits for it while a second one,
+    started by ``close``, records those already answered. Each is recorded once, and the counts
+    of both threads are the recorder's.
+    """
+    from datetime import datetime, timezone
+
+    recorder, log = _recorder_logging(monkeypatch, {"k0": 0.4, "k1": 0.0, "k2": 0.0})
+    recorder.hand([{"k0": {}}, {"k1": {}}, {"k2": {}}], datetime.now(timezone.utc))
+    report = recorder.close(raise_first=True)
+
+    by_key = {key: (thread, started, ended) for key, thread, started, ended in log}
+    assert sorted(key for key, *_ in log) == ["k0", "k1", "k2"]  # once each
+    assert by_key["k0"][0] == "careflow-record-a"
+    assert {by_key["k1"][0], by_key["k2"][0]} == {"careflow-record-a-2"}
+    assert by_key["k1"][2] <= by_key["k0"][1] and by_key["k2"][2] <= by_key["k0"][1]  # before k0's answer
+    assert report.sent == 3
+
+
+def test_a_batch_the_second_thread_fails_to_record_is_raised_once_the_others_are_recorded(
+    monkeypatch,
+) -> None:
+    from datetime import datetime, timezone
+
+    recorder, log = _recorder_logging(monkeypatch, {"k0": 0.3, "k1": 0.0, "k2": 0.0}, fail="k1")
+    recorder.hand([{"k0": {}}, {"k1": {}}, {"k2": {}}], datetime.now(timezone.utc))
+    with pytest.raises(RuntimeError, match="recording k1 failed"):
+        recorder.close(raise_first=True)
+
+    assert sorted(key for key, *_ in log) == ["k0", "k1", "k2"]
+    assert dict((key, thread) for key, thread, *_ in log)["k1"] == "careflow-record-a-2"
+    assert recorder.report.sent == 3  # counted before the failure, by the thread that recorded it
+
+
+def test_without_an_answered_batch_behind_the_oldest_the_recording_thread_alone_records(monkeypatch) -> None:
+    """The second thread only takes answered batches: one still on the wire stays with the thread
+    that renews its claims while it waits."""
+    from datetime import datetime, timezone
+
+    recorder, log = _recorder_logging(monkeypatch, {"k0": 0.2, "k1": 0.3})
+    recorder.hand([{"k0": {}}, {"k1": {}}], datetime.now(timezone.utc))
+    recorder.close(raise_first=True)
+
+    assert [(key, thread) for key, thread, *_ in log] == [
+        ("k0", "careflow-record-a"),
+        ("k1", "careflow-record-a"),
+    ]
+
+
+def test_once_nothing_more_is_handed_a_large_answered_batch_is_recorded_in_two_halves_at_once(
+    monkeypatch,
+) -> None:
+    """The last big batch is the task's last work: its two halves go to the two threads.
+
+    Each half is recorded with what the provider said of its own messages; the lookups the batch
+    counted are counted once.
+    """
+    from datetime import datetime, timezone
+
+    from careflow.engine import actions
+    from careflow.providers.client import Outcome, SendResult
+
+    monkeypatch.setattr(actions, "LAST_PART", 2)
+    keys = [f"k{i}" for i in range(10)]
+    answer = actions._Sent(
+        {key: SendResult(key, Outcome.ACCEPTED, provider_id=key) for key in keys}, reconciled=3
+    )
+    recorder, log = _recorder_logging(monkeypatch, {"k0": 0.2})
+    recorder.stage.submit = lambda part, at: _answered_after(0.2, answer)  # type: ignore[method-assign]
+    seen: list[tuple[list[str], list[str]]] = []
+    logging_record = actions._record
+
+    def record(ctx: Any, node: Any, to_send: dict[str, Any], sent: Any, report: Any) -> None:
+        seen.append((sorted(to_send), sorted(sent.results)))
+        logging_record(ctx, node, to_send, sent, report)
+
+    monkeypatch.setattr(actions, "_record", record)
+    recorder.hand([{key: {} for key in keys}], datetime.now(timezone.utc))
+    report = recorder.close(raise_first=True)
+
+    assert sorted(seen) == [(keys[:5], keys[:5]), (keys[5:], keys[5:])]
+    (first, one, start_one, end_one), (_, other, start_other, end_other) = sorted(log, key=lambda x: x[2])
+    assert {one, other} == {"careflow-record-a", "careflow-record-a-2"}
+    assert start_other < end_one  # at once, not one after the other
+    assert report.sent == 10 and report.reasons["reconciled"] == 3
+
+
+def _answered_after(seconds: float, sent: Any) -> Any:
+    from concurrent.futures import Future
+
+    future: Future[Any] = Future()
+    threading.Timer(seconds, future.set_result, [sent]).start()
+    return future
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # the recorder runs on Postgres only
+def test_with_batches_shared_at_the_end_each_message_is_recorded_once(
+    engine, journey, fake, started, monkeypatch
+) -> None:
+    """A real action whose last batches are shared between the two recording threads."""
+    from careflow.engine import actions
+
+    monkeypatch.setattr(actions, "LAST_PART", 1)
+    j = enrolled(engine, journey, "pipe-share", patients=47, batch_size=8)
+    fake.configure(latency_ms=100)  # the last batches are still on the wire when the last is handed over
+    shares: list[int] = []
+    real_share = actions._Recorder._share
+
+    def share(self: Any, to_send: dict[str, Any], sent: Any) -> Any:
+        shares.append(len(to_send))
+        return real_share(self, to_send, sent)
+
+    monkeypatch.setattr(actions._Recorder, "_share", share)
+    recorded: list[str] = []
+    real_record = actions._record
+
+    def record(ctx: Any, node: Any, to_send: dict[str, Any], *args: Any) -> None:
+        recorded.extend(to_send)
+        real_record(ctx, node, to_send, *args)
+
+    monkeypatch.setattr(actions, "_record", record)
+    report = j.node("a", T)
+
+    assert shares  # some were shared
+    assert (report.sent, report.pending, report.processed) == (47, 0, 47)
+    assert sorted(recorded) == sorted(set(recorded)) and len(recorded) == 47
+    assert assert_exactly_once(fake)["accepted"] == 47
+    assert {row["status"] for row in ledger(engine, "pipe-share").values()} == {"sent"}
 
 
 def stop_when_the_stage_is_full(engine, monkeypatch, stop: Any) -> list[int]:

@@ -297,7 +297,7 @@ def _records_aside(ctx: RunContext, stage: _SendStage) -> bool:
 
 
 class _Recorder:
-    """Records the batches handed to the send stage, in order, in a thread of its own.
+    """Records the batches handed to the send stage, in a thread of its own (two at the end).
 
     The preparing thread hands each claimed batch over (``hand``: it goes to the send stage and
     joins the queue) and goes on preparing the next, while this thread waits for the oldest and
@@ -305,12 +305,24 @@ class _Recorder:
     handed and not yet recorded, as when one thread did both. Every batch handed over is recorded,
     even after recording one before it failed (``close`` raises the first error). The recorder's
     counts are its own (``report``), added to the action's at the end.
+
+    Until then batches are recorded in the order they were handed over. Once nothing more is
+    handed over (``close``), a second thread records too, on a connection of its own: it takes the
+    batches whose sends have all been answered while this thread records the one before them, and
+    half of each large batch this thread finds answered (``_share``), so that the last batches'
+    statements run on two connections at once instead of one after the other: they are the task's
+    last work. It takes only answered batches: the claims that must be renewed while a batch waits
+    for its answers stay with this thread. Each batch (or half) is recorded once, in a transaction
+    of its own; their rows are their own.
     """
 
     def __init__(self, ctx: RunContext, node: CompiledNode, stage: _SendStage) -> None:
         self.ctx, self.node, self.stage = ctx, node, stage
         self.report = NodeReport(node.id, node.type)
+        #: batches handed over that no thread has taken yet
         self._queue: deque[_Handed] = deque()
+        #: batches a thread is recording (taken off the queue)
+        self._recording: list[_Handed] = []
         #: claimed parts waiting for room in the queue: their claims are renewed with the others'
         self._waiting: list[dict[str, dict[str, Any]]] = []
         #: guards the queue, the waiting parts, and a batch handed to the stage against a renewal
@@ -318,8 +330,15 @@ class _Recorder:
         #: moved unrenewed)
         self._cond = threading.Condition()
         self._closed = False
-        #: set by the recording thread as it ends (``close`` waits for it)
-        self._finished = False
+        #: recording threads not ended yet (``close`` waits for none)
+        self._running = 1
+        #: the second recording thread (``close`` starts it), whether it runs, and its counts
+        self._helper: threading.Thread | None = None
+        self._helping = False
+        self._helper_report = NodeReport(node.id, node.type)
+        #: set when a batch handed over is answered, or one is shared: the second thread looks again
+        self._changed = threading.Event()
+        self._merged = False
         self._errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name=f"careflow-record-{node.id}", daemon=True)
         self._thread.start()
@@ -341,14 +360,16 @@ class _Recorder:
             self._waiting = list(parts)
             try:
                 while self._waiting:
-                    while len(self._queue) > self.stage.depth and not self.stopped():
+                    while len(self._queue) + len(self._recording) > self.stage.depth and not self.stopped():
                         self._cond.wait()
                     part = self._waiting[0]
-                    self._queue.append((part, self.stage.submit(part, claimed_at)))
+                    future = self.stage.submit(part, claimed_at)
+                    future.add_done_callback(self._answer_came)
+                    self._queue.append((part, future))
                     self._waiting.pop(0)
                     self._cond.notify_all()
             except BaseException:
-                queued = {id(part) for part, _ in self._queue}
+                queued = {id(part) for part, _ in [*self._queue, *self._recording]}
                 for part in self._waiting:
                     if id(part) not in queued:
                         self._queue.append((part, _done(_not_handed(part))))
@@ -359,7 +380,7 @@ class _Recorder:
 
     def stopped(self) -> bool:
         """Whether recording stopped the action (an error, a configuration error, sends held back)."""
-        return bool(self._errors) or _held_back(self.report)
+        return bool(self._errors) or _held_back(self.report) or _held_back(self._helper_report)
 
     def close(self, *, raise_first: bool) -> NodeReport:
         """Wait until every batch handed over is recorded; the recorder's counts, or its first error."""
@@ -369,8 +390,13 @@ class _Recorder:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            while not self._finished:
+            if self._queue:
+                self._start_helper()
+            while self._running:
                 self._cond.wait()
+            if not self._merged:
+                self._merged = True
+                _merge(self.report, self._helper_report)
         if self._errors:
             if raise_first:
                 raise self._errors[0]
@@ -381,8 +407,11 @@ class _Recorder:
         return self.report
 
     def __iter__(self) -> Iterator[tuple[dict[str, dict[str, Any]], Any]]:
-        """The batches behind the one being recorded, queued or claimed and waiting (the caller holds the lock)."""
-        return iter([*list(self._queue)[1:], *((part, None) for part in self._waiting)])
+        """The batches behind the one being recorded, queued or claimed and waiting (the caller holds the lock).
+
+        Those the second thread took are left out: their sends have all been answered.
+        """
+        return iter([*self._queue, *((part, None) for part in self._waiting)])
 
     def _run(self) -> None:
         try:
@@ -392,23 +421,97 @@ class _Recorder:
                         self._cond.wait()
                     if not self._queue:
                         return
-                    handed = self._queue[0]
-                try:
-                    _record_handed(self.ctx, self.node, self.stage, handed, self.report, self, self._cond)
-                except BaseException as exc:
-                    if self._errors:
-                        log.warning(
-                            "careflow: recording a batch failed after an earlier error", exc_info=True
-                        )
-                    self._errors.append(exc)
-                finally:
-                    with self._cond:
-                        self._queue.popleft()
-                        self._cond.notify_all()
+                    handed = self._take(self._queue[0])
+                self._record_one(handed, self.report, self)
+        finally:
+            self._ended()
+
+    def _help(self) -> None:
+        """The second thread: record the queued batches whose sends have all been answered, oldest first."""
+        try:
+            while True:
+                with self._cond:
+                    self._changed.clear()  # before looking: an answer that comes after sets it again
+                    handed = next((h for h in self._queue if h[1].done()), None)
+                    if handed is not None:
+                        self._take(handed)
+                    elif not self._queue:
+                        # decided under the lock: a batch shared after it starts another thread
+                        self._helping = False
+                        return
+                if handed is not None:
+                    self._record_one(handed, self._helper_report, ())
+                else:  # until a batch is answered or shared (the other thread may take it first)
+                    self._changed.wait(RENEW_EVERY)
+        except BaseException:
+            with self._cond:
+                self._helping = False
+            raise
+        finally:
+            self._ended()
+
+    def _share(
+        self, to_send: dict[str, dict[str, Any]], sent: _Sent
+    ) -> tuple[dict[str, dict[str, Any]], _Sent]:
+        """Once nothing more is handed over, half of a large answered batch goes to the second thread.
+
+        Each half is recorded in a transaction of its own, the two at once: the last batch's
+        statements are the task's last work, and one connection would run them one after the other.
+        Returns the half this thread records.
+        """
+        keys = list(to_send)
+        mine = {key: to_send[key] for key in keys[: len(keys) // 2]}
+        theirs = {key: to_send[key] for key in keys[len(keys) // 2 :]}
+        with self._cond:
+            self._queue.appendleft((theirs, _done(_portion(sent, theirs, counted=False))))
+            self._start_helper()
+            self._changed.set()
+            self._cond.notify_all()
+        return mine, _portion(sent, mine, counted=True)
+
+    def _answer_came(self, _future: Future[_Sent]) -> None:
+        self._changed.set()
+
+    def _start_helper(self) -> None:
+        """Start the second recording thread, unless it runs (the caller holds the lock)."""
+        if self._helping:
+            return
+        self._helping = True
+        self._running += 1
+        self._helper = threading.Thread(
+            target=self._help, name=f"careflow-record-{self.node.id}-2", daemon=True
+        )
+        self._helper.start()
+
+    def _take(self, handed: _Handed) -> _Handed:
+        """Move ``handed`` from the queue to the batches being recorded (the caller holds the lock)."""
+        for index, queued in enumerate(self._queue):
+            if queued is handed:
+                del self._queue[index]
+                break
+        self._recording.append(handed)
+        return handed
+
+    def _record_one(self, handed: _Handed, report: NodeReport, behind: Iterable[_Handed]) -> None:
+        try:
+            to_send = handed[0]
+            sent = _answered(self.ctx, self.stage, handed, behind, self._cond)
+            if behind is self and self._closed and len(to_send) > 2 * LAST_PART:
+                to_send, sent = self._share(to_send, sent)
+            _record_answered(self.ctx, self.node, to_send, sent, report)
+        except BaseException as exc:
+            if self._errors:
+                log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)
+            self._errors.append(exc)
         finally:
             with self._cond:
-                self._finished = True
+                self._recording = [other for other in self._recording if other is not handed]
                 self._cond.notify_all()
+
+    def _ended(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
 
 
 def _merge(into: NodeReport, other: NodeReport) -> None:
@@ -718,23 +821,49 @@ def _record_handed(
     ``behind`` is read afresh at each renewal, under ``guard`` when another thread hands batches
     over (the recorder's lock: no batch is handed over while the claims are renewed).
     """
+    _record_answered(ctx, node, handed[0], _answered(ctx, stage, handed, behind, guard), report)
+
+
+def _answered(
+    ctx: RunContext,
+    stage: _SendStage,
+    handed: _Handed,
+    behind: Iterable[_Handed] = (),
+    guard: contextlib.AbstractContextManager[Any] | None = None,
+) -> _Sent:
+    """What the send stage made of one batch, once answered; the claims renewed meanwhile (``_record_handed``)."""
     to_send, future = handed
     guard = guard if guard is not None else contextlib.nullcontext()
     while True:
         try:
-            sent = future.result(timeout=RENEW_EVERY)
+            return future.result(timeout=RENEW_EVERY)
         except FutureTimeout:
             with guard:
                 renewed_at = _renew_claims(ctx, [to_send, *(batch for batch, _ in behind)])
                 if renewed_at is not None:
                     stage.renewed(renewed_at)
-        else:
-            break
+
+
+def _record_answered(
+    ctx: RunContext, node: CompiledNode, to_send: dict[str, dict[str, Any]], sent: _Sent, report: NodeReport
+) -> None:
+    """Count the lookups of an answered batch and record it."""
     if sent.reconciled:
         report.reasons["reconciled"] += sent.reconciled
     if sent.flagged:
         report.reasons["sent_key_cache_suspects"] += sent.flagged
     _record(ctx, node, to_send, sent, report)
+
+
+def _portion(sent: _Sent, keys: dict[str, Any], *, counted: bool) -> _Sent:
+    """What ``sent`` says of ``keys`` alone; its lookup counts go with the ``counted`` portion only."""
+    return _Sent(
+        {key: result for key, result in sent.results.items() if key in keys},
+        sent.reconciled if counted else 0,
+        sent.flagged if counted else 0,
+        sent.looked_up,
+        sent.cleared,
+    )
 
 
 def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> datetime | None:
