@@ -1014,6 +1014,32 @@ def test_with_batches_shared_at_the_end_each_message_is_recorded_once(
     assert {row["status"] for row in ledger(engine, "pipe-share").values()} == {"sent"}
 
 
+def test_the_sent_keys_cache_is_warmed_while_the_first_batch_is_prepared(engine, journey, fake) -> None:
+    """Its first read comes with the first batch's send: the cache reaches Redis before that."""
+    j = enrolled(engine, journey, "pipe-warm", patients=12, batch_size=5)
+    calls: list[tuple[str, str]] = []
+
+    class SentKeys:
+        def warm(self) -> None:
+            calls.append(("warm", threading.current_thread().name))
+
+        def get_many(self, keys: Any) -> dict[str, str]:
+            calls.append(("get_many", threading.current_thread().name))
+            return {}
+
+        def set_many(self, mapping: Any) -> None:
+            calls.append(("set_many", threading.current_thread().name))
+
+    report = j.node("a", T, sent_keys=SentKeys())
+
+    assert report.sent == 12
+    warms = [thread for name, thread in calls if name == "warm"]
+    assert len(warms) == 1 and warms[0] != threading.current_thread().name  # once, off this thread
+    if engine.dialect.name == "postgresql":  # started with the first due steps, before they are claimed
+        assert calls[0][0] == "warm"
+    assert assert_exactly_once(fake)["accepted"] == 12
+
+
 def stop_when_the_stage_is_full(engine, monkeypatch, stop: Any) -> list[int]:
     """Call ``stop`` as the action starts waiting on a full send stage; the batches prepared by then.
 

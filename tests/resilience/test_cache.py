@@ -180,3 +180,40 @@ def test_redis_replies_are_read_by_hiredis(prefix):
         assert type(connection._parser).__name__ == "_HiredisParser"
     finally:
         link.client.connection_pool.release(connection)
+
+
+def test_a_warmed_cache_reads_in_one_round_trip(prefix, monkeypatch):
+    """``warm`` registers the cache and loads its scripts ahead (the action does it while it prepares
+    its first batch): the first read is then one command instead of four."""
+    import redis
+
+    url = REDIS_URL
+    admin = redis.Redis.from_url(url)
+    admin.script_flush()  # as after a Redis restart: no script loaded yet
+    cold, warmed = (Cache("sent_keys", 60.0, link=RedisLink(url), prefix=prefix) for _ in range(2))
+    warmed.warm()
+    commands: list[str] = []
+
+    for cache in (cold, warmed):
+        real = cache.link.client.execute_command
+        monkeypatch.setattr(
+            cache.link.client,
+            "execute_command",
+            lambda *args, real=real, **kw: commands.append(str(args[0])) or real(*args, **kw),
+        )
+    assert admin.script_exists(warmed._get_script.sha, warmed._set_script.sha) == [True, True]
+    assert warmed.get_many(["k1", "k2"]) == {}
+    assert commands == ["EVALSHA"]
+    commands.clear()
+    admin.script_flush()
+    assert cold.get_many(["k1", "k2"]) == {}
+    assert len(commands) == 4  # registered, the script refused, loaded, run
+
+
+def test_warming_a_cache_without_redis_or_with_redis_down_does_nothing(prefix):
+    Cache("sent_keys", 60.0, link=None, prefix=prefix).warm()
+    down = Cache("sent_keys", 60.0, link=RedisLink("redis://127.0.0.1:1/0", retry_seconds=60), prefix=prefix)
+    down.warm()
+    assert down.backend == "local-fallback"
+    down.set("k", "v")  # the fallback keeps working
+    assert down.get("k") == "v"

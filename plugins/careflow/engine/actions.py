@@ -663,6 +663,10 @@ class _SendStage:
                 max_workers=self.depth + (self.process is not None),
                 thread_name_prefix=f"careflow-send-{self.node.id}",
             )
+            warm = getattr(self.ctx.sent_keys, "warm", None)
+            if warm is not None:
+                # While the first batch is prepared: its send reads the sent-keys cache first.
+                self._executor.submit(_cache_call, warm, None)
         return True
 
     def submit(self, to_send: dict[str, dict[str, Any]], claimed_at: datetime) -> Future[_Sent]:

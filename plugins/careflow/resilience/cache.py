@@ -183,6 +183,17 @@ class Cache:
             self._registered = True
         return self.link.run(fn)
 
+    def warm(self) -> None:
+        """Reach Redis once ahead of the first read: the connection opened, the cache registered and
+        its scripts loaded there, so that the first read is one round trip instead of four.
+
+        Nothing is read or written. What goes wrong here goes wrong again at the first read, which
+        deals with it.
+        """
+        scripts = [script for script in (self._get_script, self._set_script) if script is not None]
+        if scripts:
+            self._redis(lambda client: [client.script_load(script.script) for script in scripts])
+
     # reads --------------------------------------------------------------------------------------
 
     def get(self, key: str) -> Value | None:
