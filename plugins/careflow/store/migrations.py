@@ -69,6 +69,20 @@ def _waiting_steps_index(conn: Connection) -> None:
     next(i for i in tables.steps.indexes if i.name == "ix_steps_due").create(conn)
 
 
+def _executions_updated_in_place(conn: Connection) -> None:
+    # The index on (workflow_id, status) made every status change write an entry in each of the
+    # table's indexes; the one on (workflow_id, enrolled_at) serves the same scans by workflow.
+    # The fill factor applies to the pages written from now on.
+    conn.execute(text("DROP INDEX IF EXISTS ix_executions_workflow_status"))
+    next(i for i in tables.executions.indexes if i.name == "ix_executions_workflow_enrolled").create(
+        conn, checkfirst=True
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(f"ALTER TABLE careflow_executions SET (fillfactor = {tables.EXECUTIONS_FILLFACTOR})")
+        )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "careflow tables: versions, executions, steps, ledger", _initial),
     Migration(2, "careflow_steps: the open steps of a node in id order (ix_steps_open)", _open_steps_index),
@@ -80,6 +94,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5, "careflow_steps: the waiting steps of a workflow in due order (ix_steps_due)", _waiting_steps_index
+    ),
+    Migration(
+        6,
+        "careflow_executions: updated in place (no index on status, pages half free; "
+        "ix_executions_workflow_enrolled)",
+        _executions_updated_in_place,
     ),
 )
 
