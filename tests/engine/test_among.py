@@ -74,3 +74,17 @@ def test_on_postgres_ids_go_as_one_string_not_an_array_of_constants(engine, prob
         assert list(compiled.params.values()) == ['{"a","b\\"c"}']
         compiled = select(probe.c.n).where(among(conn, probe.c.n, [1, 2])).compile(dialect=conn.dialect)
         assert list(compiled.params.values()) == ["{1,2}"]
+
+
+def test_a_clinics_rows_are_found_by_their_ids_exactly(engine, probe) -> None:
+    """``_rows_of`` (the facts' patients and appointments): joined to ``unnest`` of the ids on Postgres."""
+    from careflow.engine.steps import _rows_of
+
+    with engine.connect() as conn:
+
+        def found(ids: list[object]) -> dict[object, object]:
+            return {row.id: row.n for row in conn.execute(_rows_of(conn, probe, ids))}
+
+        assert found(TRICKY) == {value: TRICKY.index(value) for value in TRICKY}
+        assert found(["plain", "missing"]) == {"plain": 0}
+        assert found([]) == {}

@@ -101,3 +101,27 @@ def test_the_next_wake_is_the_first_entry_of_the_waiting_steps(engine: Any, rand
         plan = _plan_of(conn, lambda c: next_due(c, ctx))
         assert "Index Only Scan using ix_steps_due" in plan, plan
         assert next_due(conn, ctx) is None
+
+
+def test_a_batchs_patients_are_read_through_the_primary_key_of_a_large_clinic(engine: Any) -> None:
+    """1,000 ids out of 110,000 patients whose ids are not in the order the rows were written (as a
+    clinic's generated ids): written ``id = ANY(…)``, Postgres read the whole table."""
+    from careflow.engine.steps import _rows_of
+    from careflow.store import tables
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO patients (id, clinic_id, name, phone, consent_messages)"
+                " SELECT 'p-' || md5(g::text), 'c', 'name ' || g, '010-0000-0000', true"
+                " FROM generate_series(1, 110000) AS g"
+            )
+        )
+        conn.execute(text("ANALYZE patients"))
+        ids = list(
+            conn.execute(text("SELECT id FROM patients ORDER BY name LIMIT 1000 OFFSET 5000")).scalars()
+        )
+    with engine.connect() as conn:
+        plan = _plan_of(conn, lambda c: c.execute(_rows_of(c, tables.patients, ids)).all())
+    assert "Seq Scan on patients" not in plan, plan
+    assert "patients_pkey" in plan, plan

@@ -660,12 +660,8 @@ def load_facts(
     p, a, c = tables.patients, tables.appointments, tables.clinics
     patient_ids = sorted({r["patient_id"] for r in rows})
     appointment_ids = sorted({r["appointment_id"] for r in rows})
-    patients = _records_by_id(
-        conn.execute(select(*_as_stored(conn, p)).where(among(conn, p.c.id, patient_ids)))
-    )
-    appointments = _records_by_id(
-        conn.execute(select(*_as_stored(conn, a)).where(among(conn, a.c.id, appointment_ids)))
-    )
+    patients = _records_by_id(conn.execute(_rows_of(conn, p, patient_ids)))
+    appointments = _records_by_id(conn.execute(_rows_of(conn, a, appointment_ids)))
     clinic_row = (
         conn.execute(select(*_as_stored(conn, c)).where(c.c.id == ctx.compiled.clinic_id)).mappings().first()
     )
@@ -719,6 +715,24 @@ def load_facts(
             f" (and {len(shown) - 10} more)" if len(shown) > 10 else "",
         )
     return facts
+
+
+def _rows_of(conn: Connection, table: Any, ids: Sequence[str]) -> Any:
+    """Every column (:func:`_as_stored`) of the clinic's rows of ``table`` whose ``id`` is one of ``ids`` (no repeats).
+
+    On Postgres, text ids are joined to the table from ``unnest`` of their array: each is found
+    through the table's primary key. Written ``id = ANY(…)``, a batch's thousand ids out of a
+    clinic of 110,000 patients made Postgres read the whole table instead (at its default
+    ``random_page_cost``, a thousand index probes cost more than 1,447 pages read in order): 8.5 ms
+    a query against 3.2 (``EXPLAIN ANALYZE``, ids spread over the table).
+    """
+    query = select(*_as_stored(conn, table))
+    if conn.dialect.name != "postgresql" or not ids or set(map(type, ids)) != {str}:
+        return query.where(among(conn, table.c.id, ids))
+    written = array_text(list(ids))
+    wanted = func.unnest(cast(bindparam(None, written, type_=sqltypes.NullType()), ARRAY(sqltypes.Text())))
+    found = wanted.table_valued("id").render_derived(name="wanted")
+    return query.join_from(table, found, table.c.id == found.c.id)
 
 
 def _as_stored(conn: Connection, table: Any) -> list[Any]:
