@@ -300,9 +300,9 @@ class _Recorder:
     """Records the batches handed to the send stage, in a thread of its own (two at the end).
 
     The preparing thread hands each claimed batch over (``hand``: it goes to the send stage and
-    joins the queue) and goes on preparing the next, while this thread waits for the oldest and
-    records it on its own connection (``_record_handed``). At most ``stage.depth + 1`` batches are
-    handed and not yet recorded, as when one thread did both. Every batch handed over is recorded,
+    joins the queue) and goes on preparing the next, while this thread waits for the oldest
+    (``_answered``) and records it on its own connection (``_record_answered``). At most
+    ``stage.depth + 1`` batches are handed and not yet recorded, as when one thread did both. Every batch handed over is recorded,
     even after recording one before it failed (``close`` raises the first error). The recorder's
     counts are its own (``report``), added to the action's at the end.
 
@@ -814,18 +814,9 @@ def _record_handed(
     handed: _Handed,
     report: NodeReport,
     behind: Iterable[_Handed] = (),
-    guard: contextlib.AbstractContextManager[Any] | None = None,
 ) -> None:
-    """Wait for what the send stage made of one batch, count its lookups, and record it.
-
-    While it waits, the claims of this batch and of the batches ``behind`` it (every batch the
-    stage holds) are renewed every ``RENEW_EVERY`` seconds: a slow provider keeps a live worker's
-    batches for longer than the lease, and another worker must not take them for abandoned. The
-    stage's deadline moves with a renewal only when every one of those claims was still held.
-    ``behind`` is read afresh at each renewal, under ``guard`` when another thread hands batches
-    over (the recorder's lock: no batch is handed over while the claims are renewed).
-    """
-    _record_answered(ctx, node, handed[0], _answered(ctx, stage, handed, behind, guard), report)
+    """Wait for what the send stage made of one batch (renewing claims: ``_answered``), count its lookups, and record it."""
+    _record_answered(ctx, node, handed[0], _answered(ctx, stage, handed, behind), report)
 
 
 def _answered(
@@ -835,7 +826,15 @@ def _answered(
     behind: Iterable[_Handed] = (),
     guard: contextlib.AbstractContextManager[Any] | None = None,
 ) -> _Sent:
-    """What the send stage made of one batch, once answered; the claims renewed meanwhile (``_record_handed``)."""
+    """What the send stage made of one batch, once every message of it is answered.
+
+    While it waits, the claims of this batch and of the batches ``behind`` it (every batch the
+    stage holds) are renewed every ``RENEW_EVERY`` seconds: a slow provider keeps a live worker's
+    batches for longer than the lease, and another worker must not take them for abandoned. The
+    stage's deadline moves with a renewal only when every one of those claims was still held.
+    ``behind`` is read afresh at each renewal, under ``guard`` when another thread hands batches
+    over (the recorder's lock: no batch is handed over while the claims are renewed).
+    """
     to_send, future = handed
     guard = guard if guard is not None else contextlib.nullcontext()
     while True:
