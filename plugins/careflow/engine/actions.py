@@ -302,9 +302,10 @@ class _Recorder:
     The preparing thread hands each claimed batch over (``hand``: it goes to the send stage and
     joins the queue) and goes on preparing the next, while this thread waits for the oldest
     (``_answered``) and records it on its own connection (``_record_answered``). At most
-    ``stage.depth + 1`` batches are handed and not yet recorded, as when one thread did both. Every batch handed over is recorded,
-    even after recording one before it failed (``close`` raises the first error). The recorder's
-    counts are its own (``report``), added to the action's at the end.
+    ``stage.depth + 1`` batches are handed and not yet recorded, as when one thread did both.
+    Every batch handed over is recorded, even after recording one before it failed (``close``
+    raises the first error). The recorder's counts are its own (``report``), added to the
+    action's at the end.
 
     Until then batches are recorded in the order they were handed over. Once nothing more is
     handed over (``close``), a second thread records too, on a connection of its own: it takes the
@@ -332,8 +333,7 @@ class _Recorder:
         self._closed = False
         #: recording threads not ended yet (``close`` waits for none)
         self._running = 1
-        #: the second recording thread (``close`` starts it), whether it runs, and its counts
-        self._helper: threading.Thread | None = None
+        #: whether the second recording thread (``close`` starts it) runs, and its counts
         self._helping = False
         self._helper_report = NodeReport(node.id, node.type)
         #: set when a batch handed over is answered, or one is shared: the second thread looks again
@@ -422,7 +422,7 @@ class _Recorder:
                     if not self._queue:
                         return
                     handed = self._take(self._queue[0])
-                self._record_one(handed, self.report, self)
+                self._record_one(handed, first=True)
         finally:
             self._ended()
 
@@ -440,7 +440,7 @@ class _Recorder:
                         self._helping = False
                         return
                 if handed is not None:
-                    self._record_one(handed, self._helper_report, ())
+                    self._record_one(handed, first=False)
                 else:  # until a batch is answered or shared (the other thread may take it first)
                     self._changed.wait(RENEW_EVERY)
         except BaseException:
@@ -478,10 +478,7 @@ class _Recorder:
             return
         self._helping = True
         self._running += 1
-        self._helper = threading.Thread(
-            target=self._help, name=f"careflow-record-{self.node.id}-2", daemon=True
-        )
-        self._helper.start()
+        threading.Thread(target=self._help, name=f"careflow-record-{self.node.id}-2", daemon=True).start()
 
     def _take(self, handed: _Handed) -> _Handed:
         """Move ``handed`` from the queue to the batches being recorded (the caller holds the lock)."""
@@ -492,13 +489,20 @@ class _Recorder:
         self._recording.append(handed)
         return handed
 
-    def _record_one(self, handed: _Handed, report: NodeReport, behind: Iterable[_Handed]) -> None:
+    def _record_one(self, handed: _Handed, *, first: bool) -> None:
+        """Record one batch taken off the queue, on the ``first`` recording thread or the second.
+
+        The first renews the claims of the batches behind while it waits, and shares a large one
+        once the recorder is closed; the second takes only answered batches.
+        """
         try:
             to_send = handed[0]
-            sent = _answered(self.ctx, self.stage, handed, behind, self._cond)
-            if behind is self and self._closed and len(to_send) > 2 * LAST_PART:
+            sent = _answered(self.ctx, self.stage, handed, self if first else (), self._cond)
+            if first and self._closed and len(to_send) > 2 * LAST_PART:
                 to_send, sent = self._share(to_send, sent)
-            _record_answered(self.ctx, self.node, to_send, sent, report)
+            _record_answered(
+                self.ctx, self.node, to_send, sent, self.report if first else self._helper_report
+            )
         except BaseException as exc:
             if self._errors:
                 log.warning("careflow: recording a batch failed after an earlier error", exc_info=True)

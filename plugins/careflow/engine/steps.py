@@ -729,7 +729,7 @@ def _rows_of(conn: Connection, table: Any, ids: Sequence[str]) -> Any:
     query = select(*_as_stored(conn, table))
     if conn.dialect.name != "postgresql" or not ids or set(map(type, ids)) != {str}:
         return query.where(among(conn, table.c.id, ids))
-    written = array_text(list(ids))
+    written = array_text(ids)
     wanted = func.unnest(cast(bindparam(None, written, type_=sqltypes.NullType()), ARRAY(sqltypes.Text())))
     found = wanted.table_valued("id").render_derived(name="wanted")
     return query.join_from(table, found, table.c.id == found.c.id)
