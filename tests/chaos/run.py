@@ -546,12 +546,15 @@ class Chaos:
 
     def fault_worker_kill(self, doc: dict[str, Any], tally: Tally) -> None:
         self.provider.configure(latency_ms=self.rng.choice([10, 25, 50]))
-        for _ in range(self.args.kills):
+        for attempt in range(self.args.kills):
             before = self.provider.stats()["accepted"]
             proc = self.spawn(doc)
-            if self.rng.random() < 0.5:
-                # After a random number of accepted sends: in the middle of a batch's sends.
-                target = before + self.rng.randint(0, max(1, self.args.patients // 2))
+            if attempt == 0 or self.rng.random() < 0.5:
+                # After a random number of accepted sends: in the middle of a batch's sends. The
+                # first kill of a scenario always lands there, after at least one: a worker that
+                # finished the cohort before a kill at a random moment left the kills after it
+                # nothing to send, and on a quick machine a scenario could then inject none.
+                target = before + self.rng.randint(1 if attempt == 0 else 0, max(1, self.args.patients // 2))
                 while proc.poll() is None and self.provider.stats()["accepted"] < target:
                     time.sleep(0.005)
             else:
