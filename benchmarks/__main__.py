@@ -118,6 +118,7 @@ def machine() -> dict[str, Any]:
 def send_benchmarks(plan: Plan) -> dict[str, Any]:
     """Provider-bound, engine overhead, memory and queries per message (one database, fresh state each)."""
     from benchmarks import harness, provider_ceiling, seed_engine, throughput
+    from benchmarks.run_task import process_cpu_s
     from careflow.store.db import get_engine
     from careflow.store.migrations import upgrade
 
@@ -144,7 +145,11 @@ def send_benchmarks(plan: Plan) -> dict[str, Any]:
         def seed_run(latency: float, limit: int) -> seed_engine.SeedResult:
             with harness.fake_provider(latency) as fake:
                 log(f"seed engine: {limit:,} messages, latency {latency:g} ms")
+                provider_before = process_cpu_s(fake.process.pid)
                 result = seed_engine.run_seed(dsn, document, fake.url, fake.token, harness.RUN_AT, limit)
+                provider_after = process_cpu_s(fake.process.pid)
+                if provider_before is not None and provider_after is not None:
+                    result.provider_cpu_s = provider_after - provider_before
             if result.messages != limit:
                 raise SystemExit(f"the seed engine sent {result.messages} messages, expected {limit}")
             log(f"  {result.seconds:.2f} s: {result.msgs_per_s:,.1f} msg/s")
@@ -232,11 +237,33 @@ def cpu_per_message(run: Any) -> dict[str, float | None]:
     return {**parts, "total": round(sum(known), 4) if len(known) == len(parts) else None}
 
 
+def seed_cpu_per_message(result: Any) -> dict[str, float | None]:
+    """The seed loop's CPU milliseconds a message, process by process, and their total.
+
+    ``seed_process``: the process running the loop; ``database``: its Postgres backend;
+    ``provider``: the fake provider. They take turns (one request, one statement at a time), so
+    their total over the loop's time a message is the share of one core the seed keeps busy.
+    None where this machine could not tell (a remote database).
+    """
+
+    def per_message(seconds: float | None) -> float | None:
+        return None if seconds is None else round(1000 * seconds / result.messages, 4)
+
+    parts = {
+        "seed_process": per_message(result.cpu_s),
+        "database": per_message(result.database_cpu_s),
+        "provider": per_message(result.provider_cpu_s),
+    }
+    known = [value for value in parts.values() if value is not None]
+    return {**parts, "total": round(sum(known), 4) if len(known) == len(parts) else None}
+
+
 def cores_busy(msgs_per_s: float, cpu: dict[str, float | None]) -> float | None:
-    """How many cores careflow's processes kept busy on average: the rate times the CPU a message.
+    """How many cores careflow's (or the seed's) processes kept busy on average: the rate times the CPU a message.
 
     Below the machine's cores, part of them waited (the task's thread and its statements take
-    turns); None where the total CPU a message is unknown.
+    turns; the seed's processes wait for one another); None where the total CPU a message is
+    unknown.
     """
     total = cpu.get("total")
     return None if total is None else round(msgs_per_s * total / 1000, 2)
@@ -308,6 +335,8 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
             **round_rates(sends["rounds"], "overhead", "seed_overhead", "ceiling_overhead"),
             "cpu_ms_per_message": cpu_per_message(overhead),
             "cores_busy": cores_busy(careflow_overhead, cpu_per_message(overhead)),
+            "seed_cpu_ms_per_message": seed_cpu_per_message(seed_overhead),
+            "seed_cores_busy": cores_busy(seed_overhead.msgs_per_s, seed_cpu_per_message(seed_overhead)),
             # what ten times the seed's rate leaves per message on this machine's cores
             "cpu_budget_ms_at_10x": round(1000 * (os.cpu_count() or 1) / (10 * seed_overhead.msgs_per_s), 4),
         },
@@ -326,7 +355,7 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
 def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str, Any]) -> str:
     """The figures as a readable table, with the details the JSON leaves out."""
     pb, eo, pa, me = doc["provider_bound"], doc["engine_overhead"], doc["parse"], doc["memory"]
-    cpu = eo["cpu_ms_per_message"]
+    cpu, seed_cpu = eo["cpu_ms_per_message"], eo["seed_cpu_ms_per_message"]
     b5 = sends["bound_5"]
     b5_rate = b5.messages / b5.action.seconds
     b50 = sends["bound_50"]
@@ -387,6 +416,15 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
             "target ≥ ×10",
         ),
         (
+            "  the seed's CPU a message (its processes in turn)",
+            "?" if seed_cpu["total"] is None else f"{seed_cpu['total']:.3f} ms",
+            "its process {seed_process} + Postgres {database} + fake provider {provider}".format(
+                **{name: "?" if value is None else f"{value:.3f}" for name, value in seed_cpu.items()}
+            )
+            + ("" if eo["seed_cores_busy"] is None else f"; {eo['seed_cores_busy']:.2f} cores busy"),
+            "",
+        ),
+        (
             "  careflow's CPU a message (all processes)",
             "?" if cpu["total"] is None else f"{cpu['total']:.3f} ms",
             "task {task} + send process {send_process} + Postgres {database} + Redis {redis} + fake provider {provider}".format(
@@ -403,7 +441,9 @@ def table(plan: Plan, doc: dict[str, Any], sends: dict[str, Any], info: dict[str
         (
             f"  CPU a message at ×10 the seed on {info['nproc']} cores",
             f"{eo['cpu_budget_ms_at_10x']:.3f} ms",
-            "",
+            ""
+            if seed_cpu["total"] is None
+            else f"{eo['cpu_budget_ms_at_10x'] / seed_cpu['total']:.2f} × the seed's",
             "",
         ),
         (f"parse ({pa['workflows']:,} workflows × 10 nodes)", "", "", ""),

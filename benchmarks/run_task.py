@@ -64,6 +64,20 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_process_cpu_s(pid: int) -> float | None:
+    """CPU seconds of the Postgres backend ``pid`` where it runs on this machine; else None.
+
+    Checked against ``/proc``: a server on another host or in a container reports pids that are
+    not its processes here (or are someone else's).
+    """
+    try:
+        if not Path(f"/proc/{pid}/comm").read_text().startswith("postgres"):
+            return None
+    except OSError:
+        return None
+    return process_cpu_s(pid)
+
+
 def backend_cpu_s(engine: Any) -> dict[int, float]:
     """CPU seconds of every Postgres backend serving this database, by pid (empty off Postgres).
 
@@ -80,7 +94,7 @@ def backend_cpu_s(engine: Any) -> dict[int, float]:
                 "WHERE datname = current_database() AND backend_type = 'client backend'"
             )
         ).scalars()
-        cpu = {int(pid): process_cpu_s(int(pid)) for pid in pids}
+        cpu = {int(pid): postgres_process_cpu_s(int(pid)) for pid in pids}
     return {pid: seconds for pid, seconds in cpu.items() if seconds is not None}
 
 

@@ -140,6 +140,12 @@ class SeedResult:
     seconds: float
     round_trips: int
     patients: int
+    #: CPU seconds the loop took in this process (every thread: aiohttp resolves names in one)
+    cpu_s: float = 0.0
+    #: CPU seconds its Postgres backend took meanwhile (None: a server on another machine)
+    database_cpu_s: float | None = None
+    #: CPU seconds the fake provider took meanwhile, where the caller that runs it can tell
+    provider_cpu_s: float | None = None
 
     @property
     def msgs_per_s(self) -> float:
@@ -153,11 +159,16 @@ async def _run(
     import aiohttp
     import psycopg2
 
+    from benchmarks.run_task import postgres_process_cpu_s
+
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
+    backend = conn.get_backend_pid()
     cur = conn.cursor()
     cur.execute(SEED_LOG_DDL)
     round_trips = 0
+    database_before = postgres_process_cpu_s(backend)
+    cpu_before = time.process_time()
     started = time.perf_counter()
     # The patients and appointments of the clinic whose appointment completed in the last day.
     cur.execute(
@@ -216,9 +227,20 @@ async def _run(
                 round_trips += 1
                 sent += 1
     seconds = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_before
+    database_after = postgres_process_cpu_s(backend)
     cur.execute("TRUNCATE seed_message_log")
     conn.close()
-    return SeedResult(messages=sent, seconds=seconds, round_trips=round_trips, patients=len(pairs))
+    return SeedResult(
+        messages=sent,
+        seconds=seconds,
+        round_trips=round_trips,
+        patients=len(pairs),
+        cpu_s=cpu_s,
+        database_cpu_s=(
+            None if database_before is None or database_after is None else database_after - database_before
+        ),
+    )
 
 
 def run_seed(

@@ -65,6 +65,8 @@ def test_seed_engine_sends_each_due_message_once(pg_server_url: str, monkeypatch
         )
         assert (result.messages, result.patients, fake.stats()["accepted"]) == (5, 5, 5)
     assert result.round_trips == 1 + 2 * 5  # the load, then a duplicate check and an insert per message
+    # its CPU: its own process's, and its backend's on this machine's Postgres (None: unreadable)
+    assert result.cpu_s > 0 and result.database_cpu_s is not None and result.database_cpu_s >= 0
     engine.dispose()
 
 
@@ -134,6 +136,21 @@ def test_cpu_per_message_adds_up_every_process_or_says_it_cannot() -> None:
     assert cpu_per_message(run)["database"] is None and cpu_per_message(run)["total"] is None
 
 
+def test_the_seeds_cpu_a_message_adds_up_its_processes_or_says_it_cannot() -> None:
+    """The seed's loop, its Postgres backend and the fake provider, per message; a total only when all are known."""
+    from benchmarks.__main__ import cores_busy, seed_cpu_per_message
+
+    result = seed_engine.SeedResult(
+        messages=2000, seconds=1.25, round_trips=4001, patients=2000, cpu_s=0.5, database_cpu_s=0.36
+    )
+    result.provider_cpu_s = 0.16
+    cpu = seed_cpu_per_message(result)
+    assert cpu == {"seed_process": 0.25, "database": 0.18, "provider": 0.08, "total": 0.51}
+    assert cores_busy(result.msgs_per_s, cpu) == 0.82  # 1,600 msg/s × 0.51 ms: they take turns
+    result.database_cpu_s = None  # a database server on another machine
+    assert seed_cpu_per_message(result)["database"] is None and seed_cpu_per_message(result)["total"] is None
+
+
 def test_cores_busy_is_the_rate_times_the_cpu_a_message() -> None:
     from benchmarks.__main__ import cores_busy
 
@@ -169,7 +186,7 @@ def test_the_local_redis_server_is_found_and_a_remote_one_is_not(monkeypatch: py
 @pytest.mark.postgres
 def test_backend_cpu_covers_the_connections_to_this_database(pg_server_url: str) -> None:
     """The Postgres backends serving the benchmark database are found, the asking one included."""
-    from benchmarks.run_task import backend_cpu_s
+    from benchmarks.run_task import backend_cpu_s, postgres_process_cpu_s
     from sqlalchemy import create_engine, text
 
     engine = create_engine(pg_server_url)
@@ -180,6 +197,8 @@ def test_backend_cpu_covers_the_connections_to_this_database(pg_server_url: str)
     finally:
         engine.dispose()
     assert pid in cpu and cpu[pid] >= 0
+    # A pid that is not a Postgres process here (a server elsewhere reports its own) counts nothing.
+    assert postgres_process_cpu_s(pid) is not None and postgres_process_cpu_s(os.getpid()) is None
     sqlite = create_engine("sqlite://")
     assert backend_cpu_s(sqlite) == {}
 
