@@ -222,19 +222,16 @@ def cpu_per_message(run: Any) -> dict[str, float | None]:
     None where this machine could not tell (a remote database or Redis server).
     """
     detail = run.action.detail
-
-    def per_message(seconds: float | None) -> float | None:
-        return None if seconds is None else round(1000 * seconds / run.messages, 4)
-
-    parts = {
-        "task": per_message(detail.get("cpu_s")),
-        "send_process": per_message(detail.get("send_process_cpu_s")),
-        "database": per_message(detail.get("database_cpu_s")),
-        "redis": per_message(run.redis_cpu_s),
-        "provider": per_message(run.provider_cpu_s),
-    }
-    known = [value for value in parts.values() if value is not None]
-    return {**parts, "total": round(sum(known), 4) if len(known) == len(parts) else None}
+    return _per_message(
+        {
+            "task": detail.get("cpu_s"),
+            "send_process": detail.get("send_process_cpu_s"),
+            "database": detail.get("database_cpu_s"),
+            "redis": run.redis_cpu_s,
+            "provider": run.provider_cpu_s,
+        },
+        run.messages,
+    )
 
 
 def seed_cpu_per_message(result: Any) -> dict[str, float | None]:
@@ -245,14 +242,16 @@ def seed_cpu_per_message(result: Any) -> dict[str, float | None]:
     their total over the loop's time a message is the share of one core the seed keeps busy.
     None where this machine could not tell (a remote database).
     """
+    return _per_message(
+        {"seed_process": result.cpu_s, "database": result.database_cpu_s, "provider": result.provider_cpu_s},
+        result.messages,
+    )
 
-    def per_message(seconds: float | None) -> float | None:
-        return None if seconds is None else round(1000 * seconds / result.messages, 4)
 
+def _per_message(seconds: dict[str, float | None], messages: int) -> dict[str, float | None]:
+    """Each process's CPU seconds as milliseconds a message, and their total when every one is known."""
     parts = {
-        "seed_process": per_message(result.cpu_s),
-        "database": per_message(result.database_cpu_s),
-        "provider": per_message(result.provider_cpu_s),
+        name: None if value is None else round(1000 * value / messages, 4) for name, value in seconds.items()
     }
     known = [value for value in parts.values() if value is not None]
     return {**parts, "total": round(sum(known), 4) if len(known) == len(parts) else None}
@@ -311,6 +310,7 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
     careflow_overhead = overhead.messages / overhead.action.seconds
     limit = 50 / (LATENCY_MS / 1000)
     small, large = sends["memory_small"].action.peak_rss_mb, sends["memory_large"].action.peak_rss_mb
+    careflow_cpu, seed_cpu = cpu_per_message(overhead), seed_cpu_per_message(seed_overhead)
     return {
         "provider_bound": {
             "messages": bound.messages,
@@ -333,10 +333,10 @@ def summarise(plan: Plan, sends: dict[str, Any], parse: dict[str, Any]) -> dict[
             "speedup_vs_seed": round(careflow_overhead / seed_overhead.msgs_per_s, 1),
             "provider_alone_msgs_per_s": sends["ceiling_overhead"]["msgs_per_s"],
             **round_rates(sends["rounds"], "overhead", "seed_overhead", "ceiling_overhead"),
-            "cpu_ms_per_message": cpu_per_message(overhead),
-            "cores_busy": cores_busy(careflow_overhead, cpu_per_message(overhead)),
-            "seed_cpu_ms_per_message": seed_cpu_per_message(seed_overhead),
-            "seed_cores_busy": cores_busy(seed_overhead.msgs_per_s, seed_cpu_per_message(seed_overhead)),
+            "cpu_ms_per_message": careflow_cpu,
+            "cores_busy": cores_busy(careflow_overhead, careflow_cpu),
+            "seed_cpu_ms_per_message": seed_cpu,
+            "seed_cores_busy": cores_busy(seed_overhead.msgs_per_s, seed_cpu),
             # what ten times the seed's rate leaves per message on this machine's cores
             "cpu_budget_ms_at_10x": round(1000 * (os.cpu_count() or 1) / (10 * seed_overhead.msgs_per_s), 4),
         },
