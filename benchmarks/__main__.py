@@ -118,7 +118,6 @@ def machine() -> dict[str, Any]:
 def send_benchmarks(plan: Plan) -> dict[str, Any]:
     """Provider-bound, engine overhead, memory and queries per message (one database, fresh state each)."""
     from benchmarks import harness, provider_ceiling, seed_engine, throughput
-    from benchmarks.run_task import process_cpu_s
     from careflow.store.db import get_engine
     from careflow.store.migrations import upgrade
 
@@ -145,11 +144,9 @@ def send_benchmarks(plan: Plan) -> dict[str, Any]:
         def seed_run(latency: float, limit: int) -> seed_engine.SeedResult:
             with harness.fake_provider(latency) as fake:
                 log(f"seed engine: {limit:,} messages, latency {latency:g} ms")
-                provider_before = process_cpu_s(fake.process.pid)
-                result = seed_engine.run_seed(dsn, document, fake.url, fake.token, harness.RUN_AT, limit)
-                provider_after = process_cpu_s(fake.process.pid)
-                if provider_before is not None and provider_after is not None:
-                    result.provider_cpu_s = provider_after - provider_before
+                result = seed_engine.run_seed(
+                    dsn, document, fake.url, fake.token, harness.RUN_AT, limit, provider_pid=fake.process.pid
+                )
             if result.messages != limit:
                 raise SystemExit(f"the seed engine sent {result.messages} messages, expected {limit}")
             log(f"  {result.seconds:.2f} s: {result.msgs_per_s:,.1f} msg/s")

@@ -144,7 +144,7 @@ class SeedResult:
     cpu_s: float = 0.0
     #: CPU seconds its Postgres backend took meanwhile (None: a server on another machine)
     database_cpu_s: float | None = None
-    #: CPU seconds the fake provider took meanwhile, where the caller that runs it can tell
+    #: CPU seconds the provider's process took meanwhile (None: not given, or not on this machine)
     provider_cpu_s: float | None = None
 
     @property
@@ -154,12 +154,21 @@ class SeedResult:
 
 
 async def _run(
-    dsn: str, workflow: dict[str, Any], base_url: str, token: str, now: datetime, limit: int
+    dsn: str,
+    workflow: dict[str, Any],
+    base_url: str,
+    token: str,
+    now: datetime,
+    limit: int,
+    provider_pid: int | None,
 ) -> SeedResult:
     import aiohttp
     import psycopg2
 
-    from benchmarks.run_task import postgres_process_cpu_s
+    from benchmarks.run_task import postgres_process_cpu_s, process_cpu_s
+
+    def provider_cpu_s() -> float | None:
+        return None if provider_pid is None else process_cpu_s(provider_pid)
 
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
@@ -167,7 +176,7 @@ async def _run(
     cur = conn.cursor()
     cur.execute(SEED_LOG_DDL)
     round_trips = 0
-    database_before = postgres_process_cpu_s(backend)
+    database_before, provider_before = postgres_process_cpu_s(backend), provider_cpu_s()
     cpu_before = time.process_time()
     started = time.perf_counter()
     # The patients and appointments of the clinic whose appointment completed in the last day.
@@ -228,7 +237,7 @@ async def _run(
                 sent += 1
     seconds = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_before
-    database_after = postgres_process_cpu_s(backend)
+    database_after, provider_after = postgres_process_cpu_s(backend), provider_cpu_s()
     cur.execute("TRUNCATE seed_message_log")
     conn.close()
     return SeedResult(
@@ -237,17 +246,31 @@ async def _run(
         round_trips=round_trips,
         patients=len(pairs),
         cpu_s=cpu_s,
-        database_cpu_s=(
-            None if database_before is None or database_after is None else database_after - database_before
-        ),
+        database_cpu_s=_spent(database_before, database_after),
+        provider_cpu_s=_spent(provider_before, provider_after),
     )
 
 
+def _spent(before: float | None, after: float | None) -> float | None:
+    """CPU seconds between two readings of a process, None where either could not be read."""
+    return None if before is None or after is None else after - before
+
+
 def run_seed(
-    dsn: str, workflow: dict[str, Any], base_url: str, token: str, now: datetime, limit: int
+    dsn: str,
+    workflow: dict[str, Any],
+    base_url: str,
+    token: str,
+    now: datetime,
+    limit: int,
+    provider_pid: int | None = None,
 ) -> SeedResult:
-    """Run the seed's loop over at most ``limit`` patients of the workflow's clinic; its log is emptied after."""
-    return asyncio.run(_run(dsn, workflow, base_url, token, now, limit))
+    """Run the seed's loop over at most ``limit`` patients of the workflow's clinic; its log is emptied after.
+
+    ``provider_pid``: the provider's process on this machine, whose CPU over the loop is measured
+    as the loop's own and its backend's are.
+    """
+    return asyncio.run(_run(dsn, workflow, base_url, token, now, limit, provider_pid))
 
 
 def libpq_dsn(sqlalchemy_url: str) -> str:

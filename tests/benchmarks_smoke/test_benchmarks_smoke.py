@@ -62,11 +62,13 @@ def test_seed_engine_sends_each_due_message_once(pg_server_url: str, monkeypatch
             fake.token,
             harness.RUN_AT,
             limit=5,
+            provider_pid=os.getpid(),  # the fake provider runs in a thread of this process here
         )
         assert (result.messages, result.patients, fake.stats()["accepted"]) == (5, 5, 5)
     assert result.round_trips == 1 + 2 * 5  # the load, then a duplicate check and an insert per message
     # its CPU: its own process's, and its backend's on this machine's Postgres (None: unreadable)
     assert result.cpu_s > 0 and result.database_cpu_s is not None and result.database_cpu_s >= 0
+    assert result.provider_cpu_s is not None and result.provider_cpu_s >= 0
     engine.dispose()
 
 
@@ -141,9 +143,14 @@ def test_the_seeds_cpu_a_message_adds_up_its_processes_or_says_it_cannot() -> No
     from benchmarks.__main__ import cores_busy, seed_cpu_per_message
 
     result = seed_engine.SeedResult(
-        messages=2000, seconds=1.25, round_trips=4001, patients=2000, cpu_s=0.5, database_cpu_s=0.36
+        messages=2000,
+        seconds=1.25,
+        round_trips=4001,
+        patients=2000,
+        cpu_s=0.5,
+        database_cpu_s=0.36,
+        provider_cpu_s=0.16,
     )
-    result.provider_cpu_s = 0.16
     cpu = seed_cpu_per_message(result)
     assert cpu == {"seed_process": 0.25, "database": 0.18, "provider": 0.08, "total": 0.51}
     assert cores_busy(result.msgs_per_s, cpu) == 0.82  # 1,600 msg/s × 0.51 ms: they take turns
