@@ -64,6 +64,11 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_spent(before: float | None, after: float | None) -> float | None:
+    """CPU seconds between two readings of a process, None where either could not be read."""
+    return None if before is None or after is None else after - before
+
+
 def postgres_process_cpu_s(pid: int) -> float | None:
     """CPU seconds of the Postgres backend ``pid`` where it runs on this machine; else None.
 

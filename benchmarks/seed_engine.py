@@ -165,7 +165,7 @@ async def _run(
     import aiohttp
     import psycopg2
 
-    from benchmarks.run_task import postgres_process_cpu_s, process_cpu_s
+    from benchmarks.run_task import cpu_spent, postgres_process_cpu_s, process_cpu_s
 
     def provider_cpu_s() -> float | None:
         return None if provider_pid is None else process_cpu_s(provider_pid)
@@ -246,14 +246,9 @@ async def _run(
         round_trips=round_trips,
         patients=len(pairs),
         cpu_s=cpu_s,
-        database_cpu_s=_spent(database_before, database_after),
-        provider_cpu_s=_spent(provider_before, provider_after),
+        database_cpu_s=cpu_spent(database_before, database_after),
+        provider_cpu_s=cpu_spent(provider_before, provider_after),
     )
-
-
-def _spent(before: float | None, after: float | None) -> float | None:
-    """CPU seconds between two readings of a process, None where either could not be read."""
-    return None if before is None or after is None else after - before
 
 
 def run_seed(

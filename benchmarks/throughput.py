@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.harness import REPO, RUN_AT, CareflowEnv, FakeProviderProcess, redis_server_pid
-from benchmarks.run_task import process_cpu_s
+from benchmarks.run_task import cpu_spent, process_cpu_s
 
 
 @dataclass
@@ -114,9 +114,7 @@ def run_dag(
     after = cpu_s()
     tasks.append(run_task(variables, workflow_id, "careflow_wake"))
     report = tasks[1].result
-    provider_cpu, redis_cpu = (
-        b - a if a is not None and b is not None else None for a, b in zip(before, after, strict=True)
-    )
+    provider_cpu, redis_cpu = (cpu_spent(a, b) for a, b in zip(before, after, strict=True))
     run = DagRun(
         messages=int(report.get("sent", 0)), tasks=tasks, provider_cpu_s=provider_cpu, redis_cpu_s=redis_cpu
     )
