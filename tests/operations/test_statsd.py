@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ class StatsdListener:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.lines: list[str] = []
+        self.packets = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -40,7 +42,16 @@ class StatsdListener:
                 packet = self.sock.recv(65535)
             except TimeoutError:
                 continue
+            self.packets += 1
             self.lines += packet.decode("utf-8", "replace").splitlines()
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[str]:
+        """The lines received once there are ``count`` (or ``timeout`` has passed), and a moment more."""
+        deadline = time.monotonic() + timeout
+        while len(self.lines) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # a line too many would have come by now
+        return list(self.lines)
 
     def close(self) -> None:
         self._stop.set()
@@ -205,3 +216,77 @@ def test_without_metrics_a_batch_works_out_no_timer(monkeypatch: pytest.MonkeyPa
         ("careflow.messages.lateness_ms.wf.a1", 2000.0),
         ("careflow.messages.lateness_ms.wf.a1", 3000.0),
     ]
+
+
+def _airflow_statsd_client(monkeypatch: pytest.MonkeyPatch, port: int, **lists: str) -> None:
+    """Airflow's own statsd client, built as Airflow 3.3 builds it, as the metrics backend."""
+    from airflow.sdk._shared.observability.metrics import stats as backend
+    from airflow.sdk._shared.observability.metrics.statsd_logger import get_statsd_logger
+    from statsd import StatsClient
+
+    logger = get_statsd_logger(
+        stats_class=StatsClient, host="127.0.0.1", port=port, prefix="airflow", **lists
+    )
+    monkeypatch.setattr(backend, "_backend", logger)
+
+
+def _batch_sent(samples: int) -> dict[str, object]:
+    return {
+        "workflow_id": "wf",
+        "node_id": "a1",
+        "channel": "sms",
+        "count": samples,
+        "latencies_ms": [float(10 + i) for i in range(samples)],
+        "lateness_s": [i / 1000 for i in range(samples)],
+    }
+
+
+def test_a_batchs_timers_reach_statsd_every_one_several_to_a_packet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two timers a message, each sample sent, in its order, packed into 512-byte packets rather
+    than a packet each (Airflow's client is built with no packet size: a pipeline of it would not
+    pack)."""
+    from airflow.sdk.observability.stats import Stats
+
+    from careflow.airflow import observability
+
+    listener = StatsdListener()
+    try:
+        _airflow_statsd_client(monkeypatch, listener.port)
+        observability._record(Stats, "messages_sent", _batch_sent(200))
+        lines = listener.wait_for(401)
+    finally:
+        listener.close()
+    assert lines[0] == "airflow.careflow.messages.sent.wf.a1.sms:200|c"
+    latency = [
+        line for line in lines if line.startswith("airflow.careflow.messages.send_latency_ms.wf.a1.sms:")
+    ]
+    lateness = [line for line in lines if line.startswith("airflow.careflow.messages.lateness_ms.wf.a1:")]
+    assert latency == [
+        f"airflow.careflow.messages.send_latency_ms.wf.a1.sms:{10 + i:.6f}|ms" for i in range(200)
+    ]
+    assert lateness == [f"airflow.careflow.messages.lateness_ms.wf.a1:{float(i):.6f}|ms" for i in range(200)]
+    assert len(lines) == 401
+    # the counter's packet, then about six 60-to-70-character lines to a packet of at most 512 bytes
+    assert listener.packets <= 1 + 400 // 5, listener.packets
+
+
+def test_a_batchs_timers_keep_to_airflows_allow_and_block_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sent several to a packet, the timers still go through ``metrics_allow_list`` and
+    ``metrics_block_list`` as Airflow's client would send them one by one."""
+    from airflow.sdk.observability.stats import Stats
+
+    from careflow.airflow import observability
+
+    for lists, kept in (
+        ({"metrics_allow_list": "careflow.messages.sent"}, {"sent"}),
+        ({"metrics_block_list": "lateness"}, {"sent", "send_latency_ms"}),
+    ):
+        listener = StatsdListener()
+        try:
+            _airflow_statsd_client(monkeypatch, listener.port, **lists)
+            observability._record(Stats, "messages_sent", _batch_sent(20))
+            lines = listener.wait_for(1 + 20 * (len(kept) - 1))
+        finally:
+            listener.close()
+        assert {line.split(".")[3] for line in lines} == kept, (lists, lines)
+        assert len(lines) == 1 + 20 * (len(kept) - 1), (lists, lines)

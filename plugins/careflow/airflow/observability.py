@@ -24,6 +24,9 @@ OUTCOMES = ("sent", "failed", "skipped", "expired", "throttled")
 #: ``careflow.breaker.state.<breaker>`` gauge values.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
+#: The largest statsd packet a pipeline fills (statsd's own default: fits any network's MTU).
+STATSD_PACKET_BYTES = 512
+
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _subscribers: list[Callable[..., None]] = []
 _lock = threading.Lock()
@@ -99,11 +102,11 @@ def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
         if _metrics_off():
             return  # two timers a message, each worked out for nothing
         latency = f"careflow.messages.send_latency_ms.{wf}.{node}.{channel}"
-        for value in fields.get("latencies_ms") or ():
-            stats_client.timing(latency, float(value or 0))
+        _timings(stats_client, latency, [float(value or 0) for value in fields.get("latencies_ms") or ()])
         lateness = f"careflow.messages.lateness_ms.{wf}.{node}"
-        for value in fields.get("lateness_s") or ():
-            stats_client.timing(lateness, 1000.0 * float(value or 0))
+        _timings(
+            stats_client, lateness, [1000.0 * float(value or 0) for value in fields.get("lateness_s") or ()]
+        )
     elif event == "message_outcome":
         outcome = str(fields.get("outcome"))
         outcome = outcome if outcome in OUTCOMES else "other"
@@ -125,6 +128,64 @@ def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
         stats_client.incr("careflow.breaker.redis_fallback")
     elif event == "breaker_redis_recovered":
         stats_client.incr("careflow.breaker.redis_recovered")
+
+
+def _timings(stats_client: Any, stat: str, values: list[float]) -> None:
+    """A batch's samples of one timer (one a message).
+
+    Through Airflow's statsd client, the name goes through its stat-name handler and its allow
+    and block lists once, and the samples through one statsd pipeline: as many lines to a UDP
+    packet as fit in the client's 512 bytes (about five), where a sample each would cost a packet
+    and the name's checks each (about 7.5 µs a sample, 0.015 ms of the task's CPU a message). Any
+    other client (OpenTelemetry, Datadog, a test's) takes them one by one, as ``Stats`` does.
+    """
+    if not values:
+        return
+    batch = _statsd_pipeline(stat)
+    if batch is None:
+        for value in values:
+            stats_client.timing(stat, value)
+        return
+    name, pipeline = batch
+    if pipeline is None:  # the allow or block list leaves it out
+        return
+    with pipeline:  # sent as it closes
+        for value in values:
+            pipeline.timing(name, value)
+
+
+def _statsd_pipeline(stat: str) -> tuple[str, Any] | None:
+    """``stat`` as Airflow's statsd client would send it, and a pipeline of that client.
+
+    ``(name, None)`` when its lists leave the name out; None when the metrics do not go through
+    Airflow's own statsd client (another backend, or a subclass with its own ``timing``), when the
+    name has a legacy name Airflow sends as well, or when anything here is not as Airflow 3.3 has
+    it: the samples then go one by one through ``Stats``, which decides as it always does.
+    """
+    try:
+        from airflow.sdk._shared.observability.metrics import stats as backend
+        from airflow.sdk._shared.observability.metrics.statsd_logger import SafeStatsdLogger
+        from airflow.sdk._shared.observability.metrics.validators import get_current_handler_stat_name_func
+
+        logger = backend._get_backend()
+        if not isinstance(logger, SafeStatsdLogger) or type(logger).timing is not SafeStatsdLogger.timing:
+            return None
+        if backend._get_legacy_stat_name_and_tags(stat, None)[0] is not None:
+            return None
+        name = get_current_handler_stat_name_func(logger.stat_name_handler, logger.statsd_influxdb_enabled)(
+            stat
+        )
+        if not logger.metrics_validator.test(name):
+            return name, None
+        pipeline = logger.statsd.pipeline()
+    except Exception:
+        return None
+    size = getattr(pipeline, "_maxudpsize", None)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 1:
+        # Airflow 3.3 builds its client as StatsClient(host, port, prefix, ipv6), where statsd's
+        # fourth parameter is the largest packet: False, so a pipeline would send a packet a line.
+        pipeline._maxudpsize = STATSD_PACKET_BYTES
+    return name, pipeline
 
 
 def emit(event: str, /, **fields: Any) -> None:
