@@ -35,9 +35,12 @@ class CounterRecorder:
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
+        #: how many times each counter was moved (a statsd packet each)
+        self.moves: Counter[str] = Counter()
 
     def incr(self, name: str, count: int = 1) -> None:
         self.counters[name] += count
+        self.moves[name] += 1
 
     def timing(self, name: str, value: float) -> None:
         pass
@@ -149,6 +152,50 @@ def test_a_failed_action_batch_counts_each_outcome_once_after_the_retry(
     assert statsd.counters == counted_by_tables(engine, "counted")
     assert statsd.counters["careflow.executions.completed.counted"] == 4
     assert statsd.counters["careflow.executions.failed.counted"] == 1
+
+
+def test_a_batchs_messages_not_sent_move_each_counter_once_a_reason(engine, journey, fake, statsd):
+    """Skipped, failed and expired messages are counted by the batch (one event, one statsd
+    packet for each outcome and reason), not a packet a message."""
+    c = Clinic()
+    due = T - timedelta(minutes=30)
+    for n in range(6):
+        c.completed(f"no_consent{n}", due, consent_messages=False)
+    for n in range(4):
+        c.completed(f"no_phone{n}", due, phone=None)
+    for n in range(3):
+        c.completed(f"refused{n}", due)
+    c.completed("late", T - timedelta(hours=5))
+    c.completed("sent", due)
+    fake.configure(
+        permanent_fail_recipients=[
+            normalize_phone(p["phone"]) for p in c.rows["patients"] if p["id"].startswith("refused")
+        ]
+    )
+    c.load(engine)
+    heard: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(name: str, **fields: Any) -> None:
+        heard.append((name, fields))
+        observability.emit(name, **fields)
+
+    j = journey(chain("tallied", ("a", "action", action(max_lateness={"amount": 1, "unit": "hours"}))))
+    j.node("t", T, emit=emit)
+    report = j.node("a", T, emit=emit)
+
+    assert (report.sent, report.skipped, report.failed, report.expired) == (1, 10, 3, 1)
+    assert statsd.counters == counted_by_tables(engine, "tallied")
+    outcomes = Counter(
+        {(f["outcome"], f["reason"]): f["count"] for name, f in heard if name == "message_outcome"}
+    )
+    assert sum(outcomes.values()) == 14
+    assert len([name for name, _ in heard if name == "message_outcome"]) == len(outcomes) == 4
+    assert outcomes[("skipped", "no_consent_messages")] == 6
+    assert outcomes[("expired", next(r for o, r in outcomes if o == "expired"))] == 1
+    prefix = "careflow.messages"
+    assert statsd.moves[f"{prefix}.skipped.tallied.a.kakao"] == 2  # no consent, no phone
+    assert statsd.moves[f"{prefix}.failed.tallied.a.kakao"] == 1
+    assert statsd.moves[f"{prefix}.expired.tallied.a.kakao"] == 1
 
 
 @pytest.mark.parametrize("how", ["after", "commit"])

@@ -110,7 +110,7 @@ def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
     elif event == "message_outcome":
         outcome = str(fields.get("outcome"))
         outcome = outcome if outcome in OUTCOMES else "other"
-        stats_client.incr(f"careflow.messages.{outcome}.{wf}.{node}.{channel}")
+        stats_client.incr(f"careflow.messages.{outcome}.{wf}.{node}.{channel}", int(fields.get("count") or 1))
     elif event == "executions_enrolled":
         stats_client.incr(f"careflow.executions.enrolled.{wf}", int(fields.get("count") or 1))
     elif event == "executions_completed":

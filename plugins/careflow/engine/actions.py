@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -939,6 +939,7 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
         step_updates: list[dict[str, Any]] = []
         arrivals: list[tuple[str, str, datetime]] = []
         exits: dict[str, str] = {}
+        outcomes: Counter[tuple[str, str]] = Counter()  # the batch's messages not sent, by outcome and reason
         candidates: dict[str, dict[str, Any]] = {}
         local_nows: dict[Any, datetime] = {}  # the run's now in each patient timezone of the batch
         for row, key in zip(rows, keys, strict=True):
@@ -1052,7 +1053,8 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
                     .where(m.c.idempotency_key == key)
                     .values(status=status, reason=reason, last_error=detail, updated_at=ctx.now)
                 )
-            step_updates.append(_decided(ctx, node, report, row, status, reason))
+            step_updates.append(_decided(report, row, status, reason, outcomes))
+        _count_outcomes(ctx, node, outcomes)
         shared = {
             "workflow_id": ctx.workflow_id,
             "node_id": node.id,
@@ -1245,11 +1247,11 @@ def _record(
     sent_lateness_s: list[float] = []
     # A 429 is the provider's answer whatever becomes of the transaction below: counted now. The
     # outcomes recorded in it are counted once it commits (``batch_transaction``).
-    for result in results.values():
-        if result.outcome == Outcome.THROTTLED:
-            ctx.event(
-                "message_outcome", node_id=node.id, channel=config.channel, outcome="throttled", reason="429"
-            )
+    outcomes: Counter[tuple[str, str]] = Counter(
+        ("throttled", "429") for result in results.values() if result.outcome == Outcome.THROTTLED
+    )
+    _count_outcomes(ctx, node, outcomes)
+    outcomes.clear()
     with st.batch_transaction(ctx, report) as conn:
         held = _still_claimed(conn, ctx, list(to_send))
         report.queries += 1
@@ -1288,12 +1290,12 @@ def _record(
             elif outcome == Outcome.PERMANENT and result is not None:
                 reason = f"provider_{result.error_code or result.status_code}"
                 entry.update(status="failed", reason=reason, last_error=_safe_error(result))
-                step_updates.append(_decided(ctx, node, report, row, "failed", reason))
+                step_updates.append(_decided(report, row, "failed", reason, outcomes))
             elif item.get("hold") is not None and result is None:
                 # Not at the provider (or a dry run): the outcome decided before the lookup stands.
                 status, reason = item["hold"]
                 entry.update(status=status, reason=reason, last_error=item.get("hold_detail"))
-                step_updates.append(_decided(ctx, node, report, row, status, reason))
+                step_updates.append(_decided(report, row, status, reason, outcomes))
             elif outcome == Outcome.UNKNOWN or (key in sent.looked_up and key not in sent.cleared):
                 # Left "unknown" (a lost answer, or a lookup that did not answer): the next attempt
                 # asks the provider first, and nothing sends it again before the provider says no.
@@ -1324,6 +1326,7 @@ def _record(
         report.queries += st.settle_executions(
             conn, ctx, [item["row"]["execution_id"] for item in to_send.values()]
         )
+        _count_outcomes(ctx, node, outcomes)
     if sent_latency_ms:  # one event per batch: the counter moves once, the timers get every message
         ctx.event(
             "messages_sent",
@@ -1342,11 +1345,11 @@ def _record(
 
 
 def _decided(
-    ctx: RunContext, node: CompiledNode, report: NodeReport, row: Any, status: str, reason: str
+    report: NodeReport, row: Any, status: str, reason: str, outcomes: Counter[tuple[str, str]]
 ) -> dict[str, Any]:
     """Count a message that will not be sent (failed, expired or skipped) and give its step's update.
 
-    Called inside the batch's transaction: its event goes out once that commits.
+    ``outcomes`` gathers the batch's: :func:`_count_outcomes` reports them once it is decided.
     """
     if status == "failed":
         report.failed += 1
@@ -1355,7 +1358,7 @@ def _decided(
     else:
         report.skipped += 1
     report.reasons[reason] += 1
-    ctx.event("message_outcome", node_id=node.id, channel=node.config.channel, outcome=status, reason=reason)
+    outcomes[status, reason] += 1
     step_status = "failed" if status == "failed" else "skipped"
     return {"id": row["id"], "status": step_status, "error": reason, "output": {"message": status}}
 
@@ -1377,6 +1380,23 @@ def _recorded_sent(conn: Any, keys: list[str]) -> set[str]:
 def _held_by(conn: Any, ctx: RunContext, keys: list[str]) -> tuple[Any, ...]:
     """Where a ledger row of ``keys`` is still claimed by this worker."""
     return st.among(conn, m.c.idempotency_key, keys), m.c.status == "claimed", m.c.claimed_by == ctx.worker
+
+
+def _count_outcomes(ctx: RunContext, node: CompiledNode, outcomes: Counter[tuple[str, str]]) -> None:
+    """One ``message_outcome`` event for each outcome and reason of a batch, with how many messages.
+
+    Inside the batch's transaction they go out once it commits; a metrics backend moves each
+    counter once (a statsd packet), not once a message.
+    """
+    for (outcome, reason), count in outcomes.items():
+        ctx.event(
+            "message_outcome",
+            node_id=node.id,
+            channel=node.config.channel,
+            outcome=outcome,
+            reason=reason,
+            count=count,
+        )
 
 
 def _safe_error(result: Any) -> str | None:
