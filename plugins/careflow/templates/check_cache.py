@@ -48,22 +48,18 @@ def key(source: Any, channel: Any, subject: Any) -> str | None:
 
 def encode_entry(entry_key: str, problems: list[Problem]) -> str:
     """A checksum line, then the JSON body that names its key."""
+    from careflow.workflow.report_cache import sealed
+
     body = json.dumps({"format": ENTRY_FORMAT, "key": entry_key, "problems": problems}, ensure_ascii=False)
-    return hashlib.sha256(body.encode("utf-8")).hexdigest() + "\n" + body
+    return sealed(body)
 
 
 def decode_entry(entry_key: str, text: Any) -> list[Problem] | None:
     """The problems of a sound entry for ``entry_key``; None when the entry is not sound."""
-    if not isinstance(text, str):
-        return None
-    checksum, _, body = text.partition("\n")
-    if hashlib.sha256(body.encode("utf-8")).hexdigest() != checksum:
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("format") != ENTRY_FORMAT or data.get("key") != entry_key:
+    from careflow.workflow.report_cache import opened
+
+    data = opened(text, entry_key, ENTRY_FORMAT)
+    if data is None:
         return None
     items = data.get("problems")
     if not isinstance(items, list):

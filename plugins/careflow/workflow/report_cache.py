@@ -79,6 +79,30 @@ def _cache() -> Any:
     return optional_cache("validation", 10 * 60.0)
 
 
+def sealed(body: str) -> str:
+    """What a cache entry stores: a line of the sha256 of ``body`` (a JSON document), then ``body``."""
+    return hashlib.sha256(body.encode("utf-8")).hexdigest() + "\n" + body
+
+
+def opened(text: Any, key: str, entry_format: int) -> dict[str, Any] | None:
+    """The JSON document of a :func:`sealed` entry, if it is sound: text whose checksum holds, a JSON
+    object of ``entry_format`` that names ``key``. None otherwise (corrupted, truncated, written by
+    another release, filed under another key); what the document holds is the caller's to check.
+    """
+    if not isinstance(text, str):
+        return None
+    checksum, _, body = text.partition("\n")
+    if hashlib.sha256(body.encode("utf-8")).hexdigest() != checksum:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("format") != entry_format or data.get("key") != key:
+        return None
+    return data
+
+
 def encode_entry(key: str, workflow_id: str | None, diagnostics: list[Diagnostic], digest: str | None) -> str:
     """The text stored for a report: a checksum line, then the JSON body (which names its key)."""
     body = json.dumps(
@@ -92,21 +116,13 @@ def encode_entry(key: str, workflow_id: str | None, diagnostics: list[Diagnostic
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    return hashlib.sha256(body.encode("utf-8")).hexdigest() + "\n" + body
+    return sealed(body)
 
 
 def decode_entry(key: str, text: Any) -> tuple[str | None, list[Diagnostic], str | None] | None:
     """(workflow_id, diagnostics, content hash) of a sound entry for ``key``; None when it is not sound."""
-    if not isinstance(text, str):
-        return None
-    checksum, _, body = text.partition("\n")
-    if hashlib.sha256(body.encode("utf-8")).hexdigest() != checksum:
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("format") != ENTRY_FORMAT or data.get("key") != key:
+    data = opened(text, key, ENTRY_FORMAT)
+    if data is None:
         return None
     workflow_id, digest, items = data.get("workflow_id"), data.get("content_hash"), data.get("diagnostics")
     if not isinstance(items, list) or not all(
