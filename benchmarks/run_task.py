@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 
@@ -115,6 +114,7 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
     started = time.perf_counter()
     from careflow.airflow.factory import build_dags
     from careflow.clock import CLOCK_KEY, parse_time
+    from careflow.simulation import task_context
     from careflow.store.db import get_engine
 
     dags, problems = build_dags()
@@ -125,14 +125,7 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
     moment = parse_time(at)
     conf = {CLOCK_KEY: moment.isoformat(), "careflow_simulated": True, "careflow_dry_run": False}
     run_id = f"careflow_bench__{moment.strftime('%Y%m%dT%H%M%S')}"
-    context = {
-        "dag_run": SimpleNamespace(conf=conf, run_id=run_id, dag_id=dag.dag_id),
-        "run_id": run_id,
-        "logical_date": moment,
-        "data_interval_start": None,
-        "data_interval_end": moment,
-        "params": conf,
-    }
+    context = task_context(dag, run_id, moment, conf)
     engine = get_engine()
     backends_before = backend_cpu_s(engine)
     counts = count_round_trips(engine)

@@ -177,6 +177,20 @@ def _run_once(
     return _run_tasks_in_order(dag, moment, conf, kind, order)
 
 
+def task_context(dag: Any, run_id: str, moment: datetime, conf: dict[str, Any]) -> dict[str, Any]:
+    """What an operator of ``dag`` reads of Airflow's context in run ``run_id`` at ``moment`` with ``conf``."""
+    from types import SimpleNamespace
+
+    return {
+        "dag_run": SimpleNamespace(conf=conf, run_id=run_id, dag_id=dag.dag_id),
+        "run_id": run_id,
+        "logical_date": moment,
+        "data_interval_start": None,
+        "data_interval_end": moment,
+        "params": conf,
+    }
+
+
 def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: str, order: list[str]) -> str:
     """Run the parsed DAG's own operators in dependency order, in-process, with Airflow-style retries.
 
@@ -185,17 +199,8 @@ def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: 
     in Airflow, a task downstream of one that failed does not run (``upstream_failed``), and the
     wake task, a teardown, runs whatever the others did.
     """
-    from types import SimpleNamespace
-
     run_id = f"{SIMULATED_RUN_PREFIX}{kind}__{moment.strftime('%Y%m%dT%H%M%S')}"
-    context = {
-        "dag_run": SimpleNamespace(conf=conf, run_id=run_id, dag_id=dag.dag_id),
-        "run_id": run_id,
-        "logical_date": moment,
-        "data_interval_start": None,
-        "data_interval_end": moment,
-        "params": conf,
-    }
+    context = task_context(dag, run_id, moment, conf)
     state = "success"
     failed: set[str] = set()  # failed, or upstream_failed
     for task_id in order:
