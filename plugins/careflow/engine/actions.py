@@ -1054,7 +1054,6 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
                     .values(status=status, reason=reason, last_error=detail, updated_at=ctx.now)
                 )
             step_updates.append(_decided(report, row, status, reason, outcomes))
-        _count_outcomes(ctx, node, outcomes)
         shared = {
             "workflow_id": ctx.workflow_id,
             "node_id": node.id,
@@ -1097,6 +1096,7 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
         report.queries += st.settle_executions(
             conn, ctx, [r["execution_id"] for r in rows if r["id"] in moved]
         )
+        _count_outcomes(ctx, node, outcomes)
     return last_id, to_send, len(rows) == batch, wall
 
 
@@ -1247,11 +1247,10 @@ def _record(
     sent_lateness_s: list[float] = []
     # A 429 is the provider's answer whatever becomes of the transaction below: counted now. The
     # outcomes recorded in it are counted once it commits (``batch_transaction``).
-    outcomes: Counter[tuple[str, str]] = Counter(
-        ("throttled", "429") for result in results.values() if result.outcome == Outcome.THROTTLED
+    _count_outcomes(
+        ctx, node, Counter(("throttled", "429") for r in results.values() if r.outcome == Outcome.THROTTLED)
     )
-    _count_outcomes(ctx, node, outcomes)
-    outcomes.clear()
+    outcomes: Counter[tuple[str, str]] = Counter()  # the batch's messages not sent, by outcome and reason
     with st.batch_transaction(ctx, report) as conn:
         held = _still_claimed(conn, ctx, list(to_send))
         report.queries += 1
