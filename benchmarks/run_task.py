@@ -113,7 +113,7 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
     os.environ["AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS"] = "true"
     started = time.perf_counter()
     from careflow.airflow.factory import build_dags
-    from careflow.clock import CLOCK_KEY, parse_time
+    from careflow.clock import parse_time, simulated_conf
     from careflow.simulation import task_context
     from careflow.store.db import get_engine
 
@@ -123,7 +123,7 @@ def run(workflow_id: str, task_id: str, at: str) -> dict[str, Any]:
     dag = dags[f"careflow__{workflow_id}"]
     task: Any = dag.get_task(task_id)
     moment = parse_time(at)
-    conf = {CLOCK_KEY: moment.isoformat(), "careflow_simulated": True, "careflow_dry_run": False}
+    conf = simulated_conf(moment, dry_run=False)
     run_id = f"careflow_bench__{moment.strftime('%Y%m%dT%H%M%S')}"
     context = task_context(dag, run_id, moment, conf)
     engine = get_engine()

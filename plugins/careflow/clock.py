@@ -13,6 +13,8 @@ from typing import Any
 
 CLOCK_KEY = "careflow_clock"
 SIMULATED_KEY = "careflow_simulated"
+#: In a simulated run's conf: record the messages as sent without sending them.
+DRY_RUN_KEY = "careflow_dry_run"
 #: How an execution enrolled by a simulated run names that run: ``careflow simulate`` refuses a
 #: database where a workflow has executions of other runs (its real ones).
 SIMULATED_RUN_PREFIX = "careflow_sim_"
@@ -38,6 +40,11 @@ def parse_time(value: str | datetime) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+def simulated_conf(moment: datetime, *, dry_run: bool) -> dict[str, Any]:
+    """The conf of a simulated run at ``moment`` (what ``careflow simulate`` gives each run)."""
+    return {CLOCK_KEY: moment.isoformat(), SIMULATED_KEY: True, DRY_RUN_KEY: dry_run}
 
 
 def is_simulated(conf: Mapping[str, Any] | None) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from careflow.clock import CLOCK_KEY, SIMULATED_RUN_PREFIX, parse_time
+from careflow.clock import SIMULATED_RUN_PREFIX, parse_time, simulated_conf
 from careflow.exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def _refuse_live_workflow(workflow_id: str) -> None:
 def _run_once(
     dag: Any, moment: datetime, dry_run: bool, kind: str, *, airflow_runner: bool, order: list[str]
 ) -> str:
-    conf = {CLOCK_KEY: moment.isoformat(), "careflow_simulated": True, "careflow_dry_run": dry_run}
+    conf = simulated_conf(moment, dry_run=dry_run)
     if airflow_runner:
         from airflow.utils.state import DagRunState
 

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from careflow.airflow.links import CareflowNodeLink
-from careflow.clock import is_simulated, now_for
+from careflow.clock import DRY_RUN_KEY, is_simulated, now_for
 from careflow.compiler import CompiledWorkflow
 from careflow.compiler.schedule import next_run_after
 from careflow.engine.context import NodeReport, RunContext
@@ -55,7 +55,7 @@ class CareflowNodeOperator(BaseOperator):
             interval_start=start if start is not None and start <= now else None,
             # Only a simulation records without sending: a dry run's "sent" rows would keep the
             # real messages from ever going out.
-            dry_run=is_simulated(conf) and bool(conf.get("careflow_dry_run")),
+            dry_run=is_simulated(conf) and bool(conf.get(DRY_RUN_KEY)),
             simulated=is_simulated(conf),
             emit=emit,
         )
