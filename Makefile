@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 
-.PHONY: demo test test-py312 lint typecheck install fake-provider
+.PHONY: demo test test-serial test-py312 lint typecheck install fake-provider
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/careflow demo
 
+# The Airflow tier (tests/e2e, tests/chaos, tests/airflow_runs: mostly waiting on Airflow's own
+# processes and on outages) runs beside the rest, in a second pytest process (tests/suite.py).
 test: $(VENV)/.installed
+	PATH=$(BIN):$$PATH $(BIN)/python tests/suite.py
+
+# The same tests in one pytest process, one after the other.
+test-serial: $(VENV)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/python -m pytest
 
 test-py312:
