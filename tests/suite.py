@@ -73,6 +73,7 @@ def run(extra: list[str]) -> int:
         tier.start(extra)
     names = " and ".join(tier.name for tier in running)
     print(f"running {names} side by side; each one's output follows when it ends", flush=True)
+    finished: list[Tier] = []
     statuses: list[int] = []
     try:
         pending = list(running)
@@ -82,6 +83,7 @@ def run(extra: list[str]) -> int:
                 status = tier.process.poll()
                 if status is not None:
                     pending.remove(tier)
+                    finished.append(tier)
                     statuses.append(status)
                     tier.report(status)
             time.sleep(0.5)
@@ -93,6 +95,9 @@ def run(extra: list[str]) -> int:
             if tier.process is not None:
                 tier.process.wait()
         return 130
+    failed = [tier.name for tier, status in zip(finished, statuses, strict=True) if status != 0]
+    if failed:
+        print(f"===== FAILED: {' and '.join(failed)} (output above) =====", flush=True)
     return next((status for status in statuses if status != 0), 0)
 
 
