@@ -2,19 +2,26 @@
 
 The Airflow tier (``tests/e2e``, ``tests/chaos``, ``tests/airflow_runs``) spends most of its time
 waiting: on a scheduler, a triggerer and an API server starting, on 20-second provider and Redis
-outages. The rest is mostly CPU. Run one after the other they take about twice as long as run side
-by side. They share nothing that could make one see the other: each pytest process has its own
-Airflow home, its own Postgres database (``careflow_test_<random>``), its own Redis key prefixes,
-and the Airflow tier starts private Postgres and Redis servers on free ports.
+outages. The rest is mostly CPU. On a 2-core VM the whole suite took 1,105 s in one process and
+744 to 765 s as these two (the Airflow tier's time: the rest ended first). They share nothing that
+could make one see the other: each pytest process has its own Airflow home, its own Postgres
+database (``careflow_test_<random>``) and its own Redis key prefixes, and the Airflow tier's
+clusters and chaos rounds use databases (random names) and Redis servers (free ports) of their own.
 
     python tests/suite.py [PYTEST_ARGS...]
 
 Each process's output is printed whole when it ends (the first to end first); the exit status is
-0 only when both passed. ``make test`` runs this; ``make test-serial`` runs one pytest process.
+0 only when both passed. Each process leads a process group of its own. Ctrl+C or a SIGTERM to
+the runner reaches both groups once as a SIGINT, as Ctrl+C reaches one pytest in a terminal: each
+stops and its fixtures stop the Airflow processes and servers they started. A process still
+running two minutes later is killed with its group.
+``make test`` runs this; ``make test-serial`` runs one pytest process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +33,8 @@ from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_TIER = ("tests/e2e", "tests/chaos", "tests/airflow_runs")
+#: How long an interrupted pytest process has to tear its fixtures down before its group is killed.
+STOP_GRACE_S = 120.0
 
 
 @dataclass
@@ -45,7 +54,24 @@ class Tier:
             cwd=ROOT,
             stdout=self.output,
             stderr=subprocess.STDOUT,
+            process_group=0,
         )
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process and to every process in its group."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def wait(self, grace_s: float) -> None:
+        """Wait for the process to end; past ``grace_s``, kill its group."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.process.wait()
 
     def report(self, status: int) -> None:
         """Print what the process printed, framed by its name, status and time."""
@@ -67,7 +93,19 @@ def tiers() -> list[Tier]:
     return [Tier("Airflow tier", list(AIRFLOW_TIER)), Tier("the rest", rest)]
 
 
+class _Terminated(Exception):
+    """SIGTERM reached the runner."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def run(extra: list[str]) -> int:
+    # Handlers of the runner's own: the pytest processes then start with SIGINT's default (Python's
+    # KeyboardInterrupt) even where the runner was started with SIGINT ignored (in the background).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminated)
     running = tiers()
     for tier in running:
         tier.start(extra)
@@ -87,14 +125,18 @@ def run(extra: list[str]) -> int:
                     statuses.append(status)
                     tier.report(status)
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as stopped:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the teardown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("interrupted: stopping both pytest processes", flush=True)
         for tier in running:
-            if tier.process is not None and tier.process.poll() is None:
-                tier.process.send_signal(signal.SIGINT)
+            tier.signal(signal.SIGINT)
         for tier in running:
-            if tier.process is not None:
-                tier.process.wait()
-        return 130
+            tier.wait(STOP_GRACE_S)
+        for tier in running:
+            if tier not in finished and tier.process is not None:
+                tier.report(tier.process.returncode)
+        return 128 + (signal.SIGINT if isinstance(stopped, KeyboardInterrupt) else signal.SIGTERM)
     failed = [tier.name for tier, status in zip(finished, statuses, strict=True) if status != 0]
     if failed:
         print(f"===== FAILED: {' and '.join(failed)} (output above) =====", flush=True)
