@@ -14,13 +14,15 @@ Each process's output is printed whole when it ends (the first to end first); th
 0 only when both passed. Each process leads a process group of its own. Ctrl+C or a SIGTERM to
 the runner reaches both groups once as a SIGINT, as Ctrl+C reaches one pytest in a terminal: each
 stops and its fixtures stop the Airflow processes and servers they started. A process still
-running two minutes later is killed with its group.
+running two minutes later is killed with its group. Should the runner itself be killed, each
+pytest process gets a SIGINT (Linux's parent-death signal) and stops as above.
 ``make test`` runs this; ``make test-serial`` runs one pytest process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -35,6 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_TIER = ("tests/e2e", "tests/chaos", "tests/airflow_runs")
 #: How long an interrupted pytest process has to tear its fixtures down before its group is killed.
 STOP_GRACE_S = 120.0
+
+
+#: Linux's prctl option: the signal a process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+
+
+def _interrupt_when_parent_dies() -> None:
+    """In a pytest process before it starts: a SIGINT when the runner ends, however it ends.
+
+    Its own process group keeps a signal to the runner's group (a SIGKILL from a harness that
+    stops a run) from reaching it; without this it would run on alone. Linux only.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 @dataclass
@@ -55,6 +71,7 @@ class Tier:
             stdout=self.output,
             stderr=subprocess.STDOUT,
             process_group=0,
+            preexec_fn=_interrupt_when_parent_dies,
         )
 
     def signal(self, signum: int) -> None:
