@@ -128,18 +128,16 @@ def run(extra: list[str]) -> int:
         tier.start(extra)
     names = " and ".join(tier.name for tier in running)
     print(f"running {names} side by side; each one's output follows when it ends", flush=True)
-    finished: list[Tier] = []
-    statuses: list[int] = []
+    finished: list[tuple[Tier, int]] = []  # each tier that ended, with its exit status
+    pending = list(running)
     try:
-        pending = list(running)
         while pending:
             for tier in list(pending):
                 assert tier.process is not None
                 status = tier.process.poll()
                 if status is not None:
                     pending.remove(tier)
-                    finished.append(tier)
-                    statuses.append(status)
+                    finished.append((tier, status))
                     tier.report(status)
             time.sleep(0.5)
     except (KeyboardInterrupt, _Terminated) as stopped:
@@ -151,13 +149,13 @@ def run(extra: list[str]) -> int:
         for tier in running:
             tier.wait(STOP_GRACE_S)
         for tier in running:
-            if tier not in finished and tier.process is not None:
+            if tier in pending and tier.process is not None:
                 tier.report(tier.process.returncode)
         return 128 + (signal.SIGINT if isinstance(stopped, KeyboardInterrupt) else signal.SIGTERM)
-    failed = [tier.name for tier, status in zip(finished, statuses, strict=True) if status != 0]
+    failed = [(tier.name, status) for tier, status in finished if status != 0]
     if failed:
-        print(f"===== FAILED: {' and '.join(failed)} (output above) =====", flush=True)
-    return next((status for status in statuses if status != 0), 0)
+        print(f"===== FAILED: {' and '.join(name for name, _ in failed)} (output above) =====", flush=True)
+    return failed[0][1] if failed else 0
 
 
 if __name__ == "__main__":
