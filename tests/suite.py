@@ -21,11 +21,7 @@ pytest process gets a SIGINT (Linux's parent-death signal) and stops as above.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,68 +29,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from support import GroupedProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_TIER = ("tests/e2e", "tests/chaos", "tests/airflow_runs")
 #: How long an interrupted pytest process has to tear its fixtures down before its group is killed.
 STOP_GRACE_S = 120.0
 
 
-#: Linux's prctl option: the signal a process gets when its parent ends.
-PR_SET_PDEATHSIG = 1
-
-
-def _interrupt_when_parent_dies() -> None:
-    """In a pytest process before it starts: a SIGINT when the runner ends, however it ends.
-
-    Its own process group keeps a signal to the runner's group (a SIGKILL from a harness that
-    stops a run) from reaching it; without this it would run on alone. Linux only.
-    """
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
-
-
 @dataclass
-class Tier:
-    """One pytest process and the file its output goes to."""
+class Tier(GroupedProcess):
+    """One pytest process, its output in a temporary file."""
 
-    name: str
-    paths: list[str]
     output: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile())  # noqa: SIM115
-    process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
-    def start(self, extra: list[str]) -> None:
+    def start(self) -> None:
         self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", *self.paths, *extra],
-            cwd=ROOT,
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-            preexec_fn=_interrupt_when_parent_dies,
-        )
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the process and to every process in its group."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signum)
-
-    def wait(self, grace_s: float) -> None:
-        """Wait for the process to end; past ``grace_s``, kill its group."""
-        if self.process is None:
-            return
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.process.wait()
+        # A SIGINT when the runner ends, however it ends: it stops as on Ctrl+C.
+        self.launch(self.output, cwd=ROOT, parent_death_signal=signal.SIGINT)
 
     def report(self, status: int) -> None:
         """Print what the process printed, framed by its name, status and time."""
         elapsed = time.monotonic() - self.started
         verdict = "passed" if status == 0 else f"FAILED (pytest exit status {status})"
-        sys.stdout.write(f"\n===== {self.name}: {' '.join(self.paths)} =====\n")
+        command = " ".join(self.argv[2:])  # pytest and its arguments, after `python -m`
+        sys.stdout.write(f"\n===== {self.name}: {command} =====\n")
         sys.stdout.flush()
         self.output.seek(0)
         while chunk := self.output.read(1 << 16):
@@ -104,10 +64,17 @@ class Tier:
         sys.stdout.flush()
 
 
-def tiers() -> list[Tier]:
-    """The Airflow tier and everything else under tests/ (the Airflow tier's paths ignored)."""
+def tiers(extra: list[str]) -> list[Tier]:
+    """The Airflow tier and everything else under tests/ (the Airflow tier's paths ignored).
+
+    ``extra`` (pytest's own arguments) goes to both.
+    """
+    pytest = [sys.executable, "-m", "pytest"]
     rest = ["tests", *(f"--ignore={path}" for path in AIRFLOW_TIER)]
-    return [Tier("Airflow tier", list(AIRFLOW_TIER)), Tier("the rest", rest)]
+    return [
+        Tier("Airflow tier", [*pytest, *AIRFLOW_TIER, *extra]),
+        Tier("the rest", [*pytest, *rest, *extra]),
+    ]
 
 
 class _Terminated(Exception):
@@ -123,9 +90,9 @@ def run(extra: list[str]) -> int:
     # KeyboardInterrupt) even where the runner was started with SIGINT ignored (in the background).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminated)
-    running = tiers()
+    running = tiers(extra)
     for tier in running:
-        tier.start(extra)
+        tier.start()
     names = " and ".join(tier.name for tier in running)
     print(f"running {names} side by side; each one's output follows when it ends", flush=True)
     finished: list[tuple[Tier, int]] = []  # each tier that ended, with its exit status
@@ -147,7 +114,7 @@ def run(extra: list[str]) -> int:
         for tier in running:
             tier.signal(signal.SIGINT)
         for tier in running:
-            tier.wait(STOP_GRACE_S)
+            tier.finish(STOP_GRACE_S)
         for tier in running:
             if tier in pending and tier.process is not None:
                 tier.report(tier.process.returncode)

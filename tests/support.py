@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "include" / "workflows"
@@ -240,3 +245,77 @@ def upgraded(url: str, monkeypatch: Any) -> Iterator[str]:
     upgrade()
     yield url
     dispose_engines()
+
+
+#: Linux's prctl option: the signal a process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class GroupedProcess:
+    """A subprocess that leads a session and process group of its own, stopped with its whole group.
+
+    Whatever it starts stays in its group (an Airflow scheduler's task processes, a pytest's
+    servers), so a signal to the group reaches all of them and a signal to the caller's group
+    reaches none of them.
+    """
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def launch(
+        self,
+        output: IO[bytes],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        *,
+        errors: IO[bytes] | None = None,
+        parent_death_signal: int | None = None,
+    ) -> None:
+        """Start ``argv`` with its stdout to ``output`` and its stderr to ``errors`` (else ``output``).
+
+        ``parent_death_signal``: a signal the process gets when the process that started it ends,
+        however it ends (Linux only): its own group keeps a signal to the caller's group (a
+        harness's SIGKILL) from reaching it, and without this it would run on alone.
+        """
+
+        def when_parent_dies() -> None:
+            if parent_death_signal is not None and sys.platform == "linux":
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, parent_death_signal)
+
+        self.process = subprocess.Popen(
+            self.argv,
+            env=env,
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT if errors is None else errors,
+            start_new_session=True,
+            preexec_fn=when_parent_dies if parent_death_signal is not None else None,
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process and every process in its group, if it still runs."""
+        if self.alive():
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def finish(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for the process to end, then kill whatever its group still holds.
+
+        Send it its stop signal (:meth:`signal`) first; this sends none of its own, so a process
+        that was signalled once is not signalled again before the kill.
+        """
+        if self.process is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(grace_s)
+        # the process's children (task processes, servers) may outlive it in its group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)

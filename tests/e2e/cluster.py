@@ -31,6 +31,8 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
+from support import GroupedProcess
+
 TESTS = Path(__file__).resolve().parent.parent
 REPO = TESTS.parent
 BIN = Path(sys.executable).parent
@@ -163,50 +165,14 @@ def _drop_database(name: str) -> None:
 
 
 @dataclass
-class Component:
-    """One long-running subprocess (its own process group) with its output in a file."""
+class Component(GroupedProcess):
+    """One long-running Airflow process (its own process group) with its output in a log file."""
 
-    name: str
-    argv: list[str]
     log: Path
-    proc: subprocess.Popen[bytes] | None = None
 
     def start(self, env: dict[str, str], cwd: Path) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        out.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the component's process group (it and the children it started)."""
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, grace: float = 20.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # whatever the component left in its group (task processes) goes too
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        with self.log.open("ab") as out:
+            self.launch(out, env, cwd)
 
     def tail(self, chars: int = 3000) -> str:
         try:
@@ -416,21 +382,9 @@ class Cluster:
             self._launch(name, argv, env)
 
     def _launch(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        component = Component(name, argv, self.component_logs / f"{name}.log")
+        component = Component(name, argv, log=self.component_logs / f"{name}.log")
         component.start(env, self.root)
         self.components[name] = component
-
-    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Kill one component (``sig`` to its whole process group) and start it again."""
-        component = self.components[name]
-        component.signal(sig)
-        assert component.proc is not None
-        try:
-            component.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            component.signal(signal.SIGKILL)
-            component.proc.wait(10)
-        component.start(self.env(), self.root)
 
     def crash(self, name: str) -> None:
         """SIGKILL one component's main process only and start it again.
@@ -439,10 +393,10 @@ class Cluster:
         the scheduler crashed; it is cleaned up by :meth:`stop`.
         """
         component = self.components[name]
-        assert component.proc is not None
-        os.kill(component.proc.pid, signal.SIGKILL)
-        component.proc.wait(30)
-        self._orphan_groups.append(component.proc.pid)
+        assert component.process is not None
+        os.kill(component.process.pid, signal.SIGKILL)
+        component.process.wait(30)
+        self._orphan_groups.append(component.process.pid)
         component.start(self.env(), self.root)
 
     def reap_orphans(self) -> None:
@@ -461,7 +415,7 @@ class Cluster:
             component.signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
         for component in self.components.values():
-            component.stop(grace=max(0.1, deadline - time.monotonic()))
+            component.finish(max(0.1, deadline - time.monotonic()))
         if self._redis is not None:
             self._redis.terminate()
             try:
