@@ -166,7 +166,7 @@ def _drop_database(name: str) -> None:
 
 @dataclass
 class Component(GroupedProcess):
-    """One long-running Airflow process (its own process group) with its output in a log file."""
+    """One long-running process of the cluster (an Airflow component, its Redis), its output in a log file."""
 
     log: Path
 
@@ -217,7 +217,7 @@ class Cluster:
         self.redis_port = free_port()
         self.statsd = StatsdListener()
         self.alerts = WebhookReceiver()
-        self._redis: subprocess.Popen[bytes] | None = None
+        self._redis: Component | None = None
         self._databases: list[str] = []
         self._orphan_groups: list[int] = []
 
@@ -324,7 +324,8 @@ class Cluster:
         _create_database(self.meta_db, template)
         self._databases.append(self.careflow_db)
         _create_database(self.careflow_db)
-        self._redis = subprocess.Popen(
+        self._redis = Component(
+            "redis",
             [
                 "redis-server",
                 "--port",
@@ -338,10 +339,9 @@ class Cluster:
                 "--dir",
                 str(self.root),
             ],
-            stdout=(self.component_logs / "redis.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log=self.component_logs / "redis.log",
         )
+        self._redis.start(dict(os.environ), self.root)
         (self.root / "passwords.json").write_text(json.dumps({ADMIN: self.password}), encoding="utf-8")
         if template is None:
             self.run(str(BIN / "airflow"), "db", "migrate", timeout=600)
@@ -417,11 +417,8 @@ class Cluster:
         for component in self.components.values():
             component.finish(max(0.1, deadline - time.monotonic()))
         if self._redis is not None:
-            self._redis.terminate()
-            try:
-                self._redis.wait(10)
-            except subprocess.TimeoutExpired:
-                self._redis.kill()
+            self._redis.signal(signal.SIGTERM)
+            self._redis.finish(10)
         self.statsd.close()
         self.alerts.close()
         from careflow.store.db import dispose_engines
