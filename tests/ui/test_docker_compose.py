@@ -96,6 +96,14 @@ def test_careflow_connections_and_statsd_are_wired(compose: dict[str, Any]) -> N
     assert alerts["extra"]["webhook_url"].startswith("http://alert-sink:8080/")
 
 
+def test_the_development_jwt_secret_is_long_enough_for_hs512(compose: dict[str, Any]) -> None:
+    """Airflow signs with HS512 when ``jwt_secret`` is set; PyJWT warns of a key under 64 bytes."""
+    env = compose["services"]["airflow-apiserver"]["environment"]
+    default = re.fullmatch(r"\$\{AIRFLOW_JWT_SECRET:-([^}]*)\}", env["AIRFLOW__API_AUTH__JWT_SECRET"])
+    assert default is not None, env["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert len(default.group(1).encode()) >= 64
+
+
 def test_the_image_is_the_pinned_airflow_with_careflow_installed() -> None:
     dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
     pinned = re.search(r"^apache-airflow==(\S+)$", (REPO / "requirements.txt").read_text(), re.M)
