@@ -7,6 +7,7 @@ Postgres tests get a fresh database per session (``CAREFLOW_TEST_PG``, default
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,8 @@ os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{TEST_AIRFLOW_HOME / 'airflow.db'}"
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__CAREFLOW__WORKFLOWS_DIR", str(TEST_AIRFLOW_HOME / "workflows"))
+# The JWTs the view tests sign: 64 bytes, as HS512 asks (Airflow would generate 16 and warn).
+os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
 
 PG_SERVER = os.environ.get("CAREFLOW_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 

@@ -201,7 +201,7 @@ class Cluster:
     components: dict[str, Component] = field(default_factory=dict)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     #: signs the api-server's JWTs and sessions: every component must share it
-    secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    secret: str = field(default_factory=lambda: secrets.token_hex(32))
     _token: str | None = None
 
     def __post_init__(self) -> None:
