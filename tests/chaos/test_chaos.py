@@ -17,7 +17,7 @@ from support import GroupedProcess
 HERE = Path(__file__).resolve().parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RUN_TIMEOUT_S = 420
-#: How long the runner has to stop what it started once told to (with ``--airflow``, up to 25 s).
+#: How long the runner has to stop what it started once told to (seconds here; up to 25 s with ``--airflow``).
 STOP_GRACE_S = 60
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
