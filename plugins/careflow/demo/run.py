@@ -134,8 +134,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     began = time.monotonic()
 
     _step(f"embedded default in {home} (Airflow on SQLite, LocalExecutor, no Redis)")
-    if not (home / "airflow.db").exists():
+    migrated = home / ".airflow-db-migrated"  # written once the migration finished, not when it was cut short
+    if not migrated.exists():
         _run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env, "airflow db migrate")
+        migrated.touch()
     (home / "careflow.db").unlink(missing_ok=True)
     for suffix in ("-wal", "-shm"):
         (home / f"careflow.db{suffix}").unlink(missing_ok=True)
