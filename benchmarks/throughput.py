@@ -50,7 +50,12 @@ def run_task(env: dict[str, str], workflow_id: str, task_id: str) -> TaskRun:
     process = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    out, err = process.communicate()
+    try:
+        out, err = process.communicate()
+    except BaseException:  # stopped (Ctrl+C, SIGTERM): the task must not run on against what is torn down
+        process.kill()
+        process.wait()
+        raise
     # communicate() has reaped the child: RUSAGE_CHILDREN would mix every child of this process, so
     # the child reports its own ru_maxrss as well; both are the kernel's high-water mark.
     if process.returncode != 0:

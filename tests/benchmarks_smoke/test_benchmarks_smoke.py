@@ -278,3 +278,29 @@ def test_the_project_is_compiled_before_anything_is_measured(
     bench.compile_project()
     for folder in ("plugins/careflow", "dags", "benchmarks"):
         assert Path(importlib.util.cache_from_source(str(tmp_path / folder / "module.py"))).is_file()
+
+
+def test_a_stopped_benchmark_kills_the_task_process_it_waits_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while a task runs, the task's process is killed rather than left to run on
+    against the database and home the benchmark then removes."""
+    import subprocess
+    import sys
+
+    from benchmarks import throughput
+
+    started: list[subprocess.Popen[str]] = []
+    real_popen = subprocess.Popen
+
+    class Interrupted(real_popen):  # type: ignore[valid-type,misc]
+        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+            super().__init__([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+            started.append(self)
+
+        def communicate(self, *args: object, **kwargs: object) -> tuple[str, str]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(throughput.subprocess, "Popen", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        throughput.run_task(dict(os.environ), "w", "t1")
+    [process] = started
+    assert process.returncode == -9  # SIGKILL, and reaped
