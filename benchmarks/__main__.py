@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -527,6 +528,11 @@ def compile_project() -> None:
         compileall.compile_dir(REPO / folder, quiet=1)
 
 
+def _stopped(signum: int, frame: object) -> None:
+    log(f"stopped ({signal.Signals(signum).name}): dropping the benchmark database, stopping its processes")
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
@@ -539,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    # A SIGTERM ends the run as Ctrl+C does: the finally blocks drop its database and stop the fake
+    # providers and task processes it started (Python's default would leave them).
+    signal.signal(signal.SIGTERM, _stopped)
     started = time.perf_counter()
     # A private Airflow home: importing Airflow here (the parse benchmark) must not touch ~/airflow.
     home = tempfile.mkdtemp(prefix="careflow-bench-airflow-")

@@ -304,3 +304,46 @@ def test_a_stopped_benchmark_kills_the_task_process_it_waits_for(monkeypatch: py
         throughput.run_task(dict(os.environ), "w", "t1")
     [process] = started
     assert process.returncode == -9  # SIGKILL, and reaped
+
+
+def test_a_sigterm_stops_the_benchmarks_and_drops_their_database(pg_server_url: str) -> None:
+    """``python -m benchmarks`` stopped with SIGTERM ends as on Ctrl+C: its database is dropped."""
+    import signal
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine, text
+
+    server = pg_server_url.rsplit("/", 1)[0]
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+
+    def bench_databases() -> set[str]:
+        with admin.connect() as conn:
+            rows = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'careflow_bench_%'"))
+            return {row[0] for row in rows}
+
+    before = bench_databases()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "--smoke"],
+        cwd=Path(harness.__file__).resolve().parents[1],
+        env={**os.environ, "CAREFLOW_BENCH_PG": server},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run.stderr is not None
+        for line in run.stderr:
+            if "careflow: 200 messages" in line:  # its database and a fake provider exist by now
+                break
+        created = bench_databases() - before
+        assert created, "the benchmark created no database"
+        run.send_signal(signal.SIGTERM)
+        _, rest = run.communicate(timeout=60)
+        assert run.returncode == 128 + signal.SIGTERM, rest[-3000:]
+        assert "stopped (SIGTERM)" in rest
+        assert not (bench_databases() & created)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        admin.dispose()
