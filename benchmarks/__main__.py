@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -528,11 +527,6 @@ def compile_project() -> None:
         compileall.compile_dir(REPO / folder, quiet=1)
 
 
-def _stopped(signum: int, frame: object) -> None:
-    log(f"stopped ({signal.Signals(signum).name}): dropping the benchmark database, stopping its processes")
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line entry."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
@@ -545,27 +539,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
-    # A SIGTERM ends the run as Ctrl+C does: the finally blocks drop its database and stop the fake
-    # providers and task processes it started (Python's default would leave them).
-    signal.signal(signal.SIGTERM, _stopped)
     started = time.perf_counter()
     # A private Airflow home: importing Airflow here (the parse benchmark) must not touch ~/airflow.
     home = tempfile.mkdtemp(prefix="careflow-bench-airflow-")
     os.environ["AIRFLOW_HOME"] = home
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    try:
-        info = machine()
-        mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-        log(
-            f"careflow benchmarks ({mode}) on {info['nproc']} CPUs, "
-            f"load average {info['load_average_at_start']}"
-        )
-        compile_project()
-        sends = send_benchmarks(plan)
-        parse = parse_benchmark(plan)
-        doc = summarise(plan, sends, parse)
-    finally:
-        subprocess.run(["rm", "-rf", home], check=False)
+    from careflow.cli import stopping_on_sigterm
+
+    # A SIGTERM ends the run as Ctrl+C does: the finally blocks drop its database and stop the fake
+    # providers and task processes it started.
+    with stopping_on_sigterm("python -m benchmarks"):
+        try:
+            info = machine()
+            mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+            log(
+                f"careflow benchmarks ({mode}) on {info['nproc']} CPUs, "
+                f"load average {info['load_average_at_start']}"
+            )
+            compile_project()
+            sends = send_benchmarks(plan)
+            parse = parse_benchmark(plan)
+            doc = summarise(plan, sends, parse)
+        finally:
+            subprocess.run(["rm", "-rf", home], check=False)
     print(table(plan, doc, sends, info))
     log(f"done in {time.perf_counter() - started:.0f} s")
     text = json.dumps(doc, indent=2)

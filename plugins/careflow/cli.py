@@ -6,16 +6,43 @@ Every subcommand answers bad input with a clear message and an exit code, never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 #: What a command killed by SIGPIPE exits with in a shell: its reader closed the pipe.
 EXIT_BROKEN_PIPE = 141
+
+
+@contextlib.contextmanager
+def stopping_on_sigterm(program: str) -> Iterator[None]:
+    """Within the block a SIGTERM ends ``program`` as Ctrl+C does: it says so on stderr and exits
+    with 143 through its ``finally`` blocks and context managers, which stop what it started.
+
+    Python's default would end it at once and leave its subprocesses, servers and databases. Off
+    the main thread, which alone receives signals, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stopped(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        print(f"{program}: stopped ({name}); stopping what it started", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_json(data: Any) -> None:

@@ -744,32 +744,36 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(faults) - set(ENGINE_FAULTS)
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
-    # A terminated runner still stops what it started (the finally below).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from careflow.cli import stopping_on_sigterm
+
     root = Path(tempfile.mkdtemp(prefix="careflow-chaos-"))
     os.chmod(root, 0o755)
     chaos = Chaos(root, args)
     started = time.monotonic()
-    try:
-        chaos.start()
-        if args.airflow:
-            chaos.start_cluster()
-        for round_no in range(1, args.rounds + 1):
-            for fault in faults:
-                chaos.scenario(round_no, fault)
+    # A terminated runner still stops what it started (the finally below).
+    with stopping_on_sigterm("chaos runner"):
+        try:
+            chaos.start()
             if args.airflow:
-                chaos.scheduler_restart(round_no)
-            done = chaos.tallies
-            log(
-                f"round {round_no}/{args.rounds}: "
-                + ", ".join(f"{f} sent={t.sent} dup={t.duplicates} lost={t.lost}" for f, t in done.items())
-            )
-            if args.table is not None:  # what a long run found so far survives its interruption
-                args.table.write_text(table(done, round_no) + "\n", encoding="utf-8")
-        accepted_twice = chaos.provider.stats()["accepted_twice"]
-    finally:
-        chaos.stop()
-        shutil.rmtree(root, ignore_errors=True)
+                chaos.start_cluster()
+            for round_no in range(1, args.rounds + 1):
+                for fault in faults:
+                    chaos.scenario(round_no, fault)
+                if args.airflow:
+                    chaos.scheduler_restart(round_no)
+                done = chaos.tallies
+                log(
+                    f"round {round_no}/{args.rounds}: "
+                    + ", ".join(
+                        f"{f} sent={t.sent} dup={t.duplicates} lost={t.lost}" for f, t in done.items()
+                    )
+                )
+                if args.table is not None:  # what a long run found so far survives its interruption
+                    args.table.write_text(table(done, round_no) + "\n", encoding="utf-8")
+            accepted_twice = chaos.provider.stats()["accepted_twice"]
+        finally:
+            chaos.stop()
+            shutil.rmtree(root, ignore_errors=True)
     tallies = chaos.tallies
     duplicates = max(sum(t.duplicates for t in tallies.values()), accepted_twice)
     lost = sum(t.lost for t in tallies.values())

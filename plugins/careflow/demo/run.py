@@ -11,17 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -97,31 +93,11 @@ def _step(text: str) -> float:
     return time.monotonic()
 
 
-def _stopped(signum: int, frame: object) -> None:
-    print(
-        f"careflow demo: stopped ({signal.Signals(signum).name}); stopping what it started", file=sys.stderr
-    )
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _stops_on_sigterm() -> Iterator[None]:
-    """A SIGTERM ends the demo as Ctrl+C does: the subprocess running and the fake provider are
-    stopped on the way out, not left running on their port (Python's default would end the demo
-    at once and leave both)."""
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _stopped)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
-    with _stops_on_sigterm():
+    from careflow.cli import stopping_on_sigterm
+
+    with stopping_on_sigterm("careflow demo"):
         return _run_demo(args)
 
 
