@@ -200,12 +200,14 @@ def test_backend_cpu_covers_the_connections_to_this_database(pg_server_url: str)
     try:
         with engine.connect() as conn:
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            # Read while this connection holds the backend: once it closes, the backend exits.
+            held = postgres_process_cpu_s(pid)
         cpu = backend_cpu_s(engine)
     finally:
         engine.dispose()
     assert pid in cpu and cpu[pid] >= 0
     # A pid that is not a Postgres process here (a server elsewhere reports its own) counts nothing.
-    assert postgres_process_cpu_s(pid) is not None and postgres_process_cpu_s(os.getpid()) is None
+    assert held is not None and postgres_process_cpu_s(os.getpid()) is None
     sqlite = create_engine("sqlite://")
     assert backend_cpu_s(sqlite) == {}
 
