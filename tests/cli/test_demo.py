@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from careflow.airflow.operators.action import PROVIDER_POOL
+from support import GroupedProcess
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -46,17 +47,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 @contextmanager
 def _shell(*lines: str) -> Iterator[None]:
     """Run ``lines`` as a shell script (what pasting them into a terminal does) until the block ends."""
-    shell = subprocess.Popen(
-        ["bash", "-c", "\n".join([*lines, "wait"])],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    shell = GroupedProcess("shell", ["bash", "-c", "\n".join([*lines, "wait"])])
+    with open(os.devnull, "wb") as devnull:
+        shell.launch(devnull)
     try:
         yield
     finally:
-        os.killpg(shell.pid, signal.SIGTERM)
-        shell.wait(timeout=10)
+        shell.signal(signal.SIGTERM)
+        shell.finish(10)
 
 
 def _stats(base_url: str, token: str, timeout: float = 30) -> dict[str, int]:
