@@ -266,14 +266,16 @@ class GroupedProcess:
 
     def launch(
         self,
-        output: IO[bytes],
+        output: IO[bytes] | int,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         *,
-        errors: IO[bytes] | None = None,
+        errors: IO[bytes] | int | None = None,
         parent_death_signal: int | None = None,
     ) -> None:
         """Start ``argv`` with its stdout to ``output`` and its stderr to ``errors`` (else ``output``).
+
+        Either may be ``subprocess.PIPE``, read through :attr:`process` (bytes).
 
         ``parent_death_signal``: a signal the process gets when the process that started it ends,
         however it ends (Linux only): its own group keeps a signal to the caller's group (a

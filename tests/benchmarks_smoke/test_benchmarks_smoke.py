@@ -10,6 +10,7 @@ from benchmarks import harness, seed_engine
 from benchmarks.parse_workflows import generate
 
 from careflow.providers.fake_server import FakeProviderServer
+from support import GroupedProcess
 
 
 def test_seed_plan_follows_delays_and_branches() -> None:
@@ -325,27 +326,30 @@ def test_a_sigterm_stops_the_benchmarks_and_drops_their_database(pg_server_url: 
             return {row[0] for row in rows}
 
     before = bench_databases()
-    run = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks", "--smoke"],
-        cwd=Path(harness.__file__).resolve().parents[1],
-        env={**os.environ, "CAREFLOW_BENCH_PG": server},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    group = GroupedProcess("benchmarks", [sys.executable, "-m", "benchmarks", "--smoke"])
+    group.launch(
+        subprocess.DEVNULL,
+        {**os.environ, "CAREFLOW_BENCH_PG": server},
+        Path(harness.__file__).resolve().parents[1],
+        errors=subprocess.PIPE,
     )
+    run = group.process
+    assert run is not None and run.stderr is not None
     try:
-        assert run.stderr is not None
-        for line in run.stderr:
+        for line in map(bytes.decode, run.stderr):
             if "careflow: 200 messages" in line:  # its database and a fake provider exist by now
                 break
         created = bench_databases() - before
         assert created, "the benchmark created no database"
-        run.send_signal(signal.SIGTERM)
-        _, rest = run.communicate(timeout=60)
+        run.send_signal(signal.SIGTERM)  # to the benchmarks alone, as a supervisor stopping them would
+        _, errors = run.communicate(timeout=60)
+        rest = errors.decode()
         assert run.returncode == 128 + signal.SIGTERM, rest[-3000:]
         assert "stopped (SIGTERM)" in rest
         assert not (bench_databases() & created)
     finally:
-        if run.poll() is None:
-            run.kill()
+        group.finish(grace_s=0)  # what a failure left behind (fake providers, task processes): killed
+        with admin.connect() as conn:  # and the database a killed run could not drop
+            for name in bench_databases() - before:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

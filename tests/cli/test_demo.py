@@ -105,27 +105,26 @@ def test_the_printed_messaging_connection_reaches_the_printed_fake_provider(
 
 def test_a_sigterm_stops_the_demo_and_the_fake_provider_it_started(tmp_path: Path) -> None:
     """Stopped while it simulates, the demo stops the fake provider it started on its port."""
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "careflow", "demo", "--home", str(tmp_path / "home"), "--days", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    group = GroupedProcess(
+        "demo", [sys.executable, "-m", "careflow", "demo", "--home", str(tmp_path / "home"), "--days", "3"]
     )
+    group.launch(subprocess.PIPE, errors=subprocess.PIPE)
+    demo = group.process
+    assert demo is not None and demo.stdout is not None and demo.stderr is not None
     try:
-        assert demo.stdout is not None
         port = None
-        for line in demo.stdout:
+        for line in map(bytes.decode, demo.stdout):
             if line.startswith("==> starting the fake provider on 127.0.0.1:"):
                 port = int(line.rsplit(":", 1)[1])
             if line.startswith("==> simulating"):
                 break
-        assert port is not None, demo.stderr.read() if demo.stderr else ""
-        demo.send_signal(signal.SIGTERM)
-        _, stderr = demo.communicate(timeout=60)
+        assert port is not None, demo.stderr.read().decode()
+        demo.send_signal(signal.SIGTERM)  # to the demo alone, as a supervisor stopping it would
+        _, errors = demo.communicate(timeout=60)
+        stderr = errors.decode()
+        assert demo.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert "careflow demo: stopped (SIGTERM)" in stderr
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats", timeout=5)
     finally:
-        if demo.poll() is None:
-            demo.kill()
-    assert demo.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "careflow demo: stopped (SIGTERM)" in stderr
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats", timeout=5)
+        group.finish(grace_s=0)  # a demo or fake provider a failure left behind: killed with the group
