@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from support import EXAMPLES, airflow_env, upgraded
+from support import EXAMPLES, airflow_env, redis_cluster, upgraded
 
 # Every Airflow import in the test session sees one private home (never ~/airflow); the
 # `airflow_home` fixture migrates its metadata DB once, for the tests that need it.
@@ -143,6 +143,13 @@ def airflow_home() -> Path:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return home
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster of three primaries of the session's own; the URL of its first node."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
 
 
 @pytest.fixture

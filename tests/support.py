@@ -321,3 +321,80 @@ class GroupedProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
+
+
+def _free_port_pair() -> int:
+    """A TCP port free now whose Redis Cluster bus port (10,000 above it) is free too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+
+
+@contextlib.contextmanager
+def redis_cluster(root: Path, nodes: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``nodes`` primaries of its own (each a redis-server holding a third of the
+    slots), stopped at the end; yields the URL of its first node, as a clinic would configure it."""
+    import time
+
+    import redis
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("a Redis Cluster for the tests needs the redis-server binary on PATH")
+    root.mkdir(parents=True, exist_ok=True)
+    ports = [_free_port_pair() for _ in range(nodes)]
+    processes = [
+        subprocess.Popen(
+            [
+                server,
+                "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", str(root / f"nodes-{port}.conf"), "--dir", str(root),
+                "--save", "", "--appendonly", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]  # fmt: skip
+    clients = [redis.Redis(port=port) for port in ports]
+    try:
+        for client in clients:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        bounds = [16_384 * n // nodes for n in range(nodes + 1)]
+        for n, client in enumerate(clients):
+            client.execute_command("CLUSTER ADDSLOTSRANGE", bounds[n], bounds[n + 1] - 1)
+        for port in ports[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+        deadline = time.monotonic() + 30
+
+        def ready(info: dict[str, Any]) -> bool:
+            return info.get("cluster_state") == "ok" and int(info["cluster_known_nodes"]) == nodes
+
+        while not all(ready(c.execute_command("CLUSTER INFO")) for c in clients):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test Redis Cluster on ports {ports} did not come up")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for client in clients:
+            client.close()
+        for process in processes:
+            process.kill()
+            process.wait(10)

@@ -69,11 +69,12 @@ def _breakers_in_redis(provider_name: str) -> dict[str, list[str]]:
     """The provider's breakers stored in Redis: name -> the states of its logged transitions."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        head = f"{key_prefix()}:breaker:{{"
+        head = f"{key_prefix()}:{{breakers}}:state:"
         found: dict[str, list[str]] = {}
-        for key in client.scan_iter(match=f"{head}{provider_name}:*}}"):
-            entries = client.lrange(key + b":log", 0, -1)
-            found[key.decode()[len(head) : -1]] = [json.loads(e)["to"] for e in reversed(entries)]
+        for key in client.scan_iter(match=f"{head}{provider_name}:*"):
+            name = key.decode()[len(head) :]
+            entries = client.lrange(f"{key_prefix()}:{{breakers}}:log:{name}", 0, -1)
+            found[name] = [json.loads(e)["to"] for e in reversed(entries)]
         return found
     finally:
         client.close()

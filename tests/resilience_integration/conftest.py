@@ -97,6 +97,16 @@ def shared_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 @pytest.fixture
+def cluster_redis(redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Breakers in a Redis Cluster (``careflow_redis`` naming one of its nodes) under a key prefix of
+    this test (yielded); the cluster is the session's own."""
+    prefix = f"cftest-{uuid.uuid4().hex[:10]}"
+    _use_backend(monkeypatch, redis_cluster_url, CAREFLOW_REDIS_PREFIX=prefix)
+    yield prefix
+    forget_breakers()
+
+
+@pytest.fixture
 def dead_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Redis configured but unreachable for the whole test: breakers fall back to the breaker file
     of this test (yielded)."""

@@ -107,6 +107,14 @@ def test_a_20_second_outage_with_breakers_in_redis(pg_engine, fake, shared_redis
     assert_ridden_out(run, pg_engine, fake, client_name, "outage-redis", 20)
 
 
+def test_an_outage_with_breakers_in_a_redis_cluster(pg_engine, fake, cluster_redis, client_name):
+    run = ride_out(pg_engine, fake, client_name, "outage-cluster", 6)
+    breaker = breaker_for(client_name)
+    assert breaker.snapshot().backend == "redis"
+    assert breaker.fallback_events == 0
+    assert_ridden_out(run, pg_engine, fake, client_name, "outage-cluster", 6)
+
+
 def test_an_outage_with_redis_unreachable_uses_the_breaker_file(pg_engine, fake, dead_redis, client_name):
     run = ride_out(pg_engine, fake, client_name, "outage-fallback", 6)
     breaker = breaker_for(client_name)

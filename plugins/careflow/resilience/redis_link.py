@@ -8,6 +8,10 @@ by the processes of this machine; caches: per-process memory). While down, Redis
 tried again at most every ``retry_seconds`` so an outage costs no connect timeout per message.
 Each change (up -> down, down -> up) is logged once, counted in ``fallback_events`` and emitted as
 ``breaker_redis_fallback`` / ``breaker_redis_recovered`` (see :mod:`careflow.resilience.events`).
+
+A Redis Cluster is told apart at the first call that reaches the server (``INFO cluster``) and is
+then spoken to through a cluster client, which follows its slots to the node that holds them;
+each of careflow's scripts touches keys of one slot (one hash tag).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.connection import parse_url
 
+from careflow.exceptions import ConfigurationError
 from careflow.resilience import events
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,  # OOM: at maxmemory with noeviction, every write is refused
+    # a cluster that cannot be reached, has a slot no node serves, or kept redirecting
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
     OSError,
 )
 #: Replies of a Redis that is up but refuses to work right now (a failed background save that
@@ -91,9 +100,13 @@ class RedisLink:
     ) -> None:
         self.url = url
         self.retry_seconds = retry_seconds
-        self.client = redis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout
-        )
+        self._timeouts = {"socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout}
+        #: the client of a single server; it also registers the scripts, whichever client runs them
+        self.client = redis.Redis.from_url(url, **self._timeouts)
+        #: the client of a Redis Cluster, once the server said it is one of its nodes
+        self.cluster: redis.RedisCluster | None = None
+        self._kind_known = False
+        self._kind_lock = threading.Lock()
         self.fallback_events = 0
         self.recoveries = 0
         self._down = False
@@ -113,8 +126,8 @@ class RedisLink:
         if self._down and time.monotonic() < self._retry_at:
             return DOWN
         try:
-            value = fn(self.client)
-        except (redis.exceptions.RedisError, OSError) as exc:
+            value = fn(self._server_client())
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             if not unavailable(exc):
                 raise
             self._mark_down(exc)
@@ -122,6 +135,25 @@ class RedisLink:
         if self._down:
             self._mark_up()
         return value
+
+    def _server_client(self) -> Any:
+        """The client that speaks to the server: a cluster client where it is a Redis Cluster node.
+
+        The server is asked once, at the first call that reaches it.
+        """
+        if not self._kind_known:
+            with self._kind_lock:
+                if not self._kind_known:
+                    try:
+                        cluster = bool(self.client.info("cluster").get("cluster_enabled"))
+                    except redis.exceptions.ResponseError as exc:
+                        if not str(exc).startswith("SELECT is not allowed in cluster mode"):
+                            raise
+                        cluster = True  # a cluster node refused the database the URL names
+                    if cluster:
+                        self.cluster = _cluster_client(self.url, self._timeouts)
+                    self._kind_known = True
+        return self.cluster if self.cluster is not None else self.client
 
     def _mark_down(self, exc: BaseException) -> None:
         with self._lock:
@@ -148,6 +180,17 @@ class RedisLink:
             "Redis at %s is reachable again: circuit breakers and caches use it again", redact(self.url)
         )
         events.emit("breaker_redis_recovered", url=redact(self.url))
+
+
+def _cluster_client(url: str, timeouts: dict[str, float]) -> redis.RedisCluster:
+    """A cluster client that starts from the node at ``url``; a cluster has database 0 only."""
+    db = int(parse_url(url).get("db") or 0)
+    if db != 0:
+        raise ConfigurationError(
+            f"careflow_redis: {redact(url)} is a node of a Redis Cluster, which has database 0 only, "
+            f"and the connection names database {db}: set it to 0"
+        )
+    return redis.RedisCluster.from_url(url, **timeouts)
 
 
 _links: dict[str, RedisLink] = {}

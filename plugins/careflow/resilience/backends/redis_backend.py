@@ -1,11 +1,13 @@
 """Breaker state in Redis, shared by every worker; each step is one Lua script run (atomic).
 
-Keys (``{name}`` is a hash tag, so one breaker's keys share a cluster slot):
+Keys (``{breakers}`` is a hash tag: in a Redis Cluster the script touches a breaker's state, its
+log and the set of names at once, which must therefore share a slot):
 
-- ``<prefix>:breaker:{<name>}`` hash: the fields of :class:`~careflow.resilience.state_machine.State`
-- ``<prefix>:breaker:{<name>}:log`` list: transitions, newest first, the last 100
-- ``<prefix>:breakers`` set: every breaker name, added by the script whenever it writes a state
-  (a breaker's first call does), so a Redis that lost its data (FLUSHALL, a restart without
+- ``<prefix>:{breakers}:state:<name>`` hash: the fields of
+  :class:`~careflow.resilience.state_machine.State`
+- ``<prefix>:{breakers}:log:<name>`` list: transitions, newest first, the last 100
+- ``<prefix>:{breakers}:names`` set: every breaker name, added by the script whenever it writes a
+  state (a breaker's first call does), so a Redis that lost its data (FLUSHALL, a restart without
   persistence) lists every breaker in use again
 
 Time is Redis' ``TIME`` inside the script, never a worker's clock. When Redis is unreachable the
@@ -51,6 +53,8 @@ from careflow.resilience.state_machine import (
 )
 
 STATE_TTL_MS = 7 * 24 * 3600 * 1000  # an idle breaker is forgotten after a week (it starts closed again)
+#: the hash tag of every breaker key: one Redis Cluster slot for all of them (a few keys a provider)
+SLOT_TAG = "{breakers}"
 FALLBACK = "local-fallback"
 """What answers while Redis is unreachable: state local to this machine (or process), not to every worker."""
 
@@ -119,10 +123,13 @@ class RedisBackend:
         return self.link.fallback_events
 
     def state_key(self, name: str) -> str:
-        return f"{self.prefix}:breaker:{{{name}}}"
+        return f"{self.prefix}:{SLOT_TAG}:state:{name}"
+
+    def log_key(self, name: str) -> str:
+        return f"{self.prefix}:{SLOT_TAG}:log:{name}"
 
     def _names_key(self) -> str:
-        return f"{self.prefix}:breakers"
+        return f"{self.prefix}:{SLOT_TAG}:names"
 
     def _args(self, name: str, op: str, config: BreakerConfig, extra: list) -> list:
         now = repr(float(self._clock())) if self._clock is not None else ""
@@ -144,8 +151,7 @@ class RedisBackend:
         ]
 
     def _run(self, name: str, op: str, config: BreakerConfig, extra: list) -> dict | None:
-        key = self.state_key(name)
-        keys = [key, f"{key}:log", self._names_key()]
+        keys = [self.state_key(name), self.log_key(name), self._names_key()]
         args = self._args(name, op, config, extra)
         raw = self.link.run(lambda client: self._script(keys=keys, args=args, client=client))
         if raw is DOWN:
@@ -198,7 +204,7 @@ class RedisBackend:
         return State.from_fields(data["state"]), float(data["now"]), "redis"
 
     def transitions(self, name: str, limit: int = 50) -> list[dict]:
-        key = f"{self.state_key(name)}:log"
+        key = self.log_key(name)
         raw = self.link.run(lambda client: client.lrange(key, 0, max(limit, 1) - 1))
         if raw is DOWN:
             return self.fallback.transitions(name, limit)
