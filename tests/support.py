@@ -352,21 +352,22 @@ def redis_cluster(root: Path, nodes: int = 3) -> Iterator[str]:
         raise RuntimeError("a Redis Cluster for the tests needs the redis-server binary on PATH")
     root.mkdir(parents=True, exist_ok=True)
     ports = [_free_port_pair() for _ in range(nodes)]
-    processes = [
-        subprocess.Popen(
+    servers = [
+        GroupedProcess(
+            f"redis-server {port}",
             [
                 server,
                 "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                 "--cluster-config-file", str(root / f"nodes-{port}.conf"), "--dir", str(root),
                 "--save", "", "--appendonly", "no",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
         )
         for port in ports
     ]  # fmt: skip
     clients = [redis.Redis(port=port) for port in ports]
     try:
+        for node in servers:  # killed with the test process however it ends (a harness's SIGKILL too)
+            node.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)
         for client in clients:
             deadline = time.monotonic() + 10
             while True:
@@ -395,6 +396,6 @@ def redis_cluster(root: Path, nodes: int = 3) -> Iterator[str]:
     finally:
         for client in clients:
             client.close()
-        for process in processes:
-            process.kill()
-            process.wait(10)
+        for node in servers:
+            node.signal(signal.SIGKILL)  # nothing of theirs is kept
+            node.finish(grace_s=10)
