@@ -52,7 +52,7 @@ from urllib.parse import quote
 import msgspec
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from careflow.providers.http1 import Answer, ConnectFailed, Http1Pool, Origin, RequestLost
+from careflow.providers.http1 import Answer, ConnectFailed, Http1Pool, Origin, RequestLost, proxy_for
 
 log = logging.getLogger("careflow.providers")
 
@@ -492,7 +492,10 @@ class ProviderClient:
     (the circuit breaker and the metrics key on it); ``max_throttle_wait`` the longest shared
     pause a 429 may impose on a batch before the rest of it comes back ``NOT_SENT``. A URL that
     is not ``http(s)://host[:port][/path]`` or a token that cannot go in an HTTP header is a
-    ValueError here, before anything is sent.
+    ValueError here, before anything is sent. Where the environment names a proxy for the URL's
+    scheme (``HTTPS_PROXY``, ``HTTP_PROXY``; ``NO_PROXY`` respected), every connection goes through
+    it (:func:`~careflow.providers.http1.proxy_for`); one that is not an ``http://`` URL is a
+    ValueError here too.
 
     Once the provider answers a send with a configuration error (wrong token or URL), the client
     sends nothing more: every later message, in this batch or the next, comes back ``NOT_SENT``
@@ -521,6 +524,7 @@ class ProviderClient:
         if not all(0x20 <= ord(c) < 0x7F for c in token):
             raise ValueError("the provider token must be printable ASCII: it goes in an HTTP header")
         self._origin = origin
+        self._proxy = proxy_for(origin)
         self.max_concurrency = int(max_concurrency)
         self.timeout = float(timeout)
         self.name = name
@@ -554,6 +558,7 @@ class ProviderClient:
             read_timeout=self.timeout,
             total_timeout=2 * self.timeout,
             keepalive=30.0,
+            proxy=self._proxy,
         )
         return _Transport(pool, asyncio.Semaphore(self.max_concurrency), asyncio.get_running_loop())
 

@@ -25,12 +25,17 @@ other error before the request's first byte): the provider cannot have the messa
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import os
+import socket
 import ssl
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -112,6 +117,54 @@ class Origin:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """An HTTP proxy the requests to an origin go through, in a tunnel it opens (``CONNECT``)."""
+
+    host: str
+    port: int
+    #: the ``Proxy-Authorization`` value (Basic) from the user and password in the proxy's URL
+    authorization: str | None
+    #: the proxy's URL without its password, for messages
+    name: str
+
+
+def proxy_for(origin: Origin) -> Proxy | None:
+    """The proxy the environment names for ``origin``, or None to connect directly.
+
+    ``HTTPS_PROXY`` or ``HTTP_PROXY`` by the origin's scheme (either case; ``ALL_PROXY`` not read),
+    unless ``NO_PROXY`` names the host, as curl and Python's ``urllib`` read them. A loopback origin
+    (``localhost``, 127.0.0.0/8, ``::1``) is always reached directly: a proxy's loopback is its own.
+    ValueError naming the variable's value (without its password) when it is not an ``http://``
+    proxy URL.
+    """
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(origin.scheme)
+    if not url or _loopback(origin.host) or urllib.request.proxy_bypass(origin.host):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    name = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(
+            f"the {origin.scheme} proxy the environment names ({name}) must be an http:// proxy URL "
+            "such as http://proxy.internal:3128"
+        )
+    authorization = None
+    if parts.username is not None:
+        user_and_password = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(user_and_password.encode()).decode("ascii")
+    return Proxy(parts.hostname, parts.port or 80, authorization, name)
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return False
+
+
 _contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
 
 
@@ -126,6 +179,24 @@ def default_ssl_context() -> ssl.SSLContext:
     if context is None:
         context = _contexts[key] = ssl.create_default_context()
     return context
+
+
+async def _open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A non-blocking socket connected to ``host``:``port``, each of its addresses tried in turn."""
+    failure: OSError | None = None
+    for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            failure = exc
+            continue
+        return sock
+    raise failure or OSError(f"{host} has no address")
 
 
 class _Connection(asyncio.Protocol):
@@ -325,8 +396,11 @@ class Http1Pool:
         total_timeout: float,
         keepalive: float = 30.0,
         ssl_context: Callable[[], ssl.SSLContext] = default_ssl_context,
+        proxy: Proxy | None = None,
     ) -> None:
         self.origin = origin
+        #: where connections go through to the origin (None: straight to it)
+        self.proxy = proxy
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -429,13 +503,18 @@ class Http1Pool:
             context = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
+                if self.proxy is None:
+                    where: dict[str, Any] = {"host": origin.host, "port": origin.port}
+                else:
+                    where = {"sock": await self._tunnel(loop, self.proxy)}
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop),
-                    origin.host,
-                    origin.port,
                     ssl=context,
                     server_hostname=origin.host if context is not None else None,
+                    **where,
                 )
+        except ConnectFailed:
+            raise
         except ssl.SSLCertVerificationError as exc:
             raise ConnectFailed(
                 f"the server's TLS certificate was refused: {exc.verify_message}", certificate=True
@@ -445,6 +524,31 @@ class Http1Pool:
         except Exception as exc:  # refused, DNS, TLS; a name the resolver cannot encode (UnicodeError)
             raise ConnectFailed(f"could not connect: {type(exc).__name__}: {exc}") from exc
         return connection
+
+    async def _tunnel(self, loop: asyncio.AbstractEventLoop, proxy: Proxy) -> socket.socket:
+        """A socket to ``proxy`` that it has tunnelled to the origin: TLS and requests go through it."""
+        host = f"[{self.origin.host}]" if ":" in self.origin.host else self.origin.host
+        target = f"{host}:{self.origin.port}"
+        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        if proxy.authorization is not None:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        sock = await _open_socket(loop, proxy.host, proxy.port)
+        try:
+            await loop.sock_sendall(sock, f"{head}\r\n".encode("ascii"))
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = await loop.sock_recv(sock, 4096)
+                if not chunk or len(answer) > 65_536:
+                    raise ConnectFailed(f"the proxy {proxy.name} did not answer CONNECT {target}")
+                answer += chunk
+            status = answer.split(b"\r\n", 1)[0].decode("latin-1")
+            version, _, rest = status.partition(" ")
+            if not (version.startswith("HTTP/1.") and rest[:1] == "2" and answer.endswith(b"\r\n\r\n")):
+                raise ConnectFailed(f"the proxy {proxy.name} refused a tunnel to {target}: {status[:200]}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     @staticmethod
     def _close(connection: _Connection) -> None:
