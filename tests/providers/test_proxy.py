@@ -175,6 +175,23 @@ def test_a_proxy_that_refuses_the_tunnel_is_a_connect_failure_that_names_it(
     assert "wrong" not in result.error_message  # the password is never in a message
 
 
+def test_a_proxy_that_cannot_be_reached_is_named_in_the_connect_failure(
+    no_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once it is closed
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    [result] = ProviderClient("http://provider.test:8025", "t", max_concurrency=1).send_batch(
+        [make_message(1)]
+    )
+    assert result.outcome is Outcome.TRANSIENT and not result.request_sent
+    assert result.error_message is not None
+    assert result.error_message.startswith(
+        f"could not connect to the proxy http://127.0.0.1:{port}: ConnectionRefused"
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "url", "expected"),
     [

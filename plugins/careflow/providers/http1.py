@@ -532,7 +532,12 @@ class Http1Pool:
         head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
         if proxy.authorization is not None:
             head += f"Proxy-Authorization: {proxy.authorization}\r\n"
-        sock = await _open_socket(loop, proxy.host, proxy.port)
+        try:
+            sock = await _open_socket(loop, proxy.host, proxy.port)
+        except OSError as exc:  # refused, DNS
+            raise ConnectFailed(
+                f"could not connect to the proxy {proxy.name}: {type(exc).__name__}: {exc}"
+            ) from exc
         try:
             await loop.sock_sendall(sock, f"{head}\r\n".encode("ascii"))
             answer = b""
