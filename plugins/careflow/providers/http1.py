@@ -2,12 +2,14 @@
 
 The provider client sends one request per message, so on a busy worker the CPU each exchange
 costs bounds the send rate. A general-purpose client (aiohttp) spends most of its time on what
-these requests never need: redirects, cookies, proxies, compression, multipart, streaming
-readers and tracing hooks. This one does only what the provider's API asks for:
+these requests never need: redirects, cookies, compression, multipart, streaming readers and
+tracing hooks. This one does only what the provider's API asks for:
 
 - one origin (``http`` or ``https``), a keep-alive pool of connections to it, reused newest
   first and dropped after ``keepalive`` idle seconds; ``warm`` opens some ahead of the first
   requests, which take them over as they come;
+- each connection straight to the origin or through a tunnel that the proxy the environment
+  names opens (``CONNECT``; :func:`proxy_for`);
 - one request at a time per connection (no pipelining), its head written in one piece;
 - answers framed by ``Content-Length``, by chunks or by the connection closing, parsed by
   ``httptools`` (the C parser of Node's ``llhttp``), a head of at most ``MAX_HEAD`` bytes and
