@@ -41,16 +41,14 @@ class TunnelProxy:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        self._threads: list[threading.Thread] = []
         self._start(self._accept)
 
     def url(self, user_info: str = "") -> str:
         return f"http://{user_info}127.0.0.1:{self.port}"
 
-    def _start(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+    @staticmethod
+    def _start(target: Callable[..., None], *args: object) -> None:
+        threading.Thread(target=target, args=args, daemon=True).start()
 
     def _accept(self) -> None:
         while True:
