@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,12 +324,33 @@ class GroupedProcess:
             self.process.wait(10)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.5) -> Any:
+    """Call ``probe`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as exc:  # a component still starting answers with connection errors
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
 def _free_port_pair() -> int:
     """A TCP port free now whose Redis Cluster bus port (10,000 above it) is free too."""
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        port = free_port()
         if port + 10_000 > 65_535:
             continue
         with socket.socket() as bus:
@@ -343,8 +365,6 @@ def _free_port_pair() -> int:
 def redis_cluster(root: Path, nodes: int = 3) -> Iterator[str]:
     """A Redis Cluster of ``nodes`` primaries of its own (each a redis-server holding a third of the
     slots), stopped at the end; yields the URL of its first node, as a clinic would configure it."""
-    import time
-
     import redis
 
     server = shutil.which("redis-server")
@@ -368,30 +388,27 @@ def redis_cluster(root: Path, nodes: int = 3) -> Iterator[str]:
     try:
         for node in servers:  # killed with the test process however it ends (a harness's SIGKILL too)
             node.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)
-        for client in clients:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.exceptions.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+        wait_for(
+            f"the test Redis Cluster's nodes on ports {ports}",
+            lambda: all(c.ping() for c in clients),
+            10,
+            0.05,
+        )
         bounds = [16_384 * n // nodes for n in range(nodes + 1)]
         for n, client in enumerate(clients):
             client.execute_command("CLUSTER ADDSLOTSRANGE", bounds[n], bounds[n + 1] - 1)
         for port in ports[1:]:
             clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
-        deadline = time.monotonic() + 30
 
         def ready(info: dict[str, Any]) -> bool:
             return info.get("cluster_state") == "ok" and int(info["cluster_known_nodes"]) == nodes
 
-        while not all(ready(c.execute_command("CLUSTER INFO")) for c in clients):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the test Redis Cluster on ports {ports} did not come up")
-            time.sleep(0.1)
+        wait_for(
+            f"the test Redis Cluster on ports {ports} to form",
+            lambda: all(ready(c.execute_command("CLUSTER INFO")) for c in clients),
+            30,
+            0.1,
+        )
         yield f"redis://127.0.0.1:{ports[0]}/0"
     finally:
         for client in clients:

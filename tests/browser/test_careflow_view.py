@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from careflow.providers.fake_server import FakeProviderServer
-from support import EXAMPLES, REPO, airflow_env
+from support import EXAMPLES, REPO, airflow_env, free_port
 
 from .chromium import Chromium, find_chromium, new_page
 
@@ -47,12 +46,6 @@ def chromium_binary() -> str:
             pytest.fail("chromium is not installed; .ci/run installs it before the tests")
         pytest.skip("chromium is not installed (apt-get install chromium); the browser test needs it")
     return binary
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> str:
@@ -135,7 +128,7 @@ def server(
             [*careflow, "simulate", "--workflow", "all", "--start", DEMO_START, "--days", "2", "--json"], env
         )
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp / "api-server.log").open("w")
     api = subprocess.Popen(

@@ -56,6 +56,8 @@ for extra in (REPO / "plugins", TESTS):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+from support import free_port  # noqa: E402 - importable once the tests' folder is on the path
+
 ENGINE_FAULTS = (
     "worker_kill",
     "postgres_restart",
@@ -73,12 +75,6 @@ RECORDED = ("skipped", "failed", "expired")
 
 def log(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def workflow_doc(workflow_id: str, batch_size: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from support import GroupedProcess
+from support import GroupedProcess, free_port, wait_for
 
 TESTS = Path(__file__).resolve().parent.parent
 REPO = TESTS.parent
@@ -39,29 +39,6 @@ BIN = Path(sys.executable).parent
 PG_SERVER = os.environ.get("CAREFLOW_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 ADMIN = "admin"
 TERMINAL = {"success", "failed"}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.5) -> Any:
-    """Call ``probe`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except Exception as exc:  # a component still starting answers with connection errors
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class StatsdListener:

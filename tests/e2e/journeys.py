@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from careflow.providers.fake_server import FakeProviderServer
+from support import wait_for
 
-from .cluster import Cluster, wait_for
+from .cluster import Cluster
 from .scenario import AFTERCARE, BOOKING, Cohort, dag_id, e164, now_utc
 
 

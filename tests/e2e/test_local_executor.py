@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from careflow.providers.fake_server import FakeProviderServer
+from support import wait_for
 
-from .cluster import Cluster, wait_for
+from .cluster import Cluster
 from .conftest import start_cluster
 from .journeys import aftercare_journey, booking_journey
 from .scenario import Cohort

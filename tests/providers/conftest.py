@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import email.utils
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from careflow.providers.client import Message
 from careflow.providers.fake_server import FakeProviderServer
+from support import free_port
 
 PHONE = "+821055501234"
 BODY = "Kim Minji, your implant check-up is tomorrow at 10:00"
@@ -47,12 +47,6 @@ def fake(fake_server: FakeProviderServer) -> FakeProviderServer:
     """The shared fake provider, cleared and back to its starting knobs."""
     fake_server.reset()
     return fake_server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class AppThread:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.providers.conftest import make_message
+from tests.providers.conftest import free_port, make_message
 from tests.providers.test_http1 import accepted
 
 from careflow.providers.client import Outcome, ProviderClient
@@ -176,9 +176,7 @@ def test_a_proxy_that_refuses_the_tunnel_is_a_connect_failure_that_names_it(
 def test_a_proxy_that_cannot_be_reached_is_named_in_the_connect_failure(
     no_proxy_env: pytest.MonkeyPatch,
 ) -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]  # nothing listens there once it is closed
+    port = free_port()
     no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
     [result] = ProviderClient("http://provider.test:8025", "t", max_concurrency=1).send_batch(
         [make_message(1)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import shutil
-import socket
 import subprocess
 import time
 
@@ -20,6 +19,7 @@ from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 from careflow.resilience.cache import Cache
 from careflow.resilience.redis_link import RedisLink
 from careflow.resilience.state_machine import State
+from support import free_port
 
 from .conftest import DEAD_REDIS_URL, REDIS_URL
 
@@ -132,12 +132,6 @@ def test_cache_without_redis_works_in_process():
     assert (stats["backend"], stats["hits"], stats["misses"], stats["size"]) == ("local-fallback", 1, 1, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_redis(port: int, workdir) -> subprocess.Popen:
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -164,7 +158,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_the_breaker_file_is_opened_only_once_redis_cannot_answer(tmp_path, breaker_file):
-    port = _free_port()
+    port = free_port()
     proc = _start_redis(port, tmp_path)
     try:
         link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=60)
@@ -186,7 +180,7 @@ def test_the_breaker_file_is_opened_only_once_redis_cannot_answer(tmp_path, brea
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_redis_restart_fallback_then_recovery(tmp_path, emitted):
-    port = _free_port()
+    port = free_port()
     proc = _start_redis(port, tmp_path)
     try:
         link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=0.2)
@@ -230,7 +224,7 @@ def test_a_probe_granted_by_the_breaker_file_is_answered_there_after_redis_came_
     config = BreakerConfig(
         consecutive_failures=2, open_seconds=1, probe_timeout_seconds=2, half_open_probes=1
     )
-    port = _free_port()
+    port = free_port()
     proc = _start_redis(port, tmp_path)
     try:
         link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=0.05)
@@ -263,7 +257,7 @@ def test_a_probe_granted_by_the_breaker_file_is_answered_there_after_redis_came_
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_result_counts_only_on_the_backend_that_granted_its_permit(tmp_path, breaker_file):
-    port = _free_port()
+    port = free_port()
     proc = _start_redis(port, tmp_path)
     try:
         link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_seconds=0.05)
@@ -302,7 +296,7 @@ def test_a_result_counts_only_on_the_backend_that_granted_its_permit(tmp_path, b
 def test_a_redis_that_refuses_writes_is_down_for_the_breaker(tmp_path, emitted):
     from careflow.resilience.backends.redis_backend import RedisBackend
 
-    port = _free_port()
+    port = free_port()
     proc = _start_redis(port, tmp_path)
     try:
         client = redis.Redis(port=port)
