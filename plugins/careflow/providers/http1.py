@@ -113,10 +113,18 @@ class Origin:
         return cls(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
 
     @property
+    def authority(self) -> str:
+        """``host:port``, an IPv6 address in brackets: what a proxy's ``CONNECT`` names."""
+        return f"{self._bracketed_host}:{self.port}"
+
+    @property
     def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
+        return self._bracketed_host if self.port == default else self.authority
+
+    @property
+    def _bracketed_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
 
 
 @dataclass(frozen=True)
@@ -529,8 +537,7 @@ class Http1Pool:
 
     async def _tunnel(self, loop: asyncio.AbstractEventLoop, proxy: Proxy) -> socket.socket:
         """A socket to ``proxy`` that it has tunnelled to the origin: TLS and requests go through it."""
-        host = f"[{self.origin.host}]" if ":" in self.origin.host else self.origin.host
-        target = f"{host}:{self.origin.port}"
+        target = self.origin.authority
         head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
         if proxy.authorization is not None:
             head += f"Proxy-Authorization: {proxy.authorization}\r\n"
