@@ -80,7 +80,12 @@ class TunnelProxy:
             return
         host, port = target.rsplit(":", 1)
         assert host == "provider.test", target
-        upstream = socket.create_connection(("127.0.0.1", int(port)))
+        try:
+            upstream = socket.create_connection(("127.0.0.1", int(port)))
+        except OSError:  # the provider is down: what a proxy answers then
+            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            return
         client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         self._start(self._pump, client, upstream)
         self._pump(upstream, client)
@@ -155,15 +160,16 @@ def test_https_goes_through_the_tunnel_with_the_provider_s_certificate_checked(
     assert [target for target, _ in proxy.connects] == [f"provider.test:{port}"] * 2
 
 
-def test_a_proxy_that_refuses_the_tunnel_is_a_connect_failure_that_names_it(
+def test_a_proxy_that_refuses_the_credentials_is_a_configuration_error_that_names_it(
     no_proxy_env: pytest.MonkeyPatch, proxy: TunnelProxy
 ) -> None:
     no_proxy_env.setenv("HTTP_PROXY", proxy.url("careflow:wrong@"))
-    [result] = ProviderClient("http://provider.test:8025", "t", max_concurrency=1).send_batch(
-        [make_message(1)]
-    )
-    assert result.outcome is Outcome.TRANSIENT and result.error_code == "connect_failed"
-    assert not result.request_sent
+    client = ProviderClient("http://provider.test:8025", "t", max_concurrency=1)
+    result, rest = client.send_batch([make_message(1), make_message(2)])
+    # waiting will not mend a wrong password: the batch stops and the alert says why
+    assert result.outcome is Outcome.CONFIGURATION and result.error_code == "proxy_refused"
+    assert rest.outcome is Outcome.NOT_SENT and client.refused
+    assert not result.request_sent and len(proxy.connects) == 1
     assert result.error_message is not None
     assert (
         f"the proxy http://127.0.0.1:{proxy.port} refused a tunnel to provider.test:8025"
@@ -171,6 +177,20 @@ def test_a_proxy_that_refuses_the_tunnel_is_a_connect_failure_that_names_it(
     )
     assert "407 Proxy Authentication Required" in result.error_message
     assert "wrong" not in result.error_message  # the password is never in a message
+
+
+def test_a_proxy_that_cannot_reach_the_provider_is_a_transient_connect_failure(
+    no_proxy_env: pytest.MonkeyPatch, proxy: TunnelProxy
+) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", proxy.url("careflow:p%40ss@"))
+    port = free_port()  # nothing listens there: the proxy answers 502
+    [result] = ProviderClient(f"http://provider.test:{port}", "t", max_concurrency=1).send_batch(
+        [make_message(1)]
+    )
+    assert result.outcome is Outcome.TRANSIENT and result.error_code == "connect_failed"
+    assert not result.request_sent
+    assert result.error_message is not None
+    assert "502 Bad Gateway" in result.error_message
 
 
 def test_a_proxy_that_cannot_be_reached_is_named_in_the_connect_failure(

@@ -10,7 +10,9 @@ outcome                 when                                                    
 ``ACCEPTED``            2xx with a well-formed ``{"id", "status"}``               record as sent
 ``DUPLICATE``           409: the key was already accepted                         record as sent
 ``PERMANENT``           400/422 (and other 4xx): this message will never go       record as failed
-``CONFIGURATION``       401/403/404/3xx: credentials or URL wrong; batch stops    alert, do not retry
+``CONFIGURATION``       401/403/404/3xx, a refused TLS certificate, a proxy       alert, do not retry
+                        refusing the tunnel (407…): credentials or URL wrong;
+                        batch stops
 ``THROTTLED``           429; the rest of the batch waits ``Retry-After``          retry later
 ``TRANSIENT``           5xx, 408, or the request never left (refused, DNS,        retry (same key)
                         connect timeout: ``request_sent=False``)
@@ -384,11 +386,11 @@ def classify_response(
 def classify_exception(key: str, exc: BaseException, latency_ms: float = 0.0) -> SendResult:
     """Turn a transport failure into a ``SendResult``: did the request leave or not?"""
     if isinstance(exc, ConnectFailed):
-        if exc.certificate:
+        if exc.configuration is not None:
             return SendResult(
                 key,
                 Outcome.CONFIGURATION,
-                error_code="tls_certificate",
+                error_code=exc.configuration,
                 error_message=str(exc)[:200],
                 latency_ms=latency_ms,
             )

@@ -54,10 +54,12 @@ _KEPT = frozenset({b"retry-after", b"content-length", b"transfer-encoding"})
 class ConnectFailed(ConnectionError):
     """No connection could be opened; nothing of the request was written."""
 
-    def __init__(self, message: str, *, certificate: bool = False) -> None:
+    def __init__(self, message: str, *, configuration: str | None = None) -> None:
         super().__init__(message)
-        #: the server's TLS certificate was refused (a configuration error, not an outage)
-        self.certificate = certificate
+        #: set where waiting will not mend it (a configuration error, not an outage): the code
+        #: ``tls_certificate`` (the server's certificate was refused) or ``proxy_refused`` (the proxy
+        #: answered the tunnel with a 4xx such as 407: its credentials or its rules)
+        self.configuration = configuration
 
 
 class RequestLost(ConnectionError):
@@ -527,7 +529,8 @@ class Http1Pool:
             raise
         except ssl.SSLCertVerificationError as exc:
             raise ConnectFailed(
-                f"the server's TLS certificate was refused: {exc.verify_message}", certificate=True
+                f"the server's TLS certificate was refused: {exc.verify_message}",
+                configuration="tls_certificate",
             ) from exc
         except TimeoutError as exc:
             raise ConnectFailed(f"no connection within {self.connect_timeout:g}s") from exc
@@ -558,7 +561,13 @@ class Http1Pool:
             status = answer.split(b"\r\n", 1)[0].decode("latin-1")
             version, _, rest = status.partition(" ")
             if not (version.startswith("HTTP/1.") and rest[:1] == "2" and answer.endswith(b"\r\n\r\n")):
-                raise ConnectFailed(f"the proxy {proxy.name} refused a tunnel to {target}: {status[:200]}")
+                # 407 (its credentials), 403 (its rules), 405 (no CONNECT there): wrong until
+                # someone changes them; 408, 429 and 5xx (the provider unreachable from it): an outage.
+                refused = rest[:1] == "4" and rest[:3] not in ("408", "429")
+                raise ConnectFailed(
+                    f"the proxy {proxy.name} refused a tunnel to {target}: {status[:200]}",
+                    configuration="proxy_refused" if refused else None,
+                )
         except BaseException:
             sock.close()
             raise
