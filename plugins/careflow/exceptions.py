@@ -64,7 +64,16 @@ class ProviderError(CareflowError):
 
 
 class ProviderConfigurationError(ProviderError):
-    """The provider refused careflow's credentials (401/403): stop and alert, do not retry."""
+    """Sending cannot work as configured: stop and alert, do not retry.
+
+    ``problem`` says which: ``http_<status>`` (the provider refused the token, 401/403, or the
+    base URL is wrong, 404/405/3xx), ``tls_certificate`` (the provider's certificate is not
+    trusted) or ``proxy_refused`` (the proxy refused the tunnel, 407…).
+    """
+
+    def __init__(self, message: str, problem: str) -> None:
+        self.problem = problem
+        super().__init__(message)
 
 
 class BreakerOpen(CareflowError):

@@ -18,6 +18,7 @@ from careflow.airflow import alerts
 from careflow.airflow.factory import build_dag
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.resilience import events
+from careflow.resilience.cache import forget_caches
 from careflow.store.db import dispose_engines
 from careflow.store.migrations import upgrade
 
@@ -49,6 +50,7 @@ def _simulated_day(
     monkeypatch.setenv("CAREFLOW_REDIS_URL", "")
     monkeypatch.setenv("CAREFLOW_BREAKER_DB", str(tmp_path / "breakers.db"))
     dispose_engines()
+    forget_caches()  # the sent keys of another test's database
     engine = create_engine(url)
     upgrade(engine)
     data = clinic_data(engine)
@@ -418,6 +420,48 @@ def test_the_deadline_is_not_alerted_for_a_run_that_only_waits_for_its_wake(
     assert len(webhook) == (1 if alerted else 0)
 
 
+def test_a_proxy_that_refuses_the_tunnel_alerts_once_naming_the_proxy_and_keeps_the_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from tests.providers.test_proxy import PROXY_ENV, TunnelProxy
+
+    engine, data, dag, context = _simulated_day(tmp_path, monkeypatch)
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    proxy = TunnelProxy(credentials="careflow:right")
+    try:
+        with FakeProviderServer() as provider:
+            port = provider.url.rsplit(":", 1)[1]
+            monkeypatch.setenv("HTTP_PROXY", proxy.url("careflow:wrong@"))
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the alerts' webhook: straight to it
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+                json.dumps({"conn_type": "http", "host": f"http://provider.test:{port}", "password": "t"}),
+            )
+            dag.get_task("booked").execute(context)
+            dag.get_task("hour_later").execute(context)
+            with pytest.raises(AirflowFailException) as failed:
+                dag.get_task("notice").execute(context)  # fails at once: retries would find it as it is
+            assert not provider.messages()
+    finally:
+        proxy.close()
+    dispose_engines()
+
+    assert f"the proxy http://127.0.0.1:{proxy.port} refused a tunnel" in str(failed.value)
+    assert "HTTPS_PROXY" in str(failed.value) and "wrong" not in str(failed.value)
+    assert len(webhook) == 1, webhook
+    (alert,) = webhook
+    assert "the proxy refused a tunnel to the messaging provider" in alert["text"]
+    assert "407 Proxy Authentication Required" in alert["text"] and "wrong" not in alert["text"]
+    assert f"workflow {WORKFLOW['id']}" in alert["text"] and "node notice" in alert["text"]
+    with engine.connect() as conn:  # nothing lost: the node's messages wait for a working proxy
+        statuses = conn.execute(text("SELECT status FROM careflow_messages")).scalars().all()
+    assert statuses and set(statuses) == {"pending"}
+    posted = json.dumps(webhook, ensure_ascii=False)
+    assert not [s for s in patient_strings(data) if s in posted]
+
+
 def test_without_the_connection_alerts_are_only_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -427,7 +471,9 @@ def test_without_the_connection_alerts_are_only_logged(
     assert "circuit breaker x opened" in caplog.text
 
 
-def _configuration_alert(run_id: str = "scheduled__2026-03-04T00:00:00+00:00", **fields: Any) -> None:
+def _configuration_alert(
+    run_id: str = "scheduled__2026-03-04T00:00:00+00:00", problem: str = "connection_missing", **fields: Any
+) -> None:
     alerts.on_event(
         "provider_configuration_error",
         workflow_id=WORKFLOW["id"],
@@ -435,9 +481,56 @@ def _configuration_alert(run_id: str = "scheduled__2026-03-04T00:00:00+00:00", *
         run_id=run_id,
         channel="sms",
         connection="careflow_messaging",
-        problem="connection_missing",
+        problem=problem,
         **fields,
     )
+
+
+@pytest.mark.parametrize(
+    ("result", "error", "title"),
+    [
+        (
+            {"status_code": 401, "error_code": "unauthorized"},
+            "the provider refused careflow's credentials (HTTP 401) while workflow w node n was sending: "
+            "fix the token of the careflow_messaging connection",
+            "the messaging provider refused careflow's credentials",
+        ),
+        (
+            {"status_code": 404, "error_code": "http_404"},
+            "the provider answered HTTP 404 to POST /v1/messages while workflow w node n was sending: "
+            "check the base URL (host) of the careflow_messaging connection",
+            "the messaging provider answered HTTP 404 to careflow's messages",
+        ),
+        (
+            {"error_code": "tls_certificate", "error_message": "the server's TLS certificate was refused: x"},
+            "the server's TLS certificate was refused: x while workflow w node n was sending: trust the CA "
+            "that signed it (SSL_CERT_FILE) or fix the host of the careflow_messaging connection",
+            "the messaging provider's TLS certificate is not trusted",
+        ),
+        (
+            {
+                "error_code": "proxy_refused",
+                "error_message": "the proxy http://proxy.internal:3128 refused …",
+            },
+            "the proxy http://proxy.internal:3128 refused … while workflow w node n was sending: fix the proxy "
+            "the workers' environment names (HTTPS_PROXY, its user and password)",
+            "the proxy refused a tunnel to the messaging provider",
+        ),
+    ],
+)
+def test_each_configuration_problem_says_what_to_fix_in_the_error_and_the_alert(
+    result: dict[str, Any], error: str, title: str, webhook: list[dict[str, Any]]
+) -> None:
+    from careflow.engine.actions import _configuration_stop
+    from careflow.providers.client import Outcome, SendResult
+
+    stop = _configuration_stop(SendResult("k", Outcome.CONFIGURATION, **result), "workflow w node n")
+    assert str(stop) == error
+    _configuration_alert(problem=stop.problem, error=str(stop))
+    (alert,) = webhook
+    assert title in alert["text"]
+    if result.get("status_code") != 401:  # the others carry the error's own words
+        assert error in alert["text"]
 
 
 @pytest.mark.parametrize("redis", ["shared", "stopped", "none"])

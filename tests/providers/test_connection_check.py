@@ -71,3 +71,23 @@ def test_a_server_that_answers_404_to_everything_fails(
 def test_a_wrong_token_fails(fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:
     ok, message = check(monkeypatch, fake.url, "wrong")
     assert not ok and "401" in message
+
+
+def test_a_proxy_that_refuses_the_tunnel_fails_in_its_own_words(
+    fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.providers.test_proxy import PROXY_ENV, TunnelProxy
+
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    proxy = TunnelProxy(credentials="careflow:right")
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url("careflow:wrong@"))
+        ok, message = check(monkeypatch, fake.url.replace("127.0.0.1", "provider.test"), fake.token)
+    finally:
+        proxy.close()
+    assert not ok
+    assert message.startswith(
+        f"could not reach the provider: the proxy http://127.0.0.1:{proxy.port} refused"
+    )
+    assert "407 Proxy Authentication Required" in message and "wrong" not in message

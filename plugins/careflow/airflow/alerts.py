@@ -492,8 +492,9 @@ async def _only_the_wake_is_left(dag_id: str, run_id: str) -> bool:
 def _configuration_problem(fields: dict[str, Any]) -> tuple[str, str]:
     """Title and detail of a ``provider_configuration_error`` alert, by the event's ``problem``.
 
-    Without one, the provider refused the token (401/403); ``connection_missing`` and
-    ``connection_unusable`` are the action task's messaging connection, before anything was sent.
+    ``connection_missing`` and ``connection_unusable`` are the action task's messaging connection,
+    before anything was sent; the others stopped a batch (:class:`ProviderConfigurationError`):
+    ``http_<status>``, ``tls_certificate``, ``proxy_refused``. Without one, a refused token.
     """
     connection = str(fields.get("connection") or settings.MESSAGING_CONN_ID)
     problem = fields.get("problem")
@@ -509,10 +510,18 @@ def _configuration_problem(fields: dict[str, Any]) -> tuple[str, str]:
             f"the {connection} connection is not usable",
             f"Sending stopped for this node; its messages stay due. {scrub(str(fields.get('error') or ''))}",
         )
-    return (
-        "the messaging provider refused careflow's credentials",
-        "Sending stopped for this node. Fix the token of the careflow_messaging connection.",
-    )
+    stopped = f"Sending stopped for this node; its messages stay due. {scrub(str(fields.get('error') or ''))}"
+    if problem == "tls_certificate":
+        return "the messaging provider's TLS certificate is not trusted", stopped
+    if problem == "proxy_refused":
+        return "the proxy refused a tunnel to the messaging provider", stopped
+    if problem in (None, "http_401", "http_403"):
+        return (
+            "the messaging provider refused careflow's credentials",
+            "Sending stopped for this node. Fix the token of the careflow_messaging connection.",
+        )
+    status = str(problem).removeprefix("http_")
+    return f"the messaging provider answered HTTP {status} to careflow's messages", stopped
 
 
 def on_event(event: str, **fields: Any) -> None:

@@ -39,7 +39,7 @@ from careflow.store import tables
 from careflow.workflow.timezones import zone, zone_or
 
 if TYPE_CHECKING:
-    from careflow.providers.client import LeaseDeadline
+    from careflow.providers.client import LeaseDeadline, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -1337,10 +1337,30 @@ def _record(
         )
     if configuration_error is not None:
         report.stop_reason = "provider_configuration"
-        raise ProviderConfigurationError(
-            f"the provider refused careflow's credentials (HTTP {configuration_error.status_code}) while "
-            f"workflow {ctx.workflow_id} node {node.id} was sending: fix the careflow_messaging connection"
+        raise _configuration_stop(configuration_error, f"workflow {ctx.workflow_id} node {node.id}")
+
+
+def _configuration_stop(result: SendResult, where: str) -> ProviderConfigurationError:
+    """The error that stops a node whose send came back ``CONFIGURATION``, saying what to fix."""
+    status = result.status_code
+    if status in (401, 403):
+        problem, what = f"http_{status}", f"the provider refused careflow's credentials (HTTP {status})"
+        fix = "fix the token of the careflow_messaging connection"
+    elif status is not None:
+        problem, what = f"http_{status}", f"the provider answered HTTP {status} to POST /v1/messages"
+        fix = "check the base URL (host) of the careflow_messaging connection"
+    elif result.error_code == "tls_certificate":
+        problem, what = (
+            "tls_certificate",
+            result.error_message or "the provider's TLS certificate was refused",
         )
+        fix = (
+            "trust the CA that signed it (SSL_CERT_FILE) or fix the host of the careflow_messaging connection"
+        )
+    else:  # the proxy's own answer, and its URL without the password, are in the message
+        problem, what = "proxy_refused", result.error_message or "the proxy refused the tunnel"
+        fix = "fix the proxy the workers' environment names (HTTPS_PROXY, its user and password)"
+    return ProviderConfigurationError(f"{what} while {where} was sending: {fix}", problem)
 
 
 def _decided(

@@ -108,6 +108,8 @@ class MessagingHook(BaseHook):
             return False, str(exc)
         result = next(iter(found.values()))
         if result is not None and result.outcome is Outcome.CONFIGURATION:
+            if result.status_code is None:  # its certificate, or the proxy: in their own words
+                return False, f"could not reach the provider: {result.error_message or result.error_code}"
             return False, f"provider refused the connection ({result.error_code}, HTTP {result.status_code})"
         if result is not None:
             return False, f"provider did not answer as expected ({result.error_code})"

@@ -73,7 +73,7 @@ class ActionOperator(CareflowNodeOperator):
         try:
             report = process_node(ctx, self.careflow_node_id)
         except ProviderConfigurationError as exc:
-            self._configuration_error(ctx)
+            self._configuration_error(ctx, problem=exc.problem, error=str(exc))
             raise AirflowFailException(str(exc)) from exc
         finally:
             self._sending = False
@@ -108,7 +108,7 @@ class ActionOperator(CareflowNodeOperator):
             )
 
     def _configuration_error(self, ctx: Any, **problem: Any) -> None:
-        """This node's ``provider_configuration_error`` event (an alert); ``problem`` says what, when not a refused token."""
+        """This node's ``provider_configuration_error`` event (an alert); ``problem`` says what."""
         ctx.event(
             "provider_configuration_error",
             node_id=self.careflow_node_id,
