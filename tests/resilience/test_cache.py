@@ -208,7 +208,7 @@ def test_a_warmed_cache_reads_in_one_round_trip(prefix, monkeypatch):
     admin.script_flush()
     assert cold.get_many(["k1", "k2"]) == {}
     # the server's kind asked (a single server or a cluster), registered, the script refused, loaded, run
-    assert commands == ["INFO", "SADD", "EVALSHA", "SCRIPT LOAD", "EVALSHA"]
+    assert commands == ["CLUSTER INFO", "SADD", "EVALSHA", "SCRIPT LOAD", "EVALSHA"]
 
 
 def test_warming_a_cache_without_redis_or_with_redis_down_does_nothing(prefix):

@@ -9,7 +9,7 @@ tried again at most every ``retry_seconds`` so an outage costs no connect timeou
 Each change (up -> down, down -> up) is logged once, counted in ``fallback_events`` and emitted as
 ``breaker_redis_fallback`` / ``breaker_redis_recovered`` (see :mod:`careflow.resilience.events`).
 
-A Redis Cluster is told apart at the first call that reaches the server (``INFO cluster``) and is
+A Redis Cluster is told apart at the first call that reaches the server (``CLUSTER INFO``) and is
 then spoken to through a cluster client, which follows its slots to the node that holds them;
 each of careflow's scripts touches keys of one slot (one hash tag).
 """
@@ -144,16 +144,32 @@ class RedisLink:
         if not self._kind_known:
             with self._kind_lock:
                 if not self._kind_known:
-                    try:
-                        cluster = bool(self.client.info("cluster").get("cluster_enabled"))
-                    except redis.exceptions.ResponseError as exc:
-                        if not str(exc).startswith("SELECT is not allowed in cluster mode"):
-                            raise
-                        cluster = True  # a cluster node refused the database the URL names
+                    cluster = self._is_cluster()
                     if cluster:
                         self.cluster = _cluster_client(self.url, self._timeouts)
                     self._kind_known = True
         return self.cluster if self.cluster is not None else self.client
+
+    def _is_cluster(self) -> bool:
+        """Whether the server is a node of a Redis Cluster (``CLUSTER INFO``, which ACLs that
+        deny ``@dangerous`` commands such as ``INFO`` allow)."""
+        try:
+            self.client.execute_command("CLUSTER INFO")
+        except redis.exceptions.ResponseError as exc:
+            message = str(exc)
+            if "cluster support disabled" in message:
+                return False
+            if message.startswith("SELECT is not allowed in cluster mode"):
+                return True  # a cluster node refused the database the URL names
+            if isinstance(exc, redis.exceptions.NoPermissionError):
+                log.warning(
+                    "careflow_redis: the user of %s may not run CLUSTER INFO; careflow takes the server "
+                    "for a single Redis, not a node of a Redis Cluster",
+                    redact(self.url),
+                )
+                return False
+            raise
+        return True
 
     def _mark_down(self, exc: BaseException) -> None:
         with self._lock:
