@@ -462,6 +462,45 @@ def test_a_proxy_that_refuses_the_tunnel_alerts_once_naming_the_proxy_and_keeps_
     assert not [s for s in patient_strings(data) if s in posted]
 
 
+@pytest.mark.redis
+def test_a_redis_cluster_with_a_database_other_than_0_fails_the_task_at_once_with_an_alert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]], redis_cluster_url: str
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from careflow.resilience.breaker import forget_breakers
+    from careflow.resilience.redis_link import forget_links
+
+    engine, data, dag, context = _simulated_day(tmp_path, monkeypatch)
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", redis_cluster_url.rsplit("/", 1)[0] + "/2")
+    forget_breakers()
+    forget_links()
+    try:
+        with FakeProviderServer() as provider:
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_CAREFLOW_MESSAGING",
+                json.dumps({"conn_type": "http", "host": provider.url, "password": provider.token}),
+            )
+            dag.get_task("booked").execute(context)
+            dag.get_task("hour_later").execute(context)
+            with pytest.raises(AirflowFailException) as failed:
+                dag.get_task("notice").execute(context)
+            assert not provider.messages()
+    finally:
+        forget_breakers()
+        forget_links()
+        dispose_engines()
+
+    assert "careflow_redis" in str(failed.value) and "database 2" in str(failed.value)
+    (alert,) = webhook
+    assert "the careflow_redis connection is not usable" in alert["text"]
+    assert "Redis Cluster, which has database 0 only" in alert["text"]
+    with engine.connect() as conn:  # nothing was claimed: the node's messages stay due
+        assert not conn.execute(text("SELECT count(*) FROM careflow_messages")).scalar()
+        steps = conn.execute(text("SELECT status FROM careflow_steps WHERE node_id = 'notice'")).scalars()
+        assert set(steps) == {"pending"}
+
+
 def test_without_the_connection_alerts_are_only_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -432,7 +432,12 @@ _default_backend: BreakerBackend | None = None
 
 
 def default_backend() -> BreakerBackend:
-    """Redis when ``careflow.settings.redis_url()`` names one, else the embedded SQLite file."""
+    """Redis when ``careflow.settings.redis_url()`` names one, else the embedded SQLite file.
+
+    A Redis that answers is asked its kind at once, so that a setup that cannot work (a Redis
+    Cluster with a database other than 0) is a :class:`~careflow.exceptions.ConfigurationError`
+    here, where the task that asks for a breaker can say so, and not at each send.
+    """
     global _default_backend
     with _registry_lock:
         if _default_backend is None:
@@ -443,7 +448,9 @@ def default_backend() -> BreakerBackend:
                 from careflow.resilience.backends.redis_backend import RedisBackend
                 from careflow.resilience.redis_link import link_for
 
-                _default_backend = RedisBackend(link_for(url))
+                link = link_for(url)
+                link.run(lambda client: None)  # unreachable: the fallbacks, until it answers
+                _default_backend = RedisBackend(link)
             else:
                 from careflow.resilience.backends.sqlite_backend import EmbeddedBackend
 

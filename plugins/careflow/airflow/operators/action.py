@@ -9,6 +9,7 @@ from typing import Any
 
 from careflow.airflow.operators.base import CareflowNodeOperator
 from careflow.exceptions import ConfigurationError, ConnectionMissing, ProviderConfigurationError
+from careflow.settings import REDIS_CONN_ID
 
 #: The pool that caps concurrent send tasks against the messaging provider (created by setup).
 PROVIDER_POOL = "careflow_messaging"
@@ -66,7 +67,10 @@ class ActionOperator(CareflowNodeOperator):
                 ctx.sender = hook.get_client()
             except ConfigurationError as exc:
                 raise self._connection_problem(ctx, hook.careflow_conn_id, exc) from exc
-            breaker = _breaker(f"{getattr(ctx.sender, 'name', 'default')}:{self.channel}")
+            try:
+                breaker = _breaker(f"{getattr(ctx.sender, 'name', 'default')}:{self.channel}")
+            except ConfigurationError as exc:  # careflow_redis names a setup that cannot work
+                raise self._connection_problem(ctx, REDIS_CONN_ID, exc) from exc
             ctx.gate = breaker.gate() if breaker is not None else None
             ctx.sent_keys = _sent_keys()
         self._sending = True
