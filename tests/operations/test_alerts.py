@@ -328,9 +328,15 @@ def test_an_alert_posted_in_the_background_reads_its_webhook_before_its_thread_s
         ("manual__2026-12-03T22:47:18.123456Z", "manual__2026-12-03T22:47:18.123456Z"),
         ("010-2026-0304 and 2026-03-04 01055512345", "<number> and 2026-03-04 <number>"),
         ("not a date: 2026-13-40", "not a date: <number>"),
+        (
+            "the proxy http://10.20.0.7:3128 refused; redis://192.168.100.250:6379/2",
+            "the proxy http://10.20.0.7:3128 refused; redis://192.168.100.250:6379/2",
+        ),
+        ("not an address: 010.5551.2345 or 82.10.5551.2345", "not an address: <number> or <number>"),
+        ("nor 10.20.300.7 nor 1.2.3.4.5", "nor <number> nor <number>"),
     ],
 )
-def test_an_alert_tells_dates_and_masks_phone_numbers(text: str, told: str) -> None:
+def test_an_alert_tells_dates_and_addresses_and_masks_phone_numbers(text: str, told: str) -> None:
     assert alerts.scrub(text) == told
 
 
@@ -453,6 +459,7 @@ def test_a_proxy_that_refuses_the_tunnel_alerts_once_naming_the_proxy_and_keeps_
     assert len(webhook) == 1, webhook
     (alert,) = webhook
     assert "the proxy refused a tunnel to the messaging provider" in alert["text"]
+    assert f"the proxy http://127.0.0.1:{proxy.port} refused" in alert["text"]
     assert "407 Proxy Authentication Required" in alert["text"] and "wrong" not in alert["text"]
     assert f"workflow {WORKFLOW['id']}" in alert["text"] and "node notice" in alert["text"]
     with engine.connect() as conn:  # nothing lost: the node's messages wait for a working proxy

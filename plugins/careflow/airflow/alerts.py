@@ -52,7 +52,11 @@ _ISO_TIME = re.compile(
     r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
     r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?(?!\d)"
 )
-_CONTACT = re.compile(f"(?P<time>{_ISO_TIME.pattern})|{_PHONE.pattern}")
+#: An IPv4 address (a proxy's, a Redis server's), four numbers of 0 to 255: told, not masked.
+_IPV4 = re.compile(
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])"
+)
+_CONTACT = re.compile(f"(?P<time>{_ISO_TIME.pattern}|{_IPV4.pattern})|{_PHONE.pattern}")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _recent: dict[tuple[str, ...], float] = {}
 _recent_lock = threading.Lock()
@@ -118,7 +122,7 @@ class Alert:
 
 
 def scrub(text: str, limit: int = 300) -> str:
-    """Mask phone numbers and e-mail addresses and cut to ``limit`` characters; dates stay."""
+    """Mask phone numbers and e-mail addresses and cut to ``limit`` characters; dates and IPv4 addresses stay."""
     text = _EMAIL.sub("<email>", _CONTACT.sub(lambda match: match["time"] or "<number>", text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
