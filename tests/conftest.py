@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from support import EXAMPLES, airflow_env, redis_cluster, upgraded
+from support import EXAMPLES, airflow_env, redis_cluster, redis_tls, self_signed_certificate, upgraded
 
 # Every Airflow import in the test session sees one private home (never ~/airflow); the
 # `airflow_home` fixture migrates its metadata DB once, for the tests that need it.
@@ -149,6 +149,19 @@ def airflow_home() -> Path:
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis Cluster of three primaries of the session's own; the URL of its first node."""
     with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for ``localhost``, 127.0.0.1 and ``provider.test``, and its key."""
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def redis_tls_url(tmp_path_factory: pytest.TempPathFactory, certificate: tuple[Path, Path]) -> Iterator[str]:
+    """A Redis of the session's own that speaks TLS only, with ``certificate``; its ``rediss://`` URL."""
+    with redis_tls(tmp_path_factory.mktemp("redis-tls"), certificate) as url:
         yield url
 
 

@@ -416,3 +416,75 @@ def redis_cluster(root: Path, nodes: int = 3) -> Iterator[str]:
         for node in servers:
             node.signal(signal.SIGKILL)  # nothing of theirs is kept
             node.finish(grace_s=10)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for ``localhost``, 127.0.0.1 and ``provider.test`` and its key, as
+    PEM files in ``folder``; the certificate is its own CA (what ``SSL_CERT_FILE`` can name)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    names = [
+        x509.DNSName("localhost"),
+        x509.DNSName("provider.test"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def redis_tls(root: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
+    """A redis-server of its own that speaks TLS only, with ``certificate``; yields its ``rediss://`` URL."""
+    import redis
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("a TLS Redis for the tests needs the redis-server binary on PATH")
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cert, key = certificate
+    node = GroupedProcess(
+        f"redis-server (TLS) {port}",
+        [
+            server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",
+            "--dir", str(root), "--save", "", "--appendonly", "no",
+        ],
+    )  # fmt: skip
+    client = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(cert))
+    try:
+        node.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)
+        wait_for(f"the test TLS Redis on port {port}", client.ping, 10, 0.05)
+        yield f"rediss://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        node.signal(signal.SIGKILL)
+        node.finish(grace_s=10)

@@ -12,8 +12,9 @@ Wiring (the DAG factory calls :func:`task_callbacks` and :func:`dag_callbacks`):
 - engine and breaker events (``provider_configuration_error``, ``breaker_transition`` to open,
   ``breaker_redis_fallback``) through :mod:`careflow.airflow.observability`, at most once per
   :data:`COOLDOWN_SECONDS` per subject (every process that shares careflow's Redis agrees
-  through it; without Redis, per process); a ``provider_configuration_error`` is the
-  provider refusing the token, or the ``careflow_messaging`` connection missing or unusable;
+  through it; without Redis, per process); a ``provider_configuration_error`` is sending
+  that cannot work as configured (a refused token, a wrong base URL, an untrusted certificate,
+  a proxy's refusal), or the ``careflow_messaging`` or ``careflow_redis`` connection unusable;
 - ``settings.run_deadline_hours``: a ``DeadlineAlert`` on the run's queued time whose
   ``AsyncCallback`` (:func:`run_deadline_missed`) runs in the triggerer (Airflow marks Deadline
   Alerts experimental).
@@ -568,7 +569,7 @@ def on_event(event: str, **fields: Any) -> None:
                 kind="breaker_redis_fallback",
                 title="Redis lost: circuit breakers fall back to each machine's breaker file",
                 detail="Breaker state is shared only by the workers of one machine "
-                f"({scrub(str(fields.get('error') or ''), 80)}).",
+                f"({scrub(str(fields.get('error') or ''), 200)}).",
             )
         )
 

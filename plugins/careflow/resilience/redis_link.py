@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -178,13 +179,14 @@ class RedisLink:
                 return
             self._down = True
             self.fallback_events += 1
+        why = _why_unreachable(exc)
         log.warning(
             "Redis at %s is unreachable (%s): until it is back, circuit breakers use this machine's "
             "breaker file and caches use per-process state",
             redact(self.url),
-            type(exc).__name__,
+            why,
         )
-        events.emit("breaker_redis_fallback", url=redact(self.url), error=type(exc).__name__)
+        events.emit("breaker_redis_fallback", url=redact(self.url), error=why)
 
     def _mark_up(self) -> None:
         with self._lock:
@@ -196,6 +198,17 @@ class RedisLink:
             "Redis at %s is reachable again: circuit breakers and caches use it again", redact(self.url)
         )
         events.emit("breaker_redis_recovered", url=redact(self.url))
+
+
+def _why_unreachable(exc: BaseException) -> str:
+    """What to tell of a Redis that cannot be reached: the error's type, and what to do where it is
+    the server's TLS certificate that was refused (waiting will not mend that)."""
+    if isinstance(exc.__context__, ssl.SSLCertVerificationError):
+        return (
+            f"{type(exc).__name__}: its TLS certificate was refused ({exc.__context__.verify_message}); "
+            "trust the CA that signed it with SSL_CERT_FILE or SSL_CERT_DIR"
+        )
+    return type(exc).__name__
 
 
 def _cluster_client(url: str, timeouts: dict[str, float]) -> redis.RedisCluster:
