@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,41 +31,31 @@ PROXY_ENV = (
 
 
 class TunnelProxy:
-    """A CONNECT proxy on a free port: it tunnels ``provider.test:<port>`` to 127.0.0.1:<port> (a name
-    nothing else resolves, so a request that arrives went through it) and records each CONNECT."""
+    """A CONNECT proxy on a free port, on an event loop of its own: it tunnels ``provider.test:<port>``
+    to 127.0.0.1:<port> (a name nothing else resolves, so a request that arrives went through it)
+    and records each CONNECT. With ``tls``, an ``https://`` proxy: clients speak TLS to it first."""
 
-    def __init__(self, credentials: str | None = None) -> None:
+    def __init__(self, credentials: str | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.credentials = credentials
+        self.tls = tls
         self.connects: list[tuple[str, str | None]] = []  # (target, Proxy-Authorization)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self._start(self._accept)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._tunnel, "127.0.0.1", 0, ssl=tls), self._loop
+        ).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def url(self, user_info: str = "") -> str:
-        return f"http://{user_info}127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{user_info}127.0.0.1:{self.port}"
 
-    @staticmethod
-    def _start(target: Callable[..., None], *args: object) -> None:
-        threading.Thread(target=target, args=args, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            self._start(self._tunnel, client)
-
-    def _tunnel(self, client: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = client.recv(4096)
-            if not chunk:
-                client.close()
-                return
-            head += chunk
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
         lines = head.decode("latin-1").split("\r\n")
         target = lines[0].split(" ")[1]
         fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
@@ -75,37 +65,43 @@ class TunnelProxy:
             "Basic " + base64.b64encode(self.credentials.encode()).decode() if self.credentials else None
         )
         if expected is not None and authorization != expected:
-            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
-            client.close()
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
             return
         host, port = target.rsplit(":", 1)
         assert host == "provider.test", target
         try:
-            upstream = socket.create_connection(("127.0.0.1", int(port)))
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", int(port))
         except OSError:  # the provider is down: what a proxy answers then
-            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-            client.close()
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
             return
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        self._start(self._pump, client, upstream)
-        self._pump(upstream, client)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
+            while chunk := await source.read(65536):
+                sink.write(chunk)
+                await sink.drain()
+        except ConnectionError:
             pass
         finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            sink.close()
 
     def close(self) -> None:
-        self.sock.close()
+        async def stop() -> None:
+            self._server.close()
+            tunnels = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tunnels:
+                task.cancel()
+            await asyncio.gather(*tunnels, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
 
 @pytest.fixture
@@ -118,6 +114,19 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 @pytest.fixture
 def proxy() -> Iterator[TunnelProxy]:
     server = TunnelProxy(credentials="careflow:p@ss")
+    yield server
+    server.close()
+
+
+def _server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+@pytest.fixture
+def tls_proxy(certificate: tuple[Path, Path]) -> Iterator[TunnelProxy]:
+    server = TunnelProxy(credentials="careflow:p@ss", tls=_server_context(certificate))
     yield server
     server.close()
 
@@ -142,9 +151,7 @@ def test_https_goes_through_the_tunnel_with_the_provider_s_certificate_checked(
     proxy: TunnelProxy,
     certificate: tuple[Path, Path],
 ) -> None:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    with ScriptedServer(lambda n, _: accepted(f"p-{n}"), context) as server:
+    with ScriptedServer(lambda n, _: accepted(f"p-{n}"), _server_context(certificate)) as server:
         port = server.url.rsplit(":", 1)[1]
         no_proxy_env.setenv("HTTPS_PROXY", proxy.url("careflow:p%40ss@"))
         origin = f"https://provider.test:{port}"
@@ -158,6 +165,51 @@ def test_https_goes_through_the_tunnel_with_the_provider_s_certificate_checked(
         assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 3
         assert server.requests and all(b"Host: provider.test:" in r for r in server.requests)
     assert [target for target, _ in proxy.connects] == [f"provider.test:{port}"] * 2
+
+
+def test_an_https_proxy_carries_the_provider_s_tls_inside_its_own(
+    no_proxy_env: pytest.MonkeyPatch, tls_proxy: TunnelProxy, certificate: tuple[Path, Path]
+) -> None:
+    no_proxy_env.setenv("SSL_CERT_FILE", str(certificate[0]))  # the proxy's CA, and the provider's
+    no_proxy_env.setenv("HTTPS_PROXY", tls_proxy.url("careflow:p%40ss@"))
+    with ScriptedServer(lambda n, _: accepted(f"p-{n}"), _server_context(certificate)) as server:
+        port = server.url.rsplit(":", 1)[1]
+        client = ProviderClient(f"https://provider.test:{port}", "t", max_concurrency=2)
+        results = client.send_batch([make_message(i) for i in range(6)])
+        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 6
+        assert len(server.requests) == 6 and all(b"Host: provider.test:" in r for r in server.requests)
+    credentials = "Basic " + base64.b64encode(b"careflow:p@ss").decode()
+    assert 1 <= len(tls_proxy.connects) <= 2
+    assert set(tls_proxy.connects) == {(f"provider.test:{port}", credentials)}
+
+
+def test_an_https_proxy_carries_plain_http_too(
+    no_proxy_env: pytest.MonkeyPatch, tls_proxy: TunnelProxy, certificate: tuple[Path, Path]
+) -> None:
+    no_proxy_env.setenv("SSL_CERT_FILE", str(certificate[0]))
+    no_proxy_env.setenv("HTTP_PROXY", tls_proxy.url("careflow:p%40ss@"))
+    with FakeProviderServer(token="t") as fake:
+        port = fake.url.rsplit(":", 1)[1]
+        results = ProviderClient(f"http://provider.test:{port}", "t", max_concurrency=2).send_batch(
+            [make_message(i) for i in range(6)]
+        )
+        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 6
+        assert fake.stats()["accepted"] == 6
+
+
+def test_an_https_proxy_whose_certificate_is_not_trusted_is_a_configuration_error(
+    no_proxy_env: pytest.MonkeyPatch, tls_proxy: TunnelProxy
+) -> None:
+    no_proxy_env.setenv("HTTPS_PROXY", tls_proxy.url("careflow:p%40ss@"))
+    client = ProviderClient("https://provider.test:8443", "t", max_concurrency=1)
+    result, rest = client.send_batch([make_message(1), make_message(2)])
+    assert result.outcome is Outcome.CONFIGURATION and result.error_code == "tls_certificate"
+    assert rest.outcome is Outcome.NOT_SENT and not result.request_sent
+    assert result.error_message is not None
+    assert result.error_message.startswith(
+        f"the proxy https://127.0.0.1:{tls_proxy.port}'s TLS certificate was refused: "
+    )
+    assert tls_proxy.connects == []  # nothing was said to a proxy careflow could not trust
 
 
 def test_a_proxy_that_refuses_the_credentials_is_a_configuration_error_that_names_it(
@@ -215,6 +267,7 @@ def test_a_proxy_that_cannot_be_reached_is_named_in_the_connect_failure(
         ({"HTTPS_PROXY": "http://proxy.internal:3128"}, "https://sms.example.com", ("proxy.internal", 3128)),
         ({"https_proxy": "proxy.internal:3128"}, "https://sms.example.com", ("proxy.internal", 3128)),
         ({"HTTPS_PROXY": "http://proxy.internal"}, "https://sms.example.com", ("proxy.internal", 80)),
+        ({"HTTPS_PROXY": "https://proxy.internal"}, "https://sms.example.com", ("proxy.internal", 443)),
         ({"HTTPS_PROXY": "http://proxy.internal:3128"}, "http://sms.example.com", None),  # HTTP_PROXY's
         ({"HTTP_PROXY": "http://proxy.internal:3128"}, "http://sms.example.com", ("proxy.internal", 3128)),
         (
@@ -246,7 +299,7 @@ def test_a_proxy_that_is_not_an_http_url_is_refused_before_anything_is_sent(
 ) -> None:
     no_proxy_env.setenv("HTTPS_PROXY", "socks5://user:secret@proxy.internal:1080")
     with pytest.raises(
-        ValueError, match=r"\(socks5://proxy.internal:1080\) must be an http:// proxy URL"
+        ValueError, match=r"\(socks5://proxy.internal:1080\) must be an http:// or https:// proxy URL"
     ) as raised:
         ProviderClient("https://sms.example.com", "t")
     assert "secret" not in str(raised.value)

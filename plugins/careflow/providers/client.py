@@ -496,8 +496,8 @@ class ProviderClient:
     is not ``http(s)://host[:port][/path]`` or a token that cannot go in an HTTP header is a
     ValueError here, before anything is sent. Where the environment names a proxy for the URL's
     scheme (``HTTPS_PROXY``, ``HTTP_PROXY``; ``NO_PROXY`` respected), every connection goes through
-    it (:func:`~careflow.providers.http1.proxy_for`); one that is not an ``http://`` URL is a
-    ValueError here too.
+    it (:func:`~careflow.providers.http1.proxy_for`); one that is not an ``http://`` or ``https://``
+    URL is a ValueError here too.
 
     Once the provider answers a send with a configuration error (wrong token or URL), the client
     sends nothing more: every later message, in this batch or the next, comes back ``NOT_SENT``

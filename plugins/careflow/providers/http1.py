@@ -9,7 +9,7 @@ tracing hooks. This one does only what the provider's API asks for:
   first and dropped after ``keepalive`` idle seconds; ``warm`` opens some ahead of the first
   requests, which take them over as they come;
 - each connection straight to the origin or through a tunnel that the proxy the environment
-  names opens (``CONNECT``; :func:`proxy_for`);
+  names opens (``CONNECT``; :func:`proxy_for`), inside TLS to the proxy for an ``https://`` one;
 - one request at a time per connection (no pipelining), its head written in one piece;
 - answers framed by ``Content-Length``, by chunks or by the connection closing, parsed by
   ``httptools`` (the C parser of Node's ``llhttp``), a head of at most ``MAX_HEAD`` bytes and
@@ -139,6 +139,8 @@ class Proxy:
     authorization: str | None
     #: the proxy's URL without its password, for messages
     name: str
+    #: an ``https://`` proxy: TLS to the proxy itself (its certificate checked), the tunnel inside it
+    tls: bool = False
 
 
 def proxy_for(origin: Origin) -> Proxy | None:
@@ -148,7 +150,7 @@ def proxy_for(origin: Origin) -> Proxy | None:
     unless ``NO_PROXY`` names the host, as curl and Python's ``urllib`` read them. A loopback origin
     (``localhost``, 127.0.0.0/8, ``::1``) is always reached directly: a proxy's loopback is its own.
     ValueError naming the variable's value (without its password) when it is not an ``http://``
-    proxy URL.
+    or ``https://`` proxy URL.
     """
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(origin.scheme)
@@ -156,16 +158,17 @@ def proxy_for(origin: Origin) -> Proxy | None:
         return None
     parts = urlsplit(url if "://" in url else f"http://{url}")
     name = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"the {origin.scheme} proxy the environment names ({name}) must be an http:// proxy URL "
-            "such as http://proxy.internal:3128"
+            f"the {origin.scheme} proxy the environment names ({name}) must be an http:// or https:// "
+            "proxy URL such as http://proxy.internal:3128"
         )
     authorization = None
     if parts.username is not None:
         user_and_password = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         authorization = "Basic " + base64.b64encode(user_and_password.encode()).decode("ascii")
-    return Proxy(parts.hostname, parts.port or 80, authorization, name)
+    tls = parts.scheme == "https"
+    return Proxy(parts.hostname, parts.port or (443 if tls else 80), authorization, name, tls)
 
 
 def _loopback(host: str) -> bool:
@@ -209,6 +212,23 @@ async def _open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) ->
             continue
         return sock
     raise failure or OSError(f"{host} has no address")
+
+
+class _TunnelAnswer(asyncio.Protocol):
+    """Reads an ``https://`` proxy's answer to ``CONNECT``: its head (a tunnel's answer has no body)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.answer: asyncio.Future[bytes] = loop.create_future()
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if not self.answer.done() and (b"\r\n\r\n" in self._head or len(self._head) > 65_536):
+            self.answer.set_result(self._head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_result(self._head)
 
 
 class _Connection(asyncio.Protocol):
@@ -507,18 +527,16 @@ class Http1Pool:
             self._close(connection)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
-        origin = self.origin
-        context = None
-        if origin.scheme == "https":
-            if self._ssl is None:
-                self._ssl = self._ssl_context()
-            context = self._ssl
+        origin, proxy = self.origin, self.proxy
+        context = self._verifying() if origin.scheme == "https" else None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if self.proxy is None:
+                if proxy is not None and proxy.tls:
+                    return await self._through_tls_proxy(loop, proxy, context)
+                if proxy is None:
                     where: dict[str, Any] = {"host": origin.host, "port": origin.port}
                 else:
-                    where = {"sock": await self._tunnel(loop, self.proxy)}
+                    where = {"sock": await self._tunnel(loop, proxy)}
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop),
                     ssl=context,
@@ -538,12 +556,13 @@ class Http1Pool:
             raise ConnectFailed(f"could not connect: {type(exc).__name__}: {exc}") from exc
         return connection
 
+    def _verifying(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = self._ssl_context()
+        return self._ssl
+
     async def _tunnel(self, loop: asyncio.AbstractEventLoop, proxy: Proxy) -> socket.socket:
         """A socket to ``proxy`` that it has tunnelled to the origin: TLS and requests go through it."""
-        target = self.origin.authority
-        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-        if proxy.authorization is not None:
-            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
         try:
             sock = await _open_socket(loop, proxy.host, proxy.port)
         except OSError as exc:  # refused, DNS
@@ -551,27 +570,80 @@ class Http1Pool:
                 f"could not connect to the proxy {proxy.name}: {type(exc).__name__}: {exc}"
             ) from exc
         try:
-            await loop.sock_sendall(sock, f"{head}\r\n".encode("ascii"))
+            await loop.sock_sendall(sock, self._connect_request(proxy))
             answer = b""
-            while b"\r\n\r\n" not in answer:
+            while b"\r\n\r\n" not in answer and len(answer) <= 65_536:
                 chunk = await loop.sock_recv(sock, 4096)
-                if not chunk or len(answer) > 65_536:
-                    raise ConnectFailed(f"the proxy {proxy.name} did not answer CONNECT {target}")
+                if not chunk:
+                    break
                 answer += chunk
-            status = answer.split(b"\r\n", 1)[0].decode("latin-1")
-            version, _, rest = status.partition(" ")
-            if not (version.startswith("HTTP/1.") and rest[:1] == "2" and answer.endswith(b"\r\n\r\n")):
-                # 407 (its credentials), 403 (its rules), 405 (no CONNECT there): wrong until
-                # someone changes them; 408, 429 and 5xx (the provider unreachable from it): an outage.
-                refused = rest[:1] == "4" and rest[:3] not in ("408", "429")
-                raise ConnectFailed(
-                    f"the proxy {proxy.name} refused a tunnel to {target}: {status[:200]}",
-                    configuration="proxy_refused" if refused else None,
-                )
+            self._check_tunnel(proxy, answer)
         except BaseException:
             sock.close()
             raise
         return sock
+
+    async def _through_tls_proxy(
+        self, loop: asyncio.AbstractEventLoop, proxy: Proxy, context: ssl.SSLContext | None
+    ) -> _Connection:
+        """A connection to the origin through an ``https://`` proxy: TLS to the proxy, ``CONNECT``
+        inside it, then the origin's own TLS inside the tunnel (for an ``https`` origin)."""
+        try:
+            transport, opening = await loop.create_connection(
+                lambda: _TunnelAnswer(loop),
+                proxy.host,
+                proxy.port,
+                ssl=self._verifying(),
+                server_hostname=proxy.host,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailed(
+                f"the proxy {proxy.name}'s TLS certificate was refused: {exc.verify_message}",
+                configuration="tls_certificate",
+            ) from exc
+        except OSError as exc:  # refused, DNS, TLS
+            raise ConnectFailed(
+                f"could not connect to the proxy {proxy.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            transport.write(self._connect_request(proxy))
+            self._check_tunnel(proxy, await opening.answer)
+            connection = _Connection(loop)
+            if context is None:
+                transport.set_protocol(connection)
+            else:
+                inner = await loop.start_tls(transport, connection, context, server_hostname=self.origin.host)
+                if inner is None:  # the connection closed during the handshake
+                    raise ConnectFailed(f"the tunnel through the proxy {proxy.name} closed during TLS")
+                transport = inner
+            connection.connection_made(transport)
+        except BaseException:
+            transport.abort()
+            raise
+        return connection
+
+    def _connect_request(self, proxy: Proxy) -> bytes:
+        target = self.origin.authority
+        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        if proxy.authorization is not None:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        return f"{head}\r\n".encode("ascii")
+
+    def _check_tunnel(self, proxy: Proxy, answer: bytes) -> None:
+        """Raise :class:`ConnectFailed` unless ``answer`` is the proxy's 2xx to ``CONNECT``."""
+        target = self.origin.authority
+        if b"\r\n\r\n" not in answer:
+            raise ConnectFailed(f"the proxy {proxy.name} did not answer CONNECT {target}")
+        status = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        version, _, rest = status.partition(" ")
+        if not (version.startswith("HTTP/1.") and rest[:1] == "2" and answer.endswith(b"\r\n\r\n")):
+            # 407 (its credentials), 403 (its rules), 405 (no CONNECT there): wrong until
+            # someone changes them; 408, 429 and 5xx (the provider unreachable from it): an outage.
+            refused = rest[:1] == "4" and rest[:3] not in ("408", "429")
+            raise ConnectFailed(
+                f"the proxy {proxy.name} refused a tunnel to {target}: {status[:200]}",
+                configuration="proxy_refused" if refused else None,
+            )
 
     @staticmethod
     def _close(connection: _Connection) -> None:
