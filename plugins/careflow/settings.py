@@ -473,6 +473,34 @@ class MessagingConfig:
     max_concurrency: int = 50
     timeout: float = 10.0
     name: str = "default"
+    #: the proxy the connection names for the base URL's scheme (extra ``proxies``), if any
+    proxy: str | None = None
+
+    @classmethod
+    def of(cls, conn: ConnectionInfo, name: str) -> MessagingConfig:
+        """A messaging connection as a config; ``name`` unless its extra names the provider.
+
+        The extra's ``proxies`` is Airflow's HTTP connections' own: a proxy URL by scheme,
+        ``{"https": "http://proxy.internal:3128"}``; the one for the base URL's scheme is used
+        instead of the environment's.
+        """
+        from careflow.exceptions import ConfigurationError
+
+        base_url = messaging_base_url(conn)
+        proxies = conn.extra.get("proxies") or {}
+        if not isinstance(proxies, dict) or not all(isinstance(v, str) for v in proxies.values()):
+            raise ConfigurationError(
+                f"connection {conn.conn_id!r}: extra.proxies must be an object of proxy URLs by scheme, "
+                'such as {"https": "http://proxy.internal:3128"}'
+            )
+        return cls(
+            base_url=base_url,
+            token=conn.password,
+            max_concurrency=int(conn.extra.get("max_concurrency", 50)),
+            timeout=float(conn.extra.get("timeout", 10)),
+            name=str(conn.extra.get("provider_name", name)),
+            proxy=proxies.get(base_url.split("://", 1)[0]) or None,
+        )
 
 
 def messaging_base_url(conn: ConnectionInfo) -> str:
@@ -511,10 +539,4 @@ def messaging_config() -> MessagingConfig:
             "connection 'careflow_messaging' is not defined: add it (type http, host = provider base URL, "
             "password = bearer token), e.g. AIRFLOW_CONN_CAREFLOW_MESSAGING='http://:TOKEN@127.0.0.1:8025'",
         )
-    return MessagingConfig(
-        base_url=messaging_base_url(conn),
-        token=conn.password,
-        max_concurrency=int(conn.extra.get("max_concurrency", 50)),
-        timeout=float(conn.extra.get("timeout", 10)),
-        name=str(conn.extra.get("provider_name", "default")),
-    )
+    return MessagingConfig.of(conn, "default")

@@ -563,7 +563,7 @@ def _configuration_alert(
                 "error_message": "the proxy http://proxy.internal:3128 refused …",
             },
             "the proxy http://proxy.internal:3128 refused … while workflow w node n was sending: fix the proxy "
-            "the workers' environment names (HTTPS_PROXY, its user and password)",
+            "(the careflow_messaging connection's proxies or the workers' HTTPS_PROXY; its user and password)",
             "the proxy refused a tunnel to the messaging provider",
         ),
     ],

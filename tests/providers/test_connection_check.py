@@ -91,3 +91,57 @@ def test_a_proxy_that_refuses_the_tunnel_fails_in_its_own_words(
         f"could not reach the provider: the proxy http://127.0.0.1:{proxy.port} refused"
     )
     assert "407 Proxy Authentication Required" in message and "wrong" not in message
+
+
+def test_a_proxy_the_connection_names_is_used_instead_of_the_environment_s(
+    fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.providers.test_proxy import PROXY_ENV, TunnelProxy
+
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the environment's: nothing listens there
+    proxy = TunnelProxy(credentials="careflow:right")
+    try:
+        conn = {
+            "conn_type": "http",
+            "host": fake.url.replace("127.0.0.1", "provider.test"),
+            "password": fake.token,
+            "extra": {"proxies": {"http": proxy.url("careflow:right@"), "https": "http://127.0.0.1:9"}},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps(conn))
+        assert MessagingHook().test_connection() == (True, "provider reachable, token accepted")
+        assert proxy.connects and {target for target, _ in proxy.connects} == {
+            f"provider.test:{fake.url.rsplit(':', 1)[1]}"
+        }
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize(
+    ("proxies", "error"),
+    [
+        ("http://proxy.internal:3128", "extra.proxies must be an object of proxy URLs by scheme"),
+        (
+            {"https": "socks5://u:secret@proxy.internal:1080"},
+            "(socks5://proxy.internal:1080) must be an http://",
+        ),
+        ({"https": "http://u:secret@proxy.internal:31280000"}, "has a port that is not 1 to 65535"),
+    ],
+)
+def test_a_proxy_the_connection_cannot_use_is_refused_by_name(
+    proxies: object, error: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from careflow.exceptions import ConfigurationError
+
+    conn = {
+        "conn_type": "http",
+        "host": "https://sms.example.com",
+        "password": "t",
+        "extra": {"proxies": proxies},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps(conn))
+    with pytest.raises(ConfigurationError) as refused:
+        MessagingHook().get_client()
+    assert error in str(refused.value) and "careflow_messaging" in str(refused.value)
+    assert "secret" not in str(refused.value)

@@ -1359,7 +1359,7 @@ def _configuration_stop(result: SendResult, where: str) -> ProviderConfiguration
         )
     else:  # the proxy's own answer, and its URL without the password, are in the message
         problem, what = "proxy_refused", result.error_message or "the proxy refused the tunnel"
-        fix = "fix the proxy the workers' environment names (HTTPS_PROXY, its user and password)"
+        fix = "fix the proxy (the careflow_messaging connection's proxies or the workers' HTTPS_PROXY; its user and password)"
     return ProviderConfigurationError(f"{what} while {where} was sending: {fix}", problem)
 
 

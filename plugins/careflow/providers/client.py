@@ -54,7 +54,15 @@ from urllib.parse import quote
 import msgspec
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from careflow.providers.http1 import Answer, ConnectFailed, Http1Pool, Origin, RequestLost, proxy_for
+from careflow.providers.http1 import (
+    Answer,
+    ConnectFailed,
+    Http1Pool,
+    Origin,
+    RequestLost,
+    parse_proxy,
+    proxy_for,
+)
 
 log = logging.getLogger("careflow.providers")
 
@@ -494,9 +502,10 @@ class ProviderClient:
     (the circuit breaker and the metrics key on it); ``max_throttle_wait`` the longest shared
     pause a 429 may impose on a batch before the rest of it comes back ``NOT_SENT``. A URL that
     is not ``http(s)://host[:port][/path]`` or a token that cannot go in an HTTP header is a
-    ValueError here, before anything is sent. Where the environment names a proxy for the URL's
-    scheme (``HTTPS_PROXY``, ``HTTP_PROXY``; ``NO_PROXY`` respected), every connection goes through
-    it (:func:`~careflow.providers.http1.proxy_for`); one that is not an ``http://`` or ``https://``
+    ValueError here, before anything is sent. Every connection goes through ``proxy`` where it is
+    given (the connection's own), else through the proxy the environment names for the URL's
+    scheme (``HTTPS_PROXY``, ``HTTP_PROXY``; ``NO_PROXY`` respected:
+    :func:`~careflow.providers.http1.proxy_for`); one that is not an ``http://`` or ``https://``
     URL is a ValueError here too.
 
     Once the provider answers a send with a configuration error (wrong token or URL), the client
@@ -514,6 +523,7 @@ class ProviderClient:
         timeout: float = 10.0,
         name: str = "default",
         max_throttle_wait: float = 30.0,
+        proxy: str | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -526,7 +536,7 @@ class ProviderClient:
         if not all(0x20 <= ord(c) < 0x7F for c in token):
             raise ValueError("the provider token must be printable ASCII: it goes in an HTTP header")
         self._origin = origin
-        self._proxy = proxy_for(origin)
+        self._proxy = parse_proxy(proxy, "the proxy") if proxy else proxy_for(origin)
         self.max_concurrency = int(max_concurrency)
         self.timeout = float(timeout)
         self.name = name

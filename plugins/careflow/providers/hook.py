@@ -30,13 +30,7 @@ def _config_for(conn_id: str) -> settings.MessagingConfig:
             f"connection {conn_id!r} is not defined: add it (type http, host = provider base URL, "
             "password = bearer token)",
         )
-    return settings.MessagingConfig(
-        base_url=settings.messaging_base_url(conn),
-        token=conn.password,
-        max_concurrency=int(conn.extra.get("max_concurrency", 50)),
-        timeout=float(conn.extra.get("timeout", 10)),
-        name=str(conn.extra.get("provider_name", conn_id)),
-    )
+    return settings.MessagingConfig.of(conn, conn_id)
 
 
 class MessagingHook(BaseHook):
@@ -75,6 +69,7 @@ class MessagingHook(BaseHook):
                     max_concurrency=config.max_concurrency,
                     timeout=config.timeout,
                     name=config.name,
+                    proxy=config.proxy,
                 )
             except ValueError as exc:
                 raise ConfigurationError(f"connection {self.careflow_conn_id!r}: {exc}") from None

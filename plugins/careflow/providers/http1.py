@@ -156,19 +156,30 @@ def proxy_for(origin: Origin) -> Proxy | None:
     url = proxies.get(origin.scheme)
     if not url or _loopback(origin.host) or urllib.request.proxy_bypass(origin.host):
         return None
+    return parse_proxy(url, f"the {origin.scheme} proxy the environment names")
+
+
+def parse_proxy(url: str, what: str) -> Proxy:
+    """The proxy of a URL (``http://`` or ``https://``, a user and password for Basic
+    authentication); ValueError naming ``what`` and the URL without its password otherwise."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    name = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        raise ValueError(
+            f"{what} ({parts.scheme}://{parts.hostname}) has a port that is not 1 to 65535"
+        ) from None
+    name = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"the {origin.scheme} proxy the environment names ({name}) must be an http:// or https:// "
-            "proxy URL such as http://proxy.internal:3128"
+            f"{what} ({name}) must be an http:// or https:// proxy URL such as http://proxy.internal:3128"
         )
     authorization = None
     if parts.username is not None:
         user_and_password = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         authorization = "Basic " + base64.b64encode(user_and_password.encode()).decode("ascii")
     tls = parts.scheme == "https"
-    return Proxy(parts.hostname, parts.port or (443 if tls else 80), authorization, name, tls)
+    return Proxy(parts.hostname, port or (443 if tls else 80), authorization, name, tls)
 
 
 def _loopback(host: str) -> bool:
