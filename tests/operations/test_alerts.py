@@ -555,7 +555,7 @@ def _configuration_alert(
             {"error_code": "tls_certificate", "error_message": "the server's TLS certificate was refused: x"},
             "the server's TLS certificate was refused: x while workflow w node n was sending: trust the CA "
             "that signed it (SSL_CERT_FILE) or fix the host of the careflow_messaging connection",
-            "the messaging provider's TLS certificate is not trusted",
+            "the TLS certificate of the messaging provider (or its proxy) is not trusted",
         ),
         (
             {

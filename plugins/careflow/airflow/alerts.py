@@ -517,7 +517,7 @@ def _configuration_problem(fields: dict[str, Any]) -> tuple[str, str]:
         )
     stopped = f"Sending stopped for this node; its messages stay due. {scrub(str(fields.get('error') or ''))}"
     if problem == "tls_certificate":
-        return "the messaging provider's TLS certificate is not trusted", stopped
+        return "the TLS certificate of the messaging provider (or its proxy) is not trusted", stopped
     if problem == "proxy_refused":
         return "the proxy refused a tunnel to the messaging provider", stopped
     if problem in (None, "http_401", "http_403"):

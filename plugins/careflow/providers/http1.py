@@ -8,8 +8,9 @@ tracing hooks. This one does only what the provider's API asks for:
 - one origin (``http`` or ``https``), a keep-alive pool of connections to it, reused newest
   first and dropped after ``keepalive`` idle seconds; ``warm`` opens some ahead of the first
   requests, which take them over as they come;
-- each connection straight to the origin or through a tunnel that the proxy the environment
-  names opens (``CONNECT``; :func:`proxy_for`), inside TLS to the proxy for an ``https://`` one;
+- each connection straight to the origin or through a tunnel a proxy opens (``CONNECT``; the
+  connection's, or the environment's: :func:`proxy_for`), inside TLS to the proxy for an
+  ``https://`` one;
 - one request at a time per connection (no pipelining), its head written in one piece;
 - answers framed by ``Content-Length``, by chunks or by the connection closing, parsed by
   ``httptools`` (the C parser of Node's ``llhttp``), a head of at most ``MAX_HEAD`` bytes and
@@ -57,7 +58,7 @@ class ConnectFailed(ConnectionError):
     def __init__(self, message: str, *, configuration: str | None = None) -> None:
         super().__init__(message)
         #: set where waiting will not mend it (a configuration error, not an outage): the code
-        #: ``tls_certificate`` (the server's certificate was refused) or ``proxy_refused`` (the proxy
+        #: ``tls_certificate`` (the provider's or the proxy's certificate was refused) or ``proxy_refused`` (the proxy
         #: answered the tunnel with a 4xx such as 407: its credentials or its rules)
         self.configuration = configuration
 
