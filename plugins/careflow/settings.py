@@ -480,27 +480,35 @@ class MessagingConfig:
     def of(cls, conn: ConnectionInfo, name: str) -> MessagingConfig:
         """A messaging connection as a config; ``name`` unless its extra names the provider.
 
-        The extra's ``proxies`` is Airflow's HTTP connections' own: a proxy URL by scheme,
-        ``{"https": "http://proxy.internal:3128"}``; the one for the base URL's scheme is used
-        instead of the environment's.
+        The proxy is the one the extra's ``proxies`` names for the base URL's scheme
+        (:func:`connection_proxy`), used instead of the environment's.
         """
-        from careflow.exceptions import ConfigurationError
-
         base_url = messaging_base_url(conn)
-        proxies = conn.extra.get("proxies") or {}
-        if not isinstance(proxies, dict) or not all(isinstance(v, str) for v in proxies.values()):
-            raise ConfigurationError(
-                f"connection {conn.conn_id!r}: extra.proxies must be an object of proxy URLs by scheme, "
-                'such as {"https": "http://proxy.internal:3128"}'
-            )
         return cls(
             base_url=base_url,
             token=conn.password,
             max_concurrency=int(conn.extra.get("max_concurrency", 50)),
             timeout=float(conn.extra.get("timeout", 10)),
             name=str(conn.extra.get("provider_name", name)),
-            proxy=proxies.get(base_url.split("://", 1)[0]) or None,
+            proxy=connection_proxy(conn, base_url),
         )
+
+
+def connection_proxy(conn: ConnectionInfo, url: str) -> str | None:
+    """The proxy an HTTP connection names for ``url``'s scheme, or None (then the environment's).
+
+    The extra's ``proxies`` is Airflow's HTTP connections' own: proxy URLs by scheme,
+    ``{"https": "http://proxy.internal:3128"}``. ConfigurationError when it is not that.
+    """
+    from careflow.exceptions import ConfigurationError
+
+    proxies = conn.extra.get("proxies") or {}
+    if not isinstance(proxies, dict) or not all(isinstance(v, str) for v in proxies.values()):
+        raise ConfigurationError(
+            f"connection {conn.conn_id!r}: extra.proxies must be an object of proxy URLs by scheme, "
+            'such as {"https": "http://proxy.internal:3128"}'
+        )
+    return proxies.get(url.split("://", 1)[0].lower()) or None
 
 
 def messaging_base_url(conn: ConnectionInfo) -> str:

@@ -521,6 +521,49 @@ def test_without_the_connection_alerts_are_only_logged(
     assert "circuit breaker x opened" in caplog.text
 
 
+def test_alerts_go_through_the_proxy_the_alerts_connection_names(
+    monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
+) -> None:
+    import os
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    forwarded: list[str] = []
+
+    class Forward(BaseHTTPRequestHandler):
+        """A forward proxy for plain http: its request line names the whole URL, which it passes on."""
+
+        def do_POST(self) -> None:
+            forwarded.append(self.path)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = urllib.request.Request(self.path, data=body, method="POST")
+            request.add_header("Content-Type", "application/json")
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                request, timeout=5
+            ) as answer:
+                self.send_response(answer.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        conn = json.loads(os.environ["AIRFLOW_CONN_CAREFLOW_ALERTS"])
+        conn["extra"] = {"proxies": {"http": f"http://127.0.0.1:{proxy.server_address[1]}"}}
+        monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_ALERTS", json.dumps(conn))
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the environment's, not used: nothing there
+        assert alerts.send_alert(alerts.Alert(kind="breaker_open", title="circuit breaker x opened")) is True
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert forwarded == [conn["host"]]
+    assert len(webhook) == 1 and "circuit breaker x opened" in webhook[0]["text"]
+
+
 def _configuration_alert(
     run_id: str = "scheduled__2026-03-04T00:00:00+00:00", problem: str = "connection_missing", **fields: Any
 ) -> None:

@@ -158,21 +158,31 @@ def workflow_of(dag_id: str | None) -> str | None:
     return dag_id
 
 
-def webhook_url() -> str | None:
-    """The ``careflow_alerts`` webhook URL, or None when the connection is not defined."""
+@dataclass(frozen=True)
+class Webhook:
+    """Where alerts are posted: the URL, and the proxy the connection names for it (else the environment's)."""
+
+    url: str
+    proxy: str | None = None
+
+
+def webhook() -> Webhook | None:
+    """The ``careflow_alerts`` webhook, or None when the connection is not defined or has no host."""
     conn = settings.get_connection(settings.ALERTS_CONN_ID)
     if conn is None:
         return None
     if conn.extra.get("webhook_url"):
-        return str(conn.extra["webhook_url"])
-    host = conn.host
-    if not host:
+        url = str(conn.extra["webhook_url"])
+    elif conn.host:
+        host = conn.host
+        if "://" not in host:
+            scheme = "https" if conn.conn_type == "https" or conn.extra.get("https") else "http"
+            host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+        path = conn.schema or str(conn.extra.get("endpoint") or "")
+        url = host.rstrip("/") + ("/" + path.lstrip("/") if path else "")
+    else:
         return None
-    if "://" not in host:
-        scheme = "https" if conn.conn_type == "https" or conn.extra.get("https") else "http"
-        host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-    path = conn.schema or str(conn.extra.get("endpoint") or "")
-    return host.rstrip("/") + ("/" + path.lstrip("/") if path else "")
+    return Webhook(url, settings.connection_proxy(conn, url))
 
 
 def send_alert(alert: Alert) -> bool:
@@ -194,29 +204,32 @@ def send_in_background(alert: Alert) -> threading.Thread:
     return thread
 
 
-def _read_webhook() -> str | None:
-    """:func:`webhook_url`, or None (said in the log) when the connection cannot be read."""
+def _read_webhook() -> Webhook | None:
+    """:func:`webhook`, or None (said in the log) when the connection cannot be read."""
     try:
-        return webhook_url()
+        return webhook()
     except Exception:
         log.warning("careflow: cannot read the careflow_alerts connection", exc_info=True)
         return None
 
 
-def _post(alert: Alert, url: str | None) -> bool:
-    """Log the alert and post it to ``url`` (None: nowhere); True when the webhook accepted it."""
+def _post(alert: Alert, hook: Webhook | None) -> bool:
+    """Log the alert and post it to ``hook`` (None: nowhere); True when the webhook accepted it."""
     log.warning("%s", alert.text)
     observability.stats_incr(f"careflow.alerts.{observability.part(alert.kind)}")
-    if url is None:
+    if hook is None:
         return False
+    # The connection's proxy, else the environment's (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
+    proxies = {hook.url.split("://", 1)[0].lower(): hook.proxy} if hook.proxy else None
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
     request = urllib.request.Request(
-        url,
+        hook.url,
         data=json.dumps(alert.to_slack(), ensure_ascii=False).encode("utf-8"),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310 (operator-configured URL)
+        with opener.open(request, timeout=TIMEOUT_SECONDS) as response:
             return 200 <= response.status < 300
     except Exception as exc:
         log.error("careflow: alert webhook failed (%s): %s", type(exc).__name__, alert.kind)
