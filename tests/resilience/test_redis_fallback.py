@@ -338,3 +338,24 @@ def test_which_redis_errors_mean_down(error, down):
         with pytest.raises(redis.exceptions.ResponseError):
             link.run(fails)
         assert not link.down
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (
+            "redis+sentinel://:secret@sentinel.internal:26379/mymaster",
+            "must specify one of the following schemes",
+        ),
+        ("redis://:secret@redis.internal:63x9/0", "Port could not be cast to integer"),
+        ("rediss://:secret@redis.internal:6379/careflow", "the database 'careflow' is not a number"),
+    ],
+)
+def test_a_url_careflow_cannot_use_is_refused_by_name_not_taken_for_an_outage(url, why):
+    from careflow.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as refused:
+        RedisLink(url)
+    message = str(refused.value)
+    assert message.startswith("careflow_redis: ") and why in message
+    assert "secret" not in message and "***@" in message

@@ -103,7 +103,7 @@ class RedisLink:
         self.retry_seconds = retry_seconds
         self._timeouts = {"socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout}
         #: the client of a single server; it also registers the scripts, whichever client runs them
-        self.client = redis.Redis.from_url(url, **self._timeouts)
+        self.client = _client(url, self._timeouts)
         #: the client of a Redis Cluster, once the server said it is one of its nodes
         self.cluster: redis.RedisCluster | None = None
         self._kind_known = False
@@ -198,6 +198,22 @@ class RedisLink:
             "Redis at %s is reachable again: circuit breakers and caches use it again", redact(self.url)
         )
         events.emit("breaker_redis_recovered", url=redact(self.url))
+
+
+def _client(url: str, timeouts: dict[str, float]) -> redis.Redis:
+    """The client of ``url``; ConfigurationError naming ``careflow_redis`` for a URL it cannot use."""
+    parts = urlsplit(url)
+    database = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    try:
+        if database and not database.isdigit():  # redis-py would take database 0 instead
+            raise ValueError(f"the database {database!r} is not a number")
+        return redis.Redis.from_url(url, **timeouts)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"careflow_redis: {redact(url)} is not a Redis URL careflow can use ({exc}): "
+            "redis://[[user]:password@]host[:port][/database], rediss://… for TLS, or unix://path; "
+            "a Redis Sentinel is not supported"
+        ) from None
 
 
 def _why_unreachable(exc: BaseException) -> str:
