@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -487,11 +488,30 @@ class MessagingConfig:
         return cls(
             base_url=base_url,
             token=conn.password,
-            max_concurrency=int(conn.extra.get("max_concurrency", 50)),
-            timeout=float(conn.extra.get("timeout", 10)),
+            max_concurrency=int(_extra_number(conn, "max_concurrency", 50, whole=True)),
+            timeout=_extra_number(conn, "timeout", 10),
             name=str(conn.extra.get("provider_name", name)),
             proxy=connection_proxy(conn, base_url),
         )
+
+
+def _extra_number(conn: ConnectionInfo, key: str, default: float, *, whole: bool = False) -> float:
+    """A number in a connection's extra (JSON's, or text such as ``"50"``); ConfigurationError naming it otherwise."""
+    from careflow.exceptions import ConfigurationError
+
+    value = conn.extra.get(key, default)
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        number = float(value)
+        if not math.isfinite(number) or (whole and not number.is_integer()):
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        kind = "a whole number" if whole else "a number"
+        raise ConfigurationError(
+            f"connection {conn.conn_id!r}: extra.{key} must be {kind}, got {value!r}"
+        ) from None
+    return number
 
 
 def connection_proxy(conn: ConnectionInfo, url: str) -> str | None:

@@ -145,3 +145,37 @@ def test_a_proxy_the_connection_cannot_use_is_refused_by_name(
         MessagingHook().get_client()
     assert error in str(refused.value) and "careflow_messaging" in str(refused.value)
     assert "secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ({"max_concurrency": "fifty"}, "extra.max_concurrency must be a whole number, got 'fifty'"),
+        ({"max_concurrency": 2.5}, "extra.max_concurrency must be a whole number, got 2.5"),
+        ({"timeout": "10s"}, "extra.timeout must be a number, got '10s'"),
+        ({"timeout": "nan"}, "extra.timeout must be a number, got 'nan'"),
+        ({"max_concurrency": 0}, "max_concurrency must be at least 1, got 0"),
+    ],
+)
+def test_limits_the_connection_cannot_have_are_refused_by_name(
+    extra: dict[str, object], error: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from careflow.exceptions import ConfigurationError
+
+    conn = {"conn_type": "http", "host": "https://sms.example.com", "password": "t", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps(conn))
+    with pytest.raises(ConfigurationError, match="careflow_messaging") as refused:
+        MessagingHook().get_client()
+    assert error in str(refused.value)
+
+
+def test_limits_given_as_text_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = {
+        "conn_type": "http",
+        "host": "https://sms.example.com",
+        "password": "t",
+        "extra": {"max_concurrency": "20", "timeout": "2.5"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps(conn))
+    client = MessagingHook().get_client()
+    assert (client.max_concurrency, client.timeout) == (20, 2.5)
