@@ -361,15 +361,21 @@ def _free_port_pair() -> int:
         return port
 
 
+def _redis_server(what: str) -> str:
+    """The redis-server binary on PATH; RuntimeError saying what needs it otherwise."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError(f"{what} needs the redis-server binary on PATH")
+    return server
+
+
 @contextlib.contextmanager
 def redis_cluster(root: Path, nodes: int = 3) -> Iterator[str]:
     """A Redis Cluster of ``nodes`` primaries of its own (each a redis-server holding a third of the
     slots), stopped at the end; yields the URL of its first node, as a clinic would configure it."""
     import redis
 
-    server = shutil.which("redis-server")
-    if server is None:
-        raise RuntimeError("a Redis Cluster for the tests needs the redis-server binary on PATH")
+    server = _redis_server("a Redis Cluster for the tests")
     root.mkdir(parents=True, exist_ok=True)
     ports = [_free_port_pair() for _ in range(nodes)]
     servers = [
@@ -465,9 +471,7 @@ def redis_tls(root: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     """A redis-server of its own that speaks TLS only, with ``certificate``; yields its ``rediss://`` URL."""
     import redis
 
-    server = shutil.which("redis-server")
-    if server is None:
-        raise RuntimeError("a TLS Redis for the tests needs the redis-server binary on PATH")
+    server = _redis_server("a TLS Redis for the tests")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cert, key = certificate
