@@ -13,7 +13,7 @@ import pytest
 from tests.providers.conftest import free_port, make_message
 from tests.providers.test_http1 import accepted
 
-from careflow.providers.client import Outcome, ProviderClient
+from careflow.providers.client import Outcome, ProviderClient, SendResult
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.providers.http1 import Origin, proxy_for
 from support import ScriptedServer
@@ -118,6 +118,17 @@ def proxy() -> Iterator[TunnelProxy]:
     server.close()
 
 
+def stopped_by_configuration(origin: str, code: str) -> SendResult:
+    """Two messages to ``origin``, one at a time: the first comes back a configuration error
+    ``code`` with nothing written, and the batch stops there; that first result."""
+    client = ProviderClient(origin, "t", max_concurrency=1)
+    result, rest = client.send_batch([make_message(1), make_message(2)])
+    assert result.outcome is Outcome.CONFIGURATION and result.error_code == code
+    assert rest.outcome is Outcome.NOT_SENT and client.refused and not result.request_sent
+    assert result.error_message is not None
+    return result
+
+
 def _server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*certificate)
@@ -201,11 +212,7 @@ def test_an_https_proxy_whose_certificate_is_not_trusted_is_a_configuration_erro
     no_proxy_env: pytest.MonkeyPatch, tls_proxy: TunnelProxy
 ) -> None:
     no_proxy_env.setenv("HTTPS_PROXY", tls_proxy.url("careflow:p%40ss@"))
-    client = ProviderClient("https://provider.test:8443", "t", max_concurrency=1)
-    result, rest = client.send_batch([make_message(1), make_message(2)])
-    assert result.outcome is Outcome.CONFIGURATION and result.error_code == "tls_certificate"
-    assert rest.outcome is Outcome.NOT_SENT and not result.request_sent
-    assert result.error_message is not None
+    result = stopped_by_configuration("https://provider.test:8443", "tls_certificate")
     assert result.error_message.startswith(
         f"the proxy https://127.0.0.1:{tls_proxy.port}'s TLS certificate was refused: "
     )
@@ -216,13 +223,9 @@ def test_a_proxy_that_refuses_the_credentials_is_a_configuration_error_that_name
     no_proxy_env: pytest.MonkeyPatch, proxy: TunnelProxy
 ) -> None:
     no_proxy_env.setenv("HTTP_PROXY", proxy.url("careflow:wrong@"))
-    client = ProviderClient("http://provider.test:8025", "t", max_concurrency=1)
-    result, rest = client.send_batch([make_message(1), make_message(2)])
     # waiting will not mend a wrong password: the batch stops and the alert says why
-    assert result.outcome is Outcome.CONFIGURATION and result.error_code == "proxy_refused"
-    assert rest.outcome is Outcome.NOT_SENT and client.refused
-    assert not result.request_sent and len(proxy.connects) == 1
-    assert result.error_message is not None
+    result = stopped_by_configuration("http://provider.test:8025", "proxy_refused")
+    assert len(proxy.connects) == 1
     assert (
         f"the proxy http://127.0.0.1:{proxy.port} refused a tunnel to provider.test:8025"
         in result.error_message
