@@ -102,15 +102,19 @@ def test_a_cluster_with_a_database_other_than_0_is_refused_by_name(redis_cluster
 
 
 def test_a_user_denied_dangerous_commands_shares_breakers_and_caches_through_a_single_redis():
-    """A hardened ACL (``+@all -@dangerous``) refuses ``INFO``: careflow asks the kind another way."""
+    """A hardened ACL user (``+@all -@dangerous``, its own keys only) is refused ``INFO``: careflow
+    asks the server's kind another way, and every key it touches is under its prefix."""
     import uuid
 
     admin = redis.Redis.from_url(REDIS_URL)
     user = f"cftest-{uuid.uuid4().hex[:8]}"
-    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@dangerous"])
+    prefix = f"cftest-acl-{user}"
+    # and only careflow's own keys, those under its prefix
+    admin.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=[f"{prefix}*"], commands=["+@all", "-@dangerous"]
+    )
     try:
         url = REDIS_URL.replace("redis://", f"redis://{user}:pw@")
-        prefix = f"cftest-acl-{user}"
         backends = [RedisBackend(RedisLink(url), prefix=prefix) for _ in range(2)]
         with pytest.raises(redis.exceptions.NoPermissionError):
             backends[0].link.client.info("cluster")
