@@ -283,6 +283,21 @@ def test_a_proxy_that_cannot_be_reached_is_named_in_the_connect_failure(
             "https://sms.example.com",
             ("proxy.internal", 3128),
         ),
+        (
+            {"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": "example.com,10.0.0.0/8"},
+            "https://10.20.0.7:8443",
+            None,
+        ),
+        (
+            {"HTTPS_PROXY": "http://proxy.internal:3128", "no_proxy": "10.0.0.0/8, fd00::/8"},
+            "https://[fd00::7]:8443",
+            None,
+        ),
+        (
+            {"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": "10.0.0.0/8,not/a/network"},
+            "https://192.168.0.7:8443",
+            ("proxy.internal", 3128),
+        ),
         ({"HTTP_PROXY": "http://proxy.internal:3128"}, "http://127.0.0.1:8025", None),  # loopback
         ({"HTTP_PROXY": "http://proxy.internal:3128"}, "http://localhost:8025", None),
         ({"HTTP_PROXY": "http://proxy.internal:3128"}, "http://[::1]:8025", None),

@@ -148,7 +148,8 @@ def proxy_for(origin: Origin) -> Proxy | None:
     """The proxy the environment names for ``origin``, or None to connect directly.
 
     ``HTTPS_PROXY`` or ``HTTP_PROXY`` by the origin's scheme (either case; ``ALL_PROXY`` not read),
-    unless ``NO_PROXY`` names the host, as curl and Python's ``urllib`` read them. A loopback origin
+    unless ``NO_PROXY`` names the host (a name, a domain, an address, or a network such as
+    ``10.0.0.0/8`` an address is in), as curl and Python's ``urllib`` read them. A loopback origin
     (``localhost``, 127.0.0.0/8, ``::1``) is always reached directly: a proxy's loopback is its own.
     ValueError naming the variable's value (without its password) when it is not an ``http://``
     or ``https://`` proxy URL.
@@ -157,7 +158,25 @@ def proxy_for(origin: Origin) -> Proxy | None:
     url = proxies.get(origin.scheme)
     if not url or _loopback(origin.host) or urllib.request.proxy_bypass(origin.host):
         return None
+    if _in_a_network(origin.host, proxies.get("no", "")):
+        return None
     return parse_proxy(url, f"the {origin.scheme} proxy the environment names")
+
+
+def _in_a_network(host: str, no_proxy: str) -> bool:
+    """Whether ``host`` is an address in a network ``no_proxy`` names (``10.0.0.0/8``), which
+    ``urllib`` does not read and curl and requests do."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name
+        return False
+    for entry in no_proxy.split(","):
+        try:
+            if "/" in entry and address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def parse_proxy(url: str, what: str) -> Proxy:
