@@ -219,9 +219,7 @@ def _post(alert: Alert, hook: Webhook | None) -> bool:
     observability.stats_incr(f"careflow.alerts.{observability.part(alert.kind)}")
     if hook is None:
         return False
-    # The connection's proxy, else the environment's (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
-    proxies = {hook.url.split("://", 1)[0].lower(): hook.proxy} if hook.proxy else None
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler(_proxies(hook)))
     request = urllib.request.Request(
         hook.url,
         data=json.dumps(alert.to_slack(), ensure_ascii=False).encode("utf-8"),
@@ -234,6 +232,18 @@ def _post(alert: Alert, hook: Webhook | None) -> bool:
     except Exception as exc:
         log.error("careflow: alert webhook failed (%s): %s", type(exc).__name__, alert.kind)
         return False
+
+
+def _proxies(hook: Webhook) -> dict[str, str]:
+    """The webhook's proxy as urllib takes it: the connection's, else the one the environment names
+    for it as the provider client reads it (``NO_PROXY`` networks, a loopback webhook direct)."""
+    try:
+        from careflow.providers.http1 import Origin, environment_proxy
+
+        proxy = hook.proxy or environment_proxy(Origin.parse(hook.url))
+    except ValueError:  # a URL the client would not take: urllib's own reading then
+        return urllib.request.getproxies()
+    return {hook.url.split("://", 1)[0].lower(): proxy} if proxy else {}
 
 
 def _first_time(key: tuple[str, ...], now: float | None = None) -> bool:

@@ -154,13 +154,19 @@ def proxy_for(origin: Origin) -> Proxy | None:
     ValueError naming the variable's value (without its password) when it is not an ``http://``
     or ``https://`` proxy URL.
     """
+    url = environment_proxy(origin)
+    return parse_proxy(url, f"the {origin.scheme} proxy the environment names") if url else None
+
+
+def environment_proxy(origin: Origin) -> str | None:
+    """The URL of the proxy the environment names for ``origin`` (as :func:`proxy_for` reads it), or None."""
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(origin.scheme)
     if not url or _loopback(origin.host) or urllib.request.proxy_bypass(origin.host):
         return None
     if _in_a_network(origin.host, proxies.get("no", "")):
         return None
-    return parse_proxy(url, f"the {origin.scheme} proxy the environment names")
+    return url
 
 
 def _in_a_network(host: str, no_proxy: str) -> bool:
