@@ -487,7 +487,7 @@ class MessagingConfig:
         base_url = messaging_base_url(conn)
         return cls(
             base_url=base_url,
-            token=conn.password,
+            token=conn.password.strip(),  # a bearer token never ends in a line break; a pasted one may
             max_concurrency=int(_extra_number(conn, "max_concurrency", 50, whole=True)),
             timeout=_extra_number(conn, "timeout", 10),
             name=str(conn.extra.get("provider_name", name)),
@@ -537,9 +537,10 @@ def messaging_base_url(conn: ConnectionInfo) -> str:
     ``host`` is the base URL, or its host name alone: then the connection type (``https``), a
     ``schema`` of ``http`` or ``https`` (as Airflow's HTTP hook reads it) or the extra
     ``{"https": true}`` gives the scheme, and ``port`` the port. Any other ``schema`` is the path
-    (where Airflow puts it from a URI like ``https://:TOKEN@sms.example.com/api``).
+    (where Airflow puts it from a URI like ``https://:TOKEN@sms.example.com/api``). Spaces and
+    line breaks around the host (pasted from a secrets manager) are dropped.
     """
-    url = conn.host
+    url = conn.host.strip()
     path = conn.schema.strip("/")
     scheme_in_schema = path.lower() in ("http", "https")
     if not url.startswith(("http://", "https://")):

@@ -284,6 +284,15 @@ def test_the_provider_token_and_base_url_from_airflows_uri(
     assert (config.base_url, config.token) == ("http://api.provider.example:8443", token)
 
 
+def test_spaces_and_line_breaks_pasted_around_the_host_and_the_token_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = {"conn_type": "http", "host": " https://sms.example.com/api \n", "password": "tok-123\n"}
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps(conn))
+    config = settings.messaging_config()
+    assert (config.base_url, config.token) == ("https://sms.example.com/api", "tok-123")
+
+
 def test_a_base_url_of_another_scheme_in_airflows_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.models.connection import Connection
 
