@@ -107,6 +107,10 @@ class ConnectionInfo:
     schema: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Spaces and line breaks around a host (pasted from a secrets manager) are never part of it.
+        object.__setattr__(self, "host", self.host.strip())
+
 
 def airflow_home() -> Path:
     """``$AIRFLOW_HOME`` (default ``~/airflow``)."""
@@ -537,10 +541,9 @@ def messaging_base_url(conn: ConnectionInfo) -> str:
     ``host`` is the base URL, or its host name alone: then the connection type (``https``), a
     ``schema`` of ``http`` or ``https`` (as Airflow's HTTP hook reads it) or the extra
     ``{"https": true}`` gives the scheme, and ``port`` the port. Any other ``schema`` is the path
-    (where Airflow puts it from a URI like ``https://:TOKEN@sms.example.com/api``). Spaces and
-    line breaks around the host (pasted from a secrets manager) are dropped.
+    (where Airflow puts it from a URI like ``https://:TOKEN@sms.example.com/api``).
     """
-    url = conn.host.strip()
+    url = conn.host
     path = conn.schema.strip("/")
     scheme_in_schema = path.lower() in ("http", "https")
     if not url.startswith(("http://", "https://")):

@@ -284,13 +284,23 @@ def test_the_provider_token_and_base_url_from_airflows_uri(
     assert (config.base_url, config.token) == ("http://api.provider.example:8443", token)
 
 
-def test_spaces_and_line_breaks_pasted_around_the_host_and_the_token_are_dropped(
+def test_spaces_and_line_breaks_pasted_around_a_host_and_the_token_are_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     conn = {"conn_type": "http", "host": " https://sms.example.com/api \n", "password": "tok-123\n"}
     monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_MESSAGING", json.dumps(conn))
     config = settings.messaging_config()
     assert (config.base_url, config.token) == ("https://sms.example.com/api", "tok-123")
+    redis = {
+        "conn_type": "redis",
+        "host": "redis.internal\n",
+        "password": "p w ",
+    }  # a password keeps its spaces
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_REDIS", json.dumps(redis))
+    assert settings.redis_url() == "redis://:p%20w%20@redis.internal:6379/0"
+    db = {"conn_type": "postgres", "host": " db.internal ", "login": "careflow", "schema": "careflow"}
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_DB", json.dumps(db))
+    assert settings.db_url() == "postgresql+psycopg2://careflow@db.internal/careflow"
 
 
 def test_a_base_url_of_another_scheme_in_airflows_uri(monkeypatch: pytest.MonkeyPatch) -> None:
