@@ -31,13 +31,11 @@ import asyncio
 import base64
 import ipaddress
 import os
-import socket
 import ssl
 import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -233,26 +231,8 @@ def default_ssl_context() -> ssl.SSLContext:
     return context
 
 
-async def _open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    """A non-blocking socket connected to ``host``:``port``, each of its addresses tried in turn."""
-    failure: OSError | None = None
-    for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, address)
-        except BaseException as exc:
-            sock.close()
-            if not isinstance(exc, OSError):
-                raise
-            failure = exc
-            continue
-        return sock
-    raise failure or OSError(f"{host} has no address")
-
-
 class _TunnelAnswer(asyncio.Protocol):
-    """Reads an ``https://`` proxy's answer to ``CONNECT``: its head (a tunnel's answer has no body)."""
+    """Reads a proxy's answer to ``CONNECT``: its head (a tunnel's answer has no body)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.answer: asyncio.Future[bytes] = loop.create_future()
@@ -568,17 +548,14 @@ class Http1Pool:
         context = self._verifying() if origin.scheme == "https" else None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if proxy is not None and proxy.tls:
-                    return await self._through_tls_proxy(loop, proxy, context)
-                if proxy is None:
-                    where: dict[str, Any] = {"host": origin.host, "port": origin.port}
-                else:
-                    where = {"sock": await self._tunnel(loop, proxy)}
+                if proxy is not None:
+                    return await self._through_proxy(loop, proxy, context)
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop),
+                    origin.host,
+                    origin.port,
                     ssl=context,
                     server_hostname=origin.host if context is not None else None,
-                    **where,
                 )
         except ConnectFailed:
             raise
@@ -598,40 +575,18 @@ class Http1Pool:
             self._ssl = self._ssl_context()
         return self._ssl
 
-    async def _tunnel(self, loop: asyncio.AbstractEventLoop, proxy: Proxy) -> socket.socket:
-        """A socket to ``proxy`` that it has tunnelled to the origin: TLS and requests go through it."""
-        try:
-            sock = await _open_socket(loop, proxy.host, proxy.port)
-        except OSError as exc:  # refused, DNS
-            raise ConnectFailed(
-                f"could not connect to the proxy {proxy.name}: {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            await loop.sock_sendall(sock, self._connect_request(proxy))
-            answer = b""
-            while b"\r\n\r\n" not in answer and len(answer) <= 65_536:
-                chunk = await loop.sock_recv(sock, 4096)
-                if not chunk:
-                    break
-                answer += chunk
-            self._check_tunnel(proxy, answer)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    async def _through_tls_proxy(
+    async def _through_proxy(
         self, loop: asyncio.AbstractEventLoop, proxy: Proxy, context: ssl.SSLContext | None
     ) -> _Connection:
-        """A connection to the origin through an ``https://`` proxy: TLS to the proxy, ``CONNECT``
-        inside it, then the origin's own TLS inside the tunnel (for an ``https`` origin)."""
+        """A connection to the origin in a tunnel ``proxy`` opens (``CONNECT``; inside TLS to the
+        proxy for an ``https://`` one), with the origin's own TLS inside it for an ``https`` origin."""
         try:
             transport, opening = await loop.create_connection(
                 lambda: _TunnelAnswer(loop),
                 proxy.host,
                 proxy.port,
-                ssl=self._verifying(),
-                server_hostname=proxy.host,
+                ssl=self._verifying() if proxy.tls else None,
+                server_hostname=proxy.host if proxy.tls else None,
             )
         except ssl.SSLCertVerificationError as exc:
             raise ConnectFailed(
