@@ -466,6 +466,13 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    """A server's TLS context presenting ``certificate`` (its PEM file and key)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context
+
+
 @contextlib.contextmanager
 def redis_tls(root: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     """A redis-server of its own that speaks TLS only, with ``certificate``; yields its ``rediss://`` URL."""

@@ -19,7 +19,7 @@ from tests.providers.conftest import make_message
 
 from careflow.providers.client import Outcome, ProviderClient
 from careflow.providers.http1 import MAX_ANSWER, ConnectFailed, Http1Pool, Origin, RequestLost
-from support import Answer, ScriptedServer
+from support import Answer, ScriptedServer, server_context
 
 HEAD_CAP = 64 << 10  # bytes of an answer's status line and headers read at most
 
@@ -274,9 +274,7 @@ def test_origin_host_header_keeps_a_non_default_port_and_brackets_ipv6() -> None
 
 @pytest.fixture
 def tls_server(serve: Callable[..., ScriptedServer], certificate: tuple[Path, Path]) -> ScriptedServer:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    return serve(lambda n, _: accepted(f"p-tls-{n}"), tls=context)
+    return serve(lambda n, _: accepted(f"p-tls-{n}"), tls=server_context(certificate))
 
 
 def test_a_certificate_the_system_does_not_trust_is_a_configuration_error(tls_server: ScriptedServer) -> None:

@@ -16,7 +16,7 @@ from tests.providers.test_http1 import accepted
 from careflow.providers.client import Outcome, ProviderClient, SendResult
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.providers.http1 import Origin, proxy_for
-from support import ScriptedServer
+from support import ScriptedServer, server_context
 
 PROXY_ENV = (
     "HTTP_PROXY",
@@ -129,15 +129,9 @@ def stopped_by_configuration(origin: str, code: str) -> SendResult:
     return result
 
 
-def _server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    return context
-
-
 @pytest.fixture
 def tls_proxy(certificate: tuple[Path, Path]) -> Iterator[TunnelProxy]:
-    server = TunnelProxy(credentials="careflow:p@ss", tls=_server_context(certificate))
+    server = TunnelProxy(credentials="careflow:p@ss", tls=server_context(certificate))
     yield server
     server.close()
 
@@ -162,7 +156,7 @@ def test_https_goes_through_the_tunnel_with_the_provider_s_certificate_checked(
     proxy: TunnelProxy,
     certificate: tuple[Path, Path],
 ) -> None:
-    with ScriptedServer(lambda n, _: accepted(f"p-{n}"), _server_context(certificate)) as server:
+    with ScriptedServer(lambda n, _: accepted(f"p-{n}"), server_context(certificate)) as server:
         port = server.url.rsplit(":", 1)[1]
         no_proxy_env.setenv("HTTPS_PROXY", proxy.url("careflow:p%40ss@"))
         origin = f"https://provider.test:{port}"
@@ -183,7 +177,7 @@ def test_an_https_proxy_carries_the_provider_s_tls_inside_its_own(
 ) -> None:
     no_proxy_env.setenv("SSL_CERT_FILE", str(certificate[0]))  # the proxy's CA, and the provider's
     no_proxy_env.setenv("HTTPS_PROXY", tls_proxy.url("careflow:p%40ss@"))
-    with ScriptedServer(lambda n, _: accepted(f"p-{n}"), _server_context(certificate)) as server:
+    with ScriptedServer(lambda n, _: accepted(f"p-{n}"), server_context(certificate)) as server:
         port = server.url.rsplit(":", 1)[1]
         client = ProviderClient(f"https://provider.test:{port}", "t", max_concurrency=2)
         results = client.send_batch([make_message(i) for i in range(6)])
