@@ -526,6 +526,7 @@ def _configuration_problem(fields: dict[str, Any]) -> tuple[str, str]:
     """
     connection = str(fields.get("connection") or settings.MESSAGING_CONN_ID)
     problem = fields.get("problem")
+    stopped = f"Sending stopped for this node; its messages stay due. {scrub(str(fields.get('error') or ''))}"
     if problem == "connection_missing":
         return (
             f"the {connection} connection is not defined",
@@ -534,11 +535,7 @@ def _configuration_problem(fields: dict[str, Any]) -> tuple[str, str]:
             "that holds it answer: the next attempt sends them.",
         )
     if problem == "connection_unusable":
-        return (
-            f"the {connection} connection is not usable",
-            f"Sending stopped for this node; its messages stay due. {scrub(str(fields.get('error') or ''))}",
-        )
-    stopped = f"Sending stopped for this node; its messages stay due. {scrub(str(fields.get('error') or ''))}"
+        return f"the {connection} connection is not usable", stopped
     if problem == "tls_certificate":
         return "the TLS certificate of the messaging provider (or its proxy) is not trusted", stopped
     if problem == "proxy_refused":
