@@ -14,12 +14,14 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import text, update
 
 from careflow.engine import actions
 from careflow.engine.nodes import process_node
 from careflow.providers.client import Outcome, SendResult
 from careflow.store import tables
+from careflow.store.db import transaction
 
 from .harness import (
     Clinic,
@@ -83,6 +85,38 @@ def test_clearing_the_action_task_after_success_resends_nothing(engine, journey,
 
 
 def test_two_workers_racing_on_one_action_send_each_message_once(engine, journey, fake, monkeypatch):
+    _race_two_workers(engine, journey, fake, monkeypatch)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("level", ["serializable", "repeatable read"])
+def test_a_database_that_defaults_to_a_stricter_isolation_changes_nothing(
+    level, db_url, engine, journey, fake, monkeypatch
+):
+    """A clinic database whose DBA set SERIALIZABLE (or REPEATABLE READ) as its default.
+
+    careflow's transactions run READ COMMITTED whatever the default, so two workers racing on one
+    action (each with its recording thread) meet no serialization error and send each message once;
+    the database's default is left as the DBA set it.
+    """
+    with engine.connect() as conn:
+        name = conn.execute(text("SELECT current_database()")).scalar_one()
+        conn.execute(text(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = '{level}'"))
+        conn.commit()
+    engine.dispose()  # the connections opened from now on take the database's default
+    try:
+        with transaction(engine) as conn:
+            assert conn.execute(text("SHOW default_transaction_isolation")).scalar_one() == level
+            assert conn.execute(text("SHOW transaction_isolation")).scalar_one() == "read committed"
+        _race_two_workers(engine, journey, fake, monkeypatch)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" RESET default_transaction_isolation'))
+            conn.commit()
+        engine.dispose()
+
+
+def _race_two_workers(engine, journey, fake, monkeypatch) -> None:
     patients = _setup(engine, fake, 60)
     fake.configure(latency_ms=5)
     j = journey({**DOC, "settings": {"batch_size": 20}})  # several batches: the workers interleave

@@ -13,6 +13,8 @@ from sqlalchemy.engine import Connection, Engine, create_engine
 from careflow import settings
 
 _engines: dict[str, Engine] = {}
+#: The isolation level of every careflow transaction on Postgres (see :func:`get_engine`).
+POSTGRES_ISOLATION = "READ COMMITTED"
 _lock = threading.Lock()
 
 
@@ -101,8 +103,14 @@ def get_engine(url: str | None = None) -> Engine:
                 event.listen(engine, "begin", _sqlite_begin)
             else:
                 # values_plus_batch: bulk UPDATEs go out in pages, not one round trip per row.
+                # READ COMMITTED whatever the server's default: careflow's claims and settles are
+                # written for it (row locks, SKIP LOCKED, a statement seeing what committed before
+                # it), and a clinic database defaulting to REPEATABLE READ or SERIALIZABLE would
+                # fail its concurrent batches with serialization errors. psycopg2 sends the level
+                # with each BEGIN, so a pooler's server connections keep their own defaults.
                 engine = create_engine(
                     url,
+                    isolation_level=POSTGRES_ISOLATION,
                     pool_pre_ping=True,
                     pool_size=5,
                     max_overflow=5,
