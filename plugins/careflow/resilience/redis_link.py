@@ -1,8 +1,9 @@
 """One process's connection to Redis, and what happens when Redis is gone.
 
 Breakers and caches run every Redis call through :meth:`RedisLink.run`. A connection error (or a
-timeout, a read-only replica after a failover, or a Redis refusing writes: out of memory, a
-failed background save) marks the link *down*: the caller gets
+timeout, a read-only replica after a failover, a Redis refusing writes: out of memory, a
+failed background save; or one refusing careflow's credentials or, to an ACL user, a command or
+a key) marks the link *down*: the caller gets
 :data:`DOWN` and uses its fallback instead of failing the send (breakers: the breaker file shared
 by the processes of this machine; caches: per-process memory). While down, Redis is
 tried again at most every ``retry_seconds`` so an outage costs no connect timeout per message.
@@ -45,6 +46,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,  # OOM: at maxmemory with noeviction, every write is refused
+    # an ACL user refused a command or a key careflow needs (a wrong password is a ConnectionError):
+    # the connection is to mend, and meanwhile the fallbacks keep the sends going, as in an outage
+    redis.exceptions.NoPermissionError,
     # a cluster that cannot be reached, has a slot no node serves, or kept redirecting
     redis.exceptions.ClusterError,
     redis.exceptions.RedisClusterException,
@@ -179,9 +183,9 @@ class RedisLink:
                 return
             self._down = True
             self.fallback_events += 1
-        why = _why_unreachable(exc)
+        why = _why_unusable(exc, self.url)
         log.warning(
-            "Redis at %s is unreachable (%s): until it is back, circuit breakers use this machine's "
+            "Redis at %s cannot be used (%s): until it can, circuit breakers use this machine's "
             "breaker file and caches use per-process state",
             redact(self.url),
             why,
@@ -216,13 +220,27 @@ def _client(url: str, timeouts: dict[str, float]) -> redis.Redis:
         ) from None
 
 
-def _why_unreachable(exc: BaseException) -> str:
-    """What to tell of a Redis that cannot be reached: the error's type, and what to do where it is
-    the server's TLS certificate that was refused (waiting will not mend that)."""
+def _why_unusable(exc: BaseException, url: str) -> str:
+    """What to tell of a Redis that cannot be used: the error's type, and what to do where waiting
+    will not mend it (its TLS certificate refused, careflow's credentials or an ACL refused)."""
     if isinstance(exc.__context__, ssl.SSLCertVerificationError):
         return (
             f"{type(exc).__name__}: its TLS certificate was refused ({exc.__context__.verify_message}); "
             "trust the CA that signed it with SSL_CERT_FILE or SSL_CERT_DIR"
+        )
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        if urlsplit(url).password is None:
+            return (
+                "AuthenticationError: it asks for a password and careflow_redis gives none; set its password"
+            )
+        return (
+            f"AuthenticationError: it refused careflow_redis's user and password ({exc}); "
+            "set the connection's login and password"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (
+            f"NoPermissionError: {exc}; grant careflow_redis's user the commands the README lists, "
+            f"on the keys under {key_prefix()!r}"
         )
     return type(exc).__name__
 
