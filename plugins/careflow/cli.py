@@ -260,8 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     fp.set_defaults(func=cmd_fake_provider)
 
+    from careflow.airflow.setup import DEFAULT_POOL_SLOTS
+
     st = sub.add_parser("setup", help="create or resize the careflow_messaging pool in Airflow")
-    st.add_argument("--pool-slots", type=int, default=4)
+    st.add_argument("--pool-slots", type=int, default=DEFAULT_POOL_SLOTS)
     st.set_defaults(func=cmd_setup)
 
     mt = sub.add_parser(

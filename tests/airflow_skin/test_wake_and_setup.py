@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +18,7 @@ from careflow.airflow.factory import build_dag
 from careflow.compiler import compile_workflow
 from careflow.store import tables
 from careflow.workflow.validation import validate_path
-from support import EXAMPLES
+from support import EXAMPLES, airflow_env
 
 NOW = datetime(2026, 3, 9, 15, 0, tzinfo=timezone.utc)  # midnight in Seoul: the daily run
 
@@ -205,3 +207,40 @@ def test_setup_creates_the_provider_pool(airflow_home: Path, capsys: pytest.Capt
     assert setup_airflow(argparse.Namespace(pool_slots=6)) == 0
     assert Pool.get_pool("careflow_messaging").slots == 6
     assert "careflow_messaging has 6 slot(s)" in capsys.readouterr().out
+
+
+def test_a_component_starting_a_job_creates_a_missing_pool_and_leaves_an_existing_one(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    """Airflow never schedules a task of a pool that does not exist: where nobody ran
+    ``careflow setup``, the scheduler (any component starting a job) creates it, and says so."""
+    from airflow.models.pool import Pool
+
+    from careflow.airflow.setup import DEFAULT_POOL_SLOTS, setup_airflow
+
+    # A process of Airflow's own, with careflow's plugins folder, builds what `airflow scheduler`
+    # (the triggerer, the dag processor) builds as it starts.
+    starting = [sys.executable, "-c", "from airflow.jobs.job import Job; Job()"]
+    env = airflow_env(airflow_home, tmp_path / "workflows")
+    if Pool.get_pool("careflow_messaging") is not None:
+        Pool.delete_pool("careflow_messaging")
+    started = subprocess.run(starting, env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    pool = Pool.get_pool("careflow_messaging")
+    assert pool is not None and (pool.slots, pool.include_deferred) == (DEFAULT_POOL_SLOTS, False)
+    assert "the careflow_messaging pool was missing" in started.stdout + started.stderr
+
+    setup_airflow(argparse.Namespace(pool_slots=9))
+    again = subprocess.run(starting, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert Pool.get_pool("careflow_messaging").slots == 9  # a pool resized by careflow setup stays
+    assert "was missing" not in again.stdout + again.stderr
+
+
+def test_a_task_runner_starting_does_not_look_for_the_pool(airflow_home: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from careflow.airflow import pool_guard
+
+    looked: list[bool] = []
+    monkeypatch.setattr(pool_guard, "ensure_pool", lambda: looked.append(True))
+    pool_guard.pool_guard.on_starting(component=SimpleNamespace())  # the task runner's marker
+    assert looked == []

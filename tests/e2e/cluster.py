@@ -2,7 +2,7 @@
 
 ``Cluster`` creates fresh Postgres databases (Airflow's metadata and careflow's tables), a private
 redis-server (careflow's breaker state and, with the CeleryExecutor, the broker), migrates both,
-creates careflow's pool, starts every component as a subprocess and talks to the api-server's
+creates careflow's pool (or leaves it to the components), starts every component as a subprocess and talks to the api-server's
 REST API with a JWT of a known admin. It also listens for statsd packets and alert webhooks, so
 a test can check what left the components.
 
@@ -291,11 +291,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def prepare(self, template: str | None = None) -> None:
+    def prepare(self, template: str | None = None, *, pool_slots: int | None = 4) -> None:
         """Databases, redis, migrations, the pool and the admin's password; no component yet.
 
         ``template``: a database already migrated by ``airflow db migrate`` to copy (faster than
-        migrating again).
+        migrating again). ``pool_slots``: the pool's size through ``careflow setup``; None leaves
+        the pool to the components, which create a missing one as they start.
         """
         self._databases.append(self.meta_db)
         _create_database(self.meta_db, template)
@@ -323,7 +324,8 @@ class Cluster:
         if template is None:
             self.run(str(BIN / "airflow"), "db", "migrate", timeout=600)
         self.run(str(BIN / "careflow"), "db", "upgrade")
-        self.run(str(BIN / "careflow"), "setup", "--pool-slots", "4")
+        if pool_slots is not None:
+            self.run(str(BIN / "careflow"), "setup", "--pool-slots", str(pool_slots))
 
     def publish(self, files: Iterable[Path]) -> None:
         """Publish workflow files (their snapshots land in the cluster's workflows dir)."""

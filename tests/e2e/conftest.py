@@ -22,15 +22,18 @@ def airflow_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     drop_database(name)
 
 
-def start_cluster(tmp: Path, provider: FakeProviderServer, executor: str, template: str) -> Cluster:
+def start_cluster(
+    tmp: Path, provider: FakeProviderServer, executor: str, template: str, *, pool_slots: int | None = 4
+) -> Cluster:
     """Prepare, publish the e2e workflows, start every component and let the first runs settle.
 
     The DAGs are created unpaused, so the scheduler starts their latest scheduled run as soon as
     they are parsed; those runs find no clinic data yet. Tests load their data afterwards.
+    ``pool_slots`` None: nobody runs ``careflow setup``.
     """
     cluster = Cluster(tmp, provider.url, provider.token, executor=executor)
     try:
-        cluster.prepare(template)
+        cluster.prepare(template, pool_slots=pool_slots)
         cluster.publish(write_workflows(tmp / "sources"))
         cluster.start()
         dag_ids = [dag_id(doc) for doc in WORKFLOWS]

@@ -1,7 +1,8 @@
 """End to end on the CeleryExecutor: Redis as the broker and two Celery workers.
 
 The same runs as on the LocalExecutor, with tasks going through the broker to two workers; the
-fake provider must receive exactly the expected messages, once each.
+fake provider must receive exactly the expected messages, once each. Nobody runs ``careflow setup``
+here: the components create the ``careflow_messaging`` pool the send tasks run in as they start.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from careflow.airflow.setup import DEFAULT_POOL_SLOTS
 from careflow.providers.fake_server import FakeProviderServer
 
 from .cluster import Cluster
@@ -26,7 +29,7 @@ pytest.importorskip(
 
 @pytest.fixture(scope="module")
 def cluster(scratch: Path, provider: FakeProviderServer, airflow_template: str) -> Iterator[Cluster]:
-    cluster = start_cluster(scratch, provider, "CeleryExecutor", airflow_template)
+    cluster = start_cluster(scratch, provider, "CeleryExecutor", airflow_template, pool_slots=None)
     yield cluster
     cluster.stop()
 
@@ -55,3 +58,17 @@ def test_the_tasks_went_through_the_broker_to_both_workers(cluster) -> None:  # 
         if name.startswith("worker")
     }
     assert len(ran) == 2 and all(n > 0 for n in ran.values()), ran
+
+
+def test_the_pool_nobody_set_up_was_created_as_the_components_started(cluster) -> None:  # type: ignore[no-untyped-def]
+    engine = create_engine(cluster.metadata_url)
+    with engine.connect() as conn:
+        slots = conn.execute(text("SELECT slots FROM slot_pool WHERE pool = 'careflow_messaging'")).scalar()
+    engine.dispose()
+    assert slots == DEFAULT_POOL_SLOTS
+    told = [
+        name
+        for name, c in cluster.components.items()
+        if "careflow_messaging pool was missing" in c.tail(10_000_000)
+    ]
+    assert told, cluster.diagnostics()  # the component that created it said so in its log
