@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 
-.PHONY: demo test test-serial test-py312 lint typecheck install fake-provider
+.PHONY: demo test test-serial test-py312 test-py313 lint typecheck install fake-provider
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ test-serial: $(VENV)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/python -m pytest
 
 test-py312:
-	bash .ci/py312
+	bash .ci/other-python 3.12
+
+test-py313:
+	bash .ci/other-python 3.13
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
