@@ -93,11 +93,47 @@ def test_a_wait_before_the_next_run_is_waited_for_in_the_triggerer(engine, monke
     trigger = deferred.value.trigger
     assert isinstance(trigger, DateTimeTrigger)
     assert trigger.moment == due
+    # a triggerer that never ends the wait: the scheduler times it out at the next (hourly) run
+    assert deferred.value.timeout == timedelta(hours=1)
     with pytest.raises(DagRunTriggerException) as started:
         wake.execute_complete(_context({}), event=None, **deferred.value.kwargs)
     assert started.value.trigger_dag_id == "careflow__day-before-reminder"
     assert started.value.dag_run_id == "careflow_wake__20260309T153000"
     assert started.value.skip_when_already_exists is True
+
+
+def test_a_wait_the_triggerer_never_ended_fails_the_wake_task_at_once_and_says_why() -> None:
+    """The scheduler timed the wait out (``__fail__``, "Trigger timeout"): the task fails without
+    retries, so the run ends and the next scheduled run (which moves every wait due) can start."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    wake = build_dag(_compiled()).get_task("careflow_wake")
+    with pytest.raises(
+        AirflowFailException, match=r"triggerer did not end the wait .*\(is the triggerer running\?\)"
+    ):
+        wake.resume_execution("__fail__", {"error": "Trigger timeout"}, _context({}))
+
+
+def test_the_breaker_wait_is_timed_out_by_the_scheduler_and_then_sends_anyway(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The action's wait for its breaker ends five minutes after its moment at the latest, with a
+    triggerer running or not; timed out, the task sends what is still pending."""
+    from careflow.airflow.operators.wake import TRIGGER_GRACE
+
+    dag = build_dag(_compiled())
+    action = next(t for t in dag.tasks if type(t).__name__ == "ActionOperator")
+    retry_at = datetime.now(timezone.utc) + timedelta(seconds=40)
+    with pytest.raises(TaskDeferred) as deferred:
+        action._defer_until(retry_at.timestamp(), {})
+    assert deferred.value.trigger.moment == retry_at
+    assert timedelta(0) < TRIGGER_GRACE < deferred.value.timeout <= TRIGGER_GRACE + timedelta(seconds=40)
+
+    sent: list[object] = []
+    monkeypatch.setattr(type(action), "execute", lambda self, context: sent.append(context) or {"sent": 3})
+    assert action.resume_execution("__fail__", {"error": "Trigger timeout"}, {"run_id": "r"}) == {"sent": 3}
+    assert sent == [{"run_id": "r"}]
+    # a trigger that failed (not timed out) still fails the attempt, as Airflow has it
+    with pytest.raises(Exception, match="Trigger failure"):
+        action.resume_execution("__fail__", {"error": "Trigger failure"}, {"run_id": "r"})
 
 
 def test_a_wait_left_overdue_before_the_run_began_does_not_hide_the_later_ones(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from careflow.airflow.operators.base import CareflowNodeOperator
+from careflow.airflow.operators.wake import TRIGGER_GRACE
 from careflow.exceptions import ConfigurationError, ConnectionMissing, ProviderConfigurationError
 from careflow.settings import REDIS_CONN_ID
 
@@ -159,12 +160,34 @@ class ActionOperator(CareflowNodeOperator):
             self.careflow_node_id,
             moment,
         )
-        self.defer(trigger=DateTimeTrigger(moment=moment), method_name="execute_complete")
+        # The scheduler ends a wait that a triggerer not running never ends (resume_execution).
+        self.defer(
+            trigger=DateTimeTrigger(moment=moment),
+            method_name="execute_complete",
+            timeout=moment + TRIGGER_GRACE - datetime.now(timezone.utc),
+        )
         return counts
 
     def execute_complete(self, context: Any, event: Any = None) -> dict[str, Any]:
         """Resume after the breaker's wait: send what is still pending."""
         return self.execute(context)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """Resume after the breaker's wait, also where the triggerer never ended it (the scheduler
+        timed it out): the wait is over either way."""
+        from airflow.sdk.exceptions import TaskDeferralTimeout
+
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except TaskDeferralTimeout:
+            self.log.warning(
+                "careflow %s/%s: Airflow's triggerer did not end the breaker's wait %s after its end "
+                "(is the triggerer running?): sending resumes without it",
+                self.workflow_id,
+                self.careflow_node_id,
+                TRIGGER_GRACE,
+            )
+            return self.execute(context)
 
 
 def _sent_keys() -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -14,6 +14,11 @@ from careflow.compiler import CompiledWorkflow
 from careflow.compiler.schedule import next_run_after
 
 log = logging.getLogger(__name__)
+
+#: How long past its moment a wait the triggerer has not ended is timed out by the scheduler, at
+#: the least (the wake's wait ends at the next scheduled run; the action's breaker wait, this long
+#: after the breaker's retry time).
+TRIGGER_GRACE = timedelta(minutes=5)
 
 
 class WakeOperator(BaseOperator):
@@ -68,12 +73,33 @@ class WakeOperator(BaseOperator):
             "parked_until": wake.isoformat() if wake else None,
         }
         self.log.info("careflow %s: %s", self.workflow_id, result)
-        if result["next_wake"] is None or is_simulated(context["dag_run"].conf):
+        if wake is None or result["next_wake"] is None or is_simulated(context["dag_run"].conf):
             return result
+        # A triggerer that is not running (or far behind) would leave this task deferred, and so
+        # the run active, past the next scheduled run, which max_active_runs holds back: every
+        # wait and every later day's message would stop there. The scheduler times the wait out
+        # at the next scheduled run instead (resume_execution says why), and that run moves
+        # everything due by then.
         self.defer(
-            trigger=DateTimeTrigger(moment=wake), method_name="execute_complete", kwargs={"result": result}
+            trigger=DateTimeTrigger(moment=wake),
+            method_name="execute_complete",
+            kwargs={"result": result},
+            timeout=max(scheduled, wake + TRIGGER_GRACE) - now,
         )
         return result
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """Resume after the wait; a wait the triggerer never ended fails this task, without retries."""
+        from airflow.sdk.exceptions import AirflowFailException, TaskDeferralTimeout
+
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except TaskDeferralTimeout as exc:
+            raise AirflowFailException(
+                f"careflow {self.workflow_id}: Airflow's triggerer did not end the wait for the next "
+                "parked execution before the next scheduled run (is the triggerer running?); that run "
+                "moves every wait due by then, late but not lost"
+            ) from exc
 
     def execute_complete(self, context: Any, event: Any = None, result: dict[str, Any] | None = None) -> None:
         """Start the wake run (one per wake time: a second request for it is skipped)."""
