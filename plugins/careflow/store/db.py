@@ -12,9 +12,10 @@ from sqlalchemy.engine import Connection, Engine, create_engine
 
 from careflow import settings
 
-_engines: dict[str, Engine] = {}
 #: The isolation level of every careflow transaction on Postgres (see :func:`get_engine`).
 POSTGRES_ISOLATION = "READ COMMITTED"
+
+_engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
