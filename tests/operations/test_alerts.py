@@ -371,6 +371,28 @@ def test_task_failure_alert_names_the_run_and_masks_contact_data(webhook: list[d
     assert "a DAG run failed" in run["text"] and run["text"].endswith("/runs/scheduled__2026-03-04")
 
 
+def test_a_database_error_is_told_by_its_condition_never_by_its_message(
+    webhook: list[dict[str, Any]], pg_server_url: str
+) -> None:
+    """SQLAlchemy wraps every driver error in a few classes; the driver's own names the condition
+    (here a careflow_db that became a read-only standby), and its message, which may quote a row,
+    stays in the task's log."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    engine = create_engine(pg_server_url)
+    with pytest.raises(DBAPIError) as failed, engine.connect() as conn:
+        conn.execute(text("SET TRANSACTION READ ONLY"))
+        conn.execute(text("CREATE TEMPORARY TABLE x (phone text)"))  # refused in a read-only transaction
+    engine.dispose()
+    ti = SimpleNamespace(dag_id="careflow__implant-aftercare", task_id="c1", run_id="r", try_number=1)
+    alerts.TASK_FAILED({"ti": ti, "exception": failed.value})
+
+    [alert] = webhook
+    assert "InternalError (ReadOnlySqlTransaction)" in alert["text"]
+    assert "CREATE" not in alert["text"] and "read-only transaction" not in alert["text"]
+
+
 def test_the_dag_has_failure_callbacks_and_a_deadline_only_when_configured() -> None:
     plain = build_dag(compiled_workflow())
     assert plain.on_failure_callback is alerts.DAG_RUN_FAILED

@@ -285,6 +285,13 @@ def _failure_detail(exc: BaseException | None) -> str | None:
     from careflow.exceptions import CareflowError
 
     name = type(exc).__name__
+    # A database error's own class names the condition (psycopg2's ReadOnlySqlTransaction on a
+    # standby, SerializationFailure, QueryCanceled for a statement timeout, TooManyConnections…),
+    # where SQLAlchemy's wrapper says only InternalError or OperationalError; its message, which
+    # may quote row values, is left to the task's log.
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException) and type(orig).__name__ not in (name, "Error"):
+        name = f"{name} ({type(orig).__name__})"
     # Messages careflow and Airflow write name ids; a driver's or a library's may quote row values.
     own = isinstance(exc, CareflowError) or type(exc).__module__.startswith(("airflow.", "careflow."))
     return f"{name}: {scrub(str(exc))}" if own and str(exc) else name
