@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -55,6 +56,22 @@ def redis_backend(prefix: str):
         return RedisBackend(RedisLink(url, retry_seconds=retry_seconds), prefix=prefix, clock=clock)
 
     return make
+
+
+@pytest.fixture
+def acl_user(redis_client: redis.Redis) -> Iterator[Callable[[list[str], list[str]], str]]:
+    """``acl_user(keys, commands)``: an ACL user of the test Redis with the password ``pw``; its URL."""
+    made: list[str] = []
+
+    def make(keys: list[str], commands: list[str]) -> str:
+        user = f"cftest-{uuid.uuid4().hex[:8]}"
+        redis_client.acl_setuser(user, enabled=True, passwords=["+pw"], keys=keys, commands=commands)
+        made.append(user)
+        return REDIS_URL.replace("redis://", f"redis://{user}:pw@")
+
+    yield make
+    for user in made:
+        redis_client.acl_deluser(user)
 
 
 @pytest.fixture

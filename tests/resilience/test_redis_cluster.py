@@ -101,35 +101,21 @@ def test_a_cluster_with_a_database_other_than_0_is_refused_by_name(redis_cluster
         link.run(lambda client: client.ping())
 
 
-def test_a_user_denied_dangerous_commands_shares_breakers_and_caches_through_a_single_redis():
+def test_a_user_denied_dangerous_commands_shares_breakers_and_caches_through_a_single_redis(acl_user, prefix):
     """A hardened ACL user (``+@all -@dangerous``, its own keys only) is refused ``INFO``: careflow
     asks the server's kind another way, and every key it touches is under its prefix."""
-    import uuid
-
-    admin = redis.Redis.from_url(REDIS_URL)
-    user = f"cftest-{uuid.uuid4().hex[:8]}"
-    prefix = f"cftest-acl-{user}"
     # and only careflow's own keys, those under its prefix
-    admin.acl_setuser(
-        user, enabled=True, passwords=["+pw"], keys=[f"{prefix}*"], commands=["+@all", "-@dangerous"]
-    )
-    try:
-        url = REDIS_URL.replace("redis://", f"redis://{user}:pw@")
-        backends = [RedisBackend(RedisLink(url), prefix=prefix) for _ in range(2)]
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            backends[0].link.client.info("cluster")
-        sender, observer = (CircuitBreaker("acl:sms", BreakerConfig(), backend=b) for b in backends)
-        for _ in range(sender.config.consecutive_failures):
-            sender.record(sender.acquire(), "transient")
-        with pytest.raises(BreakerOpen):
-            observer.acquire()
-        assert observer.snapshot().backend == "redis"
-        assert all(b.link.cluster is None and b.link.fallback_events == 0 for b in backends)
-        cache = Cache("sent_keys", 60.0, link=RedisLink(url), prefix=prefix)
-        cache.set_many({"k1": "accepted"})
-        assert cache.get_many(["k1", "k2"]) == {"k1": "accepted"} and cache.backend == "redis"
-        for key in admin.scan_iter(f"{prefix}*"):
-            admin.delete(key)
-    finally:
-        admin.acl_deluser(user)
-        admin.close()
+    url = acl_user([f"{prefix}*"], ["+@all", "-@dangerous"])
+    backends = [RedisBackend(RedisLink(url), prefix=prefix) for _ in range(2)]
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        backends[0].link.client.info("cluster")
+    sender, observer = (CircuitBreaker("acl:sms", BreakerConfig(), backend=b) for b in backends)
+    for _ in range(sender.config.consecutive_failures):
+        sender.record(sender.acquire(), "transient")
+    with pytest.raises(BreakerOpen):
+        observer.acquire()
+    assert observer.snapshot().backend == "redis"
+    assert all(b.link.cluster is None and b.link.fallback_events == 0 for b in backends)
+    cache = Cache("sent_keys", 60.0, link=RedisLink(url), prefix=prefix)
+    cache.set_many({"k1": "accepted"})
+    assert cache.get_many(["k1", "k2"]) == {"k1": "accepted"} and cache.backend == "redis"

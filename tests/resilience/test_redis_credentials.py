@@ -4,8 +4,6 @@ on the machine's breaker file and per-process caches, and the log and the alert 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,25 +12,7 @@ from careflow.resilience import BreakerConfig, CircuitBreaker
 from careflow.resilience.cache import Cache
 from careflow.resilience.redis_link import RedisLink, _why_unusable
 
-from .conftest import REDIS_URL
-
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def acl_user(redis_client: redis.Redis) -> Iterator[object]:
-    """``acl_user(keys, commands)``: an ACL user of the test Redis with the password ``pw``; its URL."""
-    made: list[str] = []
-
-    def make(keys: list[str], commands: list[str]) -> str:
-        user = f"cftest-{uuid.uuid4().hex[:8]}"
-        redis_client.acl_setuser(user, enabled=True, passwords=["+pw"], keys=keys, commands=commands)
-        made.append(user)
-        return REDIS_URL.replace("redis://", f"redis://{user}:pw@")
-
-    yield make
-    for user in made:
-        redis_client.acl_deluser(user)
 
 
 def _fallback_error(emitted: list[tuple[str, dict]]) -> str:
