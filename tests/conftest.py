@@ -13,6 +13,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,24 +46,35 @@ def _pg_available() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
-    """A fresh Postgres database for this test session (its URL)."""
+@contextmanager
+def pg_database(encoding: str | None = None) -> Iterator[str]:
+    """A fresh Postgres database (its URL), in ``encoding`` when given, dropped at the end."""
     if not _pg_available():
         if os.environ.get("CI"):
             pytest.fail(f"Postgres is not reachable at {PG_SERVER}; .ci/run should have started it")
         pytest.skip("Postgres is not reachable")
     name = f"careflow_test_{uuid.uuid4().hex[:10]}"
+    # template0: the one template a database of another encoding may be copied from.
+    options = f" ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" if encoding else ""
     admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_SERVER}/{name}"
-    from careflow.store.db import dispose_engines
+        conn.execute(text(f'CREATE DATABASE "{name}"{options}'))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        from careflow.store.db import dispose_engines
 
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh Postgres database for this test session (its URL)."""
+    with pg_database() as url:
+        yield url
 
 
 def _reset_schema(url: str) -> None:
@@ -76,10 +88,17 @@ def _reset_schema(url: str) -> None:
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An upgraded careflow database on Postgres and on the embedded SQLite (the test runs twice)."""
+    """An upgraded careflow database on Postgres and on the embedded SQLite (the test runs twice).
+
+    ``postgres EUC_KR`` (through ``indirect``) is a Postgres database of its own in that encoding.
+    """
     if request.param == "postgres":
         url = request.getfixturevalue("pg_server_url")
         _reset_schema(url)
+    elif request.param.startswith("postgres "):
+        with pg_database(request.param.split()[1]) as url:
+            yield from upgraded(url, monkeypatch)
+        return
     else:
         url = f"sqlite:///{tmp_path / 'careflow.db'}"
     yield from upgraded(url, monkeypatch)

@@ -236,6 +236,46 @@ def test_times_without_a_zone_are_utc_whatever_the_database_time_zone(engine, jo
     assert {p: e["event_at"] for p, e in executions(engine, "no-zone").items()} == written
 
 
+# ------------------------------------------------------------------ text in the database's encoding
+
+
+def _korean_journey(engine, journey):  # type: ignore[no-untyped-def]
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 4, 10), name="김민지", attributes={"nickname": "민지"})
+    c.completed("p2", kst(2025, 3, 4, 11), name="이서연", attributes={"nickname": "서연"})
+    c.load(engine)
+    doc = chain(
+        "encoded",
+        (
+            "a",
+            "action",
+            action("{{ patient.name }}({{ patient.attributes.nickname }})님, {{ clinic.name }}입니다"),
+        ),
+    )
+    return journey(doc).run_at(kst(2025, 3, 5))["a"]
+
+
+@pytest.mark.parametrize("db_url", ["postgres SQL_ASCII", "postgres EUC_KR"], indirect=True)
+def test_korean_text_goes_through_a_database_of_another_encoding(engine, journey, fake):
+    # SQL_ASCII keeps whatever bytes it is given (the clinic's software wrote UTF-8); EUC_KR is
+    # converted to and from. psycopg2 left to the database's encoding encoded Korean as ASCII.
+    report = _korean_journey(engine, journey)
+    assert report.sent == 2
+    assert sorted(m["body"] for m in fake.messages()) == [
+        "김민지(민지)님, 강남 미소 치과입니다",
+        "이서연(서연)님, 강남 미소 치과입니다",
+    ]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_the_environments_client_encoding_is_not_careflows(engine, journey, fake, monkeypatch):
+    from careflow.store.db import dispose_engines
+
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")  # libpq's default for every session it opens
+    dispose_engines()
+    assert _korean_journey(engine, journey).sent == 2
+
+
 # ------------------------------------------------------------------ ids that are not text
 
 

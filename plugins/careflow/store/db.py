@@ -14,6 +14,8 @@ from careflow import settings
 
 #: The isolation level of every careflow transaction on Postgres (see :func:`get_engine`).
 POSTGRES_ISOLATION = "READ COMMITTED"
+#: The encoding careflow's Postgres sessions speak, whatever the database's (see :func:`get_engine`).
+POSTGRES_CLIENT_ENCODING = "UTF8"
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -109,8 +111,14 @@ def get_engine(url: str | None = None) -> Engine:
                 # it), and a clinic database defaulting to REPEATABLE READ or SERIALIZABLE would
                 # fail its concurrent batches with serialization errors. psycopg2 sends the level
                 # with each BEGIN, so a pooler's server connections keep their own defaults.
+                # UTF-8 on the wire whatever the database's encoding: the server converts to and
+                # from EUC_KR or LATIN1, stores a SQL_ASCII database's bytes as they come, and a
+                # character it cannot store is its error, not psycopg2's (which would encode
+                # Korean text for a SQL_ASCII database as ASCII and fail). A startup parameter,
+                # so no round trip, and one PgBouncer passes on.
                 engine = create_engine(
                     url,
+                    connect_args={"client_encoding": POSTGRES_CLIENT_ENCODING},
                     isolation_level=POSTGRES_ISOLATION,
                     pool_pre_ping=True,
                     pool_size=5,
