@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from careflow import settings
@@ -26,8 +26,9 @@ from careflow.compiler.hashing import canonical_document, content_hash
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
-from careflow.store.db import database_name, get_engine
-from careflow.workflow.diagnostics import make
+from careflow.store.db import database_name, get_engine, unstorable_character
+from careflow.workflow.diagnostics import Diagnostic, make
+from careflow.workflow.models import Workflow
 from careflow.workflow.validation import ValidationReport, validate_path
 
 
@@ -96,15 +97,8 @@ def publish_report(
             .order_by(v.c.version.desc())
             .limit(1)
         ).first()
-        if latest is not None and latest.clinic_id != workflow.clinic_id:
-            # A workflow id is one clinic's: its executions, its DAG and the clinic row its
-            # messages are written with. Another clinic's document under it would take them over.
-            refusal = make(
-                "WF_ID_OF_ANOTHER_CLINIC",
-                f"Workflow {workflow.id} is published for clinic {latest.clinic_id} (version "
-                f"{latest.version}); this document is clinic {workflow.clinic_id}'s: give it its own id",
-                field="clinic_id",
-            )
+        refusal = _refusal(conn, workflow, latest)
+        if refusal is not None:
             refused = replace(report, workflow=None, diagnostics=[refusal, *report.diagnostics])
             return PublishResult(report.source, workflow.id, "refused", report=refused, database=database)
         document = canonical_document(workflow)
@@ -244,6 +238,33 @@ def _who() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
+
+
+def _refusal(
+    conn: Connection, workflow: Workflow, latest: Row[Any, Any, Any, Any, Any] | None
+) -> Diagnostic | None:
+    """Why the database refuses this valid workflow, if it does."""
+    if latest is not None and latest.clinic_id != workflow.clinic_id:
+        # A workflow id is one clinic's: its executions, its DAG and the clinic row its
+        # messages are written with. Another clinic's document under it would take them over.
+        return make(
+            "WF_ID_OF_ANOTHER_CLINIC",
+            f"Workflow {workflow.id} is published for clinic {latest.clinic_id} (version "
+            f"{latest.version}); this document is clinic {workflow.clinic_id}'s: give it its own id",
+            field="clinic_id",
+        )
+    # The document itself is stored as JSON, its text escaped; these two are columns of text.
+    for name, value in (("name", workflow.name), ("clinic_id", workflow.clinic_id)):
+        if (unstorable := unstorable_character(conn, value)) is not None:
+            char, encoding = unstorable
+            return make(
+                "WF_TEXT_UNSTORABLE",
+                f"The workflow's {name} holds {char!r} (U+{ord(char):04X}), which this database's "
+                f"encoding ({encoding}) cannot store: take it out, or keep careflow's tables in a "
+                "UTF8 database",
+                field=name,
+            )
+    return None
 
 
 def publish_paths(

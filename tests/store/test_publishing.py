@@ -175,6 +175,30 @@ def test_a_workflow_id_published_for_another_clinic_is_refused(
     assert (workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8") == snapshot
 
 
+@pytest.mark.parametrize("db_url", ["postgres EUC_KR"], indirect=True)
+def test_a_name_the_databases_encoding_cannot_store_is_refused_naming_the_character(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    document = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    path = tmp_path / "implant.json"
+    document["name"] = "임플란트 관리 \U0001f9b7"
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+
+    code, (result,) = _publish(workflows_dir, path)
+    assert code == 1 and result["action"] == "refused"
+    (refusal,) = [d for d in result["diagnostics"] if d["severity"] == "error"]
+    assert refusal["code"] == "WF_TEXT_UNSTORABLE" and refusal["field"] == "name"
+    assert "'\U0001f9b7' (U+1F9B7)" in refusal["message"] and "(EUC_KR)" in refusal["message"]
+    assert _versions(engine, "implant-aftercare") == [] and list(workflows_dir.iterdir()) == []
+
+    document["name"] = "임플란트 관리"  # Korean the encoding holds: stored, and read back as written
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    code, (result,) = _publish(workflows_dir, path)
+    assert code == 0 and result["action"] == "published"
+    with engine.connect() as conn:
+        assert conn.execute(select(tables.workflow_versions.c.name)).scalar_one() == "임플란트 관리"
+
+
 def test_refused_output_names_the_error(
     engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

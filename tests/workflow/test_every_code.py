@@ -108,8 +108,8 @@ def _a_stage_crashes() -> ValidationReport:
         return validate_workflow(base())
 
 
-@case("WF_ID_OF_ANOTHER_CLINIC", field="clinic_id")
-def _published_for_another_clinic() -> ValidationReport:
+def _published(*workflows: dict[str, Any]) -> ValidationReport:
+    """The report of publishing the last of ``workflows``, each after the other, in a new database."""
     import tempfile
 
     from sqlalchemy import create_engine
@@ -121,14 +121,26 @@ def _published_for_another_clinic() -> ValidationReport:
         engine = create_engine(f"sqlite:///{tmp}/careflow.db")
         try:
             upgrade(engine)
-            publish_report(validate_workflow(base()), engine=engine, workflows_dir=Path(tmp))
-            other = base()
-            other["clinic_id"] = "busan-02"
-            result = publish_report(validate_workflow(other), engine=engine, workflows_dir=Path(tmp))
+            for workflow in workflows:
+                result = publish_report(validate_workflow(workflow), engine=engine, workflows_dir=Path(tmp))
         finally:
             engine.dispose()
     assert result.report is not None
     return result.report
+
+
+@case("WF_ID_OF_ANOTHER_CLINIC", field="clinic_id")
+def _published_for_another_clinic() -> ValidationReport:
+    return _published(base(), broken(lambda w: w.update(clinic_id="busan-02")))
+
+
+@case("WF_TEXT_UNSTORABLE", field="name")
+def _name_the_database_cannot_store() -> ValidationReport:
+    # Fault injection: SQLite stores any text; tests/store/test_publishing.py has an EUC_KR Postgres.
+    from careflow import publishing
+
+    with mock.patch.object(publishing, "unstorable_character", return_value=("\U0001f9b7", "EUC_KR")):
+        return _published(base())
 
 
 # --- nodes ---------------------------------------------------------------------------------------

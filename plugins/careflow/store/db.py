@@ -132,6 +132,28 @@ def get_engine(url: str | None = None) -> Engine:
         return engine
 
 
+def unstorable_character(conn: Connection, value: str) -> tuple[str, str] | None:
+    """The first character of ``value`` that the database of ``conn`` cannot store, with that
+    database's encoding (``EUC_KR``, ``LATIN1``…); None where it can store them all (UTF8,
+    SQL_ASCII, SQLite). Asks nothing of the server: Postgres names its encoding as a session starts.
+    """
+    if conn.dialect.name != "postgresql":
+        return None
+    import psycopg2.extensions
+
+    encoding = conn.connection.dbapi_connection.get_parameter_status("server_encoding")  # type: ignore[union-attr]
+    codec = psycopg2.extensions.encodings.get(encoding or "")
+    if encoding in ("UTF8", "SQL_ASCII") or codec is None:
+        return None
+    try:
+        value.encode(codec)
+    except UnicodeEncodeError as exc:
+        return value[exc.start], encoding
+    except LookupError:  # an encoding Python has no codec for: the server decides
+        return None
+    return None
+
+
 def dispose_engines() -> None:
     """Close every pooled connection (after a fork, or at the end of a test)."""
     with _lock:

@@ -57,6 +57,10 @@ CODES: dict[str, tuple[Severity, str]] = {
     "WF_BAD_SETTING": (_E, "A value under settings is out of range or of the wrong type."),
     "WF_INVALID": (_E, "The workflow model refused the document (a check the staged validation missed)."),
     "WF_ID_OF_ANOTHER_CLINIC": (_E, "At publish: the workflow id is already published for another clinic."),
+    "WF_TEXT_UNSTORABLE": (
+        _E,
+        "At publish: the workflow's name or clinic_id holds a character the database's encoding cannot store.",
+    ),
     "WF_INTERNAL_ERROR": (
         _E,
         "Validation itself failed; the workflow cannot be published until it is fixed.",
