@@ -18,7 +18,19 @@ from sqlalchemy.engine import Engine
 
 from careflow.exceptions import ConfigurationError
 
-from .harness import CLINIC_ID, KST, Clinic, action, chain, clinic_view, executions, kst, ledger
+from .harness import (
+    CLINIC_ID,
+    KST,
+    Clinic,
+    Journey,
+    action,
+    chain,
+    clinic_view,
+    compile_doc,
+    executions,
+    kst,
+    ledger,
+)
 
 UTC = timezone.utc
 
@@ -265,6 +277,21 @@ def test_korean_text_goes_through_a_database_of_another_encoding(engine, journey
         "김민지(민지)님, 강남 미소 치과입니다",
         "이서연(서연)님, 강남 미소 치과입니다",
     ]
+
+
+@pytest.mark.parametrize("db_url", ["postgres SQL_ASCII"], indirect=True)
+def test_a_client_encoding_named_in_the_url_reads_what_the_clinics_software_wrote(db_url, fake):
+    from careflow.store.db import get_engine
+
+    # A SQL_ASCII database keeps bytes; this clinic's software wrote EUC-KR, which only its
+    # operator knows, and says so in careflow_db's URL.
+    engine = get_engine(f"{db_url}?client_encoding=EUC_KR")
+    report = _korean_journey(engine, lambda doc: Journey(compile_doc(doc, 1), engine, fake))
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT name::bytea FROM patients WHERE id = 'p1'")).scalar_one()
+    assert bytes(stored) == "김민지".encode("euc_kr")
+    assert report.sent == 2
+    assert "김민지(민지)님, 강남 미소 치과입니다" in [m["body"] for m in fake.messages()]
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, create_engine
+from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 
 from careflow import settings
 
@@ -56,7 +56,6 @@ def engine_url(url: str) -> str:
     SQLAlchemy's default driver is; another driver named in the URL is refused with the forms that
     work, since careflow's bulk statements are written for psycopg2.
     """
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     from careflow.exceptions import ConfigurationError
@@ -83,8 +82,6 @@ def database_name(engine: Engine) -> str:
 
 def hidden_url(url: str) -> str:
     """``url`` with its password masked, for messages and logs."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -111,14 +108,17 @@ def get_engine(url: str | None = None) -> Engine:
                 # it), and a clinic database defaulting to REPEATABLE READ or SERIALIZABLE would
                 # fail its concurrent batches with serialization errors. psycopg2 sends the level
                 # with each BEGIN, so a pooler's server connections keep their own defaults.
-                # UTF-8 on the wire whatever the database's encoding: the server converts to and
-                # from EUC_KR or LATIN1, stores a SQL_ASCII database's bytes as they come, and a
-                # character it cannot store is its error, not psycopg2's (which would encode
-                # Korean text for a SQL_ASCII database as ASCII and fail). A startup parameter,
-                # so no round trip, and one PgBouncer passes on.
+                # UTF-8 on the wire whatever the database's encoding or PGCLIENTENCODING: the
+                # server converts to and from EUC_KR or LATIN1, passes a SQL_ASCII database's
+                # bytes as they are, and a character it cannot store is its error, not psycopg2's
+                # (which would encode Korean text for a SQL_ASCII database as ASCII and fail). A
+                # startup parameter, so no round trip, and one PgBouncer passes on. The URL's own
+                # client_encoding comes first: the bytes a clinic's software wrote into a
+                # SQL_ASCII database may be EUC-KR, which only its operator knows.
+                named = "client_encoding" in make_url(url).query
                 engine = create_engine(
                     url,
-                    connect_args={"client_encoding": POSTGRES_CLIENT_ENCODING},
+                    connect_args={} if named else {"client_encoding": POSTGRES_CLIENT_ENCODING},
                     isolation_level=POSTGRES_ISOLATION,
                     pool_pre_ping=True,
                     pool_size=5,
