@@ -401,3 +401,41 @@ def test_a_materialized_view_under_a_clinic_tables_name_is_left_alone(empty_db_u
         with engine.begin() as conn:  # the next test's reset drops tables by name
             conn.execute(text("DROP MATERIALIZED VIEW IF EXISTS patients"))
         engine.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgres"], indirect=True)  # schemas are Postgres's
+def test_clinic_tables_in_a_later_schema_of_the_search_path_are_found(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # careflow's tables in a schema of their own, the clinic's in theirs: a role whose
+    # search_path is `careflow, clinic`. An empty `patients` created in the first would hide the
+    # clinic's from every statement careflow runs.
+    from careflow.store.db import dispose_engines, get_engine
+    from careflow.store.migrations import check_ready
+
+    admin = create_engine(empty_db_url)
+    with admin.begin() as conn:
+        conn.execute(text("CREATE SCHEMA clinic"))
+        conn.execute(text("CREATE SCHEMA careflow"))
+        in_clinic = conn.execution_options(schema_translate_map={None: "clinic"})
+        for table in tables.CLINIC_TABLES:
+            table.create(in_clinic)
+        in_clinic.execute(tables.clinics.insert().values(id="c1", name="강남", timezone="Asia/Seoul"))
+    url = f"{empty_db_url}?options=-csearch_path%3Dcareflow,clinic"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    dispose_engines()
+    try:
+        assert upgrade().clinic_tables_created == []
+        check_ready(get_engine(url))  # finds the clinic's ids, as text
+        with get_engine(url).connect() as conn:
+            assert conn.execute(select(tables.clinics.c.name)).scalar_one() == "강남"
+        placed = inspect(admin)
+        assert set(placed.get_table_names(schema="careflow")) == CAREFLOW_TABLES
+        assert set(placed.get_table_names(schema="clinic")) == set(CLINIC_COLUMNS)
+        assert placed.get_table_names(schema="public") == []
+    finally:
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text("DROP SCHEMA clinic CASCADE"))
+            conn.execute(text("DROP SCHEMA careflow CASCADE"))
+        admin.dispose()

@@ -172,7 +172,8 @@ def _lock(conn: Connection) -> None:
 
 def _relations(conn: Connection) -> set[str]:
     """Every name a clinic may have given its data under: tables, views, and on Postgres
-    materialized views and foreign tables (in the search path's first schema, as the others)."""
+    materialized views and foreign tables, in whichever schema of the search path careflow's
+    statements find them (SQLAlchemy's inspector lists what the search path makes visible)."""
     inspector: Any = inspect(conn)  # Postgres's inspector has the two methods below
     names = set(inspector.get_table_names()) | set(inspector.get_view_names())
     if conn.dialect.name == "postgresql":
