@@ -259,9 +259,8 @@ def _refusal(
             char, encoding = unstorable
             return make(
                 "WF_TEXT_UNSTORABLE",
-                f"The workflow's {name} holds {char!r} (U+{ord(char):04X}), which this database's "
-                f"encoding ({encoding}) cannot store: take it out, or keep careflow's tables in a "
-                "UTF8 database",
+                f"The workflow's {name} holds {char!r} (U+{ord(char):04X}), which this database "
+                f"cannot store in {encoding}: take it out, or keep careflow's tables in a UTF8 database",
                 field=name,
             )
     return None

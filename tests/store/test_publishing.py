@@ -175,10 +175,20 @@ def test_a_workflow_id_published_for_another_clinic_is_refused(
     assert (workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8") == snapshot
 
 
-@pytest.mark.parametrize("db_url", ["postgres EUC_KR"], indirect=True)
+@pytest.mark.parametrize(
+    ("db_url", "query"),
+    [("postgres EUC_KR", ""), ("postgres SQL_ASCII", "?client_encoding=EUC_KR")],
+    indirect=["db_url"],
+)
 def test_a_name_the_databases_encoding_cannot_store_is_refused_naming_the_character(
-    engine: Engine, workflows_dir: Path, tmp_path: Path
+    db_url: str, query: str, workflows_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # EUC_KR is the database's own, or the one careflow_db's URL names for a SQL_ASCII database.
+    from careflow.store.db import dispose_engines, get_engine
+
+    monkeypatch.setenv("CAREFLOW_DB_URL", db_url + query)
+    dispose_engines()
+    engine = get_engine()
     document = json.loads(IMPLANT.read_text(encoding="utf-8"))
     path = tmp_path / "implant.json"
     document["name"] = "임플란트 관리 \U0001f9b7"
@@ -188,7 +198,7 @@ def test_a_name_the_databases_encoding_cannot_store_is_refused_naming_the_charac
     assert code == 1 and result["action"] == "refused"
     (refusal,) = [d for d in result["diagnostics"] if d["severity"] == "error"]
     assert refusal["code"] == "WF_TEXT_UNSTORABLE" and refusal["field"] == "name"
-    assert "'\U0001f9b7' (U+1F9B7)" in refusal["message"] and "(EUC_KR)" in refusal["message"]
+    assert "'\U0001f9b7' (U+1F9B7)" in refusal["message"] and "in EUC_KR" in refusal["message"]
     assert _versions(engine, "implant-aftercare") == [] and list(workflows_dir.iterdir()) == []
 
     document["name"] = "임플란트 관리"  # Korean the encoding holds: stored, and read back as written

@@ -6,6 +6,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
@@ -133,24 +134,27 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def unstorable_character(conn: Connection, value: str) -> tuple[str, str] | None:
-    """The first character of ``value`` that the database of ``conn`` cannot store, with that
-    database's encoding (``EUC_KR``, ``LATIN1``…); None where it can store them all (UTF8,
-    SQL_ASCII, SQLite). Asks nothing of the server: Postgres names its encoding as a session starts.
+    """The first character of ``value`` that the database of ``conn`` cannot store, with the
+    encoding it would be stored in (``EUC_KR``, ``LATIN1``…); None where every one can be (UTF8,
+    SQL_ASCII, SQLite). That encoding is the database's, or the session's where the URL names one
+    (a SQL_ASCII database keeps whatever bytes the session sends). Asks nothing of the server:
+    Postgres names both encodings as a session starts.
     """
     if conn.dialect.name != "postgresql":
         return None
     import psycopg2.extensions
 
-    encoding = conn.connection.dbapi_connection.get_parameter_status("server_encoding")  # type: ignore[union-attr]
-    codec = psycopg2.extensions.encodings.get(encoding or "")
-    if encoding in ("UTF8", "SQL_ASCII") or codec is None:
-        return None
-    try:
-        value.encode(codec)
-    except UnicodeEncodeError as exc:
-        return value[exc.start], encoding
-    except LookupError:  # an encoding Python has no codec for: the server decides
-        return None
+    session: Any = conn.connection.dbapi_connection
+    for encoding in map(session.get_parameter_status, ("client_encoding", "server_encoding")):
+        codec = psycopg2.extensions.encodings.get(encoding or "")
+        if encoding in ("UTF8", "SQL_ASCII") or codec is None:
+            continue
+        try:
+            value.encode(codec)
+        except UnicodeEncodeError as exc:
+            return value[exc.start], encoding
+        except LookupError:  # an encoding Python has no codec for: the server decides
+            continue
     return None
 
 
