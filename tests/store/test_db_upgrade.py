@@ -439,3 +439,51 @@ def test_clinic_tables_in_a_later_schema_of_the_search_path_are_found(
             conn.execute(text("DROP SCHEMA clinic CASCADE"))
             conn.execute(text("DROP SCHEMA careflow CASCADE"))
         admin.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgres"], indirect=True)  # roles are Postgres's
+@pytest.mark.parametrize(
+    ("granted", "refusal"),
+    [("USAGE", "permission denied for schema public"), (None, "no schema has been selected to create in")],
+)
+def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
+    empty_db_url: str,
+    granted: str | None,
+    refusal: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Postgres 15 on: only the database's owner creates in its schema public.
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from careflow.store.db import dispose_engines
+
+    role = f"careflow_dml_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(empty_db_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
+        if granted:
+            conn.execute(text(f'GRANT {granted} ON SCHEMA public TO "{role}"'))
+    monkeypatch.setenv(
+        "CAREFLOW_DB_URL", make_url(empty_db_url).set(username=role).render_as_string(hide_password=False)
+    )
+    dispose_engines()
+    try:
+        assert main(["db", "upgrade"]) == 2
+        error = capsys.readouterr().err
+        assert f"the role {role} may not create or change careflow's tables" in error
+        assert refusal in error
+        assert f"GRANT USAGE, CREATE ON SCHEMA public TO {role}" in error
+
+        with admin.begin() as conn:  # as it says
+            conn.execute(text(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"'))
+        assert main(["db", "upgrade"]) == 0
+    finally:
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()

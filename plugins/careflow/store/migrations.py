@@ -15,9 +15,11 @@ from typing import Any
 
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
+from careflow.exceptions import ConfigurationError, first_line
 from careflow.store import tables
-from careflow.store.db import get_engine
+from careflow.store.db import database_name, get_engine
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,34 @@ def current_version(conn: Connection) -> int:
 
 
 def upgrade(engine: Engine | None = None) -> UpgradeReport:
-    """Bring careflow's tables to the latest version and create missing clinic tables."""
+    """Bring careflow's tables to the latest version and create missing clinic tables.
+
+    A role the database does not let create or change them gets a ConfigurationError that says
+    what to run it as, or to grant.
+    """
     engine = engine or get_engine()
+    try:
+        return _upgrade(engine)
+    except DBAPIError as exc:
+        # insufficient_privilege; invalid_schema_name: no schema of the search path it may use
+        if getattr(exc.orig, "pgcode", None) not in ("42501", "3F000"):
+            raise
+        raise ConfigurationError(_not_permitted(engine, exc)) from exc
+
+
+def _not_permitted(engine: Engine, exc: DBAPIError) -> str:
+    with engine.connect() as conn:
+        role, schema = conn.execute(text("SELECT current_user, coalesce(current_schema(), 'public')")).one()
+    return (
+        f"the role {role} may not create or change careflow's tables in {database_name(engine)} "
+        f"({first_line(exc.orig or exc)}): run `careflow db upgrade` as the role that owns them or the "
+        f"database's owner, or GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}. The tasks "
+        "themselves need only SELECT, INSERT, UPDATE and DELETE on the tables and USAGE on their "
+        "sequences"
+    )
+
+
+def _upgrade(engine: Engine) -> UpgradeReport:
     created: list[str] = []
     with engine.begin() as conn:
         _lock(conn)
@@ -192,8 +220,6 @@ def check_ready(engine: Engine | None = None) -> int:
     Runs as each run's enrollment starts, before careflow reads the clinic's data; once a database
     is found ready, not again in this process. Returns the number of queries it ran.
     """
-    from careflow.exceptions import ConfigurationError
-
     engine = engine or get_engine()
     if engine in _ready:
         return 0
