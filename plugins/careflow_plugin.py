@@ -14,7 +14,7 @@ class CareflowPlugin(AirflowPlugin):
     name = "careflow"
     fastapi_apps = [{"app": app, "url_prefix": "/careflow", "name": "careflow"}]
     external_views = [
-        {"name": "careflow", "href": "/careflow/ui/", "destination": "nav", "url_route": "careflow"}
+        {"name": "careflow", "href": "careflow/ui/", "destination": "nav", "url_route": "careflow"}
     ]
     operator_extra_links = [registered_node_link()]
     listeners = [pool_guard]

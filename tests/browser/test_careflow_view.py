@@ -129,11 +129,13 @@ def server(
         )
 
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    # Served under a path, as behind a clinic's reverse proxy: every URL the view and Airflow's
+    # navigation use must follow it.
+    base = f"http://127.0.0.1:{port}/airflow"
     log = (tmp / "api-server.log").open("w")
     api = subprocess.Popen(
         [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env,
+        env={**env, "AIRFLOW__API__BASE_URL": base},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -174,7 +176,7 @@ def test_airflow_lists_the_careflow_nav_entry(server: Server) -> None:
     assert status == 200, body
     [plugin] = [p for p in body["plugins"] if p["name"] == "careflow"]
     [view] = plugin["external_views"]
-    assert (view["href"], view["destination"], view["url_route"]) == ("/careflow/ui/", "nav", "careflow")
+    assert (view["href"], view["destination"], view["url_route"]) == ("careflow/ui/", "nav", "careflow")
     assert "careflow.airflow.links.CareflowNodeLink" in str(plugin["operator_extra_links"])
 
 
@@ -299,3 +301,44 @@ def test_the_browser_shows_workflows_counts_and_why_a_message_was_not_sent(
     assert f"message {status}: {reason}" in seen["why"]
     assert execution_id in seen["trace"]
     assert (ARTIFACTS / "careflow-view.png").stat().st_size > 10_000
+
+
+def test_airflows_navigation_opens_the_view_under_airflows_path(server: Server, chromium_binary: str) -> None:
+    # The nav entry's page in Airflow's own UI frames the view: at the path Airflow is served
+    # under, which a reverse proxy in front of it forwards, not at the host's root.
+    import aiohttp
+
+    frame = "document.querySelector('iframe[title=careflow]')"
+
+    async def drive(port: int) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session:
+            page = await new_page(session, port)
+            await page.send(
+                "Network.setCookie",
+                name="_token",
+                value=server.token,
+                url=server.base,
+                path="/",
+                httpOnly=True,
+            )
+            await page.open(
+                f"{server.base}/plugin/careflow",
+                f"{frame}?.contentDocument?.body?.dataset.state === 'ready'",
+                timeout=60,
+            )
+            seen = {
+                "path": await page.evaluate(f"{frame}.contentWindow.location.pathname"),
+                "workflows": await page.evaluate(
+                    f"{frame}.contentDocument.querySelectorAll('#workflows tr[data-workflow]').length"
+                ),
+            }
+            await page.screenshot(ARTIFACTS / "careflow-in-airflow.png")
+            return seen
+
+    browser = Chromium(chromium_binary)
+    try:
+        seen = asyncio.run(drive(browser.port))
+    finally:
+        browser.close()
+    assert seen["path"] == "/airflow/careflow/ui/"
+    assert seen["workflows"] == len(list(EXAMPLES.glob("*.json")))

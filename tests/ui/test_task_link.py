@@ -41,7 +41,7 @@ def test_the_plugin_registers_the_nav_entry_and_the_link_for_every_node_operator
 
     [view] = CareflowPlugin.external_views
     parsed = ExternalViewResponse.model_validate(view)
-    assert (parsed.href, parsed.destination, parsed.url_route) == ("/careflow/ui/", "nav", "careflow")
+    assert (parsed.href, parsed.destination, parsed.url_route) == ("careflow/ui/", "nav", "careflow")
     [link] = CareflowPlugin.operator_extra_links
     assert isinstance(link, CareflowNodeLink)
     assert set(link.operators) == set(NODE_OPERATORS.values())
