@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, func, select
 from careflow.providers.fake_server import FakeProviderServer
 from support import EXAMPLES, REPO, airflow_env, free_port
 
-from .chromium import Chromium, find_chromium, new_page
+from .chromium import Chromium, Page, find_chromium, new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
@@ -243,54 +243,66 @@ Object.fromEntries([...document.querySelectorAll('g.node')].map(g => [g.dataset.
 """
 
 
-def test_the_browser_shows_workflows_counts_and_why_a_message_was_not_sent(
-    server: Server, chromium_binary: str
-) -> None:
+def _signed_in(
+    chromium_binary: str, server: Server, visit: Callable[[Page], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """What ``visit`` saw in a fresh tab of Chromium, signed in to Airflow as the test's user."""
     import aiohttp
-
-    workflow_id, run_id, steps, messages = _busiest_run(server.db_url)
-    execution_id, status, reason = _not_sent(server.db_url)
-    examples = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 
     async def drive(port: int) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             page = await new_page(session, port)
             await page.send(
-                "Network.setCookie", name="_token", value=server.token, url=server.base, httpOnly=True
+                "Network.setCookie",
+                name="_token",
+                value=server.token,
+                url=server.base,
+                path="/",
+                httpOnly=True,
             )
-            seen: dict[str, Any] = {}
-            await page.open(
-                f"{server.base}/careflow/ui/#/", READY + " && !!document.querySelector('#workflows')"
-            )
-            seen["workflows"] = await page.evaluate(
-                "[...document.querySelectorAll('#workflows tr[data-workflow]')].map(r => r.dataset.workflow)"
-            )
-            seen["overview"] = await page.evaluate("document.body.innerText")
-            await page.screenshot(ARTIFACTS / "careflow-overview.png")
-
-            await page.open(
-                f"{server.base}/careflow/ui/#/workflow/{workflow_id}?run={run_id}",
-                READY + " && !!document.querySelector('svg.graph')",
-            )
-            seen["counts"] = await page.evaluate(COUNTS_JS)
-            seen["selected_run"] = await page.evaluate("document.getElementById('run').value")
-            await page.screenshot(ARTIFACTS / "careflow-view.png")
-
-            await page.open(
-                f"{server.base}/careflow/ui/#/execution/{execution_id}",
-                READY + " && !!document.querySelector('#why')",
-            )
-            seen["why"] = await page.evaluate("document.querySelector('#why').innerText")
-            seen["trace"] = await page.evaluate("document.body.innerText")
-            await page.screenshot(ARTIFACTS / "careflow-trace.png")
-            return seen
+            return await visit(page)
 
     browser = Chromium(chromium_binary)
     try:
-        seen = asyncio.run(drive(browser.port))
+        return asyncio.run(drive(browser.port))
     finally:
         browser.close()
 
+
+def test_the_browser_shows_workflows_counts_and_why_a_message_was_not_sent(
+    server: Server, chromium_binary: str
+) -> None:
+    workflow_id, run_id, steps, messages = _busiest_run(server.db_url)
+    execution_id, status, reason = _not_sent(server.db_url)
+    examples = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+
+    async def visit(page: Page) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        await page.open(f"{server.base}/careflow/ui/#/", READY + " && !!document.querySelector('#workflows')")
+        seen["workflows"] = await page.evaluate(
+            "[...document.querySelectorAll('#workflows tr[data-workflow]')].map(r => r.dataset.workflow)"
+        )
+        seen["overview"] = await page.evaluate("document.body.innerText")
+        await page.screenshot(ARTIFACTS / "careflow-overview.png")
+
+        await page.open(
+            f"{server.base}/careflow/ui/#/workflow/{workflow_id}?run={run_id}",
+            READY + " && !!document.querySelector('svg.graph')",
+        )
+        seen["counts"] = await page.evaluate(COUNTS_JS)
+        seen["selected_run"] = await page.evaluate("document.getElementById('run').value")
+        await page.screenshot(ARTIFACTS / "careflow-view.png")
+
+        await page.open(
+            f"{server.base}/careflow/ui/#/execution/{execution_id}",
+            READY + " && !!document.querySelector('#why')",
+        )
+        seen["why"] = await page.evaluate("document.querySelector('#why').innerText")
+        seen["trace"] = await page.evaluate("document.body.innerText")
+        await page.screenshot(ARTIFACTS / "careflow-trace.png")
+        return seen
+
+    seen = _signed_in(chromium_binary, server, visit)
     assert seen["workflows"] == examples
     assert "Circuit breakers" in seen["overview"] and "Recent failures" in seen["overview"]
     assert seen["selected_run"] == run_id
@@ -306,39 +318,23 @@ def test_the_browser_shows_workflows_counts_and_why_a_message_was_not_sent(
 def test_airflows_navigation_opens_the_view_under_airflows_path(server: Server, chromium_binary: str) -> None:
     # The nav entry's page in Airflow's own UI frames the view: at the path Airflow is served
     # under, which a reverse proxy in front of it forwards, not at the host's root.
-    import aiohttp
-
     frame = "document.querySelector('iframe[title=careflow]')"
 
-    async def drive(port: int) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as session:
-            page = await new_page(session, port)
-            await page.send(
-                "Network.setCookie",
-                name="_token",
-                value=server.token,
-                url=server.base,
-                path="/",
-                httpOnly=True,
-            )
-            await page.open(
-                f"{server.base}/plugin/careflow",
-                f"{frame}?.contentDocument?.body?.dataset.state === 'ready'",
-                timeout=60,
-            )
-            seen = {
-                "path": await page.evaluate(f"{frame}.contentWindow.location.pathname"),
-                "workflows": await page.evaluate(
-                    f"{frame}.contentDocument.querySelectorAll('#workflows tr[data-workflow]').length"
-                ),
-            }
-            await page.screenshot(ARTIFACTS / "careflow-in-airflow.png")
-            return seen
+    async def visit(page: Page) -> dict[str, Any]:
+        await page.open(
+            f"{server.base}/plugin/careflow",
+            f"{frame}?.contentDocument?.body?.dataset.state === 'ready'",
+            timeout=60,
+        )
+        seen = {
+            "path": await page.evaluate(f"{frame}.contentWindow.location.pathname"),
+            "workflows": await page.evaluate(
+                f"{frame}.contentDocument.querySelectorAll('#workflows tr[data-workflow]').length"
+            ),
+        }
+        await page.screenshot(ARTIFACTS / "careflow-in-airflow.png")
+        return seen
 
-    browser = Chromium(chromium_binary)
-    try:
-        seen = asyncio.run(drive(browser.port))
-    finally:
-        browser.close()
+    seen = _signed_in(chromium_binary, server, visit)
     assert seen["path"] == "/airflow/careflow/ui/"
     assert seen["workflows"] == len(list(EXAMPLES.glob("*.json")))
