@@ -1,8 +1,9 @@
-"""The clinic's times and ids as its own schema serves them (docs/contracts.md §2).
+"""The clinic's times, ids and text as its own database serves them (docs/contracts.md §2).
 
 Times are read as the instant they denote however the clinic's system wrote them (on SQLite,
 text in any ISO 8601 form; on Postgres, a time without a zone is UTC, whatever the database's
-TimeZone); ids that are not text are refused, named, before anything is read.
+TimeZone); ids that are not text are refused, named, before anything is read; Korean text goes
+through whatever the database's encoding (SQL_ASCII, EUC_KR) or the environment's.
 """
 
 from __future__ import annotations
