@@ -166,11 +166,14 @@ async def _run(
     import psycopg2
 
     from benchmarks.run_task import cpu_spent, postgres_process_cpu_s, process_cpu_s
+    from careflow.store.db import POSTGRES_CLIENT_ENCODING
 
     def provider_cpu_s() -> float | None:
         return None if provider_pid is None else process_cpu_s(provider_pid)
 
-    conn = psycopg2.connect(dsn)
+    # UTF-8 on the wire as careflow's sessions (careflow.store.db): a cluster whose default
+    # encoding is SQL_ASCII would otherwise have psycopg2 encode the patients' names as ASCII.
+    conn = psycopg2.connect(dsn, client_encoding=POSTGRES_CLIENT_ENCODING)
     conn.autocommit = True
     backend = conn.get_backend_pid()
     cur = conn.cursor()

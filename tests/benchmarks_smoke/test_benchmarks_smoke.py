@@ -43,16 +43,14 @@ def test_seed_plan_follows_delays_and_branches() -> None:
 @pytest.mark.postgres
 def test_seed_engine_sends_each_due_message_once(pg_server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The baseline loop sends one message per patient through the provider and logs it."""
-    from sqlalchemy import create_engine
-
     from careflow.store import tables
-    from careflow.store.db import dispose_engines
+    from careflow.store.db import dispose_engines, get_engine
     from careflow.store.migrations import upgrade
 
-    engine = create_engine(pg_server_url)
-    tables.metadata.drop_all(engine)
     monkeypatch.setenv("CAREFLOW_DB_URL", pg_server_url)
     dispose_engines()
+    engine = get_engine(pg_server_url)  # as the benchmark loads its clinic
+    tables.metadata.drop_all(engine)
     upgrade(engine)
     harness.load_clinic(engine, 5)
     with FakeProviderServer() as fake:
