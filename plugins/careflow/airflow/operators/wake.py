@@ -73,7 +73,7 @@ class WakeOperator(BaseOperator):
             "parked_until": wake.isoformat() if wake else None,
         }
         self.log.info("careflow %s: %s", self.workflow_id, result)
-        if wake is None or result["next_wake"] is None or is_simulated(context["dag_run"].conf):
+        if wake is None or wake >= scheduled or is_simulated(context["dag_run"].conf):
             return result
         # A triggerer that is not running (or far behind) would leave this task deferred, and so
         # the run active, past the next scheduled run, which max_active_runs holds back: every
