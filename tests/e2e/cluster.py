@@ -3,8 +3,8 @@
 ``Cluster`` creates fresh Postgres databases (Airflow's metadata and careflow's tables), a private
 redis-server (careflow's breaker state and, with the CeleryExecutor, the broker), migrates both,
 creates careflow's pool (or leaves it to the components), starts every component as a
-subprocess and talks to the api-server's REST API with a JWT of a known admin. It also listens for statsd packets and alert webhooks, so
-a test can check what left the components.
+subprocess and talks to the api-server's REST API with a JWT of a known admin. It also listens
+for statsd packets and alert webhooks, so a test can check what left the components.
 
 Used by the e2e tests and by the chaos runner (scheduler restarts).
 """

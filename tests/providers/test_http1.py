@@ -311,7 +311,8 @@ def test_the_pool_tells_not_written_from_written(serve: Callable[..., ScriptedSe
 
 
 def test_a_host_name_resolution_refuses_is_a_connect_failure() -> None:
-    # Past Origin.parse's checks (built by hand): the resolver raises UnicodeError (a UnicodeEncodeError on 3.13), not OSError.
+    # Past Origin.parse's checks (built by hand): the resolver raises UnicodeError (a
+    # UnicodeEncodeError on 3.13), not OSError.
     async def run() -> None:
         pool = Http1Pool(
             Origin("http", "a..b", 8025, ""), limit=1, connect_timeout=1, read_timeout=1, total_timeout=2
