@@ -7,11 +7,13 @@ deduplicate keys (``honour_idempotency=False``), so nothing is forgiven.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from careflow.engine import actions
@@ -110,6 +112,44 @@ def test_claims_taken_over_are_not_renewed_and_their_batch_stops(
     assert received < 12
     report = out["A"]
     assert report.reasons["claim_taken_over"] == 12 - received
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_worker_whose_clock_runs_ahead_leaves_another_workers_live_claims_alone(
+    engine, journey, fake, monkeypatch, caplog
+) -> None:
+    """Leases are judged on the database's clock, not on each machine's.
+
+    Worker A holds its batch claimed (its provider is slow); worker B, on a machine whose clock
+    runs ten minutes ahead, runs the same node. On B's own clock A's claims were five minutes past
+    their lease: B took them over and sent, and A sent the same messages when its answers came.
+    """
+    j = _journey(engine, journey, fake, "fence-clock", 3)
+    ctx = j.context(T, worker="A")
+    ctx.sender = Stalled(ctx.sender)
+    out: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: out.setdefault("A", process_node(ctx, "a")))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while [r["status"] for r in ledger(engine, "fence-clock").values()] != ["claimed"] * 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    ahead = timedelta(minutes=10)
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, "careflow.engine.context"):
+        m.setattr("careflow.clock.wall_clock", lambda: datetime.now(timezone.utc) + ahead)
+        other = j.node("a", T, worker="B")
+    assert (other.sent, other.pending, other.reasons["claimed_elsewhere"]) == (0, 3, 3)
+    assert any(
+        "clock is 600." in message and "ahead of the database's" in message for message in caplog.messages
+    )
+    assert {r["claimed_by"] for r in ledger(engine, "fence-clock").values()} == {"A"}
+
+    ctx.sender.go.set()  # A's answers come
+    worker.join(30)
+    assert out["A"].sent == 3
+    assert assert_exactly_once(fake)["accepted"] == 3  # the provider takes every key it is sent
+    assert fake.stats()["received"] == 3
 
 
 class Stalled:

@@ -805,6 +805,7 @@ def test_a_batch_waiting_for_room_in_the_recorder_has_its_claims_renewed_with_th
 
     class Stage:
         depth = 2
+        ctx = SimpleNamespace(clock_offset=lambda: timedelta(0))
 
         def __init__(self) -> None:
             self._renewed = ctypes.c_double(0.0)
@@ -818,7 +819,7 @@ def test_a_batch_waiting_for_room_in_the_recorder_has_its_claims_renewed_with_th
             return future
 
         def renewed(self, at: datetime) -> None:
-            self._renewed.value = actions._lease_deadline(at)
+            self._renewed.value = actions._lease_deadline(self.ctx, at)
 
     stage = Stage()
     recorder = actions._Recorder(SimpleNamespace(), SimpleNamespace(id="a", type="action"), stage)  # type: ignore[arg-type]

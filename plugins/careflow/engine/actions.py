@@ -55,11 +55,11 @@ _HELD_BACK = ("breaker_open", "throttled")
 _SUSPECT = ("claimed", "unknown")
 #: How often a worker waiting for its batches to be sent renews its claims on them, in seconds.
 RENEW_EVERY = CLAIM_LEASE.total_seconds() / 5
-#: The send stage stops writing a batch's requests this long before its lease runs out (on this
-#: worker's wall clock): another worker judges the lease by its own clock, which may run a little
-#: ahead of this one, and a request checked just in time may still open a connection (up to the
-#: client's timeout, 10 s by default) before it is written. At most a tenth of the lease, so that
-#: a lease shortened to a second (the chaos runner's) keeps most of its time.
+#: The send stage stops writing a batch's requests this long before its lease runs out: every
+#: worker judges leases by the database's clock (``RunContext.wall``), each knowing it to within a
+#: round trip, and a request checked just in time may still open a connection (up to the client's
+#: timeout, 10 s by default) before it is written. At most a tenth of the lease, so that a lease
+#: shortened to a second (the chaos runner's) keeps most of its time.
 LEASE_MARGIN = timedelta(seconds=30)
 #: The first batch of an action is at most this big, and each next one twice the one before, up
 #: to the workflow's ``batch_size``: the first messages leave once a hundred are prepared, not a
@@ -80,12 +80,6 @@ def idempotency_key(execution_id: str, node_id: str) -> str:
 def worker_name() -> str:
     """Who holds a claim (host and pid)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _wall() -> datetime:
-    from careflow.clock import wall_clock
-
-    return wall_clock()
 
 
 def send_action(ctx: RunContext, node: CompiledNode) -> NodeReport:
@@ -681,14 +675,14 @@ class _SendStage:
             return _done(_send(self.ctx, self.node, to_send, None))
         self.start()
         assert self._executor is not None
-        deadline = LeaseDeadline(_lease_deadline(claimed_at), self._renewed)
+        deadline = LeaseDeadline(_lease_deadline(self.ctx, claimed_at), self._renewed)
         return self._executor.submit(_send, self.ctx, self.node, to_send, self.sender, deadline)
 
     def renewed(self, at: datetime) -> None:
         """The claims of every batch handed over so far were renewed at ``at``: their lease moves."""
         with self._stop_lock:
             if not self._stopping:
-                self._renewed.value = _lease_deadline(at)
+                self._renewed.value = _lease_deadline(self.ctx, at)
 
     def stop_sending(self) -> None:
         """The task is stopping: no request not yet written is written, whatever batch it is of.
@@ -883,16 +877,18 @@ def _renew_claims(ctx: RunContext, batches: list[dict[str, dict[str, Any]]]) -> 
     keys = list({key for batch in batches for key in batch})
     if not keys:
         return None
-    wall = _wall()
+    wall = ctx.wall()
     with st.batch_transaction(ctx) as conn:
         renewed = conn.execute(update(m).where(*_held_by(conn, ctx, keys)).values(claimed_at=wall)).rowcount
     return wall if renewed == len(keys) else None
 
 
-def _lease_deadline(claimed_at: datetime) -> float:
-    """The unix time after which no request of a batch claimed (or renewed) at ``claimed_at`` is written."""
+def _lease_deadline(ctx: RunContext, claimed_at: datetime) -> float:
+    """The unix time, on this worker's clock, after which no request of a batch claimed (or renewed)
+    at ``claimed_at`` (on the database's, ``RunContext.wall``) is written."""
     lease = CLAIM_LEASE.total_seconds()
-    return claimed_at.timestamp() + lease - min(LEASE_MARGIN.total_seconds(), lease / 10)
+    mine = claimed_at - ctx.clock_offset()
+    return mine.timestamp() + lease - min(LEASE_MARGIN.total_seconds(), lease / 10)
 
 
 def _prepare_batch(  # type: ignore[no-untyped-def]
@@ -911,8 +907,8 @@ def _prepare_batch(  # type: ignore[no-untyped-def]
     config = node.config
     max_late = timedelta(minutes=(config.max_lateness or ctx.compiled.settings.max_lateness).minutes())
     default_tz = zone(ctx.compiled.timezone)
-    wall = _wall()
     with st.batch_transaction(ctx, report) as conn:
+        wall = ctx.wall(conn)
         rows = st.due_steps(conn, ctx, node.id, after, batch)
         report.queries += 1
         if not rows:

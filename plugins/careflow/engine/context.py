@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from careflow.compiler import CompiledWorkflow
+
+log = logging.getLogger(__name__)
+
+#: A worker's clock further than this from the database's is logged (see ``RunContext.wall``).
+CLOCK_DRIFT_WARNING = timedelta(seconds=10)
 
 
 @dataclass
@@ -40,11 +46,44 @@ class RunContext:
     sent_keys: Any = None
     #: per thread, the events of each open :meth:`events_held` block, innermost last
     _held: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
+    #: the database's clock minus this worker's, read at the first :meth:`wall`
+    _clock_offset: timedelta | None = field(default=None, init=False, repr=False, compare=False)
+    _clock_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @property
     def workflow_id(self) -> str:
         """The workflow being run."""
         return self.compiled.workflow_id
+
+    def wall(self, conn: Connection | None = None) -> datetime:
+        """Now, on the database's clock: the time claims are written with and their leases judged by.
+
+        Workers on several machines share the ledger, and each judges whether another's claim is
+        still live by the time it was written. On their own clocks, a worker whose clock ran a few
+        minutes ahead of another's would take that worker's live claims over, and both would send.
+        On the database's they agree, whatever each machine's clock says.
+        """
+        from careflow.clock import wall_clock
+
+        return wall_clock() + self.clock_offset(conn)
+
+    def clock_offset(self, conn: Connection | None = None) -> timedelta:
+        """The database's clock minus this worker's, read once (zero on SQLite): on ``conn`` if given."""
+        if self._clock_offset is None:
+            with self._clock_lock:
+                if self._clock_offset is None:
+                    from careflow.store.db import clock_offset
+
+                    self._clock_offset = offset = clock_offset(self.engine if conn is None else conn)
+                    if abs(offset) > CLOCK_DRIFT_WARNING:
+                        log.warning(
+                            "careflow: this worker's clock is %.1f s %s the database's; careflow times its "
+                            "claims by the database's clock, but Airflow needs the clocks of its machines "
+                            "synchronised (NTP)",
+                            abs(offset.total_seconds()),
+                            "behind" if offset > timedelta(0) else "ahead of",
+                        )
+        return self._clock_offset
 
     def event(self, name: str, **fields: Any) -> None:
         """Report an observable event (metrics, alerts) without patient data.

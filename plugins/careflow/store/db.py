@@ -6,6 +6,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import event
@@ -172,6 +173,27 @@ def transaction(engine: Engine | None = None) -> Iterator[Connection]:
     engine = engine or get_engine()
     with engine.begin() as conn:
         yield conn
+
+
+def clock_offset(bind: Connection | Engine) -> timedelta:
+    """The database server's clock minus this process's: added to this machine's time, the server's.
+
+    Zero on SQLite (a file of this machine, read by its clock). On Postgres, the server's
+    ``clock_timestamp()`` (the time it answers, not its transaction's start) against the middle of
+    the round trip that asked for it, so exact to within half of that round trip. On a connection,
+    one statement in its transaction.
+    """
+    from careflow.clock import wall_clock
+
+    if bind.dialect.name != "postgresql":
+        return timedelta(0)
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return clock_offset(conn)
+    asked = wall_clock()
+    server = bind.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+    answered = wall_clock()
+    return server - (asked + (answered - asked) / 2)
 
 
 def is_postgres(conn: Connection | Engine) -> bool:
