@@ -125,15 +125,7 @@ def test_a_worker_whose_clock_runs_ahead_leaves_another_workers_live_claims_alon
     their lease: B took them over and sent, and A sent the same messages when its answers came.
     """
     j = _journey(engine, journey, fake, "fence-clock", 3)
-    ctx = j.context(T, worker="A")
-    ctx.sender = Stalled(ctx.sender)
-    out: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: out.setdefault("A", process_node(ctx, "a")))
-    worker.start()
-    deadline = time.monotonic() + 20
-    while [r["status"] for r in ledger(engine, "fence-clock").values()] != ["claimed"] * 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    ctx, worker, out = _stalled_worker(engine, j, "fence-clock")
 
     ahead = timedelta(minutes=10)
     with monkeypatch.context() as m, caplog.at_level(logging.WARNING, "careflow.engine.context"):
@@ -150,6 +142,24 @@ def test_a_worker_whose_clock_runs_ahead_leaves_another_workers_live_claims_alon
     assert out["A"].sent == 3
     assert assert_exactly_once(fake)["accepted"] == 3  # the provider takes every key it is sent
     assert fake.stats()["received"] == 3
+
+
+def _stalled_worker(engine, j, workflow_id: str):  # type: ignore[no-untyped-def]
+    """Worker A runs node ``a`` in a thread and stalls once its three messages are claimed.
+
+    Returns A's context (``ctx.sender.go.set()`` lets it go on), its thread, and where its
+    report goes (``out["A"]``).
+    """
+    ctx = j.context(T, worker="A")
+    ctx.sender = Stalled(ctx.sender)  # not the client itself: sent from a thread of the task
+    out: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: out.setdefault("A", process_node(ctx, "a")))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while [r["status"] for r in ledger(engine, workflow_id).values()] != ["claimed"] * 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return ctx, worker, out
 
 
 class Stalled:
@@ -171,15 +181,7 @@ def test_a_worker_resuming_past_its_lease_sends_nothing_that_another_worker_let_
 ) -> None:
     monkeypatch.setattr(actions, "CLAIM_LEASE", timedelta(seconds=1))
     j = _journey(engine, journey, fake, "fence-expired", 3)
-    ctx = j.context(T, worker="A")
-    ctx.sender = Stalled(ctx.sender)  # not the client itself: sent from a thread of the task
-    out: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: out.setdefault("A", process_node(ctx, "a")))
-    worker.start()
-    deadline = time.monotonic() + 20
-    while [r["status"] for r in ledger(engine, "fence-expired").values()] != ["claimed"] * 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    ctx, worker, out = _stalled_worker(engine, j, "fence-expired")
     time.sleep(1.2)  # A's lease runs out; it renews nothing (every minute, as in production)
 
     late = j.node("a", T + timedelta(hours=25), worker="B")  # past max_lateness
