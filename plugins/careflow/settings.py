@@ -370,6 +370,8 @@ def sqlalchemy_url(conn: ConnectionInfo) -> str:
     """
     from sqlalchemy.engine import URL
 
+    from careflow.exceptions import ConfigurationError
+
     if conn.extra.get("sqlalchemy_url"):
         return str(conn.extra["sqlalchemy_url"])
     kind = conn.conn_type.lower()
@@ -379,24 +381,38 @@ def sqlalchemy_url(conn: ConnectionInfo) -> str:
             path = f"{conn.host}/{conn.schema}"
         return URL.create("sqlite", database=path).render_as_string(hide_password=False)
     if kind in ("postgres", "postgresql", "postgresql+psycopg2"):
+        from careflow.store.db import split_servers
+
         query = _postgres_options(conn.extra)
-        host = conn.host or "localhost"
-        # The directory of the server's Unix socket: libpq takes it as the host, a URL cannot.
-        socket_dir = host.startswith("/")
-        if socket_dir:
-            query["host"] = host
+        given = conn.host or "localhost"
+        host: str | None = given
+        port = conn.port
+        if given.startswith("/"):
+            # The directory of the server's Unix socket: libpq takes it as the host, a URL cannot.
+            query["host"], host = given, None
+        elif "," in given:
+            # A primary and its standbys (``primary:5432,standby``; the port field is the port of
+            # those that name none): libpq takes the lists from the query, a URL's address holds one.
+            try:
+                hosts, ports = split_servers(given)
+            except ValueError as exc:
+                raise ConfigurationError(f"connection {conn.conn_id!r}: its host {given!r}: {exc}") from None
+            query["host"] = ",".join(hosts)
+            if port or any(ports):
+                query["port"] = ",".join(own or str(port or "") for own in ports)
+            host = port = None
         url = URL.create(
             "postgresql+psycopg2",
             # A password without a login needs the empty login, or the URL leaves it out.
             username=conn.login if conn.login or conn.password else None,
             password=conn.password or None,
-            host=None if socket_dir else host,
-            port=conn.port,
+            host=host,
+            port=port,
             database=conn.schema or "postgres",
             query=query,
         )
         return url.render_as_string(hide_password=False)
-    raise ValueError(
+    raise ConfigurationError(
         f"connection {conn.conn_id!r} has type {conn.conn_type!r}: careflow_db must be postgres or sqlite"
     )
 

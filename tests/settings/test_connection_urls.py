@@ -119,6 +119,49 @@ def test_the_extra_sqlalchemy_url_is_careflows_own(monkeypatch: pytest.MonkeyPat
     assert dict(make_url(settings.sqlalchemy_url(conn)).query) == {"sslmode": "require"}
 
 
+def test_a_host_listing_a_primary_and_its_standbys_connects_to_the_first_that_answers(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's host in libpq's form, ``primary:port,standby``; the port field for those without one."""
+    from careflow.store.db import dispose_engines, get_engine
+    from support import free_port
+
+    server = make_url(pg_server_url)
+    conn = {
+        "conn_type": "postgres",
+        "host": f"127.0.0.1:{free_port()},{server.host}",
+        "port": server.port or 5432,
+        "login": server.username,
+        "schema": server.database,
+        "extra": {"target_session_attrs": "read-write"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_DB", json.dumps(conn))
+    url = settings.db_url()
+    assert make_url(url).query["host"] == f"127.0.0.1,{server.host}"
+    try:
+        with get_engine(url).connect() as db:
+            assert db.execute(text("SELECT inet_server_port()")).scalar() == (server.port or 5432)
+    finally:
+        dispose_engines()
+
+
+def test_a_hosts_port_that_is_not_a_number_and_another_type_are_configuration_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from careflow.exceptions import ConfigurationError
+
+    conn = {"conn_type": "postgres", "host": "db1:54x,db2", "login": "u", "password": "hunter2"}
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_DB", json.dumps(conn))
+    with pytest.raises(
+        ConfigurationError, match="the port '54x' of the server 'db1:54x' is not a number"
+    ) as caught:
+        settings.db_url()
+    assert "hunter2" not in str(caught.value)
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_DB", json.dumps({"conn_type": "mysql", "host": "db"}))
+    with pytest.raises(ConfigurationError, match="careflow_db must be postgres or sqlite"):
+        settings.db_url()
+
+
 def test_a_password_without_a_login_and_a_socket_directory() -> None:
     conn = settings.ConnectionInfo("careflow_db", "postgres", password="p@ss", schema="careflow")
     url = make_url(settings.sqlalchemy_url(conn))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from careflow.cli import main
 from careflow.exceptions import ConfigurationError
 from careflow.store.db import dispose_engines, engine_url, get_engine
+from support import free_port
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg2"])
@@ -49,3 +51,41 @@ def test_an_unreadable_url_is_named_without_its_password():
     with pytest.raises(ConfigurationError, match="is not a database URL") as caught:
         engine_url("not a url://u:hunter2@host/db")
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_list_of_servers_with_their_ports_connects_to_the_first_that_answers(pg_server_url):
+    """libpq's form of a primary and its standbys, which SQLAlchemy alone cannot read."""
+    server = make_url(pg_server_url)
+    nobody = free_port()
+    url = (
+        f"postgresql://{server.username}@127.0.0.1:{nobody},{server.host}:{server.port}/{server.database}"
+        "?target_session_attrs=read-write"
+    )
+    engine = get_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT inet_server_port()")).scalar() == server.port
+    finally:
+        dispose_engines()
+
+
+def test_a_list_of_servers_keeps_ipv6_addresses_and_the_query():
+    url = make_url(engine_url("postgresql://u:p%40ss@[::1]:5432,standby/db?sslmode=require"))
+    assert (url.drivername, url.host, url.username, url.password, url.database) == (
+        "postgresql+psycopg2",
+        None,
+        "u",
+        "p@ss",
+        "db",
+    )
+    assert dict(url.query) == {"host": "::1,standby", "port": "5432,", "sslmode": "require"}
+    # Without a port the list is the address's host, as libpq and SQLAlchemy both read it.
+    assert engine_url("postgresql://u@h1,h2/db") == "postgresql+psycopg2://u@h1,h2/db"
+
+
+def test_a_servers_port_that_is_not_a_number_is_named_without_the_password():
+    with pytest.raises(ConfigurationError, match="is not a database URL") as caught:
+        engine_url("postgresql://u:hunter2@h1:5432,h2:54x/db")
+    message = str(caught.value)
+    assert "the port '54x' of the server 'h2:54x' is not a number" in message
+    assert "hunter2" not in message

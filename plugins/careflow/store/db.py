@@ -63,8 +63,8 @@ def engine_url(url: str) -> str:
     from careflow.exceptions import ConfigurationError
 
     try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
+        parsed = make_url(_servers_as_query(url))
+    except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(f"careflow_db: {hidden_url(url)!r} is not a database URL ({exc})") from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend not in ("postgresql", "postgres"):
@@ -75,6 +75,54 @@ def engine_url(url: str) -> str:
             "Postgres through psycopg2: write postgresql://… or postgresql+psycopg2://…"
         )
     return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+#: A Postgres URL whose address lists several servers (libpq's form): its scheme, login, servers,
+#: path and query.
+_SERVER_LIST = re.compile(
+    r"^(?P<scheme>postgres(?:ql)?(?:\+\w+)?)://(?P<login>[^@/?#]*@)?(?P<servers>[^@/?#]*,[^/?#]*)"
+    r"(?P<path>/[^?#]*)?(?:\?(?P<query>[^#]*))?$"
+)
+
+
+def _servers_as_query(url: str) -> str:
+    """``url`` with a list of servers some of which name a port moved to ``?host=h1,h2&port=p1,p2``.
+
+    SQLAlchemy reads one host and one port from a URL's address, and fails on ``h1:5432,h2:5433``;
+    libpq takes the two lists from the query as it takes them from the address. A list without
+    ports (``h1,h2``) is left in the address, where SQLAlchemy passes it on as the host.
+    """
+    match = _SERVER_LIST.match(url)
+    if match is None:
+        return url
+    hosts, ports = split_servers(match["servers"])
+    if not any(ports):
+        return url
+    query = [
+        f"host={','.join(hosts)}",
+        f"port={','.join(ports)}",
+        *([match["query"]] if match["query"] else []),
+    ]
+    return f"{match['scheme']}://{match['login'] or ''}{match['path'] or '/'}?{'&'.join(query)}"
+
+
+def split_servers(servers: str) -> tuple[list[str], list[str]]:
+    """libpq's list of servers (``primary:5432,[::1]:5433,standby``): its hosts, and its ports.
+
+    A server that names no port has '' in the ports; a port that is not a number is a ValueError.
+    """
+    hosts, ports = [], []
+    for server in servers.split(","):
+        if server.startswith("["):  # an IPv6 address, [::1] or [::1]:5432
+            host, _, rest = server[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port = server.partition(":")
+        if port and not port.isdigit():
+            raise ValueError(f"the port {port!r} of the server {server!r} is not a number")
+        hosts.append(host)
+        ports.append(port)
+    return hosts, ports
 
 
 def database_name(engine: Engine) -> str:
