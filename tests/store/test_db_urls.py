@@ -81,6 +81,11 @@ def test_a_list_of_servers_keeps_ipv6_addresses_and_the_query():
     assert dict(url.query) == {"host": "::1,standby", "port": "5432,", "sslmode": "require"}
     # Without a port the list is the address's host, as libpq and SQLAlchemy both read it.
     assert engine_url("postgresql://u@h1,h2/db") == "postgresql+psycopg2://u@h1,h2/db"
+    # A comma in the password is the password's, with one server or several.
+    one = make_url(engine_url("postgresql://u:pa,ss@h:5432/db"))
+    assert (one.password, one.host, one.port, dict(one.query)) == ("pa,ss", "h", 5432, {})
+    several = make_url(engine_url("postgresql://u:pa,ss@h1:5432,h2:5433/db"))
+    assert (several.password, dict(several.query)) == ("pa,ss", {"host": "h1,h2", "port": "5432,5433"})
 
 
 def test_a_servers_port_that_is_not_a_number_is_named_without_the_password():

@@ -78,9 +78,9 @@ def engine_url(url: str) -> str:
 
 
 #: A Postgres URL whose address lists several servers (libpq's form): its scheme, login, servers,
-#: path and query.
+#: path and query. The servers hold no ``@``: a comma in the login's password is not a list.
 _SERVER_LIST = re.compile(
-    r"^(?P<scheme>postgres(?:ql)?(?:\+\w+)?)://(?P<login>[^@/?#]*@)?(?P<servers>[^@/?#]*,[^/?#]*)"
+    r"^(?P<scheme>postgres(?:ql)?(?:\+\w+)?)://(?P<login>[^@/?#]*@)?(?P<servers>[^@/?#]*,[^@/?#]*)"
     r"(?P<path>/[^?#]*)?(?:\?(?P<query>[^#]*))?$"
 )
 
