@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import quote
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -94,3 +97,33 @@ def test_a_servers_port_that_is_not_a_number_is_named_without_the_password():
     message = str(caught.value)
     assert "the port '54x' of the server 'h2:54x' is not a number" in message
     assert "hunter2" not in message
+
+
+def test_a_unix_socket_directory_in_libpq_form_connects(pg_server_url):
+    """``postgresql://user@%2Fvar%2Frun%2Fpostgresql/db``: libpq's form of a socket's directory,
+    which SQLAlchemy alone hands to libpq as a host name that does not resolve."""
+    server = make_url(pg_server_url)
+    with get_engine(pg_server_url).connect() as conn:
+        directories = conn.execute(text("SHOW unix_socket_directories")).scalar() or ""
+    dispose_engines()
+    directory = next((d.strip() for d in directories.split(",") if d.strip().startswith("/")), None)
+    if directory is None or not Path(directory, f".s.PGSQL.{server.port}").exists():
+        pytest.skip("the Postgres server has no Unix socket on this machine")
+    encoded = quote(directory, safe="")
+    for address in (encoded, f"{encoded}:{server.port}"):
+        engine = get_engine(f"postgresql://{server.username}@{address}/{server.database}")
+        try:
+            with engine.connect() as conn:
+                # A socket connection has no client address.
+                assert conn.execute(text("SELECT inet_client_addr() IS NULL")).scalar() is True
+        finally:
+            dispose_engines()
+
+
+def test_a_socket_directory_moves_to_the_query_and_a_single_server_stays():
+    url = make_url(engine_url("postgresql://u:pw@%2Frun%2Fpg:5433/db?sslmode=disable"))
+    assert (url.host, url.port, url.password) == (None, None, "pw")
+    assert dict(url.query) == {"host": "/run/pg", "port": "5433", "sslmode": "disable"}
+    assert dict(make_url(engine_url("postgresql://u@%2frun%2fpg/db")).query) == {"host": "/run/pg"}
+    assert engine_url("postgresql://u@db.internal:5433/db") == "postgresql+psycopg2://u@db.internal:5433/db"
+    assert engine_url("postgresql:///db?host=/run/pg") == "postgresql+psycopg2:///db?host=%2Frun%2Fpg"

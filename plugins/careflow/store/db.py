@@ -77,30 +77,34 @@ def engine_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
-#: A Postgres URL whose address lists several servers (libpq's form): its scheme, login, servers,
-#: path and query. The servers hold no ``@``: a comma in the login's password is not a list.
-_SERVER_LIST = re.compile(
-    r"^(?P<scheme>postgres(?:ql)?(?:\+\w+)?)://(?P<login>[^@/?#]*@)?(?P<servers>[^@/?#]*,[^@/?#]*)"
+#: A Postgres URL: its scheme, login, servers (one, or a list in libpq's form), path and query.
+#: The servers hold no ``@``: a comma in the login's password is not a list.
+_ADDRESS = re.compile(
+    r"^(?P<scheme>postgres(?:ql)?(?:\+\w+)?)://(?P<login>[^@/?#]*@)?(?P<servers>[^@/?#]*)"
     r"(?P<path>/[^?#]*)?(?:\?(?P<query>[^#]*))?$"
 )
 
 
 def _servers_as_query(url: str) -> str:
-    """``url`` with a list of servers some of which name a port moved to ``?host=h1,h2&port=p1,p2``.
+    """``url`` with what SQLAlchemy cannot read from its address moved to ``?host=…&port=…``.
 
-    SQLAlchemy reads one host and one port from a URL's address, and fails on ``h1:5432,h2:5433``;
-    libpq takes the two lists from the query as it takes them from the address. A list without
-    ports (``h1,h2``) is left in the address, where SQLAlchemy passes it on as the host.
+    SQLAlchemy reads one host and one port from a URL's address: it fails on a list of servers
+    that name ports (``h1:5432,h2:5433``), and hands a Unix socket's directory, which libpq's form
+    writes percent-encoded (``%2Fvar%2Frun%2Fpostgresql``), to libpq as a host name. libpq takes
+    both from the query as it takes them from the address, and SQLAlchemy decodes the query. A
+    list without ports (``h1,h2``) and a single server are left in the address, where SQLAlchemy
+    passes them on.
     """
-    match = _SERVER_LIST.match(url)
+    match = _ADDRESS.match(url)
     if match is None:
         return url
     hosts, ports = split_servers(match["servers"])
-    if not any(ports):
+    sockets = any(host[:3].upper() == "%2F" for host in hosts)
+    if not sockets and (len(hosts) < 2 or not any(ports)):
         return url
     query = [
         f"host={','.join(hosts)}",
-        f"port={','.join(ports)}",
+        *([f"port={','.join(ports)}"] if any(ports) else []),
         *([match["query"]] if match["query"] else []),
     ]
     return f"{match['scheme']}://{match['login'] or ''}{match['path'] or '/'}?{'&'.join(query)}"
