@@ -26,7 +26,7 @@ from careflow.compiler.hashing import canonical_document, content_hash
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
-from careflow.store.db import database_name, get_engine, unstorable_character
+from careflow.store.db import database_name, get_engine, unreachable_message, unstorable_character
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.models import Workflow
 from careflow.workflow.validation import ValidationReport, validate_path
@@ -310,7 +310,9 @@ def publish_each(
             if isinstance(exc, CareflowError):
                 reason = str(exc)
             else:
-                reason = f"unexpected error: {type(exc).__name__}: {first_line(exc)}"
+                reason = (
+                    unreachable_message(exc) or f"unexpected error: {type(exc).__name__}: {first_line(exc)}"
+                )
             result = PublishResult(report.source, report.workflow_id, "failed", report=report, error=reason)
         yield result
 

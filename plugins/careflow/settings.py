@@ -465,6 +465,16 @@ def db_url() -> str:
     return f"sqlite:///{airflow_home() / 'careflow.db'}"
 
 
+def db_url_origin() -> str:
+    """Where :func:`db_url` finds careflow's database, for messages: the variable, the connection,
+    or the embedded default."""
+    if os.environ.get("CAREFLOW_DB_URL"):
+        return "CAREFLOW_DB_URL"
+    if get_connection(DB_CONN_ID) is not None:
+        return f"the {DB_CONN_ID} connection"
+    return "the embedded default"
+
+
 def redis_connection_used() -> bool:
     """Whether :func:`redis_url` reads the ``careflow_redis`` connection: not when ``CAREFLOW_REDIS_URL`` is set."""
     return "CAREFLOW_REDIS_URL" not in os.environ

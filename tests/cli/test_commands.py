@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from careflow.cli import main
-from support import EXAMPLES, REPO
+from support import EXAMPLES, REPO, free_port
 
 BROKEN = REPO / "include" / "broken"
 CAREFLOW = str(Path(sys.executable).parent / "careflow")
@@ -106,18 +106,30 @@ def test_schema_is_the_published_json_schema(capsys: pytest.CaptureFixture[str])
     assert json.loads(out) == published
 
 
-def test_an_unexpected_error_is_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "command", [("metrics", "--no-airflow"), ("db", "upgrade"), ("workflows", "publish")]
+)
+def test_a_database_that_cannot_be_reached_is_named_with_where_its_url_came_from(
+    command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("CAREFLOW_DB_URL", "postgresql+psycopg2://careflow@127.0.0.1:1/careflow")
     from careflow.store.db import dispose_engines
 
-    dispose_engines()
-    code, out, err = _run(capsys, "db", "upgrade")
-    dispose_engines()
+    nobody = free_port()
+    monkeypatch.setenv("CAREFLOW_DB_URL", f"postgresql://careflow:hunter2@127.0.0.1:{nobody}/careflow")
+    argv = [*command, str(EXAMPLES / "implant-aftercare.json")] if command[-1] == "publish" else [*command]
+    try:
+        code = main(argv)
+    finally:
+        dispose_engines()
+    out, err = capsys.readouterr()
     assert code == 2
-    assert "Traceback" not in err
-    assert err.startswith("careflow: ") and "OperationalError" in err
+    told = (
+        f"cannot connect to careflow's database postgresql+psycopg2://careflow:***@127.0.0.1:{nobody}/careflow "
+        f'(from CAREFLOW_DB_URL): connection to server at "127.0.0.1", port {nobody} failed'
+    )
+    shown = f"{EXAMPLES / 'implant-aftercare.json'}: not published: " if command[-1] == "publish" else ""
+    assert err.startswith(f"careflow: {shown}{told}") and len(err.splitlines()) == 1, err
+    assert "hunter2" not in out + err and "unexpected error" not in err
 
 
 def test_console_script_validates_and_upgrades(tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from careflow.cli import main
 from careflow.exceptions import ConfigurationError
-from careflow.store.db import dispose_engines, engine_url, get_engine
+from careflow.store.db import database_name, dispose_engines, engine_url, get_engine, unreachable_database
 from support import free_port
 
 
@@ -127,3 +128,18 @@ def test_a_socket_directory_moves_to_the_query_and_a_single_server_stays():
     assert dict(make_url(engine_url("postgresql://u@%2frun%2fpg/db")).query) == {"host": "/run/pg"}
     assert engine_url("postgresql://u@db.internal:5433/db") == "postgresql+psycopg2://u@db.internal:5433/db"
     assert engine_url("postgresql:///db?host=/run/pg") == "postgresql+psycopg2:///db?host=%2Frun%2Fpg"
+
+
+def test_only_a_failure_to_connect_names_the_database_as_unreachable(pg_server_url):
+    engine = get_engine(pg_server_url)
+    try:
+        with pytest.raises(DBAPIError) as failed_statement, engine.connect() as conn:
+            conn.execute(text("SELECT no_such_column"))
+        assert unreachable_database(failed_statement.value) is None
+        nobody = get_engine(f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db")
+        with pytest.raises(DBAPIError) as refused:
+            nobody.connect()
+        assert unreachable_database(refused.value) == database_name(nobody)
+        assert "hunter2" not in database_name(nobody)
+    finally:
+        dispose_engines()

@@ -182,8 +182,36 @@ def get_engine(url: str | None = None) -> Engine:
                     hide_parameters=True,
                 )
                 event.listen(engine, "connect", _postgres_utc, insert=True)
+            event.listen(engine, "handle_error", _name_unreachable_database)
             _engines[url_as_given] = engine
         return engine
+
+
+def _name_unreachable_database(context: Any) -> None:
+    """Tag an error raised while connecting (no statement of careflow's ran) with the database's URL."""
+    if context.connection is None and context.sqlalchemy_exception is not None:
+        context.sqlalchemy_exception.careflow_unreachable = database_name(context.engine)
+
+
+def unreachable_database(exc: BaseException) -> str | None:
+    """The URL (its password hidden) of the careflow database that ``exc`` failed to connect to;
+    None for any other error."""
+    return getattr(exc, "careflow_unreachable", None)
+
+
+def unreachable_message(exc: BaseException) -> str | None:
+    """What to tell of ``exc`` where it is a failure to connect to careflow's database (the server
+    down, a name that does not resolve, a database, role or password it refuses): the database,
+    where its URL came from and the driver's first line. None for any other error."""
+    database = unreachable_database(exc)
+    if database is None:
+        return None
+    from careflow.exceptions import first_line
+
+    return (
+        f"cannot connect to careflow's database {database} (from {settings.db_url_origin()}): "
+        f"{first_line(getattr(exc, 'orig', None) or exc)}"
+    )
 
 
 def unstorable_character(conn: Connection, value: str) -> tuple[str, str] | None:
