@@ -143,3 +143,19 @@ def test_only_a_failure_to_connect_names_the_database_as_unreachable(pg_server_u
         assert "hunter2" not in database_name(nobody)
     finally:
         dispose_engines()
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_on_checkout(pg_server_url):
+    """The server ended the session (``idle_session_timeout``, a restart, a pooler): the next
+    checkout's ping notices and the pool connects again, with no error for the caller."""
+    engine = get_engine(pg_server_url)
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with get_engine(pg_server_url).pool._creator() as admin:  # a connection outside the pool
+            admin.autocommit = True
+            admin.cursor().execute("SELECT pg_terminate_backend(%s)", (first,))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first
+    finally:
+        dispose_engines()

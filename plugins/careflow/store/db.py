@@ -188,8 +188,14 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def _name_unreachable_database(context: Any) -> None:
-    """Tag an error raised while connecting (no statement of careflow's ran) with the database's URL."""
-    if context.connection is None and context.sqlalchemy_exception is not None:
+    """Tag an error raised while connecting (no statement of careflow's ran) with the database's URL.
+
+    A pooled connection's ping that fails has no engine in its context and is none of these: the
+    pool replaces that connection, and only a new one that cannot be made is.
+    """
+    if context.is_pre_ping or context.engine is None or context.sqlalchemy_exception is None:
+        return
+    if context.connection is None:
         context.sqlalchemy_exception.careflow_unreachable = database_name(context.engine)
 
 
