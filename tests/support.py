@@ -473,6 +473,88 @@ def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
+@dataclass
+class RedisSentinel:
+    """A master, its replica and a Sentinel monitoring them as ``mymaster``; each with a password."""
+
+    master_port: int
+    replica_port: int
+    sentinel_port: int
+    password: str = "data-secret"
+    sentinel_password: str = "sentinel-secret"
+    service: str = "mymaster"
+
+    @property
+    def url(self) -> str:
+        """The ``redis+sentinel://`` URL a clinic would configure: the Sentinel, the service, database 0."""
+        return (
+            f"redis+sentinel://:{self.password}@127.0.0.1:{self.sentinel_port}/{self.service}/0"
+            f"?sentinel_password={self.sentinel_password}"
+        )
+
+    def sentinel(self) -> Any:
+        import redis
+
+        return redis.Redis(port=self.sentinel_port, password=self.sentinel_password, decode_responses=True)
+
+    def master_port_now(self) -> int:
+        """The port of the server the Sentinel names as the master right now."""
+        with self.sentinel() as client:
+            return int(client.execute_command("SENTINEL", "get-master-addr-by-name", self.service)[1])
+
+    def server(self, port: int) -> Any:
+        import redis
+
+        return redis.Redis(port=port, password=self.password, decode_responses=True)
+
+
+@contextlib.contextmanager
+def redis_sentinel(root: Path) -> Iterator[RedisSentinel]:
+    """A Redis master, a replica of it and a Sentinel of their own (quorum 1), stopped at the end."""
+    server = _redis_server("a Redis Sentinel for the tests")
+    root.mkdir(parents=True, exist_ok=True)
+    setup = RedisSentinel(free_port(), free_port(), free_port())
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(root)]
+    auth = ["--requirepass", setup.password, "--masterauth", setup.password]
+    config = root / "sentinel.conf"
+    config.write_text(
+        f"port {setup.sentinel_port}\nbind 127.0.0.1\ndir {root}\nrequirepass {setup.sentinel_password}\n"
+        f"sentinel monitor {setup.service} 127.0.0.1 {setup.master_port} 1\n"
+        f"sentinel auth-pass {setup.service} {setup.password}\n"
+        f"sentinel down-after-milliseconds {setup.service} 1000\n"
+        f"sentinel failover-timeout {setup.service} 10000\n"
+    )
+    processes = [
+        GroupedProcess(f"redis-server {setup.master_port}", [server, "--port", str(setup.master_port), *common, *auth]),
+        GroupedProcess(
+            f"redis-server {setup.replica_port} (replica)",
+            [server, "--port", str(setup.replica_port), *common, *auth,
+             "--replicaof", "127.0.0.1", str(setup.master_port)],
+        ),
+        GroupedProcess(f"redis-sentinel {setup.sentinel_port}", [server, str(config), "--sentinel"]),
+    ]  # fmt: skip
+    try:
+        for process in processes:  # killed with the test process however it ends
+            process.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)
+
+        def replicated() -> bool:
+            with setup.server(setup.replica_port) as replica:
+                return replica.info("replication").get("master_link_status") == "up"
+
+        def watched() -> bool:
+            with setup.sentinel() as client:
+                replicas = client.execute_command("SENTINEL", "replicas", setup.service)
+            return setup.master_port_now() == setup.master_port and len(replicas) == 1
+
+        wait_for("the test Redis replica to follow its master", replicated, 20, 0.1)
+        wait_for("the test Redis Sentinel to see the master and its replica", watched, 30, 0.1)
+        yield setup
+    finally:
+        for process in processes:
+            process.signal(signal.SIGKILL)  # nothing of theirs is kept
+            process.finish(grace_s=10)
+
+
 @contextlib.contextmanager
 def redis_tls(root: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     """A redis-server of its own that speaks TLS only, with ``certificate``; yields its ``rediss://`` URL."""

@@ -381,7 +381,7 @@ def sqlalchemy_url(conn: ConnectionInfo) -> str:
             path = f"{conn.host}/{conn.schema}"
         return URL.create("sqlite", database=path).render_as_string(hide_password=False)
     if kind in ("postgres", "postgresql", "postgresql+psycopg2"):
-        from careflow.store.db import split_servers
+        from careflow.servers import split_servers
 
         query = _postgres_options(conn.extra)
         given = conn.host or "localhost"
@@ -492,7 +492,35 @@ def redis_url() -> str | None:
     auth = quote(conn.login, safe="") + (f":{quote(conn.password, safe='')}" if conn.password else "")
     at = f"{auth}@" if auth else ""
     db = conn.extra.get("db", conn.schema or 0)
+    sentinels = conn.extra.get("sentinels")
+    if sentinels:
+        return _sentinel_url(conn, sentinels, at, db)
     return f"{scheme}://{at}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
+
+
+def _sentinel_url(conn: ConnectionInfo, sentinels: Any, at: str, db: Any) -> str:
+    """The ``redis+sentinel://`` URL of a ``careflow_redis`` connection whose extra names the
+    Sentinels (``["s1:26379", "s2:26379"]`` or ``"s1:26379,s2:26379"``) and their ``service``."""
+    from careflow.exceptions import ConfigurationError
+
+    servers = sentinels.split(",") if isinstance(sentinels, str) else sentinels
+    service = conn.extra.get("service")
+    if not isinstance(servers, list) or not all(isinstance(s, str) and s.strip() for s in servers):
+        raise ConfigurationError(
+            f"connection {conn.conn_id!r}: extra.sentinels must be a list of host:port, got {sentinels!r}"
+        )
+    if not isinstance(service, str) or not service:
+        raise ConfigurationError(
+            f"connection {conn.conn_id!r}: extra.sentinels needs extra.service, the name the Sentinels "
+            'monitor the master by (e.g. "mymaster")'
+        )
+    if _flag(conn.extra.get("ssl")) or conn.conn_type == "rediss":
+        raise ConfigurationError(f"connection {conn.conn_id!r}: TLS through Redis Sentinels is not supported")
+    query = ""
+    if conn.extra.get("sentinel_password"):
+        query = f"?sentinel_password={quote(str(conn.extra['sentinel_password']), safe='')}"
+    hosts = ",".join(server.strip() for server in servers)
+    return f"redis+sentinel://{at}{hosts}/{quote(service, safe='')}/{db}{query}"
 
 
 @dataclass(frozen=True)

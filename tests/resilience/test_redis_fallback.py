@@ -344,7 +344,7 @@ def test_which_redis_errors_mean_down(error, down):
     ("url", "why"),
     [
         (
-            "redis+sentinel://:secret@sentinel.internal:26379/mymaster",
+            "sentinel://:secret@sentinel.internal:26379/mymaster",  # Celery's form, not careflow's
             "must specify one of the following schemes",
         ),
         ("redis://:secret@redis.internal:63x9/0", "Port could not be cast to integer"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -31,6 +32,7 @@ from redis.connection import parse_url
 
 from careflow.exceptions import ConfigurationError
 from careflow.resilience import events
+from careflow.servers import split_servers
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,13 @@ def key_prefix() -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs and events."""
+    """The URL without its passwords (its own, and a Sentinel's in the query), for logs and events."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = re.sub(r"(?<![^&])(sentinel_password=)[^&]*", r"\1***", parts.query)
+    if parts.password is None and query == parts.query:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc if parts.password is None else f"***@{parts.netloc.rsplit('@', 1)[-1]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class RedisLink:
@@ -209,15 +212,62 @@ def _client(url: str, timeouts: dict[str, float]) -> redis.Redis:
     parts = urlsplit(url)
     database = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
     try:
+        if parts.scheme == SENTINEL_SCHEME:
+            return _sentinel_client(url, timeouts)
         if database and not database.isdigit():  # redis-py would take database 0 instead
             raise ValueError(f"the database {database!r} is not a number")
         return redis.Redis.from_url(url, **timeouts)
     except ValueError as exc:
         raise ConfigurationError(
             f"careflow_redis: {redact(url)} is not a Redis URL careflow can use ({exc}): "
-            "redis://[[user]:password@]host[:port][/database], rediss://… for TLS, or unix://path; "
-            "a Redis Sentinel is not supported"
+            "redis://[[user]:password@]host[:port][/database], rediss://… for TLS, unix://path, or "
+            f"{SENTINEL_SCHEME}://[[user]:password@]sentinel[:port][,sentinel[:port]…]/service[/database]"
         ) from None
+
+
+#: The scheme of a Redis its Sentinels name: ``redis+sentinel://[[user]:password@]sentinel[:26379]
+#: [,sentinel…]/service[/database][?sentinel_password=…]``.
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+def _sentinel_client(url: str, timeouts: dict[str, float]) -> redis.Redis:
+    """The client of the master the Sentinels of ``url`` name for its service.
+
+    Each new connection asks the Sentinels where the master is, and one to a master that became
+    a replica is dropped: after a failover the next call after :data:`RETRY_SECONDS` reaches the
+    new master (meanwhile the link is down and the fallbacks work). The URL's user and password
+    are the master's; the Sentinels' own, where they ask for one, is ``?sentinel_password=``.
+    """
+    from urllib.parse import parse_qs, unquote
+
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    hosts, ports = split_servers(parts.netloc.rpartition("@")[2])
+    if not all(hosts):
+        raise ValueError("a Sentinel's host is empty")
+    sentinels = [(host, int(port or SENTINEL_PORT)) for host, port in zip(hosts, ports, strict=True)]
+    path = [unquote(segment) for segment in parts.path.split("/") if segment]
+    if not path or len(path) > 2:
+        raise ValueError("the path must be /service or /service/database, the service the Sentinels monitor")
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError(f"the database {path[1]!r} is not a number")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    unknown = sorted(set(query) - {"sentinel_password", "sentinel_username"})
+    if unknown:
+        raise ValueError(
+            f"unknown parameter {unknown[0]!r} (sentinel_username and sentinel_password are taken)"
+        )
+    sentinel_auth = {key.removeprefix("sentinel_"): value for key, value in query.items() if value}
+    sentinel = Sentinel(sentinels, sentinel_kwargs={**timeouts, **sentinel_auth}, **timeouts)
+    return sentinel.master_for(
+        path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        **timeouts,
+    )
 
 
 def _why_unusable(exc: BaseException, url: str) -> str:

@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 
 from careflow import settings
+from careflow.servers import split_servers
 
 #: The isolation level of every careflow transaction on Postgres (see :func:`get_engine`).
 POSTGRES_ISOLATION = "READ COMMITTED"
@@ -108,25 +109,6 @@ def _servers_as_query(url: str) -> str:
         *([match["query"]] if match["query"] else []),
     ]
     return f"{match['scheme']}://{match['login'] or ''}{match['path'] or '/'}?{'&'.join(query)}"
-
-
-def split_servers(servers: str) -> tuple[list[str], list[str]]:
-    """libpq's list of servers (``primary:5432,[::1]:5433,standby``): its hosts, and its ports.
-
-    A server that names no port has '' in the ports; a port that is not a number is a ValueError.
-    """
-    hosts, ports = [], []
-    for server in servers.split(","):
-        if server.startswith("["):  # an IPv6 address, [::1] or [::1]:5432
-            host, _, rest = server[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else ""
-        else:
-            host, _, port = server.partition(":")
-        if port and not port.isdigit():
-            raise ValueError(f"the port {port!r} of the server {server!r} is not a number")
-        hosts.append(host)
-        ports.append(port)
-    return hosts, ports
 
 
 def database_name(engine: Engine) -> str:

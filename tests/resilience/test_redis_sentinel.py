@@ -1,0 +1,191 @@
+"""careflow_redis naming a Redis through its Sentinels: breakers and caches reach the master the
+Sentinels name, follow it through a failover, and fall back while no master can be found."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from careflow.exceptions import BreakerOpen, ConfigurationError
+from careflow.resilience import BreakerConfig, CircuitBreaker
+from careflow.resilience.backends.redis_backend import RedisBackend
+from careflow.resilience.cache import Cache
+from careflow.resilience.redis_link import DOWN, RedisLink
+from careflow.settings import ConnectionInfo, redis_url
+from support import RedisSentinel, free_port, redis_sentinel, wait_for
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A master, its replica and a Sentinel of this module's own. A failover swaps the two
+    servers: each test asks the Sentinel which one is the master now."""
+    with redis_sentinel(tmp_path_factory.mktemp("sentinel")) as setup:
+        yield setup
+
+
+def test_a_breaker_shared_through_the_sentinels_master_opens_for_every_worker(sentinel):
+    prefix = "cftest-sentinel-breaker"
+    backends = [RedisBackend(RedisLink(sentinel.url), prefix=prefix) for _ in range(2)]
+    sender, observer = (CircuitBreaker("sentinel:sms", BreakerConfig(), backend=b) for b in backends)
+    for _ in range(sender.config.consecutive_failures):
+        sender.record(sender.acquire(), "transient")
+    with pytest.raises(BreakerOpen):
+        observer.acquire()
+    assert observer.snapshot().backend == "redis"
+    with sentinel.server(sentinel.master_port_now()) as master:
+        assert master.exists(backends[0].state_key("sentinel:sms"))
+    assert all(b.link.fallback_events == 0 and b.link.cluster is None for b in backends)
+
+
+def test_breakers_and_caches_follow_the_master_through_a_failover(sentinel):
+    old_port = sentinel.master_port_now()
+    new_port = sentinel.replica_port if old_port == sentinel.master_port else sentinel.master_port
+    link = RedisLink(sentinel.url, retry_seconds=0.1)
+    backend = RedisBackend(link, prefix="cftest-sentinel-failover")
+    config = BreakerConfig(open_seconds=120, max_open_seconds=120)  # still open after the failover
+    breaker = CircuitBreaker("failover:sms", config, backend=backend)
+    for _ in range(breaker.config.consecutive_failures):
+        breaker.record(breaker.acquire(), "transient")
+    cache = Cache("sent_keys", 600.0, link=link, prefix="cftest-sentinel-failover")
+    cache.set_many({"wf:a1:ex1": "accepted"})
+    with sentinel.server(old_port) as master:
+        wait_for("the replica to hold what the master holds", lambda: master.wait(1, 1000) == 1, 10, 0.1)
+
+    with sentinel.sentinel() as client:
+        client.execute_command("SENTINEL", "failover", sentinel.service)
+    wait_for(
+        "the Sentinel to name the replica as the master",
+        lambda: sentinel.master_port_now() == new_port,
+        30,
+        0.1,
+    )
+
+    # Until the Sentinel has made the old master a replica, that server still takes writes (and
+    # loses them when it follows the new one): Redis' failover is asynchronous.
+    def demoted() -> bool:
+        with sentinel.server(old_port) as old:
+            return old.info("replication")["role"] == "slave"
+
+    wait_for("the old master to follow the new one", demoted, 30, 0.1)
+
+    # The same link, as a running worker holds it: its connections to the old master are dropped
+    # (a replica now, it refuses writes) and the next ones go where the Sentinel points.
+    def written() -> bool:
+        return link.run(lambda client: client.set("cftest-sentinel-failover:after", "1")) is not DOWN
+
+    wait_for("a write through the link after the failover", written, 30, 0.2)
+    with sentinel.server(new_port) as new_master:
+        assert new_master.get("cftest-sentinel-failover:after") == "1"
+        assert new_master.info("replication")["role"] == "master"
+    with pytest.raises(BreakerOpen):  # the breaker's state came along with the data
+        CircuitBreaker("failover:sms", config, backend=backend).acquire()
+    assert cache.get_many(["wf:a1:ex1", "wf:a1:ex2"]) == {"wf:a1:ex1": "accepted"}
+    assert not link.down
+
+
+def _acquire_in_child(backend: RedisBackend, answers) -> None:  # type: ignore[no-untyped-def]
+    try:
+        CircuitBreaker("fork:sms", BreakerConfig(), backend=backend).acquire()
+        answers.put("granted")
+    except BreakerOpen:
+        answers.put("open")
+    except Exception as exc:  # noqa: BLE001 - what went wrong is the test's answer
+        answers.put(repr(exc))
+
+
+def test_a_forked_send_process_keeps_using_the_sentinels_master(sentinel):
+    """An action task forks its send process after its breaker has reached the master."""
+    backend = RedisBackend(RedisLink(sentinel.url), prefix="cftest-sentinel-fork")
+    breaker = CircuitBreaker("fork:sms", BreakerConfig(), backend=backend)
+    for _ in range(breaker.config.consecutive_failures):
+        breaker.record(breaker.acquire(), "transient")
+    ctx = multiprocessing.get_context("fork")
+    answers = ctx.Queue()
+    child = ctx.Process(target=_acquire_in_child, args=(backend, answers))
+    child.start()
+    child.join(30)
+    assert answers.get(timeout=5) == "open"
+    assert not backend.link.down and backend.link.run(lambda client: client.ping())
+
+
+def test_sentinels_that_do_not_answer_are_an_outage_not_an_error():
+    started = time.monotonic()
+    link = RedisLink(f"redis+sentinel://127.0.0.1:{free_port()}/mymaster/0")
+    assert link.run(lambda client: client.ping()) is DOWN
+    assert link.down and link.fallback_events == 1
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis+sentinel://:secret@s1:26379", "the path must be /service or /service/database"),
+        ("redis+sentinel://:secret@s1:26379/mymaster/one", "the database 'one' is not a number"),
+        (
+            "redis+sentinel://:secret@s1:263x9,s2/mymaster",
+            "the port '263x9' of the server 's1:263x9' is not a number",
+        ),
+        ("redis+sentinel://:secret@s1/mymaster?ssl=true", "unknown parameter 'ssl'"),
+        ("redis+sentinel://:secret@s1,/mymaster", "a Sentinel's host is empty"),
+        ("sentinel://:secret@s1:26379", "must specify one of the following schemes"),
+    ],
+)
+def test_a_sentinel_url_careflow_cannot_use_is_refused_by_name(url, why):
+    with pytest.raises(ConfigurationError) as refused:
+        RedisLink(url + ("&" if "?" in url else "?") + "sentinel_password=hidden")
+    message = str(refused.value)
+    assert message.startswith("careflow_redis: ") and why in message
+    assert "secret" not in message and "hidden" not in message
+    assert "redis+sentinel://[[user]:password@]sentinel[:port]" in message
+
+
+def _connection(extra: dict[str, object], conn_type: str = "redis", password: str = "") -> ConnectionInfo:
+    return ConnectionInfo("careflow_redis", conn_type, password=password, extra=extra)
+
+
+def test_a_connection_names_its_sentinels_and_service(monkeypatch, sentinel):
+    import careflow.settings
+
+    nobody = free_port()  # a Sentinel that is down: the next one is asked
+    extra = {
+        "sentinels": [f"127.0.0.1:{nobody}", f"127.0.0.1:{sentinel.sentinel_port}"],
+        "service": sentinel.service,
+        "sentinel_password": sentinel.sentinel_password,
+        "db": 2,
+    }
+    conn = _connection(extra, password=sentinel.password)
+    monkeypatch.delenv("CAREFLOW_REDIS_URL", raising=False)
+    monkeypatch.setattr(careflow.settings, "get_connection", lambda conn_id: conn)
+    url = redis_url()
+    assert url == (
+        f"redis+sentinel://:{sentinel.password}@127.0.0.1:{nobody},127.0.0.1:{sentinel.sentinel_port}"
+        f"/mymaster/2?sentinel_password={sentinel.sentinel_password}"
+    )
+    assert RedisLink(url).run(lambda client: client.set("cftest-sentinel-connection", "1"))
+    with sentinel.server(sentinel.master_port_now()) as master:
+        master.execute_command("SELECT", 2)
+        assert master.get("cftest-sentinel-connection") == "1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "conn_type", "why"),
+    [
+        ({"sentinels": ["s1:26379"]}, "redis", "extra.sentinels needs extra.service"),
+        ({"sentinels": 26379, "service": "m"}, "redis", "extra.sentinels must be a list of host:port"),
+        ({"sentinels": ["s1"], "service": "m"}, "rediss", "TLS through Redis Sentinels is not supported"),
+    ],
+)
+def test_a_connection_whose_sentinels_careflow_cannot_use_is_refused_by_name(
+    monkeypatch, extra, conn_type, why
+):
+    import careflow.settings
+
+    monkeypatch.delenv("CAREFLOW_REDIS_URL", raising=False)
+    monkeypatch.setattr(careflow.settings, "get_connection", lambda conn_id: _connection(extra, conn_type))
+    with pytest.raises(ConfigurationError, match=why):
+        redis_url()
