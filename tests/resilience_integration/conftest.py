@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.resilience.breaker import forget_breakers
+from support import RedisSentinel, redis_sentinel
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_REDIS_URL = "redis://127.0.0.1:6390/0"  # nothing listens there
@@ -104,6 +105,16 @@ def cluster_redis(redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> It
     _use_backend(monkeypatch, redis_cluster_url, CAREFLOW_REDIS_PREFIX=prefix)
     yield prefix
     forget_breakers()
+
+
+@pytest.fixture
+def sentinel_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisSentinel]:
+    """Breakers in a Redis master that a Sentinel names (``careflow_redis`` a ``redis+sentinel://``
+    URL); the master, its replica and the Sentinel are this test's own."""
+    with redis_sentinel(tmp_path / "sentinel") as setup:
+        _use_backend(monkeypatch, setup.url, CAREFLOW_REDIS_PREFIX="cftest-sentinel")
+        yield setup
+        forget_breakers()
 
 
 @pytest.fixture

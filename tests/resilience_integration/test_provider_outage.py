@@ -1,8 +1,9 @@
 """A provider outage under 600 due messages: the breaker stops the sends, the task waits in the
 triggerer instead of spending its retries, and after recovery every message goes out once.
 
-On each breaker backend: Redis (shared by every worker), Redis configured but unreachable (the
-fallback to the breaker file of the machine) and no Redis at all (the embedded SQLite file).
+On each breaker backend: Redis shared by every worker (a server, a Cluster, a master that
+Sentinels name), Redis configured but unreachable (the fallback to the breaker file of the
+machine) and no Redis at all (the embedded SQLite file).
 """
 
 from __future__ import annotations
@@ -113,6 +114,16 @@ def test_an_outage_with_breakers_in_a_redis_cluster(pg_engine, fake, cluster_red
     assert breaker.snapshot().backend == "redis"
     assert breaker.fallback_events == 0
     assert_ridden_out(run, pg_engine, fake, client_name, "outage-cluster", 6)
+
+
+def test_an_outage_with_breakers_behind_redis_sentinels(pg_engine, fake, sentinel_redis, client_name):
+    run = ride_out(pg_engine, fake, client_name, "outage-sentinel", 6)
+    breaker = breaker_for(client_name)
+    assert breaker.snapshot().backend == "redis"
+    assert breaker.fallback_events == 0
+    with sentinel_redis.server(sentinel_redis.master_port) as master:  # the state is the master's
+        assert master.keys("cftest-sentinel*")
+    assert_ridden_out(run, pg_engine, fake, client_name, "outage-sentinel", 6)
 
 
 def test_an_outage_with_redis_unreachable_uses_the_breaker_file(pg_engine, fake, dead_redis, client_name):
