@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -110,3 +111,49 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+def _acquire_in_child(backend: RedisBackend, answers) -> None:  # type: ignore[no-untyped-def]
+    from careflow.exceptions import BreakerOpen
+    from careflow.resilience import BreakerConfig, CircuitBreaker
+
+    try:
+        CircuitBreaker("fork:sms", BreakerConfig(), backend=backend).acquire()
+        answers.put("granted")
+    except BreakerOpen:
+        answers.put("open")
+    except Exception as exc:  # noqa: BLE001 - what went wrong is the test's answer
+        answers.put(repr(exc))
+
+
+def breaker_seen_from_a_fork(backend: RedisBackend) -> str:
+    """Open the breaker ``fork:sms`` through ``backend``, then ask a forked child (as an action
+    task forks its send process, after its breaker has reached Redis) what it finds there:
+    ``"open"``, ``"granted"`` or the child's error."""
+    import multiprocessing
+
+    from careflow.resilience import BreakerConfig, CircuitBreaker
+
+    breaker = CircuitBreaker("fork:sms", BreakerConfig(), backend=backend)
+    for _ in range(breaker.config.consecutive_failures):
+        breaker.record(breaker.acquire(), "transient")
+    ctx = multiprocessing.get_context("fork")
+    answers = ctx.Queue()
+    child = ctx.Process(target=_acquire_in_child, args=(backend, answers))
+    child.start()
+    child.join(30)
+    return str(answers.get(timeout=5))
+
+
+def opened_by_one_worker_for_the_other(name: str, backends: list[RedisBackend]) -> Any:
+    """Open the breaker ``name`` through the first of two workers' backends (its consecutive
+    failures); the second worker's breaker, which refuses sends from then on."""
+    from careflow.exceptions import BreakerOpen
+    from careflow.resilience import BreakerConfig, CircuitBreaker
+
+    sender, observer = (CircuitBreaker(name, BreakerConfig(), backend=b) for b in backends)
+    for _ in range(sender.config.consecutive_failures):
+        sender.record(sender.acquire(), "transient")
+    with pytest.raises(BreakerOpen):
+        observer.acquire()
+    return observer

@@ -3,19 +3,16 @@ and telling a cluster from a single server as a user that may not run ``@dangero
 
 from __future__ import annotations
 
-import multiprocessing
-
 import pytest
 import redis
 from redis.crc import key_slot
 
-from careflow.exceptions import BreakerOpen, ConfigurationError
-from careflow.resilience import BreakerConfig, CircuitBreaker
+from careflow.exceptions import ConfigurationError
 from careflow.resilience.backends.redis_backend import RedisBackend
 from careflow.resilience.cache import Cache
 from careflow.resilience.redis_link import RedisLink
 
-from .conftest import REDIS_URL
+from .conftest import REDIS_URL, breaker_seen_from_a_fork, opened_by_one_worker_for_the_other
 
 pytestmark = pytest.mark.redis
 
@@ -46,39 +43,17 @@ def test_a_breaker_shared_through_a_cluster_opens_for_every_worker_and_is_listed
     backends = [RedisBackend(RedisLink(redis_cluster_url), prefix=prefix) for _ in range(2)]
     # its keys live on a node other than the one the URL names: the client follows the slot there
     assert not on_the_first_node(redis_cluster_url, backends[0].state_key("x"))
-    sender, observer = (CircuitBreaker("cluster:sms", BreakerConfig(), backend=b) for b in backends)
-    for _ in range(sender.config.consecutive_failures):
-        sender.record(sender.acquire(), "transient")
-    with pytest.raises(BreakerOpen):
-        observer.acquire()
+    observer = opened_by_one_worker_for_the_other("cluster:sms", backends)
     assert observer.snapshot().state == "open" and observer.snapshot().backend == "redis"
     assert backends[1].names() == ["cluster:sms"]
     assert [t["to"] for t in backends[1].transitions("cluster:sms")] == ["open"]
     assert all(b.link.fallback_events == 0 and not b.link.down for b in backends)
 
 
-def _acquire_in_child(backend: RedisBackend, answers) -> None:  # type: ignore[no-untyped-def]
-    try:
-        CircuitBreaker("fork:sms", BreakerConfig(), backend=backend).acquire()
-        answers.put("granted")
-    except BreakerOpen:
-        answers.put("open")
-    except Exception as exc:  # noqa: BLE001 - what went wrong is the test's answer
-        answers.put(repr(exc))
-
-
 def test_a_forked_send_process_keeps_using_the_cluster(redis_cluster_url):
     """An action task forks its send process after its breaker has reached the cluster."""
     backend = RedisBackend(RedisLink(redis_cluster_url), prefix="cftest-cluster-fork")
-    breaker = CircuitBreaker("fork:sms", BreakerConfig(), backend=backend)
-    for _ in range(breaker.config.consecutive_failures):
-        breaker.record(breaker.acquire(), "transient")
-    ctx = multiprocessing.get_context("fork")
-    answers = ctx.Queue()
-    child = ctx.Process(target=_acquire_in_child, args=(backend, answers))
-    child.start()
-    child.join(30)
-    assert answers.get(timeout=5) == "open"
+    assert breaker_seen_from_a_fork(backend) == "open"
     assert not backend.link.down
 
 
@@ -109,11 +84,7 @@ def test_a_user_denied_dangerous_commands_shares_breakers_and_caches_through_a_s
     backends = [RedisBackend(RedisLink(url), prefix=prefix) for _ in range(2)]
     with pytest.raises(redis.exceptions.NoPermissionError):
         backends[0].link.client.info("cluster")
-    sender, observer = (CircuitBreaker("acl:sms", BreakerConfig(), backend=b) for b in backends)
-    for _ in range(sender.config.consecutive_failures):
-        sender.record(sender.acquire(), "transient")
-    with pytest.raises(BreakerOpen):
-        observer.acquire()
+    observer = opened_by_one_worker_for_the_other("acl:sms", backends)
     assert observer.snapshot().backend == "redis"
     assert all(b.link.cluster is None and b.link.fallback_events == 0 for b in backends)
     cache = Cache("sent_keys", 60.0, link=RedisLink(url), prefix=prefix)

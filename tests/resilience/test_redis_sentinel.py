@@ -3,7 +3,6 @@ Sentinels name, follow it through a failover, and fall back while no master can 
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Iterator
 
@@ -16,6 +15,8 @@ from careflow.resilience.cache import Cache
 from careflow.resilience.redis_link import DOWN, RedisLink
 from careflow.settings import ConnectionInfo, redis_url
 from support import RedisSentinel, free_port, redis_sentinel, wait_for
+
+from .conftest import breaker_seen_from_a_fork, opened_by_one_worker_for_the_other
 
 pytestmark = pytest.mark.redis
 
@@ -31,11 +32,7 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel
 def test_a_breaker_shared_through_the_sentinels_master_opens_for_every_worker(sentinel):
     prefix = "cftest-sentinel-breaker"
     backends = [RedisBackend(RedisLink(sentinel.url), prefix=prefix) for _ in range(2)]
-    sender, observer = (CircuitBreaker("sentinel:sms", BreakerConfig(), backend=b) for b in backends)
-    for _ in range(sender.config.consecutive_failures):
-        sender.record(sender.acquire(), "transient")
-    with pytest.raises(BreakerOpen):
-        observer.acquire()
+    observer = opened_by_one_worker_for_the_other("sentinel:sms", backends)
     assert observer.snapshot().backend == "redis"
     with sentinel.server(sentinel.master_port_now()) as master:
         assert master.exists(backends[0].state_key("sentinel:sms"))
@@ -88,28 +85,10 @@ def test_breakers_and_caches_follow_the_master_through_a_failover(sentinel):
     assert not link.down
 
 
-def _acquire_in_child(backend: RedisBackend, answers) -> None:  # type: ignore[no-untyped-def]
-    try:
-        CircuitBreaker("fork:sms", BreakerConfig(), backend=backend).acquire()
-        answers.put("granted")
-    except BreakerOpen:
-        answers.put("open")
-    except Exception as exc:  # noqa: BLE001 - what went wrong is the test's answer
-        answers.put(repr(exc))
-
-
 def test_a_forked_send_process_keeps_using_the_sentinels_master(sentinel):
     """An action task forks its send process after its breaker has reached the master."""
     backend = RedisBackend(RedisLink(sentinel.url), prefix="cftest-sentinel-fork")
-    breaker = CircuitBreaker("fork:sms", BreakerConfig(), backend=backend)
-    for _ in range(breaker.config.consecutive_failures):
-        breaker.record(breaker.acquire(), "transient")
-    ctx = multiprocessing.get_context("fork")
-    answers = ctx.Queue()
-    child = ctx.Process(target=_acquire_in_child, args=(backend, answers))
-    child.start()
-    child.join(30)
-    assert answers.get(timeout=5) == "open"
+    assert breaker_seen_from_a_fork(backend) == "open"
     assert not backend.link.down and backend.link.run(lambda client: client.ping())
 
 

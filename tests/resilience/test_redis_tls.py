@@ -7,9 +7,10 @@ import logging
 
 import pytest
 
-from careflow.exceptions import BreakerOpen
 from careflow.resilience import BreakerConfig, CircuitBreaker
 from careflow.resilience.cache import Cache
+
+from .conftest import opened_by_one_worker_for_the_other
 
 pytestmark = pytest.mark.redis
 
@@ -25,13 +26,8 @@ def test_breakers_and_caches_are_shared_over_tls_once_the_ca_is_trusted(
     redis_tls_url, certificate, redis_backend, no_ca
 ):
     no_ca.setenv("SSL_CERT_FILE", str(certificate[0]))  # as an operator trusts a private CA
-    sender, observer = (
-        CircuitBreaker("tls:sms", BreakerConfig(), backend=redis_backend(url=redis_tls_url)) for _ in range(2)
-    )
-    for _ in range(sender.config.consecutive_failures):
-        sender.record(sender.acquire(), "transient")
-    with pytest.raises(BreakerOpen):
-        observer.acquire()
+    backends = [redis_backend(url=redis_tls_url) for _ in range(2)]
+    observer = opened_by_one_worker_for_the_other("tls:sms", backends)
     assert observer.snapshot().backend == "redis" and observer.fallback_events == 0
     cache = Cache("sent_keys", 60.0, link=redis_backend(url=redis_tls_url).link, prefix="cftest-tls")
     cache.set_many({"k1": "accepted"})
