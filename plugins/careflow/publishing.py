@@ -426,7 +426,7 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
         problem, error = str(exc), exc
     except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
         error = exc
-        problem = (
+        problem = unreachable_message(exc) or (
             f"cannot read the published versions from {database or 'careflow_db'}: "
             f"{type(exc).__name__}: {first_line(exc)}"
         )

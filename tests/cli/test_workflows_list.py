@@ -95,7 +95,8 @@ def test_list_works_without_the_database(
     assert main(["workflows", "list", "--json", "--workflows-dir", str(published)]) == 2
     out, err = capsys.readouterr()
     assert err.startswith(
-        f"careflow: only the snapshots on disk are listed: cannot read the published versions from {UNREACHABLE}: "
+        "careflow: only the snapshots on disk are listed: cannot connect to careflow's database "
+        f"{UNREACHABLE} (from CAREFLOW_DB_URL): connection to server at "
     )
     items = {item["workflow_id"]: item for item in json.loads(out)}
     assert sorted(items) == sorted([*(p.stem for p in EXAMPLES.glob("*.json")), "corrupt"])
@@ -111,7 +112,7 @@ def test_list_works_without_the_database(
     assert len(out.splitlines()) == 2 + len(list(EXAMPLES.glob("*.json"))) + 1
     # one line: the database's multi-line error does not run over several
     assert err.startswith(
-        "careflow: only the snapshots on disk are listed: cannot read the published versions"
+        "careflow: only the snapshots on disk are listed: cannot connect to careflow's database"
     )
     assert len(err.splitlines()) == 1
 
