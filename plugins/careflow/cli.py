@@ -301,11 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as exc:  # a clear one-line error instead of a traceback
-        from careflow.store.db import unreachable_message
+        from careflow.store.db import database_unusable
 
-        unreachable = unreachable_message(exc)
-        if unreachable is not None:
-            print(f"careflow: {unreachable}", file=sys.stderr)
+        problem = database_unusable(exc)
+        if problem is not None:  # careflow's database cannot be reached, or takes no writes
+            print(f"careflow: {problem}", file=sys.stderr)
             return EXIT_ERROR
         print(f"careflow: unexpected error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

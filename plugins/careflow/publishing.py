@@ -26,7 +26,7 @@ from careflow.compiler.hashing import canonical_document, content_hash
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
 from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
 from careflow.store import tables
-from careflow.store.db import database_name, get_engine, unreachable_message, unstorable_character
+from careflow.store.db import database_name, database_unusable, get_engine, unstorable_character
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.models import Workflow
 from careflow.workflow.validation import ValidationReport, validate_path
@@ -311,7 +311,7 @@ def publish_each(
                 reason = str(exc)
             else:
                 reason = (
-                    unreachable_message(exc) or f"unexpected error: {type(exc).__name__}: {first_line(exc)}"
+                    database_unusable(exc) or f"unexpected error: {type(exc).__name__}: {first_line(exc)}"
                 )
             result = PublishResult(report.source, report.workflow_id, "failed", report=report, error=reason)
         yield result
@@ -426,7 +426,7 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
         problem, error = str(exc), exc
     except Exception as exc:  # the DB may be down: the snapshots still tell what the factory sees
         error = exc
-        problem = unreachable_message(exc) or (
+        problem = database_unusable(exc) or (
             f"cannot read the published versions from {database or 'careflow_db'}: "
             f"{type(exc).__name__}: {first_line(exc)}"
         )

@@ -260,3 +260,48 @@ def test_a_bad_workflow_id_names_the_rule_it_breaks(
     (report,) = json.loads(out)
     (error,) = [d for d in report["diagnostics"] if d["severity"] == "error"]
     assert error["code"] == "WF_BAD_ID" and message in error["message"], error["message"]
+
+
+def _run_read_only(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str
+) -> str:
+    """``argv`` against ``url`` with every session read-only (as on a standby); its one-line error."""
+    from careflow.store.db import dispose_engines
+
+    monkeypatch.setenv("CAREFLOW_DB_URL", f"{url}?options=-cdefault_transaction_read_only%3Don")
+    dispose_engines()
+    try:
+        code = main(list(argv))
+    finally:
+        dispose_engines()
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "unexpected error" not in err
+    return err
+
+
+def _says_it_takes_no_writes(err: str) -> bool:
+    return (
+        "careflow's database postgresql+psycopg2://" in err
+        and "(from CAREFLOW_DB_URL) takes no writes: cannot execute " in err
+        and "in a read-only transaction; it is a standby, or its sessions are read-only: name the primary "
+        "(or, with several servers, add target_session_attrs=read-write)"
+        in err
+    )
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgres"], indirect=True)
+def test_db_upgrade_on_a_database_that_takes_no_writes_says_so(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _run_read_only(empty_db_url, monkeypatch, capsys, "db", "upgrade")
+    assert err.startswith("careflow: careflow's database ") and _says_it_takes_no_writes(err), err
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_publish_to_a_database_that_takes_no_writes_says_so(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(EXAMPLES / "implant-aftercare.json")
+    err = _run_read_only(db_url, monkeypatch, capsys, "workflows", "publish", path)
+    assert err.startswith(f"careflow: {path}: not published: ") and _says_it_takes_no_writes(err), err

@@ -164,13 +164,18 @@ def get_engine(url: str | None = None) -> Engine:
                     hide_parameters=True,
                 )
                 event.listen(engine, "connect", _postgres_utc, insert=True)
-            event.listen(engine, "handle_error", _name_unreachable_database)
+            event.listen(engine, "handle_error", _name_the_database)
             _engines[url_as_given] = engine
         return engine
 
 
-def _name_unreachable_database(context: Any) -> None:
-    """Tag an error raised while connecting (no statement of careflow's ran) with the database's URL.
+#: SQLSTATE of a write refused by a server that takes none (a standby, ``default_transaction_read_only``).
+READ_ONLY_SQLSTATE = "25006"
+
+
+def _name_the_database(context: Any) -> None:
+    """Tag an error with the database's URL where the database itself is the problem: connecting
+    failed (no statement of careflow's ran), or the server takes no writes.
 
     A pooled connection's ping that fails has no engine in its context and is none of these: the
     pool replaces that connection, and only a new one that cannot be made is.
@@ -179,6 +184,8 @@ def _name_unreachable_database(context: Any) -> None:
         return
     if context.connection is None:
         context.sqlalchemy_exception.careflow_unreachable = database_name(context.engine)
+    elif getattr(context.original_exception, "pgcode", None) == READ_ONLY_SQLSTATE:
+        context.sqlalchemy_exception.careflow_read_only = database_name(context.engine)
 
 
 def unreachable_database(exc: BaseException) -> str | None:
@@ -187,18 +194,25 @@ def unreachable_database(exc: BaseException) -> str | None:
     return getattr(exc, "careflow_unreachable", None)
 
 
-def unreachable_message(exc: BaseException) -> str | None:
-    """What to tell of ``exc`` where it is a failure to connect to careflow's database (the server
-    down, a name that does not resolve, a database, role or password it refuses): the database,
-    where its URL came from and the driver's first line. None for any other error."""
-    database = unreachable_database(exc)
-    if database is None:
-        return None
+def database_unusable(exc: BaseException) -> str | None:
+    """What to tell of ``exc`` where careflow's database itself is the problem: it cannot be reached
+    (the server down, a name that does not resolve, a database, role or password it refuses), or
+    it takes no writes (a standby). Names the database, where its URL came from and the driver's
+    first line; None for any other error."""
     from careflow.exceptions import first_line
 
+    unreachable, read_only = unreachable_database(exc), getattr(exc, "careflow_read_only", None)
+    if unreachable is None and read_only is None:
+        return None
+    said = first_line(getattr(exc, "orig", None) or exc)
+    if unreachable is not None:
+        return (
+            f"cannot connect to careflow's database {unreachable} (from {settings.db_url_origin()}): {said}"
+        )
     return (
-        f"cannot connect to careflow's database {database} (from {settings.db_url_origin()}): "
-        f"{first_line(getattr(exc, 'orig', None) or exc)}"
+        f"careflow's database {read_only} (from {settings.db_url_origin()}) takes no writes: {said}; "
+        "it is a standby, or its sessions are read-only: name the primary (or, with several servers, "
+        "add target_session_attrs=read-write)"
     )
 
 
