@@ -92,12 +92,25 @@ def test_a_forked_send_process_keeps_using_the_sentinels_master(sentinel):
     assert not backend.link.down and backend.link.run(lambda client: client.ping())
 
 
-def test_sentinels_that_do_not_answer_are_an_outage_not_an_error():
+def test_sentinels_that_do_not_answer_are_an_outage_not_an_error(emitted):
     started = time.monotonic()
-    link = RedisLink(f"redis+sentinel://127.0.0.1:{free_port()}/mymaster/0")
+    link = RedisLink(f"redis+sentinel://127.0.0.1:{free_port()}/my%20master/0")
     assert link.run(lambda client: client.ping()) is DOWN
     assert link.down and link.fallback_events == 1
     assert time.monotonic() - started < 5
+    (event,) = [fields for name, fields in emitted if name == "breaker_redis_fallback"]
+    assert event["error"] == (
+        "MasterNotFoundError: no Sentinel named a master for 'my master'; check that the Sentinels run "
+        "and that this is the name they monitor the master by"
+    )
+
+
+def test_a_service_the_sentinels_do_not_monitor_is_named(sentinel, emitted):
+    link = RedisLink(sentinel.url.replace(f"/{sentinel.service}/", "/nosuchmaster/"))
+    assert link.run(lambda client: client.ping()) is DOWN
+    (event,) = [fields for name, fields in emitted if name == "breaker_redis_fallback"]
+    assert "no Sentinel named a master for 'nosuchmaster'" in event["error"]
+    assert sentinel.sentinel_password not in str(event) and sentinel.password not in str(event)
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.connection import parse_url
+from redis.sentinel import MasterNotFoundError
 
 from careflow.exceptions import ConfigurationError
 from careflow.resilience import events
@@ -239,7 +240,7 @@ def _sentinel_client(url: str, timeouts: dict[str, float]) -> redis.Redis:
     new master (meanwhile the link is down and the fallbacks work). The URL's user and password
     are the master's; the Sentinels' own, where they ask for one, is ``?sentinel_password=``.
     """
-    from urllib.parse import parse_qs, unquote
+    from urllib.parse import parse_qs
 
     from redis.sentinel import Sentinel
 
@@ -291,6 +292,12 @@ def _why_unusable(exc: BaseException, url: str) -> str:
         return (
             f"NoPermissionError: {exc}; grant careflow_redis's user the commands the README lists, "
             f"on the keys under {key_prefix()!r}"
+        )
+    if isinstance(exc, MasterNotFoundError):
+        service = unquote(urlsplit(url).path.strip("/").split("/")[0])
+        return (
+            f"MasterNotFoundError: no Sentinel named a master for {service!r}; check that the Sentinels "
+            "run and that this is the name they monitor the master by"
         )
     return type(exc).__name__
 
