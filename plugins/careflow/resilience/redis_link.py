@@ -12,7 +12,8 @@ Each change (up -> down, down -> up) is logged once, counted in ``fallback_event
 
 A Redis Cluster is told apart at the first call that reaches the server (``CLUSTER INFO``) and is
 then spoken to through a cluster client, which follows its slots to the node that holds them;
-each of careflow's scripts touches keys of one slot (one hash tag).
+each of careflow's scripts touches keys of one slot (one hash tag). A master that Redis Sentinels
+watch (``redis+sentinel://``) is found through them, again after a failover.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
 from redis.connection import parse_url
-from redis.sentinel import MasterNotFoundError
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from careflow.exceptions import ConfigurationError
 from careflow.resilience import events
@@ -240,10 +241,6 @@ def _sentinel_client(url: str, timeouts: dict[str, float]) -> redis.Redis:
     new master (meanwhile the link is down and the fallbacks work). The URL's user and password
     are the master's; the Sentinels' own, where they ask for one, is ``?sentinel_password=``.
     """
-    from urllib.parse import parse_qs
-
-    from redis.sentinel import Sentinel
-
     parts = urlsplit(url)
     hosts, ports = split_servers(parts.netloc.rpartition("@")[2])
     if not all(hosts):
