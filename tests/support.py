@@ -475,27 +475,34 @@ def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 
 @dataclass
 class RedisSentinel:
-    """A master, its replica and a Sentinel monitoring them as ``mymaster``; each with a password."""
+    """A master, its replica and a Sentinel monitoring them as ``mymaster``; each with a password,
+    and all speaking TLS only where ``certificate`` (its PEM file and key) is given."""
 
     master_port: int
     replica_port: int
     sentinel_port: int
+    certificate: tuple[Path, Path] | None = None
     password: str = "data-secret"
     sentinel_password: str = "sentinel-secret"
     service: str = "mymaster"
 
     @property
     def url(self) -> str:
-        """The ``redis+sentinel://`` URL a clinic would configure: the Sentinel, the service, database 0."""
+        """The URL a clinic would configure: the Sentinel, the service, database 0."""
+        scheme = "rediss+sentinel" if self.certificate else "redis+sentinel"
         return (
-            f"redis+sentinel://:{self.password}@127.0.0.1:{self.sentinel_port}/{self.service}/0"
+            f"{scheme}://:{self.password}@127.0.0.1:{self.sentinel_port}/{self.service}/0"
             f"?sentinel_password={self.sentinel_password}"
         )
 
-    def sentinel(self) -> Any:
+    def _client(self, port: int, password: str) -> Any:
         import redis
 
-        return redis.Redis(port=self.sentinel_port, password=self.sentinel_password, decode_responses=True)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.certificate[0])} if self.certificate else {}
+        return redis.Redis(port=port, password=password, decode_responses=True, **tls)
+
+    def sentinel(self) -> Any:
+        return self._client(self.sentinel_port, self.sentinel_password)
 
     def master_port_now(self) -> int:
         """The port of the server the Sentinel names as the master right now."""
@@ -503,36 +510,67 @@ class RedisSentinel:
             return int(client.execute_command("SENTINEL", "get-master-addr-by-name", self.service)[1])
 
     def server(self, port: int) -> Any:
-        import redis
-
-        return redis.Redis(port=port, password=self.password, decode_responses=True)
+        return self._client(port, self.password)
 
 
 @contextlib.contextmanager
-def redis_sentinel(root: Path) -> Iterator[RedisSentinel]:
-    """A Redis master, a replica of it and a Sentinel of their own (quorum 1), stopped at the end."""
+def redis_sentinel(root: Path, certificate: tuple[Path, Path] | None = None) -> Iterator[RedisSentinel]:
+    """A Redis master, a replica of it and a Sentinel of their own (quorum 1), stopped at the end;
+    TLS only, with ``certificate``, where it is given."""
     server = _redis_server("a Redis Sentinel for the tests")
     root.mkdir(parents=True, exist_ok=True)
-    setup = RedisSentinel(free_port(), free_port(), free_port())
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(root)]
-    auth = ["--requirepass", setup.password, "--masterauth", setup.password]
+    setup = RedisSentinel(free_port(), free_port(), free_port(), certificate)
+    # Each server's settings as (name, value): flags on a server's command line, lines of the
+    # Sentinel's configuration file.
+    tls: list[tuple[str, str]] = []
+    if certificate:
+        cert, key = (str(path) for path in certificate)
+        tls = [
+            ("tls-cert-file", cert), ("tls-key-file", key), ("tls-ca-cert-file", cert),
+            ("tls-auth-clients", "no"), ("tls-replication", "yes"),
+        ]  # fmt: skip
+
+    def listening(port: int) -> list[tuple[str, str]]:
+        return [("port", "0"), ("tls-port", str(port)), *tls] if certificate else [("port", str(port))]
+
+    def flags(settings: list[tuple[str, str]]) -> list[str]:
+        return [word for name, value in settings for word in (f"--{name}", value)]
+
+    data = [
+        ("bind", "127.0.0.1"), ("save", ""), ("appendonly", "no"), ("dir", str(root)),
+        ("requirepass", setup.password), ("masterauth", setup.password),
+    ]  # fmt: skip
     config = root / "sentinel.conf"
     config.write_text(
-        f"port {setup.sentinel_port}\nbind 127.0.0.1\ndir {root}\nrequirepass {setup.sentinel_password}\n"
-        f"sentinel monitor {setup.service} 127.0.0.1 {setup.master_port} 1\n"
-        f"sentinel auth-pass {setup.service} {setup.password}\n"
-        f"sentinel down-after-milliseconds {setup.service} 1000\n"
-        f"sentinel failover-timeout {setup.service} 10000\n"
+        "".join(
+            f"{name} {value}\n"
+            for name, value in [
+                *listening(setup.sentinel_port),
+                ("bind", "127.0.0.1"),
+                ("dir", str(root)),
+                ("requirepass", setup.sentinel_password),
+                ("sentinel monitor", f"{setup.service} 127.0.0.1 {setup.master_port} 1"),
+                ("sentinel auth-pass", f"{setup.service} {setup.password}"),
+                ("sentinel down-after-milliseconds", f"{setup.service} 1000"),
+                ("sentinel failover-timeout", f"{setup.service} 10000"),
+            ]
+        )
     )
     processes = [
-        GroupedProcess(f"redis-server {setup.master_port}", [server, "--port", str(setup.master_port), *common, *auth]),
+        GroupedProcess(
+            f"redis-server {setup.master_port}", [server, *flags([*listening(setup.master_port), *data])]
+        ),
         GroupedProcess(
             f"redis-server {setup.replica_port} (replica)",
-            [server, "--port", str(setup.replica_port), *common, *auth,
-             "--replicaof", "127.0.0.1", str(setup.master_port)],
+            [
+                server,
+                *flags(
+                    [*listening(setup.replica_port), *data, ("replicaof", f"127.0.0.1 {setup.master_port}")]
+                ),
+            ],
         ),
         GroupedProcess(f"redis-sentinel {setup.sentinel_port}", [server, str(config), "--sentinel"]),
-    ]  # fmt: skip
+    ]
     try:
         for process in processes:  # killed with the test process however it ends
             process.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)

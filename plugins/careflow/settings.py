@@ -494,13 +494,14 @@ def redis_url() -> str | None:
     db = conn.extra.get("db", conn.schema or 0)
     sentinels = conn.extra.get("sentinels")
     if sentinels:
-        return _sentinel_url(conn, sentinels, at, db)
+        return _sentinel_url(conn, sentinels, f"{scheme}+sentinel", at, db)
     return f"{scheme}://{at}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
 
 
-def _sentinel_url(conn: ConnectionInfo, sentinels: Any, at: str, db: Any) -> str:
-    """The ``redis+sentinel://`` URL of a ``careflow_redis`` connection whose extra names the
-    Sentinels (``["s1:26379", "s2:26379"]`` or ``"s1:26379,s2:26379"``) and their ``service``."""
+def _sentinel_url(conn: ConnectionInfo, sentinels: Any, scheme: str, at: str, db: Any) -> str:
+    """The ``redis+sentinel://`` (``rediss+sentinel://``) URL of a ``careflow_redis`` connection whose
+    extra names the Sentinels (``["s1:26379", "s2:26379"]`` or ``"s1:26379,s2:26379"``) and their
+    ``service``."""
     from careflow.exceptions import ConfigurationError
 
     servers = sentinels.split(",") if isinstance(sentinels, str) else sentinels
@@ -514,13 +515,11 @@ def _sentinel_url(conn: ConnectionInfo, sentinels: Any, at: str, db: Any) -> str
             f"connection {conn.conn_id!r}: extra.sentinels needs extra.service, the name the Sentinels "
             'monitor the master by (e.g. "mymaster")'
         )
-    if _flag(conn.extra.get("ssl")) or conn.conn_type == "rediss":
-        raise ConfigurationError(f"connection {conn.conn_id!r}: TLS through Redis Sentinels is not supported")
     query = ""
     if conn.extra.get("sentinel_password"):
         query = f"?sentinel_password={quote(str(conn.extra['sentinel_password']), safe='')}"
     hosts = ",".join(server.strip() for server in servers)
-    return f"redis+sentinel://{at}{hosts}/{quote(service, safe='')}/{db}{query}"
+    return f"{scheme}://{at}{hosts}/{quote(service, safe='')}/{db}{query}"
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def test_sentinels_that_do_not_answer_are_an_outage_not_an_error(emitted):
     assert time.monotonic() - started < 5
     (event,) = [fields for name, fields in emitted if name == "breaker_redis_fallback"]
     assert event["error"] == (
-        "MasterNotFoundError: no Sentinel named a master for 'my master'; check that the Sentinels run "
+        "MasterNotFoundError: no Sentinel named a master for 'my master'; check that the Sentinels run, "
         "and that this is the name they monitor the master by"
     )
 
@@ -169,7 +169,6 @@ def test_a_connection_names_its_sentinels_and_service(monkeypatch, sentinel):
     [
         ({"sentinels": ["s1:26379"]}, "redis", "extra.sentinels needs extra.service"),
         ({"sentinels": 26379, "service": "m"}, "redis", "extra.sentinels must be a list of host:port"),
-        ({"sentinels": ["s1"], "service": "m"}, "rediss", "TLS through Redis Sentinels is not supported"),
     ],
 )
 def test_a_connection_whose_sentinels_careflow_cannot_use_is_refused_by_name(
@@ -181,3 +180,44 @@ def test_a_connection_whose_sentinels_careflow_cannot_use_is_refused_by_name(
     monkeypatch.setattr(careflow.settings, "get_connection", lambda conn_id: _connection(extra, conn_type))
     with pytest.raises(ConfigurationError, match=why):
         redis_url()
+
+
+@pytest.fixture(scope="module")
+def sentinel_tls(tmp_path_factory: pytest.TempPathFactory, certificate) -> Iterator[RedisSentinel]:
+    """The same three servers speaking TLS only, with a certificate that is its own CA."""
+    with redis_sentinel(tmp_path_factory.mktemp("sentinel-tls"), certificate) as setup:
+        yield setup
+
+
+def test_sentinels_and_their_master_over_tls_once_the_ca_is_trusted(sentinel_tls, certificate, monkeypatch):
+    import careflow.settings
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # as an operator trusts a private CA
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("CAREFLOW_REDIS_URL", raising=False)
+    extra = {
+        "sentinels": [f"127.0.0.1:{sentinel_tls.sentinel_port}"],
+        "service": sentinel_tls.service,
+        "sentinel_password": sentinel_tls.sentinel_password,
+    }
+    conn = _connection(extra, "rediss", password=sentinel_tls.password)
+    monkeypatch.setattr(careflow.settings, "get_connection", lambda conn_id: conn)
+    url = redis_url()
+    assert url is not None and url.startswith("rediss+sentinel://") and url == sentinel_tls.url
+    backends = [RedisBackend(RedisLink(url), prefix="cftest-sentinel-tls") for _ in range(2)]
+    observer = opened_by_one_worker_for_the_other("sentinel-tls:sms", backends)
+    assert observer.snapshot().backend == "redis" and observer.fallback_events == 0
+    with sentinel_tls.server(sentinel_tls.master_port_now()) as master:
+        assert master.exists(backends[0].state_key("sentinel-tls:sms"))
+
+
+def test_sentinels_whose_certificate_nobody_trusts_are_an_outage_that_says_what_to_trust(
+    sentinel_tls, monkeypatch, emitted
+):
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    link = RedisLink(sentinel_tls.url)
+    assert link.run(lambda client: client.ping()) is DOWN
+    (event,) = [fields for name, fields in emitted if name == "breaker_redis_fallback"]
+    assert "their TLS certificate is trusted (SSL_CERT_FILE or SSL_CERT_DIR)" in event["error"]
+    assert sentinel_tls.password not in str(event) and sentinel_tls.sentinel_password not in str(event)

@@ -13,7 +13,7 @@ Each change (up -> down, down -> up) is logged once, counted in ``fallback_event
 A Redis Cluster is told apart at the first call that reaches the server (``CLUSTER INFO``) and is
 then spoken to through a cluster client, which follows its slots to the node that holds them;
 each of careflow's scripts touches keys of one slot (one hash tag). A master that Redis Sentinels
-watch (``redis+sentinel://``) is found through them, again after a failover.
+watch (``redis+sentinel://``, ``rediss+sentinel://``) is found through them, again after a failover.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def _client(url: str, timeouts: dict[str, float]) -> redis.Redis:
     parts = urlsplit(url)
     database = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
     try:
-        if parts.scheme == SENTINEL_SCHEME:
+        if parts.scheme in SENTINEL_SCHEMES:
             return _sentinel_client(url, timeouts)
         if database and not database.isdigit():  # redis-py would take database 0 instead
             raise ValueError(f"the database {database!r} is not a number")
@@ -223,13 +223,15 @@ def _client(url: str, timeouts: dict[str, float]) -> redis.Redis:
         raise ConfigurationError(
             f"careflow_redis: {redact(url)} is not a Redis URL careflow can use ({exc}): "
             "redis://[[user]:password@]host[:port][/database], rediss://… for TLS, unix://path, or "
-            f"{SENTINEL_SCHEME}://[[user]:password@]sentinel[:port][,sentinel[:port]…]/service[/database]"
+            "redis+sentinel://[[user]:password@]sentinel[:port][,sentinel[:port]…]/service[/database] "
+            "(rediss+sentinel://… for TLS)"
         ) from None
 
 
-#: The scheme of a Redis its Sentinels name: ``redis+sentinel://[[user]:password@]sentinel[:26379]
-#: [,sentinel…]/service[/database][?sentinel_password=…]``.
-SENTINEL_SCHEME = "redis+sentinel"
+#: The schemes of a Redis its Sentinels name: ``redis+sentinel://[[user]:password@]sentinel[:26379]
+#: [,sentinel…]/service[/database][?sentinel_password=…]``, and ``rediss+sentinel://…`` where the
+#: Sentinels and the servers speak TLS (certificates checked as ``rediss://`` checks them).
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
 
 
@@ -258,13 +260,15 @@ def _sentinel_client(url: str, timeouts: dict[str, float]) -> redis.Redis:
             f"unknown parameter {unknown[0]!r} (sentinel_username and sentinel_password are taken)"
         )
     sentinel_auth = {key.removeprefix("sentinel_"): value for key, value in query.items() if value}
-    sentinel = Sentinel(sentinels, sentinel_kwargs={**timeouts, **sentinel_auth}, **timeouts)
+    tls = {"ssl": True} if parts.scheme.startswith("rediss") else {}
+    sentinel = Sentinel(sentinels, sentinel_kwargs={**timeouts, **sentinel_auth, **tls}, **timeouts)
     return sentinel.master_for(
         path[0],
         db=int(path[1]) if len(path) == 2 else 0,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         **timeouts,
+        **tls,
     )
 
 
@@ -291,10 +295,16 @@ def _why_unusable(exc: BaseException, url: str) -> str:
             f"on the keys under {key_prefix()!r}"
         )
     if isinstance(exc, MasterNotFoundError):
-        service = unquote(urlsplit(url).path.strip("/").split("/")[0])
+        parts = urlsplit(url)
+        service = unquote(parts.path.strip("/").split("/")[0])
+        trusted = (
+            " and that their TLS certificate is trusted (SSL_CERT_FILE or SSL_CERT_DIR)"
+            if parts.scheme.startswith("rediss")
+            else ""
+        )
         return (
             f"MasterNotFoundError: no Sentinel named a master for {service!r}; check that the Sentinels "
-            "run and that this is the name they monitor the master by"
+            f"run{trusted}, and that this is the name they monitor the master by"
         )
     return type(exc).__name__
 
