@@ -473,6 +473,32 @@ def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
+@contextlib.contextmanager
+def redis_unix_socket(root: Path, password: str = "socket-secret") -> Iterator[Path]:
+    """A redis-server of its own listening on a Unix socket only (with ``password``); its socket."""
+    import redis
+
+    server = _redis_server("a Redis on a Unix socket for the tests")
+    root.mkdir(parents=True, exist_ok=True)
+    socket_path = root / "redis.sock"
+    node = GroupedProcess(
+        f"redis-server {socket_path}",
+        [
+            server, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+            "--requirepass", password, "--dir", str(root), "--save", "", "--appendonly", "no",
+        ],
+    )  # fmt: skip
+    client = redis.Redis(unix_socket_path=str(socket_path), password=password)
+    try:
+        node.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)
+        wait_for(f"the test Redis on {socket_path}", client.ping, 10, 0.05)
+        yield socket_path
+    finally:
+        client.close()
+        node.signal(signal.SIGKILL)
+        node.finish(grace_s=10)
+
+
 @dataclass
 class RedisSentinel:
     """A master, its replica and a Sentinel monitoring them as ``mymaster``; each with a password,

@@ -495,6 +495,8 @@ def redis_url() -> str | None:
     sentinels = conn.extra.get("sentinels")
     if sentinels:
         return _sentinel_url(conn, sentinels, f"{scheme}+sentinel", at, db)
+    if conn.host.startswith("/"):  # the server's Unix socket, on this machine
+        return f"unix://{at}{quote(conn.host, safe='/')}?db={quote(str(db), safe='')}"
     return f"{scheme}://{at}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
 
 

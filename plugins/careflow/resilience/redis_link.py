@@ -212,7 +212,10 @@ class RedisLink:
 def _client(url: str, timeouts: dict[str, float]) -> redis.Redis:
     """The client of ``url``; ConfigurationError naming ``careflow_redis`` for a URL it cannot use."""
     parts = urlsplit(url)
-    database = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    if parts.scheme in ("redis", "rediss"):
+        database = parts.path.strip("/")
+    else:  # unix:///run/redis.sock?db=1
+        database = parse_qs(parts.query).get("db", [""])[-1]
     try:
         if parts.scheme in SENTINEL_SCHEMES:
             return _sentinel_client(url, timeouts)
