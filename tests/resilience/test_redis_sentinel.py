@@ -101,7 +101,8 @@ def test_sentinels_that_do_not_answer_are_an_outage_not_an_error(emitted):
     (event,) = [fields for name, fields in emitted if name == "breaker_redis_fallback"]
     assert event["error"] == (
         "MasterNotFoundError: no Sentinel named a master for 'my master'; check that the Sentinels run, "
-        "and that this is the name they monitor the master by"
+        "that sentinel_password is theirs where they ask for one, and that this is the name they monitor "
+        "the master by"
     )
 
 
@@ -221,3 +222,10 @@ def test_sentinels_whose_certificate_nobody_trusts_are_an_outage_that_says_what_
     (event,) = [fields for name, fields in emitted if name == "breaker_redis_fallback"]
     assert "their TLS certificate is trusted (SSL_CERT_FILE or SSL_CERT_DIR)" in event["error"]
     assert sentinel_tls.password not in str(event) and sentinel_tls.sentinel_password not in str(event)
+
+
+def test_sentinels_asked_without_their_password_are_an_outage_that_says_to_give_it(sentinel, emitted):
+    link = RedisLink(sentinel.url.split("?")[0])  # the master's password, not the Sentinels'
+    assert link.run(lambda client: client.ping()) is DOWN
+    (event,) = [fields for name, fields in emitted if name == "breaker_redis_fallback"]
+    assert "that sentinel_password is theirs where they ask for one" in event["error"]

@@ -307,7 +307,8 @@ def _why_unusable(exc: BaseException, url: str) -> str:
         )
         return (
             f"MasterNotFoundError: no Sentinel named a master for {service!r}; check that the Sentinels "
-            f"run{trusted}, and that this is the name they monitor the master by"
+            f"run{trusted}, that sentinel_password is theirs where they ask for one, and that this is "
+            "the name they monitor the master by"
         )
     return type(exc).__name__
 
