@@ -212,13 +212,13 @@ class RedisLink:
 def _client(url: str, timeouts: dict[str, float]) -> redis.Redis:
     """The client of ``url``; ConfigurationError naming ``careflow_redis`` for a URL it cannot use."""
     parts = urlsplit(url)
-    if parts.scheme in ("redis", "rediss"):
-        database = parts.path.strip("/")
-    else:  # unix:///run/redis.sock?db=1
-        database = parse_qs(parts.query).get("db", [""])[-1]
     try:
         if parts.scheme in SENTINEL_SCHEMES:
             return _sentinel_client(url, timeouts)
+        if parts.scheme in ("redis", "rediss"):
+            database = parts.path.strip("/")
+        else:  # unix:///run/redis.sock?db=1
+            database = parse_qs(parts.query).get("db", [""])[-1]
         if database and not database.isdigit():  # redis-py would take database 0 instead
             raise ValueError(f"the database {database!r} is not a number")
         return redis.Redis.from_url(url, **timeouts)
@@ -251,7 +251,7 @@ def _sentinel_client(url: str, timeouts: dict[str, float]) -> redis.Redis:
     if not all(hosts):
         raise ValueError("a Sentinel's host is empty")
     sentinels = [(host, int(port or SENTINEL_PORT)) for host, port in zip(hosts, ports, strict=True)]
-    path = [unquote(segment) for segment in parts.path.split("/") if segment]
+    path = _sentinel_path(parts.path)
     if not path or len(path) > 2:
         raise ValueError("the path must be /service or /service/database, the service the Sentinels monitor")
     if len(path) == 2 and not path[1].isdigit():
@@ -273,6 +273,11 @@ def _sentinel_client(url: str, timeouts: dict[str, float]) -> redis.Redis:
         **timeouts,
         **tls,
     )
+
+
+def _sentinel_path(path: str) -> list[str]:
+    """The segments of a Sentinel URL's path, decoded: its service, then its database if named."""
+    return [unquote(segment) for segment in path.split("/") if segment]
 
 
 def _why_unusable(exc: BaseException, url: str) -> str:
@@ -299,7 +304,7 @@ def _why_unusable(exc: BaseException, url: str) -> str:
         )
     if isinstance(exc, MasterNotFoundError):
         parts = urlsplit(url)
-        service = unquote(parts.path.strip("/").split("/")[0])
+        service = next(iter(_sentinel_path(parts.path)), "")
         trusted = (
             " and that their TLS certificate is trusted (SSL_CERT_FILE or SSL_CERT_DIR)"
             if parts.scheme.startswith("rediss")
