@@ -21,6 +21,7 @@ from careflow.resilience import events
 from careflow.resilience.cache import forget_caches
 from careflow.store.db import dispose_engines
 from careflow.store.migrations import upgrade
+from support import free_port
 
 from .conftest import START, WORKFLOW, clinic_data, compiled_workflow, patient_strings
 
@@ -391,6 +392,43 @@ def test_a_database_error_is_told_by_its_condition_never_by_its_message(
     [alert] = webhook
     assert "InternalError (ReadOnlySqlTransaction)" in alert["text"]
     assert "CREATE" not in alert["text"] and "read-only transaction" not in alert["text"]
+
+
+def test_a_careflow_database_that_takes_no_writes_or_cannot_be_reached_is_named_by_the_alert(
+    webhook: list[dict[str, Any]], pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task that failed because careflow's database became a standby, or went away, gets an
+    alert that names the database and where its URL came from, in careflow's words: what to fix
+    without opening the task's log. The driver's message still stays out of it."""
+    from sqlalchemy.exc import DBAPIError
+
+    from careflow.store.db import get_engine
+
+    ti = SimpleNamespace(dag_id="careflow__implant-aftercare", task_id="a1", run_id="r", try_number=3)
+    standby = f"{pg_server_url}?options=-cdefault_transaction_read_only%3Don"
+    nobody = free_port()
+    for url in (standby, f"postgresql://careflow:hunter2@127.0.0.1:{nobody}/careflow"):
+        monkeypatch.setenv("CAREFLOW_DB_URL", url)
+        try:
+            with pytest.raises(DBAPIError) as failed, get_engine().begin() as conn:
+                conn.execute(text("CREATE TEMPORARY TABLE x (phone text)"))
+        finally:
+            dispose_engines()
+        alerts.TASK_FAILED({"ti": ti, "exception": failed.value})
+
+    read_only, unreachable = (alert["text"] for alert in webhook)
+    database = pg_server_url.rsplit("/", 1)[1]
+    assert "InternalError (ReadOnlySqlTransaction): careflow's database " in read_only
+    assert (
+        f"/{database}?options=-cdefault_transaction_read_only%3Don (from CAREFLOW_DB_URL) takes no writes; "
+        "it is a standby, or its sessions are read-only: name the primary"
+    ) in read_only
+    assert "read-only transaction" not in read_only and "CREATE" not in read_only
+    assert (
+        "OperationalError: cannot connect to careflow's database "
+        f"postgresql+psycopg2://careflow:***@127.0.0.1:{nobody}/careflow (from CAREFLOW_DB_URL)"
+    ) in unreachable
+    assert "hunter2" not in unreachable and "connection to server" not in unreachable
 
 
 def test_the_dag_has_failure_callbacks_and_a_deadline_only_when_configured() -> None:

@@ -292,6 +292,12 @@ def _failure_detail(exc: BaseException | None) -> str | None:
     orig = getattr(exc, "orig", None)
     if isinstance(orig, BaseException) and type(orig).__name__ not in (name, "Error"):
         name = f"{name} ({type(orig).__name__})"
+    # A database that cannot be reached or takes no writes is named, in careflow's words.
+    from careflow.store.db import database_unusable
+
+    problem = database_unusable(exc, driver_message=False)
+    if problem is not None:
+        return f"{name}: {problem}"
     # Messages careflow and Airflow write name ids; a driver's or a library's may quote row values.
     own = isinstance(exc, CareflowError) or type(exc).__module__.startswith(("airflow.", "careflow."))
     return f"{name}: {scrub(str(exc))}" if own and str(exc) else name

@@ -194,23 +194,22 @@ def unreachable_database(exc: BaseException) -> str | None:
     return getattr(exc, "careflow_unreachable", None)
 
 
-def database_unusable(exc: BaseException) -> str | None:
+def database_unusable(exc: BaseException, *, driver_message: bool = True) -> str | None:
     """What to tell of ``exc`` where careflow's database itself is the problem: it cannot be reached
     (the server down, a name that does not resolve, a database, role or password it refuses), or
-    it takes no writes (a standby). Names the database, where its URL came from and the driver's
-    first line; None for any other error."""
+    it takes no writes (a standby). Names the database, where its URL came from and, unless
+    ``driver_message`` is false (an alert, which never quotes a driver), the driver's first line;
+    None for any other error."""
     from careflow.exceptions import first_line
 
     unreachable, read_only = unreachable_database(exc), getattr(exc, "careflow_read_only", None)
     if unreachable is None and read_only is None:
         return None
-    said = first_line(getattr(exc, "orig", None) or exc)
+    said = f": {first_line(getattr(exc, 'orig', None) or exc)}" if driver_message else ""
     if unreachable is not None:
-        return (
-            f"cannot connect to careflow's database {unreachable} (from {settings.db_url_origin()}): {said}"
-        )
+        return f"cannot connect to careflow's database {unreachable} (from {settings.db_url_origin()}){said}"
     return (
-        f"careflow's database {read_only} (from {settings.db_url_origin()}) takes no writes: {said}; "
+        f"careflow's database {read_only} (from {settings.db_url_origin()}) takes no writes{said}; "
         "it is a standby, or its sessions are read-only: name the primary (or, with several servers, "
         "add target_session_attrs=read-write)"
     )
