@@ -324,6 +324,28 @@ class GroupedProcess:
             self.process.wait(10)
 
 
+def euc_kr_locale(root: Path) -> dict[str, str]:
+    """This process's environment under ``ko_KR.EUC-KR``, a locale whose text files are not UTF-8,
+    compiled into ``root`` (``LOCPATH``); skips the test where the machine cannot compile it."""
+    import pytest
+
+    localedef = shutil.which("localedef")
+    if localedef is None or not Path("/usr/share/i18n/locales/ko_KR").exists():
+        pytest.skip("localedef or the ko_KR locale's source is not on this machine")
+    subprocess.run(
+        [localedef, "-i", "ko_KR", "-f", "EUC-KR", str(root / "ko_KR.EUC-KR")], capture_output=True
+    )
+    if not (root / "ko_KR.EUC-KR").is_dir():
+        pytest.skip("localedef could not compile ko_KR.EUC-KR")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LC_", "LANGUAGE", "PYTHONUTF8", "PYTHONIOENCODING"))
+    }
+    env.update(LOCPATH=str(root), LANG="ko_KR.EUC-KR")
+    return env
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

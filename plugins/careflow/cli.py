@@ -307,5 +307,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:  # careflow's database cannot be reached, or takes no writes
             print(f"careflow: {problem}", file=sys.stderr)
             return EXIT_ERROR
+        encoding = non_utf8_locale()
+        if isinstance(exc, UnicodeDecodeError) and encoding is not None:
+            print(
+                f"careflow: a file could not be read in this locale's encoding, {encoding} "
+                f"({first_line(exc)}): Airflow reads its own files in it and needs UTF-8. Set "
+                "PYTHONUTF8=1 (or a UTF-8 locale, such as LANG=ko_KR.UTF-8) for careflow and every "
+                "Airflow component",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
         print(f"careflow: unexpected error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def non_utf8_locale() -> str | None:
+    """The locale's encoding where Python reads and writes text files in it and it is not UTF-8
+    (``EUC-KR`` under ``LANG=ko_KR.EUC-KR``); None where text files are UTF-8 (a UTF-8 locale, or
+    ``PYTHONUTF8=1``). Airflow 3.3 cannot start under such a locale: it reads its own
+    configuration's description in the locale's encoding."""
+    import codecs
+    import locale
+
+    if sys.flags.utf8_mode:
+        return None
+    encoding = locale.getpreferredencoding(False)
+    try:
+        return None if codecs.lookup(encoding).name == "utf-8" else encoding
+    except LookupError:
+        return encoding

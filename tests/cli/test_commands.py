@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from careflow.cli import main
-from support import EXAMPLES, REPO, free_port
+from support import EXAMPLES, REPO, euc_kr_locale, free_port
 
 BROKEN = REPO / "include" / "broken"
 CAREFLOW = str(Path(sys.executable).parent / "careflow")
@@ -305,3 +305,18 @@ def test_publish_to_a_database_that_takes_no_writes_says_so(
     path = str(EXAMPLES / "implant-aftercare.json")
     err = _run_read_only(db_url, monkeypatch, capsys, "workflows", "publish", path)
     assert err.startswith(f"careflow: {path}: not published: ") and _says_it_takes_no_writes(err), err
+
+
+def test_a_locale_that_is_not_utf8_is_named_where_airflow_cannot_start_under_it(tmp_path: Path) -> None:
+    """Under ``ko_KR.EUC-KR`` Airflow fails as it imports, reading its own files in that encoding:
+    the command says what to set rather than "unexpected error: UnicodeDecodeError"."""
+    env = {**euc_kr_locale(tmp_path), "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    result = subprocess.run(
+        [sys.executable, "-m", "careflow", "setup"], capture_output=True, env=env, timeout=120
+    )
+    err = result.stderr.decode("euc-kr")
+    assert result.returncode == 2, err
+    assert err.startswith("careflow: a file could not be read in this locale's encoding, EUC-KR (")
+    assert (
+        "Set PYTHONUTF8=1 (or a UTF-8 locale, such as LANG=ko_KR.UTF-8)" in err and len(err.splitlines()) == 1
+    )

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from careflow.airflow.operators.action import PROVIDER_POOL
-from support import GroupedProcess
+from support import GroupedProcess, euc_kr_locale
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -128,3 +128,22 @@ def test_a_sigterm_stops_the_demo_and_the_fake_provider_it_started(tmp_path: Pat
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats", timeout=5)
     finally:
         group.finish(grace_s=0)  # a demo or fake provider a failure left behind: killed with the group
+
+
+def test_the_demo_runs_under_a_locale_that_is_not_utf8(tmp_path: Path) -> None:
+    """Airflow cannot start under ``ko_KR.EUC-KR`` (it reads its own files in the locale's
+    encoding): the demo runs its processes in Python's UTF-8 mode there, and its lines for the UI
+    say to."""
+    env = euc_kr_locale(tmp_path)
+    home = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "careflow", "demo", "--home", str(home), "--days", "1", "--patients", "20"],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    out, err = result.stdout.decode("euc-kr"), result.stderr.decode("euc-kr", "replace")
+    assert result.returncode == 0, out[-2000:] + err[-3000:]
+    assert "accepted twice 0" in out
+    _, ui = out.split("Open the same setup in the Airflow UI:\n", 1)
+    assert "PYTHONUTF8=1" in ui.splitlines()[0]

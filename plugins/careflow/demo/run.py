@@ -57,7 +57,16 @@ def demo_env(home: Path, port: int) -> dict[str, str]:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )
+    env.update(_utf8_mode())
     return env
+
+
+def _utf8_mode() -> dict[str, str]:
+    """``PYTHONUTF8=1`` where the locale is not UTF-8 (``ko_KR.EUC-KR``), which Airflow cannot start
+    under; nothing otherwise. The demo's processes then write UTF-8, which it reads as such."""
+    from careflow.cli import non_utf8_locale
+
+    return {"PYTHONUTF8": "1"} if non_utf8_locale() is not None else {}
 
 
 def messaging_connection(port: int) -> str:
@@ -159,7 +168,8 @@ def _run_demo(args: argparse.Namespace) -> int:
             ],
             env=env,
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
         )
         messages, summary = _parse_simulation(sim.stdout)
         if summary is None:
@@ -207,6 +217,7 @@ def ui_commands(home: Path, port: int) -> list[str]:
         "CAREFLOW_DB_URL": f"sqlite:///{home / 'careflow.db'}",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW_CONN_CAREFLOW_MESSAGING": messaging_connection(port),
+        **_utf8_mode(),
     }
     provider = shlex.join(["careflow", "fake-provider", *fake_provider_options(port)])
     log = shlex.quote(str(home / "fake-provider.log"))
@@ -227,7 +238,7 @@ print("   " + ", ".join(f"{{k}}: {{v}}" for k, v in counts.items()))
 
 
 def _run(cmd: list[str], env: dict[str, str], what: str, show: bool = True) -> None:
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace")
     if result.returncode != 0:
         print(result.stdout[-2000:], result.stderr[-4000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"careflow demo: {what} failed (exit {result.returncode})")
