@@ -128,9 +128,23 @@ def test_the_breaker_wait_is_timed_out_by_the_scheduler_and_then_sends_anyway(mo
     assert timedelta(0) < TRIGGER_GRACE < deferred.value.timeout <= TRIGGER_GRACE + timedelta(seconds=40)
 
     sent: list[object] = []
+    told: list[object] = []
     monkeypatch.setattr(type(action), "execute", lambda self, context: sent.append(context) or {"sent": 3})
+    monkeypatch.setattr("careflow.airflow.alerts._recent", {})
+    monkeypatch.setattr("careflow.airflow.alerts.send_alert", told.append)
     assert action.resume_execution("__fail__", {"error": "Trigger timeout"}, {"run_id": "r"}) == {"sent": 3}
     assert sent == [{"run_id": "r"}]
+    # ... and an operator is told that the triggerer did not wake it, once for the task's run
+    [alert] = told
+    assert alert.title.startswith("Airflow's triggerer did not end an action task's wait")  # type: ignore[attr-defined]
+    assert (alert.workflow_id, alert.node_id, alert.run_id) == (  # type: ignore[attr-defined]
+        "day-before-reminder",
+        action.careflow_node_id,
+        "r",
+    )
+    assert "not woken 5 minutes after the wait's end" in alert.detail  # type: ignore[attr-defined]
+    action.resume_execution("__fail__", {"error": "Trigger timeout"}, {"run_id": "r"})
+    assert len(told) == 1
     # a trigger that failed (not timed out) still fails the attempt, as Airflow has it
     with pytest.raises(Exception, match="Trigger failure"):
         action.resume_execution("__fail__", {"error": "Trigger failure"}, {"run_id": "r"})

@@ -10,7 +10,7 @@ Wiring (the DAG factory calls :func:`task_callbacks` and :func:`dag_callbacks`):
 
 - ``on_failure_callback`` on every task and on the DAG run: :class:`CareflowNotifier`;
 - engine and breaker events (``provider_configuration_error``, ``breaker_transition`` to open,
-  ``breaker_redis_fallback``) through :mod:`careflow.airflow.observability`, at most once per
+  ``breaker_redis_fallback``, ``breaker_wait_not_ended``) through :mod:`careflow.airflow.observability`, at most once per
   :data:`COOLDOWN_SECONDS` per subject (every process that shares careflow's Redis agrees
   through it; without Redis, per process); a ``provider_configuration_error`` is sending
   that cannot work as configured (a refused token, a wrong base URL, an untrusted certificate,
@@ -580,6 +580,24 @@ def on_event(event: str, **fields: Any) -> None:
                 detail=detail,
                 link=ui_link(f"{DAG_PREFIX}{workflow_id}" if workflow_id else None, run_id, node_id),
                 facts={"Channel": str(fields.get("channel") or "")},
+            )
+        )
+    elif event == "breaker_wait_not_ended":
+        node_id, run_id = fields.get("node_id"), fields.get("run_id")
+        if not _first_time((event, str(workflow_id), str(node_id), str(run_id))):
+            return
+        minutes = float(fields.get("grace_s") or 0) / 60
+        send_alert(
+            Alert(
+                kind=event,
+                title="Airflow's triggerer did not end an action task's wait (is the triggerer running?)",
+                workflow_id=workflow_id,
+                node_id=node_id,
+                run_id=run_id,
+                detail=f"The task waited in the triggerer for its circuit breaker to half-open, and was "
+                f"not woken {minutes:g} minutes after the wait's end: the scheduler timed the wait out "
+                "and sending resumed, that much late. Start the triggerer (`airflow triggerer`).",
+                link=ui_link(f"{DAG_PREFIX}{workflow_id}" if workflow_id else None, run_id, node_id),
             )
         )
     elif event == "breaker_transition" and fields.get("to_state") == "open":

@@ -180,12 +180,21 @@ class ActionOperator(CareflowNodeOperator):
         try:
             return super().resume_execution(next_method, next_kwargs, context)
         except TaskDeferralTimeout:
+            from careflow.airflow import observability
+
             self.log.warning(
                 "careflow %s/%s: Airflow's triggerer did not end the breaker's wait %s after its end "
                 "(is the triggerer running?): sending resumes without it",
                 self.workflow_id,
                 self.careflow_node_id,
                 TRIGGER_GRACE,
+            )
+            observability.emit(
+                "breaker_wait_not_ended",
+                workflow_id=self.workflow_id,
+                node_id=self.careflow_node_id,
+                run_id=context.get("run_id") if hasattr(context, "get") else None,
+                grace_s=TRIGGER_GRACE.total_seconds(),
             )
             return self.execute(context)
 
