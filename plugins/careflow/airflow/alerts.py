@@ -10,11 +10,12 @@ Wiring (the DAG factory calls :func:`task_callbacks` and :func:`dag_callbacks`):
 
 - ``on_failure_callback`` on every task and on the DAG run: :class:`CareflowNotifier`;
 - engine and breaker events (``provider_configuration_error``, ``breaker_transition`` to open,
-  ``breaker_redis_fallback``, ``breaker_wait_not_ended``) through :mod:`careflow.airflow.observability`, at most once per
-  :data:`COOLDOWN_SECONDS` per subject (every process that shares careflow's Redis agrees
-  through it; without Redis, per process); a ``provider_configuration_error`` is sending
-  that cannot work as configured (a refused token, a wrong base URL, an untrusted certificate,
-  a proxy's refusal), or the ``careflow_messaging`` or ``careflow_redis`` connection unusable;
+  ``breaker_redis_fallback``, ``breaker_wait_not_ended``) through
+  :mod:`careflow.airflow.observability`, at most once per :data:`COOLDOWN_SECONDS` per subject
+  (every process that shares careflow's Redis agrees through it; without Redis, per process); a
+  ``provider_configuration_error`` is sending that cannot work as configured (a refused token, a
+  wrong base URL, an untrusted certificate, a proxy's refusal), or the ``careflow_messaging`` or
+  ``careflow_redis`` connection unusable;
 - ``settings.run_deadline_hours``: a ``DeadlineAlert`` on the run's queued time whose
   ``AsyncCallback`` (:func:`run_deadline_missed`) runs in the triggerer (Airflow marks Deadline
   Alerts experimental).
