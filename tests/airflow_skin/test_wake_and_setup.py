@@ -131,6 +131,7 @@ def test_the_breaker_wait_is_timed_out_by_the_scheduler_and_then_sends_anyway(mo
     told: list[object] = []
     monkeypatch.setattr(type(action), "execute", lambda self, context: sent.append(context) or {"sent": 3})
     monkeypatch.setattr("careflow.airflow.alerts._recent", {})
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", "")  # "once" decided by this process, not a shared key
     monkeypatch.setattr("careflow.airflow.alerts.send_alert", told.append)
     assert action.resume_execution("__fail__", {"error": "Trigger timeout"}, {"run_id": "r"}) == {"sent": 3}
     assert sent == [{"run_id": "r"}]
