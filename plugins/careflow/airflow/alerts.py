@@ -563,43 +563,39 @@ def _configuration_problem(fields: dict[str, Any]) -> tuple[str, str]:
     return f"the messaging provider answered HTTP {status} to careflow's messages", stopped
 
 
+def _node_alert(event: str, fields: dict[str, Any], title: str, detail: str, **facts: str) -> None:
+    """An event's alert about one node's task in one run, at most once per cooldown for them."""
+    workflow_id, node_id, run_id = fields.get("workflow_id"), fields.get("node_id"), fields.get("run_id")
+    if not _first_time((event, str(workflow_id), str(node_id), str(run_id))):
+        return
+    send_alert(
+        Alert(
+            kind=event,
+            title=title,
+            workflow_id=workflow_id,
+            node_id=node_id,
+            run_id=run_id,
+            detail=detail,
+            link=ui_link(f"{DAG_PREFIX}{workflow_id}" if workflow_id else None, run_id, node_id),
+            facts=facts,
+        )
+    )
+
+
 def on_event(event: str, **fields: Any) -> None:
     """Alert on the engine and breaker events that need an operator (subscribed to observability)."""
-    workflow_id = fields.get("workflow_id")
     if event == "provider_configuration_error":
-        node_id, run_id = fields.get("node_id"), fields.get("run_id")
-        if not _first_time((event, str(workflow_id), str(node_id), str(run_id))):
-            return
         title, detail = _configuration_problem(fields)
-        send_alert(
-            Alert(
-                kind=event,
-                title=title,
-                workflow_id=workflow_id,
-                node_id=node_id,
-                run_id=run_id,
-                detail=detail,
-                link=ui_link(f"{DAG_PREFIX}{workflow_id}" if workflow_id else None, run_id, node_id),
-                facts={"Channel": str(fields.get("channel") or "")},
-            )
-        )
+        _node_alert(event, fields, title, detail, Channel=str(fields.get("channel") or ""))
     elif event == "breaker_wait_not_ended":
-        node_id, run_id = fields.get("node_id"), fields.get("run_id")
-        if not _first_time((event, str(workflow_id), str(node_id), str(run_id))):
-            return
         minutes = float(fields.get("grace_s") or 0) / 60
-        send_alert(
-            Alert(
-                kind=event,
-                title="Airflow's triggerer did not end an action task's wait (is the triggerer running?)",
-                workflow_id=workflow_id,
-                node_id=node_id,
-                run_id=run_id,
-                detail=f"The task waited in the triggerer for its circuit breaker to half-open, and was "
-                f"not woken {minutes:g} minutes after the wait's end: the scheduler timed the wait out "
-                "and sending resumed, that much late. Start the triggerer (`airflow triggerer`).",
-                link=ui_link(f"{DAG_PREFIX}{workflow_id}" if workflow_id else None, run_id, node_id),
-            )
+        _node_alert(
+            event,
+            fields,
+            "Airflow's triggerer did not end an action task's wait (is the triggerer running?)",
+            f"The task waited in the triggerer for its circuit breaker to half-open, and was not woken "
+            f"{minutes:g} minutes after the wait's end: the scheduler timed the wait out and sending "
+            "resumed, that much late. Start the triggerer (`airflow triggerer`).",
         )
     elif event == "breaker_transition" and fields.get("to_state") == "open":
         breaker = str(fields.get("breaker"))

@@ -193,7 +193,7 @@ class ActionOperator(CareflowNodeOperator):
                 "breaker_wait_not_ended",
                 workflow_id=self.workflow_id,
                 node_id=self.careflow_node_id,
-                run_id=context.get("run_id") if hasattr(context, "get") else None,
+                run_id=context.get("run_id"),
                 grace_s=TRIGGER_GRACE.total_seconds(),
             )
             return self.execute(context)
