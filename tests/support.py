@@ -496,29 +496,34 @@ def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def redis_unix_socket(root: Path, password: str = "socket-secret") -> Iterator[Path]:
-    """A redis-server of its own listening on a Unix socket only (with ``password``); its socket."""
-    import redis
-
-    server = _redis_server("a Redis on a Unix socket for the tests")
+def _lone_redis(root: Path, what: str, flags: list[str], client: Any) -> Iterator[None]:
+    """A redis-server of its own in ``root`` with ``flags`` (``what`` it is, for messages), until
+    the block ends; the block starts once ``client`` reaches it, and closes it at the end."""
+    server = _redis_server(f"{what} for the tests")
     root.mkdir(parents=True, exist_ok=True)
-    socket_path = root / "redis.sock"
-    node = GroupedProcess(
-        f"redis-server {socket_path}",
-        [
-            server, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-            "--requirepass", password, "--dir", str(root), "--save", "", "--appendonly", "no",
-        ],
-    )  # fmt: skip
-    client = redis.Redis(unix_socket_path=str(socket_path), password=password)
+    node = GroupedProcess(what, [server, *flags, "--dir", str(root), "--save", "", "--appendonly", "no"])
     try:
         node.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)
-        wait_for(f"the test Redis on {socket_path}", client.ping, 10, 0.05)
-        yield socket_path
+        wait_for(f"the test's {what}", client.ping, 10, 0.05)
+        yield
     finally:
         client.close()
         node.signal(signal.SIGKILL)
         node.finish(grace_s=10)
+
+
+@contextlib.contextmanager
+def redis_unix_socket(root: Path, password: str = "socket-secret") -> Iterator[Path]:
+    """A redis-server of its own listening on a Unix socket only (with ``password``); its socket."""
+    import redis
+
+    socket_path = root / "redis.sock"
+    flags = [
+        "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700", "--requirepass", password,
+    ]  # fmt: skip
+    client = redis.Redis(unix_socket_path=str(socket_path), password=password)
+    with _lone_redis(root, f"Redis on {socket_path}", flags, client):
+        yield socket_path
 
 
 @dataclass
@@ -646,24 +651,12 @@ def redis_tls(root: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     """A redis-server of its own that speaks TLS only, with ``certificate``; yields its ``rediss://`` URL."""
     import redis
 
-    server = _redis_server("a TLS Redis for the tests")
-    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cert, key = certificate
-    node = GroupedProcess(
-        f"redis-server (TLS) {port}",
-        [
-            server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-            "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",
-            "--dir", str(root), "--save", "", "--appendonly", "no",
-        ],
-    )  # fmt: skip
+    flags = [
+        "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",
+    ]  # fmt: skip
     client = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(cert))
-    try:
-        node.launch(subprocess.DEVNULL, parent_death_signal=signal.SIGKILL)
-        wait_for(f"the test TLS Redis on port {port}", client.ping, 10, 0.05)
+    with _lone_redis(root, f"TLS Redis on port {port}", flags, client):
         yield f"rediss://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        node.signal(signal.SIGKILL)
-        node.finish(grace_s=10)
