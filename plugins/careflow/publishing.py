@@ -24,7 +24,14 @@ from sqlalchemy.exc import DBAPIError
 from careflow import settings
 from careflow.compiler.hashing import canonical_document, content_hash
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
-from careflow.snapshots import Snapshot, SnapshotProblem, load_all, snapshot_path, write_snapshot
+from careflow.snapshots import (
+    ReplacedSnapshots,
+    Snapshot,
+    SnapshotProblem,
+    load_all,
+    snapshot_path,
+    write_snapshot,
+)
 from careflow.store import tables
 from careflow.store.db import database_name, database_unusable, get_engine, unstorable_character
 from careflow.workflow.diagnostics import Diagnostic, make
@@ -85,7 +92,7 @@ def publish_report(
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
     # last could be the older one. SQLite's transactions take the write lock when they begin.
-    with tables_required(engine), engine.begin() as conn:
+    with ReplacedSnapshots() as replaced, tables_required(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(
                 text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
@@ -144,7 +151,9 @@ def publish_report(
         if ahead:
             raise ConfigurationError(ahead)  # the version just stored is rolled back with it
         if action == "published" or existing != snap.to_json():
-            write_snapshot(workflows_dir, snap)  # before the commit: no version without its snapshot
+            # Before the commit: no version without its snapshot; put back if the commit fails.
+            replaced.keep(snap.path)
+            write_snapshot(workflows_dir, snap)
     if action == "published":
         _invalidate_caches(workflow.id, digest)
     return PublishResult(

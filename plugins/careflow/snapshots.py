@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -73,7 +74,13 @@ def write_snapshot(workflows_dir: Path, snapshot: Snapshot) -> Path:
     workflows_dir.mkdir(parents=True, exist_ok=True)
     target = snapshot_path(workflows_dir, snapshot.workflow_id)
     data = json.dumps(snapshot.to_json(), ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{snapshot.workflow_id}.", suffix=".tmp", dir=workflows_dir)
+    _write_atomically(target, data)
+    return target
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    workflows_dir = target.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=workflows_dir)
     try:
         with os.fdopen(fd, "wb") as fh:
             # mkstemp creates the file 0600; the DAG processor and workers may run as another user.
@@ -86,7 +93,59 @@ def write_snapshot(workflows_dir: Path, snapshot: Snapshot) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(workflows_dir)
-    return target
+
+
+class ReplacedSnapshots:
+    """The block in which a publish replaces snapshot files (around its transaction, so that it
+    ends after the commit): each file :meth:`keep` was told of is put back as it was if the block
+    fails, and forgotten if it does not. A commit that fails after the snapshot was written (a full
+    disk, a deferred constraint) must not leave the DAG factory a version the database did not keep,
+    and that the publish reported as failed.
+
+    A kept file lives on under a second name (a hard link, which needs no space on a full disk) or,
+    on a filesystem without hard links, as its bytes.
+    """
+
+    def __init__(self) -> None:
+        self._kept: list[tuple[Path, Path | None, bytes | None]] = []
+
+    def keep(self, path: Path) -> None:
+        """Keep the file at ``path`` (or that there is none) until the block ends."""
+        if not path.is_file():
+            self._kept.append((path, None, None))
+            return
+        aside = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.kept")
+        try:
+            os.link(path, aside)
+        except OSError:
+            self._kept.append((path, None, path.read_bytes()))
+        else:
+            self._kept.append((path, aside, None))
+
+    def __enter__(self) -> ReplacedSnapshots:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        kept, self._kept = self._kept, []
+        for path, aside, content in reversed(kept):
+            try:
+                if exc_type is not None:
+                    _put_back(path, aside, content)
+            finally:
+                if aside is not None:
+                    aside.unlink(missing_ok=True)
+
+
+def _put_back(path: Path, aside: Path | None, content: bytes | None) -> None:
+    if aside is not None:
+        if not (path.exists() and os.path.samefile(aside, path)):  # else never replaced
+            os.replace(aside, path)
+    elif content is not None:
+        if not (path.is_file() and path.read_bytes() == content):  # else never replaced
+            _write_atomically(path, content)
+    else:
+        path.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from careflow.cli import main
@@ -247,6 +248,102 @@ def test_snapshot_write_is_atomic(
     (result,) = publish_paths([changed_file], engine=engine, workflows_dir=workflows_dir)
     assert result.action == "published" and result.version == 2
     assert json.loads(path.read_text(encoding="utf-8"))["version"] == 2
+
+
+def _fail_at_commit(engine: Engine) -> Callable[[], None]:
+    """Make every transaction that stores a version fail as it commits (after the snapshot is
+    written), as a full disk does; returns what undoes it. Postgres raises its own disk-full error
+    from a deferred constraint trigger; SQLite has a deferred foreign key the insert breaks."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "CREATE OR REPLACE FUNCTION careflow_test_disk_full() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION USING ERRCODE = 'disk_full', "
+                    "MESSAGE = 'could not extend file: No space left on device'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE CONSTRAINT TRIGGER full_at_commit AFTER INSERT ON careflow_workflow_versions "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION careflow_test_disk_full()"
+                )
+            )
+            undo = [
+                "DROP TRIGGER full_at_commit ON careflow_workflow_versions",
+                "DROP FUNCTION careflow_test_disk_full()",
+            ]
+        else:
+            conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+            conn.execute(
+                text(
+                    "CREATE TABLE orphan (parent_id INTEGER REFERENCES parent (id) "
+                    "DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER fail_at_commit AFTER INSERT ON careflow_workflow_versions "
+                    "BEGIN INSERT INTO orphan VALUES (1); END"
+                )
+            )
+            undo = ["DROP TRIGGER fail_at_commit", "DROP TABLE orphan", "DROP TABLE parent"]
+
+    def restore() -> None:
+        with engine.begin() as conn:
+            for statement in undo:
+                conn.execute(text(statement))
+
+    return restore
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_a_commit_that_fails_puts_the_snapshot_back(
+    engine: Engine, workflows_dir: Path, hard_links: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot is written before the commit; where the commit then fails, the DAG factory must
+    not see a version the database did not keep and the publish reported as not published: the
+    file it replaced is back (the same file, where the filesystem has hard links), and a new
+    workflow's is gone."""
+    _publish(workflows_dir, IMPLANT)
+    path = workflows_dir / "implant-aftercare.json"
+    before, inode = path.read_bytes(), path.stat().st_ino
+    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    changed["name"] = "임플란트 수술 후 관리 v2"
+    changed_file = workflows_dir.parent / "implant-v2.json"
+    changed_file.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    welcome = EXAMPLES / "new-patient-welcome.json"
+
+    if not hard_links:  # as a file owned by another user is under fs.protected_hardlinks
+
+        def refused(src: str, dst: str) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr("careflow.snapshots.os.link", refused)
+    restore = _fail_at_commit(engine)
+    try:
+        code = main(
+            ["workflows", "publish", "--workflows-dir", str(workflows_dir), str(changed_file), str(welcome)]
+        )
+    finally:
+        restore()
+    assert code != 0
+    assert path.read_bytes() == before
+    assert path.stat().st_ino == inode or not hard_links  # the old file itself, where it could be kept
+    assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]  # nothing else left
+    assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1]
+    assert _versions(engine, "new-patient-welcome") == []
+
+    code, results = _publish(workflows_dir, changed_file, welcome)
+    assert code == 0 and [(r["action"], r["version"]) for r in results] == [
+        ("published", 2),
+        ("published", 1),
+    ]
+    assert json.loads(path.read_text(encoding="utf-8"))["version"] == 2
+    assert sorted(p.name for p in workflows_dir.iterdir()) == [
+        "implant-aftercare.json",
+        "new-patient-welcome.json",
+    ]
 
 
 def test_every_example_publishes(engine: Engine, workflows_dir: Path) -> None:
