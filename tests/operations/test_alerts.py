@@ -431,6 +431,39 @@ def test_a_careflow_database_that_takes_no_writes_or_cannot_be_reached_is_named_
     assert "hunter2" not in unreachable and "connection to server" not in unreachable
 
 
+def test_a_careflow_database_out_of_disk_space_is_named_by_the_alert(
+    webhook: list[dict[str, Any]], pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task that failed because the disk of careflow's database is full (Postgres' own error,
+    raised by the server) gets an alert that says so and names the database; the driver's message,
+    which names the server's files, stays in the task's log."""
+    from sqlalchemy.exc import DBAPIError
+
+    from careflow.store.db import get_engine
+
+    ti = SimpleNamespace(dag_id="careflow__implant-aftercare", task_id="a1", run_id="r", try_number=1)
+    monkeypatch.setenv("CAREFLOW_DB_URL", pg_server_url)
+    try:
+        with pytest.raises(DBAPIError) as failed, get_engine().begin() as conn:
+            conn.execute(
+                text(
+                    "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'disk_full', "
+                    "MESSAGE = 'could not extend file \"base/16384/2619\": No space left on device'; END $$"
+                )
+            )
+    finally:
+        dispose_engines()
+    alerts.TASK_FAILED({"ti": ti, "exception": failed.value})
+
+    (alert,) = webhook
+    database = pg_server_url.rsplit("/", 1)[1]
+    assert "OperationalError (DiskFull): careflow's database " in alert["text"]
+    assert (
+        f"/{database} (from CAREFLOW_DB_URL) has no space left; free space on the disk that holds it"
+    ) in alert["text"]
+    assert "base/16384" not in alert["text"] and "No space left on device" not in alert["text"]
+
+
 def test_the_dag_has_failure_callbacks_and_a_deadline_only_when_configured() -> None:
     plain = build_dag(compiled_workflow())
     assert plain.on_failure_callback is alerts.DAG_RUN_FAILED

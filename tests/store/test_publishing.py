@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine
 from careflow.cli import main
 from careflow.publishing import publish_paths
 from careflow.store import tables
-from support import EXAMPLES, REPO
+from support import EXAMPLES, REPO, upgraded
 
 IMPLANT = EXAMPLES / "implant-aftercare.json"
 BROKEN = REPO / "include" / "broken" / "graph-cycle.json"
@@ -344,6 +345,115 @@ def test_a_commit_that_fails_puts_the_snapshot_back(
         "implant-aftercare.json",
         "new-patient-welcome.json",
     ]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_full_disk_is_named(
+    engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Postgres' disk-full error, raised as the publish commits, is told in careflow's words."""
+    restore = _fail_at_commit(engine)
+    try:
+        code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
+    finally:
+        restore()
+    err = capsys.readouterr().err
+    assert code != 0 and "implant-aftercare.json: not published: careflow's database" in err
+    assert "has no space left: could not extend file: No space left on device; free space on the disk" in err
+    assert list(workflows_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_full_embedded_database_is_named(
+    db_url: str, engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite's own "database or disk is full" (here: its page limit reached), told in careflow's words."""
+    from sqlalchemy import event
+
+    engine.dispose()
+
+    def no_new_pages(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        pages = cur.execute("PRAGMA page_count").fetchone()[0]
+        cur.execute(f"PRAGMA max_page_count = {pages}")
+        cur.close()
+
+    event.listen(engine, "connect", no_new_pages)
+    try:
+        code = main(
+            [
+                "workflows",
+                "publish",
+                "--workflows-dir",
+                str(workflows_dir),
+                *map(str, sorted(EXAMPLES.glob("*.json"))),
+            ]
+        )
+    finally:
+        event.remove(engine, "connect", no_new_pages)
+        engine.dispose()
+    err = capsys.readouterr().err
+    assert code != 0
+    assert (
+        f"not published: careflow's database {db_url} (from CAREFLOW_DB_URL) has no space left: database or disk is full; free space"
+        in err
+    )
+    published = [p.stem for p in workflows_dir.glob("*.json")]
+    for stem in published:  # what fit is published whole; what did not left no snapshot
+        assert _versions(engine, stem)
+    assert len(published) < len(list(EXAMPLES.glob("*.json")))
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A small filesystem of its own (tmpfs, 1 MB), for a file there to fill."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        from careflow.store.db import dispose_engines
+
+        dispose_engines()
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_an_embedded_database_on_a_full_disk_is_named(
+    full_disk: Path, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite in WAL mode cannot even open its database on a full disk (its shared-memory file
+    cannot be made), and says only "disk I/O error": careflow says the disk is full."""
+    from careflow.store.db import dispose_engines
+
+    url = f"sqlite:///{full_disk / 'careflow.db'}"
+    for _ in upgraded(url, monkeypatch):
+        break
+    dispose_engines()  # its WAL and shared-memory files go with the last connection
+    fd = os.open(full_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+
+    code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert (
+        f"not published: careflow's database {url} (from CAREFLOW_DB_URL) has no space left: "
+        "disk I/O error; free space on the disk that holds it"
+    ) in err
+    assert list(workflows_dir.iterdir()) == []
+
+    (full_disk / "filler").unlink()
+    code, (result,) = _publish(workflows_dir, IMPLANT)
+    assert code == 0 and result["action"] == "published"
 
 
 def test_every_example_publishes(engine: Engine, workflows_dir: Path) -> None:

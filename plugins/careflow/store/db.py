@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -171,6 +173,13 @@ def get_engine(url: str | None = None) -> Engine:
 
 #: SQLSTATE of a write refused by a server that takes none (a standby, ``default_transaction_read_only``).
 READ_ONLY_SQLSTATE = "25006"
+#: SQLSTATE of a write the server had no disk space for.
+DISK_FULL_SQLSTATE = "53100"
+#: SQLite's primary result codes for a full database or disk, and for an I/O error (what opening a
+#: database in WAL mode on a full disk fails with: its shared-memory file cannot be made).
+SQLITE_FULL, SQLITE_IOERR = 13, 10
+#: Under this much free space, an SQLite I/O error is taken for a full disk.
+NEARLY_FULL_BYTES = 1 << 20
 
 
 def _name_the_database(context: Any) -> None:
@@ -182,10 +191,29 @@ def _name_the_database(context: Any) -> None:
     """
     if context.is_pre_ping or context.engine is None or context.sqlalchemy_exception is None:
         return
-    if context.connection is None:
+    if _out_of_space(context.engine, context.original_exception):
+        context.sqlalchemy_exception.careflow_full = database_name(context.engine)
+    elif context.connection is None:
         context.sqlalchemy_exception.careflow_unreachable = database_name(context.engine)
     elif getattr(context.original_exception, "pgcode", None) == READ_ONLY_SQLSTATE:
         context.sqlalchemy_exception.careflow_read_only = database_name(context.engine)
+
+
+def _out_of_space(engine: Engine, exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the database's disk (or, for SQLite, the database itself) is full."""
+    if getattr(exc, "pgcode", None) == DISK_FULL_SQLSTATE:
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return False
+    if code & 0xFF == SQLITE_FULL:
+        return True
+    if code & 0xFF != SQLITE_IOERR or not engine.url.database or engine.url.database == ":memory:":
+        return False
+    try:
+        return shutil.disk_usage(Path(engine.url.database).parent).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def unreachable_database(exc: BaseException) -> str | None:
@@ -196,16 +224,22 @@ def unreachable_database(exc: BaseException) -> str | None:
 
 def database_unusable(exc: BaseException, *, driver_message: bool = True) -> str | None:
     """What to tell of ``exc`` where careflow's database itself is the problem: it cannot be reached
-    (the server down, a name that does not resolve, a database, role or password it refuses), or
-    it takes no writes (a standby). Names the database, where its URL came from and, unless
-    ``driver_message`` is false (an alert, which never quotes a driver), the driver's first line;
-    None for any other error."""
+    (the server down, a name that does not resolve, a database, role or password it refuses), it
+    takes no writes (a standby), or its disk is full. Names the database, where its URL came from
+    and, unless ``driver_message`` is false (an alert, which never quotes a driver), the driver's
+    first line; None for any other error."""
     from careflow.exceptions import first_line
 
     unreachable, read_only = unreachable_database(exc), getattr(exc, "careflow_read_only", None)
-    if unreachable is None and read_only is None:
+    full = getattr(exc, "careflow_full", None)
+    if unreachable is None and read_only is None and full is None:
         return None
     said = f": {first_line(getattr(exc, 'orig', None) or exc)}" if driver_message else ""
+    if full is not None:
+        return (
+            f"careflow's database {full} (from {settings.db_url_origin()}) has no space left{said}; "
+            "free space on the disk that holds it (what could not be written was rolled back)"
+        )
     if unreachable is not None:
         return f"cannot connect to careflow's database {unreachable} (from {settings.db_url_origin()}){said}"
     return (
