@@ -7,6 +7,7 @@ flight keep running on the new version where their node still exists (docs/contr
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import re
@@ -152,8 +153,11 @@ def publish_report(
             raise ConfigurationError(ahead)  # the version just stored is rolled back with it
         if action == "published" or existing != snap.to_json():
             # Before the commit: no version without its snapshot; put back if the commit fails.
-            replaced.keep(snap.path)
-            write_snapshot(workflows_dir, snap)
+            try:
+                replaced.keep(snap.path)
+                write_snapshot(workflows_dir, snap)
+            except OSError as exc:  # the version just stored is rolled back with it
+                raise ConfigurationError(_snapshot_unwritable(snap.path, exc)) from exc
     if action == "published":
         _invalidate_caches(workflow.id, digest)
     return PublishResult(
@@ -225,6 +229,25 @@ def missing_table(exc: DBAPIError) -> str | None:
         postgres = re.search(r'relation "([^"]+)" does not exist', message)
         return postgres.group(1) if postgres else "a table"
     return None
+
+
+#: What to do about a snapshot that cannot be written, by the error's errno.
+_UNWRITABLE = {
+    errno.ENOSPC: "free space on the disk that holds it",
+    errno.EDQUOT: "raise the disk quota of the user who publishes",
+    errno.EROFS: "mount it writable where careflow publishes",
+    errno.EACCES: "let the user who publishes write there",
+    errno.EPERM: "let the user who publishes write there",
+}
+
+
+def _snapshot_unwritable(path: Path, exc: OSError) -> str:
+    """Why the snapshot at ``path`` could not be written, and what to do."""
+    what = _UNWRITABLE.get(exc.errno or 0)
+    return (
+        f"cannot write its snapshot {path} (in [careflow] workflows_dir): "
+        f"{exc.strerror or first_line(exc)}{f': {what}' if what else ''}; nothing was published"
+    )
 
 
 def _read_existing(path: Path) -> dict[str, Any] | None:

@@ -131,6 +131,11 @@ class ReplacedSnapshots:
             try:
                 if exc_type is not None:
                     _put_back(path, aside, content)
+            except OSError as exc:
+                raise SnapshotError(
+                    f"{path}: could not be put back as it was before this publish ({exc.strerror or exc}): "
+                    "it holds a version the database did not keep; publish the workflow again"
+                ) from exc
             finally:
                 if aside is not None:
                     aside.unlink(missing_ok=True)
@@ -143,8 +148,8 @@ def _put_back(path: Path, aside: Path | None, content: bytes | None) -> None:
     elif content is not None:
         if not (path.is_file() and path.read_bytes() == content):  # else never replaced
             _write_atomically(path, content)
-    else:
-        path.unlink(missing_ok=True)
+    elif path.is_file():  # not unlink(missing_ok): a read-only filesystem refuses even that
+        path.unlink()
     _fsync_dir(path.parent)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from careflow.cli import main
+from careflow.exceptions import ConfigurationError
 from careflow.publishing import publish_paths
 from careflow.store import tables
 from support import EXAMPLES, REPO, upgraded
@@ -237,7 +238,9 @@ def test_snapshot_write_is_atomic(
         raise OSError("disk went away")
 
     monkeypatch.setattr("careflow.snapshots.os.replace", crash)
-    with pytest.raises(OSError, match="disk went away"):
+    with pytest.raises(
+        ConfigurationError, match="implant-aftercare.json .*: disk went away; nothing was published"
+    ):
         publish_paths([changed_file], engine=engine, workflows_dir=workflows_dir)
     assert path.read_bytes() == before
     assert _leftovers(workflows_dir) == []
@@ -404,6 +407,17 @@ def test_a_full_embedded_database_is_named(
     assert len(published) < len(list(EXAMPLES.glob("*.json")))
 
 
+def _fill(path: Path) -> None:
+    """Write ``path`` until its disk is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A small filesystem of its own (tmpfs, 1 MB), for a file there to fill."""
@@ -434,13 +448,7 @@ def test_an_embedded_database_on_a_full_disk_is_named(
     for _ in upgraded(url, monkeypatch):
         break
     dispose_engines()  # its WAL and shared-memory files go with the last connection
-    fd = os.open(full_disk / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        with pytest.raises(OSError, match="No space left"):
-            while True:
-                os.write(fd, b"\0" * 4096)
-    finally:
-        os.close(fd)
+    _fill(full_disk / "filler")
 
     code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
     err = capsys.readouterr().err
@@ -454,6 +462,39 @@ def test_an_embedded_database_on_a_full_disk_is_named(
     (full_disk / "filler").unlink()
     code, (result,) = _publish(workflows_dir, IMPLANT)
     assert code == 0 and result["action"] == "published"
+
+
+def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
+    full_disk: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The workflows directory on a full disk, then on a read-only one: the command names the
+    directory and what to do, and the version is not stored (no version without its snapshot)."""
+    workflows_dir = full_disk / "workflows"
+    _publish(workflows_dir, EXAMPLES / "day-before-reminder.json")
+    _fill(full_disk / "filler")
+
+    code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        f"implant-aftercare.json: not published: cannot write its snapshot {workflows_dir / 'implant-aftercare.json'} "
+        "(in [careflow] workflows_dir): No space left on device: free space on the disk that holds it; "
+        "nothing was published"
+    ) in err
+    assert _versions(engine, "implant-aftercare") == []
+    assert sorted(p.name for p in workflows_dir.iterdir()) == ["day-before-reminder.json"]
+
+    (full_disk / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(full_disk)], check=True)
+    code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        f"not published: cannot write its snapshot {workflows_dir / 'implant-aftercare.json'} "
+        "(in [careflow] workflows_dir): Read-only file system: mount it writable where careflow publishes; "
+        "nothing was published"
+    ) in err
+    assert _versions(engine, "implant-aftercare") == []
 
 
 def test_every_example_publishes(engine: Engine, workflows_dir: Path) -> None:
@@ -615,7 +656,10 @@ def test_a_file_that_fails_does_not_hide_those_published_before_it_nor_stop_the_
     assert len(lines) == 2
     assert lines[0].startswith(f"{first}: published day-before-reminder v1 (")
     assert lines[1].startswith(f"{last}: published no-show-recovery v1 (")
-    assert err.startswith(f"careflow: {failing}: not published: unexpected error: IsADirectoryError: ")
+    assert err.startswith(
+        f"careflow: {failing}: not published: cannot write its snapshot {workflows_dir / 'implant-aftercare.json'} "
+        "(in [careflow] workflows_dir): Is a directory; nothing was published"
+    )
     assert len(err.splitlines()) == 1
     assert _versions(engine, "implant-aftercare") == []
     assert [v for v, _ in _versions(engine, "no-show-recovery")] == [1]
@@ -627,4 +671,7 @@ def test_a_file_that_fails_does_not_hide_those_published_before_it_nor_stop_the_
         ("implant-aftercare", "failed"),
         ("no-show-recovery", "unchanged"),
     ]
-    assert results[1]["source"] == str(failing) and "IsADirectoryError" in results[1]["error"]
+    assert (
+        results[1]["source"] == str(failing)
+        and "Is a directory; nothing was published" in results[1]["error"]
+    )
