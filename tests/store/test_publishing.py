@@ -350,6 +350,41 @@ def test_a_commit_that_fails_puts_the_snapshot_back(
     ]
 
 
+def test_a_snapshot_that_cannot_be_put_back_is_named(
+    engine: Engine, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the commit fails and the old snapshot cannot be put back either, the command says
+    which file now holds a version the database did not keep, and what to do."""
+    import careflow.snapshots
+
+    _publish(workflows_dir, IMPLANT)
+    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    changed["name"] = "임플란트 수술 후 관리 v2"
+    changed_file = workflows_dir.parent / "implant-v2.json"
+    changed_file.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    replace = careflow.snapshots.os.replace
+
+    def refused_for_the_old_file(src: str, dst: str) -> None:
+        if str(src).endswith(".kept"):
+            raise OSError(5, "Input/output error")
+        replace(src, dst)
+
+    monkeypatch.setattr("careflow.snapshots.os.replace", refused_for_the_old_file)
+    restore = _fail_at_commit(engine)
+    try:
+        code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(changed_file)])
+    finally:
+        restore()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        f"not published: {workflows_dir / 'implant-aftercare.json'}: could not be put back as it was before "
+        "this publish (Input/output error): it holds a version the database did not keep; publish the "
+        "workflow again"
+    ) in err
+    assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]
+
+
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_a_full_disk_is_named(
     engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]

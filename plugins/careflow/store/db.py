@@ -183,8 +183,8 @@ NEARLY_FULL_BYTES = 1 << 20
 
 
 def _name_the_database(context: Any) -> None:
-    """Tag an error with the database's URL where the database itself is the problem: connecting
-    failed (no statement of careflow's ran), or the server takes no writes.
+    """Tag an error with the database's URL where the database itself is the problem: its disk is
+    full, connecting failed (no statement of careflow's ran), or the server takes no writes.
 
     A pooled connection's ping that fails has no engine in its context and is none of these: the
     pool replaces that connection, and only a new one that cannot be made is.
