@@ -315,6 +315,42 @@ def test_check_ready_refuses_an_unmigrated_database(empty_db_url: str) -> None:
     check_ready()
 
 
+def test_tables_a_newer_careflow_upgraded_are_refused(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A release rolled back after its `careflow db upgrade` (or a worker left on the old one): the
+    older careflow neither runs a workflow on those tables nor calls them upgraded."""
+    from datetime import datetime, timezone
+
+    from careflow.exceptions import ConfigurationError
+    from careflow.store.db import database_name, get_engine
+    from careflow.store.migrations import check_ready
+
+    upgrade()
+    latest = MIGRATIONS[-1].version
+    with get_engine().begin() as conn:
+        conn.execute(
+            tables.schema_migrations.insert().values(
+                version=latest + 1, description="from a newer careflow", applied_at=datetime.now(timezone.utc)
+            )
+        )
+    with pytest.raises(ConfigurationError) as refused:
+        check_ready()
+    assert str(refused.value) == (
+        f"careflow's tables in {database_name(get_engine())} are at version {latest + 1}, newer than "
+        f"this careflow knows (up to {latest}): a newer careflow upgraded them. Run that careflow (or a "
+        "newer one) in every Airflow component; careflow never downgrades its tables"
+    )
+
+    assert main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert f"are at version {latest + 1}, newer than this careflow knows" in err
+    assert err.rstrip().endswith("careflow never downgrades its tables; nothing was changed")
+    with get_engine().connect() as conn:
+        versions = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
+    assert sorted(versions) == [m.version for m in MIGRATIONS] + [latest + 1]
+
+
 def test_metadata_and_migrations_agree(empty_db_url: str) -> None:
     """Every careflow table of the metadata is created by a migration (none forgotten), column for column."""
     assert {t.name for t in tables.CAREFLOW_TABLES} == CAREFLOW_TABLES

@@ -156,6 +156,9 @@ def _upgrade(engine: Engine) -> UpgradeReport:
     created: list[str] = []
     with engine.begin() as conn:
         _lock(conn)
+        newer = _newer_than_this_careflow(conn, engine)
+        if newer is not None:
+            raise ConfigurationError(f"{newer}; nothing was changed")
         existing = _relations(conn)
         for table in tables.CLINIC_TABLES:
             if table.name not in existing:
@@ -230,6 +233,9 @@ def check_ready(engine: Engine | None = None) -> int:
             raise ConfigurationError(
                 f"careflow's tables are at version {version}, the code needs {latest}: run `careflow db upgrade`"
             )
+        newer = _newer_than_this_careflow(conn, engine, version)
+        if newer is not None:
+            raise ConfigurationError(newer)
         not_text, queries = _clinic_ids_not_text(conn)
     if not_text:
         raise ConfigurationError(
@@ -238,6 +244,24 @@ def check_ready(engine: Engine | None = None) -> int:
         )
     _ready.add(engine)
     return 2 + queries
+
+
+def _newer_than_this_careflow(conn: Connection, engine: Engine, version: int | None = None) -> str | None:
+    """Why this careflow must not use tables a newer careflow upgraded (after a release was rolled
+    back, or beside workers of the newer one), or None where it knows their version.
+
+    Its writes would not be the ones the newer version's tables expect, the exactly-once ledger's
+    among them; Airflow refuses a metadata database migrated past its own version likewise.
+    """
+    version = current_version(conn) if version is None else version
+    latest = MIGRATIONS[-1].version
+    if version <= latest:
+        return None
+    return (
+        f"careflow's tables in {database_name(engine)} are at version {version}, newer than this "
+        f"careflow knows (up to {latest}): a newer careflow upgraded them. Run that careflow (or a "
+        "newer one) in every Airflow component; careflow never downgrades its tables"
+    )
 
 
 #: The id columns of each clinic relation (``id`` and the ids of the rows it refers to).
