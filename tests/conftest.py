@@ -70,6 +70,25 @@ def pg_database(encoding: str | None = None) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A filesystem of its own, 1 MB (a tmpfs mounted for the test), to fill or make read-only."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        from careflow.store.db import dispose_engines
+
+        dispose_engines()
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """A fresh Postgres database for this test session (its URL)."""

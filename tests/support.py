@@ -660,3 +660,23 @@ def redis_tls(root: Path, certificate: tuple[Path, Path]) -> Iterator[str]:
     client = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(cert))
     with _lone_redis(root, f"TLS Redis on port {port}", flags, client):
         yield f"rediss://127.0.0.1:{port}/0"
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its disk is full (ENOSPC)."""
+    import errno
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+
+
+def remount_read_only(disk: Path) -> None:
+    """Make the filesystem mounted at ``disk`` (a test's ``small_disk``) read-only."""
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)

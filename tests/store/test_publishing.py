@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from careflow.cli import main
 from careflow.exceptions import ConfigurationError
 from careflow.publishing import publish_paths
 from careflow.store import tables
-from support import EXAMPLES, REPO, upgraded
+from support import EXAMPLES, REPO, fill, remount_read_only, upgraded
 
 IMPLANT = EXAMPLES / "implant-aftercare.json"
 BROKEN = REPO / "include" / "broken" / "graph-cycle.json"
@@ -386,7 +385,7 @@ def test_a_snapshot_that_cannot_be_put_back_is_named(
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
-def test_a_full_disk_is_named(
+def test_a_small_disk_is_named(
     engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Postgres' disk-full error, raised as the publish commits, is told in careflow's words."""
@@ -442,48 +441,18 @@ def test_a_full_embedded_database_is_named(
     assert len(published) < len(list(EXAMPLES.glob("*.json")))
 
 
-def _fill(path: Path) -> None:
-    """Write ``path`` until its disk is full."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        with pytest.raises(OSError, match="No space left"):
-            while True:
-                os.write(fd, b"\0" * 4096)
-    finally:
-        os.close(fd)
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A small filesystem of its own (tmpfs, 1 MB), for a file there to fill."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        from careflow.store.db import dispose_engines
-
-        dispose_engines()
-        subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
-def test_an_embedded_database_on_a_full_disk_is_named(
-    full_disk: Path, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_an_embedded_database_on_a_small_disk_is_named(
+    small_disk: Path, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SQLite in WAL mode cannot even open its database on a full disk (its shared-memory file
     cannot be made), and says only "disk I/O error": careflow says the disk is full."""
     from careflow.store.db import dispose_engines
 
-    url = f"sqlite:///{full_disk / 'careflow.db'}"
+    url = f"sqlite:///{small_disk / 'careflow.db'}"
     for _ in upgraded(url, monkeypatch):
         break
     dispose_engines()  # its WAL and shared-memory files go with the last connection
-    _fill(full_disk / "filler")
+    fill(small_disk / "filler")
 
     code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
     err = capsys.readouterr().err
@@ -494,19 +463,19 @@ def test_an_embedded_database_on_a_full_disk_is_named(
     ) in err
     assert list(workflows_dir.iterdir()) == []
 
-    (full_disk / "filler").unlink()
+    (small_disk / "filler").unlink()
     code, (result,) = _publish(workflows_dir, IMPLANT)
     assert code == 0 and result["action"] == "published"
 
 
 def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
-    full_disk: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_disk: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The workflows directory on a full disk, then on a read-only one: the command names the
     directory and what to do, and the version is not stored (no version without its snapshot)."""
-    workflows_dir = full_disk / "workflows"
+    workflows_dir = small_disk / "workflows"
     _publish(workflows_dir, EXAMPLES / "day-before-reminder.json")
-    _fill(full_disk / "filler")
+    fill(small_disk / "filler")
 
     code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
     err = capsys.readouterr().err
@@ -519,8 +488,8 @@ def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
     assert _versions(engine, "implant-aftercare") == []
     assert sorted(p.name for p in workflows_dir.iterdir()) == ["day-before-reminder.json"]
 
-    (full_disk / "filler").unlink()
-    subprocess.run(["mount", "-o", "remount,ro", str(full_disk)], check=True)
+    (small_disk / "filler").unlink()
+    remount_read_only(small_disk)
     code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
     err = capsys.readouterr().err
     assert code == 2
