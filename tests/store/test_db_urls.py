@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -13,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from careflow.cli import main
 from careflow.exceptions import ConfigurationError
 from careflow.store.db import database_name, dispose_engines, engine_url, get_engine, unreachable_database
-from support import free_port
+from support import free_port, remount_read_only
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg2"])
@@ -159,3 +163,97 @@ def test_a_pooled_connection_the_server_closed_is_replaced_on_checkout(pg_server
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first
     finally:
         dispose_engines()
+
+
+def test_an_embedded_database_in_a_directory_that_does_not_exist_is_named(tmp_path, monkeypatch, capsys):
+    """SQLite says only "unable to open database file"; careflow says which directory is missing."""
+    missing = tmp_path / "no-such-dir"
+    monkeypatch.setenv("CAREFLOW_DB_URL", f"sqlite:///{missing / 'careflow.db'}")
+    try:
+        assert main(["db", "upgrade"]) == 2
+    finally:
+        dispose_engines()
+    assert capsys.readouterr().err == (
+        f"careflow: cannot open or write careflow's database sqlite:///{missing / 'careflow.db'} (from "
+        f"CAREFLOW_DB_URL): unable to open database file: its directory {missing} does not exist: create "
+        "it, or correct the URL\n"
+    )
+    assert not missing.exists()
+
+
+def test_an_embedded_database_on_a_read_only_filesystem_is_named(small_disk, monkeypatch, capsys):
+    url = f"sqlite:///{small_disk / 'careflow.db'}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    try:
+        assert main(["db", "upgrade"]) == 0
+        dispose_engines()
+        remount_read_only(small_disk)
+        assert main(["db", "upgrade"]) == 2
+    finally:
+        dispose_engines()
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"careflow: cannot open or write careflow's database {url} (from CAREFLOW_DB_URL): unable to open "
+        f"database file: {small_disk} is on a read-only filesystem: mount it writable\n"
+    )
+
+
+def _write_as_nobody(url: str, results) -> None:  # type: ignore[no-untyped-def]
+    from careflow.store import tables
+    from careflow.store.db import database_unusable
+
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        with get_engine(url).begin() as conn:
+            conn.execute(tables.clinics.insert().values(id="c1", name="Seoul", timezone="Asia/Seoul"))
+    except Exception as exc:
+        results.put((database_unusable(exc), database_unusable(exc, driver_message=False)))
+    else:
+        results.put(None)
+
+
+@pytest.mark.parametrize("where", ["a file it may not write", "a directory it may not enter"])
+def test_an_embedded_database_another_user_created_is_named_with_the_user(where, tmp_path, monkeypatch):
+    """`careflow db upgrade` run as root, the tasks as Airflow's user: SQLite says "attempt to write a
+    readonly database" or "unable to open database file"; careflow names the user and the file or
+    directory, for the CLI and for alerts."""
+    from careflow.store.migrations import upgrade
+
+    if os.getuid() != 0:
+        pytest.skip("acts as another user (nobody): needs root")
+    if where == "a file it may not write":
+        folder = Path(tempfile.mkdtemp(prefix="careflow-"))  # its parents are open to every user
+        os.chmod(folder, 0o755)
+    else:
+        folder = tmp_path / "home"  # pytest's own temporary directory is root's alone
+        folder.mkdir()
+    url = f"sqlite:///{folder / 'careflow.db'}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    try:
+        upgrade()
+        dispose_engines()
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_write_as_nobody, args=(url, results))
+        child.start()
+        told, alerted = results.get(timeout=60)
+        child.join(30)
+    finally:
+        dispose_engines()
+        if where == "a file it may not write":
+            shutil.rmtree(folder)
+    if where == "a file it may not write":
+        driver = "attempt to write a readonly database"
+        problem = (
+            f"this user (nobody, uid 65534) may not write {folder / 'careflow.db'}: SQLite writes the file "
+            "and, beside it, its -wal and -shm files; let the user every Airflow component runs as write both"
+        )
+    else:
+        driver = "unable to open database file"
+        problem = (
+            f"this user (nobody, uid 65534) may not reach {folder}: let the user every Airflow component "
+            "runs as enter every directory above the file"
+        )
+    said = f"cannot open or write careflow's database {url} (from CAREFLOW_DB_URL)"
+    assert (told, alerted) == (f"{said}: {driver}: {problem}", f"{said}: {problem}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,6 +182,8 @@ DISK_FULL_SQLSTATE = "53100"
 SQLITE_FULL, SQLITE_IOERR = 13, 10
 #: Under this much free space, an SQLite I/O error is taken for a full disk.
 NEARLY_FULL_BYTES = 1 << 20
+#: SQLite's primary result codes where it could not open or write its file: the cause is on disk.
+SQLITE_READONLY, SQLITE_CANTOPEN = 8, 14
 
 
 def _name_the_database(context: Any) -> None:
@@ -193,6 +197,8 @@ def _name_the_database(context: Any) -> None:
         return
     if _out_of_space(context.engine, context.original_exception):
         context.sqlalchemy_exception.careflow_full = database_name(context.engine)
+    elif (file_problem := _sqlite_file_problem(context.engine, context.original_exception)) is not None:
+        context.sqlalchemy_exception.careflow_file_problem = (database_name(context.engine), file_problem)
     elif context.connection is None:
         context.sqlalchemy_exception.careflow_unreachable = database_name(context.engine)
     elif getattr(context.original_exception, "pgcode", None) == READ_ONLY_SQLSTATE:
@@ -216,6 +222,50 @@ def _out_of_space(engine: Engine, exc: BaseException | None) -> bool:
         return False
 
 
+def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | None:
+    """What on disk keeps SQLite from opening or writing careflow's database file (where SQLite says
+    only "unable to open database file" or "attempt to write a readonly database"), with what to
+    do; None for any other error, or where nothing on disk explains it."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int) or code & 0xFF not in (SQLITE_READONLY, SQLITE_CANTOPEN):
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(os.path.abspath(database))
+    folder = path.parent
+    let = "let the user every Airflow component runs as"
+    try:
+        if not stat.S_ISDIR(folder.stat().st_mode):
+            return f"{folder} is not a directory: correct the URL"
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"its directory {folder} does not exist: create it, or correct the URL"
+    except PermissionError:
+        return f"{_this_user()} may not reach {folder}: {let} enter every directory above the file"
+    except OSError:
+        return None
+    if read_only:
+        return f"{folder} is on a read-only filesystem: mount it writable"
+    for target in (path, folder):
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            return (
+                f"{_this_user()} may not write {target}: SQLite writes the file and, beside it, its "
+                f"-wal and -shm files; {let} write both"
+            )
+    return None
+
+
+def _this_user() -> str:
+    uid = os.getuid()
+    try:
+        import pwd
+
+        return f"this user ({pwd.getpwuid(uid).pw_name}, uid {uid})"
+    except (ImportError, KeyError):
+        return f"this user (uid {uid})"
+
+
 def unreachable_database(exc: BaseException) -> str | None:
     """The URL (its password hidden) of the careflow database that ``exc`` failed to connect to;
     None for any other error."""
@@ -225,16 +275,19 @@ def unreachable_database(exc: BaseException) -> str | None:
 def database_unusable(exc: BaseException, *, driver_message: bool = True) -> str | None:
     """What to tell of ``exc`` where careflow's database itself is the problem: it cannot be reached
     (the server down, a name that does not resolve, a database, role or password it refuses), it
-    takes no writes (a standby), or its disk is full. Names the database, where its URL came from
+    takes no writes (a standby), its disk is full, or (SQLite) its file cannot be opened or written. Names the database, where its URL came from
     and, unless ``driver_message`` is false (an alert, which never quotes a driver), the driver's
     first line; None for any other error."""
     from careflow.exceptions import first_line
 
     unreachable, read_only = unreachable_database(exc), getattr(exc, "careflow_read_only", None)
-    full = getattr(exc, "careflow_full", None)
-    if unreachable is None and read_only is None and full is None:
+    full, file_problem = getattr(exc, "careflow_full", None), getattr(exc, "careflow_file_problem", None)
+    if unreachable is None and read_only is None and full is None and file_problem is None:
         return None
     said = f": {first_line(getattr(exc, 'orig', None) or exc)}" if driver_message else ""
+    if file_problem is not None:
+        name, problem = file_problem
+        return f"cannot open or write careflow's database {name} (from {settings.db_url_origin()}){said}: {problem}"
     if full is not None:
         return (
             f"careflow's database {full} (from {settings.db_url_origin()}) has no space left{said}; "
