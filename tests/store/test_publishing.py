@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,31 @@ def _publish(workflows_dir: Path, *files: Path) -> tuple[int, list[dict]]:
     return code, json.loads(out.getvalue())
 
 
+def _not_published(workflows_dir: Path, *files: Path) -> str:
+    """What ``careflow workflows publish`` says on stderr where a file could not be published (exit 2)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), *map(str, files)])
+    assert code == 2, err.getvalue()
+    return err.getvalue()
+
+
 def _leftovers(workflows_dir: Path) -> list[str]:
     return sorted(
         p.name for p in workflows_dir.iterdir() if not p.name.endswith(".json") or p.name.startswith(".")
     )
+
+
+def _implant_v2(folder: Path) -> Path:
+    """implant-aftercare with another name (another content), written in ``folder``."""
+    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    changed["name"] = "임플란트 수술 후 관리 v2"
+    path = folder / "implant-v2.json"
+    path.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def test_publish_stores_version_1_and_writes_the_snapshot(engine: Engine, workflows_dir: Path) -> None:
@@ -227,10 +249,7 @@ def test_snapshot_write_is_atomic(
     _publish(workflows_dir, IMPLANT)
     path = workflows_dir / "implant-aftercare.json"
     before = path.read_bytes()
-    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
-    changed["name"] = "임플란트 수술 후 관리 v2"
-    changed_file = workflows_dir.parent / "implant-v2.json"
-    changed_file.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    changed_file = _implant_v2(workflows_dir.parent)
 
     def crash(src: str, dst: str) -> None:
         assert Path(src).parent == workflows_dir and Path(src).read_bytes()  # fully written temp file
@@ -253,9 +272,10 @@ def test_snapshot_write_is_atomic(
     assert json.loads(path.read_text(encoding="utf-8"))["version"] == 2
 
 
-def _fail_at_commit(engine: Engine) -> Callable[[], None]:
-    """Make every transaction that stores a version fail as it commits (after the snapshot is
-    written), as a full disk does; returns what undoes it. Postgres raises its own disk-full error
+@contextmanager
+def _failing_at_commit(engine: Engine) -> Iterator[None]:
+    """Every transaction that stores a version fails as it commits (after the snapshot is
+    written), as on a full disk, until the block ends. Postgres raises its own disk-full error
     from a deferred constraint trigger; SQLite has a deferred foreign key the insert breaks."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
@@ -292,12 +312,12 @@ def _fail_at_commit(engine: Engine) -> Callable[[], None]:
             )
             undo = ["DROP TRIGGER fail_at_commit", "DROP TABLE orphan", "DROP TABLE parent"]
 
-    def restore() -> None:
+    try:
+        yield
+    finally:
         with engine.begin() as conn:
             for statement in undo:
                 conn.execute(text(statement))
-
-    return restore
 
 
 @pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
@@ -311,10 +331,7 @@ def test_a_commit_that_fails_puts_the_snapshot_back(
     _publish(workflows_dir, IMPLANT)
     path = workflows_dir / "implant-aftercare.json"
     before, inode = path.read_bytes(), path.stat().st_ino
-    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
-    changed["name"] = "임플란트 수술 후 관리 v2"
-    changed_file = workflows_dir.parent / "implant-v2.json"
-    changed_file.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    changed_file = _implant_v2(workflows_dir.parent)
     welcome = EXAMPLES / "new-patient-welcome.json"
 
     if not hard_links:  # as a file owned by another user is under fs.protected_hardlinks
@@ -323,13 +340,10 @@ def test_a_commit_that_fails_puts_the_snapshot_back(
             raise PermissionError(1, "Operation not permitted")
 
         monkeypatch.setattr("careflow.snapshots.os.link", refused)
-    restore = _fail_at_commit(engine)
-    try:
+    with _failing_at_commit(engine):
         code = main(
             ["workflows", "publish", "--workflows-dir", str(workflows_dir), str(changed_file), str(welcome)]
         )
-    finally:
-        restore()
     assert code != 0
     assert path.read_bytes() == before
     assert path.stat().st_ino == inode or not hard_links  # the old file itself, where it could be kept
@@ -350,17 +364,14 @@ def test_a_commit_that_fails_puts_the_snapshot_back(
 
 
 def test_a_snapshot_that_cannot_be_put_back_is_named(
-    engine: Engine, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    engine: Engine, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where the commit fails and the old snapshot cannot be put back either, the command says
     which file now holds a version the database did not keep, and what to do."""
     import careflow.snapshots
 
     _publish(workflows_dir, IMPLANT)
-    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
-    changed["name"] = "임플란트 수술 후 관리 v2"
-    changed_file = workflows_dir.parent / "implant-v2.json"
-    changed_file.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    changed_file = _implant_v2(workflows_dir.parent)
     replace = careflow.snapshots.os.replace
 
     def refused_for_the_old_file(src: str, dst: str) -> None:
@@ -369,13 +380,8 @@ def test_a_snapshot_that_cannot_be_put_back_is_named(
         replace(src, dst)
 
     monkeypatch.setattr("careflow.snapshots.os.replace", refused_for_the_old_file)
-    restore = _fail_at_commit(engine)
-    try:
-        code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(changed_file)])
-    finally:
-        restore()
-    err = capsys.readouterr().err
-    assert code == 2
+    with _failing_at_commit(engine):
+        err = _not_published(workflows_dir, changed_file)
     assert (
         f"not published: {workflows_dir / 'implant-aftercare.json'}: could not be put back as it was before "
         "this publish (Input/output error): it holds a version the database did not keep; publish the "
@@ -385,25 +391,17 @@ def test_a_snapshot_that_cannot_be_put_back_is_named(
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
-def test_a_small_disk_is_named(
-    engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_full_disk_is_named(engine: Engine, workflows_dir: Path) -> None:
     """Postgres' disk-full error, raised as the publish commits, is told in careflow's words."""
-    restore = _fail_at_commit(engine)
-    try:
-        code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
-    finally:
-        restore()
-    err = capsys.readouterr().err
-    assert code != 0 and "implant-aftercare.json: not published: careflow's database" in err
+    with _failing_at_commit(engine):
+        err = _not_published(workflows_dir, IMPLANT)
+    assert "implant-aftercare.json: not published: careflow's database" in err
     assert "has no space left: could not extend file: No space left on device; free space on the disk" in err
     assert list(workflows_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_a_full_embedded_database_is_named(
-    db_url: str, engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_full_embedded_database_is_named(db_url: str, engine: Engine, workflows_dir: Path) -> None:
     """SQLite's own "database or disk is full" (here: its page limit reached), told in careflow's words."""
     from sqlalchemy import event
 
@@ -417,20 +415,10 @@ def test_a_full_embedded_database_is_named(
 
     event.listen(engine, "connect", no_new_pages)
     try:
-        code = main(
-            [
-                "workflows",
-                "publish",
-                "--workflows-dir",
-                str(workflows_dir),
-                *map(str, sorted(EXAMPLES.glob("*.json"))),
-            ]
-        )
+        err = _not_published(workflows_dir, *sorted(EXAMPLES.glob("*.json")))
     finally:
         event.remove(engine, "connect", no_new_pages)
         engine.dispose()
-    err = capsys.readouterr().err
-    assert code != 0
     assert (
         f"not published: careflow's database {db_url} (from CAREFLOW_DB_URL) has no space left: database or disk is full; free space"
         in err
@@ -441,8 +429,8 @@ def test_a_full_embedded_database_is_named(
     assert len(published) < len(list(EXAMPLES.glob("*.json")))
 
 
-def test_an_embedded_database_on_a_small_disk_is_named(
-    small_disk: Path, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_an_embedded_database_on_a_full_disk_is_named(
+    small_disk: Path, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite in WAL mode cannot even open its database on a full disk (its shared-memory file
     cannot be made), and says only "disk I/O error": careflow says the disk is full."""
@@ -454,9 +442,7 @@ def test_an_embedded_database_on_a_small_disk_is_named(
     dispose_engines()  # its WAL and shared-memory files go with the last connection
     fill(small_disk / "filler")
 
-    code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
-    err = capsys.readouterr().err
-    assert code != 0
+    err = _not_published(workflows_dir, IMPLANT)
     assert (
         f"not published: careflow's database {url} (from CAREFLOW_DB_URL) has no space left: "
         "disk I/O error; free space on the disk that holds it"
@@ -469,7 +455,7 @@ def test_an_embedded_database_on_a_small_disk_is_named(
 
 
 def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
-    small_disk: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_disk: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The workflows directory on a full disk, then on a read-only one: the command names the
     directory and what to do, and the version is not stored (no version without its snapshot)."""
@@ -477,9 +463,7 @@ def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
     _publish(workflows_dir, EXAMPLES / "day-before-reminder.json")
     fill(small_disk / "filler")
 
-    code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
-    err = capsys.readouterr().err
-    assert code == 2
+    err = _not_published(workflows_dir, IMPLANT)
     assert (
         f"implant-aftercare.json: not published: cannot write its snapshot {workflows_dir / 'implant-aftercare.json'} "
         "(in [careflow] workflows_dir): No space left on device: free space on the disk that holds it; "
@@ -490,9 +474,7 @@ def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
 
     (small_disk / "filler").unlink()
     remount_read_only(small_disk)
-    code = main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)])
-    err = capsys.readouterr().err
-    assert code == 2
+    err = _not_published(workflows_dir, IMPLANT)
     assert (
         f"not published: cannot write its snapshot {workflows_dir / 'implant-aftercare.json'} "
         "(in [careflow] workflows_dir): Read-only file system: mount it writable where careflow publishes; "
@@ -562,10 +544,7 @@ def _live_snapshot_v2(workflows_dir: Path, tmp_path: Path) -> bytes:
 
     live = get_engine(f"sqlite:///{tmp_path / 'live.db'}")
     upgrade(live)
-    changed = json.loads(IMPLANT.read_text(encoding="utf-8"))
-    changed["name"] = "임플란트 수술 후 관리 v2"
-    changed_file = tmp_path / "implant-v2.json"
-    changed_file.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    changed_file = _implant_v2(tmp_path)
     results = publish_paths([IMPLANT, changed_file], engine=live, workflows_dir=workflows_dir)
     assert [(r.action, r.version) for r in results] == [("published", 1), ("published", 2)]
     return (workflows_dir / "implant-aftercare.json").read_bytes()
