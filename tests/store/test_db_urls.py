@@ -257,3 +257,32 @@ def test_an_embedded_database_another_user_created_is_named_with_the_user(where,
         )
     said = f"cannot open or write careflow's database {url} (from CAREFLOW_DB_URL)"
     assert (told, alerted) == (f"{said}: {driver}: {problem}", f"{said}: {problem}")
+
+
+def test_an_embedded_database_locked_by_another_writer_is_named(tmp_path, monkeypatch, capsys):
+    """Another program holds a write transaction on careflow.db past SQLite's busy timeout (30 s;
+    half a second here): SQLite says only "database is locked"."""
+    import sqlite3
+
+    from careflow.store import db
+
+    path = tmp_path / "careflow.db"
+    url = f"sqlite:///{path}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_S", 0.5)
+    try:
+        assert main(["db", "upgrade"]) == 0
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # a database browser with changes not yet written
+        try:
+            assert main(["db", "upgrade"]) == 2
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    finally:
+        dispose_engines()
+    assert capsys.readouterr().err.endswith(
+        f"careflow: careflow's database {url} (from CAREFLOW_DB_URL) stayed locked by another writer for "
+        "0.5 s: database is locked: another careflow process, or another program (a database browser, a "
+        "backup), holds a write transaction on it; try again once it ends\n"
+    )

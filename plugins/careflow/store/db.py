@@ -24,6 +24,9 @@ POSTGRES_ISOLATION = "READ COMMITTED"
 #: The encoding careflow's Postgres sessions speak, whatever the database's (see :func:`get_engine`).
 POSTGRES_CLIENT_ENCODING = "UTF8"
 
+#: How long an SQLite statement waits for another connection's write lock before it fails.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -34,7 +37,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -138,7 +141,9 @@ def get_engine(url: str | None = None) -> Engine:
             # hide_parameters: a failed statement's error (and so the task log) names the statement,
             # never the values it carried (patients' ids, and names and phones where the demo loads them).
             if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"timeout": 30}, future=True, hide_parameters=True)
+                engine = create_engine(
+                    url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, future=True, hide_parameters=True
+                )
                 event.listen(engine, "connect", _sqlite_pragmas)
                 event.listen(engine, "begin", _sqlite_begin)
             else:
@@ -184,25 +189,52 @@ SQLITE_FULL, SQLITE_IOERR = 13, 10
 NEARLY_FULL_BYTES = 1 << 20
 #: SQLite's primary result codes where it could not open or write its file: the cause is on disk.
 SQLITE_READONLY, SQLITE_CANTOPEN = 8, 14
+#: SQLite's primary result code for a write lock another connection held past the busy timeout.
+SQLITE_BUSY = 5
+
+
+#: What careflow says where its database itself is the problem, by the kind :func:`_name_the_database`
+#: tagged the error with: ``name`` the database's URL (its password hidden), ``origin`` where that
+#: URL came from, ``said`` the driver's first line (or nothing), ``detail`` what is on disk.
+_PROBLEMS = {
+    "full": "careflow's database {name} (from {origin}) has no space left{said}; free space on the "
+    "disk that holds it (what could not be written was rolled back)",
+    "file": "cannot open or write careflow's database {name} (from {origin}){said}: {detail}",
+    "locked": "careflow's database {name} (from {origin}) stayed locked by another writer for "
+    "{detail} s{said}: another careflow process, or another program (a database browser, a backup), "
+    "holds a write transaction on it; try again once it ends",
+    "unreachable": "cannot connect to careflow's database {name} (from {origin}){said}",
+    "read_only": "careflow's database {name} (from {origin}) takes no writes{said}; it is a standby, "
+    "or its sessions are read-only: name the primary (or, with several servers, add "
+    "target_session_attrs=read-write)",
+}
 
 
 def _name_the_database(context: Any) -> None:
-    """Tag an error with the database's URL where the database itself is the problem: its disk is
-    full, connecting failed (no statement of careflow's ran), or the server takes no writes.
+    """Tag an error with the database's URL where the database itself is the problem (a kind of
+    :data:`_PROBLEMS`): its disk is full, SQLite's file cannot be opened or written or stayed
+    locked, connecting failed (no statement of careflow's ran), or the server takes no writes.
 
     A pooled connection's ping that fails has no engine in its context and is none of these: the
     pool replaces that connection, and only a new one that cannot be made is.
     """
     if context.is_pre_ping or context.engine is None or context.sqlalchemy_exception is None:
         return
-    if _out_of_space(context.engine, context.original_exception):
-        context.sqlalchemy_exception.careflow_full = database_name(context.engine)
-    elif (file_problem := _sqlite_file_problem(context.engine, context.original_exception)) is not None:
-        context.sqlalchemy_exception.careflow_file_problem = (database_name(context.engine), file_problem)
+    engine, exc = context.engine, context.original_exception
+    detail = ""
+    if _out_of_space(engine, exc):
+        kind = "full"
+    elif (file_problem := _sqlite_file_problem(engine, exc)) is not None:
+        kind, detail = "file", file_problem
+    elif getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_BUSY:
+        kind, detail = "locked", f"{SQLITE_BUSY_TIMEOUT_S:g}"
     elif context.connection is None:
-        context.sqlalchemy_exception.careflow_unreachable = database_name(context.engine)
-    elif getattr(context.original_exception, "pgcode", None) == READ_ONLY_SQLSTATE:
-        context.sqlalchemy_exception.careflow_read_only = database_name(context.engine)
+        kind = "unreachable"
+    elif getattr(exc, "pgcode", None) == READ_ONLY_SQLSTATE:
+        kind = "read_only"
+    else:
+        return
+    context.sqlalchemy_exception.careflow_database_problem = (kind, database_name(engine), detail)
 
 
 def _out_of_space(engine: Engine, exc: BaseException | None) -> bool:
@@ -269,37 +301,25 @@ def _this_user() -> str:
 def unreachable_database(exc: BaseException) -> str | None:
     """The URL (its password hidden) of the careflow database that ``exc`` failed to connect to;
     None for any other error."""
-    return getattr(exc, "careflow_unreachable", None)
+    kind, name, _ = getattr(exc, "careflow_database_problem", (None, None, None))
+    return name if kind == "unreachable" else None
 
 
 def database_unusable(exc: BaseException, *, driver_message: bool = True) -> str | None:
     """What to tell of ``exc`` where careflow's database itself is the problem: it cannot be reached
     (the server down, a name that does not resolve, a database, role or password it refuses), it
-    takes no writes (a standby), its disk is full, or (SQLite) its file cannot be opened or written. Names the database, where its URL came from
-    and, unless ``driver_message`` is false (an alert, which never quotes a driver), the driver's
-    first line; None for any other error."""
+    takes no writes (a standby), its disk is full, or (SQLite) its file cannot be opened or written
+    or stayed locked. Names the database, where its URL came from and, unless ``driver_message``
+    is false (an alert, which never quotes a driver), the driver's first line; None for any other
+    error."""
     from careflow.exceptions import first_line
 
-    unreachable, read_only = unreachable_database(exc), getattr(exc, "careflow_read_only", None)
-    full, file_problem = getattr(exc, "careflow_full", None), getattr(exc, "careflow_file_problem", None)
-    if unreachable is None and read_only is None and full is None and file_problem is None:
+    problem = getattr(exc, "careflow_database_problem", None)
+    if problem is None:
         return None
+    kind, name, detail = problem
     said = f": {first_line(getattr(exc, 'orig', None) or exc)}" if driver_message else ""
-    if file_problem is not None:
-        name, problem = file_problem
-        return f"cannot open or write careflow's database {name} (from {settings.db_url_origin()}){said}: {problem}"
-    if full is not None:
-        return (
-            f"careflow's database {full} (from {settings.db_url_origin()}) has no space left{said}; "
-            "free space on the disk that holds it (what could not be written was rolled back)"
-        )
-    if unreachable is not None:
-        return f"cannot connect to careflow's database {unreachable} (from {settings.db_url_origin()}){said}"
-    return (
-        f"careflow's database {read_only} (from {settings.db_url_origin()}) takes no writes{said}; "
-        "it is a standby, or its sessions are read-only: name the primary (or, with several servers, "
-        "add target_session_attrs=read-write)"
-    )
+    return _PROBLEMS[kind].format(name=name, origin=settings.db_url_origin(), said=said, detail=detail)
 
 
 def unstorable_character(conn: Connection, value: str) -> tuple[str, str] | None:
