@@ -95,10 +95,7 @@ def publish_report(
     # last could be the older one. SQLite's transactions take the write lock when they begin.
     with ReplacedSnapshots() as replaced, tables_required(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                {"key": f"careflow publish {workflow.id}"},
-            )
+            _take_publish_lock(conn, workflow.id)
         latest = conn.execute(
             select(v.c.version, v.c.content_hash, v.c.published_at, v.c.clinic_id, v.c.document)
             .where(v.c.workflow_id == workflow.id)
@@ -163,6 +160,58 @@ def publish_report(
     return PublishResult(
         report.source, workflow.id, action, version, digest, report, str(snap.path), database=database
     )
+
+
+#: How long a publish waits for another publish of the same workflow (one takes well under a
+#: second): past it, the other is stuck (a session left open in a transaction), and is named.
+PUBLISH_LOCK_TIMEOUT_S = 60.0
+#: SQLSTATE of a lock not granted within ``lock_timeout``.
+LOCK_NOT_AVAILABLE = "55P03"
+
+#: The session holding a transaction-level advisory lock of ``hashtext(:key)`` (its key's two halves).
+_LOCK_HOLDER = text(
+    """
+    SELECT a.pid, a.application_name, a.client_addr, a.state, a.xact_start
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.objid::text::bigint = hashtext(:key)::bigint & 4294967295
+      AND l.classid::text::bigint = (hashtext(:key)::bigint >> 32) & 4294967295
+    LIMIT 1
+    """
+)
+
+
+def _take_publish_lock(conn: Connection, workflow_id: str) -> None:
+    """Wait for any other publish of ``workflow_id`` (Postgres), up to :data:`PUBLISH_LOCK_TIMEOUT_S`;
+    past it, a ConfigurationError names the session that holds it."""
+    key = f"careflow publish {workflow_id}"
+    conn.execute(text(f"SET LOCAL lock_timeout = '{int(PUBLISH_LOCK_TIMEOUT_S * 1000)}ms'"))
+    try:
+        with conn.begin_nested():  # a savepoint: what holds the lock can still be asked
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+    except DBAPIError as exc:
+        if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+            raise
+        holder = conn.execute(_LOCK_HOLDER, {"key": key}).first()
+        who = "another session"
+        if holder is not None:
+            pid, application, client, state, since = holder
+            seen = [
+                f"application {application!r}" if application else "",
+                f"client {client}" if client else "",
+            ]
+            if state:
+                seen.append(
+                    f"{state}, in a transaction since {since:%Y-%m-%d %H:%M:%S %Z}" if since else state
+                )
+            who = f"Postgres backend {pid} ({', '.join(filter(None, seen))})"
+        raise ConfigurationError(
+            f"another publish of workflow {workflow_id} has held its lock for over "
+            f"{PUBLISH_LOCK_TIMEOUT_S:g} s: {who}; nothing was published. Wait for it to end, or end "
+            "that session if it is stuck"
+            + (f" (SELECT pg_terminate_backend({holder[0]}))" if holder is not None else "")
+        ) from exc
+    conn.execute(text("SET LOCAL lock_timeout = DEFAULT"))
 
 
 def _snapshot_ahead(existing: Any, snap: Snapshot, known: int | None, database: str) -> str | None:

@@ -483,6 +483,44 @@ def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
     assert _versions(engine, "implant-aftercare") == []
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_publish_held_up_by_a_stuck_one_names_the_session_that_holds_it(
+    db_url: str, engine: Engine, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another publish of the same workflow left open in a transaction (its terminal suspended, a
+    session killed half-way through a pooler): the next one waits no longer than the lock timeout
+    (60 s; half a second here), then names that session and how to end it."""
+    from sqlalchemy import create_engine
+
+    from careflow import publishing
+
+    monkeypatch.setattr(publishing, "PUBLISH_LOCK_TIMEOUT_S", 0.5)
+    stuck_engine = create_engine(db_url, connect_args={"application_name": "stuck publish"})
+    try:
+        with stuck_engine.connect() as stuck:
+            stuck.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext('careflow publish implant-aftercare'))")
+            )  # and the transaction stays open
+            pid = stuck.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            err = _not_published(workflows_dir, IMPLANT, EXAMPLES / "day-before-reminder.json")
+            stuck.rollback()
+    finally:
+        stuck_engine.dispose()
+    assert (
+        "implant-aftercare.json: not published: another publish of workflow implant-aftercare has held "
+        f"its lock for over 0.5 s: Postgres backend {pid} (application 'stuck publish', client 127.0.0.1, "
+        "idle in transaction, in a transaction since "
+    ) in err
+    assert (
+        "; nothing was published. Wait for it to end, or end that session if it is stuck "
+        f"(SELECT pg_terminate_backend({pid}))"
+    ) in err
+    assert _versions(engine, "implant-aftercare") == []
+    assert [v for v, _ in _versions(engine, "day-before-reminder")] == [1]  # the next file went on
+    code, (result,) = _publish(workflows_dir, IMPLANT)
+    assert code == 0 and result["version"] == 1
+
+
 def test_every_example_publishes(engine: Engine, workflows_dir: Path) -> None:
     code, results = _publish(workflows_dir, *sorted(EXAMPLES.glob("*.json")))
     assert code == 0
