@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from careflow.clock import SIMULATED_RUN_PREFIX, parse_time, simulated_conf
-from careflow.exceptions import ConfigurationError
+from careflow.exceptions import ConfigurationError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,20 @@ def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: 
                 if attempt >= (task.retries or 0):
                     print(
                         f"careflow simulate: {dag.dag_id}.{task_id} failed at {moment.isoformat()} after "
-                        f"{attempt + 1} attempt(s): {type(exc).__name__}: {exc}",
+                        f"{attempt + 1} attempt(s): {_what_failed(exc)}",
                         file=sys.stderr,
                     )
                     state = "failed"
                     failed.add(task_id)
     return state
+
+
+def _what_failed(exc: BaseException) -> str:
+    """One line: careflow's words where its database itself is the problem (full, unreachable…),
+    else the error's type and the first line of its message (a driver's runs on over several)."""
+    from careflow.store.db import database_unusable
+
+    return database_unusable(exc) or f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def simulate_workflow(

@@ -46,3 +46,31 @@ def test_a_run_without_failures_runs_every_task_once(monkeypatch) -> None:
     dag, order, ran = _dag_with_recorded_tasks("none", monkeypatch)
     assert _run_tasks_in_order(dag, MOMENT, {}, "scheduled", order) == "success"
     assert ran == order
+
+
+def test_a_failed_task_is_told_in_one_line_and_careflows_database_in_careflows_words(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database error's message runs over several lines (its statement, a link): the simulation
+    says what failed in one, and names careflow's database where it is the problem."""
+    from careflow.store.db import dispose_engines, get_engine
+
+    url = f"sqlite:///{tmp_path / 'no-such-dir' / 'careflow.db'}"
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    dag, order, _ = _dag_with_recorded_tasks("none", monkeypatch)
+
+    def unopenable(context):  # type: ignore[no-untyped-def]
+        get_engine().connect()
+
+    monkeypatch.setattr(dag.get_task("t1"), "execute", unopenable)
+    try:
+        assert _run_tasks_in_order(dag, MOMENT, {}, "scheduled", order) == "failed"
+    finally:
+        dispose_engines()
+    (line,) = capsys.readouterr().err.splitlines()
+    retries = dag.get_task("t1").retries
+    assert line == (
+        f"careflow simulate: {dag.dag_id}.t1 failed at {MOMENT.isoformat()} after {retries + 1} attempt(s): "
+        f"cannot open or write careflow's database {url} (from CAREFLOW_DB_URL): unable to open database "
+        f"file: its directory {tmp_path / 'no-such-dir'} does not exist: create it, or correct the URL"
+    )
