@@ -248,3 +248,47 @@ def test_one_command_starts_it() -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_port_it_cannot_listen_on_is_named_and_nothing_claims_to_serve(capsys) -> None:  # type: ignore[no-untyped-def]
+    """The port taken (or an address this machine does not have): one line that says so, exit 2,
+    and no "fake provider on …" line before it that a script would wait on."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        assert main(["--port", str(port)]) == 2
+    finally:
+        taken.close()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"careflow fake provider: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+@pytest.mark.parametrize("port", ["80000", "-1", "eighty"])
+def test_a_port_that_is_not_one_is_refused_by_name(port: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as refused:
+        main(["--port", port])
+    assert refused.value.code == 2
+    assert (
+        f"argument --port: {port!r} is not a port: a number from 1 to 65535, or 0 for any free one"
+    ) in capsys.readouterr().err
+
+
+def test_port_0_serves_on_a_free_port_and_says_which() -> None:
+    env = {**os.environ, "PYTHONPATH": str(PLUGINS)}
+    command = [sys.executable, "-m", "careflow.providers.fake_server", "--port", "0", "--token", "T"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("careflow fake provider on http://127.0.0.1:") and ":0 " not in line
+        port = int(line.split("http://127.0.0.1:")[1].split(" ")[0])
+        stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats", headers={"Authorization": "Bearer T"})
+        assert stats.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -30,9 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -543,6 +545,12 @@ class FakeHttpServer:
         else:
             self._server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
 
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one the system chose, where it was asked for 0)."""
+        assert self._server is not None, "start() first"
+        return int(self._server.sockets[0].getsockname()[1])
+
     async def close(self) -> None:
         """Stop listening, close every connection, close the record file."""
         if self._server is not None:
@@ -560,7 +568,7 @@ class FakeHttpServer:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The fake provider's options (shared by ``python -m`` and ``careflow fake-provider``)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8025, help="port (default 8025)")
+    parser.add_argument("--port", type=_port, default=8025, help="port (default 8025; 0: any free one)")
     parser.add_argument("--token", default="fake-token", help="bearer token clients must send")
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="time from a send's arrival to its answer"
@@ -598,6 +606,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a port: a number from 1 to 65535, or 0 for any free one"
+        )
+    return port
+
+
 def config_from_args(args: argparse.Namespace) -> FakeConfig:
     """A ``FakeConfig`` from parsed command-line arguments."""
     return FakeConfig(
@@ -622,13 +642,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        print(f"fake provider: {exc}")
+        print(f"careflow fake provider: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"careflow fake provider on http://{args.host}:{args.port} (token {config.token!r}, "
-        f"latency {config.latency_ms:g} ms); Ctrl+C to stop",
-        flush=True,
-    )
     loop: asyncio.AbstractEventLoop
     try:  # uvloop, when installed, spends less CPU per request: more headroom for the client
         import uvloop
@@ -637,9 +652,22 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         loop = asyncio.new_event_loop()
 
-    async def serve() -> None:
+    async def serve() -> int:
         server = FakeHttpServer(FakeProvider(config))
-        await server.start(host=args.host, port=args.port)
+        try:
+            await server.start(host=args.host, port=args.port)
+        except OSError as exc:  # the port taken, an address this machine does not have
+            why = (
+                exc.strerror if isinstance(exc, socket.gaierror) or not exc.errno else os.strerror(exc.errno)
+            )
+            print(f"careflow fake provider: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr)
+            server.provider.close()
+            return 2
+        print(
+            f"careflow fake provider on http://{args.host}:{server.port} (token {config.token!r}, "
+            f"latency {config.latency_ms:g} ms); Ctrl+C to stop",
+            flush=True,
+        )
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
@@ -647,12 +675,12 @@ def run(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             await server.close()
+        return 0
 
     try:
-        loop.run_until_complete(serve())
+        return loop.run_until_complete(serve())
     finally:
         loop.close()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
