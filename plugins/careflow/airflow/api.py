@@ -29,6 +29,7 @@ from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
 from careflow.airflow.api_metrics import router as metrics_router
 from careflow.exceptions import AirflowDatabaseError, CareflowError, ConfigurationError, first_line
+from careflow.store.db import database_unusable
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,15 @@ async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse
     # The route's template, not its path: a path may carry a patient's id.
     route = getattr(request.scope.get("route"), "path", "?")
     error = _driver_error(exc)  # for Airflow's database, the log names the driver's error
+    # careflow's database named (password hidden) where it is itself the problem, with what is on
+    # disk for the embedded SQLite (the api-server's user may not write its -shm file, say).
+    said = database_unusable(error) or f"{type(error).__name__}: {first_line(error)}"
     log.warning(
-        "careflow: %s %s answered 503 (%s): %s: %s",
+        "careflow: %s %s answered 503 (%s): %s",
         request.method,
         route,
         detail,
-        type(error).__name__,
-        first_line(error),
+        said,
         exc_info=detail in (DATABASE_FAILED, MISCONFIGURED, AIRFLOW_DATABASE_FAILED),
     )
     return JSONResponse(status_code=503, content={"detail": detail})
