@@ -5,6 +5,8 @@ Messages say what was wrong, where (workflow, node, field) and what to do about 
 
 from __future__ import annotations
 
+import os
+
 
 class CareflowError(Exception):
     """Base class of careflow's own errors."""
@@ -94,3 +96,15 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: a driver's runs over several (the SQL, its
     parameters, a link), and the first says what went wrong."""
     return (str(exc).strip().splitlines() or [""])[0]
+
+
+def this_user() -> str:
+    """This process's user, for a message about what it may not read or write ("this user (airflow,
+    uid 50000)")."""
+    uid = os.getuid()
+    try:
+        import pwd
+
+        return f"this user ({pwd.getpwuid(uid).pw_name}, uid {uid})"
+    except (ImportError, KeyError):
+        return f"this user (uid {uid})"

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from careflow.compiler import CompiledWorkflow, compile_workflow
-from careflow.exceptions import SnapshotError
+from careflow.exceptions import SnapshotError, this_user
 from careflow.workflow import storable
 from careflow.workflow.field_errors import field_path
 from careflow.workflow.models import Workflow
@@ -29,6 +29,9 @@ SNAPSHOT_FORMAT = 1
 SUFFIX = ".json"
 #: Snapshot files are world-readable: they hold workflow definitions, never patient data.
 SNAPSHOT_MODE = 0o644
+#: Directories careflow creates for them are too, whatever the publishing user's umask: the DAG
+#: processor and the workers may run as another user.
+SNAPSHOT_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,26 @@ def snapshot_path(workflows_dir: Path, workflow_id: str) -> Path:
 
 def write_snapshot(workflows_dir: Path, snapshot: Snapshot) -> Path:
     """Write a snapshot atomically; returns its path."""
-    workflows_dir.mkdir(parents=True, exist_ok=True)
+    _make_dirs(workflows_dir)
     target = snapshot_path(workflows_dir, snapshot.workflow_id)
     data = json.dumps(snapshot.to_json(), ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
     _write_atomically(target, data)
     return target
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each :data:`SNAPSHOT_DIR_MODE` (a umask of 077 would
+    leave them to their creator alone, and the DAG processor would find no workflow at all)."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another publish made it meanwhile
+            continue
+        os.chmod(folder, SNAPSHOT_DIR_MODE)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
@@ -255,9 +273,22 @@ def load_all(workflows_dir: Path) -> tuple[list[tuple[Snapshot, CompiledWorkflow
     """Every loadable snapshot (compiled) and a problem for each file that is not."""
     good: list[tuple[Snapshot, CompiledWorkflow]] = []
     problems: list[SnapshotProblem] = []
-    if not workflows_dir.is_dir():
+    try:
+        if not workflows_dir.is_dir():
+            return good, problems
+        with os.scandir(workflows_dir) as entries:  # pathlib's glob would find nothing, silently
+            names = sorted(entry.name for entry in entries if entry.name.endswith(SUFFIX))
+    except PermissionError:
+        problems.append(
+            SnapshotProblem(
+                workflows_dir,
+                f"{workflows_dir} ([careflow] workflows_dir): {this_user()} may not list it, so no "
+                "workflow is loaded: let the user the DAG processor and the workers run as read and "
+                "enter it and the directories above it",
+            )
+        )
         return good, problems
-    for path in sorted(workflows_dir.glob(f"*{SUFFIX}")):
+    for path in (workflows_dir / name for name in names):
         try:
             snap = read_snapshot(path)
             good.append((snap, compile_snapshot(snap)))

@@ -185,6 +185,55 @@ def test_a_missing_workflows_dir_gives_no_dags_and_no_error(tmp_path: Path) -> N
     assert build_dags(tmp_path / "nowhere") == ({}, [])
 
 
+def _build_as_nobody(workflows_dir: Path, results: Any) -> None:
+    import os
+
+    os.setgid(65534)
+    os.setuid(65534)
+    dags, problems = build_dags(workflows_dir)
+    results.put((sorted(dags), [(str(p.path), p.message) for p in problems]))
+
+
+def test_a_workflows_dir_the_dag_processor_may_not_list_is_a_problem_not_an_empty_list(
+    published_dir: Path,
+) -> None:
+    """Published by an operator whose umask left the directory to them alone (0700), read by the
+    DAG processor as another user: pathlib's glob would find nothing and say nothing, every DAG
+    gone; the factory names the directory, the user and what to do."""
+    import multiprocessing
+    import os
+    import shutil
+    import tempfile
+
+    if os.getuid() != 0:
+        pytest.skip("acts as another user (nobody): needs root")
+    top = Path(tempfile.mkdtemp(prefix="careflow-"))  # its parents are open to every user
+    try:
+        os.chmod(top, 0o755)
+        workflows_dir = top / "workflows"
+        shutil.copytree(published_dir, workflows_dir)
+        os.chmod(workflows_dir, 0o700)
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_build_as_nobody, args=(workflows_dir, results))
+        child.start()
+        dags, problems = results.get(timeout=60)
+        child.join(30)
+        os.chmod(workflows_dir, 0o755)  # the same directory, readable: every DAG is back
+        assert sorted(build_dags(workflows_dir)[0]) == [f"careflow__{wid}" for wid in ACTIVE]
+    finally:
+        shutil.rmtree(top)
+    assert dags == []
+    assert problems == [
+        (
+            str(workflows_dir),
+            f"{workflows_dir} ([careflow] workflows_dir): this user (nobody, uid 65534) may not list it, "
+            "so no workflow is loaded: let the user the DAG processor and the workers run as read and "
+            "enter it and the directories above it",
+        )
+    ]
+
+
 def test_a_snapshot_edited_by_hand_is_refused(published_dir: Path, tmp_path: Path) -> None:
     import json
     import shutil

@@ -521,6 +521,41 @@ def test_a_publish_held_up_by_a_stuck_one_names_the_session_that_holds_it(
     assert code == 0 and result["version"] == 1
 
 
+def test_directories_made_for_snapshots_are_readable_by_every_user_whatever_the_umask(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """An operator's umask of 077 would leave a new workflows directory to them alone, and the DAG
+    processor, running as another user, would find no workflow; careflow makes it (and any parent
+    it makes) 0755, as it makes each snapshot 0644. A directory that exists keeps its mode."""
+    import stat
+
+    workflows_dir = tmp_path / "airflow" / "careflow" / "workflows"
+    os.chmod(tmp_path, 0o711)
+    previous = os.umask(0o077)
+    try:
+        (result,) = publish_paths([IMPLANT], engine=engine, workflows_dir=workflows_dir)
+    finally:
+        os.umask(previous)
+    assert result.action == "published"
+    modes = {
+        str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode)
+        for path in (
+            tmp_path,
+            tmp_path / "airflow",
+            workflows_dir.parent,
+            workflows_dir,
+            Path(str(result.snapshot)),
+        )
+    }
+    assert modes == {
+        ".": 0o711,
+        "airflow": 0o755,
+        "airflow/careflow": 0o755,
+        "airflow/careflow/workflows": 0o755,
+        "airflow/careflow/workflows/implant-aftercare.json": 0o644,
+    }
+
+
 def test_every_example_publishes(engine: Engine, workflows_dir: Path) -> None:
     code, results = _publish(workflows_dir, *sorted(EXAMPLES.glob("*.json")))
     assert code == 0

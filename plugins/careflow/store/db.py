@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 
 from careflow import settings
+from careflow.exceptions import this_user
 from careflow.servers import split_servers
 
 #: The isolation level of every careflow transaction on Postgres (see :func:`get_engine`).
@@ -274,7 +275,7 @@ def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | Non
     except (FileNotFoundError, NotADirectoryError):
         return f"its directory {folder} does not exist: create it, or correct the URL"
     except PermissionError:
-        return f"{_this_user()} may not reach {folder}: {let} enter every directory above the file"
+        return f"{this_user()} may not reach {folder}: {let} enter every directory above the file"
     except OSError:
         return None
     if read_only:
@@ -282,20 +283,10 @@ def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | Non
     for target in (path, folder):
         if os.path.exists(target) and not os.access(target, os.W_OK):
             return (
-                f"{_this_user()} may not write {target}: SQLite writes the file and, beside it, its "
+                f"{this_user()} may not write {target}: SQLite writes the file and, beside it, its "
                 f"-wal and -shm files; {let} write both"
             )
     return None
-
-
-def _this_user() -> str:
-    uid = os.getuid()
-    try:
-        import pwd
-
-        return f"this user ({pwd.getpwuid(uid).pw_name}, uid {uid})"
-    except (ImportError, KeyError):
-        return f"this user (uid {uid})"
 
 
 def unreachable_database(exc: BaseException) -> str | None:
