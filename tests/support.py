@@ -680,3 +680,50 @@ def fill(path: Path) -> None:
 def remount_read_only(disk: Path) -> None:
     """Make the filesystem mounted at ``disk`` (a test's ``small_disk``) read-only."""
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+
+#: The uid and gid of the user ``nobody``, as whom :func:`as_nobody` runs.
+NOBODY = 65534
+
+
+def as_nobody(work: Callable[[], Any]) -> Any:
+    """What ``work()`` returns (or raises) run as the user nobody, in a forked child: careflow as
+    the Airflow components' user where root set things up. Skips the test where this process is not
+    root. What it returns goes back through a queue: plain values only."""
+    import multiprocessing
+
+    import pytest
+
+    if os.getuid() != 0:
+        pytest.skip("acts as another user (nobody): needs root")
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def run() -> None:
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        try:
+            results.put((True, work()))
+        except BaseException as exc:  # back to the test, as it would have been raised there
+            results.put((False, f"{type(exc).__name__}: {exc}"))
+
+    child = context.Process(target=run)
+    child.start()
+    ok, value = results.get(timeout=60)
+    child.join(30)
+    if not ok:
+        raise AssertionError(f"as nobody: {value}")
+    return value
+
+
+@contextlib.contextmanager
+def open_directory() -> Iterator[Path]:
+    """A new directory every user may enter (pytest's own temporary directory is its user's alone)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="careflow-"))
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)

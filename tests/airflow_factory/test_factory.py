@@ -13,7 +13,7 @@ from careflow.airflow.factory import WAKE_TASK_ID, build_dags
 from careflow.airflow.operators import NODE_OPERATORS
 from careflow.airflow.operators.action import PROVIDER_POOL
 from careflow.airflow.operators.wake import WakeOperator
-from support import refuse_connections
+from support import as_nobody, open_directory, refuse_connections
 
 from .sample_workflows import BRANCHING, CORRUPT, INVALID, PAUSED, sources_by_id
 
@@ -185,44 +185,26 @@ def test_a_missing_workflows_dir_gives_no_dags_and_no_error(tmp_path: Path) -> N
     assert build_dags(tmp_path / "nowhere") == ({}, [])
 
 
-def _build_as_nobody(workflows_dir: Path, results: Any) -> None:
-    import os
-
-    os.setgid(65534)
-    os.setuid(65534)
-    dags, problems = build_dags(workflows_dir)
-    results.put((sorted(dags), [(str(p.path), p.message) for p in problems]))
-
-
 def test_a_workflows_dir_the_dag_processor_may_not_list_is_a_problem_not_an_empty_list(
     published_dir: Path,
 ) -> None:
     """Published by an operator whose umask left the directory to them alone (0700), read by the
     DAG processor as another user: pathlib's glob would find nothing and say nothing, every DAG
     gone; the factory names the directory, the user and what to do."""
-    import multiprocessing
     import os
     import shutil
-    import tempfile
 
-    if os.getuid() != 0:
-        pytest.skip("acts as another user (nobody): needs root")
-    top = Path(tempfile.mkdtemp(prefix="careflow-"))  # its parents are open to every user
-    try:
-        os.chmod(top, 0o755)
+    def build() -> tuple[list[str], list[tuple[str, str]]]:
+        dags, problems = build_dags(workflows_dir)
+        return sorted(dags), [(str(p.path), p.message) for p in problems]
+
+    with open_directory() as top:
         workflows_dir = top / "workflows"
         shutil.copytree(published_dir, workflows_dir)
         os.chmod(workflows_dir, 0o700)
-        context = multiprocessing.get_context("fork")
-        results = context.Queue()
-        child = context.Process(target=_build_as_nobody, args=(workflows_dir, results))
-        child.start()
-        dags, problems = results.get(timeout=60)
-        child.join(30)
+        dags, problems = as_nobody(build)
         os.chmod(workflows_dir, 0o755)  # the same directory, readable: every DAG is back
-        assert sorted(build_dags(workflows_dir)[0]) == [f"careflow__{wid}" for wid in ACTIVE]
-    finally:
-        shutil.rmtree(top)
+        assert as_nobody(build)[0] == [f"careflow__{wid}" for wid in ACTIVE]
     assert dags == []
     assert problems == [
         (

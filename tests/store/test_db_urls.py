@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import shutil
-import tempfile
+import contextlib
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from careflow.cli import main
 from careflow.exceptions import ConfigurationError
 from careflow.store.db import database_name, dispose_engines, engine_url, get_engine, unreachable_database
-from support import free_port, remount_read_only
+from support import as_nobody, free_port, open_directory, remount_read_only
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg2"])
@@ -198,19 +195,17 @@ def test_an_embedded_database_on_a_read_only_filesystem_is_named(small_disk, mon
     )
 
 
-def _write_as_nobody(url: str, results) -> None:  # type: ignore[no-untyped-def]
+def _write_a_clinic(url: str) -> tuple[str | None, str | None] | None:
+    """What careflow says (to the CLI, to alerts) of writing to ``url``; None where it worked."""
     from careflow.store import tables
     from careflow.store.db import database_unusable
 
-    os.setgid(65534)
-    os.setuid(65534)
     try:
         with get_engine(url).begin() as conn:
             conn.execute(tables.clinics.insert().values(id="c1", name="Seoul", timezone="Asia/Seoul"))
     except Exception as exc:
-        results.put((database_unusable(exc), database_unusable(exc, driver_message=False)))
-    else:
-        results.put(None)
+        return database_unusable(exc), database_unusable(exc, driver_message=False)
+    return None
 
 
 @pytest.mark.parametrize("where", ["a file it may not write", "a directory it may not enter"])
@@ -220,29 +215,18 @@ def test_an_embedded_database_another_user_created_is_named_with_the_user(where,
     directory, for the CLI and for alerts."""
     from careflow.store.migrations import upgrade
 
-    if os.getuid() != 0:
-        pytest.skip("acts as another user (nobody): needs root")
-    if where == "a file it may not write":
-        folder = Path(tempfile.mkdtemp(prefix="careflow-"))  # its parents are open to every user
-        os.chmod(folder, 0o755)
-    else:
-        folder = tmp_path / "home"  # pytest's own temporary directory is root's alone
-        folder.mkdir()
-    url = f"sqlite:///{folder / 'careflow.db'}"
-    monkeypatch.setenv("CAREFLOW_DB_URL", url)
-    try:
+    with contextlib.ExitStack() as stack:
+        if where == "a file it may not write":
+            folder = stack.enter_context(open_directory())
+        else:
+            folder = tmp_path / "home"  # pytest's own temporary directory is root's alone
+            folder.mkdir()
+        url = f"sqlite:///{folder / 'careflow.db'}"
+        monkeypatch.setenv("CAREFLOW_DB_URL", url)
+        stack.callback(dispose_engines)
         upgrade()
         dispose_engines()
-        context = multiprocessing.get_context("fork")
-        results = context.Queue()
-        child = context.Process(target=_write_as_nobody, args=(url, results))
-        child.start()
-        told, alerted = results.get(timeout=60)
-        child.join(30)
-    finally:
-        dispose_engines()
-        if where == "a file it may not write":
-            shutil.rmtree(folder)
+        told, alerted = as_nobody(lambda: _write_a_clinic(url))
     if where == "a file it may not write":
         driver = "attempt to write a readonly database"
         problem = (
