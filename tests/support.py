@@ -353,6 +353,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that refuses every connection until the block ends: bound by this
+    process and never listened on, so that no other process (the Airflow tier's servers, running
+    beside the other tests) can take it meanwhile, as it can a :func:`free_port`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.5) -> Any:
     """Call ``probe`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout

@@ -29,7 +29,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
+from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from careflow.exceptions import ConfigurationError
@@ -264,7 +266,10 @@ def _sentinel_client(url: str, timeouts: dict[str, float]) -> redis.Redis:
         )
     sentinel_auth = {key.removeprefix("sentinel_"): value for key, value in query.items() if value}
     tls = {"ssl": True} if parts.scheme.startswith("rediss") else {}
-    sentinel = Sentinel(sentinels, sentinel_kwargs={**timeouts, **sentinel_auth, **tls}, **timeouts)
+    # Each Sentinel asked once: careflow tries again itself, every RETRY_SECONDS. redis-py's own
+    # retries (with backoff) would hold every attempt 3 s for each Sentinel that is down.
+    once = {"retry": Retry(NoBackoff(), 0)}
+    sentinel = Sentinel(sentinels, sentinel_kwargs={**timeouts, **sentinel_auth, **tls, **once}, **timeouts)
     return sentinel.master_for(
         path[0],
         db=int(path[1]) if len(path) == 2 else 0,
