@@ -193,18 +193,7 @@ def _take_publish_lock(conn: Connection, workflow_id: str) -> None:
         if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
             raise
         holder = conn.execute(_LOCK_HOLDER, {"key": key}).first()
-        who = "another session"
-        if holder is not None:
-            pid, application, client, state, since = holder
-            seen = [
-                f"application {application!r}" if application else "",
-                f"client {client}" if client else "",
-            ]
-            if state:
-                seen.append(
-                    f"{state}, in a transaction since {since:%Y-%m-%d %H:%M:%S %Z}" if since else state
-                )
-            who = f"Postgres backend {pid} ({', '.join(filter(None, seen))})"
+        who = "another session" if holder is None else _session(*holder)
         raise ConfigurationError(
             f"another publish of workflow {workflow_id} has held its lock for over "
             f"{PUBLISH_LOCK_TIMEOUT_S:g} s: {who}; nothing was published. Wait for it to end, or end "
@@ -212,6 +201,16 @@ def _take_publish_lock(conn: Connection, workflow_id: str) -> None:
             + (f" (SELECT pg_terminate_backend({holder[0]}))" if holder is not None else "")
         ) from exc
     conn.execute(text("SET LOCAL lock_timeout = DEFAULT"))
+
+
+def _session(pid: int, application: str | None, client: Any, state: str | None, since: Any) -> str:
+    """A Postgres session as an operator finds it in ``pg_stat_activity``; a role without
+    ``pg_read_all_stats`` sees only the pid of another role's session."""
+    seen = [f"application {application!r}" if application else "", f"client {client}" if client else ""]
+    if state:
+        seen.append(f"{state}, in a transaction since {since:%Y-%m-%d %H:%M:%S %Z}" if since else state)
+    details = ", ".join(filter(None, seen))
+    return f"Postgres backend {pid}" + (f" ({details})" if details else "")
 
 
 def _snapshot_ahead(existing: Any, snap: Snapshot, known: int | None, database: str) -> str | None:

@@ -556,6 +556,16 @@ def test_directories_made_for_snapshots_are_readable_by_every_user_whatever_the_
     }
 
 
+def test_a_session_another_role_holds_is_named_by_its_pid_alone() -> None:
+    """What pg_stat_activity shows a role without pg_read_all_stats of another role's session."""
+    from careflow.publishing import _session
+
+    assert _session(4242, None, None, None, None) == "Postgres backend 4242"
+    assert (
+        _session(4242, "", None, "idle in transaction", None) == "Postgres backend 4242 (idle in transaction)"
+    )
+
+
 def test_every_example_publishes(engine: Engine, workflows_dir: Path) -> None:
     code, results = _publish(workflows_dir, *sorted(EXAMPLES.glob("*.json")))
     assert code == 0
