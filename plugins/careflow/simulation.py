@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from careflow.clock import SIMULATED_RUN_PREFIX, parse_time, simulated_conf
-from careflow.exceptions import ConfigurationError, first_line
+from careflow.exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -214,22 +214,16 @@ def _run_tasks_in_order(dag: Any, moment: datetime, conf: dict[str, Any], kind: 
                 break
             except Exception as exc:  # a failed attempt is retried like Airflow would, without waiting
                 if attempt >= (task.retries or 0):
+                    from careflow.store.db import what_failed
+
                     print(
                         f"careflow simulate: {dag.dag_id}.{task_id} failed at {moment.isoformat()} after "
-                        f"{attempt + 1} attempt(s): {_what_failed(exc)}",
+                        f"{attempt + 1} attempt(s): {what_failed(exc)}",
                         file=sys.stderr,
                     )
                     state = "failed"
                     failed.add(task_id)
     return state
-
-
-def _what_failed(exc: BaseException) -> str:
-    """One line: careflow's words where its database itself is the problem (full, unreachable…),
-    else the error's type and the first line of its message (a driver's runs on over several)."""
-    from careflow.store.db import database_unusable
-
-    return database_unusable(exc) or f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def simulate_workflow(

@@ -28,8 +28,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
 from careflow.airflow.api_metrics import router as metrics_router
-from careflow.exceptions import AirflowDatabaseError, CareflowError, ConfigurationError, first_line
-from careflow.store.db import database_unusable
+from careflow.exceptions import AirflowDatabaseError, CareflowError, ConfigurationError
+from careflow.store.db import what_failed
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse
     error = _driver_error(exc)  # for Airflow's database, the log names the driver's error
     # careflow's database named (password hidden) where it is itself the problem, with what is on
     # disk for the embedded SQLite (the api-server's user may not write its -shm file, say).
-    said = database_unusable(error) or f"{type(error).__name__}: {first_line(error)}"
+    said = what_failed(error)
     log.warning(
         "careflow: %s %s answered 503 (%s): %s",
         request.method,

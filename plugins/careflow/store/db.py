@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 
 from careflow import settings
-from careflow.exceptions import this_user
+from careflow.exceptions import first_line, this_user
 from careflow.servers import split_servers
 
 #: The isolation level of every careflow transaction on Postgres (see :func:`get_engine`).
@@ -247,12 +247,27 @@ def _out_of_space(engine: Engine, exc: BaseException | None) -> bool:
         return False
     if code & 0xFF == SQLITE_FULL:
         return True
-    if code & 0xFF != SQLITE_IOERR or not engine.url.database or engine.url.database == ":memory:":
+    path = _sqlite_file(engine) if code & 0xFF == SQLITE_IOERR else None
+    if path is None:
         return False
     try:
-        return shutil.disk_usage(Path(engine.url.database).parent).free < NEARLY_FULL_BYTES
+        return shutil.disk_usage(path.parent).free < NEARLY_FULL_BYTES
     except OSError:
         return False
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The absolute path of an SQLite engine's database file; None for an in-memory one, a
+    ``file:`` URI, or a server's database."""
+    database = engine.url.database
+    if (
+        engine.dialect.name != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+    ):
+        return None
+    return Path(os.path.abspath(database))
 
 
 def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | None:
@@ -262,10 +277,9 @@ def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | Non
     code = getattr(exc, "sqlite_errorcode", None)
     if not isinstance(code, int) or code & 0xFF not in (SQLITE_READONLY, SQLITE_CANTOPEN):
         return None
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    path = _sqlite_file(engine)
+    if path is None:
         return None
-    path = Path(os.path.abspath(database))
     folder = path.parent
     let = "let the user every Airflow component runs as"
     try:
@@ -303,14 +317,19 @@ def database_unusable(exc: BaseException, *, driver_message: bool = True) -> str
     or stayed locked. Names the database, where its URL came from and, unless ``driver_message``
     is false (an alert, which never quotes a driver), the driver's first line; None for any other
     error."""
-    from careflow.exceptions import first_line
-
     problem = getattr(exc, "careflow_database_problem", None)
     if problem is None:
         return None
     kind, name, detail = problem
     said = f": {first_line(getattr(exc, 'orig', None) or exc)}" if driver_message else ""
     return _PROBLEMS[kind].format(name=name, origin=settings.db_url_origin(), said=said, detail=detail)
+
+
+def what_failed(exc: BaseException) -> str:
+    """One line for ``exc``: careflow's words where its database itself is the problem (see
+    :func:`database_unusable`), else the error's type and the first line of its message (a driver's
+    runs on over several: the statement, a link)."""
+    return database_unusable(exc) or f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def unstorable_character(conn: Connection, value: str) -> tuple[str, str] | None:
