@@ -11,6 +11,7 @@ import errno
 import getpass
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -167,6 +168,9 @@ def publish_report(
 PUBLISH_LOCK_TIMEOUT_S = 60.0
 #: SQLSTATE of a lock not granted within ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
+#: SQLSTATE of a statement cancelled: by a ``statement_timeout`` (the role's, the database's) shorter
+#: than :data:`PUBLISH_LOCK_TIMEOUT_S`, or by an operator.
+QUERY_CANCELED = "57014"
 
 #: The session holding a transaction-level advisory lock of ``hashtext(:key)`` (its key's two halves).
 _LOCK_HOLDER = text(
@@ -182,22 +186,31 @@ _LOCK_HOLDER = text(
 
 
 def _take_publish_lock(conn: Connection, workflow_id: str) -> None:
-    """Wait for any other publish of ``workflow_id`` (Postgres), up to :data:`PUBLISH_LOCK_TIMEOUT_S`;
-    past it, a ConfigurationError names the session that holds it."""
+    """Wait for any other publish of ``workflow_id`` (Postgres), up to :data:`PUBLISH_LOCK_TIMEOUT_S`
+    or a shorter ``statement_timeout``; past it, a ConfigurationError names the session that holds it."""
     key = f"careflow publish {workflow_id}"
     conn.execute(text(f"SET LOCAL lock_timeout = '{int(PUBLISH_LOCK_TIMEOUT_S * 1000)}ms'"))
+    started = time.monotonic()
     try:
         with conn.begin_nested():  # a savepoint: what holds the lock can still be asked
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
     except DBAPIError as exc:
-        if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+        code = getattr(exc.orig, "pgcode", None)
+        if code == LOCK_NOT_AVAILABLE:
+            held = f"has held its lock for over {PUBLISH_LOCK_TIMEOUT_S:g} s"
+        elif code == QUERY_CANCELED:
+            timeout = conn.execute(text("SHOW statement_timeout")).scalar_one()
+            held = (
+                f"held its lock until this publish's wait was cancelled, after "
+                f"{time.monotonic() - started:.1f} s (statement_timeout is {timeout})"
+            )
+        else:
             raise
         holder = conn.execute(_LOCK_HOLDER, {"key": key}).first()
         who = "another session" if holder is None else _session(*holder)
         raise ConfigurationError(
-            f"another publish of workflow {workflow_id} has held its lock for over "
-            f"{PUBLISH_LOCK_TIMEOUT_S:g} s: {who}; nothing was published. Wait for it to end, or end "
-            "that session if it is stuck"
+            f"another publish of workflow {workflow_id} {held}: {who}; nothing was published. Wait "
+            "for it to end, or end that session if it is stuck"
             + (f" (SELECT pg_terminate_backend({holder[0]}))" if holder is not None else "")
         ) from exc
     conn.execute(text("SET LOCAL lock_timeout = DEFAULT"))

@@ -484,17 +484,30 @@ def test_a_snapshot_that_cannot_be_written_is_named_and_publishes_nothing(
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("statement_timeout", [None, "300ms"])
 def test_a_publish_held_up_by_a_stuck_one_names_the_session_that_holds_it(
-    db_url: str, engine: Engine, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch
+    db_url: str,
+    engine: Engine,
+    workflows_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    statement_timeout: str | None,
 ) -> None:
     """Another publish of the same workflow left open in a transaction (its terminal suspended, a
     session killed half-way through a pooler): the next one waits no longer than the lock timeout
-    (60 s; half a second here), then names that session and how to end it."""
+    (60 s; half a second here), or a shorter ``statement_timeout`` of the role's or the database's,
+    then names that session and how to end it."""
     from sqlalchemy import create_engine
 
     from careflow import publishing
+    from careflow.store.db import dispose_engines
 
-    monkeypatch.setattr(publishing, "PUBLISH_LOCK_TIMEOUT_S", 0.5)
+    if statement_timeout is None:
+        monkeypatch.setattr(publishing, "PUBLISH_LOCK_TIMEOUT_S", 0.5)
+        held = "has held its lock for over 0.5 s"
+    else:  # as ALTER ROLE … SET statement_timeout gives every session of the role
+        monkeypatch.setenv("PGOPTIONS", f"-c statement_timeout={statement_timeout}")
+        dispose_engines()
+        held = "held its lock until this publish's wait was cancelled, after 0."
     stuck_engine = create_engine(db_url, connect_args={"application_name": "stuck publish"})
     try:
         with stuck_engine.connect() as stuck:
@@ -507,8 +520,12 @@ def test_a_publish_held_up_by_a_stuck_one_names_the_session_that_holds_it(
     finally:
         stuck_engine.dispose()
     assert (
-        "implant-aftercare.json: not published: another publish of workflow implant-aftercare has held "
-        f"its lock for over 0.5 s: Postgres backend {pid} (application 'stuck publish', client 127.0.0.1, "
+        f"implant-aftercare.json: not published: another publish of workflow implant-aftercare {held}"
+    ) in err
+    if statement_timeout is not None:
+        assert f" s (statement_timeout is {statement_timeout}): Postgres backend {pid} " in err
+    assert (
+        f"Postgres backend {pid} (application 'stuck publish', client 127.0.0.1, "
         "idle in transaction, in a transaction since "
     ) in err
     assert (
