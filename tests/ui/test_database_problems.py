@@ -90,7 +90,12 @@ def test_an_unreachable_database_is_a_503_that_does_not_name_it(
 ) -> None:
     response = client.get(path)
     assert response.status_code == 503
-    assert response.json() == {"detail": "careflow's database is unreachable"}
+    if unreachable_db_url.startswith("sqlite"):
+        assert response.json() == {
+            "detail": "careflow's database file cannot be opened: the api-server's log says why"
+        }
+    else:
+        assert response.json() == {"detail": "careflow's database is unreachable"}
     # The log names the database (password hidden) and why, in careflow's words and the driver's.
     if unreachable_db_url.startswith("sqlite"):
         folder = unreachable_db_url.removeprefix("sqlite:///").rsplit("/", 1)[0]
@@ -104,6 +109,32 @@ def test_an_unreachable_database_is_a_503_that_does_not_name_it(
             "(from CAREFLOW_DB_URL): connection to server at"
         )
     assert said in caplog.text and "secret" not in caplog.text
+
+
+def test_the_workflow_list_names_what_keeps_careflows_database_from_answering(
+    client: TestClient, unreachable_db_url: str, snapshot: None
+) -> None:
+    """``GET workflows`` lists the snapshots and says in its header why the database was not read."""
+    response = client.get("/api/workflows")
+    assert response.status_code == 200
+    assert [w["workflow_id"] for w in response.json()] == [WORKFLOW]
+    assert response.headers["X-Careflow-Database-Problem"] == (
+        "careflow's database file cannot be opened: the api-server's log says why"
+        if unreachable_db_url.startswith("sqlite")
+        else "careflow's database is unreachable"
+    )
+
+
+def test_a_database_out_of_space_is_not_called_unreachable() -> None:
+    """A read whose sort spills to a full disk: Postgres' DiskFull, which careflow's engine tags."""
+    from sqlalchemy.exc import OperationalError
+
+    from careflow.airflow.api import database_problem
+
+    error = OperationalError("SELECT …", {}, Exception("could not write to file: No space left on device"))
+    assert database_problem(error) == "careflow's database is unreachable"  # untagged: the driver's kind
+    error.careflow_database_problem = ("full", "postgresql+psycopg2://careflow@db/careflow", "")  # type: ignore[attr-defined]
+    assert database_problem(error) == "careflow's database has no space left: the api-server's log says where"
 
 
 @pytest.fixture(params=["unreachable", "without tables"])

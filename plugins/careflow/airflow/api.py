@@ -29,7 +29,7 @@ from careflow.airflow import access
 from careflow.airflow import ui as careflow_ui
 from careflow.airflow.api_metrics import router as metrics_router
 from careflow.exceptions import AirflowDatabaseError, CareflowError, ConfigurationError
-from careflow.store.db import what_failed
+from careflow.store.db import database_problem_kind, what_failed
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,13 @@ TABLES_MISSING = "careflow's tables are missing: run `careflow db upgrade`"
 UNREACHABLE = "careflow's database is unreachable"
 DATABASE_FAILED = "careflow's database could not answer: the api-server's log says why"
 MISCONFIGURED = "careflow is not configured correctly: the api-server's log says why"
+#: Where "unreachable" would mislead, by the kind of problem careflow's engine tagged a driver error
+#: with (``store.db._PROBLEMS``): a read's sort spilling to a full disk, an SQLite file the
+#: api-server's user may not open. The log names the database and what to do.
+DATABASE_PROBLEMS = {
+    "full": "careflow's database has no space left: the api-server's log says where",
+    "file": "careflow's database file cannot be opened: the api-server's log says why",
+}
 
 #: What a user is told of Airflow's metadata database failing where the sign-in and the access checks read it.
 AIRFLOW_TABLES_MISSING = "Airflow's metadata database lacks tables: run `airflow db migrate`"
@@ -87,6 +94,9 @@ def database_problem(exc: BaseException) -> str:
     if isinstance(exc, DBAPIError):
         if missing_table(exc) is not None:
             return tables
+        kind = None if airflow else database_problem_kind(exc)
+        if kind in DATABASE_PROBLEMS:
+            return DATABASE_PROBLEMS[kind]
         if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
             return unreachable
         return failed
@@ -128,9 +138,9 @@ async def _not_stored(request: Request, call_next: Callable[[Request], Awaitable
 
 def _listing_problem(error: Exception | None) -> str:
     """:func:`database_problem` for why ``read_workflows`` listed the snapshots only."""
-    # Its CareflowErrors are careflow's own (tables missing, careflow_db unusable); anything else
-    # it caught is the database not answering.
-    return database_problem(error) if isinstance(error, CareflowError) else UNREACHABLE
+    # Its CareflowErrors are careflow's own (tables missing, careflow_db unusable), its driver
+    # errors tagged with what is wrong with the database; anything else is the database not answering.
+    return database_problem(error) if isinstance(error, (CareflowError, DBAPIError)) else UNREACHABLE
 
 
 @app.get("/api/workflows")

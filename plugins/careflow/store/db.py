@@ -303,6 +303,12 @@ def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | Non
     return None
 
 
+def database_problem_kind(exc: BaseException) -> str | None:
+    """The kind of :data:`_PROBLEMS` careflow's engine tagged ``exc`` with ("full", "file",
+    "locked", "unreachable", "read_only"), or None where the database itself is not the problem."""
+    return getattr(exc, "careflow_database_problem", (None,))[0]
+
+
 def unreachable_database(exc: BaseException) -> str | None:
     """The URL (its password hidden) of the careflow database that ``exc`` failed to connect to;
     None for any other error."""
