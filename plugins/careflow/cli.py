@@ -14,7 +14,10 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from careflow.publishing import WorkflowList
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 #: What a command killed by SIGPIPE exits with in a shell: its reader closed the pipe.
@@ -130,13 +133,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     workflows_dir = Path(args.workflows_dir) if args.workflows_dir else None
     listed = read_workflows(workflows_dir=workflows_dir)
-    code = EXIT_ERROR if listed.database_problem else EXIT_OK
+    code = EXIT_ERROR if listed.database_problem or listed.snapshots_problem else EXIT_OK
     if args.json:  # the list on stdout, as before; what went wrong with the database on stderr
         _print_json([item.to_dict() for item in listed.workflows])
-        if listed.database_problem:
-            print(
-                f"careflow: only the snapshots on disk are listed: {listed.database_problem}", file=sys.stderr
-            )
+        _print_listing_problems(listed)
         return code
     header = f"{'workflow':<28} {'ver':>4} {'status':<9} {'hash':<12} {'validation':<18} snapshot"
     print(header)
@@ -147,10 +147,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{(item.content_hash or '-')[:12]:<12} {item.validation or '-':<18} {item.snapshot}"
             + (f"  ({item.problem})" if item.problem else "")
         )
-    if listed.database_problem:
-        sys.stdout.flush()
-        print(f"careflow: only the snapshots on disk are listed: {listed.database_problem}", file=sys.stderr)
+    sys.stdout.flush()
+    _print_listing_problems(listed)
     return code
+
+
+def _print_listing_problems(listed: WorkflowList) -> None:
+    """What kept ``workflows list`` from reading the database or the snapshots, on stderr."""
+    if listed.database_problem:
+        print(f"careflow: only the snapshots on disk are listed: {listed.database_problem}", file=sys.stderr)
+    if listed.snapshots_problem:
+        print(f"careflow: no snapshot could be read: {listed.snapshots_problem}", file=sys.stderr)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

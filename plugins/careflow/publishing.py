@@ -420,7 +420,7 @@ class WorkflowListing:
     status: str = ""
     content_hash: str = ""
     validation: str = ""  # ok, N warning(s)
-    snapshot: str = "missing"  # ok, missing, stale, broken
+    snapshot: str = "missing"  # ok, missing, stale, broken; unknown where the directory cannot be listed
     problem: str | None = None
     published_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -450,6 +450,8 @@ class WorkflowList:
     #: what was raised when they could not be read (a CareflowError: no careflow tables there, or
     #: careflow_db is not a usable URL; anything else: the database did not answer)
     database_error: Exception | None = None
+    #: set when the workflows directory could not be listed: no snapshot is known
+    snapshots_problem: str | None = None
 
 
 def list_workflows(
@@ -481,6 +483,9 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
     """
     workflows_dir = workflows_dir or settings.workflows_dir()
     good, problems = load_all(workflows_dir)
+    # The directory itself cannot be listed: its problem is the list's, not a workflow's.
+    unlisted = next((p.message for p in problems if p.path == workflows_dir), None)
+    problems = [p for p in problems if p.path != workflows_dir]
     snaps = {snap.workflow_id: snap for snap, _ in good}
     listings: dict[str, WorkflowListing] = {}
     database: str | None = None
@@ -504,7 +509,12 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
             for row in rows:
                 warnings = sum(1 for d in row["diagnostics"] or [] if d.get("severity") == "warning")
                 snap = snaps.get(row["workflow_id"])
-                state = "missing" if snap is None else ("ok" if snap.version == row["version"] else "stale")
+                if unlisted:
+                    state = "unknown"
+                elif snap is None:
+                    state = "missing"
+                else:
+                    state = "ok" if snap.version == row["version"] else "stale"
                 listings[row["workflow_id"]] = WorkflowListing(
                     workflow_id=row["workflow_id"],
                     name=row["name"],
@@ -542,7 +552,7 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
         listing.problem = broken.message
         listings[wid] = listing
     return WorkflowList(
-        sorted(listings.values(), key=lambda item: item.workflow_id), database, problem, error
+        sorted(listings.values(), key=lambda item: item.workflow_id), database, problem, error, unlisted
     )
 
 

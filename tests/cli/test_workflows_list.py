@@ -139,3 +139,40 @@ def test_list_before_db_upgrade_says_to_run_it_and_exits_2(
     out, err = capsys.readouterr()
     assert err == f"careflow: only the snapshots on disk are listed: {missing}\n"
     assert [item["workflow_id"] for item in json.loads(out)] == ["implant-aftercare"]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_workflows_dir_this_user_may_not_list_is_said_not_shown_as_missing_snapshots(
+    engine: Engine,
+) -> None:
+    """An operator whose user may not list the workflows directory (an umask of 077 where another
+    user published): the database's versions are listed with their snapshot unknown, not missing,
+    and stderr names the directory and the user; exit 2. No row stands for the directory."""
+    import contextlib
+    import io
+    import os
+
+    from careflow.store.db import dispose_engines
+    from support import as_nobody, open_directory
+
+    def list_workflows() -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["workflows", "list", "--json", "--workflows-dir", str(workflows_dir)])
+        return code, out.getvalue(), err.getvalue()
+
+    with open_directory() as top:
+        workflows_dir = top / "workflows"
+        publish_paths([EXAMPLES / "implant-aftercare.json"], engine=engine, workflows_dir=workflows_dir)
+        os.chmod(workflows_dir, 0o700)
+        dispose_engines()  # the child opens connections of its own
+        code, out, err = as_nobody(list_workflows)
+    assert code == 2
+    assert [(item["workflow_id"], item["version"], item["snapshot"]) for item in json.loads(out)] == [
+        ("implant-aftercare", 1, "unknown")
+    ]
+    assert err == (
+        f"careflow: no snapshot could be read: {workflows_dir} ([careflow] workflows_dir): this user "
+        "(nobody, uid 65534) may not list it, so no workflow is loaded: let the user the DAG processor "
+        "and the workers run as read and enter it and the directories above it\n"
+    )

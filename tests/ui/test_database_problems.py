@@ -231,3 +231,51 @@ def test_when_airflows_database_fails_an_access_check_the_503_names_airflows_dat
     monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, session=None: False))
     monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")  # the pool's team is looked up only then
     _assert_airflow_named(client.request(method, path), airflow_database_failing, caplog)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_the_workflow_list_says_when_the_workflows_directory_cannot_be_listed(
+    client: TestClient,
+    db_url: str,
+    workflows_dir: Path,
+    snapshot: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The api-server's user may not list the directory: the header says so; the log names the
+    directory and the user; no row stands for the directory."""
+    import os
+
+    from airflow.models.revoked_token import RevokedToken
+
+    # Airflow's metadata database here is the test's user's alone: the sign-in's lookup is not the point.
+    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, session=None: False))
+    from careflow.store.db import dispose_engines
+    from support import as_nobody, open_directory
+
+    with open_directory() as top:
+        listed = top / "workflows"
+        workflows_dir.rename(listed)
+        os.chmod(listed, 0o700)
+        os.environ["AIRFLOW__CAREFLOW__WORKFLOWS_DIR"] = str(
+            listed
+        )  # restored by workflows_dir's monkeypatch
+        dispose_engines()  # the child opens connections of its own
+
+        def get() -> tuple[int, list[str], str | None, str]:
+            with caplog.at_level("WARNING"):
+                response = client.get("/api/workflows")
+            return (
+                response.status_code,
+                [w["workflow_id"] for w in response.json()],
+                response.headers.get("X-Careflow-Snapshots-Problem"),
+                caplog.text,
+            )
+
+        status, ids, header, logged = as_nobody(get)
+    assert (status, header) == (
+        200,
+        "the api-server may not list careflow's workflows directory: its log says why",
+    )
+    assert ids == []
+    assert f"{listed} ([careflow] workflows_dir): this user (nobody, uid 65534) may not list it" in logged

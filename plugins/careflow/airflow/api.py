@@ -52,6 +52,9 @@ app.include_router(careflow_ui.router)
 
 #: Set on ``GET /api/workflows`` when careflow's database could not be read (the snapshots are listed).
 DATABASE_PROBLEM_HEADER = "X-Careflow-Database-Problem"
+#: Set on ``GET /api/workflows`` when the workflows directory could not be listed (no snapshot is known).
+SNAPSHOTS_PROBLEM_HEADER = "X-Careflow-Snapshots-Problem"
+SNAPSHOTS_UNLISTED = "the api-server may not list careflow's workflows directory: its log says why"
 
 #: What a user is told of careflow's database failing; what failed, and where, goes to the log.
 TABLES_MISSING = "careflow's tables are missing: run `careflow db upgrade`"
@@ -156,6 +159,9 @@ def workflows(response: Response, user: Any = Depends(get_user)) -> list[dict[st
     if listed.database_problem:
         log.warning("careflow: GET /api/workflows lists the snapshots only: %s", listed.database_problem)
         response.headers[DATABASE_PROBLEM_HEADER] = _listing_problem(listed.database_error)
+    if listed.snapshots_problem:
+        log.warning("careflow: GET /api/workflows knows no snapshot: %s", listed.snapshots_problem)
+        response.headers[SNAPSHOTS_PROBLEM_HEADER] = SNAPSHOTS_UNLISTED
     allowed = access.readable(user, (item.workflow_id for item in listed.workflows))
     return [item.to_dict() for item in listed.workflows if item.workflow_id in allowed]
 
