@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,7 @@ from careflow.snapshots import (
     ReplacedSnapshots,
     Snapshot,
     SnapshotProblem,
+    left_kept,
     load_all,
     snapshot_path,
     write_snapshot,
@@ -94,6 +95,7 @@ def publish_report(
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
     # last could be the older one. SQLite's transactions take the write lock when they begin.
+    left: list[Path] = []  # what publishes of it stopped before their commit left
     with ReplacedSnapshots() as replaced, tables_required(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             _take_publish_lock(conn, workflow.id)
@@ -146,9 +148,12 @@ def publish_report(
             path=snapshot_path(workflows_dir, workflow.id),
         )
         existing = _read_existing(snap.path)
+        left = left_kept(snap.path)
         ahead = _snapshot_ahead(existing, snap, latest.version if latest is not None else None, database)
-        if ahead:
+        if ahead and not _holds_latest(left, latest):
             raise ConfigurationError(ahead)  # the version just stored is rolled back with it
+        # Else the snapshot is ahead because a publish from this database wrote it and stopped
+        # before its commit (the file it kept aside holds this database's latest): replaced.
         if action == "published" or existing != snap.to_json():
             # Before the commit: no version without its snapshot; put back if the commit fails.
             try:
@@ -156,6 +161,9 @@ def publish_report(
                 write_snapshot(workflows_dir, snap)
             except OSError as exc:  # the version just stored is rolled back with it
                 raise ConfigurationError(_snapshot_unwritable(snap.path, exc)) from exc
+    for stale in left:  # committed: the snapshot is this database's again
+        with suppress(OSError):
+            stale.unlink()
     if action == "published":
         _invalidate_caches(workflow.id, digest)
     return PublishResult(
@@ -247,8 +255,23 @@ def _snapshot_ahead(existing: Any, snap: Snapshot, known: int | None, database: 
         f"{knows}: is careflow_db the right database? Publishing would replace {snap.path} "
         f"(v{on_disk}, content {disk_hash[:12]}) with v{snap.version} (content {snap.content_hash[:12]}) "
         f"from {database}. Nothing was published: point careflow_db (or CAREFLOW_DB_URL) at the "
-        f"database that published v{on_disk}"
+        f"database that published v{on_disk}; if it is the right one, a publish was stopped after "
+        f"writing the snapshot and before storing its version: remove {snap.path} and publish again"
     )
+
+
+def _holds_latest(kept: list[Path], latest: Row[Any, Any, Any, Any, Any] | None) -> bool:
+    """Whether one of the files publishes kept aside holds ``latest``, this database's latest version."""
+    if latest is None:
+        return False
+    for path in kept:
+        held = _read_existing(path)
+        if isinstance(held, dict) and (held.get("version"), held.get("content_hash")) == (
+            latest.version,
+            latest.content_hash,
+        ):
+            return True
+    return False
 
 
 def _same_content(stored: Any, document: dict[str, Any]) -> bool:
@@ -420,7 +443,9 @@ class WorkflowListing:
     status: str = ""
     content_hash: str = ""
     validation: str = ""  # ok, N warning(s)
-    snapshot: str = "missing"  # ok, missing, stale, broken; unknown where the directory cannot be listed
+    snapshot: str = (
+        "missing"  # ok, missing, stale, ahead, broken; unknown where the directory cannot be listed
+    )
     problem: str | None = None
     published_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -509,10 +534,17 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
             for row in rows:
                 warnings = sum(1 for d in row["diagnostics"] or [] if d.get("severity") == "warning")
                 snap = snaps.get(row["workflow_id"])
+                why = None
                 if unlisted:
                     state = "unknown"
                 elif snap is None:
                     state = "missing"
+                elif snap.version > row["version"]:
+                    state = "ahead"
+                    why = (
+                        f"the snapshot on disk is v{snap.version}: a publish stopped after writing it and "
+                        "before storing its version (publish again), or another database published it"
+                    )
                 else:
                     state = "ok" if snap.version == row["version"] else "stale"
                 listings[row["workflow_id"]] = WorkflowListing(
@@ -523,6 +555,7 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
                     content_hash=row["content_hash"],
                     validation="ok" if not warnings else f"ok, {warnings} warning(s)",
                     snapshot=state,
+                    problem=why,
                     published_at=row["published_at"].isoformat(),
                 )
     except CareflowError as exc:  # no careflow tables there, or careflow_db is not a usable URL

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ class ReplacedSnapshots:
         if not path.is_file():
             self._kept.append((path, None, None))
             return
-        aside = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.kept")
+        aside = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{KEPT_SUFFIX}")
         try:
             os.link(path, aside)
         except OSError:
@@ -157,6 +158,35 @@ class ReplacedSnapshots:
             finally:
                 if aside is not None:
                     aside.unlink(missing_ok=True)
+
+
+#: A file kept aside by :class:`ReplacedSnapshots`: ``.<workflow id>.<pid>.<8 hex digits>.kept``.
+KEPT_SUFFIX = ".kept"
+_KEPT_NAME = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.kept")
+
+
+def left_kept(path: Path) -> list[Path]:
+    """The files kept aside for the snapshot at ``path`` by publishes that ended without putting
+    them back or letting them go: stopped (killed, the machine down) between writing the snapshot
+    and their commit. Each holds the snapshot as it was before that publish. A file whose process
+    still runs on this machine is not among them: that publish may still be putting it back."""
+    left = []
+    try:
+        with os.scandir(path.parent) as entries:
+            names = [entry.name for entry in entries if entry.name.endswith(KEPT_SUFFIX)]
+    except OSError:
+        return []
+    for name in sorted(names):
+        match = _KEPT_NAME.fullmatch(name)
+        if match is None or match["stem"] != path.stem:
+            continue
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            left.append(path.with_name(name))
+        except (OSError, OverflowError):  # another user's process (alive), or no pid at all
+            pass
+    return left
 
 
 def _put_back(path: Path, aside: Path | None, content: bytes | None) -> None:

@@ -758,3 +758,99 @@ def test_a_file_that_fails_does_not_hide_those_published_before_it_nor_stop_the_
         results[1]["source"] == str(failing)
         and "Is a directory; nothing was published" in results[1]["error"]
     )
+
+
+def _killed_after_writing_the_snapshot(workflows_dir: Path, path: Path) -> None:
+    """``careflow workflows publish path`` in a process of its own, killed (SIGKILL: nothing of it
+    runs after) once it has written the snapshot, before its commit."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "import careflow.publishing as publishing\n"
+        "write = publishing.write_snapshot\n"
+        "def written_then_killed(*args):\n"
+        "    write(*args)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "publishing.write_snapshot = written_then_killed\n"
+        "from careflow.cli import main\n"
+        "main(['workflows', 'publish', '--workflows-dir', sys.argv[1], sys.argv[2]])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(workflows_dir), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def test_a_publish_killed_before_its_commit_is_healed_by_the_next_publish(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    """Killed between writing its snapshot and its commit, a publish leaves the DAG factory a version
+    the database does not have, and beside it the old snapshot it kept aside. ``list`` says the
+    snapshot is ahead and why; the next publish, whatever its content, sees what the kept file holds
+    (this database's latest version) and takes that version's place, leaving no kept file."""
+    from careflow.publishing import read_workflows
+
+    (v1,) = publish_paths([IMPLANT], engine=engine, workflows_dir=workflows_dir)
+    _killed_after_writing_the_snapshot(workflows_dir, _implant_v2(tmp_path))
+    snapshot = workflows_dir / "implant-aftercare.json"
+    assert json.loads(snapshot.read_text(encoding="utf-8"))["version"] == 2
+    assert len(list(workflows_dir.glob(".implant-aftercare.*.kept"))) == 1
+    assert _versions(engine, "implant-aftercare") == [(1, v1.content_hash)]
+    (listed,) = read_workflows(engine=engine, workflows_dir=workflows_dir).workflows
+    assert (listed.version, listed.snapshot, listed.problem) == (
+        1,
+        "ahead",
+        "the snapshot on disk is v2: a publish stopped after writing it and before storing its version "
+        "(publish again), or another database published it",
+    )
+
+    other = json.loads(IMPLANT.read_text(encoding="utf-8"))
+    other["name"] = "임플란트 수술 후 관리 v3"
+    (tmp_path / "implant-v3.json").write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
+    code, (result,) = _publish(workflows_dir, tmp_path / "implant-v3.json")
+    assert (code, result["action"], result["version"]) == (0, "published", 2)
+    assert _versions(engine, "implant-aftercare") == [(1, v1.content_hash), (2, result["content_hash"])]
+    on_disk = json.loads(snapshot.read_text(encoding="utf-8"))
+    assert (on_disk["version"], on_disk["content_hash"]) == (2, result["content_hash"])
+    assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]
+
+
+def test_a_new_workflows_publish_killed_before_its_commit_is_refused_with_what_to_do(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    """A new workflow's killed publish keeps nothing aside (there was no snapshot): the next publish
+    of other content cannot tell it from another database's snapshot, and says what to do for both."""
+    _killed_after_writing_the_snapshot(workflows_dir, IMPLANT)
+    err = _not_published(workflows_dir, _implant_v2(tmp_path))
+    assert (
+        "if it is the right one, a publish was stopped after writing the snapshot and before storing its "
+        f"version: remove {workflows_dir / 'implant-aftercare.json'} and publish again"
+    ) in err
+    (workflows_dir / "implant-aftercare.json").unlink()
+    code, (result,) = _publish(workflows_dir, _implant_v2(tmp_path))
+    assert (code, result["action"], result["version"]) == (0, "published", 1)
+
+
+def test_only_files_kept_by_publishes_that_no_longer_run_are_left_over(tmp_path: Path) -> None:
+    """A kept file whose process still runs here belongs to a publish that may yet put it back."""
+    import subprocess
+
+    from careflow.snapshots import left_kept
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    names = [
+        f".implant-aftercare.{gone.pid}.0123abcd.kept",  # its publish ended
+        f".implant-aftercare.{os.getpid()}.0123abcd.kept",  # this process: running
+        f".implant-aftercare.v2.{gone.pid}.0123abcd.kept",  # another workflow's (ids may hold dots)
+        f".implant-aftercare.{gone.pid}.kept",  # not a name careflow gives
+    ]
+    for name in names:
+        (tmp_path / name).write_text("{}", encoding="utf-8")
+    assert left_kept(tmp_path / "implant-aftercare.json") == [tmp_path / names[0]]
