@@ -221,7 +221,14 @@ def read_snapshot(path: Path) -> Snapshot:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SnapshotError(f"{path.name}: not a readable JSON snapshot ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("snapshot_format") != SNAPSHOT_FORMAT:
+    found = raw.get("snapshot_format") if isinstance(raw, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > SNAPSHOT_FORMAT:
+        raise SnapshotError(
+            f"{path.name}: written by a newer careflow (snapshot format {found}; this careflow reads "
+            f"format {SNAPSHOT_FORMAT}): run the same careflow release on every Airflow component and "
+            "wherever workflows are published"
+        )
+    if found != SNAPSHOT_FORMAT:
         raise SnapshotError(f"{path.name}: not a careflow snapshot (format {SNAPSHOT_FORMAT} expected)")
     try:
         snap = Snapshot(
@@ -233,11 +240,11 @@ def read_snapshot(path: Path) -> Snapshot:
             document=dict(raw["workflow"]),
             path=path,
         )
+        datetime.fromisoformat(snap.start_date)
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"{path.name}: snapshot field missing or malformed ({exc})") from exc
     if path.stem != snap.workflow_id:
         raise SnapshotError(f"{path.name}: holds workflow {snap.workflow_id!r}; the file name must match")
-    datetime.fromisoformat(snap.start_date)
     return snap
 
 

@@ -216,6 +216,40 @@ def test_a_workflows_dir_the_dag_processor_may_not_list_is_a_problem_not_an_empt
     ]
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (
+            {"snapshot_format": 2},
+            "implant-aftercare.json: written by a newer careflow (snapshot format 2; this careflow reads "
+            "format 1): run the same careflow release on every Airflow component and wherever workflows "
+            "are published",
+        ),
+        ({"snapshot_format": "1"}, "implant-aftercare.json: not a careflow snapshot (format 1 expected)"),
+        (
+            {"start_date": "yesterday"},
+            "implant-aftercare.json: snapshot field missing or malformed (Invalid isoformat string: 'yesterday')",
+        ),
+    ],
+)
+def test_a_snapshot_this_careflow_cannot_read_says_why(
+    published_dir: Path, tmp_path: Path, change: dict[str, Any], said: str
+) -> None:
+    """A newer careflow's snapshot (a DAG processor left on the old release while the new one
+    publishes) says so, and a start date that is not a date is a malformed field, not an
+    unexpected error; the other workflows load."""
+    import json
+    import shutil
+
+    for name in ("implant-aftercare.json", "day-before-reminder.json"):
+        shutil.copy(published_dir / name, tmp_path / name)
+    snap = json.loads((tmp_path / "implant-aftercare.json").read_text(encoding="utf-8"))
+    (tmp_path / "implant-aftercare.json").write_text(json.dumps({**snap, **change}), encoding="utf-8")
+    dags, problems = build_dags(tmp_path)
+    assert list(dags) == ["careflow__day-before-reminder"]
+    assert [p.message for p in problems] == [said]
+
+
 def test_a_snapshot_edited_by_hand_is_refused(published_dir: Path, tmp_path: Path) -> None:
     import json
     import shutil
