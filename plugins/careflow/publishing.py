@@ -443,9 +443,8 @@ class WorkflowListing:
     status: str = ""
     content_hash: str = ""
     validation: str = ""  # ok, N warning(s)
-    snapshot: str = (
-        "missing"  # ok, missing, stale, ahead, broken; unknown where the directory cannot be listed
-    )
+    #: ok, missing, stale, ahead, broken; unknown where the directory cannot be listed
+    snapshot: str = "missing"
     problem: str | None = None
     published_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
