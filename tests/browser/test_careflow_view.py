@@ -338,3 +338,70 @@ def test_airflows_navigation_opens_the_view_under_airflows_path(server: Server, 
     seen = _signed_in(chromium_binary, server, visit)
     assert seen["path"] == "/airflow/careflow/ui/"
     assert seen["workflows"] == len(list(EXAMPLES.glob("*.json")))
+
+
+def test_the_view_says_what_the_api_could_not_read(server: Server, chromium_binary: str) -> None:
+    """The API's answers where careflow's database or the workflows directory fails, as the page's
+    own fetch receives them: the workflows list's problem headers are notices above the overview,
+    and a 503's ``detail`` is the page's error. (The answers themselves are tested in tests/ui; a
+    database made to fail here would fail every test after this one on the shared server.)"""
+    from careflow.airflow.api import (
+        DATABASE_PROBLEM_HEADER,
+        SNAPSHOTS_PROBLEM_HEADER,
+        SNAPSHOTS_UNLISTED,
+        UNREACHABLE,
+    )
+
+    cases = {  # by the page's hash: what the API answers, by route
+        "listed": {
+            "workflows": {
+                "status": 200,
+                "body": [],
+                "headers": {
+                    DATABASE_PROBLEM_HEADER: UNREACHABLE,
+                    SNAPSHOTS_PROBLEM_HEADER: SNAPSHOTS_UNLISTED,
+                },
+            }
+        },
+        "failing": {"failures": {"status": 503, "body": {"detail": UNREACHABLE}, "headers": {}}},
+    }
+    replay = (
+        f"const cases = {json.dumps(cases)};\n"
+        "const realFetch = window.fetch;\n"
+        "window.fetch = (url, init) => {\n"
+        "  const route = new URL(url, document.baseURI).pathname.split('/careflow/api/')[1];\n"
+        "  const answer = (cases[location.hash.split('?case=')[1]] || {})[route];\n"
+        "  if (!answer) return realFetch(url, init);\n"
+        "  const headers = {'Content-Type': 'application/json', ...answer.headers};\n"
+        "  return Promise.resolve(new Response(JSON.stringify(answer.body), {status: answer.status, headers}));\n"
+        "};\n"
+    )
+
+    async def visit(page: Page) -> dict[str, Any]:
+        await page.send("Page.addScriptToEvaluateOnNewDocument", source=replay)
+        seen = {}
+        for case in cases:
+            await page.open("about:blank", "true")  # each case a page load of its own, not a hash change
+            await page.open(f"{server.base}/careflow/ui/#/?case={case}", READY)
+            seen[case] = await page.evaluate(
+                "({notices: [...document.querySelectorAll('.notice')].map(p => p.innerText),"
+                " error: document.querySelector('#error')?.innerText ?? null,"
+                " breakers: !!document.querySelector('#breakers')})"
+            )
+        return seen
+
+    seen = _signed_in(chromium_binary, server, visit)
+    assert seen["listed"] == {
+        "notices": [
+            f"Only the snapshots on disk are listed: {UNREACHABLE}",
+            f"No published snapshot could be read: {SNAPSHOTS_UNLISTED}",
+        ],
+        "error": None,
+        "breakers": True,
+    }
+    # The overview asks for the failures too: their 503 is the page's error, in the API's words.
+    assert seen["failing"] == {
+        "notices": [],
+        "error": f"{UNREACHABLE} (HTTP 503 from failures?limit=25)",
+        "breakers": False,
+    }

@@ -43,13 +43,29 @@ function enc(value) {
   return encodeURIComponent(value);
 }
 
+// Where the API answers with less than was asked (the workflows list without careflow's database,
+// say), a header says why; shown above the page until the next one.
+const LIMITED = {
+  "X-Careflow-Database-Problem": "Only the snapshots on disk are listed: ",
+  "X-Careflow-Snapshots-Problem": "No published snapshot could be read: ",
+};
+let notices = [];
+
 async function api(path) {
   const response = await fetch(new URL(path, API), { credentials: "same-origin", headers: { Accept: "application/json" } });
   if (response.status === 401 || response.status === 403) {
     throw new Error("Not signed in to Airflow (HTTP " + response.status + "): sign in, then reload this page.");
   }
   if (response.status === 404) return null;
-  if (!response.ok) throw new Error("HTTP " + response.status + " from " + path);
+  if (!response.ok) {
+    // careflow's answers say what failed in `detail` (never a URL or a driver's message).
+    const detail = await response.json().then((body) => body && body.detail, () => null);
+    throw new Error((typeof detail === "string" ? detail : "the careflow API failed") + " (HTTP " + response.status + " from " + path + ")");
+  }
+  for (const [header, lead] of Object.entries(LIMITED)) {
+    const said = response.headers.get(header);
+    if (said) notices.push(lead + said);
+  }
   return response.json();
 }
 
@@ -69,7 +85,8 @@ function setCrumbs(...parts) {
 }
 
 function render(...sections) {
-  view.replaceChildren(...sections);
+  const shown = notices.map((notice) => el("p", { class: "error notice" }, notice));
+  view.replaceChildren(...shown, ...sections);
 }
 
 // ------------------------------------------------------------------ home
@@ -456,6 +473,7 @@ async function route() {
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(query || "");
   document.body.dataset.state = "loading";
+  notices = [];
   try {
     if (parts[0] === "workflow" && parts[1]) await showWorkflow(parts[1], parts[2] === "node" ? parts[3] : null, params.get("run"));
     else if (parts[0] === "execution" && parts[1]) await showExecution(parts[1]);
