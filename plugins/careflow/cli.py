@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -293,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
+    # Airflow's models import svcs, which imports FastAPI's test client, and Starlette warns there
+    # of its HTTP client: a line on every command that reaches Airflow, nothing its user can act on.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from careflow.clock import SIMULATED_RUN_PREFIX, parse_time, simulated_conf
-from careflow.exceptions import ConfigurationError
+from careflow.exceptions import ConfigurationError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +61,32 @@ def load_dag(dag_id: str) -> Any:
                 sync_bag_to_db(bag, bundle.name, bundle_version=None)
                 return bag.dags[dag_id]
     except (OperationalError, ProgrammingError) as exc:  # "no such table", "relation does not exist"
-        _raise_unless_airflow_db_migrated(exc)
+        _raise_airflow_database_problem(exc)
         raise
     raise _dag_not_found(dag_id)
 
 
-def _raise_unless_airflow_db_migrated(exc: Exception) -> None:
-    """ConfigurationError when Airflow's metadata DB lacks this Airflow's migrations (the cause of ``exc``)."""
+def _raise_airflow_database_problem(exc: Exception) -> None:
+    """ConfigurationError naming Airflow's metadata DB where it is the cause of ``exc``: it lacks
+    this Airflow's migrations, or it cannot be read at all (down, refused, its disk full)."""
     from airflow.settings import get_engine
     from airflow.utils.db import check_migrations
+    from sqlalchemy.exc import OperationalError
 
+    url = get_engine().url.render_as_string(hide_password=True)
     try:
         check_migrations(timeout=0)  # compares the DB's migration heads with Airflow's, once
     except TimeoutError:
-        url = get_engine().url.render_as_string(hide_password=True)
         raise ConfigurationError(
             f"Airflow's metadata database ({url}) is not migrated: run `airflow db migrate` "
             f"with the same AIRFLOW_HOME and configuration, then run this again"
         ) from exc
-    except Exception:  # the heads cannot be read either: the original error says more
+    except OperationalError as unread:  # not even its migration heads: the database itself
+        raise ConfigurationError(
+            f"Airflow's metadata database ({url}) cannot be read: {first_line(unread.orig or unread)}: check "
+            "[database] sql_alchemy_conn (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) and that the database answers"
+        ) from exc
+    except Exception:  # the heads cannot be read for another reason: the original error says more
         return
 
 

@@ -155,6 +155,39 @@ def test_setup_before_airflow_db_migrate_says_to_run_it(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_commands_that_reach_airflow_print_no_third_party_deprecation(tmp_path: Path) -> None:
+    """Airflow's models import FastAPI's test client (through svcs), where Starlette warns of its
+    HTTP client: at Airflow's default log level that line led every such command's output."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    result = _careflow(airflow_env(home, tmp_path / "workflows"), "setup")
+    assert result.returncode == 2 and "is not migrated" in result.stderr
+    assert "httpx" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("argv", [("setup",), SIMULATE])
+def test_an_airflow_database_that_does_not_answer_is_named(
+    published: dict[str, str], argv: tuple[str, ...]
+) -> None:
+    """Airflow's metadata database down (or its name wrong): the commands that use it name it,
+    password hidden, and where it is set, in one line; it was "unexpected error: OperationalError"."""
+    from support import refusing_port
+
+    with refusing_port() as port:
+        env = {
+            **published,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://airflow:secret@127.0.0.1:{port}/airflow",
+        }
+        result = _careflow(env, *argv)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"careflow: Airflow's metadata database (postgresql+psycopg2://airflow:***@127.0.0.1:{port}/airflow) "
+        f'cannot be read: connection to server at "127.0.0.1", port {port} failed: Connection refused: check '
+        "[database] sql_alchemy_conn (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) and that the database answers"
+    ), result.stderr
+    assert "secret" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("argv", [(), ("--no-airflow",), ("--json",)])
 def test_metrics_before_db_upgrade_says_to_run_it(
     empty_db_url: str, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
