@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
+from careflow.exceptions import first_line
 from careflow.store import tables
 from careflow.workflow.validation import WAKE_TASK_ID  # a task of every DAG, not a node
 
@@ -267,11 +268,13 @@ def build_report(
     *,
     engine: Engine | None = None,
     airflow: Engine | None | bool = True,
+    problems: list[str] | None = None,
 ) -> dict[str, Any]:
     """The whole report: careflow's figures, with Airflow's merged in when its database answers.
 
     ``airflow=True`` finds Airflow's database from its configuration, an engine uses that one,
-    ``False``/``None`` leaves Airflow's figures out.
+    ``False``/``None`` leaves Airflow's figures out. Why they were left out where that database
+    could not be read (naming it, password hidden) goes to ``problems`` when given, else to the log.
     """
     from careflow.store.db import get_engine
 
@@ -283,8 +286,16 @@ def build_report(
         try:
             figures = airflow_metrics(af_engine, workflow_id, since)
             source = "careflow+airflow"
-        except Exception as exc:  # Airflow's DB is optional: say so and go on
-            log.info("careflow metrics: Airflow's database is not readable (%s)", type(exc).__name__)
+        except Exception as exc:  # Airflow's DB is optional: say which and why, and go on
+            problem = (
+                f"Airflow's figures are left out: its metadata database "
+                f"{af_engine.url.render_as_string(hide_password=True)} could not be read: "
+                f"{type(exc).__name__}: {first_line(getattr(exc, 'orig', None) or exc)}"
+            )
+            if problems is None:
+                log.warning("careflow metrics: %s", problem)
+            else:
+                problems.append(problem)
             figures = {}
         for wid, fig in figures.items():
             item = workflows.setdefault(
@@ -422,7 +433,8 @@ def run(args: argparse.Namespace) -> int:
         since = parse_since(args.since)
     except ValueError as exc:
         raise ConfigurationError(f"--since {exc}") from None
-    report = build_report(args.workflow, since, airflow=not args.no_airflow)
+    problems: list[str] = []
+    report = build_report(args.workflow, since, airflow=not args.no_airflow, problems=problems)
     if args.workflow and not report["workflows"] and not is_published(args.workflow):
         raise ConfigurationError(
             f"--workflow {args.workflow}: no such workflow is published; "
@@ -432,6 +444,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:
         print_report(report)
+    sys.stdout.flush()
+    for problem in problems:  # on stderr: the report on stdout stays the report alone
+        print(f"careflow metrics: {problem}", file=sys.stderr)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -186,6 +187,32 @@ def test_an_airflow_database_that_does_not_answer_is_named(
         "[database] sql_alchemy_conn (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) and that the database answers"
     ), result.stderr
     assert "secret" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_say_why_airflows_figures_are_left_out(published: dict[str, str]) -> None:
+    """Airflow's figures are optional: careflow's are printed, and stderr names the database that
+    could not be read and why (a log line on stdout said only "not readable (OperationalError)",
+    before the report, and broke `--json`'s)."""
+    from support import refusing_port
+
+    with refusing_port() as port:
+        url = f"postgresql+psycopg2://airflow:secret@127.0.0.1:{port}/airflow"
+        env = {
+            **published,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        }
+        result = _careflow(env, "metrics")
+        as_json = _careflow(env, "metrics", "--json")
+    said = (
+        "careflow metrics: Airflow's figures are left out: its metadata database "
+        f"postgresql+psycopg2://airflow:***@127.0.0.1:{port}/airflow could not be read: OperationalError: "
+        f'connection to server at "127.0.0.1", port {port} failed: Connection refused\n'
+    )
+    assert (result.returncode, result.stderr) == (0, said)
+    assert result.stdout.startswith("careflow metrics (careflow)\n")
+    assert (as_json.returncode, as_json.stderr) == (0, said)
+    assert json.loads(as_json.stdout)["source"] == "careflow"
 
 
 @pytest.mark.parametrize("argv", [(), ("--no-airflow",), ("--json",)])
