@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
@@ -517,6 +519,59 @@ def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
         with admin.begin() as conn:  # as it says
             conn.execute(text(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"'))
         assert main(["db", "upgrade"]) == 0
+    finally:
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # roles are Postgres's
+def test_a_role_without_privileges_on_the_tables_is_told_what_to_grant(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tables upgraded by their owner, the tasks and the commands run as another role that was
+    granted nothing on them: every command names the database, the role and the grants, the API's
+    answer says what kind of problem it is; granted as it says, the role works."""
+    import re
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from careflow.airflow.api import _listing_problem
+    from careflow.publishing import read_workflows
+    from careflow.store.db import dispose_engines
+
+    role = f"careflow_app_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(db_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        # Every role's by default (an earlier test may have revoked it from PUBLIC): not the point here.
+        conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+    monkeypatch.setenv(
+        "CAREFLOW_DB_URL", make_url(db_url).set(username=role).render_as_string(hide_password=False)
+    )
+    dispose_engines()
+    listing = ["workflows", "list", "--json", "--workflows-dir", str(tmp_path)]
+    try:
+        assert main(listing) == 2
+        error = capsys.readouterr().err
+        assert f"refused the role {role}: permission denied for table careflow_workflow_versions: " in error
+        assert _listing_problem(read_workflows(workflows_dir=tmp_path).database_error) == (
+            "careflow's database refused the api-server's role: the api-server's log says what to grant"
+        )
+        grants = re.findall(r"GRANT [A-Z, ]+ ON ALL \w+ IN SCHEMA public TO \w+", error)
+        assert grants == [
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        ]
+        with admin.begin() as conn:  # as it says
+            for grant in grants:
+                conn.execute(text(grant))
+        assert main(listing) == 0
+        assert capsys.readouterr().err == ""
+        assert main(["metrics", "--no-airflow"]) == 0
     finally:
         dispose_engines()
         with admin.begin() as conn:

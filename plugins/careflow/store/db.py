@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -183,6 +184,8 @@ def get_engine(url: str | None = None) -> Engine:
 READ_ONLY_SQLSTATE = "25006"
 #: SQLSTATE of a write the server had no disk space for.
 DISK_FULL_SQLSTATE = "53100"
+#: SQLSTATE of a statement on a table the role has no privilege on (tables made by another role).
+INSUFFICIENT_PRIVILEGE_SQLSTATE = "42501"
 #: SQLite's primary result codes for a full database or disk, and for an I/O error (what opening a
 #: database in WAL mode on a full disk fails with: its shared-memory file cannot be made).
 SQLITE_FULL, SQLITE_IOERR = 13, 10
@@ -208,13 +211,18 @@ _PROBLEMS = {
     "read_only": "careflow's database {name} (from {origin}) takes no writes{said}; it is a standby, "
     "or its sessions are read-only: name the primary (or, with several servers, add "
     "target_session_attrs=read-write)",
+    "denied": "careflow's database {name} (from {origin}) refused the role {detail}{said}: the tasks, "
+    "the careflow command and the api-server need SELECT, INSERT, UPDATE and DELETE on careflow's "
+    "tables and USAGE on their sequences; as their owner, GRANT SELECT, INSERT, UPDATE, DELETE ON "
+    "ALL TABLES IN SCHEMA public TO {detail} and GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {detail}",
 }
 
 
 def _name_the_database(context: Any) -> None:
     """Tag an error with the database's URL where the database itself is the problem (a kind of
     :data:`_PROBLEMS`): its disk is full, SQLite's file cannot be opened or written or stayed
-    locked, connecting failed (no statement of careflow's ran), or the server takes no writes.
+    locked, connecting failed (no statement of careflow's ran), the server takes no writes, or it
+    refuses the role the privileges careflow's statements need.
 
     A pooled connection's ping that fails has no engine in its context and is none of these: the
     pool replaces that connection, and only a new one that cannot be made is.
@@ -233,6 +241,8 @@ def _name_the_database(context: Any) -> None:
         kind = "unreachable"
     elif getattr(exc, "pgcode", None) == READ_ONLY_SQLSTATE:
         kind = "read_only"
+    elif getattr(exc, "pgcode", None) == INSUFFICIENT_PRIVILEGE_SQLSTATE:
+        kind, detail = "denied", engine.url.username or getpass.getuser()  # libpq's default role
     else:
         return
     context.sqlalchemy_exception.careflow_database_problem = (kind, database_name(engine), detail)
