@@ -37,6 +37,7 @@ from careflow.snapshots import (
 )
 from careflow.store import tables
 from careflow.store.db import database_name, database_unusable, get_engine, unstorable_character
+from careflow.store.migrations import schema_out_of_reach
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.models import Workflow
 from careflow.workflow.validation import ValidationReport, validate_path
@@ -295,8 +296,11 @@ def tables_required(engine: Engine) -> Iterator[None]:
         table = missing_table(exc)
         if table is None:
             raise
+        with engine.connect() as conn:
+            out_of_reach = schema_out_of_reach(conn, engine)
         raise ConfigurationError(
-            f"careflow's tables do not exist in this database ({database_name(engine)}: {table} is "
+            out_of_reach
+            or f"careflow's tables do not exist in this database ({database_name(engine)}: {table} is "
             "missing): run `careflow db upgrade` first"
         ) from exc
 

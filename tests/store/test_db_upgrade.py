@@ -578,3 +578,51 @@ def test_a_role_without_privileges_on_the_tables_is_told_what_to_grant(
             conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
             conn.execute(text(f'DROP ROLE "{role}"'))
         admin.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # schemas' privileges are Postgres's
+def test_a_role_that_may_not_use_the_schema_is_not_told_the_tables_are_missing(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``REVOKE ALL ON SCHEMA public FROM PUBLIC`` (a hardening guide's advice) and nothing granted
+    back: careflow's tables look missing to the role, and `careflow db upgrade` as their owner
+    changes nothing. The commands and each run's readiness check say which grant is missing."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from careflow.exceptions import ConfigurationError
+    from careflow.store.db import dispose_engines, get_engine
+    from careflow.store.migrations import check_ready
+
+    role = f"careflow_app_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(db_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
+    monkeypatch.setenv(
+        "CAREFLOW_DB_URL", make_url(db_url).set(username=role).render_as_string(hide_password=False)
+    )
+    dispose_engines()
+    said = (
+        f"careflow's tables are in schema public of {make_url(db_url).set(username=role).render_as_string()}, "
+        f"which the role {role} may not use: as the schema's owner, GRANT USAGE ON SCHEMA public TO {role}"
+    )
+    try:
+        assert main(["workflows", "list", "--workflows-dir", str(tmp_path)]) == 2
+        assert said in capsys.readouterr().err
+        with pytest.raises(ConfigurationError) as refused:
+            check_ready(get_engine())
+        assert str(refused.value) == said
+
+        with admin.begin() as conn:  # as it says: what is missing next is named next
+            conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+        assert main(["workflows", "list", "--workflows-dir", str(tmp_path)]) == 2
+        assert f"refused the role {role}: permission denied for table " in capsys.readouterr().err
+    finally:
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+            conn.execute(text("GRANT USAGE ON SCHEMA public TO PUBLIC"))
+        admin.dispose()

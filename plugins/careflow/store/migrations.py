@@ -229,6 +229,8 @@ def check_ready(engine: Engine | None = None) -> int:
     with engine.connect() as conn:
         version = current_version(conn)
         latest = MIGRATIONS[-1].version
+        if version == 0 and (out_of_reach := schema_out_of_reach(conn, engine)) is not None:
+            raise ConfigurationError(out_of_reach)
         if version < latest:
             raise ConfigurationError(
                 f"careflow's tables are at version {version}, the code needs {latest}: run `careflow db upgrade`"
@@ -244,6 +246,28 @@ def check_ready(engine: Engine | None = None) -> int:
         )
     _ready.add(engine)
     return 2 + queries
+
+
+def schema_out_of_reach(conn: Connection, engine: Engine) -> str | None:
+    """Where careflow's tables exist (Postgres) in a schema this role may not use, what to grant;
+    else None. Without USAGE on the schema (``REVOKE ALL ON SCHEMA public FROM PUBLIC``, as
+    hardening guides advise, and nothing granted back), its tables look missing to the role."""
+    if conn.dialect.name != "postgresql":
+        return None
+    found = conn.execute(
+        text(
+            "SELECT n.nspname, current_user FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = :table AND NOT has_schema_privilege(n.oid, 'USAGE') LIMIT 1"
+        ),
+        {"table": tables.schema_migrations.name},
+    ).first()
+    if found is None:
+        return None
+    schema, role = found
+    return (
+        f"careflow's tables are in schema {schema} of {database_name(engine)}, which the role {role} "
+        f"may not use: as the schema's owner, GRANT USAGE ON SCHEMA {schema} TO {role}"
+    )
 
 
 def _newer_than_this_careflow(conn: Connection, engine: Engine, version: int | None = None) -> str | None:
