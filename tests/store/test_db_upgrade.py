@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.engine import Engine
 
 from careflow.cli import main
 from careflow.store import tables
@@ -492,24 +495,10 @@ def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Postgres 15 on: only the database's owner creates in its schema public.
-    import uuid
-
-    from sqlalchemy.engine import make_url
-
-    from careflow.store.db import dispose_engines
-
-    role = f"careflow_dml_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(empty_db_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
-        conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
-        if granted:
-            conn.execute(text(f'GRANT {granted} ON SCHEMA public TO "{role}"'))
-    monkeypatch.setenv(
-        "CAREFLOW_DB_URL", make_url(empty_db_url).set(username=role).render_as_string(hide_password=False)
-    )
-    dispose_engines()
-    try:
+    setup = ["REVOKE ALL ON SCHEMA public FROM PUBLIC"]
+    if granted:
+        setup.append(f"GRANT {granted} ON SCHEMA public TO {{role}}")
+    with _as_new_role(empty_db_url, monkeypatch, *setup) as (role, admin):
         assert main(["db", "upgrade"]) == 2
         error = capsys.readouterr().err
         assert f"the role {role} may not create or change careflow's tables" in error
@@ -519,6 +508,31 @@ def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
         with admin.begin() as conn:  # as it says
             conn.execute(text(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"'))
         assert main(["db", "upgrade"]) == 0
+
+
+@contextmanager
+def _as_new_role(url: str, monkeypatch: pytest.MonkeyPatch, *setup: str) -> Iterator[tuple[str, Engine]]:
+    """careflow connecting (``CAREFLOW_DB_URL``) as a new login role of the database at ``url``:
+    the role's name and an engine of ``url``'s own role to grant with. ``setup`` runs first as that
+    role (``{role}`` in it names the new one). The role and what it owns are dropped at the end."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from careflow.store.db import dispose_engines
+
+    role = f"careflow_app_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        for statement in setup:
+            conn.execute(text(statement.format(role=f'"{role}"')))
+    monkeypatch.setenv(
+        "CAREFLOW_DB_URL", make_url(url).set(username=role).render_as_string(hide_password=False)
+    )
+    dispose_engines()
+    try:
+        yield role, admin
     finally:
         dispose_engines()
         with admin.begin() as conn:
@@ -535,26 +549,14 @@ def test_a_role_without_privileges_on_the_tables_is_told_what_to_grant(
     granted nothing on them: every command names the database, the role and the grants, the API's
     answer says what kind of problem it is; granted as it says, the role works."""
     import re
-    import uuid
-
-    from sqlalchemy.engine import make_url
 
     from careflow.airflow.api import _listing_problem
     from careflow.publishing import read_workflows
-    from careflow.store.db import dispose_engines
 
-    role = f"careflow_app_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(db_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
-        # Every role's by default (an earlier test may have revoked it from PUBLIC): not the point here.
-        conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
-    monkeypatch.setenv(
-        "CAREFLOW_DB_URL", make_url(db_url).set(username=role).render_as_string(hide_password=False)
-    )
-    dispose_engines()
     listing = ["workflows", "list", "--json", "--workflows-dir", str(tmp_path)]
-    try:
+    # USAGE on the schema is every role's where public is as Postgres makes it: not the point here.
+    usage = "GRANT USAGE ON SCHEMA public TO {role}"
+    with _as_new_role(db_url, monkeypatch, usage) as (role, admin):
         assert main(listing) == 2
         error = capsys.readouterr().err
         assert f"refused the role {role}: permission denied for table careflow_workflow_versions: " in error
@@ -572,12 +574,6 @@ def test_a_role_without_privileges_on_the_tables_is_told_what_to_grant(
         assert main(listing) == 0
         assert capsys.readouterr().err == ""
         assert main(["metrics", "--no-airflow"]) == 0
-    finally:
-        dispose_engines()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
-            conn.execute(text(f'DROP ROLE "{role}"'))
-        admin.dispose()
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # schemas' privileges are Postgres's
@@ -587,29 +583,20 @@ def test_a_role_that_may_not_use_the_schema_is_not_told_the_tables_are_missing(
     """``REVOKE ALL ON SCHEMA public FROM PUBLIC`` (a hardening guide's advice) and nothing granted
     back: careflow's tables look missing to the role, and `careflow db upgrade` as their owner
     changes nothing. The commands and each run's readiness check say which grant is missing."""
-    import uuid
-
     from sqlalchemy.engine import make_url
 
     from careflow.exceptions import ConfigurationError
-    from careflow.store.db import dispose_engines, get_engine
+    from careflow.store.db import get_engine
     from careflow.store.migrations import check_ready
 
-    role = f"careflow_app_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(db_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
-        conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
-    monkeypatch.setenv(
-        "CAREFLOW_DB_URL", make_url(db_url).set(username=role).render_as_string(hide_password=False)
-    )
-    dispose_engines()
-    said = (
-        f"careflow's tables are in schema public of {make_url(db_url).set(username=role).render_as_string()}, "
-        f"which the role {role} may not use: as the schema's owner, GRANT USAGE ON SCHEMA public TO {role}"
-    )
-    try:
-        assert main(["workflows", "list", "--workflows-dir", str(tmp_path)]) == 2
+    listing = ["workflows", "list", "--workflows-dir", str(tmp_path)]
+    no_usage = "REVOKE ALL ON SCHEMA public FROM PUBLIC"
+    with _as_new_role(db_url, monkeypatch, no_usage) as (role, admin):
+        said = (
+            f"careflow's tables are in schema public of {make_url(db_url).set(username=role).render_as_string()}, "
+            f"which the role {role} may not use: as the schema's owner, GRANT USAGE ON SCHEMA public TO {role}"
+        )
+        assert main(listing) == 2
         assert said in capsys.readouterr().err
         with pytest.raises(ConfigurationError) as refused:
             check_ready(get_engine())
@@ -617,12 +604,5 @@ def test_a_role_that_may_not_use_the_schema_is_not_told_the_tables_are_missing(
 
         with admin.begin() as conn:  # as it says: what is missing next is named next
             conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
-        assert main(["workflows", "list", "--workflows-dir", str(tmp_path)]) == 2
+        assert main(listing) == 2
         assert f"refused the role {role}: permission denied for table " in capsys.readouterr().err
-    finally:
-        dispose_engines()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
-            conn.execute(text(f'DROP ROLE "{role}"'))
-            conn.execute(text("GRANT USAGE ON SCHEMA public TO PUBLIC"))
-        admin.dispose()
