@@ -213,8 +213,9 @@ _PROBLEMS = {
     "target_session_attrs=read-write)",
     "denied": "careflow's database {name} (from {origin}) refused the role {detail}{said}: the tasks, "
     "the careflow command and the api-server need SELECT, INSERT, UPDATE and DELETE on careflow's "
-    "tables and USAGE on their sequences; as their owner, GRANT SELECT, INSERT, UPDATE, DELETE ON "
-    "ALL TABLES IN SCHEMA public TO {detail} and GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {detail}",
+    "tables and USAGE on their sequences; as their owner, in each schema that holds them (public "
+    "unless the role's search_path names others): GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
+    "SCHEMA public TO {detail} and GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {detail}",
 }
 
 
@@ -315,7 +316,8 @@ def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | Non
 
 def database_problem_kind(exc: BaseException) -> str | None:
     """The kind of :data:`_PROBLEMS` careflow's engine tagged ``exc`` with ("full", "file",
-    "locked", "unreachable", "read_only"), or None where the database itself is not the problem."""
+    "locked", "unreachable", "read_only", "denied"), or None where the database itself is not the
+    problem."""
     return getattr(exc, "careflow_database_problem", (None,))[0]
 
 
