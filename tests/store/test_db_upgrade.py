@@ -585,7 +585,9 @@ def test_a_role_that_may_not_use_the_schema_is_not_told_the_tables_are_missing(
     changes nothing. The commands and each run's readiness check say which grant is missing."""
     from sqlalchemy.engine import make_url
 
+    from careflow.airflow.api import SCHEMA_REFUSED, _listing_problem
     from careflow.exceptions import ConfigurationError
+    from careflow.publishing import read_workflows
     from careflow.store.db import get_engine
     from careflow.store.migrations import check_ready
 
@@ -601,6 +603,7 @@ def test_a_role_that_may_not_use_the_schema_is_not_told_the_tables_are_missing(
         with pytest.raises(ConfigurationError) as refused:
             check_ready(get_engine())
         assert str(refused.value) == said
+        assert _listing_problem(read_workflows(workflows_dir=tmp_path).database_error) == SCHEMA_REFUSED
 
         with admin.begin() as conn:  # as it says: what is missing next is named next
             conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))

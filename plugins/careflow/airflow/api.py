@@ -58,6 +58,10 @@ SNAPSHOTS_UNLISTED = "the api-server may not list careflow's workflows directory
 
 #: What a user is told of careflow's database failing; what failed, and where, goes to the log.
 TABLES_MISSING = "careflow's tables are missing: run `careflow db upgrade`"
+SCHEMA_REFUSED = (
+    "careflow's database does not let the api-server's role use the schema of its tables: the "
+    "api-server's log says what to grant"
+)
 UNREACHABLE = "careflow's database is unreachable"
 DATABASE_FAILED = "careflow's database could not answer: the api-server's log says why"
 MISCONFIGURED = "careflow is not configured correctly: the api-server's log says why"
@@ -97,8 +101,8 @@ def database_problem(exc: BaseException) -> str:
         if isinstance(exc, ConfigurationError) and isinstance(exc.__cause__, DBAPIError):
             exc = exc.__cause__
     if isinstance(exc, DBAPIError):
-        if missing_table(exc) is not None:
-            return tables
+        if missing_table(exc) is not None:  # or there, in a schema the role may not use
+            return SCHEMA_REFUSED if not airflow and _schema_out_of_reach() else tables
         kind = None if airflow else database_problem_kind(exc)
         if kind in DATABASE_PROBLEMS:
             return DATABASE_PROBLEMS[kind]
@@ -118,6 +122,8 @@ async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse
     # careflow's database named (password hidden) where it is itself the problem, with what is on
     # disk for the embedded SQLite (the api-server's user may not write its -shm file, say).
     said = what_failed(error)
+    if detail == SCHEMA_REFUSED:  # the log says what to grant
+        said = _schema_out_of_reach() or said
     log.warning(
         "careflow: %s %s answered 503 (%s): %s",
         request.method,
@@ -127,6 +133,20 @@ async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse
         exc_info=detail in (DATABASE_FAILED, MISCONFIGURED, AIRFLOW_DATABASE_FAILED),
     )
     return JSONResponse(status_code=503, content={"detail": detail})
+
+
+def _schema_out_of_reach() -> str | None:
+    """:func:`careflow.store.migrations.schema_out_of_reach` of careflow's database, or None
+    where that cannot be asked either."""
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import schema_out_of_reach
+
+    try:
+        engine = get_engine()
+        with engine.connect() as conn:
+            return schema_out_of_reach(conn, engine)
+    except Exception:  # the 503 stands as it is
+        return None
 
 
 for _failure in (DBAPIError, PoolTimeout, ConfigurationError, AirflowDatabaseError):
