@@ -90,12 +90,7 @@ def test_an_unreachable_database_is_a_503_that_does_not_name_it(
 ) -> None:
     response = client.get(path)
     assert response.status_code == 503
-    if unreachable_db_url.startswith("sqlite"):
-        assert response.json() == {
-            "detail": "careflow's database file cannot be opened: the api-server's log says why"
-        }
-    else:
-        assert response.json() == {"detail": "careflow's database is unreachable"}
+    assert response.json() == {"detail": _not_answering(unreachable_db_url)}
     # The log names the database (password hidden) and why, in careflow's words and the driver's.
     if unreachable_db_url.startswith("sqlite"):
         folder = unreachable_db_url.removeprefix("sqlite:///").rsplit("/", 1)[0]
@@ -118,11 +113,14 @@ def test_the_workflow_list_names_what_keeps_careflows_database_from_answering(
     response = client.get("/api/workflows")
     assert response.status_code == 200
     assert [w["workflow_id"] for w in response.json()] == [WORKFLOW]
-    assert response.headers["X-Careflow-Database-Problem"] == (
-        "careflow's database file cannot be opened: the api-server's log says why"
-        if unreachable_db_url.startswith("sqlite")
-        else "careflow's database is unreachable"
-    )
+    assert response.headers["X-Careflow-Database-Problem"] == _not_answering(unreachable_db_url)
+
+
+def _not_answering(url: str) -> str:
+    """What the API says of careflow's database at ``url`` (see ``unreachable_db_url``)."""
+    if url.startswith("sqlite"):  # a file in no folder
+        return "careflow's database file cannot be opened: the api-server's log says why"
+    return "careflow's database is unreachable"
 
 
 def test_a_database_out_of_space_is_not_called_unreachable() -> None:
@@ -248,10 +246,11 @@ def test_the_workflow_list_says_when_the_workflows_directory_cannot_be_listed(
 
     from airflow.models.revoked_token import RevokedToken
 
-    # Airflow's metadata database here is the test's user's alone: the sign-in's lookup is not the point.
-    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, session=None: False))
     from careflow.store.db import dispose_engines
     from support import as_nobody, open_directory
+
+    # Airflow's metadata database here is the test's user's alone: the sign-in's lookup is not the point.
+    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, session=None: False))
 
     with open_directory() as top:
         listed = top / "workflows"
