@@ -101,8 +101,8 @@ def database_problem(exc: BaseException) -> str:
         if isinstance(exc, ConfigurationError) and isinstance(exc.__cause__, DBAPIError):
             exc = exc.__cause__
     if isinstance(exc, DBAPIError):
-        if missing_table(exc) is not None:  # or there, in a schema the role may not use
-            return SCHEMA_REFUSED if not airflow and _schema_out_of_reach() else tables
+        if missing_table(exc) is not None:
+            return tables
         kind = None if airflow else database_problem_kind(exc)
         if kind in DATABASE_PROBLEMS:
             return DATABASE_PROBLEMS[kind]
@@ -121,9 +121,7 @@ async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse
     error = _driver_error(exc)  # for Airflow's database, the log names the driver's error
     # careflow's database named (password hidden) where it is itself the problem, with what is on
     # disk for the embedded SQLite (the api-server's user may not write its -shm file, say).
-    said = what_failed(error)
-    if detail == SCHEMA_REFUSED:  # the log says what to grant
-        said = _schema_out_of_reach() or said
+    detail, said = _reached(detail, what_failed(error))
     log.warning(
         "careflow: %s %s answered 503 (%s): %s",
         request.method,
@@ -135,18 +133,22 @@ async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse
     return JSONResponse(status_code=503, content={"detail": detail})
 
 
-def _schema_out_of_reach() -> str | None:
-    """:func:`careflow.store.migrations.schema_out_of_reach` of careflow's database, or None
-    where that cannot be asked either."""
+def _reached(detail: str, said: str) -> tuple[str, str]:
+    """``detail`` and what the log says of it, but :data:`SCHEMA_REFUSED` and the GRANT it needs
+    where careflow's tables look missing because they are in a schema the role may not use (asked
+    of the database once, on this error's path only)."""
+    if detail != TABLES_MISSING:
+        return detail, said
     from careflow.store.db import get_engine
     from careflow.store.migrations import schema_out_of_reach
 
     try:
         engine = get_engine()
         with engine.connect() as conn:
-            return schema_out_of_reach(conn, engine)
-    except Exception:  # the 503 stands as it is
-        return None
+            out_of_reach = schema_out_of_reach(conn, engine)
+    except Exception:  # that cannot be asked either: the 503 stands as it is
+        return detail, said
+    return (detail, said) if out_of_reach is None else (SCHEMA_REFUSED, out_of_reach)
 
 
 for _failure in (DBAPIError, PoolTimeout, ConfigurationError, AirflowDatabaseError):
@@ -165,7 +167,9 @@ def _listing_problem(error: Exception | None) -> str:
     """:func:`database_problem` for why ``read_workflows`` listed the snapshots only."""
     # Its CareflowErrors are careflow's own (tables missing, careflow_db unusable), its driver
     # errors tagged with what is wrong with the database; anything else is the database not answering.
-    return database_problem(error) if isinstance(error, (CareflowError, DBAPIError)) else UNREACHABLE
+    if not isinstance(error, (CareflowError, DBAPIError)):
+        return UNREACHABLE
+    return _reached(database_problem(error), "")[0]
 
 
 @app.get("/api/workflows")
