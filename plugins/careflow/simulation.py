@@ -68,7 +68,7 @@ def load_dag(dag_id: str) -> Any:
 
 def _raise_airflow_database_problem(exc: Exception) -> None:
     """ConfigurationError naming Airflow's metadata DB where it is the cause of ``exc``: it lacks
-    this Airflow's migrations, or it cannot be read at all (down, refused, its disk full)."""
+    this Airflow's migrations, or it cannot be read at all (down, a name or login refused)."""
     from airflow.settings import get_engine
     from airflow.utils.db import check_migrations
     from sqlalchemy.exc import OperationalError

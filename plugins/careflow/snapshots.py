@@ -162,7 +162,7 @@ class ReplacedSnapshots:
 
 #: A file kept aside by :class:`ReplacedSnapshots`: ``.<workflow id>.<pid>.<8 hex digits>.kept``.
 KEPT_SUFFIX = ".kept"
-_KEPT_NAME = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.kept")
+_KEPT_NAME = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}" + re.escape(KEPT_SUFFIX))
 
 
 def left_kept(path: Path) -> list[Path]:
