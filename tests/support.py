@@ -649,6 +649,16 @@ def redis_sentinel(root: Path, certificate: tuple[Path, Path] | None = None) -> 
 
         wait_for("the test Redis replica to follow its master", replicated, 20, 0.1)
         wait_for("the test Redis Sentinel to see the master and its replica", watched, 30, 0.1)
+        # The Sentinel's timers, shortened for the tests. A failover's old master is made a replica
+        # once it has reported itself a master for four publish periods, seen at an INFO (sent to
+        # replicas every 10 s): 8 to 20 s by default. And a Sentinel whose own timer was held up
+        # more than 2 s (a loaded machine) stops acting for 30 s (TILT), which outlasted the tests'
+        # waits.
+        with setup.sentinel() as client:
+            client.execute_command(
+                "SENTINEL", "DEBUG", "info-period", 1000, "publish-period", 500,
+                "tilt-trigger", 10000, "tilt-period", 5000,
+            )  # fmt: skip
         yield setup
     finally:
         for process in processes:
