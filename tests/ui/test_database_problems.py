@@ -135,6 +135,39 @@ def test_a_database_out_of_space_is_not_called_unreachable() -> None:
     assert database_problem(error) == "careflow's database has no space left: the api-server's log says where"
 
 
+def test_an_embedded_database_another_program_keeps_locked_is_not_called_unreachable(
+    client: TestClient,
+    careflow_db: str,
+    snapshot: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A program that holds SQLite's file in exclusive locking mode (a backup tool, a database
+    browser) past the busy timeout (30 s; half a second here): readers are refused too."""
+    import sqlite3
+
+    from careflow.store import db
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_S", 0.5)
+    db.dispose_engines()
+    other = sqlite3.connect(careflow_db.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        response = client.get("/api/failures")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert response.status_code == 503
+    assert response.json() == {
+        "detail": "careflow's database file stayed locked by another program: the api-server's log says what may hold it"
+    }
+    assert (
+        f"careflow's database {careflow_db} (from CAREFLOW_DB_URL) stayed locked by another writer for 0.5 s"
+        in caplog.text
+    )
+
+
 @pytest.fixture(params=["unreachable", "without tables"])
 def airflow_database_failing(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

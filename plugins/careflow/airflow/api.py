@@ -67,11 +67,12 @@ DATABASE_FAILED = "careflow's database could not answer: the api-server's log sa
 MISCONFIGURED = "careflow is not configured correctly: the api-server's log says why"
 #: Where "unreachable" would mislead, by the kind of problem careflow's engine tagged a driver error
 #: with (``store.db._PROBLEMS``): a read's sort spilling to a full disk, an SQLite file the
-#: api-server's user may not open, a role without privileges on careflow's tables. The log names
-#: the database and what to do.
+#: api-server's user may not open or another program keeps locked, a role without privileges on
+#: careflow's tables. The log names the database and what to do.
 DATABASE_PROBLEMS = {
     "full": "careflow's database has no space left: the api-server's log says where",
     "file": "careflow's database file cannot be opened: the api-server's log says why",
+    "locked": "careflow's database file stayed locked by another program: the api-server's log says what may hold it",
     "denied": "careflow's database refused the api-server's role: the api-server's log says what to grant",
 }
 
