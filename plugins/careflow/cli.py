@@ -79,9 +79,9 @@ def _diagnostic_line(d: Any) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from careflow.workflow.validation import validate_path
+    from careflow.workflow.validation import validate_path, workflow_files
 
-    reports = [validate_path(path) for path in args.files]
+    reports = [validate_path(path) for path in workflow_files(args.files)]
     if args.json:
         _print_json([r.to_dict() for r in reports])
     else:
@@ -113,12 +113,13 @@ def _print_publish_result(r: Any) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from careflow.publishing import publish_each
+    from careflow.workflow.validation import workflow_files
 
     workflows_dir = Path(args.workflows_dir) if args.workflows_dir else None
     results = []
     # Each file's result is printed as soon as it is known: a later file's failure must not hide
     # that the earlier ones were published.
-    for result in publish_each(args.files, workflows_dir=workflows_dir, published_by=args.by):
+    for result in publish_each(workflow_files(args.files), workflows_dir=workflows_dir, published_by=args.by):
         results.append(result)
         if not args.json:
             _print_publish_result(result)
@@ -220,11 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wf.required = True
     v = wf.add_parser("validate", help="validate workflow files (exit 1 when any has an error)")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument(
+        "files", nargs="+", metavar="FILE", help="a workflow file, or a directory of them (*.json)"
+    )
     v.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
     v.set_defaults(func=cmd_validate)
     p = wf.add_parser("publish", help="validate, store a new version and write the snapshot")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="a workflow file, or a directory of them (*.json)"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--by", help="who publishes (recorded)")
     p.add_argument("--workflows-dir", help="override [careflow] workflows_dir")

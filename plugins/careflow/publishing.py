@@ -12,7 +12,7 @@ import getpass
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -408,7 +408,7 @@ def publish_paths(
 
 
 def publish_each(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     *,
     engine: Engine | None = None,
     workflows_dir: Path | None = None,

@@ -70,6 +70,46 @@ def test_unreadable_input_is_a_diagnostic_not_a_traceback(
     assert [d["code"] for d in report["diagnostics"]] == [code]
 
 
+def test_a_directory_stands_for_the_workflow_files_in_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "b.json").write_bytes((EXAMPLES / "implant-aftercare.json").read_bytes())
+    (tmp_path / "a.json").write_bytes((BROKEN / "graph-cycle.json").read_bytes())
+    (tmp_path / ".editor-backup.json").write_bytes(b"not json")  # hidden: not a workflow file
+    (tmp_path / "notes.txt").write_text("not a workflow", encoding="utf-8")
+    (tmp_path / "archive.json").mkdir()  # a directory, whatever its name
+    code, out, err = _run(capsys, "workflows", "validate", "--json", str(tmp_path))
+    assert (code, err) == (1, "")
+    assert [(r["source"], r["ok"]) for r in json.loads(out)] == [
+        (str(tmp_path / "a.json"), False),
+        (str(tmp_path / "b.json"), True),
+    ]
+
+
+def test_a_directory_without_workflow_files_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from support import as_nobody, open_directory
+
+    (tmp_path / "notes.txt").write_text("not a workflow", encoding="utf-8")
+    code, out, _ = _run(capsys, "workflows", "validate", str(tmp_path))
+    assert code == 1
+    assert (
+        f"WF_UNREADABLE                workflow: The directory {tmp_path} holds no workflow file (*.json)"
+        in out
+    )
+
+    with open_directory() as top:
+        private = top / "workflows"
+        private.mkdir(mode=0o700)
+        (private / "implant-aftercare.json").write_bytes((EXAMPLES / "implant-aftercare.json").read_bytes())
+        code, out = as_nobody(
+            lambda: (main(["workflows", "validate", str(private)]), capsys.readouterr().out)
+        )
+    assert code == 1
+    assert f"workflow: The directory {private} cannot be listed: Permission denied" in out
+
+
 def test_json_output_names_the_offending_node_or_edge_for_every_broken_file(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -191,6 +231,21 @@ def test_a_label_the_terminal_cannot_encode_is_printed_escaped(
     exit_code, out, err = _run(capsys, "workflows", "validate", *(["--json"] if as_json else []), str(path))
     assert exit_code == 1 and "Traceback" not in out + err and "unexpected error" not in err
     assert "NODE_BAD_FIELD" in out
+
+
+def test_publish_takes_a_directory_of_workflow_files(
+    db_url: str, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(
+        capsys, "workflows", "publish", "--json", "--workflows-dir", str(workflows_dir), str(EXAMPLES)
+    )
+    assert (code, err) == (0, "")
+    results = json.loads(out)
+    assert [r["source"] for r in results] == sorted(str(p) for p in EXAMPLES.glob("*.json"))
+    assert {r["action"] for r in results} == {"published"}
+    assert sorted(p.name for p in workflows_dir.glob("*.json")) == sorted(
+        p.name for p in EXAMPLES.glob("*.json")
+    )
 
 
 def test_publish_before_db_upgrade_says_to_run_it(

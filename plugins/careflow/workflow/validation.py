@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,41 @@ WAKE_TASK_ID = "careflow_wake"
 RESERVED_NODE_IDS = frozenset({WAKE_TASK_ID})
 
 
+def workflow_files(paths: list[str]) -> list[str]:
+    """``paths`` with each directory replaced by its workflow files (``*.json`` directly in it, not
+    hidden, by name). A directory that holds none, or cannot be listed, stays itself, for
+    :func:`validate_path` to say so."""
+    files: list[str] = []
+    for path in paths:
+        try:
+            found = sorted(
+                str(Path(path) / entry.name)
+                for entry in os.scandir(path)
+                if entry.name.endswith(".json") and not entry.name.startswith(".") and entry.is_file()
+            )
+        except OSError:  # not a directory (the usual case), or one that cannot be listed
+            found = []
+        files.extend(found or [path])
+    return files
+
+
+def _directory_problem(source: str) -> str:
+    """What :func:`validate_path` says of a directory given where a workflow file was expected."""
+    try:
+        with os.scandir(source) as entries:
+            next(iter(entries), None)
+    except OSError as exc:
+        return f"The directory {source} cannot be listed: {exc.strerror or type(exc).__name__}"
+    return f"The directory {source} holds no workflow file (*.json)"
+
+
 def validate_path(path: str | Path) -> ValidationReport:
     """Validate a workflow file; a missing, unreadable or oversized file is a diagnostic too."""
     source = str(path)
     try:
         target = Path(path)
+        if target.is_dir():
+            return _report(source, None, [make("WF_UNREADABLE", _directory_problem(source), field=None)])
         size = target.stat().st_size
         if size > MAX_BYTES:
             return _report(source, None, [_too_many_bytes(size)])
