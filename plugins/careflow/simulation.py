@@ -67,13 +67,23 @@ def load_dag(dag_id: str) -> Any:
 
 
 def _raise_airflow_database_problem(exc: Exception) -> None:
-    """ConfigurationError naming Airflow's metadata DB where it is the cause of ``exc``: it lacks
-    this Airflow's migrations, or it cannot be read at all (down, a name or login refused)."""
+    """ConfigurationError naming Airflow's metadata DB where it is the cause of ``exc``: it has no
+    space left, it lacks this Airflow's migrations, or it cannot be read at all (down, a name or
+    login refused)."""
     from airflow.settings import get_engine
     from airflow.utils.db import check_migrations
     from sqlalchemy.exc import OperationalError
 
-    url = get_engine().url.render_as_string(hide_password=True)
+    from careflow.store.db import out_of_space
+
+    engine = get_engine()
+    url = engine.url.render_as_string(hide_password=True)
+    driver_error = getattr(exc, "orig", None)
+    if out_of_space(engine, driver_error):
+        raise ConfigurationError(
+            f"Airflow's metadata database ({url}) has no space left: {first_line(driver_error or exc)}; "
+            "free space on the disk that holds it, then run this again"
+        ) from exc
     try:
         check_migrations(timeout=0)  # compares the DB's migration heads with Airflow's, once
     except TimeoutError:
@@ -177,8 +187,18 @@ def _run_once(
     conf = simulated_conf(moment, dry_run=dry_run)
     if airflow_runner:
         from airflow.utils.state import DagRunState
+        from sqlalchemy.exc import OperationalError
 
-        dr = dag.test(logical_date=moment, run_after=moment, run_conf=conf)
+        from careflow.store.db import database_problem_kind
+
+        try:
+            dr = dag.test(logical_date=moment, run_after=moment, run_conf=conf)
+        except (
+            OperationalError
+        ) as exc:  # Airflow's own writes: careflow's are tagged (and caught in its tasks)
+            if database_problem_kind(exc) is None:
+                _raise_airflow_database_problem(exc)
+            raise
         state = getattr(dr, "state", None)
         return str(state.value if isinstance(state, DagRunState) else state)
     return _run_tasks_in_order(dag, moment, conf, kind, order)

@@ -64,13 +64,7 @@ def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_f
     published: dict[str, str], airflow_home: Path
 ) -> None:
     home = Path(published["AIRFLOW_HOME"])
-    # A migrated metadata DB, copied through SQLite: the session's may hold pages in its WAL file.
-    source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(home / "airflow.db")
-    try:
-        source.backup(copy)
-    finally:
-        source.close()
-        copy.close()
+    _migrated_copy(airflow_home, home / "airflow.db")
     (home / "dags").mkdir()
     env = {**published, "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags")}  # Airflow's default
     result = _careflow(env, *SIMULATE)
@@ -81,6 +75,61 @@ def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_f
     assert f"[core] dags_folder ({home / 'dags'})" in err
     assert "AIRFLOW__CORE__DAGS_FOLDER" in err
     assert str(REPO / "dags" / "careflow_workflows.py") in err
+
+
+def _migrated_copy(airflow_home: Path, path: Path) -> None:
+    """The session's migrated metadata DB copied to ``path`` through SQLite (its WAL file may hold pages)."""
+    source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(path)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+
+
+@pytest.mark.airflow
+@pytest.mark.parametrize(
+    ("argv", "left", "said"),
+    [
+        (("setup",), 0, "disk I/O error"),  # SQLite's words where it cannot even start its journal
+        ((*SIMULATE, "--airflow-runner"), 0, "disk I/O error"),  # storing the parsed DAG
+        ((*SIMULATE, "--airflow-runner"), 200_000, "database or disk is full"),  # the DAG run itself
+    ],
+)
+def test_an_airflow_database_out_of_space_is_named(
+    published: dict[str, str], airflow_home: Path, tmp_path: Path, argv: tuple[str, ...], left: int, said: str
+) -> None:
+    """Airflow's metadata database (SQLite here) on a disk that filled up, with ``left`` bytes free:
+    the commands that write to it name it and what to do; they said "unexpected error:
+    OperationalError". With room for the parsed DAG, stored by a run before the disk filled, the
+    simulated run's own writes are what fail."""
+    import os
+
+    from support import fill
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        _migrated_copy(airflow_home, disk / "airflow.db")
+        env = {**published, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{disk / 'airflow.db'}"}
+        if left:
+            before = _careflow(env, *argv)
+            assert before.returncode == 0, before.stderr
+        fill(disk / "filler")
+        os.truncate(disk / "filler", os.path.getsize(disk / "filler") - left)
+        result = _careflow(env, *argv)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"careflow: Airflow's metadata database (sqlite:///{disk / 'airflow.db'}) has no space left: "
+        f"{said}; free space on the disk that holds it, then run this again\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -232,7 +232,7 @@ def _name_the_database(context: Any) -> None:
         return
     engine, exc = context.engine, context.original_exception
     detail = ""
-    if _out_of_space(engine, exc):
+    if out_of_space(engine, exc):
         kind = "full"
     elif (file_problem := _sqlite_file_problem(engine, exc)) is not None:
         kind, detail = "file", file_problem
@@ -249,8 +249,9 @@ def _name_the_database(context: Any) -> None:
     context.sqlalchemy_exception.careflow_database_problem = (kind, database_name(engine), detail)
 
 
-def _out_of_space(engine: Engine, exc: BaseException | None) -> bool:
-    """Whether ``exc`` says the database's disk (or, for SQLite, the database itself) is full."""
+def out_of_space(engine: Engine, exc: BaseException | None) -> bool:
+    """Whether ``exc``, a driver's error on ``engine`` (careflow's, or Airflow's metadata
+    database's), says the database's disk (or, for SQLite, the database itself) is full."""
     if getattr(exc, "pgcode", None) == DISK_FULL_SQLSTATE:
         return True
     code = getattr(exc, "sqlite_errorcode", None)
