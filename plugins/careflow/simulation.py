@@ -193,9 +193,8 @@ def _run_once(
 
         try:
             dr = dag.test(logical_date=moment, run_after=moment, run_conf=conf)
-        except (
-            OperationalError
-        ) as exc:  # Airflow's own writes: careflow's are tagged (and caught in its tasks)
+        except OperationalError as exc:
+            # Airflow's own writes: careflow's errors are tagged (and end its tasks, not the run).
             if database_problem_kind(exc) is None:
                 _raise_airflow_database_problem(exc)
             raise

@@ -112,11 +112,12 @@ def workflow_files(paths: list[str]) -> list[str]:
     files: list[str] = []
     for path in paths:
         try:
-            found = sorted(
-                str(Path(path) / entry.name)
-                for entry in os.scandir(path)
-                if entry.name.endswith(".json") and not entry.name.startswith(".") and entry.is_file()
-            )
+            with os.scandir(path) as entries:
+                found = sorted(
+                    str(Path(path) / entry.name)
+                    for entry in entries
+                    if entry.name.endswith(".json") and not entry.name.startswith(".") and entry.is_file()
+                )
         except OSError:  # not a directory (the usual case), or one that cannot be listed
             found = []
         files.extend(found or [path])
