@@ -30,6 +30,7 @@ from careflow.snapshots import (
     ReplacedSnapshots,
     Snapshot,
     SnapshotProblem,
+    kept_none,
     left_kept,
     load_all,
     snapshot_path,
@@ -262,9 +263,10 @@ def _snapshot_ahead(existing: Any, snap: Snapshot, known: int | None, database: 
 
 
 def _holds_latest(kept: list[Path], latest: Row[Any, Any, Any, Any, Any] | None) -> bool:
-    """Whether one of the files publishes kept aside holds ``latest``, this database's latest version."""
+    """Whether one of the files publishes kept aside holds ``latest``, this database's latest
+    version, or, where this database has none, says there was no snapshot before."""
     if latest is None:
-        return False
+        return any(kept_none(path) for path in kept)
     for path in kept:
         held = _read_existing(path)
         if isinstance(held, dict) and (held.get("version"), held.get("content_hash")) == (
@@ -571,6 +573,8 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
         )
     for snap, compiled in good:
         if snap.workflow_id not in listings:
+            # A new workflow's publish stopped before its commit left that there was no snapshot.
+            stopped = problem is None and any(kept_none(kept) for kept in left_kept(snap.path))
             listings[snap.workflow_id] = WorkflowListing(
                 workflow_id=snap.workflow_id,
                 name=compiled.name,
@@ -578,7 +582,13 @@ def read_workflows(*, engine: Engine | None = None, workflows_dir: Path | None =
                 status=compiled.status,
                 content_hash=snap.content_hash,
                 validation="ok",
-                snapshot="ok" if problem else "ok (not in database)",
+                snapshot="ahead" if stopped else "ok" if problem else "ok (not in database)",
+                problem=(
+                    f"the snapshot on disk is v{snap.version}, and this database has no version of it: a "
+                    "publish stopped after writing it and before storing its version (publish again)"
+                )
+                if stopped
+                else None,
                 published_at=snap.published_at,
             )
     for broken in problems:

@@ -122,18 +122,27 @@ class ReplacedSnapshots:
     and that the publish reported as failed.
 
     A kept file lives on under a second name (a hard link, which needs no space on a full disk) or,
-    on a filesystem without hard links, as its bytes.
+    on a filesystem without hard links, as its bytes. That there was no file is kept as an empty
+    file under such a name: a publish killed before its commit leaves it (:func:`left_kept`), and
+    the next one knows that the snapshot it finds was never stored.
     """
 
     def __init__(self) -> None:
         self._kept: list[tuple[Path, Path | None, bytes | None]] = []
+        #: the empty files that say there was no snapshot (removed when the block ends)
+        self._none_before: list[Path] = []
 
     def keep(self, path: Path) -> None:
         """Keep the file at ``path`` (or that there is none) until the block ends."""
+        aside = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{KEPT_SUFFIX}")
         if not path.is_file():
             self._kept.append((path, None, None))
+            try:
+                aside.touch(exist_ok=False)  # no data: room for it even on a full disk
+            except OSError:  # then the next publish's refusal says what to do
+                return
+            self._none_before.append(aside)
             return
-        aside = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{KEPT_SUFFIX}")
         try:
             os.link(path, aside)
         except OSError:
@@ -158,6 +167,9 @@ class ReplacedSnapshots:
             finally:
                 if aside is not None:
                     aside.unlink(missing_ok=True)
+        marks, self._none_before = self._none_before, []
+        for mark in marks:
+            mark.unlink(missing_ok=True)
 
 
 #: A file kept aside by :class:`ReplacedSnapshots`: ``.<workflow id>.<pid>.<8 hex digits>.kept``.
@@ -168,7 +180,8 @@ _KEPT_NAME = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}" + re.escape
 def left_kept(path: Path) -> list[Path]:
     """The files kept aside for the snapshot at ``path`` by publishes that ended without putting
     them back or letting them go: stopped (killed, the machine down) between writing the snapshot
-    and their commit. Each holds the snapshot as it was before that publish. A file whose process
+    and their commit. Each holds the snapshot as it was before that publish, or nothing where
+    there was none (:func:`kept_none`). A file whose process
     still runs on this machine is not among them: that publish may still be putting it back."""
     left = []
     try:
@@ -187,6 +200,15 @@ def left_kept(path: Path) -> list[Path]:
         except (OSError, OverflowError):  # another user's process (alive), or no pid at all
             pass
     return left
+
+
+def kept_none(kept: Path) -> bool:
+    """Whether ``kept``, a file :func:`left_kept` found, says there was no snapshot before the
+    publish that left it (the publish of a new workflow)."""
+    try:
+        return kept.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _put_back(path: Path, aside: Path | None, content: bytes | None) -> None:

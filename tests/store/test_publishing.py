@@ -821,12 +821,42 @@ def test_a_publish_killed_before_its_commit_is_healed_by_the_next_publish(
     assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]
 
 
-def test_a_new_workflows_publish_killed_before_its_commit_is_refused_with_what_to_do(
+def test_a_new_workflows_publish_killed_before_its_commit_is_healed_by_the_next_publish(
     engine: Engine, workflows_dir: Path, tmp_path: Path
 ) -> None:
-    """A new workflow's killed publish keeps nothing aside (there was no snapshot): the next publish
-    of other content cannot tell it from another database's snapshot, and says what to do for both."""
+    """A new workflow's killed publish leaves the DAG factory a snapshot the database never stored
+    and, beside it, an empty kept file: there was none before. ``list`` says the snapshot is ahead;
+    the next publish, whatever its content, stores v1 in its place and removes the kept file."""
+    from careflow.publishing import read_workflows
+
     _killed_after_writing_the_snapshot(workflows_dir, IMPLANT)
+    snapshot = workflows_dir / "implant-aftercare.json"
+    (kept,) = workflows_dir.glob(".implant-aftercare.*.kept")
+    assert snapshot.is_file() and kept.stat().st_size == 0
+    (listed,) = read_workflows(engine=engine, workflows_dir=workflows_dir).workflows
+    assert (listed.version, listed.snapshot, listed.problem) == (
+        1,
+        "ahead",
+        "the snapshot on disk is v1, and this database has no version of it: a publish stopped after "
+        "writing it and before storing its version (publish again)",
+    )
+
+    code, (result,) = _publish(workflows_dir, _implant_v2(tmp_path))
+    assert (code, result["action"], result["version"]) == (0, "published", 1)
+    assert _versions(engine, "implant-aftercare") == [(1, result["content_hash"])]
+    assert json.loads(snapshot.read_text(encoding="utf-8"))["content_hash"] == result["content_hash"]
+    assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]
+
+
+def test_a_new_workflows_snapshot_nothing_explains_is_refused_with_what_to_do(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    """Where nothing says a publish of this database wrote the snapshot (the kept file could not be
+    made, or another database published it), the next publish of other content is refused and says
+    what to do for both."""
+    _killed_after_writing_the_snapshot(workflows_dir, IMPLANT)
+    for kept in workflows_dir.glob(".implant-aftercare.*.kept"):
+        kept.unlink()
     err = _not_published(workflows_dir, _implant_v2(tmp_path))
     assert (
         "if it is the right one, a publish was stopped after writing the snapshot and before storing its "
