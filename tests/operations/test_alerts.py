@@ -614,6 +614,101 @@ def test_without_the_connection_alerts_are_only_logged(
     assert "circuit breaker x opened" in caplog.text
 
 
+def test_an_alert_goes_as_careflows_own_json_with_the_headers_the_connection_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``"format": "json"`` for an on-call service or a receiver of one's own, and its key in a header."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[dict[str, str], Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), json.loads(body)))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = {
+            "conn_type": "http",
+            "host": f"http://127.0.0.1:{server.server_address[1]}/v1/alerts",
+            "extra": {
+                "format": "json",
+                "headers": {"Authorization": "GenieKey k-123", "X-Team": "clinic-ops"},
+            },
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_ALERTS", json.dumps(conn))
+        alert = alerts.Alert(
+            kind="breaker_open",
+            title="circuit breaker default:sms opened",
+            workflow_id=WORKFLOW,
+            node_id="a1",
+            detail="Sends through it wait until it half-opens (consecutive_failures).",
+            facts={"Breaker": "default:sms"},
+        )
+        assert alerts.send_alert(alert) is True
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((headers, body),) = received
+    assert (headers["Authorization"], headers["X-Team"], headers["Content-Type"]) == (
+        "GenieKey k-123",
+        "clinic-ops",
+        "application/json",
+    )
+    assert body == {
+        "source": "careflow",
+        "kind": "breaker_open",
+        "title": "circuit breaker default:sms opened",
+        "summary": f"careflow: circuit breaker default:sms opened (workflow {WORKFLOW}, node a1): Sends "
+        "through it wait until it half-opens (consecutive_failures).",
+        "workflow_id": WORKFLOW,
+        "node_id": "a1",
+        "run_id": None,
+        "detail": "Sends through it wait until it half-opens (consecutive_failures).",
+        "link": None,
+        "facts": {"Breaker": "default:sms"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (
+            {"format": "xml"},
+            "the careflow_alerts connection's format 'xml' is not one careflow posts (slack, json)",
+        ),
+        (
+            {"headers": ["Authorization: key"]},
+            "the careflow_alerts connection's headers must be an object of header names to text values (list given)",
+        ),
+    ],
+)
+def test_an_alerts_connection_setting_careflow_cannot_use_is_logged_and_the_alert_still_posted(
+    webhook: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    extra: dict[str, Any],
+    said: str,
+) -> None:
+    import os
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_CAREFLOW_ALERTS"])
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_ALERTS", json.dumps({**conn, "extra": extra}))
+    assert alerts.send_alert(alerts.Alert(kind="breaker_open", title="circuit breaker x opened")) is True
+    assert said in caplog.text
+    ((posted),) = webhook
+    assert "blocks" in posted and "circuit breaker x opened" in posted["text"]  # Slack's shape
+
+
 def test_alerts_go_through_the_proxy_the_alerts_connection_names(
     monkeypatch: pytest.MonkeyPatch, webhook: list[dict[str, Any]]
 ) -> None:

@@ -1,7 +1,8 @@
 """Alerts: failed tasks and runs, an open breaker, Redis lost, a provider setup to fix, a missed run deadline.
 
 Every alert goes through :func:`send_alert`: it is logged, and posted as Slack-compatible JSON
-(``{"text", "blocks"}``) to the ``careflow_alerts`` connection when it is defined. An alert names the
+(``{"text", "blocks"}``), or as careflow's own JSON object where the connection's extra says
+``"format": "json"``, to the ``careflow_alerts`` connection when it is defined. An alert names the
 workflow, node, run and a link into the Airflow UI (``[api] base_url``), never a patient: the
 failure text of a task is included only for the exceptions careflow and Airflow word themselves,
 with anything that looks like a phone number or an e-mail address masked.
@@ -78,14 +79,14 @@ class Alert:
     facts: dict[str, str] = field(default_factory=dict)
 
     @property
-    def text(self) -> str:
-        """One line: the title, then workflow, node and run."""
+    def summary(self) -> str:
+        """One line: the title, then workflow, node and run, what to do and the link."""
         where = [
             f"workflow {self.workflow_id}" if self.workflow_id else "",
             f"node {self.node_id}" if self.node_id else "",
             f"run {self.run_id}" if self.run_id else "",
         ]
-        text = f":rotating_light: careflow: {self.title}"
+        text = f"careflow: {self.title}"
         located = ", ".join(w for w in where if w)
         if located:
             text += f" ({located})"
@@ -94,6 +95,27 @@ class Alert:
         if self.link:
             text += f" {self.link}"
         return text
+
+    @property
+    def text(self) -> str:
+        """:attr:`summary` behind a chat's alarm emoji: the log line, and the chat message's text."""
+        return f":rotating_light: {self.summary}"
+
+    def to_json(self) -> dict[str, Any]:
+        """careflow's own webhook JSON (``"format": "json"``), for an on-call service or a receiver
+        of one's own: every field by name, absent ones null."""
+        return {
+            "source": "careflow",
+            "kind": self.kind,
+            "title": self.title,
+            "summary": self.summary,
+            "workflow_id": self.workflow_id,
+            "node_id": self.node_id,
+            "run_id": self.run_id,
+            "detail": self.detail,
+            "link": self.link,
+            "facts": dict(self.facts),
+        }
 
     def to_slack(self) -> dict[str, Any]:
         """Slack-compatible webhook JSON: ``text`` (also read by Mattermost, Teams connectors…) and blocks."""
@@ -159,12 +181,20 @@ def workflow_of(dag_id: str | None) -> str | None:
     return dag_id
 
 
+#: The shapes an alert is posted in (``careflow_alerts``' extra ``format``), by name.
+ALERT_FORMATS = {"slack": Alert.to_slack, "json": Alert.to_json}
+
+
 @dataclass(frozen=True)
 class Webhook:
-    """Where alerts are posted: the URL, and the proxy the connection names for it (else the environment's)."""
+    """Where alerts are posted: the URL, the proxy the connection names for it (else the
+    environment's), the shape of the JSON (:data:`ALERT_FORMATS`) and headers of its own (a
+    receiver's key, say)."""
 
     url: str
     proxy: str | None = None
+    format: str = "slack"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def webhook() -> Webhook | None:
@@ -183,7 +213,32 @@ def webhook() -> Webhook | None:
         url = host.rstrip("/") + ("/" + path.lstrip("/") if path else "")
     else:
         return None
-    return Webhook(url, settings.connection_proxy(conn, url))
+    return Webhook(url, settings.connection_proxy(conn, url), *_shape(conn.extra))
+
+
+def _shape(extra: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The connection's ``format`` and ``headers``. One careflow cannot use is said in the log and
+    left out (Slack's shape, no headers of its own): the alert is still posted."""
+    shape = extra.get("format") or "slack"
+    if shape not in ALERT_FORMATS:
+        log.error(
+            "careflow: the careflow_alerts connection's format %r is not one careflow posts (%s): "
+            "alerts go as Slack JSON",
+            shape,
+            ", ".join(ALERT_FORMATS),
+        )
+        shape = "slack"
+    headers = extra.get("headers") or {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(name, str) and isinstance(value, str) for name, value in headers.items()
+    ):
+        log.error(
+            "careflow: the careflow_alerts connection's headers must be an object of header names to "
+            "text values (%s given): alerts go without them",
+            type(headers).__name__ if not isinstance(headers, dict) else "an object with other values",
+        )
+        headers = {}
+    return shape, tuple(headers.items())
 
 
 def send_alert(alert: Alert) -> bool:
@@ -223,8 +278,8 @@ def _post(alert: Alert, hook: Webhook | None) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler(_proxies(hook)))
     request = urllib.request.Request(
         hook.url,
-        data=json.dumps(alert.to_slack(), ensure_ascii=False).encode("utf-8"),
-        headers={"Content-Type": "application/json"},
+        data=json.dumps(ALERT_FORMATS[hook.format](alert), ensure_ascii=False).encode("utf-8"),
+        headers={**dict(hook.headers), "Content-Type": "application/json"},
         method="POST",
     )
     try:
