@@ -194,7 +194,7 @@ class Webhook:
     url: str
     proxy: str | None = None
     format: str = "slack"
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold a key
 
 
 def webhook() -> Webhook | None:
