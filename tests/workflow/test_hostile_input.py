@@ -56,6 +56,19 @@ def test_utf8_bom_is_accepted():
     assert report.ok, report.codes
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-16-le"])
+def test_utf16_with_its_byte_order_mark_is_named(encoding):
+    """Windows editors save "Unicode" as UTF-16 with a byte-order mark: said as such, not as a stray byte."""
+    text = json.dumps(base(), ensure_ascii=False)
+    raw = text.encode(encoding) if encoding == "utf-16" else "\ufeff".encode(encoding) + text.encode(encoding)
+    report = validate_workflow(raw)
+    assert only_code(report) == "WF_NOT_JSON"
+    assert report.diagnostics[0].message == (
+        "The file is UTF-16 text (it starts with a UTF-16 byte-order mark, as some Windows editors save "
+        '"Unicode"); save it as UTF-8'
+    )
+
+
 def test_deeply_nested_dict_input_is_refused_without_recursion():
     deep: dict = {}
     cursor = deep

@@ -307,6 +307,12 @@ def _read(raw: Any) -> tuple[Any, Diagnostic | None]:
         data = bytes(raw)
         if len(data) > MAX_BYTES:
             return None, _too_many_bytes(len(data))
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order marks (UTF-32 LE's too)
+            return None, make(
+                "WF_NOT_JSON",
+                "The file is UTF-16 text (it starts with a UTF-16 byte-order mark, as some Windows "
+                "editors save \"Unicode\"); save it as UTF-8",
+            )
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
