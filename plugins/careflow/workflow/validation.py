@@ -311,7 +311,7 @@ def _read(raw: Any) -> tuple[Any, Diagnostic | None]:
             return None, make(
                 "WF_NOT_JSON",
                 "The file is UTF-16 text (it starts with a UTF-16 byte-order mark, as some Windows "
-                "editors save \"Unicode\"); save it as UTF-8",
+                'editors save "Unicode"); save it as UTF-8',
             )
         try:
             text = data.decode("utf-8-sig")
