@@ -362,6 +362,32 @@ def test_integer_ids_are_refused_naming_the_column_before_anything_is_read(
     assert set(j.sent) == {"p1/a"}
 
 
+def test_a_view_that_lacks_columns_careflow_reads_is_refused_naming_them(engine, journey, fake):
+    """A clinic's view of its patients that maps only some of the columns: each run refuses before
+    it reads anything, naming them, and once the view hands out a constant for each, goes on."""
+    c = Clinic()
+    c.patient("p1")
+    c.appointment("p1-a", "p1", scheduled_at=kst(2025, 3, 4, 14), completed_at=kst(2025, 3, 4, 15))
+    c.event("e1", "p1-a", "appointment_completed", kst(2025, 3, 4, 15))
+    c.load(engine)
+    j = journey(chain("narrow", ("a", "action", action())))
+    mapped = "id, clinic_id, name, phone, email, birth_date, timezone, consent_messages"
+    with clinic_view(engine, "patients", f"SELECT {mapped} FROM patients_stored"):
+        with pytest.raises(ConfigurationError) as refused:
+            j.run_at(kst(2025, 3, 5))
+        assert str(refused.value) == (
+            "the clinic's data lacks columns careflow reads (docs/contracts.md §2): patients has no "
+            "consent_marketing, consent_night_marketing, attributes; add them, or map the clinic's own "
+            "columns in the view careflow reads (a constant where it has none, for example false AS "
+            "consent_marketing)"
+        )
+        assert executions(engine, "narrow") == {}
+    constants = "false AS consent_marketing, false AS consent_night_marketing, NULL AS attributes"
+    with clinic_view(engine, "patients", f"SELECT {mapped}, {constants} FROM patients_stored"):
+        assert j.run_at(kst(2025, 3, 5, 1))["t"].enrolled == 1
+    assert set(j.sent) == {"p1/a"}
+
+
 # SQLite only: Postgres does not compare integer ids with text, and is refused before (test above).
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_rows_whose_ids_come_back_as_numbers_are_found(engine, journey, fake):

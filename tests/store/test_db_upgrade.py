@@ -281,7 +281,14 @@ def test_clinic_and_provider_ids_of_any_length_are_kept(empty_db_url: str) -> No
     assert stored == "msg-" + "9" * 300
 
 
-def test_existing_clinic_table_and_view_are_left_alone(empty_db_url: str) -> None:
+def test_existing_clinic_table_and_view_are_left_alone(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clinic's own table and view are not changed; the columns careflow reads that they lack are
+    said, by ``db upgrade`` (a warning: careflow's own tables are ready) and by every run (refused)."""
+    from careflow.exceptions import ConfigurationError
+    from careflow.store.migrations import check_ready
+
     engine = create_engine(empty_db_url)
     with engine.begin() as conn:
         # a clinic's own schema: a table careflow would have created differently, and a view
@@ -297,6 +304,16 @@ def test_existing_clinic_table_and_view_are_left_alone(empty_db_url: str) -> Non
         conn.execute(text("INSERT INTO clinics VALUES ('c1', 'Gangnam', 'G-01')"))
     report = upgrade()
     assert report.clinic_tables_created == ["appointments", "appointment_events"]
+    lacking = (
+        "the clinic's data lacks columns careflow reads (docs/contracts.md §2): clinics has no phone, "
+        "timezone; patients has no email, birth_date, timezone, consent_messages, consent_marketing, "
+        "consent_night_marketing, attributes; add them, or map the clinic's own columns in the view "
+        "careflow reads (a constant where it has none, for example false AS consent_marketing)"
+    )
+    assert report.clinic_problems == [lacking]
+    with pytest.raises(ConfigurationError) as refused:
+        check_ready()
+    assert str(refused.value) == lacking
 
     insp = inspect(engine)
     assert "patients" in insp.get_view_names()
@@ -307,7 +324,10 @@ def test_existing_clinic_table_and_view_are_left_alone(empty_db_url: str) -> Non
         assert conn.execute(text("SELECT name FROM patients")).scalar() == "Kim"
         assert conn.execute(text("SELECT legacy_code FROM clinics")).scalar() == "G-01"
     engine.dispose()
-    assert upgrade().clinic_tables_created == []
+    assert main(["db", "upgrade"]) == 0
+    out, err = capsys.readouterr()
+    assert "created clinic tables" not in out
+    assert err == f"careflow: warning: {lacking}\n"
 
 
 def test_check_ready_refuses_an_unmigrated_database(empty_db_url: str) -> None:

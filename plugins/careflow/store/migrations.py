@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -114,6 +114,9 @@ class UpgradeReport:
     applied: list[int]
     current: int
     clinic_tables_created: list[str]
+    #: what keeps careflow from reading the clinic's data as it now is (:func:`clinic_data_problems`):
+    #: every run refuses to start until it is mended
+    clinic_problems: list[str] = field(default_factory=list)
 
 
 def current_version(conn: Connection) -> int:
@@ -182,11 +185,13 @@ def _upgrade(engine: Engine) -> UpgradeReport:
             applied.append(migration.version)
     with engine.connect() as conn:
         version = current_version(conn)
+        problems, _ = clinic_data_problems(conn)
     return UpgradeReport(
         url=engine.url.render_as_string(hide_password=True),
         applied=applied,
         current=version,
         clinic_tables_created=created,
+        clinic_problems=problems,
     )
 
 
@@ -238,12 +243,9 @@ def check_ready(engine: Engine | None = None) -> int:
         newer = _newer_than_this_careflow(conn, engine, version)
         if newer is not None:
             raise ConfigurationError(newer)
-        not_text, queries = _clinic_ids_not_text(conn)
-    if not_text:
-        raise ConfigurationError(
-            f"the clinic's ids must be text (docs/contracts.md §2): {', '.join(not_text)}; cast each "
-            "to text in the view careflow reads, for example CAST(id AS text) AS id"
-        )
+        problems, queries = clinic_data_problems(conn)
+    if problems:
+        raise ConfigurationError("; and ".join(problems))
     _ready.add(engine)
     return 2 + queries
 
@@ -295,13 +297,47 @@ _CLINIC_IDS = {
 }
 
 
-def _clinic_ids_not_text(conn: Connection) -> tuple[list[str], int]:
-    """The clinic relations' id columns that are not text ("patients.id is integer"), and the
-    number of queries it took to find them.
+def clinic_data_problems(conn: Connection) -> tuple[list[str], int]:
+    """What keeps careflow from reading the clinic's four relations, each said with what to do
+    (none where it can read them), and the number of queries it took to find out: a relation that
+    does not exist, columns careflow reads that a relation lacks (a clinic's view that maps only
+    some), ids that are not text."""
+    columns, not_text, queries = _clinic_columns(conn)
+    absent = [table.name for table in tables.CLINIC_TABLES if table.name not in columns]
+    lacking = [
+        f"{table.name} has no {', '.join(missing)}"
+        for table in tables.CLINIC_TABLES
+        if table.name in columns
+        and (missing := [c.name for c in table.c if c.name not in columns[table.name]])
+    ]
+    problems = []
+    if absent:
+        problems.append(
+            f"the clinic's data has no {', '.join(absent)} (docs/contracts.md §2): run `careflow db "
+            "upgrade`, which creates what is absent, or create the view careflow reads"
+        )
+    if lacking:
+        problems.append(
+            f"the clinic's data lacks columns careflow reads (docs/contracts.md §2): {'; '.join(lacking)}; "
+            "add them, or map the clinic's own columns in the view careflow reads (a constant where it "
+            "has none, for example false AS consent_marketing)"
+        )
+    if not_text:
+        problems.append(
+            f"the clinic's ids must be text (docs/contracts.md §2): {', '.join(not_text)}; cast each "
+            "to text in the view careflow reads, for example CAST(id AS text) AS id"
+        )
+    return problems, queries
+
+
+def _clinic_columns(conn: Connection) -> tuple[dict[str, set[str]], list[str], int]:
+    """The columns of each clinic relation that exists (by its name), its id columns that are not
+    text ("patients.id is integer"), and the number of queries it took to find them.
 
     An integer id never matches the text careflow stores and binds: Postgres refuses to compare
     them, SQLite finds no row or the wrong one.
     """
+    columns: dict[str, set[str]] = {}
     if conn.dialect.name == "postgresql":
         # Each name as careflow's statements resolve it (the search path), table or view alike.
         found = conn.execute(
@@ -314,11 +350,17 @@ def _clinic_ids_not_text(conn: Connection) -> tuple[list[str], int]:
             ),
             {"names": list(_CLINIC_IDS)},
         ).all()
-        return [
-            f"{relation}.{column} is {type_}"
-            for relation, column, type_, category in found
-            if column in _CLINIC_IDS.get(relation, ()) and category != "S"
-        ], 1
+        for relation, column, _, _ in found:
+            columns.setdefault(relation, set()).add(column)
+        return (
+            columns,
+            [
+                f"{relation}.{column} is {type_}"
+                for relation, column, type_, category in found
+                if column in _CLINIC_IDS.get(relation, ()) and category != "S"
+            ],
+            1,
+        )
     # SQLite: a column declared INTEGER (REAL, NUMERIC…) keeps numbers; a view's computed column
     # declares nothing, and what it holds tells (one row of each).
     declared = conn.exec_driver_sql(
@@ -326,11 +368,13 @@ def _clinic_ids_not_text(conn: Connection) -> tuple[list[str], int]:
         f"WHERE m.type IN ('table', 'view') AND m.name IN ({', '.join('?' * len(_CLINIC_IDS))})",
         tuple(_CLINIC_IDS),
     ).all()
-    columns = [(r, c, t) for r, c, t in declared if c in _CLINIC_IDS.get(r, ())]
-    not_text = [f"{r}.{c} is {t.lower()}" for r, c, t in columns if _numeric_affinity(t)]
-    sampled = [(r, c) for r, c, t in columns if not t]
+    for relation, column, _ in declared:
+        columns.setdefault(relation, set()).add(column)
+    ids = [(r, c, t) for r, c, t in declared if c in _CLINIC_IDS.get(r, ())]
+    not_text = [f"{r}.{c} is {t.lower()}" for r, c, t in ids if _numeric_affinity(t)]
+    sampled = [(r, c) for r, c, t in ids if not t]
     if not sampled:
-        return not_text, 1
+        return columns, not_text, 1
     preparer = conn.dialect.identifier_preparer
     held = conn.exec_driver_sql(
         "SELECT "
@@ -343,7 +387,7 @@ def _clinic_ids_not_text(conn: Connection) -> tuple[list[str], int]:
         for (r, c), kind in zip(sampled, held, strict=True)
         if kind in ("integer", "real")
     ]
-    return not_text, 2
+    return columns, not_text, 2
 
 
 def _numeric_affinity(declared: str) -> bool:
