@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="set up the embedded default, load demo data and simulate two weeks")
     demo.add_argument("--home", default=None, help="AIRFLOW_HOME for the demo (default ./.careflow/demo)")
-    demo.add_argument("--days", type=int, default=14)
-    demo.add_argument("--patients", type=int, default=300)
+    demo.add_argument("--days", type=int, default=14, help="days to simulate, 1 to 366 (default 14)")
+    demo.add_argument("--patients", type=int, default=300, help="demo patients, 1 to 100,000 (default 300)")
     demo.set_defaults(func=cmd_demo)
 
     fp = sub.add_parser("fake-provider", help="run the local fake messaging provider")

@@ -147,3 +147,25 @@ def test_the_demo_runs_under_a_locale_that_is_not_utf8(tmp_path: Path) -> None:
     assert "accepted twice 0" in out
     _, ui = out.split("Open the same setup in the Airflow UI:\n", 1)
     assert "PYTHONUTF8=1" in ui.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--patients", "-5", "--patients must be between 1 and 100,000, got -5"),
+        ("--patients", "0", "--patients must be between 1 and 100,000, got 0"),
+        ("--days", "0", "--days must be between 1 and 366, got 0"),
+        ("--days", "400", "--days must be between 1 and 366, got 400"),
+    ],
+)
+def test_a_demo_size_it_cannot_run_is_refused_before_anything_is_set_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, said: str
+) -> None:
+    """Zero or fewer patients ran a demo that sent nothing and said nothing was wrong; zero days
+    set everything up before the simulation refused."""
+    from careflow.cli import main
+
+    home = tmp_path / "demo"
+    assert main(["demo", "--home", str(home), option, value]) == 2
+    assert capsys.readouterr().err == f"careflow: {said}\n"
+    assert not home.exists()

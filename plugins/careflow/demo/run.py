@@ -110,7 +110,20 @@ def run_demo(args: argparse.Namespace) -> int:
         return _run_demo(args)
 
 
+#: The most demo patients: every row is generated in one process and loaded in one transaction.
+MAX_DEMO_PATIENTS = 100_000
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    from careflow.exceptions import ConfigurationError
+
+    # Before anything is set up: the simulated days are what `careflow simulate` takes.
+    if not 1 <= args.days <= 366:
+        raise ConfigurationError(f"--days must be between 1 and 366, got {args.days}")
+    if not 1 <= args.patients <= MAX_DEMO_PATIENTS:
+        raise ConfigurationError(
+            f"--patients must be between 1 and {MAX_DEMO_PATIENTS:,}, got {args.patients}"
+        )
     home = Path(args.home or Path.cwd() / ".careflow" / "demo").resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
