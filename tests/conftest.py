@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from support import EXAMPLES, airflow_env, redis_cluster, redis_tls, self_signed_certificate, upgraded
+from support import EXAMPLES, airflow_env, redis_cluster, redis_tls, self_signed_certificate, tmpfs, upgraded
 
 # Every Airflow import in the test session sees one private home (never ~/airflow); the
 # `airflow_home` fixture migrates its metadata DB once, for the tests that need it.
@@ -73,20 +73,13 @@ def pg_database(encoding: str | None = None) -> Iterator[str]:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A filesystem of its own, 1 MB (a tmpfs mounted for the test), to fill or make read-only."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        from careflow.store.db import dispose_engines
+    from careflow.store.db import dispose_engines
 
-        dispose_engines()
-        subprocess.run(["umount", "-l", str(disk)], check=True)
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        try:
+            yield disk
+        finally:
+            dispose_engines()  # before the disk goes: no connection left to a file on it
 
 
 @pytest.fixture(scope="session")

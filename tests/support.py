@@ -697,6 +697,24 @@ def fill(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def tmpfs(disk: Path, size: str) -> Iterator[Path]:
+    """A filesystem of its own, ``size`` (``1m``), mounted at ``disk`` (made here) while the block
+    runs: to fill, or to make read-only. Skips the test where none can be mounted (not root)."""
+    import pytest
+
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
 def remount_read_only(disk: Path) -> None:
     """Make the filesystem mounted at ``disk`` (a test's ``small_disk``) read-only."""
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)

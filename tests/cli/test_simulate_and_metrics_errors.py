@@ -105,16 +105,9 @@ def test_an_airflow_database_out_of_space_is_named(
     simulated run's own writes are what fail."""
     import os
 
-    from support import fill
+    from support import fill, tmpfs
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "64m") as disk:
         _migrated_copy(airflow_home, disk / "airflow.db")
         env = {**published, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{disk / 'airflow.db'}"}
         if left:
@@ -123,8 +116,6 @@ def test_an_airflow_database_out_of_space_is_named(
         fill(disk / "filler")
         os.truncate(disk / "filler", os.path.getsize(disk / "filler") - left)
         result = _careflow(env, *argv)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
     assert result.returncode == 2, result.stderr
     assert result.stderr == (
         f"careflow: Airflow's metadata database (sqlite:///{disk / 'airflow.db'}) has no space left: "
