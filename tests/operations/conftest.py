@@ -110,9 +110,18 @@ def patient_strings(data: dict[str, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
+class Received(list):
+    """What the webhook received: each request's JSON body, and in ``headers`` each one's headers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[dict[str, str]] = []
+
+
 class _Receiver(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.received.headers.append(dict(self.headers))  # type: ignore[attr-defined]
         self.server.received.append(json.loads(body))  # type: ignore[attr-defined]
         self.send_response(200)
         self.end_headers()
@@ -126,7 +135,7 @@ class _Receiver(BaseHTTPRequestHandler):
 def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
     """A local Slack-style webhook set as the ``careflow_alerts`` connection; yields what it received."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.received = []  # type: ignore[attr-defined]
+    server.received = Received()  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/hook"

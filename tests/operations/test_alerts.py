@@ -23,7 +23,7 @@ from careflow.store.db import dispose_engines
 from careflow.store.migrations import upgrade
 from support import free_port
 
-from .conftest import START, WORKFLOW, clinic_data, compiled_workflow, patient_strings
+from .conftest import START, WORKFLOW, Received, clinic_data, compiled_workflow, patient_strings
 
 BASE = "https://airflow.clinic.example"
 
@@ -615,50 +615,24 @@ def test_without_the_connection_alerts_are_only_logged(
 
 
 def test_an_alert_goes_as_careflows_own_json_with_the_headers_the_connection_names(
-    monkeypatch: pytest.MonkeyPatch,
+    webhook: Received, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``"format": "json"`` for an on-call service or a receiver of one's own, and its key in a header."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import os
 
-    received: list[tuple[dict[str, str], Any]] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((dict(self.headers), json.loads(body)))
-            self.send_response(202)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        conn = {
-            "conn_type": "http",
-            "host": f"http://127.0.0.1:{server.server_address[1]}/v1/alerts",
-            "extra": {
-                "format": "json",
-                "headers": {"Authorization": "GenieKey k-123", "X-Team": "clinic-ops"},
-            },
-        }
-        monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_ALERTS", json.dumps(conn))
-        alert = alerts.Alert(
-            kind="breaker_open",
-            title="circuit breaker default:sms opened",
-            workflow_id=WORKFLOW,
-            node_id="a1",
-            detail="Sends through it wait until it half-opens (consecutive_failures).",
-            facts={"Breaker": "default:sms"},
-        )
-        assert alerts.send_alert(alert) is True
-    finally:
-        server.shutdown()
-        server.server_close()
-    ((headers, body),) = received
+    conn = json.loads(os.environ["AIRFLOW_CONN_CAREFLOW_ALERTS"])
+    conn["extra"] = {"format": "json", "headers": {"Authorization": "GenieKey k-123", "X-Team": "clinic-ops"}}
+    monkeypatch.setenv("AIRFLOW_CONN_CAREFLOW_ALERTS", json.dumps(conn))
+    alert = alerts.Alert(
+        kind="breaker_open",
+        title="circuit breaker default:sms opened",
+        workflow_id=WORKFLOW,
+        node_id="a1",
+        detail="Sends through it wait until it half-opens (consecutive_failures).",
+        facts={"Breaker": "default:sms"},
+    )
+    assert alerts.send_alert(alert) is True
+    ((headers,), (body,)) = (webhook.headers, webhook)
     assert (headers["Authorization"], headers["X-Team"], headers["Content-Type"]) == (
         "GenieKey k-123",
         "clinic-ops",
