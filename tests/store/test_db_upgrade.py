@@ -330,6 +330,31 @@ def test_existing_clinic_table_and_view_are_left_alone(
     assert err == f"careflow: warning: {lacking}\n"
 
 
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)  # Postgres folds unquoted names itself
+def test_a_clinic_table_named_in_other_letters_is_the_one_careflow_reads_on_sqlite(empty_db_url: str) -> None:
+    """SQLite's names are not case-sensitive: a clinic's ``Clinics`` is the ``clinics`` careflow's
+    statements read. ``db upgrade`` tried to create ``clinics`` beside it ("unexpected error:
+    table clinics already exists")."""
+    from careflow.store.db import get_engine
+
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE Clinics (ID TEXT PRIMARY KEY, Name TEXT, Phone TEXT, TimeZone TEXT)"))
+        conn.execute(text("INSERT INTO Clinics VALUES ('c1', '강남', NULL, 'Asia/Seoul')"))
+        conn.execute(text("CREATE VIEW Patients AS SELECT 'p1' AS ID, 'c1' AS Clinic_Id, 'Kim' AS Name"))
+    engine.dispose()
+    report = upgrade()
+    assert report.clinic_tables_created == ["appointments", "appointment_events"]
+    assert report.clinic_problems == [
+        "the clinic's data lacks columns careflow reads (docs/contracts.md §2): patients has no phone, "
+        "email, birth_date, timezone, consent_messages, consent_marketing, consent_night_marketing, "
+        "attributes; add them, or map the clinic's own columns in the view careflow reads (a constant "
+        "where it has none, for example false AS consent_marketing)"
+    ]
+    with get_engine().connect() as conn:
+        assert conn.execute(select(tables.clinics.c.name)).scalar_one() == "강남"
+
+
 def test_check_ready_refuses_an_unmigrated_database(empty_db_url: str) -> None:
     from careflow.exceptions import ConfigurationError
     from careflow.store.migrations import check_ready

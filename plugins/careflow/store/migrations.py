@@ -215,6 +215,8 @@ def _relations(conn: Connection) -> set[str]:
     if conn.dialect.name == "postgresql":
         names |= set(inspector.get_materialized_view_names())
         names |= set(inspector.get_foreign_table_names())
+    else:  # SQLite's names are not case-sensitive: a clinic's "Patients" is the patients careflow reads
+        names = {name.lower() for name in names}
     return names
 
 
@@ -364,8 +366,9 @@ def _clinic_columns(conn: Connection) -> tuple[dict[str, set[str]], list[str], i
     # SQLite: a column declared INTEGER (REAL, NUMERIC…) keeps numbers; a view's computed column
     # declares nothing, and what it holds tells (one row of each).
     declared = conn.exec_driver_sql(
-        "SELECT m.name, p.name, p.type FROM sqlite_master m JOIN pragma_table_info(m.name) p "
-        f"WHERE m.type IN ('table', 'view') AND m.name IN ({', '.join('?' * len(_CLINIC_IDS))})",
+        # Names as careflow's statements find them: SQLite's are not case-sensitive.
+        "SELECT lower(m.name), lower(p.name), p.type FROM sqlite_master m JOIN pragma_table_info(m.name) p "
+        f"WHERE m.type IN ('table', 'view') AND lower(m.name) IN ({', '.join('?' * len(_CLINIC_IDS))})",
         tuple(_CLINIC_IDS),
     ).all()
     for relation, column, _ in declared:
