@@ -621,6 +621,61 @@ def test_a_role_without_privileges_on_the_tables_is_told_what_to_grant(
         assert main(["metrics", "--no-airflow"]) == 0
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # roles are Postgres's
+def test_a_role_the_clinics_view_refuses_is_told_to_ask_for_that_view_not_careflows_tables(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """careflow's role granted its own tables, the clinic's patients a view of another owner's that
+    grants it nothing (the clinic's team forgot): the error and the alert name the view and the
+    one GRANT it needs; they told to grant careflow's tables, which it had. Granted, it reads."""
+    from sqlalchemy.exc import DBAPIError
+
+    from careflow.store.db import database_unusable, get_engine
+
+    with create_engine(db_url).begin() as conn:  # the clinic's own view of its patients
+        conn.execute(text("ALTER TABLE patients RENAME TO clinic_people"))
+        conn.execute(text("CREATE VIEW patients AS SELECT * FROM clinic_people"))
+    granted = (
+        "GRANT USAGE ON SCHEMA public TO {role}",  # as Postgres makes public, or an earlier test left it
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        "REVOKE ALL ON patients FROM {role}",
+    )
+    try:
+        with _as_new_role(db_url, monkeypatch, *granted) as (role, admin):
+            with pytest.raises(DBAPIError) as refused, get_engine().connect() as conn:
+                conn.execute(select(tables.patients)).all()
+            said = (
+                f"careflow's database {_named_as(db_url, role)} (from CAREFLOW_DB_URL) refused the "
+                f"role {role} the clinic's patients"
+            )
+            grant = f"as the owner of patients: GRANT SELECT ON patients TO {role}"
+            assert database_unusable(refused.value) == (
+                f"{said}: permission denied for view patients: careflow reads the clinic's four tables "
+                f"or views; {grant}"
+            )
+            assert database_unusable(refused.value, driver_message=False) == (  # the alert's words
+                f"{said}: careflow reads the clinic's four tables or views; {grant}"
+            )
+            with admin.begin() as conn:  # as it says
+                conn.execute(text(f"GRANT SELECT ON patients TO {role}"))
+            with get_engine().connect() as conn:
+                assert conn.execute(select(tables.patients)).all() == []
+    finally:
+        with create_engine(db_url).begin() as conn:
+            conn.execute(text("DROP VIEW patients"))
+            conn.execute(text("ALTER TABLE clinic_people RENAME TO patients"))
+
+
+def _named_as(url: str, role: str) -> str:
+    """``url`` as careflow names it when it connects as ``role``: the driver spelt out, no password."""
+    from sqlalchemy.engine import make_url
+
+    from careflow.store.db import database_name
+
+    return database_name(create_engine(make_url(url).set(username=role)))
+
+
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # schemas' privileges are Postgres's
 def test_a_role_that_may_not_use_the_schema_is_not_told_the_tables_are_missing(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

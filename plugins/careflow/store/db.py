@@ -216,7 +216,17 @@ _PROBLEMS = {
     "tables and USAGE on their sequences; as their owner, in each schema that holds them (public "
     "unless the role's search_path names others): GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
     "SCHEMA public TO {detail} and GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {detail}",
+    # A table or view of the clinic's (docs/contracts.md §2), which careflow only reads: often
+    # another team's, in a schema of its own. ``detail`` is (the relation, the role).
+    "denied_clinic": "careflow's database {name} (from {origin}) refused the role {detail[1]} the "
+    "clinic's {detail[0]}{said}: careflow reads the clinic's four tables or views; as the owner of "
+    "{detail[0]}: GRANT SELECT ON {detail[0]} TO {detail[1]}",
 }
+
+#: How Postgres names the relation a role may not read ("permission denied for view patients").
+_DENIED_RELATION = re.compile(
+    r"permission denied for (?:table|view|materialized view|foreign table|relation) \"?([^\s\"]+)\"?"
+)
 
 
 def _name_the_database(context: Any) -> None:
@@ -231,7 +241,7 @@ def _name_the_database(context: Any) -> None:
     if context.is_pre_ping or context.engine is None or context.sqlalchemy_exception is None:
         return
     engine, exc = context.engine, context.original_exception
-    detail = ""
+    detail: str | tuple[str, str] = ""  # what the kind's message in _PROBLEMS fills in
     if out_of_space(engine, exc):
         kind = "full"
     elif (file_problem := _sqlite_file_problem(engine, exc)) is not None:
@@ -243,10 +253,24 @@ def _name_the_database(context: Any) -> None:
     elif getattr(exc, "pgcode", None) == READ_ONLY_SQLSTATE:
         kind = "read_only"
     elif getattr(exc, "pgcode", None) == INSUFFICIENT_PRIVILEGE_SQLSTATE:
-        kind, detail = "denied", engine.url.username or getpass.getuser()  # libpq's default role
+        role = engine.url.username or getpass.getuser()  # libpq's default role
+        kind, detail = "denied", role
+        if (relation := _clinic_relation_denied(exc)) is not None:
+            kind, detail = "denied_clinic", (relation, role)
     else:
         return
     context.sqlalchemy_exception.careflow_database_problem = (kind, database_name(engine), detail)
+
+
+def _clinic_relation_denied(exc: BaseException | None) -> str | None:
+    """The clinic relation (docs/contracts.md §2) a refused read named, or None where the refusal
+    was of careflow's own tables (or named nothing)."""
+    from careflow.store.tables import CLINIC_TABLES
+
+    found = _DENIED_RELATION.search(str(exc))
+    if found is None or found[1] not in {table.name for table in CLINIC_TABLES}:
+        return None
+    return found[1]
 
 
 def out_of_space(engine: Engine, exc: BaseException | None) -> bool:
@@ -317,8 +341,8 @@ def _sqlite_file_problem(engine: Engine, exc: BaseException | None) -> str | Non
 
 def database_problem_kind(exc: BaseException) -> str | None:
     """The kind of :data:`_PROBLEMS` careflow's engine tagged ``exc`` with ("full", "file",
-    "locked", "unreachable", "read_only", "denied"), or None where the database itself is not the
-    problem."""
+    "locked", "unreachable", "read_only", "denied", "denied_clinic"), or None where the database
+    itself is not the problem."""
     return getattr(exc, "careflow_database_problem", (None,))[0]
 
 
