@@ -93,6 +93,7 @@ def publish_report(
     database = database_name(engine)
     workflow = report.workflow
     digest = content_hash(workflow)
+    told = _clinic_unknown(engine, workflow.clinic_id)
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
@@ -168,8 +169,37 @@ def publish_report(
             stale.unlink()
     if action == "published":
         _invalidate_caches(workflow.id, digest)
+    if told is not None:  # with this result only: the version keeps what the document itself earned
+        report = replace(report, diagnostics=[*report.diagnostics, told])
     return PublishResult(
         report.source, workflow.id, action, version, digest, report, str(snap.path), database=database
+    )
+
+
+def _clinic_unknown(engine: Engine, clinic_id: str) -> Diagnostic | None:
+    """A warning where the clinics careflow reads hold no clinic ``clinic_id``: the trigger enrolls
+    the events of that clinic id, and a workflow written with another spelling enrolls nobody. None
+    where it is there, or where the clinics cannot be read (the run says why, in its own words)."""
+    c = tables.clinics
+    try:
+        with engine.connect() as conn:
+            known = conn.execute(select(c.c.id).where(c.c.id == clinic_id)).first() is not None
+            ids = [] if known else list(conn.execute(select(c.c.id).order_by(c.c.id).limit(6)).scalars())
+    except DBAPIError:
+        return None
+    if known:
+        return None
+    held = (
+        f"it holds {', '.join(map(str, ids[:5]))}{' and more' if len(ids) > 5 else ''}"
+        if ids
+        else "it holds none yet"
+    )
+    return make(
+        "WF_CLINIC_UNKNOWN",
+        f"No clinic {clinic_id} in the clinics table of {database_name(engine)} ({held}): the trigger "
+        f"enrolls the events of clinic {clinic_id}; check the workflow's clinic_id against the "
+        "clinic's data",
+        field="clinic_id",
     )
 
 

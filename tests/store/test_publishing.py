@@ -320,6 +320,41 @@ def _failing_at_commit(engine: Engine) -> Iterator[None]:
                 conn.execute(text(statement))
 
 
+def test_a_clinic_the_clinic_data_does_not_hold_is_told_at_publish_not_stored(
+    engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The workflow's clinic_id spelt otherwise than in the clinic's data (or the data not loaded
+    yet): its trigger would enroll nobody. The publish goes on and says so; the version keeps only
+    what the document earned, and once the clinic is there nothing is said."""
+    from sqlalchemy import text
+
+    from careflow.publishing import read_workflows
+    from careflow.store.db import database_name
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam_01', '강남', 'Asia/Seoul')")
+        )
+    assert main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{IMPLANT}: published implant-aftercare v1 ")
+    assert out[1:] == [
+        "  warning WF_CLINIC_UNKNOWN            workflow [clinic_id]: No clinic gangnam-01 in the clinics "
+        f"table of {database_name(engine)} (it holds gangnam_01): the trigger enrolls the events of clinic "
+        "gangnam-01; check the workflow's clinic_id against the clinic's data"
+    ]
+    (listed,) = read_workflows(engine=engine, workflows_dir=workflows_dir).workflows
+    assert listed.validation == "ok"  # not stored with the version
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam-01', '강남', 'Asia/Seoul')")
+        )
+    code, (result,) = _publish(workflows_dir, IMPLANT)
+    assert (code, result["action"]) == (0, "unchanged")
+    assert [d["code"] for d in result["diagnostics"] if d["code"] == "WF_CLINIC_UNKNOWN"] == []
+
+
 @pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
 def test_a_commit_that_fails_puts_the_snapshot_back(
     engine: Engine, workflows_dir: Path, hard_links: bool, monkeypatch: pytest.MonkeyPatch
@@ -735,7 +770,7 @@ def test_a_file_that_fails_does_not_hide_those_published_before_it_nor_stop_the_
     )
     out, err = capsys.readouterr()
     assert code == 2
-    lines = out.splitlines()
+    lines = [line for line in out.splitlines() if not line.startswith("  ")]  # not the warnings under them
     assert len(lines) == 2
     assert lines[0].startswith(f"{first}: published day-before-reminder v1 (")
     assert lines[1].startswith(f"{last}: published no-show-recovery v1 (")

@@ -134,6 +134,11 @@ def _published_for_another_clinic() -> ValidationReport:
     return _published(base(), broken(lambda w: w.update(clinic_id="busan-02")))
 
 
+@case("WF_CLINIC_UNKNOWN", field="clinic_id")
+def _published_where_the_clinic_data_has_no_such_clinic() -> ValidationReport:
+    return _published(base())  # a new database: its clinics table is empty
+
+
 @case("WF_TEXT_UNSTORABLE", field="name")
 def _name_the_database_cannot_store() -> ValidationReport:
     # Fault injection: SQLite stores any text; tests/store/test_publishing.py has an EUC_KR Postgres.

@@ -66,6 +66,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         "Validation itself failed; the workflow cannot be published until it is fixed.",
     ),
     "WF_NO_ACTIONS": (_W, "The workflow has no action: it never sends anything."),
+    "WF_CLINIC_UNKNOWN": (
+        _W,
+        "At publish: the clinics careflow reads hold no clinic with the workflow's clinic_id (told, "
+        "not stored with the version: the clinic's data may come later).",
+    ),
     "FIELD_IGNORED": (_I, "Fields careflow does not know (and that are not builder UI fields) are ignored."),
     "DIAGNOSTICS_TRUNCATED": (_I, "Too many findings; only the first ones are listed."),
     # Nodes.
