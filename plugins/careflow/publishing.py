@@ -40,7 +40,7 @@ from careflow.store import tables
 from careflow.store.db import database_name, database_unusable, get_engine, unstorable_character
 from careflow.store.migrations import schema_out_of_reach
 from careflow.workflow.diagnostics import Diagnostic, make
-from careflow.workflow.models import Workflow
+from careflow.workflow.models import TRIGGER_EVENTS, Workflow
 from careflow.workflow.validation import ValidationReport, validate_path
 
 
@@ -93,7 +93,7 @@ def publish_report(
     database = database_name(engine)
     workflow = report.workflow
     digest = content_hash(workflow)
-    told = _clinic_unknown(engine, workflow.clinic_id)
+    told = _clinic_data_unmatched(engine, workflow)
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
@@ -169,37 +169,76 @@ def publish_report(
             stale.unlink()
     if action == "published":
         _invalidate_caches(workflow.id, digest)
-    if told is not None:  # with this result only: the version keeps what the document itself earned
-        report = replace(report, diagnostics=[*report.diagnostics, told])
+    if told:  # with this result only: the version keeps what the document itself earned
+        report = replace(report, diagnostics=[*report.diagnostics, *told])
     return PublishResult(
         report.source, workflow.id, action, version, digest, report, str(snap.path), database=database
     )
 
 
-def _clinic_unknown(engine: Engine, clinic_id: str) -> Diagnostic | None:
-    """A warning where the clinics careflow reads hold no clinic ``clinic_id``: the trigger enrolls
-    the events of that clinic id, and a workflow written with another spelling enrolls nobody. None
-    where it is there, or where the clinics cannot be read (the run says why, in its own words)."""
-    c = tables.clinics
+def _clinic_data_unmatched(engine: Engine, workflow: Workflow) -> list[Diagnostic]:
+    """Warnings where the clinic's data does not match what the workflow's trigger enrolls by: no
+    clinic of its ``clinic_id``, or no event of its type among event types careflow does not know.
+    Written another way than the clinic's data has it, a workflow enrolls nobody, silently. None
+    where the data cannot be read (the run says why, in its own words)."""
     try:
         with engine.connect() as conn:
-            known = conn.execute(select(c.c.id).where(c.c.id == clinic_id)).first() is not None
-            ids = [] if known else list(conn.execute(select(c.c.id).order_by(c.c.id).limit(6)).scalars())
+            return [
+                told
+                for told in (
+                    _clinic_unknown(conn, workflow.clinic_id, database_name(engine)),
+                    _event_unseen(conn, workflow),
+                )
+                if told is not None
+            ]
     except DBAPIError:
+        return []
+
+
+def _some(values: list[Any], shown: int = 5) -> str:
+    return ", ".join(map(str, values[:shown])) + (" and more" if len(values) > shown else "")
+
+
+def _clinic_unknown(conn: Connection, clinic_id: str, database: str) -> Diagnostic | None:
+    c = tables.clinics
+    if conn.execute(select(c.c.id).where(c.c.id == clinic_id)).first() is not None:
         return None
-    if known:
-        return None
-    held = (
-        f"it holds {', '.join(map(str, ids[:5]))}{' and more' if len(ids) > 5 else ''}"
-        if ids
-        else "it holds none yet"
-    )
+    ids = list(conn.execute(select(c.c.id).order_by(c.c.id).limit(6)).scalars())
     return make(
         "WF_CLINIC_UNKNOWN",
-        f"No clinic {clinic_id} in the clinics table of {database_name(engine)} ({held}): the trigger "
-        f"enrolls the events of clinic {clinic_id}; check the workflow's clinic_id against the "
-        "clinic's data",
+        f"No clinic {clinic_id} in the clinics table of {database} "
+        f"({f'it holds {_some(ids)}' if ids else 'it holds none yet'}): the trigger enrolls the events "
+        f"of clinic {clinic_id}; check the workflow's clinic_id against the clinic's data",
         field="clinic_id",
+    )
+
+
+def _event_unseen(conn: Connection, workflow: Workflow) -> Diagnostic | None:
+    # The first read goes through the events' (clinic, type, time) index; the second only where
+    # the clinic has none of the trigger's events, which is where its types say why.
+    e = tables.appointment_events
+    event = workflow.trigger.data.event
+    mine = e.c.clinic_id == workflow.clinic_id
+    if conn.execute(select(e.c.id).where(mine, e.c.type == event).limit(1)).first() is not None:
+        return None
+    unknown = list(
+        conn.execute(
+            select(e.c.type)
+            .where(mine, e.c.type.not_in(TRIGGER_EVENTS))
+            .distinct()
+            .order_by(e.c.type)
+            .limit(6)
+        ).scalars()
+    )
+    if not unknown:  # none of this kind yet (no no-shows), or no events at all yet
+        return None
+    return make(
+        "TRIGGER_EVENT_UNSEEN",
+        f"The clinic's appointment_events hold no {event} event of clinic {workflow.clinic_id}, and "
+        f"types careflow does not know: {_some(unknown)}. The trigger enrolls {event} events: map the "
+        "clinic's types to careflow's in the view careflow reads (docs/contracts.md §2)",
+        node_id=workflow.trigger.id,
+        field="data.event",
     )
 
 

@@ -355,6 +355,49 @@ def test_a_clinic_the_clinic_data_does_not_hold_is_told_at_publish_not_stored(
     assert [d["code"] for d in result["diagnostics"] if d["code"] == "WF_CLINIC_UNKNOWN"] == []
 
 
+def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """The clinic's system writes ``completed`` where careflow reads ``appointment_completed``: the
+    trigger would enroll nobody. Said at publish, with the types it found; not once the clinic's
+    events hold the trigger's (the view maps them), nor for a type simply not seen yet."""
+    from datetime import datetime, timezone
+
+    def events(*types: str) -> None:
+        with engine.begin() as conn:
+            for type_ in types:
+                conn.execute(
+                    tables.appointment_events.insert().values(
+                        id=f"e-{type_}", appointment_id="a1", patient_id="p1", clinic_id="gangnam-01",
+                        type=type_, occurred_at=datetime(2026, 3, 2, tzinfo=timezone.utc),
+                    )
+                )  # fmt: skip
+
+    def told(path: Path) -> list[dict]:
+        code, (result,) = _publish(workflows_dir, path)
+        assert code == 0
+        return [d for d in result["diagnostics"] if d["code"] == "TRIGGER_EVENT_UNSEEN"]
+
+    no_show = EXAMPLES / "no-show-recovery.json"  # its trigger: appointment_no_show
+    events("appointment_cancelled", "appointment_completed")
+    assert told(no_show) == []  # no no-shows yet, and every type is careflow's
+
+    with engine.begin() as conn:
+        conn.execute(tables.appointment_events.delete())
+    events("appointment_cancelled", "completed", "checked_out")
+    (warning,) = told(IMPLANT)
+    assert (warning["severity"], warning["node_id"], warning["field"], warning["message"]) == (
+        "warning",
+        "t1",
+        "data.event",
+        "The clinic's appointment_events hold no appointment_completed event of clinic gangnam-01, and "
+        "types careflow does not know: checked_out, completed. The trigger enrolls appointment_completed "
+        "events: map the clinic's types to careflow's in the view careflow reads (docs/contracts.md §2)",
+    )
+    events("appointment_completed")
+    assert told(IMPLANT) == []
+
+
 @pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
 def test_a_commit_that_fails_puts_the_snapshot_back(
     engine: Engine, workflows_dir: Path, hard_links: bool, monkeypatch: pytest.MonkeyPatch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -108,19 +109,30 @@ def _a_stage_crashes() -> ValidationReport:
         return validate_workflow(base())
 
 
-def _published(*workflows: dict[str, Any]) -> ValidationReport:
-    """The report of publishing the last of ``workflows``, each after the other, in a new database."""
+def _published(*workflows: dict[str, Any], events: tuple[str, ...] = ()) -> ValidationReport:
+    """The report of publishing the last of ``workflows``, each after the other, in a new database
+    whose clinic's data holds an event of each type in ``events``."""
     import tempfile
 
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, insert
 
     from careflow.publishing import publish_report
+    from careflow.store import tables
     from careflow.store.migrations import upgrade
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite:///{tmp}/careflow.db")
         try:
             upgrade(engine)
+            with engine.begin() as conn:
+                clinic = workflows[-1]["clinic_id"]
+                for n, event in enumerate(events):
+                    conn.execute(
+                        insert(tables.appointment_events).values(
+                            id=f"e{n}", appointment_id="a1", patient_id="p1", clinic_id=clinic, type=event,
+                            occurred_at=datetime(2026, 3, 2, tzinfo=timezone.utc),
+                        )
+                    )  # fmt: skip
             for workflow in workflows:
                 result = publish_report(validate_workflow(workflow), engine=engine, workflows_dir=Path(tmp))
         finally:
@@ -137,6 +149,11 @@ def _published_for_another_clinic() -> ValidationReport:
 @case("WF_CLINIC_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_data_has_no_such_clinic() -> ValidationReport:
     return _published(base())  # a new database: its clinics table is empty
+
+
+@case("TRIGGER_EVENT_UNSEEN", node_id="t1", field="data.event")
+def _published_where_the_clinic_spells_its_events_its_own_way() -> ValidationReport:
+    return _published(base(), events=("completed", "no-show"))
 
 
 @case("WF_TEXT_UNSTORABLE", field="name")

@@ -66,6 +66,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         "Validation itself failed; the workflow cannot be published until it is fixed.",
     ),
     "WF_NO_ACTIONS": (_W, "The workflow has no action: it never sends anything."),
+    "TRIGGER_EVENT_UNSEEN": (
+        _W,
+        "At publish: the clinic's appointment_events hold none of the trigger's event, and types "
+        "careflow does not know (spelt the clinic's system's way; told, not stored with the version).",
+    ),
     "WF_CLINIC_UNKNOWN": (
         _W,
         "At publish: the clinics careflow reads hold no clinic with the workflow's clinic_id (told, "
