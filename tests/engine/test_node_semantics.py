@@ -28,6 +28,38 @@ UTC = timezone.utc
 # ------------------------------------------------------------------ trigger
 
 
+def test_events_whose_appointment_or_patient_the_clinic_data_lacks_are_counted_and_logged(
+    engine, journey, fake, caplog
+):
+    """The clinic's views hand out ids another way than its events do: the enrollment's join leaves
+    those events out, and the trigger says how many, in its report and in the task's log."""
+    from sqlalchemy import insert
+
+    from careflow.engine.nodes import UNMATCHED_EVENT
+
+    t0 = kst(2025, 3, 4)
+    c = Clinic()
+    c.completed("p1", t0 - timedelta(hours=5))
+    c.load(engine)
+    with engine.begin() as conn:
+        for eid, appointment, patient in (("e-ghost-a", "A-0001", "p1"), ("e-ghost-p", "p1-a", "P-0001")):
+            conn.execute(
+                insert(tables.appointment_events).values(
+                    id=eid, appointment_id=appointment, patient_id=patient, clinic_id="gangnam-01",
+                    type="appointment_completed", occurred_at=t0 - timedelta(hours=4),
+                )
+            )  # fmt: skip
+    j = journey(chain("unmatched", ("a", "action", action())))
+    with caplog.at_level("WARNING", logger="careflow.engine.nodes"):
+        report = j.run_at(t0)["t"]
+    assert (report.enrolled, report.reasons[UNMATCHED_EVENT]) == (1, 2)
+    assert (
+        "careflow: workflow unmatched: 2 appointment_completed event(s) of this run's window name an "
+        "appointment or a patient that the clinic's appointments or patients do not hold: not enrolled"
+    ) in caplog.text
+    assert set(executions(engine, "unmatched")) == {"p1"}
+
+
 def test_trigger_enrolls_matching_events_in_window_once(engine, journey, fake):
     t0 = kst(2025, 3, 4)  # the daily run at Tuesday 00:00
     c = Clinic()

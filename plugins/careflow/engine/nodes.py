@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, type_coerce, update
+from sqlalchemy import and_, exists, func, or_, select, type_coerce, update
 from sqlalchemy.types import NullType
 
 from careflow import settings
@@ -191,6 +191,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         if len(rows) < batch:
             break
     with st.batch_transaction(ctx, report) as conn:
+        _count_unmatched_events(conn, ctx, node, window, report)
         # The interval's moves are followed once, with the watermark that passes them.
         _follow_moved_appointments(conn, ctx, start, end, report)
         st.insert_ignore(conn, w, [{"workflow_id": ctx.workflow_id, "enrolled_until": end}], ["workflow_id"])
@@ -202,6 +203,41 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         report.queries += 2
     report.passed = report.enrolled
     return report
+
+
+#: The reason an event of the window is not enrolled because the clinic's data holds no row of its
+#: appointment or its patient (a view that hands out its ids another way than the events do).
+UNMATCHED_EVENT = "event_without_its_appointment_or_patient"
+
+
+def _count_unmatched_events(
+    conn: Any, ctx: RunContext, node: CompiledNode, window: Any, report: NodeReport
+) -> None:
+    """Count, and say in the task's log, the trigger's events of the run's window that name an
+    appointment or a patient the clinic's data does not hold: the enrollment's join leaves them
+    out, and nothing else would tell (one read, through the events' (clinic, type, time) index)."""
+    e, a, p = tables.appointment_events, tables.appointments, tables.patients
+    unmatched = conn.execute(
+        select(func.count())
+        .select_from(e.outerjoin(a, a.c.id == e.c.appointment_id).outerjoin(p, p.c.id == e.c.patient_id))
+        .where(
+            e.c.clinic_id == ctx.compiled.clinic_id,
+            e.c.type == node.config.event,
+            *window,
+            or_(a.c.id.is_(None), p.c.id.is_(None)),
+        )
+    ).scalar_one()
+    report.queries += 1
+    if unmatched:
+        report.reasons[UNMATCHED_EVENT] += unmatched
+        log.warning(
+            "careflow: workflow %s: %d %s event(s) of this run's window name an appointment or a "
+            "patient that the clinic's appointments or patients do not hold: not enrolled. Check that "
+            "the clinic's views hand out the same ids as its appointment_events (docs/contracts.md §2)",
+            ctx.workflow_id,
+            unmatched,
+            node.config.event,
+        )
 
 
 def _follow_moved_appointments(
