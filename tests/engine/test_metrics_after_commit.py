@@ -237,6 +237,29 @@ def test_an_enrollment_page_that_fails_counts_every_patient_once_after_the_retry
     assert statsd.counters["careflow.executions.enrolled.paged"] == 5
 
 
+def test_events_the_clinic_data_cannot_match_are_counted_once_enrolled(engine, journey, statsd):
+    """An event that names an appointment the clinic's data does not hold is not enrolled: its
+    counter says so, beside the enrolled ones."""
+    from careflow.store import tables
+
+    c = Clinic()
+    cohort(c, 2, T - timedelta(hours=3))
+    c.load(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            tables.appointment_events.insert().values(
+                id="ghost", appointment_id="A-0001", patient_id="p0000", clinic_id="gangnam-01",
+                type="appointment_completed", occurred_at=T - timedelta(hours=2),
+            )
+        )  # fmt: skip
+    j = journey(chain("ghosts", ("a", "action", action())))
+    assert j.node("t", T, emit=observability.emit).enrolled == 2
+    assert (
+        statsd.counters["careflow.executions.enrolled.ghosts"],
+        statsd.counters["careflow.events.unmatched.ghosts"],
+    ) == (2, 1)
+
+
 def test_held_events_follow_the_outermost_block_and_only_this_thread(journey):
     import threading
 

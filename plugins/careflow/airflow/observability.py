@@ -113,6 +113,8 @@ def _record(stats_client: Any, event: str, fields: dict[str, Any]) -> None:
         stats_client.incr(f"careflow.messages.{outcome}.{wf}.{node}.{channel}", int(fields.get("count") or 1))
     elif event == "executions_enrolled":
         stats_client.incr(f"careflow.executions.enrolled.{wf}", int(fields.get("count") or 1))
+    elif event == "events_unmatched":
+        stats_client.incr(f"careflow.events.unmatched.{wf}", int(fields.get("count") or 1))
     elif event == "executions_completed":
         status = fields.get("status") if fields.get("status") in ("failed", "exited") else "completed"
         stats_client.incr(f"careflow.executions.{status}.{wf}", int(fields.get("count") or 1))

@@ -230,6 +230,7 @@ def _count_unmatched_events(
     report.queries += 1
     if unmatched:
         report.reasons[UNMATCHED_EVENT] += unmatched
+        ctx.event("events_unmatched", node_id=node.id, count=unmatched)  # once the transaction commits
         log.warning(
             "careflow: workflow %s: %d %s event(s) of this run's window name an appointment or a "
             "patient that the clinic's appointments or patients do not hold: not enrolled. Check that "
