@@ -201,6 +201,18 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return setup_airflow(args)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from careflow.doctor import PROBLEM, check_all
+
+    findings = check_all(Path(args.workflows_dir) if args.workflows_dir else None)
+    if args.json:
+        _print_json([finding.to_dict() for finding in findings])
+    else:
+        for finding in findings:
+            print(f"{finding.verdict:<8} {finding.subject:<19} {finding.text}")
+    return EXIT_ERROR if any(finding.verdict == PROBLEM for finding in findings) else EXIT_OK
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     from careflow.metrics_report import run
 
@@ -283,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("setup", help="create or resize the careflow_messaging pool in Airflow")
     st.add_argument("--pool-slots", type=int, default=DEFAULT_POOL_SLOTS)
     st.set_defaults(func=cmd_setup)
+
+    ck = sub.add_parser(
+        "check",
+        help="whether careflow can work as configured: database, snapshots, connections, pool (exit 2: a problem)",
+    )
+    ck.add_argument("--json", action="store_true")
+    ck.add_argument("--workflows-dir", help="override [careflow] workflows_dir")
+    ck.set_defaults(func=cmd_check)
 
     mt = sub.add_parser(
         "metrics", help="runs, error rates, durations (P95) and messages per workflow and node"

@@ -285,6 +285,18 @@ def _sentinel_path(path: str) -> list[str]:
     return [unquote(segment) for segment in path.split("/") if segment]
 
 
+def unusable_reason(url: str) -> str | None:
+    """Why careflow cannot use the Redis at ``url`` now (one call, as a worker's first one makes:
+    a Redis Cluster's nodes, or the master its Sentinels name, included), or None where it answers.
+    A URL careflow cannot read at all is a ConfigurationError."""
+    link = RedisLink(url)
+    try:
+        link._server_client().ping()
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        return _why_unusable(exc, url)
+    return None
+
+
 def _why_unusable(exc: BaseException, url: str) -> str:
     """What to tell of a Redis that cannot be used: the error's type, and what to do where waiting
     will not mend it (its TLS certificate refused, careflow's credentials or an ACL refused)."""

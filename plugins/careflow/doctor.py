@@ -1,0 +1,194 @@
+"""``careflow check``: whether careflow can work as configured here, each part in one line.
+
+What an operator runs after setting careflow up, or when nothing is sent: careflow's database
+(its tables, the clinic's data as careflow reads it), the published snapshots, the
+``careflow_messaging``, ``careflow_redis`` and ``careflow_alerts`` connections and Airflow's pool
+for the send tasks. It reads and asks; it writes nothing and sends nothing. Every finding names
+what it checked and, where it is a problem, what to do, in the words the tasks and commands use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from careflow import settings
+from careflow.exceptions import CareflowError
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing checked: ``verdict`` ok, warning (careflow works, with less) or problem."""
+
+    verdict: str
+    subject: str
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def check_all(workflows_dir: Path | None = None) -> list[Finding]:
+    """Every check, in the order an operator mends them; none raises."""
+    checks: list[tuple[str, Callable[[], list[Finding]]]] = [
+        ("careflow_db", _database),
+        ("workflows_dir", lambda: _snapshots(workflows_dir)),
+        ("careflow_messaging", _messaging),
+        ("careflow_redis", _redis),
+        ("careflow_alerts", _alerts),
+        ("airflow", _pool),
+    ]
+    return [finding for subject, check in checks for finding in _each(subject, check)]
+
+
+def _each(subject: str, check: Callable[[], list[Finding]]) -> list[Finding]:
+    """``check()``, or the problem it ran into, in one line."""
+    from careflow.store.db import what_failed
+
+    try:
+        return check()
+    except CareflowError as exc:
+        return [Finding(PROBLEM, subject, str(exc))]
+    except Exception as exc:
+        return [Finding(PROBLEM, subject, f"unexpected error: {what_failed(exc)}")]
+
+
+def _database() -> list[Finding]:
+    from careflow.exceptions import first_line
+    from careflow.store.db import database_name, database_unusable, get_engine
+    from careflow.store.migrations import check_ready, current_version
+
+    engine = get_engine()
+    named = f"{database_name(engine)} (from {settings.db_url_origin()})"
+    try:
+        check_ready(engine)  # careflow's tables, and the clinic's data as careflow reads it
+        with engine.connect() as conn:
+            version = current_version(conn)
+    except CareflowError as exc:
+        return [Finding(PROBLEM, "careflow_db", f"{named}: {exc}")]
+    except Exception as exc:
+        said = database_unusable(exc) or f"{named}: {type(exc).__name__}: {first_line(exc)}"
+        return [Finding(PROBLEM, "careflow_db", said)]
+    return [
+        Finding(
+            OK, "careflow_db", f"{named}: careflow's tables at version {version}; the clinic's data readable"
+        )
+    ]
+
+
+#: What a snapshot's state (``workflows list``) means for the DAG factory, where the listing says no more.
+_SNAPSHOT_STATES = {
+    "missing": "published, but its snapshot is not in the workflows directory: publish it again",
+    "stale": "its snapshot is of an older version than careflow_db's: publish it again",
+    "ok (not in database)": "careflow_db has no version of it: published through another database?",
+}
+
+
+def _snapshots(workflows_dir: Path | None) -> list[Finding]:
+    from careflow.publishing import read_workflows
+
+    folder = workflows_dir or settings.workflows_dir()
+    listed = read_workflows(workflows_dir=folder)
+    if listed.snapshots_problem:
+        return [Finding(PROBLEM, "workflows_dir", listed.snapshots_problem)]
+    findings = []
+    # Without careflow's database (said above) the snapshots are all there is to compare: "ok".
+    compared = listed.database_problem is None
+    for item in listed.workflows:
+        if item.snapshot == "broken":
+            findings.append(
+                Finding(PROBLEM, f"workflow {item.workflow_id}", item.problem or "its snapshot is broken")
+            )
+        elif compared and item.snapshot != "ok":
+            why = item.problem or _SNAPSHOT_STATES.get(item.snapshot, item.snapshot)
+            findings.append(
+                Finding(WARNING, f"workflow {item.workflow_id}", f"snapshot {item.snapshot}: {why}")
+            )
+    good = sum(
+        1
+        for item in listed.workflows
+        if item.snapshot == "ok" or (not compared and item.snapshot != "broken")
+    )
+    if not listed.workflows:
+        findings.append(
+            Finding(
+                WARNING, "workflows_dir", f"{folder}: no workflow is published (careflow workflows publish)"
+            )
+        )
+    elif good:
+        findings.insert(
+            0, Finding(OK, "workflows_dir", f"{folder}: {good} workflow(s) the DAG factory reads")
+        )
+    return findings
+
+
+def _messaging() -> list[Finding]:
+    config = settings.messaging_config()  # a ConfigurationError naming what is missing or unusable
+    return [Finding(OK, "careflow_messaging", f"the provider at {config.base_url}")]
+
+
+def _redis() -> list[Finding]:
+    from careflow.resilience.redis_link import redact, unusable_reason
+
+    url = settings.redis_url()
+    if not url:
+        return [
+            Finding(
+                OK,
+                "careflow_redis",
+                "not set: circuit breakers and caches are each machine's (enough where one machine runs every task)",
+            )
+        ]
+    why = unusable_reason(url)
+    if why is not None:
+        return [
+            Finding(
+                PROBLEM,
+                "careflow_redis",
+                f"Redis at {redact(url)} cannot be used ({why}): until it can, each machine keeps its own breakers",
+            )
+        ]
+    return [Finding(OK, "careflow_redis", f"Redis at {redact(url)} answers")]
+
+
+def _alerts() -> list[Finding]:
+    from careflow.airflow.alerts import webhook
+
+    hook = webhook()
+    if hook is None:
+        return [Finding(WARNING, "careflow_alerts", "not defined: alerts are only logged (docs/alerts.md)")]
+    where = urlsplit(hook.url)  # the path of a chat's webhook is its secret: not shown
+    return [Finding(OK, "careflow_alerts", f"posts {hook.format} JSON to {where.scheme}://{where.netloc}")]
+
+
+def _pool() -> list[Finding]:
+    from airflow.models.pool import Pool
+
+    from careflow.airflow.operators.action import PROVIDER_POOL
+
+    try:
+        pool = Pool.get_pool(PROVIDER_POOL)
+    except Exception as exc:
+        from careflow.exceptions import first_line
+
+        return [
+            Finding(
+                PROBLEM,
+                "airflow",
+                f"Airflow's metadata database cannot be read ({type(exc).__name__}: {first_line(exc)}): "
+                "run `airflow db migrate` with the same AIRFLOW_HOME and configuration",
+            )
+        ]
+    if pool is None:
+        return [
+            Finding(
+                PROBLEM,
+                "airflow",
+                f"no pool {PROVIDER_POOL}: Airflow never queues a send task without it; run `careflow setup`",
+            )
+        ]
+    return [Finding(OK, "airflow", f"pool {PROVIDER_POOL} has {pool.slots} slot(s)")]

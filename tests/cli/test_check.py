@@ -1,0 +1,98 @@
+"""``careflow check``: each part careflow needs, one line each, and exit 2 where one is a problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import EXAMPLES, airflow_env, refusing_port
+
+CAREFLOW = str(Path(sys.executable).parent / "careflow")
+REDIS_URL = os.environ.get("CAREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _careflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CAREFLOW, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def home(tmp_path: Path, airflow_home: Path) -> dict[str, str]:
+    """An Airflow home of its own (the session's metadata database, copied) and its environment:
+    careflow's embedded database not upgraded yet, no connection defined."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(home / "airflow.db")
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    return airflow_env(
+        home,
+        tmp_path / "workflows",
+        CAREFLOW_DB_URL=f"sqlite:///{tmp_path / 'careflow.db'}",
+        CAREFLOW_REDIS_URL="",
+        AIRFLOW__LOGGING__LOGGING_LEVEL="ERROR",
+    )
+
+
+@pytest.mark.airflow
+@pytest.mark.redis
+def test_a_setup_careflow_can_work_with_says_ok_for_each_part(home: dict[str, str]) -> None:
+    env = {
+        **home,
+        "CAREFLOW_REDIS_URL": REDIS_URL,
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING": "http://:dev-token@127.0.0.1:8025",
+        "AIRFLOW_CONN_CAREFLOW_ALERTS": "https://hooks.slack.com/services/T000/B000/secret-part",
+    }
+    for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES)), ("setup",)):
+        done = _careflow(env, *argv)
+        assert done.returncode == 0, done.stderr
+    checked = _careflow(env, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = checked.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["ok", "careflow_db"],
+        ["ok", "workflows_dir"],
+        ["ok", "careflow_messaging"],
+        ["ok", "careflow_redis"],
+        ["ok", "careflow_alerts"],
+        ["ok", "airflow"],
+    ]
+    assert f"{len(list(EXAMPLES.glob('*.json')))} workflow(s) the DAG factory reads" in lines[1]
+    assert lines[2].endswith("the provider at http://127.0.0.1:8025")
+    assert lines[4].endswith(
+        "posts slack JSON to https://hooks.slack.com"
+    )  # the webhook's secret path is not shown
+    assert "secret-part" not in checked.stdout and "dev-token" not in checked.stdout
+
+
+def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[str, str]) -> None:
+    with refusing_port() as port:
+        env = {**home, "CAREFLOW_REDIS_URL": f"redis://:hidden@127.0.0.1:{port}/0"}
+        checked = _careflow(env, "check", "--json")
+    assert checked.returncode == 2, checked.stderr
+    found = {f["subject"]: (f["verdict"], f["text"]) for f in json.loads(checked.stdout)}
+    assert found["careflow_db"][0] == "problem"
+    assert (
+        "careflow's tables are at version 0, the code needs 6: run `careflow db upgrade`"
+        in found["careflow_db"][1]
+    )
+    assert found["careflow_messaging"] == (
+        "problem",
+        "connection 'careflow_messaging' is not defined: add it (type http, host = provider base URL, "
+        "password = bearer token), e.g. AIRFLOW_CONN_CAREFLOW_MESSAGING='http://:TOKEN@127.0.0.1:8025'",
+    )
+    assert found["careflow_redis"][0] == "problem" and f"127.0.0.1:{port}" in found["careflow_redis"][1]
+    assert "hidden" not in checked.stdout
+    assert found["careflow_alerts"] == ("warning", "not defined: alerts are only logged (docs/alerts.md)")
+    assert found["airflow"] == (
+        "problem",
+        "no pool careflow_messaging: Airflow never queues a send task without it; run `careflow setup`",
+    )
