@@ -37,6 +37,7 @@ def check_all(workflows_dir: Path | None = None) -> list[Finding]:
     checks: list[tuple[str, Callable[[], list[Finding]]]] = [
         ("careflow_db", _database),
         ("workflows_dir", lambda: _snapshots(workflows_dir)),
+        ("clinic data", lambda: _clinic_data(workflows_dir)),
         ("careflow_messaging", _messaging),
         ("careflow_redis", _redis),
         ("careflow_alerts", _alerts),
@@ -123,6 +124,24 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
         findings.insert(
             0, Finding(OK, "workflows_dir", f"{folder}: {good} workflow(s) the DAG factory reads")
         )
+    return findings
+
+
+def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
+    """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
+    clinic not among the clinics, its trigger's events spelt the clinic's system's way."""
+    from careflow.publishing import clinic_data_unmatched
+    from careflow.snapshots import load_all
+    from careflow.store.db import get_engine
+
+    engine = get_engine()
+    findings = []
+    for _, compiled in load_all(workflows_dir or settings.workflows_dir())[0]:
+        trigger = compiled.trigger
+        for told in clinic_data_unmatched(engine, compiled.clinic_id, trigger.config.event, trigger.id):
+            findings.append(
+                Finding(WARNING, f"workflow {compiled.workflow_id}", f"{told.code}: {told.message}")
+            )
     return findings
 
 

@@ -93,7 +93,8 @@ def publish_report(
     database = database_name(engine)
     workflow = report.workflow
     digest = content_hash(workflow)
-    told = _clinic_data_unmatched(engine, workflow)
+    trigger = workflow.trigger
+    told = clinic_data_unmatched(engine, workflow.clinic_id, trigger.data.event, trigger.id)
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
@@ -176,18 +177,18 @@ def publish_report(
     )
 
 
-def _clinic_data_unmatched(engine: Engine, workflow: Workflow) -> list[Diagnostic]:
-    """Warnings where the clinic's data does not match what the workflow's trigger enrolls by: no
-    clinic of its ``clinic_id``, or no event of its type among event types careflow does not know.
-    Written another way than the clinic's data has it, a workflow enrolls nobody, silently. None
-    where the data cannot be read (the run says why, in its own words)."""
+def clinic_data_unmatched(engine: Engine, clinic_id: str, event: str, trigger_id: str) -> list[Diagnostic]:
+    """Warnings where the clinic's data does not match what a workflow's trigger (``trigger_id``,
+    enrolling ``event`` events of ``clinic_id``) enrolls by: no such clinic, or no event of its type
+    among event types careflow does not know. Written another way than the clinic's data has it, a
+    workflow enrolls nobody, silently. None where the data cannot be read (the run says why)."""
     try:
         with engine.connect() as conn:
             return [
                 told
                 for told in (
-                    _clinic_unknown(conn, workflow.clinic_id, database_name(engine)),
-                    _event_unseen(conn, workflow),
+                    _clinic_unknown(conn, clinic_id, database_name(engine)),
+                    _event_unseen(conn, clinic_id, event, trigger_id),
                 )
                 if told is not None
             ]
@@ -213,12 +214,11 @@ def _clinic_unknown(conn: Connection, clinic_id: str, database: str) -> Diagnost
     )
 
 
-def _event_unseen(conn: Connection, workflow: Workflow) -> Diagnostic | None:
+def _event_unseen(conn: Connection, clinic_id: str, event: str, trigger_id: str) -> Diagnostic | None:
     # The first read goes through the events' (clinic, type, time) index; the second only where
     # the clinic has none of the trigger's events, which is where its types say why.
     e = tables.appointment_events
-    event = workflow.trigger.data.event
-    mine = e.c.clinic_id == workflow.clinic_id
+    mine = e.c.clinic_id == clinic_id
     if conn.execute(select(e.c.id).where(mine, e.c.type == event).limit(1)).first() is not None:
         return None
     unknown = list(
@@ -234,10 +234,10 @@ def _event_unseen(conn: Connection, workflow: Workflow) -> Diagnostic | None:
         return None
     return make(
         "TRIGGER_EVENT_UNSEEN",
-        f"The clinic's appointment_events hold no {event} event of clinic {workflow.clinic_id}, and "
+        f"The clinic's appointment_events hold no {event} event of clinic {clinic_id}, and "
         f"types careflow does not know: {_some(unknown)}. The trigger enrolls {event} events: map the "
         "clinic's types to careflow's in the view careflow reads (docs/contracts.md §2)",
-        node_id=workflow.trigger.id,
+        node_id=trigger_id,
         field="data.event",
     )
 

@@ -54,6 +54,19 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(home: dict[str, st
     for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES)), ("setup",)):
         done = _careflow(env, *argv)
         assert done.returncode == 0, done.stderr
+    examples = len(list(EXAMPLES.glob("*.json")))
+
+    # The clinic's data not loaded yet: each published workflow's clinic is unknown (a warning).
+    checked = _careflow(env, "check", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    warned = [f for f in json.loads(checked.stdout) if f["verdict"] == "warning"]
+    assert [f["subject"] for f in warned] == [f"workflow {p.stem}" for p in sorted(EXAMPLES.glob("*.json"))]
+    assert all(
+        f["text"].startswith("WF_CLINIC_UNKNOWN: No clinic gangnam-01 in the clinics table") for f in warned
+    )
+
+    with sqlite3.connect(env["CAREFLOW_DB_URL"].removeprefix("sqlite:///")) as conn:
+        conn.execute("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam-01', '강남', 'Asia/Seoul')")
     checked = _careflow(env, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = checked.stdout.splitlines()
@@ -65,7 +78,7 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(home: dict[str, st
         ["ok", "careflow_alerts"],
         ["ok", "airflow"],
     ]
-    assert f"{len(list(EXAMPLES.glob('*.json')))} workflow(s) the DAG factory reads" in lines[1]
+    assert f"{examples} workflow(s) the DAG factory reads" in lines[1]
     assert lines[2].endswith("the provider at http://127.0.0.1:8025")
     assert lines[4].endswith(
         "posts slack JSON to https://hooks.slack.com"
