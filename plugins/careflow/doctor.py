@@ -146,8 +146,17 @@ def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
 
 
 def _messaging() -> list[Finding]:
+    from careflow.providers.hook import MessagingHook
+
     config = settings.messaging_config()  # a ConfigurationError naming what is missing or unusable
-    return [Finding(OK, "careflow_messaging", f"the provider at {config.base_url}")]
+    # A lookup of a key it cannot have and a message without fields: nothing is sent (the hook's
+    # test, Airflow's "Test connection" button).
+    answered, said = MessagingHook().test_connection()
+    return [
+        Finding(
+            OK if answered else PROBLEM, "careflow_messaging", f"the provider at {config.base_url}: {said}"
+        )
+    ]
 
 
 def _redis() -> list[Finding]:

@@ -7,10 +7,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from careflow.providers.fake_server import FakeProviderServer
 from support import EXAMPLES, airflow_env, refusing_port
 
 CAREFLOW = str(Path(sys.executable).parent / "careflow")
@@ -42,13 +44,26 @@ def home(tmp_path: Path, airflow_home: Path) -> dict[str, str]:
     )
 
 
+@pytest.fixture
+def provider() -> Iterator[FakeProviderServer]:
+    with FakeProviderServer() as fake:
+        yield fake
+
+
+def _messaging(provider: FakeProviderServer, token: str) -> str:
+    """The ``careflow_messaging`` connection of ``provider`` with ``token``, as Airflow reads it from the environment."""
+    return provider.url.replace("http://", f"http://:{token}@")
+
+
 @pytest.mark.airflow
 @pytest.mark.redis
-def test_a_setup_careflow_can_work_with_says_ok_for_each_part(home: dict[str, str]) -> None:
+def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
+    home: dict[str, str], provider: FakeProviderServer
+) -> None:
     env = {
         **home,
         "CAREFLOW_REDIS_URL": REDIS_URL,
-        "AIRFLOW_CONN_CAREFLOW_MESSAGING": "http://:dev-token@127.0.0.1:8025",
+        "AIRFLOW_CONN_CAREFLOW_MESSAGING": _messaging(provider, provider.token),
         "AIRFLOW_CONN_CAREFLOW_ALERTS": "https://hooks.slack.com/services/T000/B000/secret-part",
     }
     for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES)), ("setup",)):
@@ -79,11 +94,17 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(home: dict[str, st
         ["ok", "airflow"],
     ]
     assert f"{examples} workflow(s) the DAG factory reads" in lines[1]
-    assert lines[2].endswith("the provider at http://127.0.0.1:8025")
-    assert lines[4].endswith(
-        "posts slack JSON to https://hooks.slack.com"
-    )  # the webhook's secret path is not shown
-    assert "secret-part" not in checked.stdout and "dev-token" not in checked.stdout
+    assert lines[2].endswith(f"the provider at {provider.url}: provider reachable, token accepted")
+    assert lines[4].endswith("posts slack JSON to https://hooks.slack.com")  # not the webhook's secret path
+    assert "secret-part" not in checked.stdout and provider.token not in checked.stdout
+
+    refused = _careflow({**env, "AIRFLOW_CONN_CAREFLOW_MESSAGING": _messaging(provider, "wrong")}, "check")
+    assert refused.returncode == 2
+    assert (
+        f"problem  careflow_messaging  the provider at {provider.url}: provider refused the connection "
+        "(unauthorized, HTTP 401)"
+    ) in refused.stdout.splitlines()
+    assert provider.messages() == []  # asked, never sent to
 
 
 def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[str, str]) -> None:
