@@ -1,9 +1,9 @@
 """``careflow check``: whether careflow can work as configured here, each part in one line.
 
 What an operator runs after setting careflow up, or when nothing is sent: careflow's database
-(its tables, the clinic's data as careflow reads it), the published snapshots, the
-``careflow_messaging``, ``careflow_redis`` and ``careflow_alerts`` connections and Airflow's pool
-for the send tasks. It reads and asks; it writes nothing and sends nothing. Every finding names
+(its tables, the clinic's data as careflow reads it), the published snapshots and each workflow
+against the clinic's data, the ``careflow_messaging`` (asked of the provider), ``careflow_redis``
+and ``careflow_alerts`` connections and Airflow's pool for the send tasks. It reads and asks; it writes nothing and sends nothing. Every finding names
 what it checked and, where it is a problem, what to do, in the words the tasks and commands use.
 """
 
@@ -189,8 +189,11 @@ def _alerts() -> list[Finding]:
     hook = webhook()
     if hook is None:
         return [Finding(WARNING, "careflow_alerts", "not defined: alerts are only logged (docs/alerts.md)")]
-    where = urlsplit(hook.url)  # the path of a chat's webhook is its secret: not shown
-    return [Finding(OK, "careflow_alerts", f"posts {hook.format} JSON to {where.scheme}://{where.netloc}")]
+    # Where, not who: a chat webhook's path is its secret, and a URL may carry a login.
+    where = urlsplit(hook.url)
+    host = f"[{where.hostname}]" if ":" in (where.hostname or "") else f"{where.hostname}"
+    host += f":{where.port}" if where.port else ""
+    return [Finding(OK, "careflow_alerts", f"posts {hook.format} JSON to {where.scheme}://{host}")]
 
 
 def _pool() -> list[Finding]:

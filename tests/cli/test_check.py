@@ -25,13 +25,16 @@ def _careflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[st
 
 @pytest.fixture
 def home(tmp_path: Path, airflow_home: Path) -> dict[str, str]:
-    """An Airflow home of its own (the session's metadata database, copied) and its environment:
-    careflow's embedded database not upgraded yet, no connection defined."""
+    """An Airflow home of its own (the session's metadata database, copied, without the pool an
+    earlier test may have made there) and its environment: careflow's embedded database not
+    upgraded yet, no connection defined."""
     home = tmp_path / "airflow"
     home.mkdir()
     source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(home / "airflow.db")
     try:
         source.backup(copy)
+        with copy:
+            copy.execute("DELETE FROM slot_pool WHERE pool = 'careflow_messaging'")
     finally:
         source.close()
         copy.close()
@@ -64,7 +67,12 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
         **home,
         "CAREFLOW_REDIS_URL": REDIS_URL,
         "AIRFLOW_CONN_CAREFLOW_MESSAGING": _messaging(provider, provider.token),
-        "AIRFLOW_CONN_CAREFLOW_ALERTS": "https://hooks.slack.com/services/T000/B000/secret-part",
+        "AIRFLOW_CONN_CAREFLOW_ALERTS": json.dumps(
+            {
+                "conn_type": "http",
+                "extra": {"webhook_url": "https://ops:pw-secret@hooks.slack.com/services/T0/B0/secret-part"},
+            }
+        ),
     }
     for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES)), ("setup",)):
         done = _careflow(env, *argv)
@@ -96,7 +104,8 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
     assert f"{examples} workflow(s) the DAG factory reads" in lines[1]
     assert lines[2].endswith(f"the provider at {provider.url}: provider reachable, token accepted")
     assert lines[4].endswith("posts slack JSON to https://hooks.slack.com")  # not the webhook's secret path
-    assert "secret-part" not in checked.stdout and provider.token not in checked.stdout
+    assert "secret-part" not in checked.stdout and "pw-secret" not in checked.stdout
+    assert provider.token not in checked.stdout
 
     refused = _careflow({**env, "AIRFLOW_CONN_CAREFLOW_MESSAGING": _messaging(provider, "wrong")}, "check")
     assert refused.returncode == 2
