@@ -661,8 +661,18 @@ def test_an_alert_goes_as_careflows_own_json_with_the_headers_the_connection_nam
             "the careflow_alerts connection's format 'xml' is not one careflow posts (slack, json)",
         ),
         (
+            {"format": ["json"]},
+            "the careflow_alerts connection's format ['json'] is not one careflow posts (slack, json)",
+        ),
+        (
             {"headers": ["Authorization: key"]},
-            "the careflow_alerts connection's headers must be an object of header names to text values (list given)",
+            "the careflow_alerts connection's headers must be an object of header names to text values of one "
+            "line (list given)",
+        ),
+        (
+            {"headers": {"Authorization": "key\r\nX-Injected: 1"}},
+            "the careflow_alerts connection's headers must be an object of header names to text values of one "
+            "line (an object with other values given)",
         ),
     ],
 )

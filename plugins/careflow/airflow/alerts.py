@@ -216,11 +216,15 @@ def webhook() -> Webhook | None:
     return Webhook(url, settings.connection_proxy(conn, url), *_shape(conn.extra))
 
 
+#: What no header name or value may hold (the request would be refused, and the alert lost).
+_BREAKS_A_HEADER = re.compile(r"[\r\n\x00]")
+
+
 def _shape(extra: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The connection's ``format`` and ``headers``. One careflow cannot use is said in the log and
     left out (Slack's shape, no headers of its own): the alert is still posted."""
     shape = extra.get("format") or "slack"
-    if shape not in ALERT_FORMATS:
+    if not isinstance(shape, str) or shape not in ALERT_FORMATS:
         log.error(
             "careflow: the careflow_alerts connection's format %r is not one careflow posts (%s): "
             "alerts go as Slack JSON",
@@ -230,11 +234,12 @@ def _shape(extra: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
         shape = "slack"
     headers = extra.get("headers") or {}
     if not isinstance(headers, dict) or not all(
-        isinstance(name, str) and isinstance(value, str) for name, value in headers.items()
+        isinstance(name, str) and isinstance(value, str) and not _BREAKS_A_HEADER.search(name + value)
+        for name, value in headers.items()
     ):
         log.error(
             "careflow: the careflow_alerts connection's headers must be an object of header names to "
-            "text values (%s given): alerts go without them",
+            "text values of one line (%s given): alerts go without them",
             type(headers).__name__ if not isinstance(headers, dict) else "an object with other values",
         )
         headers = {}
