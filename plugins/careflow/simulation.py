@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Wake runs per scheduled run, at most: a guard against a workflow that keeps waking itself.
 MAX_WAKES_PER_RUN = 200
+#: The most days one simulation runs (``--days`` of ``careflow simulate`` and ``careflow demo``).
+MAX_DAYS = 366
 
 
 @dataclass
@@ -359,6 +361,12 @@ def summarize(messages: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def check_days(days: int) -> None:
+    """ConfigurationError naming ``--days`` where it is not a number of days a simulation runs."""
+    if not 1 <= days <= MAX_DAYS:
+        raise ConfigurationError(f"--days must be between 1 and {MAX_DAYS}, got {days}")
+
+
 def simulate(args: argparse.Namespace) -> int:
     """The ``careflow simulate`` command."""
     # Before Airflow is imported: its per-run logging would drown the message lines.
@@ -367,8 +375,7 @@ def simulate(args: argparse.Namespace) -> int:
         start = parse_day_or_time(args.start)
     except ValueError as exc:
         raise ConfigurationError(f"--start {exc}") from None
-    if args.days < 1 or args.days > 366:
-        raise ConfigurationError(f"--days must be between 1 and 366, got {args.days}")
+    check_days(args.days)
     workflow_ids = _workflow_ids(args.workflow)
 
     def show(item: dict[str, Any]) -> None:

@@ -116,10 +116,10 @@ MAX_DEMO_PATIENTS = 100_000
 
 def _run_demo(args: argparse.Namespace) -> int:
     from careflow.exceptions import ConfigurationError
+    from careflow.simulation import check_days
 
     # Before anything is set up: the simulated days are what `careflow simulate` takes.
-    if not 1 <= args.days <= 366:
-        raise ConfigurationError(f"--days must be between 1 and 366, got {args.days}")
+    check_days(args.days)
     if not 1 <= args.patients <= MAX_DEMO_PATIENTS:
         raise ConfigurationError(
             f"--patients must be between 1 and {MAX_DEMO_PATIENTS:,}, got {args.patients}"
