@@ -202,6 +202,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    # Before Airflow is imported: its log lines (on stdout) would break --json's output.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
     from careflow.doctor import PROBLEM, check_all
 
     findings = check_all(Path(args.workflows_dir) if args.workflows_dir else None)

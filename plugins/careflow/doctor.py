@@ -198,22 +198,16 @@ def _alerts() -> list[Finding]:
 
 def _pool() -> list[Finding]:
     from airflow.models.pool import Pool
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from careflow.airflow.operators.action import PROVIDER_POOL
+    from careflow.simulation import raise_airflow_database_problem
 
     try:
         pool = Pool.get_pool(PROVIDER_POOL)
-    except Exception as exc:
-        from careflow.exceptions import first_line
-
-        return [
-            Finding(
-                PROBLEM,
-                "airflow",
-                f"Airflow's metadata database cannot be read ({type(exc).__name__}: {first_line(exc)}): "
-                "run `airflow db migrate` with the same AIRFLOW_HOME and configuration",
-            )
-        ]
+    except (OperationalError, ProgrammingError) as exc:  # as `careflow setup` says it
+        raise_airflow_database_problem(exc)
+        raise
     if pool is None:
         return [
             Finding(

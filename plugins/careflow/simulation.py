@@ -63,12 +63,12 @@ def load_dag(dag_id: str) -> Any:
                 sync_bag_to_db(bag, bundle.name, bundle_version=None)
                 return bag.dags[dag_id]
     except (OperationalError, ProgrammingError) as exc:  # "no such table", "relation does not exist"
-        _raise_airflow_database_problem(exc)
+        raise_airflow_database_problem(exc)
         raise
     raise _dag_not_found(dag_id)
 
 
-def _raise_airflow_database_problem(exc: Exception) -> None:
+def raise_airflow_database_problem(exc: Exception) -> None:
     """ConfigurationError naming Airflow's metadata DB where it is the cause of ``exc``: it has no
     space left, it lacks this Airflow's migrations, or it cannot be read at all (down, a name or
     login refused)."""
@@ -198,7 +198,7 @@ def _run_once(
         except OperationalError as exc:
             # Airflow's own writes: careflow's errors are tagged (and end its tasks, not the run).
             if database_problem_kind(exc) is None:
-                _raise_airflow_database_problem(exc)
+                raise_airflow_database_problem(exc)
             raise
         state = getattr(dr, "state", None)
         return str(state.value if isinstance(state, DagRunState) else state)

@@ -139,3 +139,19 @@ def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[st
         "problem",
         "no pool careflow_messaging: Airflow never queues a send task without it; run `careflow setup`",
     )
+
+
+def test_an_airflow_database_not_migrated_is_named_as_setup_names_it(tmp_path: Path) -> None:
+    """At Airflow's default log level, which prints its own lines on stdout: ``--json`` stays JSON."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    env = airflow_env(home, tmp_path / "workflows", CAREFLOW_DB_URL=f"sqlite:///{tmp_path / 'careflow.db'}")
+    env.pop("AIRFLOW__LOGGING__LOGGING_LEVEL")
+    checked = _careflow(env, "check", "--json")
+    assert checked.returncode == 2, checked.stderr
+    found = {f["subject"]: (f["verdict"], f["text"]) for f in json.loads(checked.stdout)}
+    assert found["airflow"] == (
+        "problem",
+        f"Airflow's metadata database (sqlite:///{home / 'airflow.db'}) is not migrated: run `airflow db "
+        "migrate` with the same AIRFLOW_HOME and configuration, then run this again",
+    )

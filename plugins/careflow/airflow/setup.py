@@ -27,7 +27,7 @@ def setup_airflow(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from careflow.airflow.operators.action import PROVIDER_POOL
-    from careflow.simulation import _raise_airflow_database_problem
+    from careflow.simulation import raise_airflow_database_problem
 
     if args.pool_slots < 1:
         raise SystemExit("careflow setup: --pool-slots must be at least 1")
@@ -39,7 +39,7 @@ def setup_airflow(args: argparse.Namespace) -> int:
             include_deferred=False,
         )
     except (OperationalError, ProgrammingError) as exc:  # "no such table", "relation does not exist"
-        _raise_airflow_database_problem(exc)
+        raise_airflow_database_problem(exc)
         raise
     print(f"pool {pool.pool} has {pool.slots} slot(s)")
     return 0
