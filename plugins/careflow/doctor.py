@@ -59,8 +59,7 @@ def _each(subject: str, check: Callable[[], list[Finding]]) -> list[Finding]:
 
 
 def _database() -> list[Finding]:
-    from careflow.exceptions import first_line
-    from careflow.store.db import database_name, database_unusable, get_engine
+    from careflow.store.db import database_name, database_unusable, get_engine, what_failed
     from careflow.store.migrations import check_ready, current_version
 
     engine = get_engine()
@@ -72,7 +71,7 @@ def _database() -> list[Finding]:
     except CareflowError as exc:
         return [Finding(PROBLEM, "careflow_db", f"{named}: {exc}")]
     except Exception as exc:
-        said = database_unusable(exc) or f"{named}: {type(exc).__name__}: {first_line(exc)}"
+        said = database_unusable(exc) or f"{named}: {what_failed(exc)}"  # careflow's words name it
         return [Finding(PROBLEM, "careflow_db", said)]
     return [
         Finding(
