@@ -697,6 +697,19 @@ def fill(path: Path) -> None:
         os.close(fd)
 
 
+def copy_airflow_db(airflow_home: Path, path: Path) -> None:
+    """The metadata database of ``airflow_home`` (the session's, migrated) copied to ``path`` through
+    SQLite: the session's may hold pages in its WAL file."""
+    import sqlite3
+
+    source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(path)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+
+
 @contextlib.contextmanager
 def tmpfs(disk: Path, size: str) -> Iterator[Path]:
     """A filesystem of its own, ``size`` (``1m``), mounted at ``disk`` (made here) while the block

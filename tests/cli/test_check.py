@@ -8,12 +8,13 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from careflow.providers.fake_server import FakeProviderServer
-from support import EXAMPLES, airflow_env, refusing_port
+from support import EXAMPLES, airflow_env, copy_airflow_db, refusing_port
 
 CAREFLOW = str(Path(sys.executable).parent / "careflow")
 REDIS_URL = os.environ.get("CAREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -30,14 +31,9 @@ def home(tmp_path: Path, airflow_home: Path) -> dict[str, str]:
     upgraded yet, no connection defined."""
     home = tmp_path / "airflow"
     home.mkdir()
-    source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(home / "airflow.db")
-    try:
-        source.backup(copy)
-        with copy:
-            copy.execute("DELETE FROM slot_pool WHERE pool = 'careflow_messaging'")
-    finally:
-        source.close()
-        copy.close()
+    copy_airflow_db(airflow_home, home / "airflow.db")
+    with closing(sqlite3.connect(home / "airflow.db")) as copy, copy:
+        copy.execute("DELETE FROM slot_pool WHERE pool = 'careflow_messaging'")
     return airflow_env(
         home,
         tmp_path / "workflows",

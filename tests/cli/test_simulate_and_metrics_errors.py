@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from careflow.cli import main
-from support import EXAMPLES, REPO, airflow_env
+from support import EXAMPLES, REPO, airflow_env, copy_airflow_db
 
 CAREFLOW = str(Path(sys.executable).parent / "careflow")
 SIMULATE = (
@@ -64,7 +63,7 @@ def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_f
     published: dict[str, str], airflow_home: Path
 ) -> None:
     home = Path(published["AIRFLOW_HOME"])
-    _migrated_copy(airflow_home, home / "airflow.db")
+    copy_airflow_db(airflow_home, home / "airflow.db")
     (home / "dags").mkdir()
     env = {**published, "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags")}  # Airflow's default
     result = _careflow(env, *SIMULATE)
@@ -75,16 +74,6 @@ def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_f
     assert f"[core] dags_folder ({home / 'dags'})" in err
     assert "AIRFLOW__CORE__DAGS_FOLDER" in err
     assert str(REPO / "dags" / "careflow_workflows.py") in err
-
-
-def _migrated_copy(airflow_home: Path, path: Path) -> None:
-    """The session's migrated metadata DB copied to ``path`` through SQLite (its WAL file may hold pages)."""
-    source, copy = sqlite3.connect(airflow_home / "airflow.db"), sqlite3.connect(path)
-    try:
-        source.backup(copy)
-    finally:
-        source.close()
-        copy.close()
 
 
 @pytest.mark.airflow
@@ -108,7 +97,7 @@ def test_an_airflow_database_out_of_space_is_named(
     from support import fill, tmpfs
 
     with tmpfs(tmp_path / "disk", "64m") as disk:
-        _migrated_copy(airflow_home, disk / "airflow.db")
+        copy_airflow_db(airflow_home, disk / "airflow.db")
         env = {**published, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{disk / 'airflow.db'}"}
         if left:
             before = _careflow(env, *argv)
