@@ -64,7 +64,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     print(f"careflow tables at version {report.current} in {report.url}; applied: {applied}")
     if report.clinic_tables_created:
         print(f"created clinic tables: {', '.join(report.clinic_tables_created)}")
-    for problem in report.clinic_problems:  # careflow's tables are ready; the runs will refuse
+    # careflow's tables are ready; the runs will refuse (problems), or read what was created (warnings)
+    for problem in report.clinic_problems + report.clinic_warnings:
         print(f"careflow: warning: {problem}", file=sys.stderr)
     return EXIT_OK
 

@@ -709,3 +709,122 @@ def test_a_role_that_may_not_use_the_schema_is_not_told_the_tables_are_missing(
             conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
         assert main(listing) == 2
         assert f"refused the role {role}: permission denied for table " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgres"], indirect=True)  # schemas are Postgres's
+def test_clinic_tables_in_a_schema_the_role_may_not_use_are_not_hidden_behind_empty_ones(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The role's search_path names the clinic's schema, which it was not granted: Postgres passes
+    over that schema without a word, and ``db upgrade`` created four empty clinic tables in
+    careflow's, which every run read (nobody enrolled) and which, once the grant came, still hid
+    the clinic's. It now creates none, and it and every run say what to grant."""
+    from careflow.exceptions import ConfigurationError
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import check_ready
+
+    admin = create_engine(empty_db_url)
+    with admin.begin() as conn:
+        conn.execute(text("CREATE SCHEMA clinic"))
+        in_clinic = conn.execution_options(schema_translate_map={None: "clinic"})
+        for table in tables.CLINIC_TABLES:
+            table.create(in_clinic)
+        in_clinic.execute(tables.clinics.insert().values(id="c1", name="강남", timezone="Asia/Seoul"))
+    setup = (
+        "GRANT USAGE, CREATE ON SCHEMA public TO {role}",
+        "ALTER ROLE {role} SET search_path = public, clinic",
+    )
+    try:
+        with _as_new_role(empty_db_url, monkeypatch, *setup) as (role, admin):
+            assert main(["db", "upgrade"]) == 0
+            out, err = capsys.readouterr()
+            assert "created clinic tables" not in out
+            said = (
+                "the clinic's clinics, patients, appointments, appointment_events are in schema clinic, "
+                f"which the role {role}'s search_path (public, clinic) names but the role may not use, "
+                f"so Postgres passes over it: as the schema's owner, GRANT USAGE ON SCHEMA clinic TO {role}"
+            )
+            assert err == f"careflow: warning: {said}\n"
+            assert set(inspect(admin).get_table_names(schema="public")) == CAREFLOW_TABLES
+            with pytest.raises(ConfigurationError) as refused:
+                check_ready(get_engine())
+            assert str(refused.value) == said
+
+            with admin.begin() as conn:  # as it says (and the tables themselves, as contracts §2 asks)
+                conn.execute(text(f'GRANT USAGE ON SCHEMA clinic TO "{role}"'))
+                conn.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA clinic TO "{role}"'))
+            check_ready(get_engine())
+            with get_engine().connect() as conn:
+                assert conn.execute(select(tables.clinics.c.name)).scalar_one() == "강남"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text("DROP SCHEMA clinic CASCADE"))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgres"], indirect=True)  # SQLite's names are not case-sensitive
+def test_a_clinic_table_created_with_a_quoted_capitalised_name_is_named_not_hidden(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``CREATE TABLE "Patients"`` keeps its capitals on Postgres, and careflow's statements read
+    ``patients``: ``db upgrade`` created an empty ``patients`` beside the clinic's. It now creates
+    none, says which view to create, and the view created as it says is read."""
+    from careflow.exceptions import ConfigurationError
+    from careflow.store.db import get_engine
+    from careflow.store.migrations import check_ready
+
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        columns = ", ".join(f"{column} TEXT" for column in sorted(CLINIC_COLUMNS["patients"]))
+        conn.execute(text(f'CREATE TABLE "Patients" ({columns})'))
+        conn.execute(text("INSERT INTO \"Patients\" (id, clinic_id, name) VALUES ('p1', 'c1', 'Kim')"))
+    assert main(["db", "upgrade"]) == 0
+    out, err = capsys.readouterr()
+    assert "created clinic tables: clinics, appointments, appointment_events" in out
+    said = (
+        'the clinic\'s public."Patients" is not the patients careflow reads (Postgres keeps the capitals '
+        "of a name created in quotes): create the view careflow reads over it, CREATE VIEW "
+        'public.patients AS SELECT * FROM public."Patients", naming each column as careflow reads it '
+        "(docs/contracts.md §2)"
+    )
+    assert err == f"careflow: warning: {said}\n"
+    assert "patients" not in inspect(engine).get_table_names()
+    with pytest.raises(ConfigurationError) as refused:
+        check_ready(get_engine())
+    assert str(refused.value) == said
+
+    with engine.begin() as conn:  # as it says
+        conn.execute(text('CREATE VIEW public.patients AS SELECT * FROM public."Patients"'))
+    check_ready(get_engine())
+    with get_engine().connect() as conn:
+        assert conn.execute(select(tables.patients.c.name)).scalar_one() == "Kim"
+    engine.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgres"], indirect=True)  # schemas are Postgres's
+def test_a_clinic_table_of_a_schema_off_the_search_path_is_said_when_an_empty_one_is_created(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``patients`` in a schema the search path does not name may be the clinic's or another's (an
+    archive): ``db upgrade`` creates careflow's as before, and says which one careflow will read."""
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE SCHEMA archive"))
+        conn.execute(text("CREATE TABLE archive.patients (id TEXT)"))
+        role = conn.execute(text("SELECT current_user")).scalar_one()
+    try:
+        assert main(["db", "upgrade"]) == 0
+        out, err = capsys.readouterr()
+        assert "created clinic tables: clinics, patients, appointments, appointment_events" in out
+        assert err == (
+            f'careflow: warning: archive.patients is not on the role {role}\'s search_path ("$user", public): '
+            "careflow reads the patients it created, empty. Where archive.patients is the clinic's, drop the "
+            f'one created and put archive on the search_path (ALTER ROLE {role} SET search_path = "$user", '
+            "public, archive)\n"
+        )
+        assert main(["db", "upgrade"]) == 0  # said where it creates, once
+        assert capsys.readouterr().err == ""
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA archive CASCADE"))
+        engine.dispose()

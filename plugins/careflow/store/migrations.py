@@ -7,8 +7,9 @@ never edit one that has shipped.
 
 from __future__ import annotations
 
+import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -117,6 +118,9 @@ class UpgradeReport:
     #: what keeps careflow from reading the clinic's data as it now is (:func:`clinic_data_problems`):
     #: every run refuses to start until it is mended
     clinic_problems: list[str] = field(default_factory=list)
+    #: where a clinic table was created while the database holds one of that name that the role's
+    #: search path does not reach (:func:`_found_elsewhere`): careflow reads the empty one it created
+    clinic_warnings: list[str] = field(default_factory=list)
 
 
 def current_version(conn: Connection) -> int:
@@ -157,16 +161,23 @@ def _not_permitted(engine: Engine, exc: DBAPIError) -> str:
 
 def _upgrade(engine: Engine) -> UpgradeReport:
     created: list[str] = []
+    warnings: list[str] = []
     with engine.begin() as conn:
         _lock(conn)
         newer = _newer_than_this_careflow(conn, engine)
         if newer is not None:
             raise ConfigurationError(f"{newer}; nothing was changed")
         existing = _relations(conn)
+        absent = [table.name for table in tables.CLINIC_TABLES if table.name not in existing]
+        # An empty table created in front of the clinic's own would hide it from every statement
+        # careflow runs, once the role is granted what it lacks: none is created where the clinic's
+        # is there but out of the role's reach (clinic_data_problems says what to do).
+        hidden, aside = _found_elsewhere(conn, absent)
         for table in tables.CLINIC_TABLES:
-            if table.name not in existing:
+            if table.name in absent and table.name not in hidden:
                 table.create(conn)
                 created.append(table.name)
+                warnings += aside.get(table.name, [])
         tables.schema_migrations.create(conn, checkfirst=True)
     applied: list[int] = []
     for migration in MIGRATIONS:
@@ -192,6 +203,7 @@ def _upgrade(engine: Engine) -> UpgradeReport:
         current=version,
         clinic_tables_created=created,
         clinic_problems=problems,
+        clinic_warnings=warnings,
     )
 
 
@@ -306,6 +318,11 @@ def clinic_data_problems(conn: Connection) -> tuple[list[str], int]:
     some), ids that are not text."""
     columns, not_text, queries = _clinic_columns(conn)
     absent = [table.name for table in tables.CLINIC_TABLES if table.name not in columns]
+    hidden: dict[str, str] = {}
+    if absent:
+        hidden, _ = _found_elsewhere(conn, absent)
+        queries += conn.dialect.name == "postgresql"
+        absent = [name for name in absent if name not in hidden]
     lacking = [
         f"{table.name} has no {', '.join(missing)}"
         for table in tables.CLINIC_TABLES
@@ -318,6 +335,7 @@ def clinic_data_problems(conn: Connection) -> tuple[list[str], int]:
             f"the clinic's data has no {', '.join(absent)} (docs/contracts.md §2): run `careflow db "
             "upgrade`, which creates what is absent, or create the view careflow reads"
         )
+    problems += dict.fromkeys(hidden.values())  # one for the relations of one schema
     if lacking:
         problems.append(
             f"the clinic's data lacks columns careflow reads (docs/contracts.md §2): {'; '.join(lacking)}; "
@@ -330,6 +348,81 @@ def clinic_data_problems(conn: Connection) -> tuple[list[str], int]:
             "to text in the view careflow reads, for example CAST(id AS text) AS id"
         )
     return problems, queries
+
+
+def _found_elsewhere(conn: Connection, names: Sequence[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Where the database holds one of the clinic relations ``names`` (which careflow's statements
+    do not find) out of the role's reach, on Postgres: by name, what keeps careflow from reading it,
+    with what to do, where it is surely the one careflow should read; and, apart, where one of that
+    name sits in a schema the role's search path does not name, which may or may not be the
+    clinic's, what to do if it is.
+
+    Surely the clinic's: one in a schema the search path names but the role may not use (Postgres
+    passes over such a schema without a word), or one on the search path named with capitals
+    (``CREATE TABLE "Patients"``: Postgres keeps a quoted name as it is, careflow's ``patients``
+    is another name). SQLite has neither (names are not case-sensitive there, :func:`_relations`).
+    """
+    if not names or conn.dialect.name != "postgresql":
+        return {}, {}
+    found = conn.execute(
+        text(
+            "SELECT lower(c.relname), c.relname, n.nspname, has_schema_privilege(n.oid, 'USAGE'), "
+            "n.nspname = ANY(current_schemas(false)), current_setting('search_path'), current_user "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE lower(c.relname) = ANY(CAST(:names AS text[])) AND c.relkind IN ('r', 'v', 'm', 'f', 'p') "
+            "AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY n.nspname"
+        ),
+        {"names": list(names)},
+    ).all()
+    if not found:
+        return {}, {}
+    quote = conn.dialect.identifier_preparer.quote
+    search_path, role = found[0][5:]
+    named_schemas = _search_path_schemas(search_path, role)
+    hidden: dict[str, str] = {}
+    aside: dict[str, list[str]] = {}
+    unusable: dict[str, list[str]] = {}  # by schema, careflow's names of the relations in it
+    for name, relname, schema, usable, on_path, *_ in sorted(found, key=lambda row: names.index(row[0])):
+        named = schema in named_schemas
+        where = f"{quote(schema)}.{quote(relname)}"
+        if relname == name and named and not usable:
+            unusable.setdefault(schema, []).append(name)
+        elif relname != name and on_path:
+            hidden.setdefault(
+                name,
+                f"the clinic's {where} is not the {name} careflow reads (Postgres keeps the capitals "
+                f"of a name created in quotes): create the view careflow reads over it, CREATE VIEW "
+                f"{quote(schema)}.{name} AS SELECT * FROM {where}, naming each column as careflow "
+                "reads it (docs/contracts.md §2)",
+            )
+        elif relname == name and not named:
+            aside.setdefault(name, []).append(
+                f"{where} is not on the role {role}'s search_path ({search_path}): careflow reads "
+                f"the {name} it created, empty. Where {where} is the clinic's, drop the one created "
+                f"and put {quote(schema)} on the search_path (ALTER ROLE {quote(role)} SET search_path "
+                f"= {search_path}, {quote(schema)})"
+            )
+    for schema, in_it in unusable.items():
+        said = (
+            f"the clinic's {', '.join(in_it)} {'is' if len(in_it) == 1 else 'are'} in schema {schema}, "
+            f"which the role {role}'s search_path ({search_path}) names but the role may not use, so "
+            f"Postgres passes over it: as the schema's owner, GRANT USAGE ON SCHEMA {quote(schema)} "
+            f"TO {quote(role)}"
+        )
+        hidden.update((name, said) for name in in_it if name not in hidden)
+    return hidden, aside
+
+
+def _search_path_schemas(setting: str, role: str) -> set[str]:
+    """The schemas a ``search_path`` setting names, as Postgres reads it: an unquoted name in
+    lower case, a quoted one as it is, ``$user`` the role's own."""
+    named = set()
+    for item in re.findall(r'(?:"(?:[^"]|"")*"|[^,"])+', setting):
+        item = item.strip()
+        quoted = len(item) > 1 and item[0] == item[-1] == '"'
+        item = item[1:-1].replace('""', '"') if quoted else item.lower()
+        named.add(role if item == "$user" else item)
+    return named
 
 
 def _clinic_columns(conn: Connection) -> tuple[dict[str, set[str]], list[str], int]:
