@@ -12,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from careflow import settings
 from careflow.exceptions import CareflowError
+
+if TYPE_CHECKING:
+    from careflow.workflow.diagnostics import Diagnostic
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -134,14 +138,20 @@ def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
     from careflow.store.db import get_engine
 
     engine = get_engine()
-    findings = []
+    # Asked once a clinic and trigger, said once for the workflows it holds for.
+    asked: dict[tuple[str, str, str], list[Diagnostic]] = {}
+    said: dict[str, list[str]] = {}
     for _, compiled in load_all(workflows_dir or settings.workflows_dir())[0]:
         trigger = compiled.trigger
-        for told in clinic_data_unmatched(engine, compiled.clinic_id, trigger.config.event, trigger.id):
-            findings.append(
-                Finding(WARNING, f"workflow {compiled.workflow_id}", f"{told.code}: {told.message}")
-            )
-    return findings
+        key = (compiled.clinic_id, trigger.config.event, trigger.id)
+        if key not in asked:
+            asked[key] = clinic_data_unmatched(engine, *key)
+        for told in asked[key]:
+            said.setdefault(f"{told.code}: {told.message}", []).append(compiled.workflow_id)
+    return [
+        Finding(WARNING, f"workflow{'s' if len(ids) > 1 else ''} {', '.join(ids)}", text)
+        for text, ids in said.items()
+    ]
 
 
 def _messaging() -> list[Finding]:
