@@ -46,6 +46,7 @@ def check_all(workflows_dir: Path | None = None) -> list[Finding]:
         ("careflow_redis", _redis),
         ("careflow_alerts", _alerts),
         ("airflow", _pool),
+        ("dags", lambda: _dags(workflows_dir)),
     ]
     return [finding for subject, check in checks for finding in _each(subject, check)]
 
@@ -226,3 +227,111 @@ def _pool() -> list[Finding]:
             )
         ]
     return [Finding(OK, "airflow", f"pool {PROVIDER_POOL} has {pool.slots} slot(s)")]
+
+
+def _dags(workflows_dir: Path | None) -> list[Finding]:
+    """Whether Airflow schedules each active published workflow: the dag processor has parsed its DAG
+    (Airflow's database holds it), still finds it (not stale), and nobody paused it."""
+    import time
+
+    from airflow.configuration import conf
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from careflow.compiler.graph import dag_id_for
+    from careflow.simulation import raise_airflow_database_problem
+    from careflow.snapshots import load_all
+
+    active = {
+        dag_id_for(compiled.workflow_id): (compiled.workflow_id, snap.path)
+        for snap, compiled in load_all(workflows_dir or settings.workflows_dir())[0]
+        if compiled.status == "active"
+    }
+    if not active:
+        return [Finding(OK, "dags", "no active workflow is published: no DAG to look for")]
+    d = DagModel
+    try:
+        with create_session() as session:
+            known = {
+                dag_id: (paused, stale or bool(import_errors))
+                for dag_id, paused, stale, import_errors in session.execute(
+                    select(d.dag_id, d.is_paused, d.is_stale, d.has_import_errors).where(d.dag_id.in_(active))
+                )
+            }
+    except (OperationalError, ProgrammingError) as exc:  # as `careflow setup` says it
+        raise_airflow_database_problem(exc)
+        raise
+    interval = conf.getint("dag_processor", "min_file_process_interval", fallback=30)
+    dags_folder = conf.get("core", "dags_folder")
+    now = time.time()
+
+    def some(dag_ids: list[str]) -> str:
+        return f"workflow{'s' if len(dag_ids) > 1 else ''} {', '.join(active[i][0] for i in dag_ids)}"
+
+    unparsed = [i for i in active if i not in known]
+    # A snapshot is parsed at the dag processor's next pass over careflow's DAG file.
+    new = [i for i in unparsed if now - _mtime(active[i][1]) < 2 * interval]
+    missing = [i for i in unparsed if i not in new]
+    stale = [i for i, (_, gone) in known.items() if gone]
+    paused = [i for i, (is_paused, gone) in known.items() if is_paused and not gone]
+    findings = []
+    if missing:
+        findings.append(
+            Finding(
+                PROBLEM,
+                "dags",
+                f"{some(missing)}: not in Airflow's database, so Airflow runs nothing of "
+                f"{_them(missing)}: the dag processor has not parsed careflow's DAG file since "
+                f"{_they(missing)} published. Run `airflow "
+                "dag-processor` (`airflow standalone` runs one) with [core] dags_folder holding "
+                f"careflow_workflows.py (here {dags_folder}) and [careflow] workflows_dir as here",
+            )
+        )
+    if new:
+        findings.append(
+            Finding(
+                WARNING,
+                "dags",
+                f"{some(new)}: published under {2 * interval} s ago and not in Airflow's database yet: "
+                f"the dag processor parses careflow's DAG file every {interval} s "
+                "([dag_processor] min_file_process_interval); run this again in a minute",
+            )
+        )
+    if stale:
+        findings.append(
+            Finding(
+                PROBLEM,
+                "dags",
+                f"{some(stale)}: the dag processor no longer builds {_them(stale)} (stale, or an import "
+                "error): `careflow workflows list` and `airflow dags list-import-errors` say why",
+            )
+        )
+    if paused:
+        findings.append(
+            Finding(
+                WARNING,
+                "dags",
+                f"{some(paused)}: paused in Airflow, so no run is scheduled: unpause with the toggle in "
+                f"Airflow's UI, or `airflow dags unpause DAG_ID` for {', '.join(paused)}",
+            )
+        )
+    return findings or [
+        Finding(OK, "dags", f"{len(active)} active workflow(s), each DAG parsed by Airflow and not paused")
+    ]
+
+
+def _them(many: list[str]) -> str:
+    return "them" if len(many) > 1 else "it"
+
+
+def _they(many: list[str]) -> str:
+    return "they were" if len(many) > 1 else "it was"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile: as old as can be
+        return 0.0

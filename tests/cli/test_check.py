@@ -14,14 +14,20 @@ from pathlib import Path
 import pytest
 
 from careflow.providers.fake_server import FakeProviderServer
-from support import EXAMPLES, airflow_env, copy_airflow_db, refusing_port
+from support import EXAMPLES, airflow_env, copy_airflow_db, failure_output, refusing_port
 
 CAREFLOW = str(Path(sys.executable).parent / "careflow")
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
 REDIS_URL = os.environ.get("CAREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _careflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CAREFLOW, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _airflow(env: dict[str, str], *argv: str) -> None:
+    done = subprocess.run([AIRFLOW, *argv], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, failure_output(done)
 
 
 @pytest.fixture
@@ -73,6 +79,7 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
     for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES)), ("setup",)):
         done = _careflow(env, *argv)
         assert done.returncode == 0, done.stderr
+    _airflow(env, "dags", "reserialize")  # what the dag processor does with careflow's DAG file
     examples = len(list(EXAMPLES.glob("*.json")))
 
     # The clinic's data not loaded yet: the published workflows' clinic is unknown (a warning), said
@@ -99,8 +106,13 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
         ["ok", "careflow_redis"],
         ["ok", "careflow_alerts"],
         ["ok", "airflow"],
+        ["ok", "dags"],
     ]
     assert f"{examples} workflow(s) the DAG factory reads" in lines[1]
+    active = sum(
+        json.loads(path.read_text()).get("status", "active") == "active" for path in EXAMPLES.glob("*.json")
+    )
+    assert lines[6].endswith(f"{active} active workflow(s), each DAG parsed by Airflow and not paused")
     assert lines[2].endswith(f"the provider at {provider.url}: provider reachable, token accepted")
     assert lines[4].endswith("posts slack JSON to https://hooks.slack.com")  # not the webhook's secret path
     assert "secret-part" not in checked.stdout and "pw-secret" not in checked.stdout
@@ -154,3 +166,60 @@ def test_an_airflow_database_not_migrated_is_named_as_setup_names_it(tmp_path: P
         f"Airflow's metadata database (sqlite:///{home / 'airflow.db'}) is not migrated: run `airflow db "
         "migrate` with the same AIRFLOW_HOME and configuration, then run this again",
     )
+
+
+@pytest.mark.airflow
+def test_a_published_workflow_airflow_does_not_schedule_is_named(
+    home: dict[str, str], tmp_path: Path
+) -> None:
+    """Published, but Airflow runs nothing of it: the dag processor has not parsed it (yet, or at all:
+    not running, another dags folder), or someone paused its DAG."""
+    import time
+    import uuid
+
+    from careflow.snapshots import snapshot_path
+
+    graph = json.loads((EXAMPLES / "no-show-recovery.json").read_text())
+    graph["id"] = workflow_id = f"check-{uuid.uuid4().hex[:8]}"
+    dag_id = f"careflow__{workflow_id}"
+    (tmp_path / "wf.json").write_text(json.dumps(graph, ensure_ascii=False))
+    for argv in (("db", "upgrade"), ("workflows", "publish", str(tmp_path / "wf.json"))):
+        done = _careflow(home, *argv)
+        assert done.returncode == 0, done.stderr
+
+    def dags() -> list[tuple[str, str]]:
+        checked = _careflow(home, "check", "--json")
+        return [(f["verdict"], f["text"]) for f in json.loads(checked.stdout) if f["subject"] == "dags"]
+
+    assert dags() == [
+        (
+            "warning",
+            f"workflow {workflow_id}: published under 60 s ago and not in Airflow's database yet: the dag "
+            "processor parses careflow's DAG file every 30 s ([dag_processor] min_file_process_interval); "
+            "run this again in a minute",
+        )
+    ]
+    snapshot = snapshot_path(Path(home["AIRFLOW__CAREFLOW__WORKFLOWS_DIR"]), workflow_id)
+    an_hour_ago = time.time() - 3600
+    os.utime(snapshot, (an_hour_ago, an_hour_ago))
+    assert dags() == [
+        (
+            "problem",
+            f"workflow {workflow_id}: not in Airflow's database, so Airflow runs nothing of it: the dag "
+            "processor has not parsed careflow's DAG file since it was published. Run `airflow "
+            "dag-processor` (`airflow standalone` runs one) with [core] dags_folder holding "
+            f"careflow_workflows.py (here {home['AIRFLOW__CORE__DAGS_FOLDER']}) and [careflow] "
+            "workflows_dir as here",
+        )
+    ]
+
+    _airflow(home, "dags", "reserialize")
+    assert dags() == [("ok", "1 active workflow(s), each DAG parsed by Airflow and not paused")]
+    _airflow(home, "dags", "pause", dag_id)
+    assert dags() == [
+        (
+            "warning",
+            f"workflow {workflow_id}: paused in Airflow, so no run is scheduled: unpause with the toggle in "
+            f"Airflow's UI, or `airflow dags unpause DAG_ID` for {dag_id}",
+        )
+    ]
