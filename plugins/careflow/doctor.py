@@ -45,8 +45,8 @@ def check_all(workflows_dir: Path | None = None) -> list[Finding]:
         ("careflow_messaging", _messaging),
         ("careflow_redis", _redis),
         ("careflow_alerts", _alerts),
-        ("airflow", _pool),
-        ("dags", lambda: _dags(workflows_dir)),
+        # one line where Airflow's database cannot be read, the pool's (both read it)
+        ("airflow", lambda: _pool() + _components() + _dags(workflows_dir)),
     ]
     return [finding for subject, check in checks for finding in _each(subject, check)]
 
@@ -227,6 +227,54 @@ def _pool() -> list[Finding]:
             )
         ]
     return [Finding(OK, "airflow", f"pool {PROVIDER_POOL} has {pool.slots} slot(s)")]
+
+
+#: Airflow's components careflow needs, by their job type: what each does for careflow, the verdict
+#: where none is running, and the command that starts one.
+_COMPONENTS = (
+    ("SchedulerJob", "scheduler", PROBLEM, "Airflow starts no run and queues no task", "airflow scheduler"),
+    (
+        "DagProcessorJob",
+        "dag processor",
+        PROBLEM,
+        "a workflow published from now on is not parsed, so never runs",
+        "airflow dag-processor",
+    ),
+    (
+        "TriggererJob",
+        "triggerer",
+        WARNING,
+        "a wait careflow defers ends late: a due step's at the next scheduled run (with an alert), a "
+        "breaker's cool-down five minutes after it (the task then sends on)",
+        "airflow triggerer",
+    ),
+)
+
+
+def _components() -> list[Finding]:
+    """Whether a scheduler, a dag processor and a triggerer heartbeat in Airflow's database, as
+    Airflow's own health check reads them (each within its health check threshold)."""
+    from airflow.jobs.job import most_recent_job
+    from airflow.utils.session import create_session
+
+    findings, alive = [], []
+    with create_session() as session:
+        for job_type, name, verdict, without, start in _COMPONENTS:
+            job = most_recent_job(job_type, session=session)
+            if job is not None and job.is_alive():
+                alive.append(f"{name} ({job.hostname})")
+                continue
+            last = (
+                f"its last heartbeat {job.latest_heartbeat:%Y-%m-%d %H:%M:%S} UTC from {job.hostname}"
+                if job is not None and job.latest_heartbeat is not None
+                else "none has ever run with this database"
+            )
+            findings.append(
+                Finding(verdict, "airflow", f"no {name} is running ({last}): {without}; start `{start}`")
+            )
+    if alive:
+        findings.insert(0, Finding(OK, "airflow", f"heartbeating: {', '.join(alive)}"))
+    return findings
 
 
 def _dags(workflows_dir: Path | None) -> list[Finding]:

@@ -40,6 +40,7 @@ def home(tmp_path: Path, airflow_home: Path) -> dict[str, str]:
     copy_airflow_db(airflow_home, home / "airflow.db")
     with closing(sqlite3.connect(home / "airflow.db")) as copy, copy:
         copy.execute("DELETE FROM slot_pool WHERE pool = 'careflow_messaging'")
+        copy.execute("DELETE FROM job")  # no component has run with this database
     return airflow_env(
         home,
         tmp_path / "workflows",
@@ -84,6 +85,7 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
 
     # The clinic's data not loaded yet: the published workflows' clinic is unknown (a warning), said
     # once for them all.
+    _heartbeat(Path(env["AIRFLOW_HOME"]), "SchedulerJob", "DagProcessorJob", "TriggererJob")
     checked = _careflow(env, "check", "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     warned = [f for f in json.loads(checked.stdout) if f["verdict"] == "warning"]
@@ -96,6 +98,7 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
 
     with sqlite3.connect(env["CAREFLOW_DB_URL"].removeprefix("sqlite:///")) as conn:
         conn.execute("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam-01', '강남', 'Asia/Seoul')")
+    _heartbeat(Path(env["AIRFLOW_HOME"]), "SchedulerJob", "DagProcessorJob", "TriggererJob")
     checked = _careflow(env, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = checked.stdout.splitlines()
@@ -106,13 +109,15 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
         ["ok", "careflow_redis"],
         ["ok", "careflow_alerts"],
         ["ok", "airflow"],
+        ["ok", "airflow"],
         ["ok", "dags"],
     ]
     assert f"{examples} workflow(s) the DAG factory reads" in lines[1]
     active = sum(
         json.loads(path.read_text()).get("status", "active") == "active" for path in EXAMPLES.glob("*.json")
     )
-    assert lines[6].endswith(f"{active} active workflow(s), each DAG parsed by Airflow and not paused")
+    assert lines[6].endswith("heartbeating: scheduler (host-a), dag processor (host-a), triggerer (host-a)")
+    assert lines[7].endswith(f"{active} active workflow(s), each DAG parsed by Airflow and not paused")
     assert lines[2].endswith(f"the provider at {provider.url}: provider reachable, token accepted")
     assert lines[4].endswith("posts slack JSON to https://hooks.slack.com")  # not the webhook's secret path
     assert "secret-part" not in checked.stdout and "pw-secret" not in checked.stdout
@@ -146,10 +151,30 @@ def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[st
     assert found["careflow_redis"][0] == "problem" and f"127.0.0.1:{port}" in found["careflow_redis"][1]
     assert "hidden" not in checked.stdout
     assert found["careflow_alerts"] == ("warning", "not defined: alerts are only logged (docs/alerts.md)")
-    assert found["airflow"] == (
-        "problem",
-        "no pool careflow_messaging: Airflow never queues a send task without it; run `careflow setup`",
-    )
+    airflow = [(f["verdict"], f["text"]) for f in json.loads(checked.stdout) if f["subject"] == "airflow"]
+    assert airflow == [
+        (
+            "problem",
+            "no pool careflow_messaging: Airflow never queues a send task without it; run `careflow setup`",
+        ),
+        (
+            "problem",
+            "no scheduler is running (none has ever run with this database): Airflow starts no run and "
+            "queues no task; start `airflow scheduler`",
+        ),
+        (
+            "problem",
+            "no dag processor is running (none has ever run with this database): a workflow published from "
+            "now on is not parsed, so never runs; start `airflow dag-processor`",
+        ),
+        (
+            "warning",
+            "no triggerer is running (none has ever run with this database): a wait careflow defers ends "
+            "late: a due step's at the next scheduled run (with an alert), a breaker's cool-down five minutes "
+            "after it (the task then sends on); start `airflow triggerer`",
+        ),
+    ]
+    assert found["dags"] == ("ok", "no active workflow is published: no DAG to look for")
 
 
 def test_an_airflow_database_not_migrated_is_named_as_setup_names_it(tmp_path: Path) -> None:
@@ -223,3 +248,44 @@ def test_a_published_workflow_airflow_does_not_schedule_is_named(
             f"Airflow's UI, or `airflow dags unpause DAG_ID` for {dag_id}",
         )
     ]
+
+
+def test_a_component_that_stopped_heartbeating_is_named_with_its_last_heartbeat(home: dict[str, str]) -> None:
+    last = _heartbeat(
+        Path(home["AIRFLOW_HOME"]), "SchedulerJob", "DagProcessorJob", "TriggererJob", ago_s=600
+    )
+    _heartbeat(Path(home["AIRFLOW_HOME"]), "DagProcessorJob")  # a newer one took over
+    checked = _careflow(home, "check", "--json")
+    airflow = [(f["verdict"], f["text"]) for f in json.loads(checked.stdout) if f["subject"] == "airflow"]
+    assert airflow[1:] == [
+        ("ok", "heartbeating: dag processor (host-a)"),
+        (
+            "problem",
+            f"no scheduler is running (its last heartbeat {last} UTC from host-a): Airflow starts no "
+            "run and queues no task; start `airflow scheduler`",
+        ),
+        (
+            "warning",
+            f"no triggerer is running (its last heartbeat {last} UTC from host-a): a wait careflow "
+            "defers ends late: a due step's at the next scheduled run (with an alert), a breaker's cool-down "
+            "five minutes after it (the task then sends on); start `airflow triggerer`",
+        ),
+    ]
+
+
+def _heartbeat(home: Path, *job_types: str, ago_s: float = 0) -> str:
+    """Each of ``job_types`` running on host-a in Airflow's database of ``home``, its last heartbeat
+    ``ago_s`` seconds ago, as the component writes it; that time as ``check`` says it."""
+    from datetime import datetime, timedelta, timezone
+
+    at = datetime.now(timezone.utc) - timedelta(seconds=ago_s)
+    with closing(sqlite3.connect(home / "airflow.db")) as db, db:
+        db.executemany(
+            "INSERT INTO job (state, job_type, start_date, latest_heartbeat, hostname) "
+            "VALUES ('running', ?, ?, ?, 'host-a')",
+            [
+                (job_type, at.strftime("%Y-%m-%d %H:%M:%S.%f"), at.strftime("%Y-%m-%d %H:%M:%S.%f"))
+                for job_type in job_types
+            ],
+        )
+    return f"{at:%Y-%m-%d %H:%M:%S}"
