@@ -43,6 +43,15 @@ log = logging.getLogger(__name__)
 
 DAG_PREFIX = "careflow__"
 _STEP_STATES = ("done", "failed", "skipped", "waiting", "pending")
+#: The ledger's outcomes of a message that will not be sent, whose reasons the report gives.
+NOT_SENT = ("failed", "expired", "skipped")
+
+#: Hints are read on a node's messages or steps, or a workflow's runs, only from this many on.
+HINT_MIN_COUNT = 20
+#: The share of a node's messages failed, or of its steps failed, that makes a hint.
+HINT_FAILED_SHARE = 0.05
+#: The share of a node's messages skipped that makes a hint.
+HINT_SKIPPED_SHARE = 0.5
 
 
 def _seconds(conn: Connection, start: Any, end: Any) -> ColumnElement[Any]:
@@ -167,6 +176,14 @@ def careflow_metrics(
             node(row[0], row[1])["messages"][row[2]] = int(row[3])
             totals = wf(row[0])["messages"]
             totals[row[2]] = totals.get(row[2], 0) + int(row[3])
+        # Why the messages not sent were not, by node (a late message's minutes left out of its reason).
+        reason = case((m.c.reason.like("late_by_%"), "late"), else_=func.coalesce(m.c.reason, "-"))
+        for row in conn.execute(
+            select(m.c.workflow_id, m.c.node_id, m.c.status, reason, func.count())
+            .where(*msg_where, m.c.status.in_(NOT_SENT))
+            .group_by(m.c.workflow_id, m.c.node_id, m.c.status, reason)
+        ):
+            node(row[0], row[1]).setdefault("not_sent", {}).setdefault(row[2], {})[row[3]] = int(row[4])
         latency = select(m.c.workflow_id, m.c.node_id, m.c.latency_ms.label("value")).where(
             *msg_where, m.c.status == "sent", m.c.latency_ms.is_not(None)
         )
@@ -332,6 +349,7 @@ def build_report(
         if timed:
             item["slowest_node"] = max(timed, key=lambda t: t[1])[0]["node_id"]
             item["fastest_node"] = min(timed, key=lambda t: t[1])[0]["node_id"]
+        item["hints"] = hints(item)
         result.append(item)
     return {
         "since": since.isoformat() if since else None,
@@ -339,6 +357,86 @@ def build_report(
         "source": source,
         "workflows": result,
     }
+
+
+def hints(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a workflow's figures suggest changing, each with the node it concerns (None for the
+    workflow) and a stable code: messages that expired unsent, failed or were mostly skipped, a node
+    whose steps fail, DAG runs that fail. Read only where there is enough to go on
+    (:data:`HINT_MIN_COUNT`)."""
+    found: list[dict[str, Any]] = []
+
+    def hint(node_id: str | None, code: str, text: str) -> None:
+        found.append({"node_id": node_id, "code": code, "text": text})
+
+    for n in item["nodes"]:
+        nid, total = n["node_id"], sum(n["messages"].values())
+        not_sent = n.get("not_sent", {})
+        expired = not_sent.get("expired", {})
+        if late := expired.get("late", 0):
+            hint(
+                nid,
+                "MESSAGES_EXPIRED",
+                f"{late} of node {nid}'s {total} messages expired unsent, reached over max_lateness past "
+                "due: runs were missed meanwhile (a paused DAG, a stopped scheduler: `careflow check`) or "
+                "the provider was down that long; where a late message is still worth sending, raise "
+                "the workflow's max_lateness",
+            )
+        if quiet := expired.get("quiet_hours_past_max_lateness", 0):
+            hint(
+                nid,
+                "QUIET_HOURS_EXPIRED",
+                f"{quiet} of node {nid}'s marketing messages expired in quiet hours (21:00 to 08:00 "
+                "without night-time consent) that ended past max_lateness: a time window before it, "
+                "within 08:00 to 21:00, sends them by day",
+            )
+        failed = not_sent.get("failed", {})
+        if total >= HINT_MIN_COUNT and sum(failed.values()) >= HINT_FAILED_SHARE * total:
+            hint(
+                nid,
+                "MESSAGES_FAILING",
+                f"{sum(failed.values())} of node {nid}'s {total} messages failed ({_reasons(failed)}): "
+                "the careflow view's failures give each one's reason",
+            )
+        skipped = not_sent.get("skipped", {})
+        if total >= HINT_MIN_COUNT and sum(skipped.values()) >= HINT_SKIPPED_SHARE * total:
+            hint(
+                nid,
+                "MOSTLY_SKIPPED",
+                f"{sum(skipped.values())} of node {nid}'s {total} messages were skipped "
+                f"({_reasons(skipped)}): a condition on the same facts earlier in the graph would end "
+                "those executions at once, rather than carry them through its waits to the send",
+            )
+        steps = n["steps"]
+        finished = steps["done"] + steps["failed"] + steps["skipped"]
+        if (
+            not n["messages"]
+            and finished >= HINT_MIN_COUNT
+            and steps["failed"] >= HINT_FAILED_SHARE * finished
+        ):
+            hint(
+                nid,
+                "NODE_FAILING",
+                f"node {nid} failed {steps['failed']} of the {finished} steps it finished: the careflow "
+                "view's failures and an execution's trace give the reasons",
+            )
+    states = item.get("run_states", {})
+    ended = states.get("success", 0) + states.get("failed", 0)
+    if ended >= HINT_MIN_COUNT and states.get("failed", 0) >= HINT_FAILED_SHARE * ended:
+        hint(
+            None,
+            "RUNS_FAILING",
+            f"{states['failed']} of the workflow's {ended} ended DAG runs failed: its alerts and the "
+            "failed tasks' logs in Airflow say why",
+        )
+    return found
+
+
+def _reasons(counts: dict[str, int], shown: int = 3) -> str:
+    """The most frequent reasons first, with their counts: ``no_phone 12, no_consent 3 and 2 more``."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    said = ", ".join(f"{reason} {count}" for reason, count in ranked[:shown])
+    return said + (f" and {len(ranked) - shown} more" if len(ranked) > shown else "")
 
 
 def _duration_key(node: dict[str, Any]) -> float | None:
@@ -403,6 +501,8 @@ def print_report(report: dict[str, Any], out: Any = None) -> None:
                 f"{_human(t.get('mean')):>9} {_human(t.get('median')):>7} {_human(t.get('p95')):>7} "
                 f"{_pct(n.get('task_error_rate')):>7}  {msgs}\n"
             )
+        for told in item.get("hints", []):
+            w(f"  hint {told['code']}: {told['text']}\n")
 
 
 def parse_since(value: str | None) -> datetime | None:

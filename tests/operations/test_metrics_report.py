@@ -135,3 +135,124 @@ def test_the_api_serves_the_report_to_authenticated_users_only(airflow_home, db_
     assert body["since"].startswith("2026-03-01")
     assert body["source"] == "careflow+airflow"  # the test Airflow home's metadata DB is readable
     assert client.get("/api/metrics", params={"since": "yesterday"}, headers=auth).status_code == 422
+
+
+def test_hints_name_what_the_figures_suggest_changing(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Messages expired unsent (late, or in quiet hours past max_lateness), failed, mostly skipped,
+    a node whose steps fail: each a hint with its node, counts and reasons. Below the thresholds, or
+    on too few messages, none."""
+    wid, at = "hinted", START
+    x, s, m = tables.executions, tables.steps, tables.messages
+    ledger = (
+        # node, how many, status, reason
+        [("remind", 30, "sent", None), ("remind", 2, "expired", "late_by_1500_min")]
+        + [
+            ("remind", 1, "expired", "late_by_2990_min"),
+            ("remind", 1, "expired", "quiet_hours_past_max_lateness"),
+        ]
+        + [("remind", 2, "failed", "provider_rejected"), ("remind", 1, "failed", "template_missing_fact")]
+        + [("offer", 15, "skipped", "no_marketing_consent"), ("offer", 5, "skipped", "no_phone")]
+        + [("offer", 10, "sent", None)]
+        # too few to read anything from: a hint here would be noise
+        + [("rare", 3, "skipped", "no_phone"), ("rare", 1, "failed", "provider_rejected")]
+        # enough, but under the shares: 1 failed of 40 (2.5 %), 19 skipped of 40 (47.5 %)
+        + [("fine", 20, "sent", None), ("fine", 19, "skipped", "no_phone"), ("fine", 1, "failed", "x")]
+    )
+    rows, n = [], 0
+    for node_id, count, status, reason in ledger:
+        for _ in range(count):
+            n += 1
+            rows.append(
+                {
+                    "idempotency_key": f"k{n}",
+                    "execution_id": f"e{n}",
+                    "workflow_id": wid,
+                    "node_id": node_id,
+                    "version": 1,
+                    "channel": "sms",
+                    "purpose": "care",
+                    "patient_id": f"p{n}",
+                    "status": status,
+                    "reason": reason,
+                    "due_at": at,
+                    "updated_at": at,
+                }
+            )
+    executions = [
+        {
+            "id": f"x{i}",
+            "workflow_id": wid,
+            "version": 1,
+            "trigger_event_id": f"ev{i}",
+            "patient_id": f"p{i}",
+            "appointment_id": f"a{i}",
+            "clinic_id": "c1",
+            "status": "completed",
+            "enrolled_at": at,
+            "event_at": at,
+            "updated_at": at,
+        }
+        for i in range(24)
+    ]
+    steps = [  # a condition whose facts could not be read for 3 of 24
+        {
+            "execution_id": f"x{i}",
+            "workflow_id": wid,
+            "node_id": "check",
+            "status": "failed" if i < 3 else "done",
+        }
+        | {"arrived_at": at, "finished_at": at}
+        for i in range(24)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(m), rows)
+        conn.execute(insert(x), executions)
+        conn.execute(insert(s), steps)
+
+    (item,) = build_report(wid, engine=engine, airflow=False)["workflows"]
+    assert [(h["node_id"], h["code"], h["text"]) for h in item["hints"]] == [
+        (
+            "check",
+            "NODE_FAILING",
+            "node check failed 3 of the 24 steps it finished: the careflow view's failures and an "
+            "execution's trace give the reasons",
+        ),
+        (
+            "offer",
+            "MOSTLY_SKIPPED",
+            "20 of node offer's 30 messages were skipped (no_marketing_consent 15, no_phone 5): a condition "
+            "on the same facts earlier in the graph would end those executions at once, rather than carry "
+            "them through its waits to the send",
+        ),
+        (
+            "remind",
+            "MESSAGES_EXPIRED",
+            "3 of node remind's 37 messages expired unsent, reached over max_lateness past due: runs were "
+            "missed meanwhile (a paused DAG, a stopped scheduler: `careflow check`) or the provider was "
+            "down that long; where a late message is still worth sending, raise the workflow's max_lateness",
+        ),
+        (
+            "remind",
+            "QUIET_HOURS_EXPIRED",
+            "1 of node remind's marketing messages expired in quiet hours (21:00 to 08:00 without "
+            "night-time consent) that ended past max_lateness: a time window before it, within 08:00 to "
+            "21:00, sends them by day",
+        ),
+        (
+            "remind",
+            "MESSAGES_FAILING",
+            "3 of node remind's 37 messages failed (provider_rejected 2, template_missing_fact 1): the "
+            "careflow view's failures give each one's reason",
+        ),
+    ]
+    nodes = {n["node_id"]: n for n in item["nodes"]}
+    assert nodes["remind"]["not_sent"] == {
+        "expired": {"late": 3, "quiet_hours_past_max_lateness": 1},
+        "failed": {"provider_rejected": 2, "template_missing_fact": 1},
+    }
+
+    assert main(["metrics", "--workflow", wid, "--no-airflow"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  hint ")]
+    assert printed == [f"  hint {h['code']}: {h['text']}" for h in item["hints"]]
