@@ -286,10 +286,8 @@ def _dags(workflows_dir: Path | None) -> list[Finding]:
     from airflow.models.dag import DagModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
-    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from careflow.compiler.graph import dag_id_for
-    from careflow.simulation import raise_airflow_database_problem
     from careflow.snapshots import load_all
 
     active = {
@@ -300,17 +298,13 @@ def _dags(workflows_dir: Path | None) -> list[Finding]:
     if not active:
         return [Finding(OK, "dags", "no active workflow is published: no DAG to look for")]
     d = DagModel
-    try:
-        with create_session() as session:
-            known = {
-                dag_id: (paused, stale or bool(import_errors))
-                for dag_id, paused, stale, import_errors in session.execute(
-                    select(d.dag_id, d.is_paused, d.is_stale, d.has_import_errors).where(d.dag_id.in_(active))
-                )
-            }
-    except (OperationalError, ProgrammingError) as exc:  # as `careflow setup` says it
-        raise_airflow_database_problem(exc)
-        raise
+    with create_session() as session:  # found readable by _pool, which runs first
+        known = {
+            dag_id: (paused, stale or bool(import_errors))
+            for dag_id, paused, stale, import_errors in session.execute(
+                select(d.dag_id, d.is_paused, d.is_stale, d.has_import_errors).where(d.dag_id.in_(active))
+            )
+        }
     interval = conf.getint("dag_processor", "min_file_process_interval", fallback=30)
     dags_folder = conf.get("core", "dags_folder")
     now = time.time()

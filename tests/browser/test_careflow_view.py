@@ -405,3 +405,83 @@ def test_the_view_says_what_the_api_could_not_read(server: Server, chromium_bina
         "error": f"{UNREACHABLE} (HTTP 503 from failures?limit=25)",
         "breakers": False,
     }
+
+
+def test_a_workflow_page_shows_what_its_figures_suggest_changing(
+    server: Server, chromium_binary: str
+) -> None:
+    """The hints of ``careflow metrics`` for the workflow, each linking to its node; none said as
+    such. Two simulated days of 80 patients give too few messages for any: the ledger is given a
+    node's worth of skipped messages (and they are taken out again for the tests after this one)."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import delete, insert
+
+    from careflow.store import tables
+
+    node_id, hinted = "hint_probe", "new-patient-welcome"
+    m = tables.messages
+    at = datetime(2026, 3, 2, 9, tzinfo=timezone.utc)
+    rows = [
+        {
+            "idempotency_key": f"zz-hint-{i}",
+            "execution_id": f"zz-hint-{i}",  # after every real execution, by id
+            "workflow_id": hinted,
+            "node_id": node_id,
+            "version": 1,
+            "channel": "sms",
+            "purpose": "care",
+            "patient_id": f"zz-hint-{i}",
+            "status": "skipped",
+            "reason": "no_phone",
+            "due_at": at,
+            "updated_at": at,
+        }
+        for i in range(20)
+    ]
+    engine = create_engine(server.db_url)
+    with engine.begin() as conn:
+        conn.execute(insert(m), rows)
+
+    async def visit(page: Page) -> dict[str, Any]:
+        seen = {}
+        for wid in sorted(p.stem for p in EXAMPLES.glob("*.json")):
+            await page.open(
+                f"{server.base}/careflow/ui/#/workflow/{wid}",
+                # a hash change: the page before stays (and ready) until this one is rendered
+                READY + f" && document.querySelector('#workflow')?.dataset.workflow === '{wid}'"
+                " && !!document.querySelector('#hints')",
+            )
+            seen[wid] = await page.evaluate(
+                "(async () => ({shown: [...document.querySelectorAll('#hints li')].map(li => ({code: li.dataset.code,"
+                " node: li.dataset.node, href: li.querySelector('a')?.getAttribute('href'), text: li.innerText})),"
+                " said: document.querySelector('#hints').innerText,"
+                f" api: await fetch('../api/metrics?workflow={wid}').then(r => r.json())}}))()"
+            )
+            if wid == hinted:
+                await page.screenshot(ARTIFACTS / "careflow-hints.png")
+        return seen
+
+    try:
+        seen = _signed_in(chromium_binary, server, visit)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(m).where(m.c.node_id == node_id))
+        engine.dispose()
+    (item,) = seen[hinted]["api"]["workflows"]
+    assert [h["code"] for h in item["hints"] if h["node_id"] == node_id] == ["MOSTLY_SKIPPED"]
+    for wid, page in seen.items():
+        # a workflow nothing has run yet (one not active) is not in the report: no hint either
+        hints = [h for item in page["api"]["workflows"] for h in item["hints"]]
+        assert page["shown"] == [
+            {
+                "code": h["code"],
+                "node": h["node_id"] or "",
+                "href": f"#/workflow/{wid}/node/{h['node_id']}" if h["node_id"] else None,
+                "text": f"{h['code']} {h['node_id'] or 'the workflow'}: {h['text']}",
+            }
+            for h in hints
+        ], wid
+        said_none = "Nothing in this workflow's figures suggests a change." in page["said"]
+        assert said_none == (not hints), wid
+    assert any(not page["shown"] for page in seen.values())  # the page without hints is seen too

@@ -200,10 +200,11 @@ async function showWorkflow(workflowId, nodeId, runId) {
   }
   const runQuery = runId ? "?run_id=" + enc(runId) : "";
   const nodeQuery = nodeId ? "&node_id=" + enc(nodeId) : "";
-  const [counts, failures, nodeSteps] = await Promise.all([
+  const [counts, failures, nodeSteps, metrics] = await Promise.all([
     api("workflows/" + enc(workflowId) + "/counts" + runQuery),
     api("failures?workflow_id=" + enc(workflowId) + nodeQuery + (runId ? "&run_id=" + enc(runId) : "") + "&limit=50"),
     nodeId ? api("workflows/" + enc(workflowId) + "/nodes/" + enc(nodeId) + "/steps" + runQuery) : Promise.resolve(null),
+    api("metrics?workflow=" + enc(workflowId)),
   ]);
 
   const picker = el("select", { id: "run", "aria-label": "run" }, el("option", { value: "" }, "all runs"));
@@ -222,10 +223,32 @@ async function showWorkflow(workflowId, nodeId, runId) {
     el("div", { class: "row" }, el("label", { for: "run" }, "Counts of "), picker, runId ? null : el("span", { class: "muted" }, "every run so far")),
     graphSvg(graph, counts, nodeId, runId),
   );
-  const sections = [head];
+  const sections = [head, hintsSection(base, metrics)];
   if (nodeId) sections.push(nodeSection(graph, nodeId, nodeSteps || [], counts));
   sections.push(failuresSection(failures, nodeId ? "Failures at " + nodeId : "Failures in this workflow"));
   render(...sections);
+}
+
+// What the workflow's figures over every run suggest changing (`careflow metrics`' hints).
+function hintsSection(base, metrics) {
+  const item = metrics && metrics.workflows && metrics.workflows[0];
+  const hints = (item && item.hints) || [];
+  const rows = hints.map((h) =>
+    el(
+      "li",
+      { "data-code": h.code, "data-node": h.node_id || "" },
+      el("code", {}, h.code),
+      " ",
+      h.node_id ? link(base + "/node/" + enc(h.node_id), h.node_id, { class: "mono" }) : "the workflow",
+      ": " + h.text,
+    ),
+  );
+  return el(
+    "section",
+    { id: "hints" },
+    el("h2", {}, "Hints"),
+    rows.length ? el("ul", {}, rows) : el("p", { class: "muted" }, "Nothing in this workflow's figures suggests a change."),
+  );
 }
 
 const BOX_W = 196;
