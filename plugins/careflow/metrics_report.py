@@ -156,6 +156,14 @@ def careflow_metrics(
             .group_by(s.c.workflow_id)
         ):
             wf(row[0])["runs"] = int(row[1])
+        # The branches conditions took (each step of a condition that decided keeps its branch).
+        branch = s.c.output["branch"].as_string()
+        for row in conn.execute(
+            select(s.c.workflow_id, s.c.node_id, branch, func.count())
+            .where(*step_where, s.c.status == "done", branch.is_not(None))
+            .group_by(s.c.workflow_id, s.c.node_id, branch)
+        ):
+            node(row[0], row[1]).setdefault("branches", {})[row[2]] = int(row[3])
         dwell = select(
             s.c.workflow_id, s.c.node_id, _seconds(conn, s.c.arrived_at, s.c.finished_at).label("value")
         ).where(*step_where, s.c.finished_at.is_not(None))
@@ -361,8 +369,8 @@ def build_report(
 
 def hints(item: dict[str, Any]) -> list[dict[str, Any]]:
     """What a workflow's figures suggest changing, each with the node it concerns (None for the
-    workflow) and a stable code: messages that expired unsent, failed or were mostly skipped, a node
-    whose steps fail, DAG runs that fail. Read only where there is enough to go on
+    workflow) and a stable code: messages that expired unsent, failed or were mostly skipped, a
+    condition that always takes one branch, a node whose steps fail, DAG runs that fail. Read only where there is enough to go on
     (:data:`HINT_MIN_COUNT`)."""
     found: list[dict[str, Any]] = []
 
@@ -406,6 +414,16 @@ def hints(item: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{sum(skipped.values())} of node {nid}'s {total} messages were skipped "
                 f"({_reasons(skipped)}): a condition on the same facts earlier in the graph would end "
                 "those executions at once, rather than carry them through its waits to the send",
+            )
+        branches = n.get("branches", {})
+        if len(branches) == 1 and (decided := sum(branches.values())) >= HINT_MIN_COUNT:
+            (taken,) = branches
+            hint(
+                nid,
+                "CONDITION_ONE_WAY",
+                f"condition {nid} took its {taken} branch in all {decided} executions it decided: its "
+                "other branch never ran. Check its rules against the clinic's data (a fact every "
+                "patient has alike, a value the clinic's system spells otherwise)",
             )
         steps = n["steps"]
         finished = steps["done"] + steps["failed"] + steps["skipped"]

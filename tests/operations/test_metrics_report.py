@@ -141,7 +141,7 @@ def test_hints_name_what_the_figures_suggest_changing(
     engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Messages expired unsent (late, or in quiet hours past max_lateness), failed, mostly skipped,
-    a node whose steps fail: each a hint with its node, counts and reasons. Below the thresholds, or
+    a condition that took one branch only, a node whose steps fail: each a hint with its node, counts and reasons. Below the thresholds, or
     on too few messages, none."""
     wid, at = "hinted", START
     x, s, m = tables.executions, tables.steps, tables.messages
@@ -196,14 +196,15 @@ def test_hints_name_what_the_figures_suggest_changing(
         }
         for i in range(24)
     ]
-    steps = [  # a condition whose facts could not be read for 3 of 24
-        {
-            "execution_id": f"x{i}",
-            "workflow_id": wid,
-            "node_id": "check",
-            "status": "failed" if i < 3 else "done",
-        }
+    decided = {"status": "done", "output": {"branch": "true"}}
+    steps = [  # a condition whose facts could not be read for 3 of 24, and that took one branch
+        {"execution_id": f"x{i}", "workflow_id": wid, "node_id": "check"}
+        | ({"status": "failed", "output": None} if i < 3 else decided)
         | {"arrived_at": at, "finished_at": at}
+        for i in range(24)
+    ] + [  # a condition that took both: 20 true, 4 false
+        {"execution_id": f"x{i}", "workflow_id": wid, "node_id": "split", "status": "done"}
+        | {"output": {"branch": "false" if i < 4 else "true"}, "arrived_at": at, "finished_at": at}
         for i in range(24)
     ]
     with engine.begin() as conn:
@@ -213,6 +214,13 @@ def test_hints_name_what_the_figures_suggest_changing(
 
     (item,) = build_report(wid, engine=engine, airflow=False)["workflows"]
     assert [(h["node_id"], h["code"], h["text"]) for h in item["hints"]] == [
+        (
+            "check",
+            "CONDITION_ONE_WAY",
+            "condition check took its true branch in all 21 executions it decided: its other branch never "
+            "ran. Check its rules against the clinic's data (a fact every patient has alike, a value the "
+            "clinic's system spells otherwise)",
+        ),
         (
             "check",
             "NODE_FAILING",
@@ -248,6 +256,7 @@ def test_hints_name_what_the_figures_suggest_changing(
         ),
     ]
     nodes = {n["node_id"]: n for n in item["nodes"]}
+    assert nodes["split"]["branches"] == {"true": 20, "false": 4}
     assert nodes["remind"]["not_sent"] == {
         "expired": {"late": 3, "quiet_hours_past_max_lateness": 1},
         "failed": {"provider_rejected": 2, "template_missing_fact": 1},
