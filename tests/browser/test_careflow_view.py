@@ -364,6 +364,7 @@ def test_the_view_says_what_the_api_could_not_read(server: Server, chromium_bina
             }
         },
         "failing": {"failures": {"status": 503, "body": {"detail": UNREACHABLE}, "headers": {}}},
+        "hints": {"metrics": {"status": 503, "body": {"detail": UNREACHABLE}, "headers": {}}},
     }
     replay = (
         f"const cases = {json.dumps(cases)};\n"
@@ -380,7 +381,7 @@ def test_the_view_says_what_the_api_could_not_read(server: Server, chromium_bina
     async def visit(page: Page) -> dict[str, Any]:
         await page.send("Page.addScriptToEvaluateOnNewDocument", source=replay)
         seen = {}
-        for case in cases:
+        for case in ("listed", "failing"):
             await page.open("about:blank", "true")  # each case a page load of its own, not a hash change
             await page.open(f"{server.base}/careflow/ui/#/?case={case}", READY)
             seen[case] = await page.evaluate(
@@ -388,9 +389,24 @@ def test_the_view_says_what_the_api_could_not_read(server: Server, chromium_bina
                 " error: document.querySelector('#error')?.innerText ?? null,"
                 " breakers: !!document.querySelector('#breakers')})"
             )
+        # A workflow's page does not wait for its hints: they say what failed in their own section.
+        await page.open("about:blank", "true")
+        await page.open(
+            f"{server.base}/careflow/ui/#/workflow/new-patient-welcome?case=hints",
+            READY + " && document.querySelector('#hints')?.dataset.state === 'error'",
+        )
+        seen["hints"] = await page.evaluate(
+            "({hints: document.querySelector('#hints .error').innerText,"
+            " graph: !!document.querySelector('svg.graph'), error: !!document.querySelector('#error')})"
+        )
         return seen
 
     seen = _signed_in(chromium_binary, server, visit)
+    assert seen["hints"] == {
+        "hints": f"{UNREACHABLE} (HTTP 503 from metrics?workflow=new-patient-welcome)",
+        "graph": True,
+        "error": False,
+    }
     assert seen["listed"] == {
         "notices": [
             f"Only the snapshots on disk are listed: {UNREACHABLE}",
@@ -450,7 +466,7 @@ def test_a_workflow_page_shows_what_its_figures_suggest_changing(
                 f"{server.base}/careflow/ui/#/workflow/{wid}",
                 # a hash change: the page before stays (and ready) until this one is rendered
                 READY + f" && document.querySelector('#workflow')?.dataset.workflow === '{wid}'"
-                " && !!document.querySelector('#hints')",
+                " && document.querySelector('#hints')?.dataset.state === 'ready'",
             )
             seen[wid] = await page.evaluate(
                 "(async () => ({shown: [...document.querySelectorAll('#hints li')].map(li => ({code: li.dataset.code,"

@@ -200,11 +200,13 @@ async function showWorkflow(workflowId, nodeId, runId) {
   }
   const runQuery = runId ? "?run_id=" + enc(runId) : "";
   const nodeQuery = nodeId ? "&node_id=" + enc(nodeId) : "";
-  const [counts, failures, nodeSteps, metrics] = await Promise.all([
+  // The hints read every run's figures, which takes longer than the rest: the page does not wait.
+  const metrics = api("metrics?workflow=" + enc(workflowId));
+  metrics.catch(() => {}); // said in its section, once the page is there; not where the page fails first
+  const [counts, failures, nodeSteps] = await Promise.all([
     api("workflows/" + enc(workflowId) + "/counts" + runQuery),
     api("failures?workflow_id=" + enc(workflowId) + nodeQuery + (runId ? "&run_id=" + enc(runId) : "") + "&limit=50"),
     nodeId ? api("workflows/" + enc(workflowId) + "/nodes/" + enc(nodeId) + "/steps" + runQuery) : Promise.resolve(null),
-    api("metrics?workflow=" + enc(workflowId)),
   ]);
 
   const picker = el("select", { id: "run", "aria-label": "run" }, el("option", { value: "" }, "all runs"));
@@ -229,26 +231,33 @@ async function showWorkflow(workflowId, nodeId, runId) {
   render(...sections);
 }
 
-// What the workflow's figures over every run suggest changing (`careflow metrics`' hints).
+// What the workflow's figures over every run suggest changing (`careflow metrics`' hints), filled in
+// when the report arrives (data-state: loading, then ready or error).
 function hintsSection(base, metrics) {
-  const item = metrics && metrics.workflows && metrics.workflows[0];
-  const hints = (item && item.hints) || [];
-  const rows = hints.map((h) =>
-    el(
-      "li",
-      { "data-code": h.code, "data-node": h.node_id || "" },
-      el("code", {}, h.code),
-      " ",
-      h.node_id ? link(base + "/node/" + enc(h.node_id), h.node_id, { class: "mono" }) : "the workflow",
-      ": " + h.text,
-    ),
+  const body = el("p", { class: "muted" }, "Reading every run's figures…");
+  const section = el("section", { id: "hints", "data-state": "loading" }, el("h2", {}, "Hints"), body);
+  metrics.then(
+    (report) => {
+      const item = report && report.workflows && report.workflows[0];
+      const rows = ((item && item.hints) || []).map((h) =>
+        el(
+          "li",
+          { "data-code": h.code, "data-node": h.node_id || "" },
+          el("code", {}, h.code),
+          " ",
+          h.node_id ? link(base + "/node/" + enc(h.node_id), h.node_id, { class: "mono" }) : "the workflow",
+          ": " + h.text,
+        ),
+      );
+      body.replaceWith(rows.length ? el("ul", {}, rows) : el("p", { class: "muted" }, "Nothing in this workflow's figures suggests a change."));
+      section.dataset.state = "ready";
+    },
+    (error) => {
+      body.replaceWith(el("p", { class: "error" }, error.message));
+      section.dataset.state = "error";
+    },
   );
-  return el(
-    "section",
-    { id: "hints" },
-    el("h2", {}, "Hints"),
-    rows.length ? el("ul", {}, rows) : el("p", { class: "muted" }, "Nothing in this workflow's figures suggests a change."),
-  );
+  return section;
 }
 
 const BOX_W = 196;
