@@ -370,8 +370,8 @@ def build_report(
 def hints(item: dict[str, Any]) -> list[dict[str, Any]]:
     """What a workflow's figures suggest changing, each with the node it concerns (None for the
     workflow) and a stable code: messages that expired unsent, failed or were mostly skipped, a
-    condition that always takes one branch, a node whose steps fail, DAG runs that fail. Read only where there is enough to go on
-    (:data:`HINT_MIN_COUNT`)."""
+    condition that always takes one branch, a node whose steps fail, DAG runs that fail. Read only
+    where there is enough to go on (:data:`HINT_MIN_COUNT`), but for an expiry: a message lost."""
     found: list[dict[str, Any]] = []
 
     def hint(node_id: str | None, code: str, text: str) -> None:

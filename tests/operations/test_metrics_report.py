@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
 from careflow.cli import main
-from careflow.metrics_report import _human, build_report
+from careflow.metrics_report import _human, build_report, hints
 from careflow.providers.client import ProviderClient
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.store import tables
@@ -265,3 +265,29 @@ def test_hints_name_what_the_figures_suggest_changing(
     assert main(["metrics", "--workflow", wid, "--no-airflow"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  hint ")]
     assert printed == [f"  hint {h['code']}: {h['text']}" for h in item["hints"]]
+
+
+@pytest.mark.parametrize(
+    ("runs", "hinted"),
+    [
+        ({"success": 19, "failed": 1}, True),  # 5 % of 20
+        ({"success": 39, "failed": 1}, False),  # 2.5 %
+        ({"success": 10, "failed": 9, "running": 5}, False),  # 19 ended: too few to read
+    ],
+)
+def test_failing_dag_runs_are_a_hint_from_20_ended_runs_on(runs: dict[str, int], hinted: bool) -> None:
+    """Airflow's figures (its ``dag_run`` states, merged in by ``build_report``)."""
+    said = hints({"workflow_id": "w", "nodes": [], "run_states": runs})
+    ended = runs["success"] + runs["failed"]
+    assert said == (
+        [
+            {
+                "node_id": None,
+                "code": "RUNS_FAILING",
+                "text": f"{runs['failed']} of the workflow's {ended} ended DAG runs failed: its alerts and the "
+                "failed tasks' logs in Airflow say why",
+            }
+        ]
+        if hinted
+        else []
+    )
