@@ -367,6 +367,25 @@ def build_report(
     }
 
 
+#: A node's messages of a status that make a hint from a share of them on: the status, the share,
+#: the hint's code and what it says after "N of node X's M messages".
+_SHARE_HINTS = (
+    (
+        "failed",
+        HINT_FAILED_SHARE,
+        "MESSAGES_FAILING",
+        "failed ({reasons}): the careflow view's failures give each one's reason",
+    ),
+    (
+        "skipped",
+        HINT_SKIPPED_SHARE,
+        "MOSTLY_SKIPPED",
+        "were skipped ({reasons}): a condition on the same facts earlier in the graph would end those "
+        "executions at once, rather than carry them through its waits to the send",
+    ),
+)
+
+
 def hints(item: dict[str, Any]) -> list[dict[str, Any]]:
     """What a workflow's figures suggest changing, each with the node it concerns (None for the
     workflow) and a stable code: messages that expired unsent, failed or were mostly skipped, a
@@ -398,23 +417,11 @@ def hints(item: dict[str, Any]) -> list[dict[str, Any]]:
                 "without night-time consent) that ended past max_lateness: a time window before it, "
                 "within 08:00 to 21:00, sends them by day",
             )
-        failed = not_sent.get("failed", {})
-        if total >= HINT_MIN_COUNT and sum(failed.values()) >= HINT_FAILED_SHARE * total:
-            hint(
-                nid,
-                "MESSAGES_FAILING",
-                f"{sum(failed.values())} of node {nid}'s {total} messages failed ({_reasons(failed)}): "
-                "the careflow view's failures give each one's reason",
-            )
-        skipped = not_sent.get("skipped", {})
-        if total >= HINT_MIN_COUNT and sum(skipped.values()) >= HINT_SKIPPED_SHARE * total:
-            hint(
-                nid,
-                "MOSTLY_SKIPPED",
-                f"{sum(skipped.values())} of node {nid}'s {total} messages were skipped "
-                f"({_reasons(skipped)}): a condition on the same facts earlier in the graph would end "
-                "those executions at once, rather than carry them through its waits to the send",
-            )
+        for status, share, code, said in _SHARE_HINTS:
+            counts = not_sent.get(status, {})
+            if total >= HINT_MIN_COUNT and (many := sum(counts.values())) >= share * total:
+                reasons = _reasons(counts)
+                hint(nid, code, f"{many} of node {nid}'s {total} messages {said.format(reasons=reasons)}")
         branches = n.get("branches", {})
         if len(branches) == 1 and (decided := sum(branches.values())) >= HINT_MIN_COUNT:
             (taken,) = branches
