@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlsplit
 
 from careflow import settings
 from careflow.exceptions import CareflowError
-
-if TYPE_CHECKING:
-    from careflow.workflow.diagnostics import Diagnostic
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -131,27 +128,70 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
     return findings
 
 
+#: An active workflow's trigger whose newest event is older than this is said (the clinic's sync may
+#: have stopped: nobody is enrolled, and nothing says so).
+EVENTS_QUIET_DAYS = 7
+
+
 def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
-    clinic not among the clinics, its trigger's events spelt the clinic's system's way."""
+    clinic not among the clinics, its trigger's events spelt the clinic's system's way; and, for an
+    active one, where its trigger's events stopped coming (none yet, or none for a week)."""
     from careflow.publishing import clinic_data_unmatched
     from careflow.snapshots import load_all
     from careflow.store.db import get_engine
 
     engine = get_engine()
     # Asked once a clinic and trigger, said once for the workflows it holds for.
-    asked: dict[tuple[str, str, str], list[Diagnostic]] = {}
+    asked: dict[tuple[str, str, str, bool], list[str]] = {}
     said: dict[str, list[str]] = {}
     for _, compiled in load_all(workflows_dir or settings.workflows_dir())[0]:
         trigger = compiled.trigger
-        key = (compiled.clinic_id, trigger.config.event, trigger.id)
+        key = (compiled.clinic_id, trigger.config.event, trigger.id, compiled.status == "active")
         if key not in asked:
-            asked[key] = clinic_data_unmatched(engine, *key)
-        for told in asked[key]:
-            said.setdefault(f"{told.code}: {told.message}", []).append(compiled.workflow_id)
+            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:3])]
+            if not asked[key] and compiled.status == "active":
+                asked[key] = _events_quiet(engine, compiled.clinic_id, trigger.config.event)
+        for text in asked[key]:
+            said.setdefault(text, []).append(compiled.workflow_id)
     return [
         Finding(WARNING, f"workflow{'s' if len(ids) > 1 else ''} {', '.join(ids)}", text)
         for text, ids in said.items()
+    ]
+
+
+def _events_quiet(engine: Any, clinic_id: str, event: str) -> list[str]:
+    """A warning where the clinic's events hold no ``event`` of ``clinic_id`` yet, or none for
+    :data:`EVENTS_QUIET_DAYS`: the workflows it triggers enroll nobody meanwhile."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import func, select
+
+    from careflow.engine.steps import clinic_time
+    from careflow.store import tables
+
+    e = tables.appointment_events
+    with engine.connect() as conn:
+        newest = conn.execute(
+            select(func.max(clinic_time(conn, e.c.occurred_at))).where(
+                e.c.clinic_id == clinic_id, e.c.type == event
+            )
+        ).scalar()
+    if isinstance(newest, float):  # SQLite: the julian day of the instant
+        newest = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(days=newest - 2440587.5)
+    if newest is None:
+        return [
+            f"the clinic's appointment_events hold no {event} event of clinic {clinic_id} yet: the "
+            "trigger enrolls nobody until one comes"
+        ]
+    ago = datetime.now(timezone.utc) - newest
+    if ago < timedelta(days=EVENTS_QUIET_DAYS):
+        return []
+    return [
+        f"the newest {event} event of clinic {clinic_id} is from {newest:%Y-%m-%d %H:%M} UTC, "
+        f"{ago.days} days ago: the trigger enrolls nobody until another comes. If the clinic has had "
+        "such appointments since, its system no longer writes them where careflow reads (its sync, "
+        "the view careflow reads)"
     ]
 
 

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from careflow.providers.fake_server import FakeProviderServer
+from careflow.workflow.models import TRIGGER_EVENTS
 from support import EXAMPLES, airflow_env, copy_airflow_db, failure_output, refusing_port
 
 CAREFLOW = str(Path(sys.executable).parent / "careflow")
@@ -98,6 +100,11 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
 
     with sqlite3.connect(env["CAREFLOW_DB_URL"].removeprefix("sqlite:///")) as conn:
         conn.execute("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam-01', '강남', 'Asia/Seoul')")
+        an_hour_ago = f"{datetime.now(timezone.utc) - timedelta(hours=1):%Y-%m-%d %H:%M:%S}"
+        conn.executemany(  # each trigger's events keep coming
+            "INSERT INTO appointment_events VALUES (?, 'a1', 'p1', 'gangnam-01', ?, ?)",
+            [(f"e-{event}", event, an_hour_ago) for event in TRIGGER_EVENTS],
+        )
     _heartbeat(Path(env["AIRFLOW_HOME"]), "SchedulerJob", "DagProcessorJob", "TriggererJob")
     checked = _careflow(env, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -289,3 +296,70 @@ def _heartbeat(home: Path, *job_types: str, ago_s: float = 0) -> str:
             ],
         )
     return f"{at:%Y-%m-%d %H:%M:%S}"
+
+
+def test_a_trigger_whose_events_stopped_coming_is_named(
+    home: dict[str, str], empty_db_url: str, tmp_path: Path
+) -> None:
+    """Nobody enrolled, and nothing said why: the clinic's sync stopped (or never started) writing
+    the events an active workflow's trigger enrolls by."""
+    from sqlalchemy import create_engine, insert, text
+
+    from careflow.store import tables
+
+    env = {**home, "CAREFLOW_DB_URL": empty_db_url}
+    for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES / "no-show-recovery.json"))):
+        done = _careflow(env, *argv)
+        assert done.returncode == 0, done.stderr
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        conn.execute(insert(tables.clinics).values(id="gangnam-01", name="강남", timezone="Asia/Seoul"))
+
+    def told() -> list[tuple[str, str, str]]:
+        checked = _careflow(env, "check", "--json")
+        found = json.loads(checked.stdout)
+        return [(f["verdict"], f["subject"], f["text"]) for f in found if f["subject"].startswith("workflow ")]
+
+    assert told() == [
+        (
+            "warning",
+            "workflow no-show-recovery",
+            "the clinic's appointment_events hold no appointment_no_show event of clinic gangnam-01 yet: "
+            "the trigger enrolls nobody until one comes",
+        )
+    ]
+    events = tables.appointment_events
+    now = datetime.now(timezone.utc)
+    ten_days_ago = now - timedelta(days=10, minutes=5)
+    with engine.begin() as conn:
+        for at, event in ((ten_days_ago, "appointment_no_show"), (now, "appointment_completed")):
+            conn.execute(
+                insert(events).values(
+                    id=f"e-{event}",
+                    appointment_id="a1",
+                    patient_id="p1",
+                    clinic_id="gangnam-01",
+                    type=event,
+                    occurred_at=at,
+                )
+            )
+    assert told() == [
+        (
+            "warning",
+            "workflow no-show-recovery",
+            f"the newest appointment_no_show event of clinic gangnam-01 is from {ten_days_ago:%Y-%m-%d %H:%M} "
+            "UTC, 10 days ago: the trigger enrolls nobody until another comes. If the clinic has had such "
+            "appointments since, its system no longer writes them where careflow reads (its sync, the view "
+            "careflow reads)",
+        )
+    ]
+    with engine.begin() as conn:  # written as a clinic's system writes it: local time, with its offset
+        conn.execute(
+            text(
+                "INSERT INTO appointment_events (id, appointment_id, patient_id, clinic_id, type, occurred_at) "
+                "VALUES ('e-2', 'a2', 'p1', 'gangnam-01', 'appointment_no_show', :at)"
+            ),
+            {"at": now.astimezone(timezone(timedelta(hours=9))).isoformat(timespec="seconds")},
+        )
+    assert told() == []
+    engine.dispose()
