@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from careflow import settings
 from careflow.exceptions import CareflowError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -160,23 +163,28 @@ def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
     ]
 
 
-def _events_quiet(engine: Any, clinic_id: str, event: str) -> list[str]:
+def _events_quiet(engine: Engine, clinic_id: str, event: str) -> list[str]:
     """A warning where the clinic's events hold no ``event`` of ``clinic_id`` yet, or none for
-    :data:`EVENTS_QUIET_DAYS`: the workflows it triggers enroll nobody meanwhile."""
+    :data:`EVENTS_QUIET_DAYS`: the workflows it triggers enroll nobody meanwhile. None where the
+    events cannot be read (careflow's database check says why)."""
     from datetime import datetime, timedelta, timezone
 
     from sqlalchemy import func, select
+    from sqlalchemy.exc import DBAPIError
 
     from careflow.engine.steps import clinic_time
     from careflow.store import tables
 
     e = tables.appointment_events
-    with engine.connect() as conn:
-        newest = conn.execute(
-            select(func.max(clinic_time(conn, e.c.occurred_at))).where(
-                e.c.clinic_id == clinic_id, e.c.type == event
-            )
-        ).scalar()
+    try:
+        with engine.connect() as conn:
+            newest = conn.execute(
+                select(func.max(clinic_time(conn, e.c.occurred_at))).where(
+                    e.c.clinic_id == clinic_id, e.c.type == event
+                )
+            ).scalar()
+    except DBAPIError:
+        return []
     if isinstance(newest, float):  # SQLite: the julian day of the instant
         newest = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(days=newest - 2440587.5)
     if newest is None:
