@@ -775,9 +775,13 @@ def test_a_clinic_table_created_with_a_quoted_capitalised_name_is_named_not_hidd
 
     engine = create_engine(empty_db_url)
     with engine.begin() as conn:
-        columns = ", ".join(f"{column} TEXT" for column in sorted(CLINIC_COLUMNS["patients"]))
+        # its columns likewise, one of them: "Name"
+        quoted = {"name": '"Name"'}
+        columns = ", ".join(
+            f"{quoted.get(column, column)} TEXT" for column in sorted(CLINIC_COLUMNS["patients"])
+        )
         conn.execute(text(f'CREATE TABLE "Patients" ({columns})'))
-        conn.execute(text("INSERT INTO \"Patients\" (id, clinic_id, name) VALUES ('p1', 'c1', 'Kim')"))
+        conn.execute(text("INSERT INTO \"Patients\" (id, clinic_id, \"Name\") VALUES ('p1', 'c1', 'Kim')"))
     assert main(["db", "upgrade"]) == 0
     out, err = capsys.readouterr()
     assert "created clinic tables: clinics, appointments, appointment_events" in out
@@ -795,6 +799,13 @@ def test_a_clinic_table_created_with_a_quoted_capitalised_name_is_named_not_hidd
 
     with engine.begin() as conn:  # as it says
         conn.execute(text('CREATE VIEW public.patients AS SELECT * FROM public."Patients"'))
+    with pytest.raises(ConfigurationError) as refused:  # the column under capitals, named next
+        check_ready(get_engine())
+    assert 'patients has no name (it has "Name": "Name" AS name);' in str(refused.value)
+    with engine.begin() as conn:  # as it says
+        listed = ", ".join(sorted(CLINIC_COLUMNS["patients"] - {"name"}))
+        conn.execute(text("DROP VIEW patients"))
+        conn.execute(text(f'CREATE VIEW patients AS SELECT {listed}, "Name" AS name FROM "Patients"'))
     check_ready(get_engine())
     with get_engine().connect() as conn:
         assert conn.execute(select(tables.patients.c.name)).scalar_one() == "Kim"

@@ -324,10 +324,9 @@ def clinic_data_problems(conn: Connection) -> tuple[list[str], int]:
         queries += conn.dialect.name == "postgresql"
         absent = [name for name in absent if name not in hidden]
     lacking = [
-        f"{table.name} has no {', '.join(missing)}"
+        f"{table.name} has no {', '.join(_missing_columns(conn, table, columns[table.name]))}"
         for table in tables.CLINIC_TABLES
-        if table.name in columns
-        and (missing := [c.name for c in table.c if c.name not in columns[table.name]])
+        if table.name in columns and not {c.name for c in table.c} <= columns[table.name]
     ]
     problems = []
     if absent:
@@ -348,6 +347,19 @@ def clinic_data_problems(conn: Connection) -> tuple[list[str], int]:
             "to text in the view careflow reads, for example CAST(id AS text) AS id"
         )
     return problems, queries
+
+
+def _missing_columns(conn: Connection, table: Any, has: set[str]) -> list[str]:
+    """The columns careflow reads that a clinic relation lacks, each that the relation has under
+    capitals (``"Name"``, created in quotes: Postgres keeps them) with how to map it."""
+    quote = conn.dialect.identifier_preparer.quote
+    missing = []
+    for column in (c.name for c in table.c if c.name not in has):
+        alike = sorted(h for h in has if h.lower() == column)
+        missing.append(
+            f"{column} (it has {quote(alike[0])}: {quote(alike[0])} AS {column})" if alike else column
+        )
+    return missing
 
 
 def _found_elsewhere(conn: Connection, names: Sequence[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
