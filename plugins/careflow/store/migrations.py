@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import inspect, select, text
+from sqlalchemy import Table, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -349,7 +349,7 @@ def clinic_data_problems(conn: Connection) -> tuple[list[str], int]:
     return problems, queries
 
 
-def _missing_columns(conn: Connection, table: Any, has: set[str]) -> list[str]:
+def _missing_columns(conn: Connection, table: Table, has: set[str]) -> list[str]:
     """The columns careflow reads that a clinic relation lacks, each that the relation has under
     capitals (``"Name"``, created in quotes: Postgres keeps them) with how to map it."""
     quote = conn.dialect.identifier_preparer.quote
