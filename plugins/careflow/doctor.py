@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -131,15 +132,15 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
     return findings
 
 
-#: An active workflow's trigger whose newest event is older than this is said (the clinic's sync may
-#: have stopped: nobody is enrolled, and nothing says so).
+#: A clinic whose newest event careflow reads is older than this is said: its sync may have stopped
+#: (nobody is enrolled, and nothing else says so).
 EVENTS_QUIET_DAYS = 7
 
 
 def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
     clinic not among the clinics, its trigger's events spelt the clinic's system's way; and, for an
-    active one, where its trigger's events stopped coming (none yet, or none for a week)."""
+    active one, its trigger's events none yet, or the clinic's events none for a week."""
     from careflow.publishing import clinic_data_unmatched
     from careflow.snapshots import load_all
     from careflow.store.db import get_engine
@@ -147,14 +148,21 @@ def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
     engine = get_engine()
     # Asked once a clinic and trigger, said once for the workflows it holds for.
     asked: dict[tuple[str, str, str, bool], list[str]] = {}
+    newest: dict[str, dict[str, datetime | None] | None] = {}  # by clinic, by event type
     said: dict[str, list[str]] = {}
     for _, compiled in load_all(workflows_dir or settings.workflows_dir())[0]:
-        trigger = compiled.trigger
-        key = (compiled.clinic_id, trigger.config.event, trigger.id, compiled.status == "active")
+        clinic_id, event, active = (
+            compiled.clinic_id,
+            compiled.trigger.config.event,
+            compiled.status == "active",
+        )
+        key = (clinic_id, event, compiled.trigger.id, active)
         if key not in asked:
             asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:3])]
-            if not asked[key] and compiled.status == "active":
-                asked[key] = _events_quiet(engine, compiled.clinic_id, trigger.config.event)
+            if not asked[key] and active:
+                if clinic_id not in newest:
+                    newest[clinic_id] = _newest_events(engine, clinic_id)
+                asked[key] = _events_quiet(clinic_id, event, newest[clinic_id])
         for text in asked[key]:
             said.setdefault(text, []).append(compiled.workflow_id)
     return [
@@ -163,42 +171,54 @@ def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
     ]
 
 
-def _events_quiet(engine: Engine, clinic_id: str, event: str) -> list[str]:
-    """A warning where the clinic's events hold no ``event`` of ``clinic_id`` yet, or none for
-    :data:`EVENTS_QUIET_DAYS`: the workflows it triggers enroll nobody meanwhile. None where the
-    events cannot be read (careflow's database check says why)."""
-    from datetime import datetime, timedelta, timezone
-
+def _newest_events(engine: Engine, clinic_id: str) -> dict[str, datetime | None] | None:
+    """The time of the newest event of each type careflow reads of ``clinic_id`` (None for a type
+    it has none of), each through the events' index; None where they cannot be read (careflow's
+    database check says why)."""
     from sqlalchemy import func, select
     from sqlalchemy.exc import DBAPIError
 
     from careflow.engine.steps import clinic_time
     from careflow.store import tables
+    from careflow.workflow.models import TRIGGER_EVENTS
 
     e = tables.appointment_events
+    found: dict[str, datetime | None] = {}
     try:
         with engine.connect() as conn:
-            newest = conn.execute(
-                select(func.max(clinic_time(conn, e.c.occurred_at))).where(
-                    e.c.clinic_id == clinic_id, e.c.type == event
-                )
-            ).scalar()
+            for event in TRIGGER_EVENTS:
+                at = conn.execute(
+                    select(func.max(clinic_time(conn, e.c.occurred_at))).where(
+                        e.c.clinic_id == clinic_id, e.c.type == event
+                    )
+                ).scalar()
+                if isinstance(at, float):  # SQLite: the julian day of the instant
+                    at = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(days=at - 2440587.5)
+                found[event] = at
     except DBAPIError:
-        return []
-    if isinstance(newest, float):  # SQLite: the julian day of the instant
-        newest = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(days=newest - 2440587.5)
+        return None
+    return found
+
+
+def _events_quiet(clinic_id: str, event: str, newest: dict[str, datetime | None] | None) -> list[str]:
+    """A warning where the clinic's events hold no ``event`` of ``clinic_id`` yet (its workflows
+    enroll nobody until one comes), or none of any type careflow reads for
+    :data:`EVENTS_QUIET_DAYS` (none of the clinic's workflows enrolls anybody)."""
     if newest is None:
+        return []
+    if newest.get(event) is None:
         return [
             f"the clinic's appointment_events hold no {event} event of clinic {clinic_id} yet: the "
             "trigger enrolls nobody until one comes"
         ]
-    ago = datetime.now(timezone.utc) - newest
+    latest = max(at for at in newest.values() if at is not None)
+    ago = datetime.now(timezone.utc) - latest
     if ago < timedelta(days=EVENTS_QUIET_DAYS):
         return []
     return [
-        f"the newest {event} event of clinic {clinic_id} is from {newest:%Y-%m-%d %H:%M} UTC, "
-        f"{ago.days} days ago: the trigger enrolls nobody until another comes. If the clinic has had "
-        "such appointments since, its system no longer writes them where careflow reads (its sync, "
+        f"the newest event of clinic {clinic_id} careflow reads is from {latest:%Y-%m-%d %H:%M} UTC, "
+        f"{ago.days} days ago: its workflows enroll nobody until events come again. If the clinic has "
+        "had appointments since, its system no longer writes them where careflow reads (its sync, "
         "the view careflow reads)"
     ]
 

@@ -318,7 +318,9 @@ def test_a_trigger_whose_events_stopped_coming_is_named(
     def told() -> list[tuple[str, str, str]]:
         checked = _careflow(env, "check", "--json")
         found = json.loads(checked.stdout)
-        return [(f["verdict"], f["subject"], f["text"]) for f in found if f["subject"].startswith("workflow ")]
+        return [
+            (f["verdict"], f["subject"], f["text"]) for f in found if f["subject"].startswith("workflow ")
+        ]
 
     assert told() == [
         (
@@ -330,9 +332,9 @@ def test_a_trigger_whose_events_stopped_coming_is_named(
     ]
     events = tables.appointment_events
     now = datetime.now(timezone.utc)
-    ten_days_ago = now - timedelta(days=10, minutes=5)
+    ten_days_ago, nine_days_ago = now - timedelta(days=10, minutes=5), now - timedelta(days=9, minutes=5)
     with engine.begin() as conn:
-        for at, event in ((ten_days_ago, "appointment_no_show"), (now, "appointment_completed")):
+        for at, event in ((ten_days_ago, "appointment_no_show"), (nine_days_ago, "appointment_completed")):
             conn.execute(
                 insert(events).values(
                     id=f"e-{event}",
@@ -343,21 +345,23 @@ def test_a_trigger_whose_events_stopped_coming_is_named(
                     occurred_at=at,
                 )
             )
-    assert told() == [
+    assert told() == [  # no event of any kind for over a week: the clinic's sync stopped
         (
             "warning",
             "workflow no-show-recovery",
-            f"the newest appointment_no_show event of clinic gangnam-01 is from {ten_days_ago:%Y-%m-%d %H:%M} "
-            "UTC, 10 days ago: the trigger enrolls nobody until another comes. If the clinic has had such "
+            f"the newest event of clinic gangnam-01 careflow reads is from {nine_days_ago:%Y-%m-%d %H:%M} UTC, "
+            "9 days ago: its workflows enroll nobody until events come again. If the clinic has had "
             "appointments since, its system no longer writes them where careflow reads (its sync, the view "
             "careflow reads)",
         )
     ]
-    with engine.begin() as conn:  # written as a clinic's system writes it: local time, with its offset
+    # Events come again, if no no-show among them (a week without one is no sign of anything); one
+    # written as a clinic's system writes it: local time, with its offset.
+    with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO appointment_events (id, appointment_id, patient_id, clinic_id, type, occurred_at) "
-                "VALUES ('e-2', 'a2', 'p1', 'gangnam-01', 'appointment_no_show', :at)"
+                "VALUES ('e-2', 'a2', 'p1', 'gangnam-01', 'appointment_completed', :at)"
             ),
             {"at": now.astimezone(timezone(timedelta(hours=9))).isoformat(timespec="seconds")},
         )
