@@ -839,3 +839,20 @@ def test_a_clinic_table_of_a_schema_off_the_search_path_is_said_when_an_empty_on
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA archive CASCADE"))
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ('"$user", public', {"careflow_app", "public"}),
+        ("careflow,Clinic", {"careflow", "clinic"}),  # unquoted: folded to lower case
+        ('careflow, "Clinic Data", "a""b"', {"careflow", "Clinic Data", 'a"b'}),
+        ("", set()),
+    ],
+)
+def test_the_schemas_a_search_path_names_are_read_as_postgres_reads_them(
+    setting: str, named: set[str]
+) -> None:
+    from careflow.store.migrations import _search_path_schemas
+
+    assert _search_path_schemas(setting, "careflow_app") == named
