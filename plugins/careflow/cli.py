@@ -203,17 +203,33 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    # Before Airflow is imported: its log lines (on stdout) would break --json's output.
+    # Before Airflow is imported: its log lines, on stdout, are not what the command answers.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
-    from careflow.doctor import PROBLEM, check_all
+    with _stdout_to_stderr():  # those of a level the environment asks for (INFO) as well
+        from careflow.doctor import PROBLEM, check_all
 
-    findings = check_all(Path(args.workflows_dir) if args.workflows_dir else None)
+        findings = check_all(Path(args.workflows_dir) if args.workflows_dir else None)
     if args.json:
         _print_json([finding.to_dict() for finding in findings])
     else:
         for finding in findings:
             print(f"{finding.verdict:<8} {finding.subject:<19} {finding.text}")
     return EXIT_ERROR if any(finding.verdict == PROBLEM for finding in findings) else EXIT_OK
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Whatever writes to stdout meanwhile (Airflow's structlog, a library's print, C code) writes
+    to stderr, so that stdout holds the command's answer alone (``--json`` stays JSON)."""
+    sys.stdout.flush()
+    kept = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(kept, 1)
+        os.close(kept)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

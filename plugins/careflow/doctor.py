@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from careflow import settings
-from careflow.exceptions import CareflowError
+from careflow.exceptions import CareflowError, first_line
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -47,7 +47,7 @@ def check_all(workflows_dir: Path | None = None) -> list[Finding]:
         ("careflow_redis", _redis),
         ("careflow_alerts", _alerts),
         # one line where Airflow's database cannot be read, the pool's (both read it)
-        ("airflow", lambda: _pool() + _components() + _dags(workflows_dir)),
+        ("airflow", lambda: _pool() + _components() + _celery_workers() + _dags(workflows_dir)),
     ]
     return [finding for subject, check in checks for finding in _each(subject, check)]
 
@@ -343,6 +343,48 @@ def _components() -> list[Finding]:
     if alive:
         findings.insert(0, Finding(OK, "airflow", f"heartbeating: {', '.join(alive)}"))
     return findings
+
+
+#: How long ``check`` waits for Celery workers to answer a ping, in seconds.
+CELERY_PING_S = 2.0
+
+
+def _celery_workers() -> list[Finding]:
+    """With the CeleryExecutor, whether a Celery worker answers on the broker: the scheduler queues
+    the tasks there and only a worker runs them (workers do not heartbeat in Airflow's database)."""
+    from airflow.configuration import conf
+
+    if "CeleryExecutor" not in conf.get("core", "executor"):
+        return []
+    from airflow.providers.celery.executors.celery_executor_utils import app
+
+    with app.connection_for_read() as connection:
+        broker = connection.as_uri()  # its password masked, and a mask where there is none
+        if not connection.password:
+            broker = broker.replace(":**@", "@").replace("//@", "//")
+        try:
+            connection.ensure_connection(max_retries=1, timeout=5)
+            replies = app.control.ping(timeout=CELERY_PING_S, connection=connection)
+        except Exception as exc:  # the broker's client, whichever it is, says why in its own words
+            return [
+                Finding(
+                    PROBLEM,
+                    "airflow",
+                    f"the Celery broker {broker} cannot be reached ({first_line(exc)}): no task reaches a "
+                    "worker; check [celery] broker_url and the broker",
+                )
+            ]
+    workers = sorted(name for reply in replies for name in reply)
+    if not workers:
+        return [
+            Finding(
+                PROBLEM,
+                "airflow",
+                f"no Celery worker answered on the broker {broker} within {CELERY_PING_S:g} s: the "
+                "scheduler queues tasks that no worker runs; start `airflow celery worker`",
+            )
+        ]
+    return [Finding(OK, "airflow", f"Celery worker(s) answering on {broker}: {', '.join(workers)}")]
 
 
 def _dags(workflows_dir: Path | None) -> list[Finding]:

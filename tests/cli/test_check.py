@@ -367,3 +367,37 @@ def test_a_trigger_whose_events_stopped_coming_is_named(
         )
     assert told() == []
     engine.dispose()
+
+
+@pytest.mark.redis
+def test_celery_workers_are_asked_on_the_broker(home: dict[str, str]) -> None:
+    """With the CeleryExecutor only a worker runs what the scheduler queues, and workers do not
+    heartbeat in Airflow's database: they are pinged on the broker (tests/e2e sees them answer)."""
+    from redis.connection import parse_url
+
+    db = int(parse_url(REDIS_URL).get("db", 0)) + 7  # a database of its own: no worker listens there
+    broker = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    celery = {**home, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW__CELERY__BROKER_URL": broker}
+    # At the level a deployment logs at: Airflow's Celery module warns on stdout as it is imported,
+    # which must not reach --json's output.
+    celery["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
+
+    def airflow(env: dict[str, str]) -> list[tuple[str, str]]:
+        checked = _careflow(env, "check", "--json")
+        found = json.loads(checked.stdout)
+        return [(f["verdict"], f["text"]) for f in found if "Celery" in f["text"]]
+
+    assert airflow(celery) == [
+        (
+            "problem",
+            f"no Celery worker answered on the broker {broker} within 2 s: the scheduler queues tasks that "
+            "no worker runs; start `airflow celery worker`",
+        )
+    ]
+    with refusing_port() as port:
+        refusing = f"redis://:pw-secret@127.0.0.1:{port}/0"
+        (verdict, said) = airflow({**celery, "AIRFLOW__CELERY__BROKER_URL": refusing})[0]
+    assert verdict == "problem"
+    assert said.startswith(f"the Celery broker redis://:**@127.0.0.1:{port}/0 cannot be reached (")
+    assert said.endswith("): no task reaches a worker; check [celery] broker_url and the broker")
+    assert airflow(home) == []  # the LocalExecutor: no broker to ask

@@ -289,6 +289,19 @@ class Cluster:
         )
         return result
 
+    def check(self) -> list[dict[str, str]]:
+        """What ``careflow check --json`` finds in the cluster's environment (it exits 2 on a problem)."""
+        result = subprocess.run(
+            [str(BIN / "careflow"), "check", "--json"],
+            env=self.env(),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode in (0, 2), result.stderr[-3000:]
+        return list(json.loads(result.stdout))
+
     # ------------------------------------------------------------------ lifecycle
 
     def prepare(self, template: str | None = None, *, pool_slots: int | None = 4) -> None:
