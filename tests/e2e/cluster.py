@@ -289,6 +289,19 @@ class Cluster:
         )
         return result
 
+    def airflow_checked(self) -> list[str]:
+        """What ``careflow check`` says of Airflow's side (the pool, the components, the workers,
+        the DAGs), once it has found each of them ok and the scheduler, the dag processor and the
+        triggerer heartbeating."""
+        found = [f for f in self.check() if f["subject"] in ("airflow", "dags")]
+        assert all(f["verdict"] == "ok" for f in found), found
+        said = [f["text"] for f in found]
+        assert any(
+            t.startswith("heartbeating: scheduler (") and "dag processor (" in t and "triggerer (" in t
+            for t in said
+        ), said
+        return said
+
     def check(self) -> list[dict[str, str]]:
         """What ``careflow check --json`` finds in the cluster's environment (it exits 2 on a problem)."""
         result = subprocess.run(
