@@ -9,6 +9,7 @@ what it checked and, where it is a problem, what to do, in the words the tasks a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,6 +22,9 @@ from careflow.exceptions import CareflowError, first_line
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+    from careflow.compiler.graph import CompiledWorkflow
+    from careflow.snapshots import Snapshot
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -39,15 +43,22 @@ class Finding:
 
 def check_all(workflows_dir: Path | None = None) -> list[Finding]:
     """Every check, in the order an operator mends them; none raises."""
+
+    @functools.cache
+    def published() -> list[tuple[Snapshot, CompiledWorkflow]]:  # loaded once, for two checks below
+        from careflow.snapshots import load_all
+
+        return load_all(workflows_dir or settings.workflows_dir())[0]
+
     checks: list[tuple[str, Callable[[], list[Finding]]]] = [
         ("careflow_db", _database),
         ("workflows_dir", lambda: _snapshots(workflows_dir)),
-        ("clinic data", lambda: _clinic_data(workflows_dir)),
+        ("clinic data", lambda: _clinic_data(published())),
         ("careflow_messaging", _messaging),
         ("careflow_redis", _redis),
         ("careflow_alerts", _alerts),
         # one line where Airflow's database cannot be read, the pool's (both read it)
-        ("airflow", lambda: _pool() + _components() + _celery_workers() + _dags(workflows_dir)),
+        ("airflow", lambda: _pool() + _components() + _celery_workers() + _dags(published())),
     ]
     return [finding for subject, check in checks for finding in _each(subject, check)]
 
@@ -137,12 +148,11 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
 EVENTS_QUIET_DAYS = 7
 
 
-def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
+def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
     clinic not among the clinics, its trigger's events spelt the clinic's system's way; and, for an
     active one, its trigger's events none yet, or the clinic's events none for a week."""
     from careflow.publishing import clinic_data_unmatched
-    from careflow.snapshots import load_all
     from careflow.store.db import get_engine
 
     engine = get_engine()
@@ -150,7 +160,7 @@ def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
     asked: dict[tuple[str, str, str, bool], list[str]] = {}
     newest: dict[str, dict[str, datetime | None] | None] = {}  # by clinic, by event type
     said: dict[str, list[str]] = {}
-    for _, compiled in load_all(workflows_dir or settings.workflows_dir())[0]:
+    for _, compiled in published:
         clinic_id, event, active = (
             compiled.clinic_id,
             compiled.trigger.config.event,
@@ -165,10 +175,12 @@ def _clinic_data(workflows_dir: Path | None) -> list[Finding]:
                 asked[key] = _events_quiet(clinic_id, event, newest[clinic_id])
         for text in asked[key]:
             said.setdefault(text, []).append(compiled.workflow_id)
-    return [
-        Finding(WARNING, f"workflow{'s' if len(ids) > 1 else ''} {', '.join(ids)}", text)
-        for text, ids in said.items()
-    ]
+    return [Finding(WARNING, _workflows(ids), text) for text, ids in said.items()]
+
+
+def _workflows(ids: list[str]) -> str:
+    """The subject of a finding about the workflows ``ids``: ``workflow a``, ``workflows a, b``."""
+    return f"workflow{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
 
 
 def _newest_events(engine: Engine, clinic_id: str) -> dict[str, datetime | None] | None:
@@ -387,7 +399,7 @@ def _celery_workers() -> list[Finding]:
     return [Finding(OK, "airflow", f"Celery worker(s) answering on {broker}: {', '.join(workers)}")]
 
 
-def _dags(workflows_dir: Path | None) -> list[Finding]:
+def _dags(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """Whether Airflow schedules each active published workflow: the dag processor has parsed its DAG
     (Airflow's database holds it), still finds it (not stale), and nobody paused it."""
     import time
@@ -398,11 +410,10 @@ def _dags(workflows_dir: Path | None) -> list[Finding]:
     from sqlalchemy import select
 
     from careflow.compiler.graph import dag_id_for
-    from careflow.snapshots import load_all
 
     active = {
         dag_id_for(compiled.workflow_id): (compiled.workflow_id, snap.path)
-        for snap, compiled in load_all(workflows_dir or settings.workflows_dir())[0]
+        for snap, compiled in published
         if compiled.status == "active"
     }
     if not active:
@@ -420,7 +431,7 @@ def _dags(workflows_dir: Path | None) -> list[Finding]:
     now = time.time()
 
     def some(dag_ids: list[str]) -> str:
-        return f"workflow{'s' if len(dag_ids) > 1 else ''} {', '.join(active[i][0] for i in dag_ids)}"
+        return _workflows([active[i][0] for i in dag_ids])
 
     unparsed = [i for i in active if i not in known]
     # A snapshot is parsed at the dag processor's next pass over careflow's DAG file.
