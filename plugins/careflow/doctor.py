@@ -3,7 +3,9 @@
 What an operator runs after setting careflow up, or when nothing is sent: careflow's database
 (its tables, the clinic's data as careflow reads it), the published snapshots and each workflow
 against the clinic's data, the ``careflow_messaging`` (asked of the provider), ``careflow_redis``
-and ``careflow_alerts`` connections and Airflow's pool for the send tasks. It reads and asks; it writes nothing and sends nothing. Every finding names
+and ``careflow_alerts`` connections, and Airflow's side: the pool for the send tasks, its components'
+heartbeats (Celery workers pinged on the broker) and each active workflow's DAG. It reads and asks;
+it writes nothing and sends nothing. Every finding names
 what it checked and, where it is a problem, what to do, in the words the tasks and commands use.
 """
 
