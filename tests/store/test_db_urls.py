@@ -52,6 +52,84 @@ def test_sqlite_and_the_password_are_left_as_they_are():
     assert engine_url("postgresql://u:p%40ss@h:5/db") == "postgresql+psycopg2://u:p%40ss@h:5/db"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "sqlite:///file::memory:?uri=true",
+        "sqlite:///file:careflow?mode=memory&cache=shared&uri=true",
+    ],
+)
+def test_an_in_memory_sqlite_database_is_refused(url):
+    """Each process would hold its own, empty, and lose the ledger with it."""
+    with pytest.raises(ConfigurationError) as caught:
+        engine_url(url)
+    message = str(caught.value)
+    assert message.startswith(f"careflow_db: {url!r} is an in-memory SQLite database")
+    assert "sqlite:////var/lib/airflow/careflow.db" in message
+
+
+def test_a_relative_sqlite_path_is_refused_with_its_absolute_form(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url, named in [
+        ("sqlite:///careflow.db", tmp_path / "careflow.db"),
+        ("sqlite:///data/careflow.db", tmp_path / "data" / "careflow.db"),
+        ("sqlite:///file:careflow.db?uri=true", tmp_path / "careflow.db"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            engine_url(url)
+        assert str(caught.value) == (
+            f"careflow_db: {url!r} names a relative path, which each process (the scheduler, each "
+            "worker, this command) would find from its own working directory: write the absolute "
+            f"path, sqlite:///{named}"
+        )
+    assert not list(tmp_path.iterdir())  # nothing was created where this process happens to be
+
+
+def test_an_absolute_sqlite_file_is_taken_in_either_form(tmp_path):
+    for url in (
+        f"sqlite:///{tmp_path}/a.db",
+        f"sqlite+pysqlite:///{tmp_path}/b.db",
+        f"sqlite:///file:{tmp_path}/c.db?mode=rwc&uri=true",
+    ):
+        assert engine_url(url) == url
+        try:
+            with get_engine(url).connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+        finally:
+            dispose_engines()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.db", "b.db", "c.db"]
+
+
+def test_another_sqlite_driver_is_refused():
+    with pytest.raises(ConfigurationError, match="names the SQLite driver 'aiosqlite'; careflow speaks"):
+        engine_url("sqlite+aiosqlite:////tmp/careflow.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("mysql://root:s3cret@127.0.0.1/test", "mysql"),
+        ("mariadb+pymysql://root:s3cret@127.0.0.1/test", "mariadb"),
+        ("mssql+pyodbc://sa:s3cret@db/careflow", "mssql"),
+        ("redis://:s3cret@localhost:6379/0", "redis"),
+    ],
+)
+def test_a_database_careflow_does_not_support_is_named_not_an_unexpected_error(
+    url, kind, monkeypatch, capsys
+):
+    """Before, SQLAlchemy's search for a driver failed the command: "unexpected error:
+    ModuleNotFoundError: No module named 'MySQLdb'"."""
+    monkeypatch.setenv("CAREFLOW_DB_URL", url)
+    assert main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert f"names a {kind!r} database, which careflow does not support" in err
+    assert "Postgres (postgresql://…)" in err and "sqlite:////var/lib/airflow/careflow.db" in err
+    assert "s3cret" not in err and "unexpected" not in err
+
+
 def test_an_unreadable_url_is_named_without_its_password():
     with pytest.raises(ConfigurationError, match="is not a database URL") as caught:
         engine_url("not a url://u:hunter2@host/db")

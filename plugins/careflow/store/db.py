@@ -66,7 +66,8 @@ def engine_url(url: str) -> str:
 
     ``postgresql://`` (and the ``postgres://`` many hosts hand out) mean psycopg2 here, whatever
     SQLAlchemy's default driver is; another driver named in the URL is refused with the forms that
-    work, since careflow's bulk statements are written for psycopg2.
+    work, since careflow's bulk statements are written for psycopg2. An SQLite URL is taken as it is
+    where it names a file by its absolute path (:func:`_sqlite_refusal`); another database is refused.
     """
     from sqlalchemy.exc import ArgumentError
 
@@ -77,14 +78,55 @@ def engine_url(url: str) -> str:
     except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(f"careflow_db: {hidden_url(url)!r} is not a database URL ({exc})") from None
     backend, _, driver = parsed.drivername.partition("+")
-    if backend not in ("postgresql", "postgres"):
+    if backend == "sqlite":
+        refusal = _sqlite_refusal(parsed.database or "", driver, dict(parsed.query))
+        if refusal is not None:  # named as given: an SQLite URL holds no password
+            raise ConfigurationError(f"careflow_db: {url!r} {refusal}")
         return url
+    if backend not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            f"careflow_db: {hidden_url(url)!r} names a {backend!r} database, which careflow does not "
+            "support; it keeps its tables in Postgres (postgresql://…) or, where one machine runs every "
+            f"task, in an SQLite file ({_SQLITE_EXAMPLE})"
+        )
     if driver not in ("", "psycopg2"):
         raise ConfigurationError(
             f"careflow_db: {hidden_url(url)!r} names the Postgres driver {driver!r}; careflow speaks to "
             "Postgres through psycopg2: write postgresql://… or postgresql+psycopg2://…"
         )
     return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+#: An SQLite URL careflow takes, as its errors give it.
+_SQLITE_EXAMPLE = "sqlite:////var/lib/airflow/careflow.db"
+
+
+def _sqlite_refusal(database: str, driver: str, query: dict[str, Any]) -> str | None:
+    """Why an SQLite URL of ``database`` (through ``driver``, with ``query``) cannot hold careflow's
+    tables, or None where it can: a file named by its absolute path, through Python's sqlite3.
+
+    An in-memory database would be each process's own, empty, and gone with it (the ledger of what
+    was sent with it); a relative path is found from each process's working directory (the
+    scheduler's, a worker's, the command's), so each could write a file of its own.
+    """
+    if driver not in ("", "pysqlite"):
+        return (
+            f"names the SQLite driver {driver!r}; careflow speaks to SQLite through Python's sqlite3: "
+            f"write sqlite:////… ({_SQLITE_EXAMPLE})"
+        )
+    uri = str(query.get("uri", "")).lower() in ("true", "1")  # ``file:…`` with SQLite's own parameters
+    path = database.removeprefix("file:") if uri else database
+    if path in ("", ":memory:") or (uri and query.get("mode") == "memory"):
+        return (
+            "is an in-memory SQLite database: each process would have one of its own, empty, and lose "
+            f"it when it ends, with the record of what was sent; name a file by its absolute path ({_SQLITE_EXAMPLE})"
+        )
+    if not os.path.isabs(path):
+        return (
+            "names a relative path, which each process (the scheduler, each worker, this command) would "
+            f"find from its own working directory: write the absolute path, sqlite:///{os.path.abspath(path)}"
+        )
+    return None
 
 
 #: A Postgres URL: its scheme, login, servers (one, or a list in libpq's form), path and query.
