@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from careflow import settings
-from careflow.exceptions import CareflowError, first_line
+from careflow.exceptions import CareflowError, ConfigurationError, first_line
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -157,7 +157,10 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
     from careflow.publishing import clinic_data_unmatched
     from careflow.store.db import get_engine
 
-    engine = get_engine()
+    try:
+        engine = get_engine()
+    except ConfigurationError:  # a URL careflow cannot use: careflow_db's check says which, and why
+        return []
     # Asked once a clinic and trigger, said once for the workflows it holds for.
     asked: dict[tuple[str, str, str, bool], list[str]] = {}
     newest: dict[str, dict[str, datetime | None] | None] = {}  # by clinic, by event type

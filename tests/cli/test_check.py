@@ -23,8 +23,8 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 REDIS_URL = os.environ.get("CAREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def _careflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CAREFLOW, *argv], env=env, capture_output=True, text=True, timeout=120)
+def _careflow(env: dict[str, str], *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CAREFLOW, *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def _airflow(env: dict[str, str], *argv: str) -> None:
@@ -182,6 +182,29 @@ def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[st
         ),
     ]
     assert found["dags"] == ("ok", "no active workflow is published: no DAG to look for")
+
+
+def test_a_database_url_careflow_cannot_use_is_said_once(home: dict[str, str]) -> None:
+    """Where careflow_db names no database careflow can use, its check says why; the clinic data's
+    check, which reads that database too, does not say it again."""
+    for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES))):
+        done = _careflow(home, *argv)
+        assert done.returncode == 0, done.stderr
+    elsewhere = Path(home["AIRFLOW_HOME"]).parent / "elsewhere"
+    elsewhere.mkdir()
+    checked = _careflow(
+        {**home, "CAREFLOW_DB_URL": "sqlite:///careflow.db"}, "check", "--json", cwd=elsewhere
+    )
+    assert checked.returncode == 2, checked.stderr
+    said = [(f["subject"], f["text"]) for f in json.loads(checked.stdout) if "careflow.db" in f["text"]]
+    assert said == [
+        (
+            "careflow_db",
+            "careflow_db: 'sqlite:///careflow.db' names a relative path, which each process (the "
+            "scheduler, each worker, this command) would find from its own working directory: write the "
+            f"absolute path, sqlite:///{elsewhere / 'careflow.db'}",
+        )
+    ]
 
 
 def test_an_airflow_database_not_migrated_is_named_as_setup_names_it(tmp_path: Path) -> None:
