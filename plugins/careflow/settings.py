@@ -462,7 +462,16 @@ def db_url() -> str:
             "AIRFLOW_CONN_CAREFLOW_DB='postgresql://careflow:PASSWORD@db-host:5432/careflow' "
             "(or set CAREFLOW_DB_URL)",
         )
-    return f"sqlite:///{airflow_home() / 'careflow.db'}"
+    home = airflow_home()
+    if not home.is_absolute():
+        from careflow.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"AIRFLOW_HOME {str(home)!r} is a relative path: careflow's embedded database "
+            "($AIRFLOW_HOME/careflow.db), like Airflow's own, would be found from each process's working "
+            f"directory; set AIRFLOW_HOME={home.absolute()} (or name careflow_db)"
+        )
+    return f"sqlite:///{home / 'careflow.db'}"
 
 
 def db_url_origin() -> str:

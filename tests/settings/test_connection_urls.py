@@ -481,3 +481,24 @@ def test_careflow_reaches_redis_as_a_user_whose_password_has_url_characters(
         assert client.acl_whoami() == user
     finally:
         client.close()
+
+
+def test_the_embedded_default_under_a_relative_airflow_home_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process would find ``af/careflow.db`` from its own working directory; Airflow refuses
+    such a home for its own database too."""
+    from careflow.exceptions import ConfigurationError
+
+    monkeypatch.setattr(settings, "remote_executors", lambda: [])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AIRFLOW_HOME", "af")
+    with pytest.raises(ConfigurationError) as caught:
+        settings.db_url()
+    assert str(caught.value) == (
+        "AIRFLOW_HOME 'af' is a relative path: careflow's embedded database ($AIRFLOW_HOME/careflow.db), "
+        "like Airflow's own, would be found from each process's working directory; set "
+        f"AIRFLOW_HOME={tmp_path / 'af'} (or name careflow_db)"
+    )
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "af"))
+    assert settings.db_url() == f"sqlite:///{tmp_path / 'af' / 'careflow.db'}"
