@@ -45,6 +45,17 @@ def test_unreachable_redis_falls_back_to_the_breaker_file_and_says_so_once(redis
     assert emitted[0][1]["url"] == DEAD_REDIS_URL
     warnings = [r for r in caplog.records if "cannot be used" in r.getMessage()]
     assert len(warnings) == 1
+    # What the socket said, not the error's class alone: where to look is in it.
+    port = DEAD_REDIS_URL.rsplit(":", 1)[1].split("/")[0]
+    assert emitted[0][1]["error"].startswith(f"ConnectionError: Error 111 connecting to 127.0.0.1:{port}.")
+
+
+def test_what_the_server_said_names_why_it_cannot_be_used():
+    """A database past the server's count: the server's own words, where "ResponseError" was all."""
+    from careflow.resilience.redis_link import unusable_reason
+
+    assert unusable_reason(REDIS_URL.rsplit("/", 1)[0] + "/999") == "ResponseError: DB index is out of range"
+    assert unusable_reason(REDIS_URL) is None
 
 
 def _open_in_another_process(name: str) -> None:

@@ -34,7 +34,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from careflow.exceptions import ConfigurationError
+from careflow.exceptions import ConfigurationError, first_line
 from careflow.resilience import events
 from careflow.servers import split_servers
 
@@ -332,7 +332,10 @@ def _why_unusable(exc: BaseException, url: str) -> str:
             f"run{trusted}, that sentinel_password is theirs where they ask for one, and that this is "
             "the name they monitor the master by"
         )
-    return type(exc).__name__
+    # What the socket or the server said: "Error 111 connecting to redis.internal:6379. Connection
+    # refused.", "DB index is out of range" (a URL's database past the server's count).
+    said = first_line(exc)
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
 
 
 def _cluster_client(url: str, timeouts: dict[str, float]) -> redis.RedisCluster:
