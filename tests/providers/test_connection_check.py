@@ -11,6 +11,7 @@ import pytest
 
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.providers.hook import MessagingHook
+from support import refusing_port
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +67,18 @@ def test_a_server_that_answers_404_to_everything_fails(
 ) -> None:
     ok, message = check(monkeypatch, not_a_provider, "any-token")
     assert not ok and "check the base URL" in message
+
+
+def test_a_provider_that_cannot_be_reached_is_said_in_the_clients_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with refusing_port() as port:
+        ok, message = check(monkeypatch, f"http://127.0.0.1:{port}", "any-token")
+    assert not ok
+    assert message == (
+        "provider did not answer (connect_failed: could not connect: ConnectionRefusedError: "
+        "[Errno 111] Connection refused)"
+    )
 
 
 def test_a_wrong_token_fails(fake: FakeProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,6 +106,10 @@ class MessagingHook(BaseHook):
             if result.status_code is None:  # its certificate, or the proxy: in their own words
                 return False, f"could not reach the provider: {result.error_message or result.error_code}"
             return False, f"provider refused the connection ({result.error_code}, HTTP {result.status_code})"
+        if result is not None and result.status_code is None and result.error_message:
+            # Not reached, or no answer: the client's own words ("could not connect:
+            # ConnectionRefusedError: [Errno 111] Connection refused") say where to look.
+            return False, f"provider did not answer ({result.error_code}: {result.error_message})"
         if result is not None:
             return False, f"provider did not answer as expected ({result.error_code})"
         endpoint = f"{client.base_url}/v1/messages"
