@@ -247,11 +247,37 @@ def _messaging() -> list[Finding]:
     # A lookup of a key it cannot have and a message without fields: nothing is sent (the hook's
     # test, Airflow's "Test connection" button).
     answered, said = MessagingHook().test_connection()
-    return [
+    findings = [
         Finding(
             OK if answered else PROBLEM, "careflow_messaging", f"the provider at {config.base_url}: {said}"
         )
     ]
+    if _crosses_the_network_in_clear(config.base_url):
+        findings.append(
+            Finding(
+                WARNING,
+                "careflow_messaging",
+                f"{config.base_url} is plain HTTP to another machine: the bearer token and every "
+                "message (its recipient and text) cross the network unencrypted; use the provider's "
+                "https:// URL",
+            )
+        )
+    return findings
+
+
+def _crosses_the_network_in_clear(url: str) -> bool:
+    """Whether ``url`` is ``http://`` to a host other than this machine (a name, or an address
+    that is not a loopback one)."""
+    import ipaddress
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return True
 
 
 def _redis() -> list[Finding]:

@@ -184,6 +184,32 @@ def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[st
     assert found["dags"] == ("ok", "no active workflow is published: no DAG to look for")
 
 
+def test_a_provider_in_plain_http_on_another_machine_is_warned(
+    home: dict[str, str], provider: FakeProviderServer
+) -> None:
+    """The bearer token and the patients' messages would cross the network unencrypted; on this
+    machine (a loopback address, localhost) nothing crosses it."""
+    for url, warned in [
+        ("http://:t@provider.invalid:8025", True),
+        ("https://:t@provider.invalid", False),
+        (_messaging(provider, provider.token), False),
+        (_messaging(provider, provider.token).replace("127.0.0.1", "localhost"), False),
+    ]:
+        checked = _careflow({**home, "AIRFLOW_CONN_CAREFLOW_MESSAGING": url}, "check", "--json")
+        said = [
+            (f["verdict"], f["text"])
+            for f in json.loads(checked.stdout)
+            if f["subject"] == "careflow_messaging"
+        ]
+        plain = (
+            "warning",
+            "http://provider.invalid:8025 is plain HTTP to another machine: the bearer token and every "
+            "message (its recipient and text) cross the network unencrypted; use the provider's https:// URL",
+        )
+        assert (plain in said) is warned, said
+        assert len(said) == 1 + warned
+
+
 def test_a_database_url_careflow_cannot_use_is_said_once(home: dict[str, str]) -> None:
     """Where careflow_db names no database careflow can use, its check says why; the clinic data's
     check, which reads that database too, does not say it again."""
