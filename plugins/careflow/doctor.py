@@ -132,6 +132,16 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
         for item in listed.workflows
         if item.snapshot == "ok" or (not compared and item.snapshot != "broken")
     )
+    if workflows_dir is None and not folder.is_absolute():  # the setting's, which Airflow's components read
+        findings.append(
+            Finding(
+                WARNING,
+                "workflows_dir",
+                f"{folder} is a relative path: the dag processor and each worker find it from their own "
+                f"working directory, `publish` from its own; set [careflow] workflows_dir to an absolute "
+                f"path ({folder.absolute()} from here)",
+            )
+        )
     if not listed.workflows:
         findings.append(
             Finding(

@@ -210,6 +210,22 @@ def test_a_provider_in_plain_http_on_another_machine_is_warned(
         assert len(said) == 1 + warned
 
 
+def test_a_relative_workflows_dir_setting_is_warned(home: dict[str, str]) -> None:
+    """The dag processor would look for the snapshots in a directory of its own working directory."""
+    where = Path(home["AIRFLOW_HOME"]).parent
+    checked = _careflow(
+        {**home, "AIRFLOW__CAREFLOW__WORKFLOWS_DIR": "workflows"}, "check", "--json", cwd=where
+    )
+    said = [f["text"] for f in json.loads(checked.stdout) if f["subject"] == "workflows_dir"]
+    assert said[0] == (
+        "workflows is a relative path: the dag processor and each worker find it from their own working "
+        "directory, `publish` from its own; set [careflow] workflows_dir to an absolute path "
+        f"({where / 'workflows'} from here)"
+    )
+    absolute = _careflow(home, "check", "--json", cwd=where)
+    assert not [f for f in json.loads(absolute.stdout) if "is a relative path" in f["text"]]
+
+
 def test_a_database_url_careflow_cannot_use_is_said_once(home: dict[str, str]) -> None:
     """Where careflow_db names no database careflow can use, its check says why; the clinic data's
     check, which reads that database too, does not say it again."""
