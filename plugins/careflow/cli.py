@@ -15,7 +15,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from careflow.publishing import WorkflowList
@@ -49,8 +49,8 @@ def stopping_on_sigterm(program: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+def _print_json(data: Any, out: TextIO) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str), file=out)
 
 
 # ------------------------------------------------------------------ db
@@ -86,7 +86,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     reports = [validate_path(path) for path in workflow_files(args.files)]
     if args.json:
-        _print_json([r.to_dict() for r in reports])
+        _print_json([r.to_dict() for r in reports], args.answer)
     else:
         for report in reports:
             verdict = "ok" if report.ok else "INVALID"
@@ -130,7 +130,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if not args.json:
             _print_publish_result(result)
     if args.json:
-        _print_json([r.to_dict() for r in results])
+        _print_json([r.to_dict() for r in results], args.answer)
     if any(r.action == "failed" for r in results):
         return EXIT_ERROR
     return EXIT_OK if all(r.action != "refused" for r in results) else EXIT_INVALID
@@ -143,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     listed = read_workflows(workflows_dir=workflows_dir)
     code = EXIT_ERROR if listed.database_problem or listed.snapshots_problem else EXIT_OK
     if args.json:  # the list on stdout, as before; what went wrong with the database on stderr
-        _print_json([item.to_dict() for item in listed.workflows])
+        _print_json([item.to_dict() for item in listed.workflows], args.answer)
         _print_listing_problems(listed)
         return code
     header = f"{'workflow':<28} {'ver':>4} {'status':<9} {'hash':<12} {'validation':<18} snapshot"
@@ -205,12 +205,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     # Before Airflow is imported: its log lines, on stdout, are not what the command answers.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
-    with _stdout_to_stderr():  # those of a level the environment asks for (INFO) as well
+    with _stdout_to_stderr():  # those of a level the environment asks for (INFO) as well, without --json too
         from careflow.doctor import PROBLEM, check_all
 
         findings = check_all(Path(args.workflows_dir) if args.workflows_dir else None)
     if args.json:
-        _print_json([finding.to_dict() for finding in findings])
+        _print_json([finding.to_dict() for finding in findings], args.answer)
     else:
         for finding in findings:
             print(f"{finding.verdict:<8} {finding.subject:<19} {finding.text}")
@@ -218,18 +218,37 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Whatever writes to stdout meanwhile (Airflow's structlog, a library's print, C code) writes
-    to stderr, so that stdout holds the command's answer alone (``--json`` stays JSON)."""
+def _stdout_to_stderr() -> Iterator[TextIO]:
+    """Whatever writes to stdout meanwhile (Airflow's structlog at the level the environment asks
+    for, a library's print, C code) writes to stderr; the stream it yields writes to stdout, so
+    that stdout holds the command's answer alone (``--json`` stays JSON).
+
+    A reader that went away raises BrokenPipeError as the answer is written, or at the end. Where
+    ``sys.stdout`` is not file descriptor 1 (replaced in this process, as a test's capture does),
+    the answer goes to it and what Python writes to ``sys.stdout`` meanwhile to ``sys.stderr``.
+    """
+    try:
+        replaced = sys.stdout.fileno() != 1
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: no descriptor at all
+        replaced = True
+    if replaced:
+        answer, sys.stdout = sys.stdout, sys.stderr
+        try:
+            yield answer
+        finally:
+            sys.stdout = answer
+        return
     sys.stdout.flush()
     kept = os.dup(1)
+    answer = os.fdopen(os.dup(kept), "w", encoding=sys.stdout.encoding, errors="backslashreplace")
     try:
         os.dup2(2, 1)
-        yield
+        yield answer
     finally:
         sys.stdout.flush()
         os.dup2(kept, 1)
         os.close(kept)
+        answer.close()  # written out: BrokenPipeError where the reader is gone, as a print's would be
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -350,7 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        if not getattr(args, "json", False):
+            args.answer = sys.stdout
+            return int(args.func(args) or 0)
+        # The JSON alone on stdout: a command that imports Airflow (simulate's DAG runs, metrics'
+        # reads of Airflow's database, check) logs there at the level the environment asks for.
+        with _stdout_to_stderr() as args.answer:
+            return int(args.func(args) or 0)
     except CareflowError as exc:
         print(f"careflow: {exc}", file=sys.stderr)
         return EXIT_ERROR

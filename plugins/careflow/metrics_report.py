@@ -566,7 +566,7 @@ def run(args: argparse.Namespace) -> int:
             "`careflow workflows list` shows the published ones"
         )
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
+        print(json.dumps(report, ensure_ascii=False, indent=2), file=args.answer)
     else:
         print_report(report)
     sys.stdout.flush()

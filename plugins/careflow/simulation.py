@@ -380,7 +380,7 @@ def simulate(args: argparse.Namespace) -> int:
 
     def show(item: dict[str, Any]) -> None:
         if args.json:
-            print(json.dumps({"type": "message", **item}, ensure_ascii=False), flush=True)
+            print(json.dumps({"type": "message", **item}, ensure_ascii=False), file=args.answer, flush=True)
         else:
             reason = f" ({item['reason']})" if item["reason"] else ""
             print(
@@ -406,7 +406,7 @@ def simulate(args: argparse.Namespace) -> int:
     summary = summarize(everything)
     summary["failed_runs"] = failed
     if args.json:
-        print(json.dumps({"type": "summary", **summary}, ensure_ascii=False))
+        print(json.dumps({"type": "summary", **summary}, ensure_ascii=False), file=args.answer)
     else:
         print_summary(summary)
     return 0 if not failed else 1

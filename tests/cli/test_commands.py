@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,24 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly() -> None:
     )
     assert process.stdout is not None and process.stderr is not None
     # The reader is gone before the command writes (it is still importing): every write fails.
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert err == ""
+
+
+def test_a_reader_that_closes_the_pipe_on_json_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`careflow workflows validate --json … | head -c 20`: the answer is written to stdout while
+    everything else goes to stderr; a reader gone midway stops it as it stops the text output."""
+    for n in range(200):
+        shutil.copy(EXAMPLES / "new-patient-welcome.json", tmp_path / f"w{n}.json")  # about 100 kB of JSON
+    process = subprocess.Popen(
+        [sys.executable, "-m", "careflow", "workflows", "validate", "--json", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(20).decode().startswith("[")
     process.stdout.close()
     err = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141

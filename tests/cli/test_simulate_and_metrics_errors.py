@@ -77,6 +77,24 @@ def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_f
 
 
 @pytest.mark.airflow
+@pytest.mark.parametrize("runner", [(), ("--airflow-runner",)])
+def test_simulate_json_stays_json_at_the_log_level_a_deployment_sets(
+    published: dict[str, str], airflow_home: Path, runner: tuple[str, ...]
+) -> None:
+    """At ``INFO`` Airflow and careflow log each simulated task on stdout (594 lines among 2 of
+    JSON for two days): with ``--json`` they go to stderr, stdout holds the JSON lines alone."""
+    copy_airflow_db(airflow_home, Path(published["AIRFLOW_HOME"]) / "airflow.db")
+    env = {**published, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
+    argv = [*SIMULATE[:-3], "--days", "2", "--dry-run", "--json", *runner]
+    result = _careflow(env, *argv)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["type"] for line in lines][-1:] == ["summary"]
+    assert {line["type"] for line in lines[:-1]} <= {"message"}
+    assert "careflow implant-aftercare" in result.stderr  # the task lines, on stderr
+
+
+@pytest.mark.airflow
 @pytest.mark.parametrize(
     ("argv", "left", "said"),
     [
