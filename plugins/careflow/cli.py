@@ -205,7 +205,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     # Before Airflow is imported: its log lines, on stdout, are not what the command answers.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
-    with _stdout_to_stderr():  # those of a level the environment asks for (INFO) as well, without --json too
+    # Those of a level the environment asks for (INFO) go to stderr: without --json too, the findings
+    # are printed once every check has run.
+    with _stdout_to_stderr():
         from careflow.doctor import PROBLEM, check_all
 
         findings = check_all(Path(args.workflows_dir) if args.workflows_dir else None)
