@@ -324,7 +324,17 @@ def _alerts() -> list[Finding]:
     where = urlsplit(hook.url)
     host = f"[{where.hostname}]" if ":" in (where.hostname or "") else f"{where.hostname}"
     host += f":{where.port}" if where.port else ""
-    return [Finding(OK, "careflow_alerts", f"posts {hook.format} JSON to {where.scheme}://{host}")]
+    findings = [Finding(OK, "careflow_alerts", f"posts {hook.format} JSON to {where.scheme}://{host}")]
+    if _crosses_the_network_in_clear(hook.url):
+        findings.append(
+            Finding(
+                WARNING,
+                "careflow_alerts",
+                f"http://{host} is plain HTTP to another machine: the webhook's URL (a chat webhook's "
+                "path is its secret) and its headers cross the network unencrypted; use its https:// URL",
+            )
+        )
+    return findings
 
 
 def _pool() -> list[Finding]:

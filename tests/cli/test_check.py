@@ -210,6 +210,28 @@ def test_a_provider_in_plain_http_on_another_machine_is_warned(
         assert len(said) == 1 + warned
 
 
+def test_an_alerts_webhook_in_plain_http_on_another_machine_is_warned(home: dict[str, str]) -> None:
+    """Its path (a chat webhook's secret) and headers (a receiver's key) would cross the network
+    unencrypted; the warning names the host alone."""
+    for url, warned in [
+        ("http://hooks.invalid:8080/services/secret-path", True),
+        ("https://hooks.invalid/services/secret-path", False),
+        ("http://127.0.0.1:9/alerts", False),
+    ]:
+        conn = json.dumps({"conn_type": "http", "extra": {"webhook_url": url}})
+        checked = _careflow({**home, "AIRFLOW_CONN_CAREFLOW_ALERTS": conn}, "check", "--json")
+        said = [
+            (f["verdict"], f["text"]) for f in json.loads(checked.stdout) if f["subject"] == "careflow_alerts"
+        ]
+        plain = (
+            "warning",
+            "http://hooks.invalid:8080 is plain HTTP to another machine: the webhook's URL (a chat "
+            "webhook's path is its secret) and its headers cross the network unencrypted; use its https:// URL",
+        )
+        assert (plain in said) is warned, said
+        assert len(said) == 1 + warned and "secret-path" not in checked.stdout
+
+
 def test_a_relative_workflows_dir_setting_is_warned(home: dict[str, str]) -> None:
     """The dag processor would look for the snapshots in a directory of its own working directory."""
     where = Path(home["AIRFLOW_HOME"]).parent
