@@ -142,10 +142,7 @@ def send_in_process() -> bool:
     False keeps the provider client in a thread of the task process (one interpreter lock for
     preparing and sending: a lower send rate, one process fewer).
     """
-    value = _config("careflow", "send_process")
-    if value is None:
-        return True
-    return value.strip().lower() not in ("0", "false", "no", "off")
+    return _setting_flag("send_process", default=True)
 
 
 def prepare_nice() -> int:
@@ -178,7 +175,24 @@ def allow_simulated_runs() -> bool:
     fails instead of moving real executions on a made-up clock or recording their messages as
     sent without sending them.
     """
-    return _flag(_config("careflow", "allow_simulated_runs"))
+    return _setting_flag("allow_simulated_runs", default=False)
+
+
+#: The words an on/off ``[careflow]`` setting takes: Airflow's own (``t``, ``true``, ``1``; ``f``,
+#: ``false``, ``0``) and ``yes``, ``no``, ``on``, ``off`` (any case).
+_ON, _OFF = ("true", "1", "yes", "on", "t", "y"), ("false", "0", "no", "off", "f", "n")
+
+
+def _setting_flag(key: str, *, default: bool) -> bool:
+    """The on/off ``[careflow] key``: ``default`` where it is unset or empty; ValueError naming it
+    for any other word, rather than taking a typo (``flase``) for one or the other."""
+    value = _config("careflow", key)
+    if value is None or not value.strip():
+        return default
+    word = value.strip().lower()
+    if word in _ON or word in _OFF:
+        return word in _ON
+    raise ValueError(f"[careflow] {key} must be true or false, got {value!r}")
 
 
 def enrollment_lookback() -> timedelta:

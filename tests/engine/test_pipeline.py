@@ -743,6 +743,16 @@ def test_send_process_false_keeps_the_sends_in_the_task_process(
     assert assert_exactly_once(fake)["accepted"] == 12
 
 
+def test_a_send_process_setting_that_is_not_on_or_off_is_refused_by_name(
+    engine, journey, fake, monkeypatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__CAREFLOW__SEND_PROCESS", "flase")  # taken for "on" before
+    j = enrolled(engine, journey, "pipe-flag-bad", patients=3, batch_size=5)
+    with pytest.raises(ValueError, match=r"^\[careflow\] send_process must be true or false, got 'flase'$"):
+        j.node("a", T)
+    assert assert_exactly_once(fake)["accepted"] == 0
+
+
 def test_with_a_send_process_on_postgres_batches_are_recorded_on_a_thread_of_their_own(
     engine, journey, fake, started, monkeypatch
 ) -> None:
