@@ -338,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser(
         "check",
-        help="whether careflow can work as configured: database, snapshots, connections, Airflow's pool, "
-        "components and DAGs (exit 2: a problem)",
+        help="whether careflow can work as configured: database, snapshots, connections, [careflow] "
+        "settings, Airflow's pool, components and DAGs (exit 2: a problem)",
     )
     ck.add_argument("--json", action="store_true")
     ck.add_argument("--workflows-dir", help="override [careflow] workflows_dir")

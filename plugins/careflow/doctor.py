@@ -3,7 +3,7 @@
 What an operator runs after setting careflow up, or when nothing is sent: careflow's database
 (its tables, the clinic's data as careflow reads it), the published snapshots and each workflow
 against the clinic's data, the ``careflow_messaging`` (asked of the provider), ``careflow_redis``
-and ``careflow_alerts`` connections, and Airflow's side: the pool for the send tasks, its components'
+and ``careflow_alerts`` connections, the ``[careflow]`` settings the tasks read, and Airflow's side: the pool for the send tasks, its components'
 heartbeats (Celery workers pinged on the broker) and each active workflow's DAG. It reads and asks;
 it writes nothing and sends nothing. Every finding names
 what it checked and, where it is a problem, what to do, in the words the tasks and commands use.
@@ -59,6 +59,7 @@ def check_all(workflows_dir: Path | None = None) -> list[Finding]:
         ("careflow_messaging", _messaging),
         ("careflow_redis", _redis),
         ("careflow_alerts", _alerts),
+        ("careflow settings", _settings),
         # one line where Airflow's database cannot be read, the pool's (both read it)
         ("airflow", lambda: _pool() + _components() + _celery_workers() + _dags(published())),
     ]
@@ -333,6 +334,52 @@ def _alerts() -> list[Finding]:
                 f"http://{host} is plain HTTP to another machine: the webhook's URL (a chat webhook's "
                 "path is its secret) and its headers cross the network unencrypted; use its https:// URL",
             )
+        )
+    return findings
+
+
+def _settings() -> list[Finding]:
+    """The ``[careflow]`` settings an action or trigger task reads: one it would refuse (a typo, a
+    number out of range) is a problem here before it fails a task; ``allow_simulated_runs`` on
+    where workers read it is a warning."""
+    sends, enrolls = "every action task (no message is sent)", "every trigger task (nobody is enrolled)"
+    readers: list[tuple[str, Callable[[], object], str]] = [
+        ("send_process", lambda: "on" if settings.send_in_process() else "off", sends),
+        ("prepare_nice", settings.prepare_nice, sends),
+        (
+            "enrollment_lookback_minutes",
+            lambda: int(settings.enrollment_lookback().total_seconds() // 60),
+            enrolls,
+        ),
+        (
+            "allow_simulated_runs",
+            lambda: "on" if settings.allow_simulated_runs() else "off",
+            "every task of a run whose conf asks for a simulated one",
+        ),
+    ]
+    read: dict[str, object] = {}
+    findings: list[Finding] = []
+    for key, reader, failing in readers:
+        try:
+            read[key] = reader()
+        except ValueError as exc:  # its message names the setting and what it takes
+            findings.append(
+                Finding(PROBLEM, "careflow settings", f"{exc}: {failing} fails until it is mended")
+            )
+    if read.get("allow_simulated_runs") == "on":
+        findings.append(
+            Finding(
+                WARNING,
+                "careflow settings",
+                "[careflow] allow_simulated_runs is on: a worker with this configuration follows a run whose "
+                "conf asks for a simulated clock or a dry run (anyone who may trigger a DAG can write one), "
+                "moving real executions on a made-up clock or recording messages as sent without sending "
+                "them; turn it off (`careflow simulate` turns it on in its own process)",
+            )
+        )
+    if not findings:
+        findings.append(
+            Finding(OK, "careflow settings", ", ".join(f"{key} {value}" for key, value in read.items()))
         )
     return findings
 

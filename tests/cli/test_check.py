@@ -115,6 +115,7 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
         ["ok", "careflow_messaging"],
         ["ok", "careflow_redis"],
         ["ok", "careflow_alerts"],
+        ["ok", "careflow"],  # settings
         ["ok", "airflow"],
         ["ok", "airflow"],
         ["ok", "dags"],
@@ -123,8 +124,11 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
     active = sum(
         json.loads(path.read_text()).get("status", "active") == "active" for path in EXAMPLES.glob("*.json")
     )
-    assert lines[6].endswith("heartbeating: scheduler (host-a), dag processor (host-a), triggerer (host-a)")
-    assert lines[7].endswith(f"{active} active workflow(s), each DAG parsed by Airflow and not paused")
+    assert lines[5].endswith(
+        "send_process on, prepare_nice 5, enrollment_lookback_minutes 60, allow_simulated_runs off"
+    )
+    assert lines[7].endswith("heartbeating: scheduler (host-a), dag processor (host-a), triggerer (host-a)")
+    assert lines[8].endswith(f"{active} active workflow(s), each DAG parsed by Airflow and not paused")
     assert lines[2].endswith(f"the provider at {provider.url}: provider reachable, token accepted")
     assert lines[4].endswith("posts slack JSON to https://hooks.slack.com")  # not the webhook's secret path
     assert "secret-part" not in checked.stdout and "pw-secret" not in checked.stdout
@@ -230,6 +234,39 @@ def test_an_alerts_webhook_in_plain_http_on_another_machine_is_warned(home: dict
         )
         assert (plain in said) is warned, said
         assert len(said) == 1 + warned and "secret-path" not in checked.stdout
+
+
+def test_careflow_settings_a_task_would_refuse_are_problems_before_it_does(home: dict[str, str]) -> None:
+    env = {
+        **home,
+        "AIRFLOW__CAREFLOW__SEND_PROCESS": "flase",
+        "AIRFLOW__CAREFLOW__ENROLLMENT_LOOKBACK_MINUTES": "2h",
+        "AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS": "yes",
+    }
+    checked = _careflow(env, "check", "--json")
+    assert checked.returncode == 2
+    said = [
+        (f["verdict"], f["text"]) for f in json.loads(checked.stdout) if f["subject"] == "careflow settings"
+    ]
+    assert said == [
+        (
+            "problem",
+            "[careflow] send_process must be true or false, got 'flase': every action task (no message is "
+            "sent) fails until it is mended",
+        ),
+        (
+            "problem",
+            "[careflow] enrollment_lookback_minutes must be a whole number of minutes from 0 to 10080 (a "
+            "week), got '2h': every trigger task (nobody is enrolled) fails until it is mended",
+        ),
+        (
+            "warning",
+            "[careflow] allow_simulated_runs is on: a worker with this configuration follows a run whose conf "
+            "asks for a simulated clock or a dry run (anyone who may trigger a DAG can write one), moving real "
+            "executions on a made-up clock or recording messages as sent without sending them; turn it off "
+            "(`careflow simulate` turns it on in its own process)",
+        ),
+    ]
 
 
 def test_a_relative_workflows_dir_setting_is_warned(home: dict[str, str]) -> None:
