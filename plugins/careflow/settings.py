@@ -387,7 +387,7 @@ def sqlalchemy_url(conn: ConnectionInfo) -> str:
     from careflow.exceptions import ConfigurationError
 
     if conn.extra.get("sqlalchemy_url"):
-        return str(conn.extra["sqlalchemy_url"])
+        return str(conn.extra["sqlalchemy_url"]).strip()
     kind = conn.conn_type.lower()
     if kind in ("sqlite",):
         path = conn.host or conn.schema
@@ -458,8 +458,9 @@ def db_url() -> str:
     A secrets backend that fails to answer looks like a missing connection to Airflow's lookup,
     so a worker there fails its task and Airflow retries it.
     """
-    if os.environ.get("CAREFLOW_DB_URL"):
-        return os.environ["CAREFLOW_DB_URL"]
+    if os.environ.get("CAREFLOW_DB_URL", "").strip():
+        # Stripped: a URL kept in a file or a secret often ends in a line break ("test\n" is no database).
+        return os.environ["CAREFLOW_DB_URL"].strip()
     conn = get_connection(DB_CONN_ID)
     if conn is not None:
         return sqlalchemy_url(conn)
@@ -491,7 +492,7 @@ def db_url() -> str:
 def db_url_origin() -> str:
     """Where :func:`db_url` finds careflow's database, for messages: the variable, the connection,
     or the embedded default."""
-    if os.environ.get("CAREFLOW_DB_URL"):
+    if os.environ.get("CAREFLOW_DB_URL", "").strip():
         return "CAREFLOW_DB_URL"
     if get_connection(DB_CONN_ID) is not None:
         return f"the {DB_CONN_ID} connection"
@@ -506,7 +507,7 @@ def redis_connection_used() -> bool:
 def redis_url() -> str | None:
     """Redis URL from ``careflow_redis`` (or ``CAREFLOW_REDIS_URL``); None means the embedded fallbacks."""
     if not redis_connection_used():
-        return os.environ["CAREFLOW_REDIS_URL"] or None
+        return os.environ["CAREFLOW_REDIS_URL"].strip() or None
     conn = get_connection(REDIS_CONN_ID)
     if conn is None:
         return None

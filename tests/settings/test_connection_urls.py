@@ -502,3 +502,25 @@ def test_the_embedded_default_under_a_relative_airflow_home_is_refused(
     )
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "af"))
     assert settings.db_url() == f"sqlite:///{tmp_path / 'af' / 'careflow.db'}"
+
+
+def test_a_url_variable_ending_in_a_line_break_is_the_url(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL kept in a file or a secret often ends in a line break: Postgres was asked for the
+    database ``test\\n``."""
+    from careflow.store.db import dispose_engines, get_engine
+
+    monkeypatch.setenv("CAREFLOW_DB_URL", f"  {pg_server_url}\n")
+    monkeypatch.setenv("CAREFLOW_REDIS_URL", "redis://127.0.0.1:6379/0\n")
+    assert settings.db_url() == pg_server_url
+    assert settings.db_url_origin() == "CAREFLOW_DB_URL"
+    assert settings.redis_url() == "redis://127.0.0.1:6379/0"
+    try:
+        with get_engine(settings.db_url()).connect() as db:
+            assert db.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        dispose_engines()
+    monkeypatch.setenv("CAREFLOW_DB_URL", " \n")  # blank: not set
+    monkeypatch.setattr(settings, "remote_executors", lambda: [])
+    assert settings.db_url().endswith("/careflow.db") and settings.db_url_origin() == "the embedded default"
