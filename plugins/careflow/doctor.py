@@ -404,7 +404,27 @@ def _pool() -> list[Finding]:
                 f"no pool {PROVIDER_POOL}: Airflow never queues a send task without it; run `careflow setup`",
             )
         ]
-    return [Finding(OK, "airflow", f"pool {PROVIDER_POOL} has {pool.slots} slot(s)")]
+    said = f"pool {PROVIDER_POOL} has {pool.slots} slot(s)"
+    try:
+        each = settings.messaging_config().max_concurrency
+    except (CareflowError, ValueError):  # careflow_messaging's own check says why
+        return [Finding(OK, "airflow", said)]
+    # What the provider sees at most: the pool caps the send tasks, the connection each one's requests.
+    each_one = f"each with up to {each} request(s) in flight (careflow_messaging's max_concurrency)"
+    if pool.slots < 0:  # Airflow's unlimited pool
+        return [
+            Finding(
+                OK, "airflow", f"{said} (no limit): as many send tasks at once as Airflow runs, {each_one}"
+            )
+        ]
+    return [
+        Finding(
+            OK,
+            "airflow",
+            f"{said}: up to {pool.slots} send task(s) at once, {each_one}: "
+            f"{pool.slots * each:,} at the provider at most",
+        )
+    ]
 
 
 #: Airflow's components careflow needs, by their job type: what each does for careflow, the verdict

@@ -127,6 +127,10 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
     assert lines[5].endswith(
         "send_process on, prepare_nice 5, enrollment_lookback_minutes 60, allow_simulated_runs off"
     )
+    assert lines[6].endswith(  # what the provider may see at once: the pool's slots by the connection's bound
+        "pool careflow_messaging has 4 slot(s): up to 4 send task(s) at once, each with up to 50 request(s) "
+        "in flight (careflow_messaging's max_concurrency): 200 at the provider at most"
+    )
     assert lines[7].endswith("heartbeating: scheduler (host-a), dag processor (host-a), triggerer (host-a)")
     assert lines[8].endswith(f"{active} active workflow(s), each DAG parsed by Airflow and not paused")
     assert lines[2].endswith(f"the provider at {provider.url}: provider reachable, token accepted")
