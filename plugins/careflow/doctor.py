@@ -412,10 +412,9 @@ def _pool() -> list[Finding]:
     # What the provider sees at most: the pool caps the send tasks, the connection each one's requests.
     each_one = f"each with up to {each} request(s) in flight (careflow_messaging's max_concurrency)"
     if pool.slots < 0:  # Airflow's unlimited pool
+        unlimited = f"pool {PROVIDER_POOL} has no limit on its slots"
         return [
-            Finding(
-                OK, "airflow", f"{said} (no limit): as many send tasks at once as Airflow runs, {each_one}"
-            )
+            Finding(OK, "airflow", f"{unlimited}: as many send tasks at once as Airflow runs, {each_one}")
         ]
     return [
         Finding(

@@ -146,6 +146,13 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
     ) in refused.stdout.splitlines()
     assert provider.messages() == []  # asked, never sent to
 
+    _airflow(env, "pools", "set", "careflow_messaging", "-1", "unlimited")  # Airflow's pool without a limit
+    unlimited = _careflow(env, "check", "--json")
+    assert (
+        "pool careflow_messaging has no limit on its slots: as many send tasks at once as Airflow runs, each "
+        "with up to 50 request(s) in flight (careflow_messaging's max_concurrency)"
+    ) in [f["text"] for f in json.loads(unlimited.stdout) if f["subject"] == "airflow"]
+
 
 def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[str, str]) -> None:
     with refusing_port() as port:
