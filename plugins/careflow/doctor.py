@@ -93,11 +93,24 @@ def _database() -> list[Finding]:
     except Exception as exc:
         said = database_unusable(exc) or f"{named}: {what_failed(exc)}"  # careflow's words name it
         return [Finding(PROBLEM, "careflow_db", said)]
-    return [
+    findings = [
         Finding(
             OK, "careflow_db", f"{named}: careflow's tables at version {version}; the clinic's data readable"
         )
     ]
+    remote = settings.remote_executors()
+    if engine.dialect.name == "sqlite" and remote:
+        findings.append(
+            Finding(
+                WARNING,
+                "careflow_db",
+                f"{named} is an SQLite file, and Airflow runs tasks with {', '.join(remote)}: a worker on another "
+                "machine keeps a file of its own, and its own record of what was sent (a message could go "
+                "out once from each); unless every worker runs on this machine, name the Postgres database "
+                "they share (careflow_db or CAREFLOW_DB_URL)",
+            )
+        )
+    return findings
 
 
 #: What a snapshot's state (``workflows list``) means for the DAG factory, where the listing says no more.

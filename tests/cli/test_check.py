@@ -280,6 +280,27 @@ def test_careflow_settings_a_task_would_refuse_are_problems_before_it_does(home:
     ]
 
 
+def test_an_sqlite_careflow_db_with_workers_on_other_machines_is_warned(home: dict[str, str]) -> None:
+    """The embedded default is refused there; an SQLite URL given on purpose may serve workers that
+    all run on one machine, so it is a warning."""
+    assert _careflow(home, "db", "upgrade").returncode == 0
+    env = {**home, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW__CELERY__BROKER_URL": REDIS_URL}
+    checked = _careflow(env, "check", "--json")
+    said = [(f["verdict"], f["text"]) for f in json.loads(checked.stdout) if f["subject"] == "careflow_db"]
+    url = home["CAREFLOW_DB_URL"]
+    assert said[1:] == [
+        (
+            "warning",
+            f"{url} (from CAREFLOW_DB_URL) is an SQLite file, and Airflow runs tasks with CeleryExecutor: a "
+            "worker on another machine keeps a file of its own, and its own record of what was sent (a "
+            "message could go out once from each); unless every worker runs on this machine, name the "
+            "Postgres database they share (careflow_db or CAREFLOW_DB_URL)",
+        )
+    ]
+    local = _careflow(home, "check", "--json")
+    assert [f["verdict"] for f in json.loads(local.stdout) if f["subject"] == "careflow_db"] == ["ok"]
+
+
 def test_a_relative_workflows_dir_setting_is_warned(home: dict[str, str]) -> None:
     """The dag processor would look for the snapshots in a directory of its own working directory."""
     where = Path(home["AIRFLOW_HOME"]).parent
