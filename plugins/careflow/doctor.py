@@ -308,6 +308,17 @@ def _redis() -> list[Finding]:
     from careflow.resilience.redis_link import redact, unusable_reason
 
     url = settings.redis_url()
+    remote = settings.remote_executors()
+    if not url and remote:
+        return [
+            Finding(
+                WARNING,
+                "careflow_redis",
+                f"not set, and Airflow runs tasks with {', '.join(remote)}: each worker machine keeps its "
+                "own circuit breakers (a provider outage is learnt, and waited out, machine by machine) and "
+                "caches; set careflow_redis to share them",
+            )
+        ]
     if not url:
         return [
             Finding(

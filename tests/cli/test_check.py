@@ -280,9 +280,9 @@ def test_careflow_settings_a_task_would_refuse_are_problems_before_it_does(home:
     ]
 
 
-def test_an_sqlite_careflow_db_with_workers_on_other_machines_is_warned(home: dict[str, str]) -> None:
-    """The embedded default is refused there; an SQLite URL given on purpose may serve workers that
-    all run on one machine, so it is a warning."""
+def test_the_embedded_parts_with_workers_on_other_machines_are_warned(home: dict[str, str]) -> None:
+    """The embedded default database is refused there; an SQLite URL given on purpose may serve
+    workers that all run on one machine, so it is a warning, as breakers kept machine by machine are."""
     assert _careflow(home, "db", "upgrade").returncode == 0
     env = {**home, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW__CELERY__BROKER_URL": REDIS_URL}
     checked = _careflow(env, "check", "--json")
@@ -297,8 +297,23 @@ def test_an_sqlite_careflow_db_with_workers_on_other_machines_is_warned(home: di
             "Postgres database they share (careflow_db or CAREFLOW_DB_URL)",
         )
     ]
+    assert [
+        (f["verdict"], f["text"]) for f in json.loads(checked.stdout) if f["subject"] == "careflow_redis"
+    ] == [
+        (
+            "warning",
+            "not set, and Airflow runs tasks with CeleryExecutor: each worker machine keeps its own circuit "
+            "breakers (a provider outage is learnt, and waited out, machine by machine) and caches; set "
+            "careflow_redis to share them",
+        )
+    ]
     local = _careflow(home, "check", "--json")
-    assert [f["verdict"] for f in json.loads(local.stdout) if f["subject"] == "careflow_db"] == ["ok"]
+    assert [
+        f["verdict"] for f in json.loads(local.stdout) if f["subject"] in ("careflow_db", "careflow_redis")
+    ] == [
+        "ok",
+        "ok",
+    ]
 
 
 def test_a_relative_workflows_dir_setting_is_warned(home: dict[str, str]) -> None:
@@ -541,7 +556,9 @@ def test_celery_workers_are_asked_on_the_broker(home: dict[str, str]) -> None:
     def airflow(env: dict[str, str]) -> list[tuple[str, str]]:
         checked = _careflow(env, "check", "--json")
         found = json.loads(checked.stdout)
-        return [(f["verdict"], f["text"]) for f in found if "Celery" in f["text"]]
+        return [
+            (f["verdict"], f["text"]) for f in found if f["subject"] == "airflow" and "Celery" in f["text"]
+        ]
 
     assert airflow(celery) == [
         (
