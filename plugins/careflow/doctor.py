@@ -428,18 +428,16 @@ def _pool() -> list[Finding]:
                 f"no pool {PROVIDER_POOL}: Airflow never queues a send task without it; run `careflow setup`",
             )
         ]
-    said = f"pool {PROVIDER_POOL} has {pool.slots} slot(s)"
+    limited = pool.slots >= 0  # -1: Airflow's unlimited pool
+    said = f"pool {PROVIDER_POOL} has " + (f"{pool.slots} slot(s)" if limited else "no limit on its slots")
     try:
         each = settings.messaging_config().max_concurrency
     except (CareflowError, ValueError):  # careflow_messaging's own check says why
         return [Finding(OK, "airflow", said)]
     # What the provider sees at most: the pool caps the send tasks, the connection each one's requests.
     each_one = f"each with up to {each} request(s) in flight (careflow_messaging's max_concurrency)"
-    if pool.slots < 0:  # Airflow's unlimited pool
-        unlimited = f"pool {PROVIDER_POOL} has no limit on its slots"
-        return [
-            Finding(OK, "airflow", f"{unlimited}: as many send tasks at once as Airflow runs, {each_one}")
-        ]
+    if not limited:
+        return [Finding(OK, "airflow", f"{said}: as many send tasks at once as Airflow runs, {each_one}")]
     return [
         Finding(
             OK,
