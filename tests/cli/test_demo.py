@@ -81,6 +81,16 @@ def test_the_demo_airflow_db_has_the_pool_action_tasks_run_in(demo: tuple[Path, 
     assert rows and rows[0][0] >= 1
 
 
+def test_the_demo_leaves_its_dags_paused_so_todays_runs_keep_its_data(demo: tuple[Path, list[str]]) -> None:
+    """The demo's data is from a simulated March: a scheduled run at today's time (which `airflow
+    standalone` starts at once) deleted every execution that ended over 180 days before it, and
+    with them every message the demo had sent."""
+    home, _ = demo
+    with closing(sqlite3.connect(home / "airflow.db")) as db:
+        dags = db.execute("select dag_id, is_paused from dag").fetchall()
+    assert dags and all(dag_id.startswith("careflow__") and paused for dag_id, paused in dags), dags
+
+
 def test_the_printed_messaging_connection_reaches_the_printed_fake_provider(
     demo: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -210,10 +210,26 @@ def _run_demo(args: argparse.Namespace) -> int:
             f"transient errors {stats.get('errors')}, duplicates answered 409 {stats.get('duplicates')}, "
             f"accepted twice {stats.get('accepted_twice')} =="
         )
+    paused = _pause_dags(home / "airflow.db")
+    print(
+        f"\nThe demo's {paused} DAG(s) are left paused in Airflow: their data is from a simulated "
+        f"{DEMO_START:%B %Y}, and a run at today's time would delete what ended longer ago than each "
+        "workflow's retention (180 days by default). Unpause one in the UI to run it at today's time."
+    )
     print(f"\ndone in {time.monotonic() - began:.0f} s. Open the same setup in the Airflow UI:")
     for line in ui_commands(home, port):
         print(f"  {line}")
     return 0 if not summary.get("failed_runs") else 1
+
+
+def _pause_dags(airflow_db: Path) -> int:
+    """Pause careflow's DAGs in the demo's Airflow database (careflow's factory creates them
+    unpaused, as a published workflow runs from its publish on); how many there are."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(airflow_db)) as db, db:
+        return db.execute("UPDATE dag SET is_paused = 1 WHERE substr(dag_id, 1, 10) = 'careflow__'").rowcount
 
 
 def ui_commands(home: Path, port: int) -> list[str]:
