@@ -180,7 +180,7 @@ def allow_simulated_runs() -> bool:
 
 #: The words an on/off ``[careflow]`` setting takes: Airflow's own (``t``, ``true``, ``1``; ``f``,
 #: ``false``, ``0``) and ``yes``, ``no``, ``on``, ``off`` (any case).
-_ON, _OFF = ("true", "1", "yes", "on", "t", "y"), ("false", "0", "no", "off", "f", "n")
+_ON, _OFF = ("true", "t", "1", "yes", "on"), ("false", "f", "0", "no", "off")
 
 
 def _setting_flag(key: str, *, default: bool) -> bool:
