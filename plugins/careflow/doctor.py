@@ -292,16 +292,10 @@ def _messaging() -> list[Finding]:
 def _crosses_the_network_in_clear(url: str) -> bool:
     """Whether ``url`` is ``http://`` to a host other than this machine (a name, or an address
     that is not a loopback one)."""
-    import ipaddress
+    from careflow.providers.http1 import loopback
 
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name
-        return True
+    return parts.scheme == "http" and not loopback(parts.hostname or "")
 
 
 def _redis() -> list[Finding]:
@@ -503,9 +497,7 @@ CELERY_PING_S = 2.0
 def _celery_workers() -> list[Finding]:
     """With the CeleryExecutor, whether a Celery worker answers on the broker: the scheduler queues
     the tasks there and only a worker runs them (workers do not heartbeat in Airflow's database)."""
-    from airflow.configuration import conf
-
-    if "CeleryExecutor" not in conf.get("core", "executor"):
+    if "CeleryExecutor" not in settings.remote_executors():
         return []
     from airflow.providers.celery.executors.celery_executor_utils import app
 

@@ -160,7 +160,7 @@ def environment_proxy(origin: Origin) -> str | None:
     """The URL of the proxy the environment names for ``origin`` (as :func:`proxy_for` reads it), or None."""
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(origin.scheme)
-    if not url or _loopback(origin.host) or urllib.request.proxy_bypass(origin.host):
+    if not url or loopback(origin.host) or urllib.request.proxy_bypass(origin.host):
         return None
     if _in_a_network(origin.host, proxies.get("no", "")):
         return None
@@ -206,7 +206,8 @@ def parse_proxy(url: str, what: str) -> Proxy:
     return Proxy(parts.hostname, port or (443 if tls else 80), authorization, name, tls)
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost`` (and its subdomains), 127.0.0.0/8, ``::1``."""
     if host.lower() == "localhost" or host.lower().endswith(".localhost"):
         return True
     try:
