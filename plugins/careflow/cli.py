@@ -82,9 +82,9 @@ def _diagnostic_line(d: Any) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from careflow.workflow.validation import validate_path, workflow_files
+    from careflow.workflow.validation import validate_paths, workflow_files
 
-    reports = [validate_path(path) for path in workflow_files(args.files)]
+    reports = validate_paths(workflow_files(args.files))
     if args.json:
         _print_json([r.to_dict() for r in reports], args.answer)
     else:

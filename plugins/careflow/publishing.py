@@ -41,7 +41,7 @@ from careflow.store.db import database_name, database_unusable, get_engine, unst
 from careflow.store.migrations import schema_out_of_reach
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.models import TRIGGER_EVENTS, Workflow
-from careflow.workflow.validation import ValidationReport, validate_path
+from careflow.workflow.validation import ValidationReport, validate_paths
 
 
 @dataclass
@@ -468,13 +468,13 @@ def publish_paths(
     """Validate and publish each file; a refused file never stops the others."""
     return [
         publish_report(
-            validate_path(p),
+            report,
             engine=engine,
             workflows_dir=workflows_dir,
             published_by=published_by,
             start_date=start_date,
         )
-        for p in paths
+        for report in validate_paths(paths)
     ]
 
 
@@ -489,10 +489,11 @@ def publish_each(
 
     A file that cannot be published (its snapshot cannot be written, the snapshot on disk is newer
     than the database's version…) is a ``failed`` result that says why, and the next files are
-    still published: the files before it stay published, and the caller can say so.
+    still published: the files before it stay published, and the caller can say so. Every file
+    is validated before the first is published, so that two files of one workflow are both
+    refused (``WF_ID_IN_SEVERAL_FILES``) rather than published in turn.
     """
-    for path in paths:
-        report = validate_path(path)
+    for report in validate_paths(paths):
         try:
             result = publish_report(
                 report, engine=engine, workflows_dir=workflows_dir, published_by=published_by

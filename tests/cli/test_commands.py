@@ -267,6 +267,52 @@ def test_publish_takes_a_directory_of_workflow_files(
     )
 
 
+def test_two_files_of_one_workflow_are_both_refused_and_neither_is_published(
+    db_url: str, workflows_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two exports of one workflow in a folder, as a browser names a second download: published in
+    # turn, the one whose name sorts last would stay live, here the older one.
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    workflow = json.loads((EXAMPLES / "implant-aftercare.json").read_text(encoding="utf-8"))
+    (exports / "implant-aftercare.json").write_text(json.dumps(workflow), encoding="utf-8")
+    workflow["name"] = "edited"
+    (exports / "implant-aftercare (1).json").write_text(json.dumps(workflow), encoding="utf-8")
+    (exports / "no-show-recovery.json").write_bytes((EXAMPLES / "no-show-recovery.json").read_bytes())
+
+    code, out, err = _run(capsys, "workflows", "validate", "--json", str(exports))
+    assert (code, err) == (1, "")
+    assert [(r["workflow_id"], r["ok"]) for r in json.loads(out)] == [
+        ("implant-aftercare", False),
+        ("implant-aftercare", False),
+        ("no-show-recovery", True),
+    ]
+
+    code, out, err = _run(
+        capsys, "workflows", "publish", "--json", "--workflows-dir", str(workflows_dir), str(exports)
+    )
+    assert (code, err) == (1, "")
+    first, second, other = json.loads(out)
+    assert (first["action"], second["action"], other["action"]) == ("refused", "refused", "published")
+    [refusal] = [d for d in first["diagnostics"] if d["code"] == "WF_ID_IN_SEVERAL_FILES"]
+    assert refusal["field"] == "id"
+    assert refusal["message"].startswith(
+        f"Workflow implant-aftercare is also in {exports / 'implant-aftercare.json'}, given with this file"
+    )
+    [refusal] = [d for d in second["diagnostics"] if d["code"] == "WF_ID_IN_SEVERAL_FILES"]
+    assert str(exports / "implant-aftercare (1).json") in refusal["message"]
+    assert sorted(p.name for p in workflows_dir.glob("*.json")) == ["no-show-recovery.json"]
+
+    # The same file named twice is one file: published, then unchanged.
+    same = exports / "implant-aftercare.json"
+    code, out, err = _run(
+        capsys, "workflows", "publish", "--json", "--workflows-dir", str(workflows_dir), str(same),
+        str(exports / "." / same.name),
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert [r["action"] for r in json.loads(out)] == ["published", "unchanged"]
+
+
 def test_publish_before_db_upgrade_says_to_run_it(
     empty_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -723,7 +723,9 @@ def _live_snapshot_v2(workflows_dir: Path, tmp_path: Path) -> bytes:
     live = get_engine(f"sqlite:///{tmp_path / 'live.db'}")
     upgrade(live)
     changed_file = _implant_v2(tmp_path)
-    results = publish_paths([IMPLANT, changed_file], engine=live, workflows_dir=workflows_dir)
+    results = [
+        publish_paths([path], engine=live, workflows_dir=workflows_dir)[0] for path in (IMPLANT, changed_file)
+    ]
     assert [(r.action, r.version) for r in results] == [("published", 1), ("published", 2)]
     return (workflows_dir / "implant-aftercare.json").read_bytes()
 

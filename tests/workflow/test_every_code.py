@@ -146,6 +146,17 @@ def _published_for_another_clinic() -> ValidationReport:
     return _published(base(), broken(lambda w: w.update(clinic_id="busan-02")))
 
 
+@case("WF_ID_IN_SEVERAL_FILES", field="id")
+def _one_workflow_in_two_files_given_together() -> ValidationReport:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        first, second = Path(tmp) / "a.json", Path(tmp) / "a (1).json"
+        first.write_text(json.dumps(base()), encoding="utf-8")
+        second.write_text(json.dumps(broken(lambda w: w.update(name="edited"))), encoding="utf-8")
+        return validation.validate_paths([first, second])[0]
+
+
 @case("WF_CLINIC_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_data_has_no_such_clinic() -> ValidationReport:
     return _published(base())  # a new database: its clinics table is empty

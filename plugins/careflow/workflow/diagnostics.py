@@ -57,6 +57,11 @@ CODES: dict[str, tuple[Severity, str]] = {
     "WF_BAD_SETTING": (_E, "A value under settings is out of range or of the wrong type."),
     "WF_INVALID": (_E, "The workflow model refused the document (a check the staged validation missed)."),
     "WF_ID_OF_ANOTHER_CLINIC": (_E, "At publish: the workflow id is already published for another clinic."),
+    "WF_ID_IN_SEVERAL_FILES": (
+        _E,
+        "Another file given to the same validate or publish holds the same workflow id: which of them "
+        "would stay published would depend on the files' order. Give one file a workflow.",
+    ),
     "WF_TEXT_UNSTORABLE": (
         _E,
         "At publish: the workflow's name or clinic_id holds a character the database's encoding cannot store.",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,37 @@ def validate_path(path: str | Path) -> ValidationReport:
             source, None, [make("WF_UNREADABLE", f"The file {source} cannot be read: {reason}", field=None)]
         )
     return validate_workflow(raw, source)
+
+
+def validate_paths(paths: Sequence[str | Path]) -> list[ValidationReport]:
+    """Validate each file, and refuse every file whose workflow id another of them holds.
+
+    Two files of one workflow given together (two exports of it in one folder) would each be
+    published in turn, and the one named last would stay live whichever is newer: each of them
+    gets ``WF_ID_IN_SEVERAL_FILES`` naming the others. The same file given twice is one file.
+    """
+    reports = [validate_path(path) for path in paths]
+    files: dict[str, dict[str, str]] = {}  # workflow id -> {the file itself: its name as given}
+    for report in reports:
+        if report.workflow_id is not None:
+            files.setdefault(report.workflow_id, {}).setdefault(
+                os.path.realpath(report.source), report.source
+            )
+    for i, report in enumerate(reports):
+        holding = files.get(report.workflow_id or "", {})
+        if len(holding) < 2:
+            continue
+        itself = os.path.realpath(report.source)
+        others = [source for path, source in holding.items() if path != itself]
+        named = ", ".join(others[:3]) + (f" (and {len(others) - 3} more)" if len(others) > 3 else "")
+        refusal = make(
+            "WF_ID_IN_SEVERAL_FILES",
+            f"Workflow {report.workflow_id} is also in {named}, given with this file: which one stays "
+            "published would depend on the order of the files; give one file a workflow",
+            field="id",
+        )
+        reports[i] = _report(report.source, None, [*report.diagnostics, refusal], report.workflow_id)
+    return reports
 
 
 def validate_workflow(raw: bytes | str | dict, source: str = "<input>") -> ValidationReport:
