@@ -21,6 +21,13 @@ from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "include" / "workflows"
+#: The ``careflow`` console script of the interpreter running the tests.
+CAREFLOW = str(Path(sys.executable).parent / "careflow")
+
+
+def run_careflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """The ``careflow`` command run with ``env``: its exit code and output."""
+    return subprocess.run([CAREFLOW, *argv], env=env, capture_output=True, text=True, timeout=120)
 
 
 def airflow_env(home: Path, workflows: Path, **extra: str) -> dict[str, str]:

@@ -16,9 +16,8 @@ import pytest
 
 from careflow.providers.fake_server import FakeProviderServer
 from careflow.workflow.models import TRIGGER_EVENTS
-from support import EXAMPLES, airflow_env, copy_airflow_db, failure_output, refusing_port
+from support import CAREFLOW, EXAMPLES, airflow_env, copy_airflow_db, failure_output, refusing_port
 
-CAREFLOW = str(Path(sys.executable).parent / "careflow")
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 REDIS_URL = os.environ.get("CAREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

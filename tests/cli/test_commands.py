@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from careflow.cli import main
-from support import EXAMPLES, REPO, euc_kr_locale, free_port
+from support import CAREFLOW, EXAMPLES, REPO, euc_kr_locale, free_port
 
 BROKEN = REPO / "include" / "broken"
-CAREFLOW = str(Path(sys.executable).parent / "careflow")
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

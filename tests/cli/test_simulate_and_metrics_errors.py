@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from careflow.cli import main
-from support import EXAMPLES, REPO, airflow_env, copy_airflow_db
+from support import EXAMPLES, REPO, airflow_env, copy_airflow_db, run_careflow
 
-CAREFLOW = str(Path(sys.executable).parent / "careflow")
 SIMULATE = (
     "simulate",
     "--workflow",
@@ -27,30 +24,8 @@ SIMULATE = (
 )
 
 
-def _careflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CAREFLOW, *argv], env=env, capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture
-def published(tmp_path: Path) -> dict[str, str]:
-    """A fresh Airflow home (its metadata DB not migrated) and implant-aftercare published; the environment."""
-    home = tmp_path / "airflow"
-    home.mkdir()
-    env = airflow_env(
-        home,
-        tmp_path / "workflows",
-        CAREFLOW_DB_URL=f"sqlite:///{tmp_path / 'careflow.db'}",
-        CAREFLOW_REDIS_URL="",
-        AIRFLOW__LOGGING__LOGGING_LEVEL="ERROR",
-    )
-    for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES / "implant-aftercare.json"))):
-        result = _careflow(env, *argv)
-        assert result.returncode == 0, result.stderr
-    return env
-
-
 def test_simulate_before_airflow_db_migrate_says_to_run_it(published: dict[str, str]) -> None:
-    result = _careflow(published, *SIMULATE)
+    result = run_careflow(published, *SIMULATE)
     assert result.returncode == 2
     assert result.stderr.startswith("careflow: Airflow's metadata database (sqlite:///")
     assert "is not migrated: run `airflow db migrate`" in result.stderr
@@ -66,7 +41,7 @@ def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_f
     copy_airflow_db(airflow_home, home / "airflow.db")
     (home / "dags").mkdir()
     env = {**published, "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags")}  # Airflow's default
-    result = _careflow(env, *SIMULATE)
+    result = run_careflow(env, *SIMULATE)
     assert result.returncode == 2
     err = result.stderr
     assert "publish the workflow first" not in err and "unexpected error" not in err
@@ -86,7 +61,7 @@ def test_simulate_json_stays_json_at_the_log_level_a_deployment_sets(
     copy_airflow_db(airflow_home, Path(published["AIRFLOW_HOME"]) / "airflow.db")
     env = {**published, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
     argv = [*SIMULATE[:-3], "--days", "2", "--dry-run", "--json", *runner]
-    result = _careflow(env, *argv)
+    result = run_careflow(env, *argv)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["type"] for line in lines][-1:] == ["summary"]
@@ -118,11 +93,11 @@ def test_an_airflow_database_out_of_space_is_named(
         copy_airflow_db(airflow_home, disk / "airflow.db")
         env = {**published, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{disk / 'airflow.db'}"}
         if left:
-            before = _careflow(env, *argv)
+            before = run_careflow(env, *argv)
             assert before.returncode == 0, before.stderr
         fill(disk / "filler")
         os.truncate(disk / "filler", os.path.getsize(disk / "filler") - left)
-        result = _careflow(env, *argv)
+        result = run_careflow(env, *argv)
     assert result.returncode == 2, result.stderr
     assert result.stderr == (
         f"careflow: Airflow's metadata database (sqlite:///{disk / 'airflow.db'}) has no space left: "
@@ -193,7 +168,7 @@ def test_setup_before_airflow_db_migrate_says_to_run_it(tmp_path: Path) -> None:
     home = tmp_path / "airflow"
     home.mkdir()
     env = airflow_env(home, tmp_path / "workflows", AIRFLOW__LOGGING__LOGGING_LEVEL="ERROR")
-    result = _careflow(env, "setup")
+    result = run_careflow(env, "setup")
     assert result.returncode == 2
     assert result.stderr.startswith(
         f"careflow: Airflow's metadata database (sqlite:///{home / 'airflow.db'})"
@@ -208,7 +183,7 @@ def test_commands_that_reach_airflow_print_no_third_party_deprecation(tmp_path: 
     HTTP client: at Airflow's default log level that line led every such command's output."""
     home = tmp_path / "airflow"
     home.mkdir()
-    result = _careflow(airflow_env(home, tmp_path / "workflows"), "setup")
+    result = run_careflow(airflow_env(home, tmp_path / "workflows"), "setup")
     assert result.returncode == 2 and "is not migrated" in result.stderr
     assert "httpx" not in result.stdout + result.stderr
 
@@ -226,7 +201,7 @@ def test_an_airflow_database_that_does_not_answer_is_named(
             **published,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://airflow:secret@127.0.0.1:{port}/airflow",
         }
-        result = _careflow(env, *argv)
+        result = run_careflow(env, *argv)
     assert result.returncode == 2
     assert result.stderr.startswith(
         f"careflow: Airflow's metadata database (postgresql+psycopg2://airflow:***@127.0.0.1:{port}/airflow) "
@@ -249,8 +224,8 @@ def test_metrics_say_why_airflows_figures_are_left_out(published: dict[str, str]
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         }
-        result = _careflow(env, "metrics")
-        as_json = _careflow(env, "metrics", "--json")
+        result = run_careflow(env, "metrics")
+        as_json = run_careflow(env, "metrics", "--json")
     said = (
         "careflow metrics: Airflow's figures are left out: its metadata database "
         f"postgresql+psycopg2://airflow:***@127.0.0.1:{port}/airflow could not be read: OperationalError: "
