@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from careflow.clock import SIMULATED_RUN_PREFIX, parse_time, simulated_conf
 from careflow.exceptions import ConfigurationError, first_line
@@ -40,6 +40,18 @@ class SimulationResult:
     messages: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     failed_runs: list[dict[str, Any]] = field(default_factory=list)
+    #: executions the simulated runs enrolled (each enrolled at its run's time)
+    enrolled: int = 0
+
+    def counts(self, workflow_id: str) -> dict[str, Any]:
+        """How many runs of each kind ran and how many executions they enrolled, for the summary."""
+        kinds = Counter(run["kind"] for run in self.runs)
+        return {
+            "workflow_id": workflow_id,
+            "scheduled": kinds["scheduled"],
+            "wake": kinds["wake"],
+            "enrolled": self.enrolled,
+        }
 
 
 def _quiet_airflow() -> None:
@@ -150,6 +162,18 @@ def _ledger_rows(workflow_id: str) -> list[dict[str, Any]]:
     m = tables.messages
     with get_engine().connect() as conn:
         return [dict(r) for r in conn.execute(select(m).where(m.c.workflow_id == workflow_id)).mappings()]
+
+
+def _enrolled_at(workflow_id: str, moment: datetime) -> int:
+    """How many executions of ``workflow_id`` a run at ``moment`` enrolled (they carry its time)."""
+    from careflow.store import tables
+    from careflow.store.db import get_engine
+
+    x = tables.executions
+    with get_engine().connect() as conn:
+        return conn.execute(
+            select(func.count()).where(x.c.workflow_id == workflow_id, x.c.enrolled_at == moment)
+        ).scalar_one()
 
 
 def _refuse_live_workflow(workflow_id: str) -> None:
@@ -287,8 +311,13 @@ def simulate_workflow(
         r["idempotency_key"]: (r["status"], r["reason"]) for r in _ledger_rows(workflow_id)
     }
 
-    def collect(moment: datetime, kind: str, state: str) -> None:
+    def run(moment: datetime, kind: str) -> None:
+        # An earlier simulation of the same days left executions with this run's time: counted
+        # before the run, so that only those this run enrolls are.
+        enrolled_before = _enrolled_at(workflow_id, moment)
+        state = _run_once(dag, moment, dry_run, kind, airflow_runner=airflow_runner, order=order)
         result.runs.append({"time": moment.isoformat(), "kind": kind, "state": state})
+        result.enrolled += _enrolled_at(workflow_id, moment) - enrolled_before
         if state != "success":
             result.failed_runs.append({"time": moment.isoformat(), "kind": kind, "state": state})
         for row in sorted(_ledger_rows(workflow_id), key=lambda r: (r["updated_at"], r["idempotency_key"])):
@@ -313,22 +342,14 @@ def simulate_workflow(
                 on_message(item)
 
     for moment in runs_between(compiled, start, end):
-        collect(
-            moment,
-            "scheduled",
-            _run_once(dag, moment, dry_run, "scheduled", airflow_runner=airflow_runner, order=order),
-        )
+        run(moment, "scheduled")
         upcoming = next_run_after(compiled, moment)
         clock = moment
         for _ in range(MAX_WAKES_PER_RUN):
             wake = next_wake(RunContext(compiled=compiled, now=clock, engine=get_engine()))
             if wake is None or wake >= upcoming or wake >= end:
                 break
-            collect(
-                wake,
-                "wake",
-                _run_once(dag, wake, dry_run, "wake", airflow_runner=airflow_runner, order=order),
-            )
+            run(wake, "wake")
             clock = wake
     return result
 
@@ -392,6 +413,7 @@ def simulate(args: argparse.Namespace) -> int:
 
     everything: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     for workflow_id in workflow_ids:
         result = simulate_workflow(
             workflow_id,
@@ -403,7 +425,11 @@ def simulate(args: argparse.Namespace) -> int:
         )
         everything += result.messages
         failed += [{"workflow_id": workflow_id, **f} for f in result.failed_runs]
+        runs.append(result.counts(workflow_id))
     summary = summarize(everything)
+    summary["start"] = start.isoformat()
+    summary["end"] = (start + timedelta(days=args.days)).isoformat()
+    summary["runs"] = runs
     summary["failed_runs"] = failed
     if args.json:
         print(json.dumps({"type": "summary", **summary}, ensure_ascii=False), file=args.answer)
@@ -441,6 +467,13 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
     """A readable summary: per workflow, per node, per day, and what was not sent and why."""
     out = out or sys.stdout
     w = out.write
+    if "runs" in summary:
+        w(f"\n== runs from {summary['start'][:16]} to {summary['end'][:16]} UTC (the simulated clock) ==\n")
+        for row in summary["runs"]:
+            w(
+                f"  {row['workflow_id']:<28} {row['scheduled']:>5} scheduled {row['wake']:>5} wake "
+                f"{row['enrolled']:>7} enrolled\n"
+            )
     w("\n== messages per workflow ==\n")
     for row in summary["by_workflow"]:
         w(f"  {row['workflow_id']:<28} {row['outcome']:<8} {row['count']:>5}\n")
