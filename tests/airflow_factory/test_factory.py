@@ -168,6 +168,42 @@ def test_parsing_context_builds_only_the_running_dag(
     assert len(problems) == 1 and "no published snapshot" in problems[0].message
 
 
+def test_a_task_whose_workflow_or_node_is_gone_is_told_why_it_finds_no_dag(
+    published_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task of a run in flight (a wait that ends in the triggerer) started after its workflow was
+    published paused, or after a version without its node: Airflow says only that the DAG or the
+    task is not found; the worker's log says why, and what becomes of the executions."""
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", f"careflow__{PAUSED}")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", WAKE_TASK_ID)
+    with caplog.at_level("WARNING", logger="careflow.airflow.factory"):
+        dags, problems = build_dags(published_dir)
+    assert (dags, problems) == ({}, [])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"careflow: workflow {PAUSED} is paused since version 1, so its DAG is not built: task "
+        f"{WAKE_TASK_ID} of a run started before ends here, and its executions wait in careflow's "
+        "tables until a version published active takes them on"
+    ]
+
+    caplog.clear()
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "careflow__implant-aftercare")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "a0")
+    with caplog.at_level("WARNING", logger="careflow.airflow.factory"):
+        dags, _ = build_dags(published_dir)
+    assert list(dags) == ["careflow__implant-aftercare"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "careflow: version 1 of workflow implant-aftercare has no node a0: its task, waiting since "
+        "before that version was published, ends here; the executions at that node exit with "
+        "node_removed_in_version_1 when the next run reaches them"
+    ]
+
+    caplog.clear()  # a task the DAG has: nothing to say
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "a1")
+    with caplog.at_level("WARNING", logger="careflow.airflow.factory"):
+        build_dags(published_dir)
+    assert caplog.records == []
+
+
 def test_parsing_touches_no_database_and_no_network(
     published_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

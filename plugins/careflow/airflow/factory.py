@@ -130,7 +130,8 @@ def build_dags(workflows_dir: Path | None = None) -> tuple[dict[str, DAG], list[
     built.
     """
     workflows_dir = workflows_dir or settings.workflows_dir()
-    wanted = get_parsing_context().dag_id
+    parsing = get_parsing_context()
+    wanted = parsing.dag_id
     dags: dict[str, DAG] = {}
     problems: list[SnapshotProblem] = []
     if wanted and wanted.startswith("careflow__"):
@@ -143,6 +144,8 @@ def build_dags(workflows_dir: Path | None = None) -> tuple[dict[str, DAG], list[
         pairs, problems = load_all(workflows_dir)
     for snap, compiled in pairs:
         if compiled.status != "active":
+            if wanted:
+                _not_built(compiled, parsing.task_id)
             continue
         try:
             dags[dag_id_for(compiled.workflow_id)] = build_dag(compiled, snap)
@@ -150,4 +153,34 @@ def build_dags(workflows_dir: Path | None = None) -> tuple[dict[str, DAG], list[
             problems.append(SnapshotProblem(snap.path, f"{snap.path.name}: DAG build failed: {exc}"))
     for problem in problems:
         log.error("careflow: skipped snapshot %s: %s", problem.path, problem.message)
+    if wanted in dags and parsing.task_id and parsing.task_id not in dags[wanted].task_dict:
+        _no_such_node(pairs[0][1], parsing.task_id)
     return dags, problems
+
+
+def _not_built(compiled: CompiledWorkflow, task_id: str | None) -> None:
+    """Say why a task of a workflow published since as not active finds no DAG (Airflow only says
+    "Dag not found during start up"): a run started before the pause was in flight."""
+    log.warning(
+        "careflow: workflow %s is %s since version %d, so its DAG is not built: task %s of a run "
+        "started before ends here, and its executions wait in careflow's tables until a version "
+        "published active takes them on",
+        compiled.workflow_id,
+        compiled.status,
+        compiled.version,
+        task_id or "(none named)",
+    )
+
+
+def _no_such_node(compiled: CompiledWorkflow, task_id: str) -> None:
+    """Say why a task of a node a new version removed finds no task (Airflow only says "Task not
+    found in Dag during start up"): it was waiting when the version was published."""
+    log.warning(
+        "careflow: version %d of workflow %s has no node %s: its task, waiting since before that "
+        "version was published, ends here; the executions at that node exit with "
+        "node_removed_in_version_%d when the next run reaches them",
+        compiled.version,
+        compiled.workflow_id,
+        task_id,
+        compiled.version,
+    )
