@@ -56,6 +56,7 @@ def check_all(workflows_dir: Path | None = None) -> list[Finding]:
         ("careflow_db", _database),
         ("workflows_dir", lambda: _snapshots(workflows_dir)),
         ("clinic data", lambda: _clinic_data(published())),
+        ("workflows", lambda: _held(published())),
         ("careflow_messaging", _messaging),
         ("careflow_redis", _redis),
         ("careflow_alerts", _alerts),
@@ -205,6 +206,44 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
         for text in asked[key]:
             said.setdefault(text, []).append(compiled.workflow_id)
     return [Finding(WARNING, _workflows(ids), text) for text, ids in said.items()]
+
+
+def _held(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
+    """A warning for each workflow published paused or archived (or as a draft) that executions
+    are still in: Airflow runs nothing of it, so they wait where they are until a version is
+    published active. A choice someone made, but patients it holds."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import DBAPIError
+
+    from careflow.store import tables
+    from careflow.store.db import get_engine
+
+    stopped = {compiled.workflow_id: compiled for _, compiled in published if compiled.status != "active"}
+    if not stopped:
+        return []
+    x = tables.executions
+    try:
+        with get_engine().connect() as conn:
+            held: dict[str, int] = dict(
+                conn.execute(
+                    select(x.c.workflow_id, func.count())
+                    .where(x.c.workflow_id.in_(sorted(stopped)), x.c.status.in_(("running", "waiting")))
+                    .group_by(x.c.workflow_id)
+                ).all()
+            )
+    except (ConfigurationError, DBAPIError):  # careflow_db's check says why
+        return []
+    return [
+        Finding(
+            WARNING,
+            f"workflow {workflow_id}",
+            f"{stopped[workflow_id].status} since version {stopped[workflow_id].version}, with "
+            f"{held[workflow_id]} execution(s) in flight: Airflow runs nothing of it, so they wait where "
+            "they are until a version is published active (a message then more than its max_lateness "
+            "past due is recorded expired)",
+        )
+        for workflow_id in sorted(held)
+    ]
 
 
 def _workflows(ids: list[str]) -> str:

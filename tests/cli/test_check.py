@@ -539,6 +539,54 @@ def test_a_trigger_whose_events_stopped_coming_is_named(
     engine.dispose()
 
 
+def test_executions_held_in_a_workflow_published_paused_are_counted(
+    home: dict[str, str], tmp_path: Path
+) -> None:
+    """Publishing a workflow paused stops it; the patients still in it wait, and check says how many."""
+    from sqlalchemy import create_engine, insert
+
+    from careflow.store import tables
+
+    for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES / "implant-aftercare.json"))):
+        done = _careflow(home, *argv)
+        assert done.returncode == 0, done.stderr
+    engine = create_engine(home["CAREFLOW_DB_URL"])
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        for n, status in enumerate(("waiting", "running", "completed", "exited")):
+            conn.execute(
+                insert(tables.executions).values(
+                    id=f"x{n}", workflow_id="implant-aftercare", version=1, trigger_event_id=f"e{n}",
+                    patient_id=f"p{n}", appointment_id=f"a{n}", clinic_id="gangnam-01", status=status,
+                    enrolled_at=now, event_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+    engine.dispose()
+
+    def held() -> list[tuple[str, str]]:
+        found = json.loads(_careflow(home, "check", "--json").stdout)
+        return [
+            (f["verdict"], f["text"])
+            for f in found
+            if f["subject"] == "workflow implant-aftercare" and "in flight" in f["text"]
+        ]
+
+    assert held() == []  # active: its runs move them
+    paused = json.loads((EXAMPLES / "implant-aftercare.json").read_text(encoding="utf-8"))
+    paused["status"] = "paused"
+    (tmp_path / "paused.json").write_text(json.dumps(paused, ensure_ascii=False), encoding="utf-8")
+    done = _careflow(home, "workflows", "publish", str(tmp_path / "paused.json"))
+    assert done.returncode == 0, done.stderr
+    assert held() == [
+        (
+            "warning",
+            "paused since version 2, with 2 execution(s) in flight: Airflow runs nothing of it, so they "
+            "wait where they are until a version is published active (a message then more than its "
+            "max_lateness past due is recorded expired)",
+        )
+    ]
+
+
 @pytest.mark.redis
 def test_celery_workers_are_asked_on_the_broker(home: dict[str, str]) -> None:
     """With the CeleryExecutor only a worker runs what the scheduler queues, and workers do not
