@@ -203,6 +203,14 @@ def test_a_task_whose_workflow_or_node_is_gone_is_told_why_it_finds_no_dag(
         build_dags(published_dir)
     assert caplog.records == []
 
+    # Another DAG's task: every active workflow is built, and the paused one is nobody's business.
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "reports_nightly")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", WAKE_TASK_ID)
+    with caplog.at_level("WARNING", logger="careflow.airflow.factory"):
+        dags, _ = build_dags(published_dir)
+    assert sorted(dags) == [f"careflow__{wid}" for wid in ACTIVE]
+    assert not [r for r in caplog.records if PAUSED in r.getMessage()]
+
 
 def test_parsing_touches_no_database_and_no_network(
     published_dir: Path, monkeypatch: pytest.MonkeyPatch

@@ -131,10 +131,10 @@ def build_dags(workflows_dir: Path | None = None) -> tuple[dict[str, DAG], list[
     """
     workflows_dir = workflows_dir or settings.workflows_dir()
     parsing = get_parsing_context()
-    wanted = parsing.dag_id
+    wanted = parsing.dag_id if parsing.dag_id and parsing.dag_id.startswith("careflow__") else None
     dags: dict[str, DAG] = {}
     problems: list[SnapshotProblem] = []
-    if wanted and wanted.startswith("careflow__"):
+    if wanted:
         try:
             pairs = [load_one(workflows_dir, wanted[len("careflow__") :])]
         except Exception as exc:
@@ -154,7 +154,8 @@ def build_dags(workflows_dir: Path | None = None) -> tuple[dict[str, DAG], list[
     for problem in problems:
         log.error("careflow: skipped snapshot %s: %s", problem.path, problem.message)
     if wanted in dags and parsing.task_id and parsing.task_id not in dags[wanted].task_dict:
-        _no_such_node(pairs[0][1], parsing.task_id)
+        [(_, compiled)] = pairs  # the one workflow asked for
+        _no_such_node(compiled, parsing.task_id)
     return dags, problems
 
 
