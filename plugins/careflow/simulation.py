@@ -303,6 +303,13 @@ def simulate_workflow(
     os.environ["AIRFLOW__CAREFLOW__ALLOW_SIMULATED_RUNS"] = "true"
     _quiet_airflow()
     _, compiled = load_one(settings.workflows_dir(), workflow_id)
+    if compiled.status != "active":
+        raise ConfigurationError(
+            f"workflow {workflow_id} is published as {compiled.status} (version {compiled.version}): "
+            "only an active workflow becomes a DAG, so there is none to simulate; publish it with "
+            '"status": "active" where no real run reads its executions (the demo, or a copy of the '
+            "database: CAREFLOW_DB_URL=… careflow simulate …)"
+        )
     dag = load_dag(dag_id_for(workflow_id))
     order = [*compiled.order, "careflow_wake"]
     end = start + timedelta(days=days)

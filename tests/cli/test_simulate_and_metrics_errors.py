@@ -33,6 +33,25 @@ def test_simulate_before_airflow_db_migrate_says_to_run_it(published: dict[str, 
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_simulate_of_a_workflow_published_not_active_says_why_there_is_no_dag(
+    published: dict[str, str], tmp_path: Path
+) -> None:
+    """Only active workflows become DAGs: simulating a draft said its DAG file "did not build" it,
+    and to look for import errors."""
+    draft = json.loads((EXAMPLES / "implant-aftercare.json").read_text(encoding="utf-8"))
+    draft["status"] = "draft"
+    (tmp_path / "draft.json").write_text(json.dumps(draft, ensure_ascii=False), encoding="utf-8")
+    assert run_careflow(published, "workflows", "publish", str(tmp_path / "draft.json")).returncode == 0
+    result = run_careflow(published, *SIMULATE)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "careflow: workflow implant-aftercare is published as draft (version 2): only an active "
+        'workflow becomes a DAG, so there is none to simulate; publish it with "status": "active" '
+        "where no real run reads its executions (the demo, or a copy of the database: "
+        "CAREFLOW_DB_URL=… careflow simulate …)\n"
+    )
+
+
 @pytest.mark.airflow
 def test_simulate_with_the_dags_folder_elsewhere_names_the_setting_and_the_dag_file(
     published: dict[str, str], airflow_home: Path
