@@ -279,13 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     wf.required = True
     v = wf.add_parser("validate", help="validate workflow files (exit 1 when any has an error)")
     v.add_argument(
-        "files", nargs="+", metavar="FILE", help="a workflow file, or a directory of them (*.json)"
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="a workflow file, a directory of them (*.json), or - for standard input",
     )
     v.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
     v.set_defaults(func=cmd_validate)
     p = wf.add_parser("publish", help="validate, store a new version and write the snapshot")
     p.add_argument(
-        "files", nargs="+", metavar="FILE", help="a workflow file, or a directory of them (*.json)"
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="a workflow file, a directory of them (*.json), or - for standard input",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--by", help="who publishes (recorded)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -310,6 +311,34 @@ def test_two_files_of_one_workflow_are_both_refused_and_neither_is_published(
     )  # fmt: skip
     assert (code, err) == (0, "")
     assert [r["action"] for r in json.loads(out)] == ["published", "unchanged"]
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def test_a_workflow_is_read_from_standard_input_as_dash(
+    db_url: str, workflows_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``curl …/export | careflow workflows validate -``: the builder's export, without a file."""
+    document = (EXAMPLES / "implant-aftercare.json").read_bytes()
+    _stdin(monkeypatch, document)
+    code, out, err = _run(capsys, "workflows", "validate", "--json", "-")
+    assert (code, err) == (0, "")
+    assert [(r["source"], r["workflow_id"], r["ok"]) for r in json.loads(out)] == [
+        ("-", "implant-aftercare", True)
+    ]
+
+    _stdin(monkeypatch, b"{" + b" " * (5 * 1024 * 1024) + b"}")  # over the 5 MB a workflow may have
+    code, out, _ = _run(capsys, "workflows", "validate", "--json", "-")
+    assert code == 1
+    assert [d["code"] for d in json.loads(out)[0]["diagnostics"]] == ["WF_TOO_LARGE"]
+
+    _stdin(monkeypatch, document)
+    code, out, err = _run(capsys, "workflows", "publish", "--json", "-")
+    assert (code, err) == (0, "")
+    assert [(r["source"], r["action"], r["version"]) for r in json.loads(out)] == [("-", "published", 1)]
+    assert (workflows_dir / "implant-aftercare.json").is_file()
 
 
 def test_publish_before_db_upgrade_says_to_run_it(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,9 +136,16 @@ def _directory_problem(source: str) -> str:
     return f"The directory {source} holds no workflow file (*.json)"
 
 
+#: The file name that stands for standard input (``curl …/export | careflow workflows validate -``).
+STDIN = "-"
+
+
 def validate_path(path: str | Path) -> ValidationReport:
-    """Validate a workflow file; a missing, unreadable or oversized file is a diagnostic too."""
+    """Validate a workflow file (``-``: standard input); a missing, unreadable or oversized file is
+    a diagnostic too."""
     source = str(path)
+    if source == STDIN:
+        return _validate_stdin()
     try:
         target = Path(path)
         if target.is_dir():
@@ -152,6 +160,16 @@ def validate_path(path: str | Path) -> ValidationReport:
             source, None, [make("WF_UNREADABLE", f"The file {source} cannot be read: {reason}", field=None)]
         )
     return validate_workflow(raw, source)
+
+
+def _validate_stdin() -> ValidationReport:
+    """The workflow on standard input, read up to :data:`MAX_BYTES` (beyond, counted, not kept)."""
+    stream = sys.stdin.buffer
+    raw = stream.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        size = len(raw) + sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
+        return _report(STDIN, None, [_too_many_bytes(size)])
+    return validate_workflow(raw, STDIN)
 
 
 def validate_paths(paths: Sequence[str | Path]) -> list[ValidationReport]:
