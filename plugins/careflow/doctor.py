@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from careflow.compiler.graph import CompiledWorkflow
+    from careflow.publishing import WorkflowListing
     from careflow.snapshots import Snapshot
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -132,6 +133,8 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
     findings = []
     # Without careflow's database (said above) the snapshots are all there is to compare: "ok".
     compared = listed.database_problem is None
+    if compared and listed.workflows and all(item.snapshot == "missing" for item in listed.workflows):
+        return [_no_snapshot_there(folder, workflows_dir, listed.workflows)]
     for item in listed.workflows:
         if item.snapshot == "broken":
             findings.append(
@@ -168,6 +171,25 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
             0, Finding(OK, "workflows_dir", f"{folder}: {good} workflow(s) the DAG factory reads")
         )
     return findings
+
+
+def _no_snapshot_there(folder: Path, given: Path | None, published: list[WorkflowListing]) -> Finding:
+    """One line where the workflows directory holds none of the published workflows' snapshots (it
+    does not exist, or is not the one ``publish`` wrote to), rather than "publish it again" for each."""
+    active = sum(1 for item in published if item.status == "active")
+    where = (
+        "--workflows-dir"
+        if given is not None
+        else "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
+    )
+    state = "does not exist, so it holds" if not folder.exists() else "holds"
+    return Finding(
+        PROBLEM if active else WARNING,
+        "workflows_dir",
+        f"{folder} {state} no snapshot of the {len(published)} workflow(s) careflow_db has published "
+        f"({active} active), and the DAG factory builds a DAG from a snapshot there alone: is {where} "
+        "the directory `careflow workflows publish` wrote them to? If it is, publish them again",
+    )
 
 
 #: A clinic whose newest event careflow reads is older than this is said: its sync may have stopped
@@ -587,7 +609,9 @@ def _dags(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
         if compiled.status == "active"
     }
     if not active:
-        return [Finding(OK, "dags", "no active workflow is published: no DAG to look for")]
+        return [
+            Finding(OK, "dags", "no active workflow has a snapshot the DAG factory reads: no DAG to look for")
+        ]
     d = DagModel
     with create_session() as session:  # found readable by _pool, which runs first
         known = {

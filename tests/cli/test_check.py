@@ -195,7 +195,10 @@ def test_what_keeps_careflow_from_working_is_named_with_what_to_do(home: dict[st
             "after it (the task then sends on); start `airflow triggerer`",
         ),
     ]
-    assert found["dags"] == ("ok", "no active workflow is published: no DAG to look for")
+    assert found["dags"] == (
+        "ok",
+        "no active workflow has a snapshot the DAG factory reads: no DAG to look for",
+    )
 
 
 def test_a_provider_in_plain_http_on_another_machine_is_warned(
@@ -329,6 +332,42 @@ def test_a_relative_workflows_dir_setting_is_warned(home: dict[str, str]) -> Non
     )
     absolute = _careflow(home, "check", "--json", cwd=where)
     assert not [f for f in json.loads(absolute.stdout) if "is a relative path" in f["text"]]
+
+
+def test_a_workflows_dir_without_the_published_snapshots_is_one_problem(
+    home: dict[str, str], tmp_path: Path
+) -> None:
+    """A typo in [careflow] workflows_dir, or a directory other than the one publish wrote to: one
+    line naming the directory, where there was "publish it again" for each workflow."""
+    for argv in (("db", "upgrade"), ("workflows", "publish", str(EXAMPLES))):
+        done = _careflow(home, *argv)
+        assert done.returncode == 0, done.stderr
+    published = len(list(EXAMPLES.glob("*.json")))
+
+    def said(env: dict[str, str], *argv: str) -> list[tuple[str, str, str]]:
+        checked = _careflow(env, "check", "--json", *argv)
+        assert checked.returncode == 2, checked.stderr
+        found = json.loads(checked.stdout)
+        return [(f["verdict"], f["subject"], f["text"]) for f in found if "snapshot" in f["text"]]
+
+    typo = tmp_path / "workflow"
+    assert said({**home, "AIRFLOW__CAREFLOW__WORKFLOWS_DIR": str(typo)}) == [
+        (
+            "problem",
+            "workflows_dir",
+            f"{typo} does not exist, so it holds no snapshot of the {published} workflow(s) careflow_db has "
+            f"published ({published - 1} active), and the DAG factory builds a DAG from a snapshot there "
+            "alone: is [careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR) the directory "
+            "`careflow workflows publish` wrote them to? If it is, publish them again",
+        ),
+        ("ok", "dags", "no active workflow has a snapshot the DAG factory reads: no DAG to look for"),
+    ]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    [(verdict, subject, text), _] = said(home, "--workflows-dir", str(elsewhere))
+    assert (verdict, subject) == ("problem", "workflows_dir")
+    assert text.startswith(f"{elsewhere} holds no snapshot of the {published} workflow(s)")
+    assert "is --workflows-dir the directory" in text
 
 
 def test_a_database_url_careflow_cannot_use_is_said_once(home: dict[str, str]) -> None:
