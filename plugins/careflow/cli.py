@@ -259,6 +259,19 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _publisher(value: str) -> str:
+    """``--by``: a name the versions' table keeps whole, on one line."""
+    from careflow.store.tables import PUBLISHED_BY_CHARS
+
+    if len(value) > PUBLISHED_BY_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"a name of at most {PUBLISHED_BY_CHARS} characters, got {len(value)}"
+        )
+    if any(not char.isprintable() for char in value):
+        raise argparse.ArgumentTypeError(f"a name on one line, without control characters, got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``careflow`` command."""
     parser = argparse.ArgumentParser(
@@ -294,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a workflow file, a directory of them (*.json), or - for standard input",
     )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--by", help="who publishes (recorded)")
+    p.add_argument("--by", type=_publisher, help="who publishes (recorded; default: the login name)")
     p.add_argument("--workflows-dir", help="override [careflow] workflows_dir")
     p.set_defaults(func=cmd_publish)
     ls = wf.add_parser("list", help="published workflows and the state of their snapshots")

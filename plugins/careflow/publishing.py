@@ -426,7 +426,7 @@ def _invalidate_caches(workflow_id: str, digest: str) -> None:
 
 def _who() -> str:
     try:
-        return getpass.getuser()
+        return getpass.getuser()[: tables.PUBLISHED_BY_CHARS]  # LOGNAME, USER… may say anything
     except Exception:
         return "unknown"
 

@@ -341,6 +341,29 @@ def test_a_workflow_is_read_from_standard_input_as_dash(
     assert (workflows_dir / "implant-aftercare.json").is_file()
 
 
+@pytest.mark.parametrize(
+    ("by", "said"),
+    [
+        ("a" * 129, "argument --by: a name of at most 128 characters, got 129"),
+        ("ops\nadmin", "argument --by: a name on one line, without control characters, got 'ops\\nadmin'"),
+    ],
+)
+def test_a_publisher_name_the_versions_cannot_keep_is_refused_before_anything_is_published(
+    by: str, said: str, tmp_path: Path
+) -> None:
+    """Postgres refused a name over 128 characters once the snapshot was written ("unexpected
+    error: DataError"), where SQLite kept it whole."""
+    result = subprocess.run(
+        [CAREFLOW, "workflows", "publish", "--workflows-dir", str(tmp_path), "--by", by, str(EXAMPLES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.endswith(f"careflow workflows publish: error: {said}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_publish_before_db_upgrade_says_to_run_it(
     empty_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -123,6 +123,9 @@ schema_migrations = Table(
     Column("applied_at", UTCDateTime, nullable=False),
 )
 
+#: The longest name a version keeps as who published it (``careflow workflows publish --by``).
+PUBLISHED_BY_CHARS = 128
+
 workflow_versions = Table(
     "careflow_workflow_versions",
     metadata,
@@ -135,7 +138,7 @@ workflow_versions = Table(
     Column("document", JSON, nullable=False),
     Column("diagnostics", JSON, nullable=False),
     Column("published_at", UTCDateTime, nullable=False),
-    Column("published_by", String(128)),
+    Column("published_by", String(PUBLISHED_BY_CHARS)),
     Index("ix_workflow_versions_hash", "workflow_id", "content_hash"),
 )
 
