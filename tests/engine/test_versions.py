@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 
 from careflow.engine import nodes
 from careflow.snapshots import document_hash
@@ -229,3 +229,77 @@ def test_a_wait_until_an_appointment_field_is_read_again_with_the_new_version(en
     v2.run_days(kst(2025, 3, 5), kst(2025, 3, 9))
     # Read again when it fell due on Thursday, with the offset published since: Friday.
     assert {key: at for key, (at, _) in v2.sent.items()} == {"parked/a1": kst(2025, 3, 7, 10)}
+
+
+def test_a_workflow_published_not_active_is_purged_past_its_retention_by_the_active_ones(
+    engine, journey, fake, caplog
+):
+    """Its DAG is not built, so no run of its own purges it: an active workflow's trigger does."""
+    t0 = kst(2025, 3, 4)
+    c = Clinic()
+    c.completed("old", t0 - timedelta(days=40) - timedelta(hours=5))
+    c.completed("held", t0 - timedelta(days=40) - timedelta(hours=4))
+    c.load(engine)
+    stopped_doc = chain("stopped", ("a", "action", action()), settings={"retention_days": 30})
+    record_version(engine, stopped_doc, 1)
+    journey(stopped_doc, version=1).run_at(t0 - timedelta(days=40))
+    with engine.begin() as conn:
+        x = tables.executions
+        conn.execute(x.update().where(x.c.patient_id == "held").values(status="waiting"))
+    paused = {**stopped_doc, "status": "paused"}
+    record_version(engine, paused, 2)
+    with engine.begin() as conn:
+        v = tables.workflow_versions
+        conn.execute(v.update().where(v.c.workflow_id == "stopped", v.c.version == 2).values(status="paused"))
+    assert set(executions(engine, "stopped")) == {"old", "held"}
+
+    active_doc = chain("going", ("a", "action", action()))
+    record_version(engine, active_doc, 1)
+    going = journey(active_doc, version=1)
+    going.run_at(t0, simulated=True)  # a simulation's clock is made up: it purges nobody else
+    assert set(executions(engine, "stopped")) == {"old", "held"}
+
+    if engine.dialect.name == "postgresql":  # another run purging it holds its lock: left to that run
+        with engine.connect() as other, other.begin():
+            other.execute(select(func.pg_advisory_xact_lock(nodes._purge_lock_key("stopped"))))
+            going.run_at(t0 + timedelta(minutes=30))
+            assert set(executions(engine, "stopped")) == {"old", "held"}
+
+    with caplog.at_level("INFO", logger="careflow.engine.nodes"):
+        going.run_at(t0 + timedelta(hours=1))
+    assert set(executions(engine, "stopped")) == {"held"}  # an execution in flight is kept
+    assert "old" not in ledger(engine, "stopped") and "old" not in {p for p, _ in steps_of(engine, "stopped")}
+    assert (
+        "careflow going: purged 1 executions of workflow stopped (paused since version 2) ended before "
+        "its retention" in caplog.messages
+    )
+
+
+def test_purging_the_workflows_not_active_never_fails_an_enrollment(
+    engine, journey, fake, monkeypatch, caplog
+):
+    c = Clinic()
+    c.completed("p1", kst(2025, 3, 3, 10))
+    c.load(engine)
+    stopped_doc = {**chain("stopped", ("a", "action", action())), "status": "archived"}
+    record_version(engine, stopped_doc, 1)
+    with engine.begin() as conn:
+        v = tables.workflow_versions
+        conn.execute(v.update().where(v.c.workflow_id == "stopped").values(status="archived"))
+
+    purge = nodes._purge
+
+    def broken(conn, workflow_id, cutoff):  # noqa: ANN001, ANN202
+        if workflow_id == "stopped":
+            raise RuntimeError("disk on fire")
+        return purge(conn, workflow_id, cutoff)
+
+    monkeypatch.setattr(nodes, "_purge", broken)
+    doc = chain("going", ("a", "action", action()))
+    with caplog.at_level("WARNING", logger="careflow.engine.nodes"):
+        report = journey(doc).run_at(kst(2025, 3, 4))["t"]
+    assert report.enrolled == 1
+    assert (
+        "careflow going: the executions of workflows published not active were not purged past their "
+        "retention this run (the next run tries again): RuntimeError: disk on fire" in caplog.messages
+    )

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ from careflow.engine import steps as st
 from careflow.engine.context import NodeReport, RunContext
 from careflow.engine.facts_builder import UnreadableFacts, age_on, as_date
 from careflow.store import tables
+from careflow.store.db import what_failed
 from careflow.store.migrations import check_ready
 from careflow.workflow.timezones import zone, zone_or
 
@@ -60,6 +61,7 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         _purge_past_retention(conn, ctx, report)
         mark = conn.execute(select(w.c.enrolled_until).where(w.c.workflow_id == ctx.workflow_id)).scalar()
         report.queries += 3
+    _purge_stopped_workflows(ctx, report)
     start = tables.UTCDateTime().process_result_value(mark, engine.dialect) if mark else None
     if start is None:
         start = ctx.interval_start or (ctx.now - timedelta(days=1))
@@ -349,10 +351,20 @@ def _older_versions(conn: Any, ctx: RunContext, report: NodeReport) -> list[_Pub
             v.c.workflow_id == ctx.workflow_id, v.c.version < ctx.compiled.version
         )
     ).all()
+    found = _read_versions(conn, report, ctx.workflow_id, listed)
+    return [found[version] for version in sorted(found)]
+
+
+def _read_versions(
+    conn: Any, report: NodeReport, workflow_id: str, listed: Sequence[Any]
+) -> dict[int, _PublishedVersion]:
+    """The versions ``listed`` (number, content hash) of ``workflow_id``, by number; the document
+    only of those not read before in this process."""
+    v = tables.workflow_versions
     found: dict[int, _PublishedVersion] = {}
     with _seen_lock:
         for version, digest in listed:
-            key = (ctx.workflow_id, version, digest)
+            key = (workflow_id, version, digest)
             if key in _seen_versions:
                 _seen_versions.move_to_end(key)
                 found[version] = _seen_versions[key]
@@ -360,7 +372,7 @@ def _older_versions(conn: Any, ctx: RunContext, report: NodeReport) -> list[_Pub
     if unread:
         rows = conn.execute(
             select(v.c.version, v.c.content_hash, v.c.document).where(
-                v.c.workflow_id == ctx.workflow_id, st.among(conn, v.c.version, unread)
+                v.c.workflow_id == workflow_id, st.among(conn, v.c.version, unread)
             )
         ).all()
         report.queries += 1
@@ -369,11 +381,11 @@ def _older_versions(conn: Any, ctx: RunContext, report: NodeReport) -> list[_Pub
         }
         with _seen_lock:
             for (version, digest), published in read.items():
-                _seen_versions[(ctx.workflow_id, version, digest)] = published
+                _seen_versions[(workflow_id, version, digest)] = published
                 found[version] = published
             while len(_seen_versions) > _SEEN_VERSIONS_MAX:
                 _seen_versions.popitem(last=False)
-    return [found[version] for version in sorted(found)]
+    return found
 
 
 def _enrollment_floor(ctx: RunContext, older: list[_PublishedVersion]) -> datetime:
@@ -390,14 +402,24 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
     old. Their trigger events are older still, and enrollment never reads that far back, so a
     purged execution is never enrolled (nor its message sent) again.
     """
+    purged = _purge(conn, ctx.workflow_id, _retention_cutoff(ctx.now, ctx.compiled.settings.retention_days))
+    report.queries += 1 + (3 if purged else 0)
+    if purged:
+        report.reasons["purged_past_retention"] += purged
+        log.info("careflow %s: purged %d executions ended before the retention", ctx.workflow_id, purged)
+
+
+def _purge(conn: Any, workflow_id: str, cutoff: datetime) -> int:
+    """Delete up to :data:`PURGE_BATCH` executions of ``workflow_id`` that ended before ``cutoff``,
+    with their steps and ledger rows; how many."""
     x, s, m = tables.executions, tables.steps, tables.messages
     ids = list(
         conn.execute(
             select(x.c.id)
             .where(
-                x.c.workflow_id == ctx.workflow_id,
+                x.c.workflow_id == workflow_id,
                 x.c.status.in_(("completed", "failed", "exited")),
-                x.c.finished_at < _retention_cutoff(ctx.now, ctx.compiled.settings.retention_days),
+                x.c.finished_at < cutoff,
                 # Nor one with a branch still open: earlier careflow releases recorded an execution
                 # as exited as soon as one of its branches stopped.
                 ~exists().where(s.c.execution_id == x.c.id, s.c.status.in_(st.OPEN_STATES)),
@@ -405,14 +427,77 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
             .limit(PURGE_BATCH)
         ).scalars()
     )
-    report.queries += 1
-    if not ids:
+    if ids:
+        for table, column in ((s, s.c.execution_id), (m, m.c.execution_id), (x, x.c.id)):
+            conn.execute(table.delete().where(st.among(conn, column, ids)))
+    return len(ids)
+
+
+def _purge_stopped_workflows(ctx: RunContext, report: NodeReport) -> None:
+    """Purge past their retention the workflows whose newest version is not active (paused,
+    archived, a draft): no run of theirs purges them, their DAG not being built, and the retention
+    holds for whatever careflow keeps. Each run of an active workflow takes one batch of each.
+
+    Runs of several workflows may do it at once: on Postgres a workflow another is purging is left
+    to it (an advisory lock), so that two never delete the same rows in turn. It never fails the
+    enrollment: a problem is logged, and the next run tries again. A simulated run leaves them
+    alone (its clock is made up).
+    """
+    if ctx.simulated:
         return
-    for table, column in ((s, s.c.execution_id), (m, m.c.execution_id), (x, x.c.id)):
-        conn.execute(table.delete().where(st.among(conn, column, ids)))
-    report.queries += 3
-    report.reasons["purged_past_retention"] += len(ids)
-    log.info("careflow %s: purged %d executions ended before the retention", ctx.workflow_id, len(ids))
+    v = tables.workflow_versions
+    newest = (
+        select(v.c.workflow_id, func.max(v.c.version).label("version")).group_by(v.c.workflow_id).subquery()
+    )
+    try:
+        with st.batch_transaction(ctx, report) as conn:
+            stopped = conn.execute(
+                select(v.c.workflow_id, v.c.version, v.c.content_hash, v.c.status)
+                .join(newest, and_(v.c.workflow_id == newest.c.workflow_id, v.c.version == newest.c.version))
+                .where(v.c.status != "active")
+            ).all()
+            report.queries += 1
+            # Each version's document read once a process, as the older versions' are.
+            retention = {
+                workflow_id: _read_versions(conn, report, workflow_id, [(version, digest)])[version]
+                for workflow_id, version, digest, _ in stopped
+            }
+        for workflow_id, version, _, status in stopped:
+            days = retention[workflow_id].retention_days
+            if days is None:
+                continue
+            with st.batch_transaction(ctx, report) as conn:
+                if conn.dialect.name == "postgresql":
+                    report.queries += 1
+                    if not conn.execute(
+                        select(func.pg_try_advisory_xact_lock(_purge_lock_key(workflow_id)))
+                    ).scalar():
+                        continue
+                purged = _purge(conn, workflow_id, _retention_cutoff(ctx.now, days))
+                report.queries += 1 + (3 if purged else 0)
+            if purged:
+                log.info(
+                    "careflow %s: purged %d executions of workflow %s (%s since version %d) ended "
+                    "before its retention",
+                    ctx.workflow_id,
+                    purged,
+                    workflow_id,
+                    status,
+                    version,
+                )
+    except Exception as exc:
+        log.warning(
+            "careflow %s: the executions of workflows published not active were not purged past "
+            "their retention this run (the next run tries again): %s",
+            ctx.workflow_id,
+            what_failed(exc),
+        )
+
+
+def _purge_lock_key(workflow_id: str) -> int:
+    """The Postgres advisory lock a purge of ``workflow_id``'s executions holds (a signed 64-bit key)."""
+    digest = hashlib.sha256(f"careflow purge\x00{workflow_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _exit_removed_nodes(
