@@ -182,7 +182,12 @@ def _no_snapshot_there(folder: Path, given: Path | None, published: list[Workflo
         if given is not None
         else "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
     )
-    state = "does not exist, so it holds" if not folder.exists() else "holds"
+    if not folder.exists():
+        state = "does not exist, so it holds"
+    elif not folder.is_dir():
+        state = "is not a directory, so it holds"
+    else:
+        state = "holds"
     return Finding(
         PROBLEM if active else WARNING,
         "workflows_dir",

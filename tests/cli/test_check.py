@@ -362,6 +362,10 @@ def test_a_workflows_dir_without_the_published_snapshots_is_one_problem(
         ),
         ("ok", "dags", "no active workflow has a snapshot the DAG factory reads: no DAG to look for"),
     ]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a directory", encoding="utf-8")
+    [(_, _, text), _] = said({**home, "AIRFLOW__CAREFLOW__WORKFLOWS_DIR": str(a_file)})
+    assert text.startswith(f"{a_file} is not a directory, so it holds no snapshot of the {published}")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     [(verdict, subject, text), _] = said(home, "--workflows-dir", str(elsewhere))
