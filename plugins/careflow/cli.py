@@ -137,14 +137,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from careflow import settings
     from careflow.publishing import read_workflows
 
     workflows_dir = Path(args.workflows_dir) if args.workflows_dir else None
     listed = read_workflows(workflows_dir=workflows_dir)
     code = EXIT_ERROR if listed.database_problem or listed.snapshots_problem else EXIT_OK
+    folder = workflows_dir or settings.workflows_dir()
     if args.json:  # the list on stdout, as before; what went wrong with the database on stderr
         _print_json([item.to_dict() for item in listed.workflows], args.answer)
-        _print_listing_problems(listed)
+        _print_listing_problems(listed, folder, given=workflows_dir is not None)
         return code
     header = f"{'workflow':<28} {'ver':>4} {'status':<9} {'hash':<12} {'validation':<18} snapshot"
     print(header)
@@ -156,16 +158,22 @@ def cmd_list(args: argparse.Namespace) -> int:
             + (f"  ({item.problem})" if item.problem else "")
         )
     sys.stdout.flush()
-    _print_listing_problems(listed)
+    _print_listing_problems(listed, folder, given=workflows_dir is not None)
     return code
 
 
-def _print_listing_problems(listed: WorkflowList) -> None:
-    """What kept ``workflows list`` from reading the database or the snapshots, on stderr."""
+def _print_listing_problems(listed: WorkflowList, folder: Path, *, given: bool) -> None:
+    """What kept ``workflows list`` from reading the database or the snapshots, on stderr; and a
+    workflows directory that holds none of the published workflows' snapshots."""
+    from careflow.publishing import no_snapshot_there
+
     if listed.database_problem:
         print(f"careflow: only the snapshots on disk are listed: {listed.database_problem}", file=sys.stderr)
     if listed.snapshots_problem:
         print(f"careflow: no snapshot could be read: {listed.snapshots_problem}", file=sys.stderr)
+    if (elsewhere := no_snapshot_there(folder, listed)) is not None:
+        where = "--workflows-dir" if given else "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
+        print(f"careflow: {elsewhere}: is {where} the directory publish wrote them to?", file=sys.stderr)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

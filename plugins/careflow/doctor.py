@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from careflow.compiler.graph import CompiledWorkflow
-    from careflow.publishing import WorkflowListing
     from careflow.snapshots import Snapshot
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -123,8 +122,11 @@ _SNAPSHOT_STATES = {
 }
 
 
+_WORKFLOWS_DIR_SETTING = "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
+
+
 def _snapshots(workflows_dir: Path | None) -> list[Finding]:
-    from careflow.publishing import read_workflows
+    from careflow.publishing import no_snapshot_there, read_workflows
 
     folder = workflows_dir or settings.workflows_dir()
     listed = read_workflows(workflows_dir=folder)
@@ -133,8 +135,18 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
     findings = []
     # Without careflow's database (said above) the snapshots are all there is to compare: "ok".
     compared = listed.database_problem is None
-    if compared and listed.workflows and all(item.snapshot == "missing" for item in listed.workflows):
-        return [_no_snapshot_there(folder, workflows_dir, listed.workflows)]
+    elsewhere = no_snapshot_there(folder, listed)
+    if elsewhere is not None:
+        active = any(item.status == "active" for item in listed.workflows)
+        where = "--workflows-dir" if workflows_dir is not None else _WORKFLOWS_DIR_SETTING
+        return [
+            Finding(
+                PROBLEM if active else WARNING,
+                "workflows_dir",
+                f"{elsewhere}: is {where} the directory `careflow workflows publish` wrote them to? If "
+                "it is, publish them again",
+            )
+        ]
     for item in listed.workflows:
         if item.snapshot == "broken":
             findings.append(
@@ -171,30 +183,6 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
             0, Finding(OK, "workflows_dir", f"{folder}: {good} workflow(s) the DAG factory reads")
         )
     return findings
-
-
-def _no_snapshot_there(folder: Path, given: Path | None, published: list[WorkflowListing]) -> Finding:
-    """One line where the workflows directory holds none of the published workflows' snapshots (it
-    does not exist, or is not the one ``publish`` wrote to), rather than "publish it again" for each."""
-    active = sum(1 for item in published if item.status == "active")
-    where = (
-        "--workflows-dir"
-        if given is not None
-        else "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
-    )
-    if not folder.exists():
-        state = "does not exist, so it holds"
-    elif not folder.is_dir():
-        state = "is not a directory, so it holds"
-    else:
-        state = "holds"
-    return Finding(
-        PROBLEM if active else WARNING,
-        "workflows_dir",
-        f"{folder} {state} no snapshot of the {len(published)} workflow(s) careflow_db has published "
-        f"({active} active), and the DAG factory builds a DAG from a snapshot there alone: is {where} "
-        "the directory `careflow workflows publish` wrote them to? If it is, publish them again",
-    )
 
 
 #: A clinic whose newest event careflow reads is older than this is said: its sync may have stopped

@@ -554,6 +554,26 @@ class WorkflowList:
     snapshots_problem: str | None = None
 
 
+def no_snapshot_there(folder: Path, listed: WorkflowList) -> str | None:
+    """Where ``folder`` holds none of the snapshots of the workflows careflow_db has published (it
+    does not exist, is a file, or is not the directory ``publish`` wrote to), that in words."""
+    if listed.database_problem or not listed.workflows:
+        return None
+    if any(item.snapshot != "missing" for item in listed.workflows):
+        return None
+    if not folder.exists():
+        state = "does not exist, so it holds"
+    elif not folder.is_dir():
+        state = "is not a directory, so it holds"
+    else:
+        state = "holds"
+    active = sum(1 for item in listed.workflows if item.status == "active")
+    return (
+        f"{folder} {state} no snapshot of the {len(listed.workflows)} workflow(s) careflow_db has "
+        f"published ({active} active), and the DAG factory builds a DAG from a snapshot there alone"
+    )
+
+
 def list_workflows(
     *, engine: Engine | None = None, workflows_dir: Path | None = None
 ) -> list[WorkflowListing]:

@@ -176,3 +176,21 @@ def test_a_workflows_dir_this_user_may_not_list_is_said_not_shown_as_missing_sna
         "(nobody, uid 65534) may not list it, so no workflow is loaded: let the user the DAG processor "
         "and the workers run as read and enter it and the directories above it\n"
     )
+
+
+def test_a_workflows_dir_that_holds_no_published_snapshot_is_said_on_stderr(
+    published: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in the directory: every workflow "missing", and why, where each was said alone."""
+    typo = tmp_path / "workflow"
+    assert main(["workflows", "list", "--json", "--workflows-dir", str(typo)]) == 0
+    out, err = capsys.readouterr()
+    assert {item["snapshot"] for item in json.loads(out)} == {"missing"}
+    examples = len(list(EXAMPLES.glob("*.json")))
+    assert err == (
+        f"careflow: {typo} does not exist, so it holds no snapshot of the {examples} workflow(s) "
+        f"careflow_db has published ({examples - 1} active), and the DAG factory builds a DAG from a "
+        "snapshot there alone: is --workflows-dir the directory publish wrote them to?\n"
+    )
+    assert main(["workflows", "list", "--workflows-dir", str(published)]) == 0
+    assert capsys.readouterr().err == ""  # the directory publish wrote to: nothing to say
