@@ -444,6 +444,22 @@ def _refusal(
             f"{latest.version}); this document is clinic {workflow.clinic_id}'s: give it its own id",
             field="clinic_id",
         )
+    if latest is None:
+        # A new id that differs from a published one in case alone: their snapshot files
+        # (<id>.json) are one file where the filesystem does not tell case apart (a bind mount of
+        # Docker Desktop on macOS or Windows), and one would silently run as the other.
+        v = tables.workflow_versions
+        other = conn.execute(
+            select(v.c.workflow_id).where(func.lower(v.c.workflow_id) == workflow.id.lower()).limit(1)
+        ).scalar()
+        if other is not None:
+            return make(
+                "WF_ID_CASE_CLASH",
+                f"Workflow {other} is published, and {workflow.id} differs from it in upper and lower "
+                f"case alone: their snapshot files are one file where the filesystem does not tell case "
+                f"apart; publish this document as {other} (a new version of it), or give it an id of its own",
+                field="id",
+            )
     # The document itself is stored as JSON, its text escaped; these two are columns of text.
     for name, value in (("name", workflow.name), ("clinic_id", workflow.clinic_id)):
         if (unstorable := unstorable_character(conn, value)) is not None:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -179,20 +180,40 @@ def test_refused_file_exits_1_and_writes_nothing(engine: Engine, workflows_dir: 
     assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]
 
 
+def _refused_after_implant(workflows_dir: Path, tmp_path: Path, **changes: str) -> dict[str, Any]:
+    """implant-aftercare's document with ``changes``, published: refused, its one error."""
+    document = {**json.loads(IMPLANT.read_text(encoding="utf-8")), **changes}
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    code, (result,) = _publish(workflows_dir, path)
+    assert code == 1 and result["action"] == "refused" and result["version"] is None
+    (refusal,) = [d for d in result["diagnostics"] if d["severity"] == "error"]
+    return refusal
+
+
+def test_a_workflow_id_that_differs_from_a_published_one_in_case_alone_is_refused(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    """On a filesystem that does not tell case apart (Docker Desktop's bind mounts) the two
+    snapshots would be one file, and one workflow would run as the other."""
+    _publish(workflows_dir, IMPLANT)
+    refusal = _refused_after_implant(workflows_dir, tmp_path, id="Implant-Aftercare")
+    assert (refusal["code"], refusal["field"]) == ("WF_ID_CASE_CLASH", "id")
+    assert refusal["message"].startswith(
+        "Workflow implant-aftercare is published, and Implant-Aftercare differs from it in upper and lower case alone"
+    )
+    assert _versions(engine, "Implant-Aftercare") == []
+    assert sorted(p.name for p in workflows_dir.iterdir()) == ["implant-aftercare.json"]
+    code, (result,) = _publish(workflows_dir, IMPLANT)  # the published id itself: as ever
+    assert (code, result["action"]) == (0, "unchanged")
+
+
 def test_a_workflow_id_published_for_another_clinic_is_refused(
     engine: Engine, workflows_dir: Path, tmp_path: Path
 ) -> None:
     _publish(workflows_dir, IMPLANT)
     snapshot = (workflows_dir / "implant-aftercare.json").read_text(encoding="utf-8")
-    other = json.loads(IMPLANT.read_text(encoding="utf-8"))
-    other["clinic_id"] = "busan-02"
-    other["name"] = "부산 임플란트"
-    path = tmp_path / "busan.json"
-    path.write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
-
-    code, (result,) = _publish(workflows_dir, path)
-    assert code == 1 and result["action"] == "refused" and result["version"] is None
-    (refusal,) = [d for d in result["diagnostics"] if d["severity"] == "error"]
+    refusal = _refused_after_implant(workflows_dir, tmp_path, clinic_id="busan-02", name="부산 임플란트")
     assert refusal["code"] == "WF_ID_OF_ANOTHER_CLINIC" and refusal["field"] == "clinic_id"
     assert "published for clinic gangnam-01" in refusal["message"] and "busan-02" in refusal["message"]
     assert [v for v, _ in _versions(engine, "implant-aftercare")] == [1]

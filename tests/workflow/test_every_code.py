@@ -141,6 +141,11 @@ def _published(*workflows: dict[str, Any], events: tuple[str, ...] = ()) -> Vali
     return result.report
 
 
+@case("WF_ID_CASE_CLASH", field="id")
+def _published_beside_an_id_that_differs_in_case_alone() -> ValidationReport:
+    return _published(base(), broken(lambda w: w.update(id=w["id"].upper())))
+
+
 @case("WF_ID_OF_ANOTHER_CLINIC", field="clinic_id")
 def _published_for_another_clinic() -> ValidationReport:
     return _published(base(), broken(lambda w: w.update(clinic_id="busan-02")))

@@ -57,6 +57,11 @@ CODES: dict[str, tuple[Severity, str]] = {
     "WF_BAD_SETTING": (_E, "A value under settings is out of range or of the wrong type."),
     "WF_INVALID": (_E, "The workflow model refused the document (a check the staged validation missed)."),
     "WF_ID_OF_ANOTHER_CLINIC": (_E, "At publish: the workflow id is already published for another clinic."),
+    "WF_ID_CASE_CLASH": (
+        _E,
+        "At publish: the workflow id differs from a published one's in case alone (their snapshot "
+        "files would be one on a filesystem that does not tell case apart).",
+    ),
     "WF_ID_IN_SEVERAL_FILES": (
         _E,
         "Another file given to the same validate or publish holds the same workflow id: which of them "
