@@ -59,9 +59,10 @@ def enroll(ctx: RunContext, node: CompiledNode) -> NodeReport:
         older = _older_versions(conn, ctx, report)
         _exit_removed_nodes(conn, ctx, report, older)
         _purge_past_retention(conn, ctx, report)
+        stopped = _stopped_workflows(conn, ctx, report)
         mark = conn.execute(select(w.c.enrolled_until).where(w.c.workflow_id == ctx.workflow_id)).scalar()
         report.queries += 3
-    _purge_stopped_workflows(ctx, report)
+    _purge_stopped_workflows(ctx, report, stopped)
     start = tables.UTCDateTime().process_result_value(mark, engine.dialect) if mark else None
     if start is None:
         start = ctx.interval_start or (ctx.now - timedelta(days=1))
@@ -433,39 +434,44 @@ def _purge(conn: Any, workflow_id: str, cutoff: datetime) -> int:
     return len(ids)
 
 
-def _purge_stopped_workflows(ctx: RunContext, report: NodeReport) -> None:
-    """Purge past their retention the workflows whose newest version is not active (paused,
-    archived, a draft): no run of theirs purges them, their DAG not being built, and the retention
-    holds for whatever careflow keeps. Each run of an active workflow takes one batch of each.
-
-    Runs of several workflows may do it at once: on Postgres a workflow another is purging is left
-    to it (an advisory lock), so that two never delete the same rows in turn. It never fails the
-    enrollment: a problem is logged, and the next run tries again. A simulated run leaves them
-    alone (its clock is made up).
-    """
+def _stopped_workflows(conn: Any, ctx: RunContext, report: NodeReport) -> list[tuple[str, int, str, int]]:
+    """The workflows whose newest version is not active (paused, archived, a draft), each with that
+    version, its status and its retention in days (those without a usable one left out); none for a
+    simulated run, whose clock is made up. Read in the enrollment's first transaction."""
     if ctx.simulated:
-        return
+        return []
     v = tables.workflow_versions
     newest = (
         select(v.c.workflow_id, func.max(v.c.version).label("version")).group_by(v.c.workflow_id).subquery()
     )
+    rows = conn.execute(
+        select(v.c.workflow_id, v.c.version, v.c.content_hash, v.c.status)
+        .join(newest, and_(v.c.workflow_id == newest.c.workflow_id, v.c.version == newest.c.version))
+        .where(v.c.status != "active")
+    ).all()
+    report.queries += 1
+    stopped = []
+    for workflow_id, version, digest, status in rows:
+        # Each version's document read once a process, as the older versions' are.
+        days = _read_versions(conn, report, workflow_id, [(version, digest)])[version].retention_days
+        if days is not None:
+            stopped.append((workflow_id, version, status, days))
+    return stopped
+
+
+def _purge_stopped_workflows(
+    ctx: RunContext, report: NodeReport, stopped: list[tuple[str, int, str, int]]
+) -> None:
+    """Purge past their retention the workflows ``stopped`` (:func:`_stopped_workflows`): no run of
+    theirs purges them, their DAG not being built, and the retention holds for whatever careflow
+    keeps. Each run of an active workflow takes one batch of each.
+
+    Runs of several workflows may do it at once: on Postgres a workflow another is purging is left
+    to it (an advisory lock), so that two never delete the same rows in turn. It never fails the
+    enrollment: a problem is logged, and the next run tries again.
+    """
     try:
-        with st.batch_transaction(ctx, report) as conn:
-            stopped = conn.execute(
-                select(v.c.workflow_id, v.c.version, v.c.content_hash, v.c.status)
-                .join(newest, and_(v.c.workflow_id == newest.c.workflow_id, v.c.version == newest.c.version))
-                .where(v.c.status != "active")
-            ).all()
-            report.queries += 1
-            # Each version's document read once a process, as the older versions' are.
-            retention = {
-                workflow_id: _read_versions(conn, report, workflow_id, [(version, digest)])[version]
-                for workflow_id, version, digest, _ in stopped
-            }
-        for workflow_id, version, _, status in stopped:
-            days = retention[workflow_id].retention_days
-            if days is None:
-                continue
+        for workflow_id, version, status, days in stopped:
             with st.batch_transaction(ctx, report) as conn:
                 if conn.dialect.name == "postgresql":
                     report.queries += 1
