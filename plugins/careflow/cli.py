@@ -165,6 +165,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _print_listing_problems(listed: WorkflowList, folder: Path, *, given: bool) -> None:
     """What kept ``workflows list`` from reading the database or the snapshots, on stderr; and a
     workflows directory that holds none of the published workflows' snapshots."""
+    from careflow import settings
     from careflow.publishing import no_snapshot_there
 
     if listed.database_problem:
@@ -172,7 +173,7 @@ def _print_listing_problems(listed: WorkflowList, folder: Path, *, given: bool) 
     if listed.snapshots_problem:
         print(f"careflow: no snapshot could be read: {listed.snapshots_problem}", file=sys.stderr)
     if (elsewhere := no_snapshot_there(folder, listed)) is not None:
-        where = "--workflows-dir" if given else "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
+        where = "--workflows-dir" if given else settings.WORKFLOWS_DIR_SETTING
         print(f"careflow: {elsewhere}: is {where} the directory publish wrote them to?", file=sys.stderr)
 
 

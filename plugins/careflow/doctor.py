@@ -122,9 +122,6 @@ _SNAPSHOT_STATES = {
 }
 
 
-_WORKFLOWS_DIR_SETTING = "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
-
-
 def _snapshots(workflows_dir: Path | None) -> list[Finding]:
     from careflow.publishing import no_snapshot_there, read_workflows
 
@@ -138,7 +135,7 @@ def _snapshots(workflows_dir: Path | None) -> list[Finding]:
     elsewhere = no_snapshot_there(folder, listed)
     if elsewhere is not None:
         active = any(item.status == "active" for item in listed.workflows)
-        where = "--workflows-dir" if workflows_dir is not None else _WORKFLOWS_DIR_SETTING
+        where = "--workflows-dir" if workflows_dir is not None else settings.WORKFLOWS_DIR_SETTING
         return [
             Finding(
                 PROBLEM if active else WARNING,

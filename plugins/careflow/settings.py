@@ -130,6 +130,10 @@ def _config(section: str, key: str) -> str | None:
         return None
 
 
+#: The setting :func:`workflows_dir` reads, as messages name it.
+WORKFLOWS_DIR_SETTING = "[careflow] workflows_dir (AIRFLOW__CAREFLOW__WORKFLOWS_DIR)"
+
+
 def workflows_dir() -> Path:
     """``[careflow] workflows_dir``: where published snapshots live (default ``$AIRFLOW_HOME/careflow/workflows``)."""
     value = _config("careflow", "workflows_dir")
