@@ -13,6 +13,14 @@ from careflow.providers.fake_server import FakeProviderServer
 from .harness import Journey, compile_doc
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _airflow_logging() -> None:
+    """Airflow configures logging as it is first imported, putting its handlers in the root
+    logger's place: imported before any test, so that it never takes away the handler ``caplog``
+    gave the test that happened to import it first (a run of that test alone saw no records)."""
+    import airflow  # noqa: F401
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeProviderServer]:
     """The fake messaging provider on a free port (fresh counters per test)."""
