@@ -111,6 +111,8 @@ def _print_publish_result(r: Any) -> None:
             f"{r.source}: {r.action} {r.workflow_id} v{r.version} ({(r.content_hash or '')[:12]}) "
             f"in {r.database} -> {r.snapshot}"
         )
+        if r.ended:
+            print(f"  ended {r.ended} execution(s) still in flight: the workflow is archived")
         for d in r.report.diagnostics if r.report else []:
             if d.severity == "warning":  # published all the same; `validate` lists the rest
                 print(_diagnostic_line(d))

@@ -223,7 +223,8 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
 def _held(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """A warning for each workflow published paused or archived (or as a draft) that executions
     are still in: Airflow runs nothing of it, so they wait where they are until a version is
-    published active. A choice someone made, but patients it holds."""
+    published active (an archived one's are ended, :func:`_held_until`). A choice someone made,
+    but patients it holds."""
     from sqlalchemy import func, select
     from sqlalchemy.exc import DBAPIError
 
@@ -250,12 +251,23 @@ def _held(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
             WARNING,
             f"workflow {workflow_id}",
             f"{stopped[workflow_id].status} since version {stopped[workflow_id].version}, with "
-            f"{held[workflow_id]} execution(s) in flight: Airflow runs nothing of it, so they wait where "
-            "they are until a version is published active (a message then more than its max_lateness "
-            "past due is recorded expired)",
+            f"{held[workflow_id]} execution(s) in flight: {_held_until(stopped[workflow_id].status)}",
         )
         for workflow_id in sorted(held)
     ]
+
+
+def _held_until(status: str) -> str:
+    """What becomes of the executions in flight in a workflow published ``status`` (not active)."""
+    if status == "archived":  # publish ended those it found; these a run in flight moved on since
+        return (
+            "Airflow runs nothing of it, and the next run of an active workflow ends them as "
+            "archived (publishing it archived again ends them now)"
+        )
+    return (
+        "Airflow runs nothing of it, so they wait where they are until a version is published "
+        "active (a message then more than its max_lateness past due is recorded expired)"
+    )
 
 
 def _workflows(ids: list[str]) -> str:

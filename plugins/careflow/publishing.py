@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from careflow import settings
 from careflow.compiler.hashing import canonical_document, content_hash
+from careflow.engine.nodes import end_archived
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
 from careflow.snapshots import (
     ReplacedSnapshots,
@@ -57,6 +58,7 @@ class PublishResult:
     snapshot: str | None = None
     database: str | None = None  # its URL, password hidden
     error: str | None = None  # why a failed file was not published
+    ended: int = 0  # executions in flight ended as it was published archived
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -69,6 +71,7 @@ class PublishResult:
             "snapshot": self.snapshot,
             "database": self.database,
             "error": self.error,
+            "ended_executions": self.ended,
             "diagnostics": [d.to_dict() for d in self.report.diagnostics] if self.report else [],
         }
 
@@ -140,6 +143,8 @@ def publish_report(
                 )
             )
             action = "published"
+        # Archived, it is retired: what is still in flight in it ends now, with the version.
+        ended = end_archived(conn, workflow.id, version, _now()) if workflow.status == "archived" else 0
         # The DAG's start date is the first publication: a new version must not reschedule history.
         start = start_date or first_published or published_at
         snap = Snapshot(
@@ -173,7 +178,15 @@ def publish_report(
     if told:  # with this result only: the version keeps what the document itself earned
         report = replace(report, diagnostics=[*report.diagnostics, *told])
     return PublishResult(
-        report.source, workflow.id, action, version, digest, report, str(snap.path), database=database
+        report.source,
+        workflow.id,
+        action,
+        version,
+        digest,
+        report,
+        str(snap.path),
+        database=database,
+        ended=ended,
     )
 
 

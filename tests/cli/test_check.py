@@ -586,7 +586,7 @@ def test_executions_held_in_a_workflow_published_paused_are_counted(
     home: dict[str, str], tmp_path: Path
 ) -> None:
     """Publishing a workflow paused stops it; the patients still in it wait, and check says how many."""
-    from sqlalchemy import create_engine, insert
+    from sqlalchemy import create_engine, insert, select
 
     from careflow.store import tables
 
@@ -626,6 +626,33 @@ def test_executions_held_in_a_workflow_published_paused_are_counted(
             "paused since version 2, with 2 execution(s) in flight: Airflow runs nothing of it, so they "
             "wait where they are until a version is published active (a message then more than its "
             "max_lateness past due is recorded expired)",
+        )
+    ]
+
+    # Archived, it is retired: publish ends them (and says so); any left is said to end at the next run.
+    (tmp_path / "archived.json").write_text(
+        json.dumps({**paused, "status": "archived"}, ensure_ascii=False), encoding="utf-8"
+    )
+    done = _careflow(home, "workflows", "publish", str(tmp_path / "archived.json"))
+    assert done.returncode == 0, done.stderr
+    assert "  ended 2 execution(s) still in flight: the workflow is archived\n" in done.stdout
+    assert held() == []
+    engine = create_engine(home["CAREFLOW_DB_URL"])
+    with engine.begin() as conn:
+        x = tables.executions
+        assert dict(conn.execute(select(x.c.id, x.c.exit_reason).where(x.c.status == "exited")).all()) == {
+            "x0": "workflow_archived_in_version_3",
+            "x1": "workflow_archived_in_version_3",
+            "x3": None,
+        }
+        conn.execute(x.update().where(x.c.id == "x0").values(status="waiting"))  # a run in flight moved it
+    engine.dispose()
+    assert held() == [
+        (
+            "warning",
+            "archived since version 3, with 1 execution(s) in flight: Airflow runs nothing of it, and "
+            "the next run of an active workflow ends them as archived (publishing it archived again "
+            "ends them now)",
         )
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -302,4 +303,77 @@ def test_purging_the_workflows_not_active_never_fails_an_enrollment(
     assert (
         "careflow going: the executions of workflows published not active were not purged past their "
         "retention this run (the next run tries again): RuntimeError: disk on fire" in caplog.messages
+    )
+
+
+def test_publishing_a_workflow_archived_ends_its_executions_in_flight(
+    engine, journey, fake, tmp_path, caplog
+):
+    """Archiving retires a workflow: no run of it will move them on, so they end, each with why and
+    where it was, and are purged past the retention like the rest."""
+    from careflow.publishing import publish_paths
+
+    c = Clinic()
+    c.completed("at_window", kst(2025, 3, 5, 11))  # Saturday 11:00 release: parked at w1 until Monday
+    c.completed("at_delay", kst(2025, 3, 7, 10))  # parked at d1 until Monday 10:00
+    c.load(engine)
+    doc = example("implant-aftercare")
+    record_version(engine, doc, 1)
+    journey(doc, version=1).run_days(kst(2025, 3, 3), kst(2025, 3, 9))
+    assert {p: e["status"] for p, e in executions(engine, "implant-aftercare").items()} == {
+        "at_window": "waiting",
+        "at_delay": "waiting",
+    }
+
+    failing = executions(engine, "implant-aftercare")["at_window"]["id"]
+    with engine.begin() as conn:  # a branch of one of them failed: it ends failed
+        s = tables.steps
+        conn.execute(
+            s.update().where(s.c.execution_id == failing, s.c.node_id == "c1").values(status="failed")
+        )
+    archived = tmp_path / "archived.json"
+    archived.write_text(json.dumps({**doc, "status": "archived"}), encoding="utf-8")
+    (result,) = publish_paths([archived], engine=engine, workflows_dir=tmp_path / "snapshots")
+    assert (result.action, result.version, result.ended) == ("published", 2, 2)
+    ex = executions(engine, "implant-aftercare")
+    assert {p: (e["status"], e["exit_reason"]) for p, e in ex.items()} == {
+        "at_window": ("failed", "workflow_archived_in_version_2:w1"),
+        "at_delay": ("exited", "workflow_archived_in_version_2:d1"),
+    }
+    assert all(e["finished_at"] is not None for e in ex.values())
+    steps = steps_of(engine, "implant-aftercare")
+    assert (steps[("at_window", "w1")]["status"], steps[("at_window", "w1")]["error"]) == (
+        "skipped",
+        "workflow_archived_in_version_2",
+    )
+    assert steps[("at_delay", "d1")]["status"] == "skipped"
+    assert steps[("at_delay", "t1")]["status"] == "done"  # what ended before is kept as it was
+    (again,) = publish_paths([archived], engine=engine, workflows_dir=tmp_path / "snapshots")
+    assert (again.action, again.ended) == ("unchanged", 0)
+
+    # A run in flight as it was archived moved one on since: the active workflows' runs end it.
+    x, s = tables.executions, tables.steps
+    with engine.begin() as conn:
+        conn.execute(
+            s.update()
+            .where(s.c.workflow_id == "implant-aftercare", s.c.node_id == "d1")
+            .values(status="waiting")
+        )
+        conn.execute(
+            x.update()
+            .where(x.c.workflow_id == "implant-aftercare", x.c.patient_id == "at_delay")
+            .values(status="waiting", exit_reason=None, finished_at=None)
+        )
+    active_doc = chain("going", ("a", "action", action()))
+    record_version(engine, active_doc, 1)
+    going = journey(active_doc, version=1)
+    going.run_at(kst(2025, 3, 10), simulated=True)  # a simulation's clock is made up: it ends nobody else's
+    assert executions(engine, "implant-aftercare")["at_delay"]["status"] == "waiting"
+    with caplog.at_level("INFO", logger="careflow.engine.nodes"):
+        going.run_at(kst(2025, 3, 10, 1))
+    assert executions(engine, "implant-aftercare")["at_delay"]["status"] == "exited"
+    assert steps_of(engine, "implant-aftercare")[("at_delay", "d1")]["status"] == "skipped"
+    assert (
+        "careflow going: ended 1 executions of workflow implant-aftercare still in flight since it was "
+        "archived in version 2" in caplog.messages
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, type_coerce, update
+from sqlalchemy import and_, case, exists, func, or_, select, type_coerce, update
 from sqlalchemy.types import NullType
 
 from careflow import settings
@@ -434,6 +434,44 @@ def _purge(conn: Any, workflow_id: str, cutoff: datetime) -> int:
     return len(ids)
 
 
+def end_archived(conn: Any, workflow_id: str, version: int, now: datetime) -> int:
+    """End the executions still in flight in ``workflow_id``, published ``archived`` in ``version``;
+    how many.
+
+    Archiving retires a workflow: no run of it moves them on again. Each open step is skipped with
+    the reason ``workflow_archived_in_version_<version>`` and its execution exits with that reason and
+    the node it was at (failed where a branch of it failed), as an execution does whose node a new
+    version removed; ended, it is purged past the retention like any other.
+    """
+    x, s = tables.executions, tables.steps
+    reason = f"workflow_archived_in_version_{version}"
+    in_flight = and_(x.c.workflow_id == workflow_id, x.c.status.in_(("running", "waiting")))
+    if not conn.execute(select(exists().where(in_flight))).scalar():
+        return 0  # the common case, one statement
+    at = (
+        select(func.min(s.c.node_id))
+        .where(s.c.execution_id == x.c.id, s.c.status.in_(st.OPEN_STATES))
+        .scalar_subquery()
+    )
+    conn.execute(
+        update(x)
+        .where(in_flight, x.c.exit_reason.is_(None))
+        .values(exit_reason=func.substr(func.coalesce(reason + ":" + at, reason), 1, 200))
+    )
+    failed = exists().where(s.c.execution_id == x.c.id, s.c.status == "failed")
+    ended = conn.execute(
+        update(x)
+        .where(in_flight)
+        .values(status=case((failed, "failed"), else_="exited"), updated_at=now, finished_at=now)
+    ).rowcount
+    conn.execute(
+        update(s)
+        .where(s.c.workflow_id == workflow_id, s.c.status.in_(st.OPEN_STATES))
+        .values(status="skipped", error=reason, finished_at=now, version=version)
+    )
+    return int(ended or 0)
+
+
 def _stopped_workflows(conn: Any, ctx: RunContext, report: NodeReport) -> list[tuple[str, int, str, int]]:
     """The workflows whose newest version is not active (paused, archived, a draft), each with that
     version, its status and its retention in days (those without a usable one left out); none for a
@@ -464,7 +502,9 @@ def _purge_stopped_workflows(
 ) -> None:
     """Purge past their retention the workflows ``stopped`` (:func:`_stopped_workflows`): no run of
     theirs purges them, their DAG not being built, and the retention holds for whatever careflow
-    keeps. Each run of an active workflow takes one batch of each.
+    keeps. Each run of an active workflow takes one batch of each. An archived one's executions
+    still in flight are ended first (:func:`end_archived`): ``publish`` ended those it found, and
+    these are what a run in flight as it was archived moved on since.
 
     Runs of several workflows may do it at once: on Postgres a workflow another is purging is left
     to it (an advisory lock), so that two never delete the same rows in turn. It never fails the
@@ -479,8 +519,20 @@ def _purge_stopped_workflows(
                         select(func.pg_try_advisory_xact_lock(_purge_lock_key(workflow_id)))
                     ).scalar():
                         continue
+                ended = end_archived(conn, workflow_id, version, ctx.now) if status == "archived" else 0
                 purged = _purge(conn, workflow_id, _retention_cutoff(ctx.now, days))
-                report.queries += 1 + (3 if purged else 0)
+                report.queries += (
+                    (1 + (3 if ended else 0) if status == "archived" else 0) + 1 + (3 if purged else 0)
+                )
+            if ended:
+                log.info(
+                    "careflow %s: ended %d executions of workflow %s still in flight since it was "
+                    "archived in version %d",
+                    ctx.workflow_id,
+                    ended,
+                    workflow_id,
+                    version,
+                )
             if purged:
                 log.info(
                     "careflow %s: purged %d executions of workflow %s (%s since version %d) ended "
