@@ -340,6 +340,14 @@ def test_a_workflow_is_read_from_standard_input_as_dash(
     assert [(r["source"], r["action"], r["version"]) for r in json.loads(out)] == [("-", "published", 1)]
     assert (workflows_dir / "implant-aftercare.json").is_file()
 
+    # Given twice, standard input is read once, as a file given twice is one file (the second `-`
+    # found it empty: WF_EMPTY).
+    for command, field, expected in (("validate", "ok", True), ("publish", "action", "unchanged")):
+        _stdin(monkeypatch, document)
+        code, out, err = _run(capsys, "workflows", command, "--json", "-", "-")
+        assert (code, err) == (0, "")
+        assert [(r["source"], r[field]) for r in json.loads(out)] == [("-", expected)] * 2
+
 
 @pytest.mark.parametrize(
     ("by", "said"),

@@ -177,9 +177,17 @@ def validate_paths(paths: Sequence[str | Path]) -> list[ValidationReport]:
 
     Two files of one workflow given together (two exports of it in one folder) would each be
     published in turn, and the one named last would stay live whichever is newer: each of them
-    gets ``WF_ID_IN_SEVERAL_FILES`` naming the others. The same file given twice is one file.
+    gets ``WF_ID_IN_SEVERAL_FILES`` naming the others. The same file given twice is one file;
+    so is standard input (``-``), read once.
     """
-    reports = [validate_path(path) for path in paths]
+    reports: list[ValidationReport] = []
+    piped: ValidationReport | None = None
+    for path in paths:
+        if str(path) == STDIN:
+            piped = piped or validate_path(path)
+            reports.append(piped)
+        else:
+            reports.append(validate_path(path))
     files: dict[str, dict[str, str]] = {}  # workflow id -> {the file itself: its name as given}
     for report in reports:
         if report.workflow_id is not None:
