@@ -283,6 +283,19 @@ def _publisher(value: str) -> str:
     return value
 
 
+def _pool_slots(value: str) -> int:
+    """``--pool-slots``: the send tasks the provider may see at once, one at least."""
+    try:
+        slots = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of send tasks, got {value!r}") from None
+    if slots < 1:
+        raise argparse.ArgumentTypeError(
+            f"at least 1 (a pool of none would never run a send task), got {slots}"
+        )
+    return slots
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``careflow`` command."""
     parser = argparse.ArgumentParser(
@@ -363,7 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     from careflow.airflow.setup import DEFAULT_POOL_SLOTS
 
     st = sub.add_parser("setup", help="create or resize the careflow_messaging pool in Airflow")
-    st.add_argument("--pool-slots", type=int, default=DEFAULT_POOL_SLOTS)
+    st.add_argument(
+        "--pool-slots",
+        type=_pool_slots,
+        default=DEFAULT_POOL_SLOTS,
+        help=f"send tasks running against the provider at once (default {DEFAULT_POOL_SLOTS})",
+    )
     st.set_defaults(func=cmd_setup)
 
     ck = sub.add_parser(

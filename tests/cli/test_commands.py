@@ -499,3 +499,24 @@ def test_a_locale_that_is_not_utf8_is_named_where_airflow_cannot_start_under_it(
     assert (
         "Set PYTHONUTF8=1 (or a UTF-8 locale, such as LANG=ko_KR.UTF-8)" in err and len(err.splitlines()) == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("slots", "said"),
+    [
+        ("0", "at least 1 (a pool of none would never run a send task), got 0"),
+        ("-1", "at least 1 (a pool of none would never run a send task), got -1"),
+        ("four", "a whole number of send tasks, got 'four'"),
+    ],
+)
+def test_pool_slots_that_could_run_no_send_task_are_a_usage_error(
+    slots: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused as the other arguments are (exit 2, with the usage), before Airflow is imported;
+    it exited 1 once Airflow was."""
+    from careflow.cli import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["setup", "--pool-slots", slots])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(f"careflow setup: error: argument --pool-slots: {said}\n")

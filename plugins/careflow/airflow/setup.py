@@ -29,8 +29,6 @@ def setup_airflow(args: argparse.Namespace) -> int:
     from careflow.airflow.operators.action import PROVIDER_POOL
     from careflow.simulation import raise_airflow_database_problem
 
-    if args.pool_slots < 1:
-        raise SystemExit("careflow setup: --pool-slots must be at least 1")
     try:
         pool = Pool.create_or_update_pool(
             name=PROVIDER_POOL,
