@@ -60,3 +60,28 @@ def test_the_age_filter_reads_the_patients_calendar_on_the_day_of_the_event(engi
     report = j.run_at(kst(2025, 3, 6))["t"]
     assert (report.enrolled, report.reasons["filtered_age"]) == (1, 1)
     assert set(executions(engine, "age-tz")) == {"birthday"}
+
+
+def test_a_clinic_timezone_careflow_does_not_know_counts_as_none_the_workflows_applies(engine, journey, fake):
+    """A clinic's software that writes ``KST`` (not an IANA name) is read as a clinic without a
+    timezone: its patients' ages and days are counted on the workflow's calendar, as they are for
+    the enrollment's age filter, never on UTC's (nine hours behind Seoul's)."""
+    c = Clinic()
+    c.rows["clinics"][0]["timezone"] = "KST"
+    # 08:00 on 5 March in Seoul is 23:00 on the 4th in UTC: 19 that day in Seoul, 18 in UTC.
+    c.completed("birthday", kst(2025, 3, 5, 8), birth_date=date(2006, 3, 5))
+    c.load(engine)
+    doc = chain(
+        "unknown-clinic-zone",
+        ("c", "condition", {"all": [{"field": "patient.age", "op": "gte", "value": 19}]}),
+        ("adult", "action", action("{{ clinic.timezone }}")),
+        ("minor", "action", action()),
+        edges=[("t", "c", None), ("c", "adult", "true"), ("c", "minor", "false")],
+        filters={"min_age": 19},
+        schedule="@hourly",
+    )
+    j = journey(doc)
+    j.run_at(kst(2025, 3, 5, 8, 30))
+    assert set(executions(engine, "unknown-clinic-zone")) == {"birthday"}  # the filter: 19 in Seoul
+    assert steps_of(engine, "unknown-clinic-zone")[("birthday", "c")]["output"] == {"branch": "true"}
+    assert [m["body"] for m in fake.messages()] == ["Asia/Seoul"]

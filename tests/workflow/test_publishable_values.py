@@ -150,3 +150,6 @@ def test_a_patients_timezone_that_names_no_place_falls_back_to_the_clinics() -> 
     assert zone_or("localtime", seoul) is seoul
     assert zone_or("right/Europe/London", seoul) is seoul
     assert zone_or("Europe/London", seoul) == ZoneInfo("Europe/London")
+    # blanks around a name, as a clinic's export may leave them, are dropped (as the facts do)
+    assert zone_or(" Europe/London\n", seoul) == ZoneInfo("Europe/London")
+    assert zone_or("  ", seoul) is seoul

@@ -77,7 +77,7 @@ class BatchFacts:
 
     def __init__(self, *, clinic: Mapping[str, Any], now: datetime) -> None:
         self.now = _aware(now)
-        self.clinic_timezone = _known_timezone(clinic.get("timezone"))
+        self.clinic_timezone = known_timezone(clinic.get("timezone"))
         self._clinic = {
             "id": _text(clinic.get("id")),
             "name": clinic.get("name"),
@@ -152,10 +152,10 @@ class BatchFacts:
 
     def _known_timezone(self, name: Any) -> str | None:
         if not isinstance(name, str):
-            return _known_timezone(name)
+            return known_timezone(name)
         known = self._known.get(name, _UNSEEN)
         if known is _UNSEEN:
-            known = self._known[name] = _known_timezone(name)
+            known = self._known[name] = known_timezone(name)
         return known  # type: ignore[return-value]
 
 
@@ -166,7 +166,7 @@ def patient_timezone(facts: Mapping[str, Any], default: str) -> ZoneInfo:
     """The timezone to read the patient's wall clock in: ``patient.timezone``, else ``default``."""
     patient = facts.get("patient")
     name = patient.get("timezone") if isinstance(patient, Mapping) else None
-    return zone(_known_timezone(name) or default)
+    return zone(known_timezone(name) or default)
 
 
 def age_on(birth_date: date, today: date) -> int:
@@ -289,7 +289,8 @@ def read_json(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def _known_timezone(name: Any) -> str | None:
+def known_timezone(name: Any) -> str | None:
+    """``name`` as a known IANA timezone (blanks around it dropped); None when unset or unknown."""
     if not isinstance(name, str) or not name.strip():
         return None
     try:

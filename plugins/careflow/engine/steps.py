@@ -656,7 +656,7 @@ def load_facts(
     batch's: its facts are an :class:`UnreadableFacts` naming the row and the column, None when
     its patient or appointment is gone.
     """
-    from careflow.engine.facts_builder import BatchFacts, UnreadableFacts
+    from careflow.engine.facts_builder import BatchFacts, UnreadableFacts, known_timezone
 
     p, a, c = tables.patients, tables.appointments, tables.clinics
     patient_ids = sorted({r["patient_id"] for r in rows})
@@ -669,7 +669,9 @@ def load_facts(
     clinic = (
         dict(clinic_row) if clinic_row else {"id": ctx.compiled.clinic_id, "timezone": ctx.compiled.timezone}
     )
-    if not clinic.get("timezone"):
+    if known_timezone(clinic.get("timezone")) is None:
+        # Unset, or a name careflow does not know (`KST`): the workflow's, as the enrollment's age
+        # filter reads it (:func:`careflow.workflow.timezones.zone_or`), not UTC's calendar.
         clinic["timezone"] = ctx.compiled.timezone
     upcoming: dict[str, int] = {
         str(patient_id): count

@@ -32,11 +32,12 @@ def zone(name: str) -> ZoneInfo:
 
 
 def zone_or(name: object, default: ZoneInfo) -> ZoneInfo:
-    """The zone named ``name``, or ``default`` when it is empty, not text or not a known zone."""
-    if not isinstance(name, str) or not name:
+    """The zone named ``name`` (blanks around it dropped, as the facts read it), or ``default``
+    when it is empty, not text or not a known zone."""
+    if not isinstance(name, str) or not name.strip():
         return default
     try:
-        return zone(name)
+        return zone(name.strip())
     except ValueError:
         return default
 
