@@ -189,7 +189,8 @@ EVENTS_QUIET_DAYS = 7
 
 def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
-    clinic not among the clinics, its trigger's events spelt the clinic's system's way; and, for an
+    clinic not among the clinics or its timezone not one careflow knows, its trigger's events spelt
+    the clinic's system's way; and, for an
     active one, its trigger's events none yet, or the clinic's events none for a week."""
     from careflow.publishing import clinic_data_unmatched
     from careflow.store.db import get_engine
@@ -199,7 +200,7 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
     except ConfigurationError:  # a URL careflow cannot use: careflow_db's check says which, and why
         return []
     # Asked once a clinic and trigger, said once for the workflows it holds for.
-    asked: dict[tuple[str, str, str, bool], list[str]] = {}
+    asked: dict[tuple[str, str, str, str, bool], list[str]] = {}
     newest: dict[str, dict[str, datetime | None] | None] = {}  # by clinic, by event type
     said: dict[str, list[str]] = {}
     for _, compiled in published:
@@ -208,9 +209,9 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
             compiled.trigger.config.event,
             compiled.status == "active",
         )
-        key = (clinic_id, event, compiled.trigger.id, active)
+        key = (clinic_id, event, compiled.trigger.id, compiled.timezone, active)
         if key not in asked:
-            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:3])]
+            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:4])]
             if not asked[key] and active:
                 if clinic_id not in newest:
                     newest[clinic_id] = _newest_events(engine, clinic_id)

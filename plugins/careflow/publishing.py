@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from careflow import settings
 from careflow.compiler.hashing import canonical_document, content_hash
+from careflow.engine.facts_builder import known_timezone
 from careflow.engine.nodes import end_archived
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
 from careflow.snapshots import (
@@ -97,7 +98,9 @@ def publish_report(
     workflow = report.workflow
     digest = content_hash(workflow)
     trigger = workflow.trigger
-    told = clinic_data_unmatched(engine, workflow.clinic_id, trigger.data.event, trigger.id)
+    told = clinic_data_unmatched(
+        engine, workflow.clinic_id, trigger.data.event, trigger.id, workflow.timezone
+    )
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
@@ -190,17 +193,22 @@ def publish_report(
     )
 
 
-def clinic_data_unmatched(engine: Engine, clinic_id: str, event: str, trigger_id: str) -> list[Diagnostic]:
+def clinic_data_unmatched(
+    engine: Engine, clinic_id: str, event: str, trigger_id: str, timezone_name: str
+) -> list[Diagnostic]:
     """Warnings where the clinic's data does not match what a workflow's trigger (``trigger_id``,
     enrolling ``event`` events of ``clinic_id``) enrolls by: no such clinic, or no event of its type
     among event types careflow does not know. Written another way than the clinic's data has it, a
-    workflow enrolls nobody, silently. None where the data cannot be read (the run says why)."""
+    workflow enrolls nobody, silently. And where the clinic's timezone is a name careflow does not
+    know, so that the workflow's (``timezone_name``) stands in for it. None where the data cannot
+    be read (the run says why)."""
     try:
         with engine.connect() as conn:
             return [
                 told
                 for told in (
-                    _clinic_unknown(conn, clinic_id, database_name(engine)),
+                    _clinic_unknown(conn, clinic_id, database_name(engine))
+                    or _clinic_timezone_unknown(conn, clinic_id, timezone_name),
                     _event_unseen(conn, clinic_id, event, trigger_id),
                 )
                 if told is not None
@@ -223,6 +231,21 @@ def _clinic_unknown(conn: Connection, clinic_id: str, database: str) -> Diagnost
         f"No clinic {clinic_id} in the clinics table of {database} "
         f"({f'it holds {_some(ids)}' if ids else 'it holds none yet'}): the trigger enrolls the events "
         f"of clinic {clinic_id}; check the workflow's clinic_id against the clinic's data",
+        field="clinic_id",
+    )
+
+
+def _clinic_timezone_unknown(conn: Connection, clinic_id: str, timezone_name: str) -> Diagnostic | None:
+    c = tables.clinics
+    named = conn.execute(select(c.c.timezone).where(c.c.id == clinic_id)).scalar()
+    if not isinstance(named, str) or not named.strip() or known_timezone(named) is not None:
+        return None  # known, or none at all (the workflow's, as documented)
+    return make(
+        "WF_CLINIC_TIMEZONE_UNKNOWN",
+        f"Clinic {clinic_id}'s timezone in the clinics table, {named!r}, is not a timezone careflow "
+        f"knows: its patients without a timezone of their own are timed by the workflow's, "
+        f"{timezone_name} (their ages, days and windows); write an IANA name such as 'Asia/Seoul' "
+        "in the clinic's data",
         field="clinic_id",
     )
 

@@ -376,6 +376,32 @@ def test_a_clinic_the_clinic_data_does_not_hold_is_told_at_publish_not_stored(
     assert [d["code"] for d in result["diagnostics"] if d["code"] == "WF_CLINIC_UNKNOWN"] == []
 
 
+@pytest.mark.parametrize(("named", "told"), [("KST", True), (" Asia/Seoul ", False), ("", False)])
+def test_a_clinic_timezone_careflow_does_not_know_is_told_at_publish(
+    named: str, told: bool, engine: Engine, workflows_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``KST`` in the clinic's data is no IANA name: the workflow's timezone stands in for it,
+    and the publish says so (an empty one stands in as documented, said nothing of)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam-01', '강남', :named)"),
+            {"named": named},
+        )
+    assert main(["workflows", "publish", "--workflows-dir", str(workflows_dir), str(IMPLANT)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{IMPLANT}: published implant-aftercare v1 ")
+    assert out[1:] == (
+        [
+            "  warning WF_CLINIC_TIMEZONE_UNKNOWN   workflow [clinic_id]: Clinic gangnam-01's timezone in the "
+            "clinics table, 'KST', is not a timezone careflow knows: its patients without a timezone of "
+            "their own are timed by the workflow's, Asia/Seoul (their ages, days and windows); write an "
+            "IANA name such as 'Asia/Seoul' in the clinic's data"
+        ]
+        if told
+        else []
+    )
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

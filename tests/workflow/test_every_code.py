@@ -109,9 +109,12 @@ def _a_stage_crashes() -> ValidationReport:
         return validate_workflow(base())
 
 
-def _published(*workflows: dict[str, Any], events: tuple[str, ...] = ()) -> ValidationReport:
+def _published(
+    *workflows: dict[str, Any], events: tuple[str, ...] = (), clinic_timezone: str | None = None
+) -> ValidationReport:
     """The report of publishing the last of ``workflows``, each after the other, in a new database
-    whose clinic's data holds an event of each type in ``events``."""
+    whose clinic's data holds an event of each type in ``events`` (and the clinic, with
+    ``clinic_timezone``, when one is given)."""
     import tempfile
 
     from sqlalchemy import create_engine, insert
@@ -126,6 +129,10 @@ def _published(*workflows: dict[str, Any], events: tuple[str, ...] = ()) -> Vali
             upgrade(engine)
             with engine.begin() as conn:
                 clinic = workflows[-1]["clinic_id"]
+                if clinic_timezone is not None:
+                    conn.execute(
+                        insert(tables.clinics).values(id=clinic, name="clinic", timezone=clinic_timezone)
+                    )
                 for n, event in enumerate(events):
                     conn.execute(
                         insert(tables.appointment_events).values(
@@ -165,6 +172,11 @@ def _one_workflow_in_two_files_given_together() -> ValidationReport:
 @case("WF_CLINIC_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_data_has_no_such_clinic() -> ValidationReport:
     return _published(base())  # a new database: its clinics table is empty
+
+
+@case("WF_CLINIC_TIMEZONE_UNKNOWN", field="clinic_id")
+def _published_where_the_clinic_data_has_its_timezone_as_kst() -> ValidationReport:
+    return _published(base(), clinic_timezone="KST")
 
 
 @case("TRIGGER_EVENT_UNSEEN", node_id="t1", field="data.event")

@@ -86,6 +86,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         "At publish: the clinics careflow reads hold no clinic with the workflow's clinic_id (told, "
         "not stored with the version: the clinic's data may come later).",
     ),
+    "WF_CLINIC_TIMEZONE_UNKNOWN": (
+        _W,
+        "At publish: the workflow's clinic has a timezone careflow does not know (KST), so the "
+        "workflow's stands in for it (told, not stored with the version).",
+    ),
     "FIELD_IGNORED": (_I, "Fields careflow does not know (and that are not builder UI fields) are ignored."),
     "DIAGNOSTICS_TRUNCATED": (_I, "Too many findings; only the first ones are listed."),
     # Nodes.
