@@ -110,7 +110,7 @@ def publish_report(
         if conn.dialect.name == "postgresql":
             _take_publish_lock(conn, workflow.id)
         latest = conn.execute(
-            select(v.c.version, v.c.content_hash, v.c.published_at, v.c.clinic_id, v.c.document)
+            select(v.c.version, v.c.content_hash, v.c.published_at, v.c.clinic_id, v.c.document, v.c.status)
             .where(v.c.workflow_id == workflow.id)
             .order_by(v.c.version.desc())
             .limit(1)
@@ -146,6 +146,8 @@ def publish_report(
                 )
             )
             action = "published"
+            if latest is not None and latest.status == "active" and workflow.status == "draft":
+                told.append(_draft_stops(workflow.id, latest.version, version))
         # Archived, it is retired: what is still in flight in it ends now, with the version.
         ended = end_archived(conn, workflow.id, version, _now()) if workflow.status == "archived" else 0
         # The DAG's start date is the first publication: a new version must not reschedule history.
@@ -232,6 +234,19 @@ def _clinic_unknown(conn: Connection, clinic_id: str, database: str) -> Diagnost
         f"({f'it holds {_some(ids)}' if ids else 'it holds none yet'}): the trigger enrolls the events "
         f"of clinic {clinic_id}; check the workflow's clinic_id against the clinic's data",
         field="clinic_id",
+    )
+
+
+def _draft_stops(workflow_id: str, active: int, version: int) -> Diagnostic:
+    """The builder exports a workflow being edited as a draft: published over the active version,
+    it stops the workflow, which is seldom what was meant."""
+    return make(
+        "WF_DRAFT_STOPS_ACTIVE",
+        f"Version {active} of {workflow_id} is active and version {version}, this one, is a draft: "
+        "only an active workflow becomes a DAG, so the workflow stops running now, and its executions "
+        "in flight wait where they are until a version is published active. To change what runs, "
+        "publish the edit with status active; to undo this, publish the active document again",
+        field="status",
     )
 
 
@@ -367,7 +382,7 @@ def _snapshot_ahead(existing: Any, snap: Snapshot, known: int | None, database: 
     )
 
 
-def _holds_latest(kept: list[Path], latest: Row[Any, Any, Any, Any, Any] | None) -> bool:
+def _holds_latest(kept: list[Path], latest: Row[Any, Any, Any, Any, Any, Any] | None) -> bool:
     """Whether one of the files publishes kept aside holds ``latest``, this database's latest
     version, or, where this database has none, says there was no snapshot before."""
     if latest is None:
@@ -468,7 +483,7 @@ def _who() -> str:
 
 
 def _refusal(
-    conn: Connection, workflow: Workflow, latest: Row[Any, Any, Any, Any, Any] | None
+    conn: Connection, workflow: Workflow, latest: Row[Any, Any, Any, Any, Any, Any] | None
 ) -> Diagnostic | None:
     """Why the database refuses this valid workflow, if it does."""
     if latest is not None and latest.clinic_id != workflow.clinic_id:

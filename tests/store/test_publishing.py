@@ -402,6 +402,32 @@ def test_a_clinic_timezone_careflow_does_not_know_is_told_at_publish(
     )
 
 
+def test_a_draft_published_over_the_active_version_is_told_it_stops_the_workflow(
+    engine: Engine, workflows_dir: Path, tmp_path: Path
+) -> None:
+    """The builder exports a workflow being edited as a draft: published, it takes the active
+    version's place and the workflow stops. Said; a pause (stopping on purpose) is not."""
+    document = json.loads(IMPLANT.read_text(encoding="utf-8"))
+
+    def published(status: str, name: str) -> list[str]:
+        path = tmp_path / f"{status}.json"
+        path.write_text(json.dumps({**document, "status": status, "name": name}), encoding="utf-8")
+        code, (result,) = _publish(workflows_dir, path)
+        assert (code, result["action"]) == (0, "published")
+        return [d["message"] for d in result["diagnostics"] if d["code"] == "WF_DRAFT_STOPS_ACTIVE"]
+
+    assert _publish(workflows_dir, IMPLANT)[0] == 0
+    assert published("draft", "임플란트 (수정 중)") == [
+        "Version 1 of implant-aftercare is active and version 2, this one, is a draft: only an active "
+        "workflow becomes a DAG, so the workflow stops running now, and its executions in flight wait "
+        "where they are until a version is published active. To change what runs, publish the edit "
+        "with status active; to undo this, publish the active document again"
+    ]
+    assert published("draft", "임플란트 (또 수정 중)") == []  # a draft over a draft stops nothing
+    assert published("active", "임플란트") == []
+    assert published("paused", "임플란트 (휴가)") == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

@@ -179,6 +179,11 @@ def _published_where_the_clinic_data_has_its_timezone_as_kst() -> ValidationRepo
     return _published(base(), clinic_timezone="KST")
 
 
+@case("WF_DRAFT_STOPS_ACTIVE", field="status")
+def _a_draft_published_over_the_active_version() -> ValidationReport:
+    return _published(base(), broken(lambda w: w.update(status="draft", name="being edited")))
+
+
 @case("TRIGGER_EVENT_UNSEEN", node_id="t1", field="data.event")
 def _published_where_the_clinic_spells_its_events_its_own_way() -> ValidationReport:
     return _published(base(), events=("completed", "no-show"))

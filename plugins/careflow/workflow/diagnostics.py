@@ -91,6 +91,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         "At publish: the workflow's clinic has a timezone careflow does not know (KST), so the "
         "workflow's stands in for it (told, not stored with the version).",
     ),
+    "WF_DRAFT_STOPS_ACTIVE": (
+        _W,
+        "At publish: a draft published over an active version stops the workflow (only an active "
+        "one becomes a DAG; told with the result).",
+    ),
     "FIELD_IGNORED": (_I, "Fields careflow does not know (and that are not builder UI fields) are ignored."),
     "DIAGNOSTICS_TRUNCATED": (_I, "Too many findings; only the first ones are listed."),
     # Nodes.
