@@ -189,9 +189,9 @@ EVENTS_QUIET_DAYS = 7
 
 def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
-    clinic not among the clinics or its timezone not one careflow knows, its trigger's events spelt
-    the clinic's system's way; and, for an active one, its trigger's events none yet, or the
-    clinic's events none for a week."""
+    clinic not among the clinics or its timezone not one careflow knows, its trigger's events or its
+    appointments' statuses spelt the clinic's system's way; and, for an active one, its trigger's
+    events none yet, or the clinic's events none for a week."""
     from careflow.publishing import clinic_data_unmatched
     from careflow.store.db import get_engine
 

@@ -42,7 +42,7 @@ from careflow.store import tables
 from careflow.store.db import database_name, database_unusable, get_engine, unstorable_character
 from careflow.store.migrations import schema_out_of_reach
 from careflow.workflow.diagnostics import Diagnostic, make
-from careflow.workflow.models import TRIGGER_EVENTS, Workflow
+from careflow.workflow.models import APPOINTMENT_STATUSES, TRIGGER_EVENTS, Workflow
 from careflow.workflow.validation import ValidationReport, validate_paths
 
 
@@ -212,6 +212,7 @@ def clinic_data_unmatched(
                     _clinic_unknown(conn, clinic_id, database_name(engine))
                     or _clinic_timezone_unknown(conn, clinic_id, timezone_name),
                     _event_unseen(conn, clinic_id, event, trigger_id),
+                    _statuses_unknown(conn, clinic_id),
                 )
                 if told is not None
             ]
@@ -290,6 +291,29 @@ def _event_unseen(conn: Connection, clinic_id: str, event: str, trigger_id: str)
         "clinic's types to careflow's in the view careflow reads (docs/contracts.md §2)",
         node_id=trigger_id,
         field="data.event",
+    )
+
+
+#: The appointments of a clinic whose statuses are looked at: the clinic's data has no index on
+#: its appointments' clinic, and a status spelt its system's way is in most of them.
+STATUS_SAMPLE = 1000
+
+
+def _statuses_unknown(conn: Connection, clinic_id: str) -> Diagnostic | None:
+    a = tables.appointments
+    seen = set(
+        conn.execute(select(a.c.status).where(a.c.clinic_id == clinic_id).limit(STATUS_SAMPLE)).scalars()
+    )
+    unknown = sorted(str(status) for status in seen if status not in APPOINTMENT_STATUSES)
+    if not unknown:
+        return None
+    return make(
+        "APPOINTMENT_STATUS_UNKNOWN",
+        f"The clinic's appointments of clinic {clinic_id} hold statuses careflow does not know: "
+        f"{_some(unknown)}. careflow reads {', '.join(APPOINTMENT_STATUSES)}: an upcoming appointment "
+        "(patient.has_upcoming_appointment) is a scheduled one, and a condition on appointment.status "
+        "compares with these; map the clinic's statuses in the view careflow reads (docs/contracts.md §2)",
+        field="clinic_id",
     )
 
 

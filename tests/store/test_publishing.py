@@ -428,6 +428,46 @@ def test_a_draft_published_over_the_active_version_is_told_it_stops_the_workflow
     assert published("paused", "임플란트 (휴가)") == []
 
 
+def test_appointment_statuses_the_clinic_spells_its_own_way_are_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """``booked`` for ``scheduled``: nobody would have an upcoming appointment, and a condition on
+    the status would take the other branch for every patient, silently."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import insert
+
+    at = datetime(2026, 3, 2, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(tables.appointments),
+            [
+                {"id": f"a{n}", "patient_id": "p1", "clinic_id": clinic, "type": "checkup", "status": status,
+                 "scheduled_at": at, "created_at": at}
+                for n, (clinic, status) in enumerate(
+                    [("gangnam-01", "booked"), ("gangnam-01", "done"), ("gangnam-01", "scheduled"),
+                     ("busan-02", "예약")]
+                )
+            ],
+        )  # fmt: skip
+    code, (result,) = _publish(workflows_dir, IMPLANT)
+    assert code == 0
+    assert [d["message"] for d in result["diagnostics"] if d["code"] == "APPOINTMENT_STATUS_UNKNOWN"] == [
+        "The clinic's appointments of clinic gangnam-01 hold statuses careflow does not know: booked, "
+        "done. careflow reads scheduled, completed, cancelled, no_show: an upcoming appointment "
+        "(patient.has_upcoming_appointment) is a scheduled one, and a condition on appointment.status "
+        "compares with these; map the clinic's statuses in the view careflow reads (docs/contracts.md §2)"
+    ]
+
+    with engine.begin() as conn:
+        a = tables.appointments
+        conn.execute(a.update().where(a.c.status == "booked").values(status="scheduled"))
+        conn.execute(a.update().where(a.c.status == "done").values(status="completed"))
+    code, (result,) = _publish(workflows_dir, IMPLANT)
+    assert (code, result["action"]) == (0, "unchanged")
+    assert [d for d in result["diagnostics"] if d["code"] == "APPOINTMENT_STATUS_UNKNOWN"] == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

@@ -110,11 +110,14 @@ def _a_stage_crashes() -> ValidationReport:
 
 
 def _published(
-    *workflows: dict[str, Any], events: tuple[str, ...] = (), clinic_timezone: str | None = None
+    *workflows: dict[str, Any],
+    events: tuple[str, ...] = (),
+    clinic_timezone: str | None = None,
+    statuses: tuple[str, ...] = (),
 ) -> ValidationReport:
     """The report of publishing the last of ``workflows``, each after the other, in a new database
-    whose clinic's data holds an event of each type in ``events`` (and the clinic, with
-    ``clinic_timezone``, when one is given)."""
+    whose clinic's data holds an event of each type in ``events``, an appointment of each status in
+    ``statuses`` (and the clinic, with ``clinic_timezone``, when one is given)."""
     import tempfile
 
     from sqlalchemy import create_engine, insert
@@ -129,6 +132,14 @@ def _published(
             upgrade(engine)
             with engine.begin() as conn:
                 clinic = workflows[-1]["clinic_id"]
+                for n, status in enumerate(statuses):
+                    conn.execute(
+                        insert(tables.appointments).values(
+                            id=f"a{n}", patient_id="p1", clinic_id=clinic, type="checkup", status=status,
+                            scheduled_at=datetime(2026, 3, 2, tzinfo=timezone.utc),
+                            created_at=datetime(2026, 3, 1, tzinfo=timezone.utc),
+                        )
+                    )  # fmt: skip
                 if clinic_timezone is not None:
                     conn.execute(
                         insert(tables.clinics).values(id=clinic, name="clinic", timezone=clinic_timezone)
@@ -172,6 +183,11 @@ def _one_workflow_in_two_files_given_together() -> ValidationReport:
 @case("WF_CLINIC_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_data_has_no_such_clinic() -> ValidationReport:
     return _published(base())  # a new database: its clinics table is empty
+
+
+@case("APPOINTMENT_STATUS_UNKNOWN", field="clinic_id")
+def _published_where_the_clinic_spells_its_statuses_its_own_way() -> ValidationReport:
+    return _published(base(), statuses=("scheduled", "booked"))
 
 
 @case("WF_CLINIC_TIMEZONE_UNKNOWN", field="clinic_id")

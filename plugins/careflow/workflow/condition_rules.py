@@ -17,7 +17,7 @@ from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.facts import FACTS, fact_type, is_known_fact
 from careflow.workflow.field_errors import show
 from careflow.workflow.iso_dates import parse_date, parse_datetime
-from careflow.workflow.models import CONDITION_OPS, TRIGGER_EVENTS
+from careflow.workflow.models import APPOINTMENT_STATUSES, CONDITION_OPS, TRIGGER_EVENTS
 from careflow.workflow.storable import scalar_problem
 
 #: Deepest nesting of rule groups (the condition itself is level 1).
@@ -25,7 +25,7 @@ MAX_GROUP_DEPTH = 8
 
 #: Facts whose values come from a closed list.
 FACT_CHOICES: dict[str, tuple[str, ...]] = {
-    "appointment.status": ("scheduled", "completed", "cancelled", "no_show"),
+    "appointment.status": APPOINTMENT_STATUSES,
     "event.type": TRIGGER_EVENTS,
 }
 

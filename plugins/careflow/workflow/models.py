@@ -27,6 +27,8 @@ TRIGGER_EVENTS = (
     "appointment_no_show",
     "appointment_rescheduled",
 )
+#: The statuses of the clinic's appointments careflow reads (docs/contracts.md §2).
+APPOINTMENT_STATUSES = ("scheduled", "completed", "cancelled", "no_show")
 CONDITION_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists", "contains")
 DURATION_UNITS = ("minutes", "hours", "days", "weeks")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
