@@ -189,9 +189,9 @@ EVENTS_QUIET_DAYS = 7
 
 def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
-    clinic not among the clinics or its timezone not one careflow knows, its trigger's events or its
-    appointments' statuses spelt the clinic's system's way; and, for an active one, its trigger's
-    events none yet, or the clinic's events none for a week."""
+    clinic not among the clinics or its timezone not one careflow knows, its trigger's events, its
+    filter's appointment types or its appointments' statuses spelt the clinic's system's way; and,
+    for an active one, its trigger's events none yet, or the clinic's events none for a week."""
     from careflow.publishing import clinic_data_unmatched
     from careflow.store.db import get_engine
 
@@ -200,7 +200,7 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
     except ConfigurationError:  # a URL careflow cannot use: careflow_db's check says which, and why
         return []
     # Asked once a clinic and trigger, said once for the workflows it holds for.
-    asked: dict[tuple[str, str, str, str, bool], list[str]] = {}
+    asked: dict[tuple[str, str, str, str, tuple[str, ...], bool], list[str]] = {}
     newest: dict[str, dict[str, datetime | None] | None] = {}  # by clinic, by event type
     said: dict[str, list[str]] = {}
     for _, compiled in published:
@@ -209,9 +209,10 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
             compiled.trigger.config.event,
             compiled.status == "active",
         )
-        key = (clinic_id, event, compiled.trigger.id, compiled.timezone, active)
+        types = tuple(compiled.trigger.config.filters.appointment_types or ())
+        key = (clinic_id, event, compiled.trigger.id, compiled.timezone, types, active)
         if key not in asked:
-            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:4])]
+            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:5])]
             if not asked[key] and active:
                 if clinic_id not in newest:
                     newest[clinic_id] = _newest_events(engine, clinic_id)

@@ -99,7 +99,12 @@ def publish_report(
     digest = content_hash(workflow)
     trigger = workflow.trigger
     told = clinic_data_unmatched(
-        engine, workflow.clinic_id, trigger.data.event, trigger.id, workflow.timezone
+        engine,
+        workflow.clinic_id,
+        trigger.data.event,
+        trigger.id,
+        workflow.timezone,
+        tuple(trigger.data.filters.appointment_types or ()),
     )
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
@@ -196,14 +201,20 @@ def publish_report(
 
 
 def clinic_data_unmatched(
-    engine: Engine, clinic_id: str, event: str, trigger_id: str, timezone_name: str
+    engine: Engine,
+    clinic_id: str,
+    event: str,
+    trigger_id: str,
+    timezone_name: str,
+    types: tuple[str, ...] = (),
 ) -> list[Diagnostic]:
     """Warnings where the clinic's data does not match what a workflow's trigger (``trigger_id``,
-    enrolling ``event`` events of ``clinic_id``) enrolls by: no such clinic, or no event of its type
-    among event types careflow does not know. Written another way than the clinic's data has it, a
-    workflow enrolls nobody, silently. And where the clinic's timezone is a name careflow does not
-    know, so that the workflow's (``timezone_name``) stands in for it. None where the data cannot
-    be read (the run says why)."""
+    enrolling ``event`` events of ``clinic_id``, of appointments of ``types`` when any are given)
+    enrolls by: no such clinic, no event of its type among event types careflow does not know, or
+    none of those events of an appointment of its types. Written another way than the clinic's data
+    has it, a workflow enrolls nobody, silently. And where the clinic's timezone is a name careflow
+    does not know, so that the workflow's (``timezone_name``) stands in for it, or its appointments'
+    statuses are spelt otherwise. None where the data cannot be read (the run says why)."""
     try:
         with engine.connect() as conn:
             return [
@@ -211,7 +222,8 @@ def clinic_data_unmatched(
                 for told in (
                     _clinic_unknown(conn, clinic_id, database_name(engine))
                     or _clinic_timezone_unknown(conn, clinic_id, timezone_name),
-                    _event_unseen(conn, clinic_id, event, trigger_id),
+                    _event_unseen(conn, clinic_id, event, trigger_id)
+                    or _types_unseen(conn, clinic_id, event, trigger_id, types),
                     _statuses_unknown(conn, clinic_id),
                 )
                 if told is not None
@@ -291,6 +303,34 @@ def _event_unseen(conn: Connection, clinic_id: str, event: str, trigger_id: str)
         "clinic's types to careflow's in the view careflow reads (docs/contracts.md §2)",
         node_id=trigger_id,
         field="data.event",
+    )
+
+
+def _types_unseen(
+    conn: Connection, clinic_id: str, event: str, trigger_id: str, types: tuple[str, ...]
+) -> Diagnostic | None:
+    # Through the events' (clinic, type, time) index to each event's appointment: only where the
+    # clinic has the trigger's events, none of them of an appointment of the types it enrolls.
+    if not types:
+        return None
+    e, a = tables.appointment_events, tables.appointments
+    theirs = (
+        select(a.c.type)
+        .select_from(e.join(a, a.c.id == e.c.appointment_id))
+        .where(e.c.clinic_id == clinic_id, e.c.type == event)
+    )
+    if conn.execute(theirs.where(a.c.type.in_(types)).limit(1)).first() is not None:
+        return None
+    seen = list(conn.execute(theirs.distinct().order_by(a.c.type).limit(6)).scalars())
+    if not seen:  # none of the trigger's events yet (or none joined to its appointment)
+        return None
+    return make(
+        "TRIGGER_TYPE_UNSEEN",
+        f"None of the clinic's {event} events of clinic {clinic_id} is of an appointment of type "
+        f"{', '.join(types)}: their appointments are of types {_some(seen)}. The trigger enrolls "
+        "the appointments of the types it lists alone: spell them as the clinic's data does",
+        node_id=trigger_id,
+        field="data.filters.appointment_types",
     )
 
 

@@ -468,6 +468,59 @@ def test_appointment_statuses_the_clinic_spells_its_own_way_are_told_at_publish(
     assert [d for d in result["diagnostics"] if d["code"] == "APPOINTMENT_STATUS_UNKNOWN"] == []
 
 
+def test_appointment_types_the_trigger_filter_spells_otherwise_are_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """The trigger enrolls ``implant_surgery`` appointments, and the clinic's system calls them
+    ``임플란트``: nobody would be enrolled, silently. Said once the trigger's events are there, none
+    of them of the filter's types; not once one is."""
+    from datetime import datetime, timezone
+
+    at = datetime(2026, 3, 2, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        for n, type_ in enumerate(("임플란트", "스케일링")):
+            conn.execute(
+                tables.appointments.insert().values(
+                    id=f"a{n}",
+                    patient_id="p1",
+                    clinic_id="gangnam-01",
+                    type=type_,
+                    status="completed",
+                    scheduled_at=at,
+                    created_at=at,
+                )
+            )
+            conn.execute(
+                tables.appointment_events.insert().values(
+                    id=f"e{n}", appointment_id=f"a{n}", patient_id="p1", clinic_id="gangnam-01",
+                    type="appointment_completed", occurred_at=at,
+                )
+            )  # fmt: skip
+
+    def told() -> list[tuple[str | None, str | None, str]]:
+        code, (result,) = _publish(workflows_dir, IMPLANT)
+        assert code == 0
+        return [
+            (d["node_id"], d["field"], d["message"])
+            for d in result["diagnostics"]
+            if d["code"] == "TRIGGER_TYPE_UNSEEN"
+        ]
+
+    assert told() == [
+        (
+            "t1",
+            "data.filters.appointment_types",
+            "None of the clinic's appointment_completed events of clinic gangnam-01 is of an appointment of "
+            "type implant_surgery: their appointments are of types 스케일링, 임플란트. The trigger enrolls "
+            "the appointments of the types it lists alone: spell them as the clinic's data does",
+        )
+    ]
+    with engine.begin() as conn:
+        a = tables.appointments
+        conn.execute(a.update().where(a.c.type == "임플란트").values(type="implant_surgery"))
+    assert told() == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

@@ -185,6 +185,12 @@ def _published_where_the_clinic_data_has_no_such_clinic() -> ValidationReport:
     return _published(base())  # a new database: its clinics table is empty
 
 
+@case("TRIGGER_TYPE_UNSEEN", node_id="t1", field="data.filters.appointment_types")
+def _published_where_the_clinic_names_its_appointment_types_its_own_way() -> ValidationReport:
+    # the event's appointment (a1) is a checkup; the trigger enrolls implant_surgery alone
+    return _published(base(), events=("appointment_completed",), statuses=("completed", "completed"))
+
+
 @case("APPOINTMENT_STATUS_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_spells_its_statuses_its_own_way() -> ValidationReport:
     return _published(base(), statuses=("scheduled", "booked"))

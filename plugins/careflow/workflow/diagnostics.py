@@ -81,6 +81,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         "At publish: the clinic's appointment_events hold none of the trigger's event, and types "
         "careflow does not know (spelt the clinic's system's way; told, not stored with the version).",
     ),
+    "TRIGGER_TYPE_UNSEEN": (
+        _W,
+        "At publish: none of the clinic's events of the trigger's type is of an appointment of the "
+        "types its filter lists (spelt the clinic's system's way; told, not stored with the version).",
+    ),
     "APPOINTMENT_STATUS_UNKNOWN": (
         _W,
         "At publish: the clinic's appointments hold statuses careflow does not know (spelt the "
