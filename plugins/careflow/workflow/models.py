@@ -362,7 +362,14 @@ class Workflow(BaseModel):
     id: str = Field(pattern=ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     clinic_id: str = Field(min_length=1, max_length=64)
-    status: Literal["draft", "active", "paused", "archived"] = "active"
+    status: Literal["draft", "active", "paused", "archived"] = Field(
+        "active",
+        description=(
+            "Only an active workflow runs. Published paused (or as a draft), its executions in "
+            "flight wait where they are until a version is published active; published archived, "
+            "it is retired and they end."
+        ),
+    )
     timezone: str = "Asia/Seoul"
     settings: WorkflowSettings = Field(default_factory=lambda: WorkflowSettings())
     nodes: list[Node] = Field(max_length=MAX_NODES)
