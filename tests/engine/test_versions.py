@@ -377,3 +377,42 @@ def test_publishing_a_workflow_archived_ends_its_executions_in_flight(
         "careflow going: ended 1 executions of workflow implant-aftercare still in flight since it was "
         "archived in version 2" in caplog.messages
     )
+
+
+def test_archiving_waits_for_a_run_purging_the_workflow(engine, journey, fake, tmp_path):
+    """Publish and an active workflow's run may both end an archived one's executions: on Postgres
+    they take turns (the purge's advisory lock), rather than update the same rows at once."""
+    import threading
+
+    from careflow.publishing import publish_paths
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    c = Clinic()
+    c.completed("at_delay", kst(2025, 3, 7, 10))  # parked at d1 until Monday 10:00
+    c.load(engine)
+    doc = example("implant-aftercare")
+    record_version(engine, doc, 1)
+    journey(doc, version=1).run_days(kst(2025, 3, 7), kst(2025, 3, 9))
+    archived = tmp_path / "archived.json"
+    archived.write_text(json.dumps({**doc, "status": "archived"}), encoding="utf-8")
+
+    results: list[Any] = []
+    with engine.connect() as other, other.begin():
+        other.execute(select(func.pg_advisory_xact_lock(nodes._purge_lock_key("implant-aftercare"))))
+        publishing = threading.Thread(
+            target=lambda: results.extend(
+                publish_paths([archived], engine=engine, workflows_dir=tmp_path / "s")
+            )
+        )
+        publishing.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        for _ in range(200):  # the publish is seen waiting for the lock
+            if other.exec_driver_sql(waiting).scalar():
+                break
+            publishing.join(0.05)
+        assert other.exec_driver_sql(waiting).scalar() == 1
+        assert results == []
+    publishing.join(30)
+    assert [(r.action, r.ended) for r in results] == [("published", 1)]
+    assert executions(engine, "implant-aftercare")["at_delay"]["status"] == "exited"

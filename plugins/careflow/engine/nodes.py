@@ -448,6 +448,8 @@ def end_archived(conn: Any, workflow_id: str, version: int, now: datetime) -> in
     in_flight = and_(x.c.workflow_id == workflow_id, x.c.status.in_(("running", "waiting")))
     if not conn.execute(select(exists().where(in_flight))).scalar():
         return 0  # the common case, one statement
+    if conn.dialect.name == "postgresql":  # publish and a run's purge take turns (the purge's lock)
+        conn.execute(select(func.pg_advisory_xact_lock(_purge_lock_key(workflow_id))))
     at = (
         select(func.min(s.c.node_id))
         .where(s.c.execution_id == x.c.id, s.c.status.in_(st.OPEN_STATES))
@@ -513,7 +515,8 @@ def _purge_stopped_workflows(
     try:
         for workflow_id, version, status, days in stopped:
             with st.batch_transaction(ctx, report) as conn:
-                if conn.dialect.name == "postgresql":
+                postgres = conn.dialect.name == "postgresql"
+                if postgres:
                     report.queries += 1
                     if not conn.execute(
                         select(func.pg_try_advisory_xact_lock(_purge_lock_key(workflow_id)))
@@ -522,7 +525,9 @@ def _purge_stopped_workflows(
                 ended = end_archived(conn, workflow_id, version, ctx.now) if status == "archived" else 0
                 purged = _purge(conn, workflow_id, _retention_cutoff(ctx.now, days))
                 report.queries += (
-                    (1 + (3 if ended else 0) if status == "archived" else 0) + 1 + (3 if purged else 0)
+                    (1 + (3 + int(postgres) if ended else 0) if status == "archived" else 0)
+                    + 1
+                    + (3 if purged else 0)
                 )
             if ended:
                 log.info(
