@@ -190,9 +190,10 @@ EVENTS_QUIET_DAYS = 7
 def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
     clinic not among the clinics or its timezone not one careflow knows, its trigger's events, its
-    filter's appointment types or its appointments' statuses spelt the clinic's system's way; and,
-    for an active one, its trigger's events none yet, or the clinic's events none for a week."""
-    from careflow.publishing import clinic_data_unmatched
+    filter's appointment types or its appointments' statuses spelt the clinic's system's way, no
+    birth date for its age filter; and, for an active one, its trigger's events none yet, or the
+    clinic's events none for a week."""
+    from careflow.publishing import clinic_data_unmatched, filters_by_age
     from careflow.store.db import get_engine
 
     try:
@@ -200,7 +201,7 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
     except ConfigurationError:  # a URL careflow cannot use: careflow_db's check says which, and why
         return []
     # Asked once a clinic and trigger, said once for the workflows it holds for.
-    asked: dict[tuple[str, str, str, str, tuple[str, ...], bool], list[str]] = {}
+    asked: dict[tuple[str, str, str, str, tuple[str, ...], bool, bool], list[str]] = {}
     newest: dict[str, dict[str, datetime | None] | None] = {}  # by clinic, by event type
     said: dict[str, list[str]] = {}
     for _, compiled in published:
@@ -209,10 +210,12 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
             compiled.trigger.config.event,
             compiled.status == "active",
         )
-        types = tuple(compiled.trigger.config.filters.appointment_types or ())
-        key = (clinic_id, event, compiled.trigger.id, compiled.timezone, types, active)
+        filters = compiled.trigger.config.filters
+        types = tuple(filters.appointment_types or ())
+        ages = filters_by_age(filters)
+        key = (clinic_id, event, compiled.trigger.id, compiled.timezone, types, ages, active)
         if key not in asked:
-            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:5])]
+            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:6])]
             if not asked[key] and active:
                 if clinic_id not in newest:
                     newest[clinic_id] = _newest_events(engine, clinic_id)

@@ -19,13 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, type_coerce
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.types import NullType
 
 from careflow import settings
 from careflow.compiler.hashing import canonical_document, content_hash
-from careflow.engine.facts_builder import known_timezone
+from careflow.engine.facts_builder import as_date, known_timezone
 from careflow.engine.nodes import end_archived
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
 from careflow.snapshots import (
@@ -105,6 +106,7 @@ def publish_report(
         trigger.id,
         workflow.timezone,
         tuple(trigger.data.filters.appointment_types or ()),
+        filters_by_age(trigger.data.filters),
     )
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
@@ -207,14 +209,16 @@ def clinic_data_unmatched(
     trigger_id: str,
     timezone_name: str,
     types: tuple[str, ...] = (),
+    ages: bool = False,
 ) -> list[Diagnostic]:
     """Warnings where the clinic's data does not match what a workflow's trigger (``trigger_id``,
-    enrolling ``event`` events of ``clinic_id``, of appointments of ``types`` when any are given)
-    enrolls by: no such clinic, no event of its type among event types careflow does not know, or
-    none of those events of an appointment of its types. Written another way than the clinic's data
-    has it, a workflow enrolls nobody, silently. And where the clinic's timezone is a name careflow
-    does not know, so that the workflow's (``timezone_name``) stands in for it, or its appointments'
-    statuses are spelt otherwise. None where the data cannot be read (the run says why)."""
+    enrolling ``event`` events of ``clinic_id``, of appointments of ``types`` when any are given,
+    of patients of an age when ``ages``) enrolls by: no such clinic, no event of its type among
+    event types careflow does not know, none of those events of an appointment of its types, or no
+    patient's birth date to tell an age by. Written another way than the clinic's data has it, a
+    workflow enrolls nobody, silently. And where the clinic's timezone is a name careflow does not
+    know, so that the workflow's (``timezone_name``) stands in for it, or its appointments' statuses
+    are spelt otherwise. None where the data cannot be read (the run says why)."""
     try:
         with engine.connect() as conn:
             return [
@@ -225,6 +229,7 @@ def clinic_data_unmatched(
                     _event_unseen(conn, clinic_id, event, trigger_id)
                     or _types_unseen(conn, clinic_id, event, trigger_id, types),
                     _statuses_unknown(conn, clinic_id),
+                    _birth_dates_unseen(conn, clinic_id, trigger_id) if ages else None,
                 )
                 if told is not None
             ]
@@ -306,6 +311,11 @@ def _event_unseen(conn: Connection, clinic_id: str, event: str, trigger_id: str)
     )
 
 
+def filters_by_age(filters: Any) -> bool:
+    """Whether a trigger's ``filters`` enroll patients of an age alone."""
+    return filters.min_age is not None or filters.max_age is not None
+
+
 def _types_unseen(
     conn: Connection, clinic_id: str, event: str, trigger_id: str, types: tuple[str, ...]
 ) -> Diagnostic | None:
@@ -331,6 +341,36 @@ def _types_unseen(
         "the appointments of the types it lists alone: spell them as the clinic's data does",
         node_id=trigger_id,
         field="data.filters.appointment_types",
+    )
+
+
+#: The patients of a clinic whose birth dates are looked at, through its patients' clinic index.
+BIRTH_DATE_SAMPLE = 1000
+
+
+def _birth_dates_unseen(conn: Connection, clinic_id: str, trigger_id: str) -> Diagnostic | None:
+    p = tables.patients
+    # as stored: a view may hand out text, and one readable date is enough
+    dates = conn.execute(
+        select(type_coerce(p.c.birth_date, NullType()))
+        .where(p.c.clinic_id == clinic_id)
+        .limit(BIRTH_DATE_SAMPLE)
+    ).scalars()
+    read = [value for value in dates if value is not None]
+    if not read and conn.execute(select(p.c.id).where(p.c.clinic_id == clinic_id).limit(1)).first() is None:
+        return None  # no patients yet
+    for value in read:
+        with suppress(ValueError):
+            if as_date(value) is not None:
+                return None
+    return make(
+        "TRIGGER_AGE_UNKNOWN",
+        f"The trigger enrolls patients of an age, and none of clinic {clinic_id}'s patients (of the "
+        f"first {BIRTH_DATE_SAMPLE:,} read) has a birth date careflow can read: a patient without "
+        "one is never enrolled, so nobody would be; give the view careflow reads the clinic's birth "
+        "dates (docs/contracts.md §2), or drop the age filter",
+        node_id=trigger_id,
+        field="data.filters",
     )
 
 

@@ -521,6 +521,49 @@ def test_appointment_types_the_trigger_filter_spells_otherwise_are_told_at_publi
     assert told() == []
 
 
+def test_an_age_filter_where_no_patient_has_a_birth_date_is_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """A view that leaves birth_date empty: an age-filtered trigger would enroll nobody. Said,
+    not for a clinic with no patients yet, and not once one birth date can be read."""
+    from datetime import date
+
+    offer = EXAMPLES / "scaling-whitening-offer.json"  # its trigger: min_age 19
+
+    def told() -> list[tuple[str | None, str | None, str]]:
+        code, (result,) = _publish(workflows_dir, offer)
+        assert code == 0
+        return [
+            (d["node_id"], d["field"], d["message"])
+            for d in result["diagnostics"]
+            if d["code"] == "TRIGGER_AGE_UNKNOWN"
+        ]
+
+    assert told() == []  # no patients yet
+    with engine.begin() as conn:
+        conn.execute(
+            tables.patients.insert(),
+            [
+                {"id": f"p{n}", "clinic_id": "gangnam-01", "name": "환자", "birth_date": None}
+                for n in range(3)
+            ],
+        )
+    assert told() == [
+        (
+            "t1",
+            "data.filters",
+            "The trigger enrolls patients of an age, and none of clinic gangnam-01's patients (of the first "
+            "1,000 read) has a birth date careflow can read: a patient without one is never enrolled, so "
+            "nobody would be; give the view careflow reads the clinic's birth dates (docs/contracts.md §2), "
+            "or drop the age filter",
+        )
+    ]
+    with engine.begin() as conn:
+        p = tables.patients
+        conn.execute(p.update().where(p.c.id == "p1").values(birth_date=date(1990, 5, 1)))
+    assert told() == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -114,10 +114,12 @@ def _published(
     events: tuple[str, ...] = (),
     clinic_timezone: str | None = None,
     statuses: tuple[str, ...] = (),
+    birth_dates: tuple[date | None, ...] = (),
 ) -> ValidationReport:
     """The report of publishing the last of ``workflows``, each after the other, in a new database
     whose clinic's data holds an event of each type in ``events``, an appointment of each status in
-    ``statuses`` (and the clinic, with ``clinic_timezone``, when one is given)."""
+    ``statuses``, a patient of each birth date in ``birth_dates`` (and the clinic, with
+    ``clinic_timezone``, when one is given)."""
     import tempfile
 
     from sqlalchemy import create_engine, insert
@@ -140,6 +142,12 @@ def _published(
                             created_at=datetime(2026, 3, 1, tzinfo=timezone.utc),
                         )
                     )  # fmt: skip
+                for n, born in enumerate(birth_dates):
+                    conn.execute(
+                        insert(tables.patients).values(
+                            id=f"p{n}", clinic_id=clinic, name="환자", birth_date=born
+                        )
+                    )
                 if clinic_timezone is not None:
                     conn.execute(
                         insert(tables.clinics).values(id=clinic, name="clinic", timezone=clinic_timezone)
@@ -189,6 +197,11 @@ def _published_where_the_clinic_data_has_no_such_clinic() -> ValidationReport:
 def _published_where_the_clinic_names_its_appointment_types_its_own_way() -> ValidationReport:
     # the event's appointment (a1) is a checkup; the trigger enrolls implant_surgery alone
     return _published(base(), events=("appointment_completed",), statuses=("completed", "completed"))
+
+
+@case("TRIGGER_AGE_UNKNOWN", node_id="t1", field="data.filters")
+def _published_where_the_clinic_data_has_no_birth_dates() -> ValidationReport:
+    return _published(broken(lambda w: data(w, "t1")["filters"].update(min_age=19)), birth_dates=(None, None))
 
 
 @case("APPOINTMENT_STATUS_UNKNOWN", field="clinic_id")
