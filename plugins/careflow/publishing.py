@@ -351,15 +351,16 @@ BIRTH_DATE_SAMPLE = 1000
 def _birth_dates_unseen(conn: Connection, clinic_id: str, trigger_id: str) -> Diagnostic | None:
     p = tables.patients
     # as stored: a view may hand out text, and one readable date is enough
-    dates = conn.execute(
-        select(type_coerce(p.c.birth_date, NullType()))
-        .where(p.c.clinic_id == clinic_id)
-        .limit(BIRTH_DATE_SAMPLE)
-    ).scalars()
-    read = [value for value in dates if value is not None]
-    if not read and conn.execute(select(p.c.id).where(p.c.clinic_id == clinic_id).limit(1)).first() is None:
+    dates = list(
+        conn.execute(
+            select(type_coerce(p.c.birth_date, NullType()))
+            .where(p.c.clinic_id == clinic_id)
+            .limit(BIRTH_DATE_SAMPLE)
+        ).scalars()
+    )
+    if not dates:
         return None  # no patients yet
-    for value in read:
+    for value in dates:
         with suppress(ValueError):
             if as_date(value) is not None:
                 return None

@@ -379,6 +379,7 @@ def test_publishing_a_workflow_archived_ends_its_executions_in_flight(
     )
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite has one writer at a time
 def test_archiving_waits_for_a_run_purging_the_workflow(engine, journey, fake, tmp_path):
     """Publish and an active workflow's run may both end an archived one's executions: on Postgres
     they take turns (the purge's advisory lock), rather than update the same rows at once."""
@@ -386,8 +387,6 @@ def test_archiving_waits_for_a_run_purging_the_workflow(engine, journey, fake, t
 
     from careflow.publishing import publish_paths
 
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time")
     c = Clinic()
     c.completed("at_delay", kst(2025, 3, 7, 10))  # parked at d1 until Monday 10:00
     c.load(engine)
