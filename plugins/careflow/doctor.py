@@ -193,7 +193,7 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
     filter's appointment types or its appointments' statuses spelt the clinic's system's way, no
     birth date for its age filter; and, for an active one, its trigger's events none yet, or the
     clinic's events none for a week."""
-    from careflow.publishing import clinic_data_unmatched, filters_by_age
+    from careflow.clinic_data import clinic_data_unmatched, filters_by_age
     from careflow.store.db import get_engine
 
     try:
