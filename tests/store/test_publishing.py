@@ -49,6 +49,13 @@ def _publish(workflows_dir: Path, *files: Path) -> tuple[int, list[dict]]:
     return code, json.loads(out.getvalue())
 
 
+def _told(workflows_dir: Path, path: Path, code: str) -> list[tuple[str | None, str | None, str]]:
+    """Publish ``path`` (which must publish): the node, field and message of each ``code`` it told."""
+    exit_code, (result,) = _publish(workflows_dir, path)
+    assert exit_code == 0
+    return [(d["node_id"], d["field"], d["message"]) for d in result["diagnostics"] if d["code"] == code]
+
+
 def _not_published(workflows_dir: Path, *files: Path) -> str:
     """What ``careflow workflows publish`` says on stderr where a file could not be published (exit 2)."""
     import contextlib
@@ -498,13 +505,7 @@ def test_appointment_types_the_trigger_filter_spells_otherwise_are_told_at_publi
             )  # fmt: skip
 
     def told() -> list[tuple[str | None, str | None, str]]:
-        code, (result,) = _publish(workflows_dir, IMPLANT)
-        assert code == 0
-        return [
-            (d["node_id"], d["field"], d["message"])
-            for d in result["diagnostics"]
-            if d["code"] == "TRIGGER_TYPE_UNSEEN"
-        ]
+        return _told(workflows_dir, IMPLANT, "TRIGGER_TYPE_UNSEEN")
 
     assert told() == [
         (
@@ -531,13 +532,7 @@ def test_an_age_filter_where_no_patient_has_a_birth_date_is_told_at_publish(
     offer = EXAMPLES / "scaling-whitening-offer.json"  # its trigger: min_age 19
 
     def told() -> list[tuple[str | None, str | None, str]]:
-        code, (result,) = _publish(workflows_dir, offer)
-        assert code == 0
-        return [
-            (d["node_id"], d["field"], d["message"])
-            for d in result["diagnostics"]
-            if d["code"] == "TRIGGER_AGE_UNKNOWN"
-        ]
+        return _told(workflows_dir, offer, "TRIGGER_AGE_UNKNOWN")
 
     assert told() == []  # no patients yet
     with engine.begin() as conn:
