@@ -229,7 +229,8 @@ def _held(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """A warning for each workflow published paused or archived (or as a draft) that executions
     are still in: Airflow runs nothing of it, so they wait where they are until a version is
     published active (an archived one's are ended, :func:`_held_until`). A choice someone made,
-    but patients it holds."""
+    but patients it holds. And one for each draft published over an active version, whatever it
+    holds: seldom a choice."""
     from sqlalchemy import func, select
     from sqlalchemy.exc import DBAPIError
 
@@ -239,7 +240,8 @@ def _held(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     stopped = {compiled.workflow_id: compiled for _, compiled in published if compiled.status != "active"}
     if not stopped:
         return []
-    x = tables.executions
+    x, v = tables.executions, tables.workflow_versions
+    drafts = sorted(workflow_id for workflow_id, compiled in stopped.items() if compiled.status == "draft")
     try:
         with get_engine().connect() as conn:
             held: dict[str, int] = dict(
@@ -249,17 +251,35 @@ def _held(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
                     .group_by(x.c.workflow_id)
                 ).all()
             )
+            # A draft (or drafts) over an active version: the builder's export of a workflow being
+            # edited, which stopped it (publish said so, WF_DRAFT_STOPS_ACTIVE); said whatever it holds.
+            before: dict[str, tuple[int, str]] = {}  # the newest version that is not a draft
+            for workflow_id, version, status in conn.execute(
+                select(v.c.workflow_id, v.c.version, v.c.status).where(
+                    v.c.workflow_id.in_(drafts), v.c.status != "draft"
+                )
+            ):
+                before[workflow_id] = max(before.get(workflow_id, (0, "")), (version, status))
     except (ConfigurationError, DBAPIError):  # careflow_db's check says why
         return []
-    return [
-        Finding(
-            WARNING,
-            f"workflow {workflow_id}",
-            f"{stopped[workflow_id].status} since version {stopped[workflow_id].version}, with "
-            f"{held[workflow_id]} execution(s) in flight: {_held_until(stopped[workflow_id].status)}",
-        )
-        for workflow_id in sorted(held)
-    ]
+    was_active = {
+        workflow_id: version for workflow_id, (version, status) in before.items() if status == "active"
+    }
+    findings = []
+    for workflow_id in sorted(set(held) | set(was_active)):
+        compiled = stopped[workflow_id]
+        since = f"{compiled.status} since version {compiled.version}"
+        if workflow_id in was_active:
+            since += f", published over active version {was_active[workflow_id]}"
+        if workflow_id in held:
+            text = f"{since}, with {held[workflow_id]} execution(s) in flight: {_held_until(compiled.status)}"
+        else:
+            text = (
+                f"{since}: Airflow runs nothing of it (the builder exports a workflow being edited as "
+                "a draft); publish it with status active to run it again"
+            )
+        findings.append(Finding(WARNING, f"workflow {workflow_id}", text))
+    return findings
 
 
 def _held_until(status: str) -> str:

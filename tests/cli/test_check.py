@@ -657,6 +657,42 @@ def test_executions_held_in_a_workflow_published_paused_are_counted(
     ]
 
 
+def test_a_draft_published_over_the_active_version_is_said_to_have_stopped_it(
+    home: dict[str, str], tmp_path: Path
+) -> None:
+    """The builder exports a workflow being edited as a draft: published, it stopped the workflow
+    (publish warned of it). check says so as long as it lasts, nothing in flight or not; not of a
+    draft over a paused version, stopped on purpose."""
+    document = json.loads((EXAMPLES / "implant-aftercare.json").read_text(encoding="utf-8"))
+
+    def publish(status: str, name: str) -> None:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**document, "status": status, "name": name}, ensure_ascii=False), "utf-8")
+        done = _careflow(home, "workflows", "publish", str(path))
+        assert done.returncode == 0, done.stderr
+
+    def said() -> list[str]:
+        found = json.loads(_careflow(home, "check", "--json").stdout)
+        return [
+            f["text"]
+            for f in found
+            if f["subject"] == "workflow implant-aftercare" and " since version " in f["text"]
+        ]
+
+    assert _careflow(home, "db", "upgrade").returncode == 0
+    publish("active", "v1")
+    assert said() == []
+    publish("draft", "v2")
+    publish("draft", "v3")  # a draft over a draft: the active version before them still counts
+    assert said() == [
+        "draft since version 3, published over active version 1: Airflow runs nothing of it (the "
+        "builder exports a workflow being edited as a draft); publish it with status active to run it again"
+    ]
+    publish("paused", "v4")
+    publish("draft", "v5")
+    assert said() == []
+
+
 @pytest.mark.redis
 def test_celery_workers_are_asked_on_the_broker(home: dict[str, str]) -> None:
     """With the CeleryExecutor only a worker runs what the scheduler queues, and workers do not
