@@ -47,8 +47,7 @@ def clinic_data_unmatched(
             return [
                 told
                 for told in (
-                    _clinic_unknown(conn, clinic_id, database_name(engine))
-                    or _clinic_timezone_unknown(conn, clinic_id, timezone_name),
+                    _clinic_unknown(conn, clinic_id, database_name(engine), timezone_name),
                     _event_unseen(conn, clinic_id, event, trigger_id)
                     or _types_unseen(conn, clinic_id, event, trigger_id, types),
                     _statuses_unknown(conn, clinic_id),
@@ -64,10 +63,12 @@ def _some(values: list[Any], shown: int = 5) -> str:
     return ", ".join(map(str, values[:shown])) + (" and more" if len(values) > shown else "")
 
 
-def _clinic_unknown(conn: Connection, clinic_id: str, database: str) -> Diagnostic | None:
+def _clinic_unknown(conn: Connection, clinic_id: str, database: str, timezone_name: str) -> Diagnostic | None:
+    """No clinic ``clinic_id``; or, one read of its row, its timezone a name careflow does not know."""
     c = tables.clinics
-    if conn.execute(select(c.c.id).where(c.c.id == clinic_id)).first() is not None:
-        return None
+    found = conn.execute(select(c.c.timezone).where(c.c.id == clinic_id)).first()
+    if found is not None:
+        return _clinic_timezone_unknown(clinic_id, found.timezone, timezone_name)
     ids = list(conn.execute(select(c.c.id).order_by(c.c.id).limit(6)).scalars())
     return make(
         "WF_CLINIC_UNKNOWN",
@@ -78,9 +79,7 @@ def _clinic_unknown(conn: Connection, clinic_id: str, database: str) -> Diagnost
     )
 
 
-def _clinic_timezone_unknown(conn: Connection, clinic_id: str, timezone_name: str) -> Diagnostic | None:
-    c = tables.clinics
-    named = conn.execute(select(c.c.timezone).where(c.c.id == clinic_id)).scalar()
+def _clinic_timezone_unknown(clinic_id: str, named: Any, timezone_name: str) -> Diagnostic | None:
     if not isinstance(named, str) or not named.strip() or known_timezone(named) is not None:
         return None  # known, or none at all (the workflow's, as documented)
     return make(
