@@ -434,9 +434,11 @@ def _purge(conn: Any, workflow_id: str, cutoff: datetime) -> int:
     return len(ids)
 
 
-def end_archived(conn: Any, workflow_id: str, version: int, now: datetime) -> int:
+def end_archived(
+    conn: Any, workflow_id: str, version: int, now: datetime, report: NodeReport | None = None
+) -> int:
     """End the executions still in flight in ``workflow_id``, published ``archived`` in ``version``;
-    how many.
+    how many (the statements it ran counted in ``report``, a run's, where one is given).
 
     Archiving retires a workflow: no run of it moves them on again. Each open step is skipped with
     the reason ``workflow_archived_in_version_<version>`` and its execution exits with that reason and
@@ -446,9 +448,14 @@ def end_archived(conn: Any, workflow_id: str, version: int, now: datetime) -> in
     x, s = tables.executions, tables.steps
     reason = f"workflow_archived_in_version_{version}"
     in_flight = and_(x.c.workflow_id == workflow_id, x.c.status.in_(("running", "waiting")))
+    postgres = conn.dialect.name == "postgresql"
+    if report is not None:  # the one below, and where anything is in flight the four after it
+        report.queries += 1
     if not conn.execute(select(exists().where(in_flight))).scalar():
         return 0  # the common case, one statement
-    if conn.dialect.name == "postgresql":  # publish and a run's purge take turns (the purge's lock)
+    if report is not None:
+        report.queries += 3 + int(postgres)
+    if postgres:  # publish and a run's purge take turns (the purge's lock)
         conn.execute(select(func.pg_advisory_xact_lock(_purge_lock_key(workflow_id))))
     at = (
         select(func.min(s.c.node_id))
@@ -515,20 +522,17 @@ def _purge_stopped_workflows(
     try:
         for workflow_id, version, status, days in stopped:
             with st.batch_transaction(ctx, report) as conn:
-                postgres = conn.dialect.name == "postgresql"
-                if postgres:
+                if conn.dialect.name == "postgresql":
                     report.queries += 1
                     if not conn.execute(
                         select(func.pg_try_advisory_xact_lock(_purge_lock_key(workflow_id)))
                     ).scalar():
                         continue
-                ended = end_archived(conn, workflow_id, version, ctx.now) if status == "archived" else 0
-                purged = _purge(conn, workflow_id, _retention_cutoff(ctx.now, days))
-                report.queries += (
-                    (1 + (3 + int(postgres) if ended else 0) if status == "archived" else 0)
-                    + 1
-                    + (3 if purged else 0)
+                ended = (
+                    end_archived(conn, workflow_id, version, ctx.now, report) if status == "archived" else 0
                 )
+                purged = _purge(conn, workflow_id, _retention_cutoff(ctx.now, days))
+                report.queries += 1 + (3 if purged else 0)
             if ended:
                 log.info(
                     "careflow %s: ended %d executions of workflow %s still in flight since it was "
