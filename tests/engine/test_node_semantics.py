@@ -541,3 +541,26 @@ def test_executions_ended_past_the_retention_are_purged_and_never_enrolled_again
     assert again.enrolled == 0
     assert set(executions(engine, "retention")) == {"waiting", "recent"}
     assert fake.stats()["accepted_twice"] == 0 and fake.stats()["accepted"] == 3
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite has one writer at a time
+def test_a_workflow_another_run_is_purging_is_left_to_that_run(engine, journey, fake):
+    """Published active again after a pause, a workflow may be purged by another workflow's run
+    (its purge lock held) as its own run starts: that run leaves the rows to it, the next purges."""
+    from sqlalchemy import func, select
+
+    from careflow.engine import nodes
+
+    t0 = kst(2025, 3, 4)
+    c = Clinic()
+    c.completed("old", t0 - timedelta(days=40) - timedelta(hours=5))
+    c.load(engine)
+    j = journey(chain("retention", ("a", "action", action()), settings={"retention_days": 30}))
+    j.run_at(t0 - timedelta(days=40))
+    with engine.connect() as other, other.begin():
+        other.execute(select(func.pg_advisory_xact_lock(nodes._purge_lock_key("retention"))))
+        report = j.run_at(t0)["t"]
+        assert report.reasons["purged_past_retention"] == 0
+        assert set(executions(engine, "retention")) == {"old"}
+    assert j.run_at(t0 + timedelta(hours=1))["t"].reasons["purged_past_retention"] == 1
+    assert executions(engine, "retention") == {}

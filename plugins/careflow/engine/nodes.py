@@ -402,7 +402,17 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
     Only ended ones (completed, failed, exited): a running or waiting execution is kept however
     old. Their trigger events are older still, and enrollment never reads that far back, so a
     purged execution is never enrolled (nor its message sent) again.
+
+    On Postgres it takes the workflow's purge lock as another workflow's run purging it does
+    (:func:`_purge_stopped_workflows`: a workflow published active again after a pause): where that
+    run holds it, the rows are left to it, and the next run purges what is left.
     """
+    if conn.dialect.name == "postgresql":
+        report.queries += 1
+        if not conn.execute(
+            select(func.pg_try_advisory_xact_lock(_purge_lock_key(ctx.workflow_id)))
+        ).scalar():
+            return
     purged = _purge(conn, ctx.workflow_id, _retention_cutoff(ctx.now, ctx.compiled.settings.retention_days))
     report.queries += 1 + (3 if purged else 0)
     if purged:
