@@ -33,12 +33,22 @@ from careflow.engine.recipients import missing_recipient_reason, normalize_phone
         ("010-1234-56789", None),  # too long
         ("012-1234-5678", None),  # not a mobile prefix
         ("1012345678", None),  # no trunk 0, no country code
-        ("821012345678", None),  # country code without +
+        ("821012345678", "+821012345678"),  # the country code without "+", as Korean systems store it
+        ("82-10-1234-5678", "+821012345678"),
+        ("82 010-1234-5678", "+821012345678"),
+        ("０１０－１２３４－５６７８", "+821012345678"),  # full-width, as a Korean input method types it
+        ("＋８２ １０ １２３４ ５６７８", "+821012345678"),
+        ("010–1234–5678", "+821012345678"),  # en dashes a word processor wrote for hyphens
+        ("010\u22121234\u22125678", "+821012345678"),  # minus signs
+        ("010\u00a01234\u00a05678", "+821012345678"),  # no-break spaces
         ("010-1234-5678 ext 1", None),
         ("010-12a4-5678", None),
         ("+82+1012345678", None),
         ("010+1234+5678", None),
-        ("０１０-１２３４-５６７８", None),  # full-width digits
+        ("82-2-555-0101", None),  # a landline with the country code
+        ("8210123456789", None),
+        ("14155550100", None),  # another country's code without "+": not told from a national number
+        ("٠١٠١٢٣٤٥٦٧٨", None),  # digits of another script
         ("+123", None),
         ("+0 123 456 789", None),
         ("", None),

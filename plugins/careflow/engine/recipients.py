@@ -2,8 +2,11 @@
 
 * ``sms``, ``lms`` and ``kakao`` go to a mobile number in E.164 (``+821012345678``). Korean
   numbers are accepted as written by clinics (``010-1234-5678``, ``01012345678``,
-  ``010 1234 5678``, ``+82 10-1234-5678``, ``+82 010-1234-5678``) and must be mobile numbers:
-  prefix 010 with 8 digits after it, or the legacy 011/016/017/018/019 with 7 or 8. Landlines
+  ``010 1234 5678``, ``+82 10-1234-5678``, ``+82 010-1234-5678``, and ``821012345678`` as Korean
+  systems store it, the country code without ``+``: no number dialled in Korea starts with 8),
+  full-width (``０１０－１２３４－５６７８``, as a Korean input method types it) or with the dashes a
+  word processor puts for hyphens (``010–1234–5678``), and must be mobile numbers: prefix 010
+  with 8 digits after it, or the legacy 011/016/017/018/019 with 7 or 8. Landlines
   (``02-555-0101``) cannot receive these messages and are refused.
 * Numbers with another country code are accepted as E.164 (``+`` and 8 to 15 digits): careflow
   cannot tell a foreign mobile from a landline, the provider rejects the latter per message. A
@@ -18,6 +21,7 @@ to record: ``no_phone``, ``invalid_phone``, ``no_email``, ``invalid_email``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +29,8 @@ from careflow.workflow.models import CHANNELS
 
 PHONE_CHANNELS = ("sms", "lms", "kakao")
 
-_SEPARATORS = re.compile(r"[\s\-.()]")
+#: Spaces, hyphens and the dashes and minus signs a word processor writes for them, dots, brackets.
+_SEPARATORS = re.compile(r"[\s\-.()\u2010-\u2015\u2212]")
 _KOREAN_MOBILE = re.compile(r"^(?:10\d{8}|1[16789]\d{7,8})$")  # national number without the 0
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _TRUNK_ZERO = re.compile(r"\(\s*0\s*\)")  # "+44 (0)20 …": the national trunk prefix, not dialled from abroad
@@ -38,7 +43,7 @@ def normalize_phone(raw: Any) -> str | None:
     """The number in E.164, or None when it is not a number a text message can reach."""
     if not isinstance(raw, str):
         return None
-    text = raw.strip()
+    text = unicodedata.normalize("NFKC", raw).strip()  # full-width digits, plus and hyphen
     if not text or (text.count("+") > 1) or ("+" in text and not text.startswith("+")):
         return None
     if text.startswith("+"):
@@ -46,17 +51,18 @@ def normalize_phone(raw: Any) -> str | None:
     digits = _SEPARATORS.sub("", text.lstrip("+"))
     if not digits.isdigit() or not digits.isascii():
         return None
-    if text.startswith("+"):
-        if digits.startswith("82"):
-            national = digits[2:]
-            # "+82 010-…" is a common way of writing it; the trunk 0 does not belong in E.164.
-            national = national[1:] if national.startswith("0") else national
-            return f"+82{national}" if _KOREAN_MOBILE.match(national) else None
+    if text.startswith("+") and not digits.startswith("82"):
         number = f"+{digits}"
         return number if _E164.match(number) else None
-    if digits.startswith("0") and _KOREAN_MOBILE.match(digits[1:]):
-        return f"+82{digits[1:]}"
-    return None
+    if digits.startswith("82"):  # with "+" or without: no number dialled in Korea starts with 8
+        national = digits[2:]
+        # "+82 010-…" is a common way of writing it; the trunk 0 does not belong in E.164.
+        national = national[1:] if national.startswith("0") else national
+    elif digits.startswith("0"):
+        national = digits[1:]
+    else:
+        return None
+    return f"+82{national}" if _KOREAN_MOBILE.match(national) else None
 
 
 def valid_email(raw: Any) -> bool:
