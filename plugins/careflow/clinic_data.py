@@ -11,6 +11,7 @@ data is now.
 from __future__ import annotations
 
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, type_coerce
@@ -22,36 +23,55 @@ from careflow.engine.facts_builder import as_date, known_timezone
 from careflow.store import tables
 from careflow.store.db import database_name
 from careflow.workflow.diagnostics import Diagnostic, make
-from careflow.workflow.models import APPOINTMENT_STATUSES, TRIGGER_EVENTS
+from careflow.workflow.models import APPOINTMENT_STATUSES, TRIGGER_EVENTS, Workflow
 
 
-def clinic_data_unmatched(
-    engine: Engine,
-    clinic_id: str,
-    event: str,
-    trigger_id: str,
-    timezone_name: str,
-    types: tuple[str, ...] = (),
-    ages: bool = False,
-) -> list[Diagnostic]:
-    """Warnings where the clinic's data does not match what a workflow's trigger (``trigger_id``,
-    enrolling ``event`` events of ``clinic_id``, of appointments of ``types`` when any are given,
-    of patients of an age when ``ages``) enrolls by: no such clinic, no event of its type among
-    event types careflow does not know, none of those events of an appointment of its types, or no
-    patient's birth date to tell an age by. Written another way than the clinic's data has it, a
-    workflow enrolls nobody, silently. And where the clinic's timezone is a name careflow does not
-    know, so that the workflow's (``timezone_name``) stands in for it, or its appointments' statuses
-    are spelt otherwise. None where the data cannot be read (the run says why)."""
+@dataclass(frozen=True)
+class Reads:
+    """What a workflow reads of the clinic's data: its clinic, its trigger's (``trigger_id``) event
+    and appointment ``types`` (any when empty), whether it enrolls patients of an age (``ages``),
+    and the timezone that stands in for the clinic's (the workflow's)."""
+
+    clinic_id: str
+    event: str
+    trigger_id: str
+    timezone: str
+    types: tuple[str, ...] = ()
+    ages: bool = False
+
+    @classmethod
+    def of(cls, workflow: Workflow) -> Reads:
+        trigger = workflow.trigger
+        filters = trigger.data.filters
+        return cls(
+            workflow.clinic_id,
+            trigger.data.event,
+            trigger.id,
+            workflow.timezone,
+            tuple(filters.appointment_types or ()),
+            filters.min_age is not None or filters.max_age is not None,
+        )
+
+
+def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
+    """Warnings where the clinic's data does not match what a workflow ``reads``: no such clinic, no
+    event of its trigger's type among event types careflow does not know, none of those events of
+    an appointment of its types, or no patient's birth date to tell an age by. Written another way
+    than the clinic's data has it, a workflow enrolls nobody, silently. And where the clinic's
+    timezone is a name careflow does not know, so that the workflow's stands in for it, or its
+    appointments' statuses are spelt otherwise. None where the data cannot be read (the run says
+    why)."""
+    clinic_id, trigger_id = reads.clinic_id, reads.trigger_id
     try:
         with engine.connect() as conn:
             return [
                 told
                 for told in (
-                    _clinic_unknown(conn, clinic_id, database_name(engine), timezone_name),
-                    _event_unseen(conn, clinic_id, event, trigger_id)
-                    or _types_unseen(conn, clinic_id, event, trigger_id, types),
+                    _clinic_unknown(conn, clinic_id, database_name(engine), reads.timezone),
+                    _event_unseen(conn, clinic_id, reads.event, trigger_id)
+                    or _types_unseen(conn, clinic_id, reads.event, trigger_id, reads.types),
                     _statuses_unknown(conn, clinic_id),
-                    _birth_dates_unseen(conn, clinic_id, trigger_id) if ages else None,
+                    _birth_dates_unseen(conn, clinic_id, trigger_id) if reads.ages else None,
                 )
                 if told is not None
             ]
@@ -118,11 +138,6 @@ def _event_unseen(conn: Connection, clinic_id: str, event: str, trigger_id: str)
         node_id=trigger_id,
         field="data.event",
     )
-
-
-def filters_by_age(filters: Any) -> bool:
-    """Whether a trigger's ``filters`` enroll patients of an age alone."""
-    return filters.min_age is not None or filters.max_age is not None
 
 
 def _types_unseen(

@@ -193,33 +193,26 @@ def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Fin
     filter's appointment types or its appointments' statuses spelt the clinic's system's way, no
     birth date for its age filter; and, for an active one, its trigger's events none yet, or the
     clinic's events none for a week."""
-    from careflow.clinic_data import clinic_data_unmatched, filters_by_age
+    from careflow.clinic_data import Reads, clinic_data_unmatched
     from careflow.store.db import get_engine
 
     try:
         engine = get_engine()
     except ConfigurationError:  # a URL careflow cannot use: careflow_db's check says which, and why
         return []
-    # Asked once a clinic and trigger, said once for the workflows it holds for.
-    asked: dict[tuple[str, str, str, str, tuple[str, ...], bool, bool], list[str]] = {}
+    # Asked once for what workflows read alike, said once for the workflows it holds for.
+    asked: dict[tuple[Reads, bool], list[str]] = {}
     newest: dict[str, dict[str, datetime | None] | None] = {}  # by clinic, by event type
     said: dict[str, list[str]] = {}
     for _, compiled in published:
-        clinic_id, event, active = (
-            compiled.clinic_id,
-            compiled.trigger.config.event,
-            compiled.status == "active",
-        )
-        filters = compiled.trigger.config.filters
-        types = tuple(filters.appointment_types or ())
-        ages = filters_by_age(filters)
-        key = (clinic_id, event, compiled.trigger.id, compiled.timezone, types, ages, active)
+        reads = Reads.of(compiled.workflow)
+        key = (reads, compiled.status == "active")
         if key not in asked:
-            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, *key[:6])]
-            if not asked[key] and active:
-                if clinic_id not in newest:
-                    newest[clinic_id] = _newest_events(engine, clinic_id)
-                asked[key] = _events_quiet(clinic_id, event, newest[clinic_id])
+            asked[key] = [f"{told.code}: {told.message}" for told in clinic_data_unmatched(engine, reads)]
+            if not asked[key] and compiled.status == "active":
+                if reads.clinic_id not in newest:
+                    newest[reads.clinic_id] = _newest_events(engine, reads.clinic_id)
+                asked[key] = _events_quiet(reads.clinic_id, reads.event, newest[reads.clinic_id])
         for text in asked[key]:
             said.setdefault(text, []).append(compiled.workflow_id)
     return [Finding(WARNING, _workflows(ids), text) for text, ids in said.items()]

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from careflow import settings
-from careflow.clinic_data import clinic_data_unmatched, filters_by_age
+from careflow.clinic_data import Reads, clinic_data_unmatched
 from careflow.compiler.hashing import canonical_document, content_hash
 from careflow.engine.nodes import end_archived
 from careflow.exceptions import CareflowError, ConfigurationError, first_line
@@ -97,16 +97,7 @@ def publish_report(
     database = database_name(engine)
     workflow = report.workflow
     digest = content_hash(workflow)
-    trigger = workflow.trigger
-    told = clinic_data_unmatched(
-        engine,
-        workflow.clinic_id,
-        trigger.data.event,
-        trigger.id,
-        workflow.timezone,
-        tuple(trigger.data.filters.appointment_types or ()),
-        filters_by_age(trigger.data.filters),
-    )
+    told = clinic_data_unmatched(engine, Reads.of(workflow))
     v = tables.workflow_versions
     # One publish of a workflow at a time, from reading its latest version to writing its
     # snapshot: two at once would both take the next version number, and the snapshot written
