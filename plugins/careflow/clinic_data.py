@@ -1,9 +1,9 @@
 """What the clinic's data says of a published workflow, as careflow reads it (docs/contracts.md §2).
 
 Where it does not match what the workflow enrolls and decides by (its clinic, the trigger's events
-and appointment types spelt the clinic's system's way, no birth dates for an age filter,
-appointment statuses or a timezone careflow does not know), the workflow does nothing, or the wrong
-thing, without a word. ``careflow workflows publish`` tells these with its result (they are not
+and appointment types spelt the clinic's system's way, no birth dates for an age filter, no
+address its actions' channels can reach, appointment statuses or a timezone careflow does not
+know), the workflow does nothing, or the wrong thing, without a word. ``careflow workflows publish`` tells these with its result (they are not
 stored with the version: the data may be mended), and ``careflow check`` tells them again as the
 data is now.
 """
@@ -20,10 +20,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType
 
 from careflow.engine.facts_builder import as_date, known_timezone
+from careflow.engine.recipients import PHONE_CHANNELS, recipient_for
 from careflow.store import tables
 from careflow.store.db import database_name
 from careflow.workflow.diagnostics import Diagnostic, make
-from careflow.workflow.models import APPOINTMENT_STATUSES, TRIGGER_EVENTS, Workflow
+from careflow.workflow.models import APPOINTMENT_STATUSES, TRIGGER_EVENTS, ActionNode, Workflow
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Reads:
     timezone: str
     types: tuple[str, ...] = ()
     ages: bool = False
+    #: Each action's node id and channel.
+    actions: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, workflow: Workflow) -> Reads:
@@ -50,6 +53,7 @@ class Reads:
             workflow.timezone,
             tuple(filters.appointment_types or ()),
             filters.min_age is not None or filters.max_age is not None,
+            tuple((node.id, node.data.channel) for node in workflow.nodes if isinstance(node, ActionNode)),
         )
 
 
@@ -57,13 +61,14 @@ def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
     """Warnings where the clinic's data does not match what a workflow ``reads``: no such clinic, no
     event of its trigger's type among event types careflow does not know, none of those events of
     an appointment of its types, or no patient's birth date to tell an age by. Written another way
-    than the clinic's data has it, a workflow enrolls nobody, silently. And where the clinic's
-    timezone is a name careflow does not know, so that the workflow's stands in for it, or its
-    appointments' statuses are spelt otherwise. None where the data cannot be read (the run says
-    why)."""
+    than the clinic's data has it, a workflow enrolls nobody, silently. No patient's address an
+    action's channel can reach: its messages would all be skipped. And where the clinic's timezone
+    is a name careflow does not know, so that the workflow's stands in for it, or its appointments'
+    statuses are spelt otherwise. None where the data cannot be read (the run says why)."""
     clinic_id, trigger_id = reads.clinic_id, reads.trigger_id
     try:
         with engine.connect() as conn:
+            patients = _patients(conn, clinic_id) if reads.ages or reads.actions else []
             return [
                 told
                 for told in (
@@ -71,7 +76,8 @@ def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
                     _event_unseen(conn, clinic_id, reads.event, trigger_id)
                     or _types_unseen(conn, clinic_id, reads.event, trigger_id, reads.types),
                     _statuses_unknown(conn, clinic_id),
-                    _birth_dates_unseen(conn, clinic_id, trigger_id) if reads.ages else None,
+                    _birth_dates_unseen(patients, clinic_id, trigger_id) if reads.ages else None,
+                    *_addresses_unseen(patients, clinic_id, reads.actions),
                 )
                 if told is not None
             ]
@@ -168,35 +174,78 @@ def _types_unseen(
     )
 
 
-#: The patients of a clinic whose birth dates are looked at, through its patients' clinic index.
-BIRTH_DATE_SAMPLE = 1000
+#: The patients of a clinic whose birth dates and addresses are looked at, through its patients'
+#: clinic index.
+PATIENT_SAMPLE = 1000
 
 
-def _birth_dates_unseen(conn: Connection, clinic_id: str, trigger_id: str) -> Diagnostic | None:
+def _patients(conn: Connection, clinic_id: str) -> list[dict[str, Any]]:
+    """The birth date, phone and e-mail of the first :data:`PATIENT_SAMPLE` patients of the clinic,
+    as stored: a view may hand out text for a date, or a number for a phone."""
     p = tables.patients
-    # as stored: a view may hand out text, and one readable date is enough
-    dates = list(
-        conn.execute(
-            select(type_coerce(p.c.birth_date, NullType()))
-            .where(p.c.clinic_id == clinic_id)
-            .limit(BIRTH_DATE_SAMPLE)
-        ).scalars()
+    columns = (p.c.birth_date, p.c.phone, p.c.email)
+    rows = conn.execute(
+        select(*(type_coerce(column, NullType()).label(column.name) for column in columns))
+        .where(p.c.clinic_id == clinic_id)
+        .limit(PATIENT_SAMPLE)
     )
-    if not dates:
+    return [dict(row._mapping) for row in rows]
+
+
+def _birth_dates_unseen(patients: list[dict[str, Any]], clinic_id: str, trigger_id: str) -> Diagnostic | None:
+    if not patients:
         return None  # no patients yet
-    for value in dates:
+    for patient in patients:  # one readable date is enough
         with suppress(ValueError):
-            if as_date(value) is not None:
+            if as_date(patient["birth_date"]) is not None:
                 return None
     return make(
         "TRIGGER_AGE_UNKNOWN",
         f"The trigger enrolls patients of an age, and none of clinic {clinic_id}'s patients (of the "
-        f"first {BIRTH_DATE_SAMPLE:,} read) has a birth date careflow can read: a patient without "
+        f"first {PATIENT_SAMPLE:,} read) has a birth date careflow can read: a patient without "
         "one is never enrolled, so nobody would be; give the view careflow reads the clinic's birth "
         "dates (docs/contracts.md §2), or drop the age filter",
         node_id=trigger_id,
         field="data.filters",
     )
+
+
+def _addresses_unseen(
+    patients: list[dict[str, Any]], clinic_id: str, actions: tuple[tuple[str, str], ...]
+) -> list[Diagnostic]:
+    """One warning for the actions on phone channels, one for those on e-mail, where none of the
+    patients read has an address careflow can send them to: their messages would all be skipped."""
+    if not patients:
+        return []  # no patients yet
+    told = []
+    for field, address, example, addresses, channels in (
+        ("phone", "a mobile number", " (+821012345678, 010-1234-5678)", "mobile numbers", PHONE_CHANNELS),
+        ("email", "an e-mail address", "", "e-mail addresses", ("email",)),
+    ):
+        nodes = [(node_id, channel) for node_id, channel in actions if channel in channels]
+        if not nodes or any(recipient_for(nodes[0][1], patient) for patient in patients):
+            continue
+        written = sum(
+            str(patient[field] if patient[field] is not None else "").strip() != "" for patient in patients
+        )
+        told.append(
+            make(
+                "ACTION_RECIPIENT_UNSEEN",
+                f"None of clinic {clinic_id}'s patients (of the first {PATIENT_SAMPLE:,} read) has "
+                f"{address} careflow can send to{example}: {written:,} {'has' if written == 1 else 'have'} "
+                f"one careflow cannot read, {len(patients) - written:,} none. The messages of "
+                f"{_actions(nodes)} would each be skipped (invalid_{field}, no_{field}): give the view "
+                f"careflow reads the patients' {addresses} (docs/contracts.md §2)",
+                node_id=nodes[0][0],
+                field="data.channel",
+            )
+        )
+    return told
+
+
+def _actions(nodes: list[tuple[str, str]]) -> str:
+    named = [f"{node_id} ({channel})" for node_id, channel in nodes]
+    return ("action " if len(named) == 1 else "actions ") + _some(named)
 
 
 #: The appointments of a clinic whose statuses are looked at: the clinic's data has no index on

@@ -693,6 +693,34 @@ def test_a_draft_published_over_the_active_version_is_said_to_have_stopped_it(
     assert said() == []
 
 
+def test_patients_no_action_can_reach_are_said_as_the_clinic_data_is_now(home: dict[str, str]) -> None:
+    """publish told it (ACTION_RECIPIENT_UNSEEN); check tells it again while the clinic's data
+    leaves every patient without an address the workflow's actions can send to."""
+    welcome = EXAMPLES / "new-patient-welcome.json"  # welcome_kakao (kakao), welcome_email (email)
+    assert _careflow(home, "db", "upgrade").returncode == 0
+    assert _careflow(home, "workflows", "publish", str(welcome)).returncode == 0
+
+    def said() -> list[str]:
+        found = json.loads(_careflow(home, "check", "--json").stdout)
+        return [
+            f["text"].split(":")[0] + ": " + f["text"].split(". The messages of ")[1].split(" would")[0]
+            for f in found
+            if f["subject"] == "workflow new-patient-welcome"
+            and f["text"].startswith("ACTION_RECIPIENT_UNSEEN")
+        ]
+
+    with sqlite3.connect(home["CAREFLOW_DB_URL"].removeprefix("sqlite:///")) as conn:
+        conn.execute("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam-01', '강남', 'Asia/Seoul')")
+        conn.execute(
+            "INSERT INTO patients (id, clinic_id, name, phone, email) "
+            "VALUES ('p1', 'gangnam-01', '환자', '02-555-0101', 'minji@example.com')"
+        )
+    assert said() == ["ACTION_RECIPIENT_UNSEEN: action welcome_kakao (kakao)"]
+    with sqlite3.connect(home["CAREFLOW_DB_URL"].removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE patients SET phone = '010-1234-5678'")
+    assert said() == []
+
+
 @pytest.mark.redis
 def test_celery_workers_are_asked_on_the_broker(home: dict[str, str]) -> None:
     """With the CeleryExecutor only a worker runs what the scheduler queues, and workers do not

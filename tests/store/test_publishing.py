@@ -559,6 +559,66 @@ def test_an_age_filter_where_no_patient_has_a_birth_date_is_told_at_publish(
     assert told() == []
 
 
+def test_patients_without_an_address_the_actions_can_reach_are_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """A view that hands out landlines, numbers without their leading 0, or no e-mail: each message
+    of the actions on that channel would be skipped. Said once a channel kind, naming the actions;
+    not for a clinic with no patients yet, and not once one patient can be sent to."""
+    welcome = EXAMPLES / "new-patient-welcome.json"  # welcome_kakao (kakao), welcome_email (email)
+
+    def told() -> list[tuple[str | None, str | None, str]]:
+        return _told(workflows_dir, welcome, "ACTION_RECIPIENT_UNSEEN")
+
+    assert told() == []  # no patients yet
+    p = tables.patients
+    with engine.begin() as conn:
+        conn.execute(
+            p.insert(),
+            [
+                {
+                    "id": "p0",
+                    "clinic_id": "gangnam-01",
+                    "name": "환자",
+                    "phone": "02-555-0101",
+                    "email": None,
+                },
+                {
+                    "id": "p1",
+                    "clinic_id": "gangnam-01",
+                    "name": "환자",
+                    "phone": "1012345678",
+                    "email": "a@b",
+                },
+                {"id": "p2", "clinic_id": "gangnam-01", "name": "환자", "phone": " ", "email": None},
+            ],
+        )
+    assert told() == [
+        (
+            "welcome_kakao",
+            "data.channel",
+            "None of clinic gangnam-01's patients (of the first 1,000 read) has a mobile number careflow "
+            "can send to (+821012345678, 010-1234-5678): 2 have one careflow cannot read, 1 none. The "
+            "messages of action welcome_kakao (kakao) would each be skipped (invalid_phone, no_phone): "
+            "give the view careflow reads the patients' mobile numbers (docs/contracts.md §2)",
+        ),
+        (
+            "welcome_email",
+            "data.channel",
+            "None of clinic gangnam-01's patients (of the first 1,000 read) has an e-mail address "
+            "careflow can send to: 1 has one careflow cannot read, 2 none. The messages of action "
+            "welcome_email (email) would each be skipped (invalid_email, no_email): give the view "
+            "careflow reads the patients' e-mail addresses (docs/contracts.md §2)",
+        ),
+    ]
+    with engine.begin() as conn:
+        conn.execute(p.update().where(p.c.id == "p1").values(phone="821012345678"))
+    assert [node for node, _, _ in told()] == ["welcome_email"]
+    with engine.begin() as conn:
+        conn.execute(p.update().where(p.c.id == "p2").values(email="minji@example.com"))
+    assert told() == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

@@ -204,6 +204,11 @@ def _published_where_the_clinic_data_has_no_birth_dates() -> ValidationReport:
     return _published(broken(lambda w: data(w, "t1")["filters"].update(min_age=19)), birth_dates=(None, None))
 
 
+@case("ACTION_RECIPIENT_UNSEEN", node_id="a1", field="data.channel")
+def _published_where_no_patient_has_a_mobile_number() -> ValidationReport:
+    return _published(base(), birth_dates=(None, None))  # two patients, neither with a phone
+
+
 @case("APPOINTMENT_STATUS_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_spells_its_statuses_its_own_way() -> ValidationReport:
     return _published(base(), statuses=("scheduled", "booked"))

@@ -91,6 +91,12 @@ CODES: dict[str, tuple[Severity, str]] = {
         "At publish: the trigger filters by age and none of the clinic's patients read has a birth "
         "date careflow can read, so nobody would be enrolled (told, not stored with the version).",
     ),
+    "ACTION_RECIPIENT_UNSEEN": (
+        _W,
+        "At publish: none of the clinic's patients read has a phone number (or an e-mail address) "
+        "the action's channel can reach, so each of its messages would be skipped (told, not stored "
+        "with the version).",
+    ),
     "APPOINTMENT_STATUS_UNKNOWN": (
         _W,
         "At publish: the clinic's appointments hold statuses careflow does not know (spelt the "
