@@ -3,7 +3,8 @@
 Where it does not match what the workflow enrolls and decides by (its clinic, the trigger's events
 and appointment types spelt the clinic's system's way, no birth dates for an age filter, no
 address its actions' channels can reach, appointment statuses or a timezone careflow does not
-know), the workflow does nothing, or the wrong thing, without a word. ``careflow workflows publish`` tells these with its result (they are not
+know, appointment times read hours off), the workflow does nothing, or the wrong thing, without a
+word. ``careflow workflows publish`` tells these with its result (they are not
 stored with the version: the data may be mended), and ``careflow check`` tells them again as the
 data is now.
 """
@@ -12,19 +13,21 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import time, timedelta
 from typing import Any
 
 from sqlalchemy import select, type_coerce
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType
 
-from careflow.engine.facts_builder import as_date, known_timezone
+from careflow.engine.facts_builder import as_date, as_utc, known_timezone
 from careflow.engine.recipients import PHONE_CHANNELS, recipient_for
 from careflow.store import tables
 from careflow.store.db import database_name
 from careflow.workflow.diagnostics import Diagnostic, make
 from careflow.workflow.models import APPOINTMENT_STATUSES, TRIGGER_EVENTS, ActionNode, Workflow
+from careflow.workflow.timezones import zone
 
 
 @dataclass(frozen=True)
@@ -63,19 +66,27 @@ def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
     an appointment of its types, or no patient's birth date to tell an age by. Written another way
     than the clinic's data has it, a workflow enrolls nobody, silently. No patient's address an
     action's channel can reach: its messages would all be skipped. And where the clinic's timezone
-    is a name careflow does not know, so that the workflow's stands in for it, or its appointments'
-    statuses are spelt otherwise. None where the data cannot be read (the run says why)."""
+    is a name careflow does not know, so that the workflow's stands in for it, its appointments'
+    statuses are spelt otherwise, or their times read hours off. None where the data cannot be read
+    (the run says why)."""
     clinic_id, trigger_id = reads.clinic_id, reads.trigger_id
     try:
         with engine.connect() as conn:
+            clinic = conn.execute(
+                select(tables.clinics.c.timezone).where(tables.clinics.c.id == clinic_id)
+            ).first()
+            # Whose clock the clinic's patients are timed by, but for those with a timezone of their own.
+            zone_name = (clinic and known_timezone(clinic.timezone)) or reads.timezone
             patients = _patients(conn, clinic_id) if reads.ages or reads.actions else []
+            appointments = _appointments(conn, clinic_id)
             return [
                 told
                 for told in (
-                    _clinic_unknown(conn, clinic_id, database_name(engine), reads.timezone),
+                    _clinic_unknown(conn, clinic_id, clinic, database_name(engine), reads.timezone),
                     _event_unseen(conn, clinic_id, reads.event, trigger_id)
                     or _types_unseen(conn, clinic_id, reads.event, trigger_id, reads.types),
-                    _statuses_unknown(conn, clinic_id),
+                    _statuses_unknown(appointments, clinic_id),
+                    _times_shifted(appointments, clinic_id, zone_name),
                     _birth_dates_unseen(patients, clinic_id, trigger_id) if reads.ages else None,
                     *_addresses_unseen(patients, clinic_id, reads.actions),
                 )
@@ -89,10 +100,11 @@ def _some(values: list[Any], shown: int = 5) -> str:
     return ", ".join(map(str, values[:shown])) + (" and more" if len(values) > shown else "")
 
 
-def _clinic_unknown(conn: Connection, clinic_id: str, database: str, timezone_name: str) -> Diagnostic | None:
-    """No clinic ``clinic_id``; or, one read of its row, its timezone a name careflow does not know."""
+def _clinic_unknown(
+    conn: Connection, clinic_id: str, found: Row[Any] | None, database: str, timezone_name: str
+) -> Diagnostic | None:
+    """No clinic ``clinic_id`` (``found`` its row); or its timezone a name careflow does not know."""
     c = tables.clinics
-    found = conn.execute(select(c.c.timezone).where(c.c.id == clinic_id)).first()
     if found is not None:
         return _clinic_timezone_unknown(clinic_id, found.timezone, timezone_name)
     ids = list(conn.execute(select(c.c.id).order_by(c.c.id).limit(6)).scalars())
@@ -248,17 +260,26 @@ def _actions(nodes: list[tuple[str, str]]) -> str:
     return ("action " if len(named) == 1 else "actions ") + _some(named)
 
 
-#: The appointments of a clinic whose statuses are looked at: the clinic's data has no index on
-#: its appointments' clinic, and a status spelt its system's way is in most of them.
-STATUS_SAMPLE = 1000
+#: The appointments of a clinic whose statuses and times are looked at: the clinic's data has no
+#: index on its appointments' clinic, and a status spelt its system's way, or a time read hours
+#: off, is in most of them.
+APPOINTMENT_SAMPLE = 1000
 
 
-def _statuses_unknown(conn: Connection, clinic_id: str) -> Diagnostic | None:
+def _appointments(conn: Connection, clinic_id: str) -> list[tuple[Any, Any]]:
+    """The status and time of the first :data:`APPOINTMENT_SAMPLE` appointments of the clinic the
+    database hands out, the time as stored (a view may hand out text, or a time without a zone)."""
     a = tables.appointments
-    seen = set(
-        conn.execute(select(a.c.status).where(a.c.clinic_id == clinic_id).limit(STATUS_SAMPLE)).scalars()
+    rows = conn.execute(
+        select(a.c.status, type_coerce(a.c.scheduled_at, NullType()))
+        .where(a.c.clinic_id == clinic_id)
+        .limit(APPOINTMENT_SAMPLE)
     )
-    unknown = sorted(str(status) for status in seen if status not in APPOINTMENT_STATUSES)
+    return [(status, at) for status, at in rows]
+
+
+def _statuses_unknown(appointments: list[tuple[Any, Any]], clinic_id: str) -> Diagnostic | None:
+    unknown = sorted({str(status) for status, _ in appointments if status not in APPOINTMENT_STATUSES})
     if not unknown:
         return None
     return make(
@@ -267,5 +288,64 @@ def _statuses_unknown(conn: Connection, clinic_id: str) -> Diagnostic | None:
         f"{_some(unknown)}. careflow reads {', '.join(APPOINTMENT_STATUSES)}: an upcoming appointment "
         "(patient.has_upcoming_appointment) is a scheduled one, and a condition on appointment.status "
         "compares with these; map the clinic's statuses in the view careflow reads (docs/contracts.md §2)",
+        field="clinic_id",
+    )
+
+
+#: A clinic's appointments are in the daytime: from 08:00 to 20:00 on its clock.
+DAYTIME = (8, 20)
+#: The fewest appointments with a readable time whose hours are weighed.
+TIMES_WEIGHED_MIN = 20
+
+
+def _times_shifted(appointments: list[tuple[Any, Any]], clinic_id: str, zone_name: str) -> Diagnostic | None:
+    """Where most of the clinic's appointments fall at night on its clock as careflow reads their
+    times, and nearly all in the daytime read the other way round: its wall times read as UTC (a
+    column without a zone, or a view's ``AT TIME ZONE`` that made one), or UTC read as its wall
+    times. Every wait until an appointment, and each time a message gives, would be hours off."""
+    tz = zone(zone_name)
+    moments = []
+    for _, at in appointments:
+        with suppress(ValueError):
+            if (moment := as_utc(at)) is not None:
+                moments.append(moment)
+    if len(moments) < TIMES_WEIGHED_MIN:
+        return None
+    locals_ = [moment.astimezone(tz) for moment in moments]
+    if sum(local.time() == time(0) for local in locals_) * 2 > len(locals_):
+        return None  # dates without a time of day, at midnight on the clinic's clock
+
+    def daytime(hours: list[int]) -> float:
+        return sum(DAYTIME[0] <= hour < DAYTIME[1] for hour in hours) / len(hours)
+
+    read = daytime([local.hour for local in locals_])
+    hours_off = round((locals_[0].utcoffset() or timedelta(0)).total_seconds() / 3600)
+    if read >= 0.6 or hours_off == 0:
+        return None
+    # Wall times read as UTC: the clock they showed is the UTC clock careflow read. UTC read as wall
+    # times: the clock careflow read is the UTC one, so the wall clock is as far again ahead.
+    wall_as_utc = daytime([moment.hour for moment in moments])
+    utc_as_wall = daytime([(local + (local.utcoffset() or timedelta(0))).hour for local in locals_])
+    if max(wall_as_utc, utc_as_wall) < 0.9:
+        return None
+    walls = wall_as_utc >= utc_as_wall
+    # What the clinic meant is this many hours from what careflow read.
+    meant = -hours_off if walls else hours_off
+    how = (
+        f"{zone_name} wall times kept without a zone, which careflow reads as UTC (a column of type "
+        f"timestamp without time zone, or a view's AT TIME ZONE '{zone_name}' that made one): in the "
+        f"view careflow reads, write scheduled_at AT TIME ZONE '{zone_name}' for such a column"
+        if walls
+        else f"times kept in UTC converted as if they were {zone_name} wall times: in the view careflow "
+        "reads, leave a column that holds UTC as it is"
+    )
+    return make(
+        "APPOINTMENT_TIMES_SHIFTED",
+        f"Clinic {clinic_id}'s appointments fall outside {DAYTIME[0]:02d}:00-{DAYTIME[1]:02d}:00 "
+        f"{zone_name} as careflow reads their times, {1 - read:.0%} of the {len(moments):,} with a time "
+        f"(of the first {APPOINTMENT_SAMPLE:,} read); {abs(meant)} hours "
+        f"{'earlier' if meant < 0 else 'later'}, {max(wall_as_utc, utc_as_wall):.0%} would be within it. "
+        f"They look like {how}. Each wait until an appointment, and each time a message gives, "
+        f"would be {abs(hours_off)} hours off (docs/contracts.md §2)",
         field="clinic_id",
     )

@@ -619,6 +619,48 @@ def test_patients_without_an_address_the_actions_can_reach_are_told_at_publish(
     assert told() == []
 
 
+def test_appointment_times_read_hours_off_are_told_at_publish(engine: Engine, workflows_dir: Path) -> None:
+    """Seoul wall times kept without a zone are read as UTC: 10:00 becomes 19:00 in Seoul, and every
+    reminder and time in a message is nine hours off. Said from the first 1,000 appointments read;
+    not once the times are as the contract has them."""
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    a = tables.appointments
+
+    def appointments(tz: timezone | ZoneInfo) -> None:
+        """10:00 to 17:00 on the clock of ``tz``, three days."""
+        with engine.begin() as conn:
+            conn.execute(a.delete())
+            conn.execute(
+                a.insert(),
+                [
+                    {
+                        "id": f"a{n}", "patient_id": "p1", "clinic_id": "gangnam-01", "type": "checkup",
+                        "status": "scheduled",
+                        "scheduled_at": datetime(2025, 3, 3, 10, tzinfo=tz) + timedelta(days=n // 8, hours=n % 8),
+                        "created_at": datetime(2025, 3, 1, tzinfo=timezone.utc),
+                    }
+                    for n in range(24)
+                ],
+            )  # fmt: skip
+
+    appointments(timezone.utc)  # Seoul's wall times written without a zone: read as UTC
+    (told,) = _told(workflows_dir, IMPLANT, "APPOINTMENT_TIMES_SHIFTED")
+    assert told[:2] == (None, "clinic_id")
+    assert told[2] == (
+        "Clinic gangnam-01's appointments fall outside 08:00-20:00 Asia/Seoul as careflow reads their "
+        "times, 88% of the 24 with a time (of the first 1,000 read); 9 hours earlier, 100% would be within "
+        "it. They look like Asia/Seoul wall times kept without a zone, which careflow reads as UTC (a "
+        "column of type timestamp without time zone, or a view's AT TIME ZONE 'Asia/Seoul' that made "
+        "one): in the view careflow reads, write scheduled_at AT TIME ZONE 'Asia/Seoul' for such a "
+        "column. Each wait until an appointment, and each time a message gives, would be 9 hours off "
+        "(docs/contracts.md §2)"
+    )
+    appointments(ZoneInfo("Asia/Seoul"))
+    assert _told(workflows_dir, IMPLANT, "APPOINTMENT_TIMES_SHIFTED") == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

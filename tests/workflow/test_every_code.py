@@ -115,10 +115,11 @@ def _published(
     clinic_timezone: str | None = None,
     statuses: tuple[str, ...] = (),
     birth_dates: tuple[date | None, ...] = (),
+    scheduled_at: datetime = datetime(2026, 3, 2, tzinfo=timezone.utc),
 ) -> ValidationReport:
     """The report of publishing the last of ``workflows``, each after the other, in a new database
     whose clinic's data holds an event of each type in ``events``, an appointment of each status in
-    ``statuses``, a patient of each birth date in ``birth_dates`` (and the clinic, with
+    ``statuses`` at ``scheduled_at``, a patient of each birth date in ``birth_dates`` (and the clinic, with
     ``clinic_timezone``, when one is given)."""
     import tempfile
 
@@ -138,7 +139,7 @@ def _published(
                     conn.execute(
                         insert(tables.appointments).values(
                             id=f"a{n}", patient_id="p1", clinic_id=clinic, type="checkup", status=status,
-                            scheduled_at=datetime(2026, 3, 2, tzinfo=timezone.utc),
+                            scheduled_at=scheduled_at,
                             created_at=datetime(2026, 3, 1, tzinfo=timezone.utc),
                         )
                     )  # fmt: skip
@@ -212,6 +213,14 @@ def _published_where_no_patient_has_a_mobile_number() -> ValidationReport:
 @case("APPOINTMENT_STATUS_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_spells_its_statuses_its_own_way() -> ValidationReport:
     return _published(base(), statuses=("scheduled", "booked"))
+
+
+@case("APPOINTMENT_TIMES_SHIFTED", field="clinic_id")
+def _published_where_the_clinic_keeps_seoul_wall_times_without_a_zone() -> ValidationReport:
+    # 11:00 in Seoul, written without a zone: read as UTC, 20:00 there
+    return _published(
+        base(), statuses=("scheduled",) * 20, scheduled_at=datetime(2026, 3, 2, 11, tzinfo=timezone.utc)
+    )
 
 
 @case("WF_CLINIC_TIMEZONE_UNKNOWN", field="clinic_id")

@@ -102,6 +102,12 @@ CODES: dict[str, tuple[Severity, str]] = {
         "At publish: the clinic's appointments hold statuses careflow does not know (spelt the "
         "clinic's system's way; told, not stored with the version).",
     ),
+    "APPOINTMENT_TIMES_SHIFTED": (
+        _W,
+        "At publish: most of the clinic's appointments fall at night on its clock as careflow reads "
+        "their times, and nearly all in the daytime shifted by its UTC offset: wall times read as UTC "
+        "(told, not stored with the version).",
+    ),
     "WF_CLINIC_UNKNOWN": (
         _W,
         "At publish: the clinics careflow reads hold no clinic with the workflow's clinic_id (told, "
