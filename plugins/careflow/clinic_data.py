@@ -2,7 +2,7 @@
 
 Where it does not match what the workflow enrolls and decides by (its clinic, the trigger's events
 and appointment types spelt the clinic's system's way, no birth dates for an age filter, no
-address its actions' channels can reach, appointment statuses or a timezone careflow does not
+address its actions' channels can reach nor consent to their purpose, appointment statuses or a timezone careflow does not
 know, appointment times read hours off), the workflow does nothing, or the wrong thing, without a
 word. ``careflow workflows publish`` tells these with its result (they are not
 stored with the version: the data may be mended), and ``careflow check`` tells them again as the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import select, type_coerce
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType
 
+from careflow.engine.consent import check_consent
 from careflow.engine.facts_builder import as_date, as_utc, known_timezone
 from careflow.engine.recipients import PHONE_CHANNELS, recipient_for
 from careflow.store import tables
@@ -42,8 +43,8 @@ class Reads:
     timezone: str
     types: tuple[str, ...] = ()
     ages: bool = False
-    #: Each action's node id and channel.
-    actions: tuple[tuple[str, str], ...] = ()
+    #: Each action's node id, channel and purpose.
+    actions: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
     def of(cls, workflow: Workflow) -> Reads:
@@ -56,7 +57,11 @@ class Reads:
             workflow.timezone,
             tuple(filters.appointment_types or ()),
             filters.min_age is not None or filters.max_age is not None,
-            tuple((node.id, node.data.channel) for node in workflow.nodes if isinstance(node, ActionNode)),
+            tuple(
+                (node.id, node.data.channel, node.data.purpose)
+                for node in workflow.nodes
+                if isinstance(node, ActionNode)
+            ),
         )
 
 
@@ -65,7 +70,7 @@ def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
     event of its trigger's type among event types careflow does not know, none of those events of
     an appointment of its types, or no patient's birth date to tell an age by. Written another way
     than the clinic's data has it, a workflow enrolls nobody, silently. No patient's address an
-    action's channel can reach: its messages would all be skipped. And where the clinic's timezone
+    action's channel can reach, nor consent to its purpose: its messages would all be skipped. And where the clinic's timezone
     is a name careflow does not know, so that the workflow's stands in for it, its appointments'
     statuses are spelt otherwise, or their times read hours off. None where the data cannot be read
     (the run says why)."""
@@ -89,6 +94,7 @@ def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
                     _times_shifted(appointments, clinic_id, zone_name),
                     _birth_dates_unseen(patients, clinic_id, trigger_id) if reads.ages else None,
                     *_addresses_unseen(patients, clinic_id, reads.actions),
+                    *_consent_unseen(patients, clinic_id, reads.actions),
                 )
                 if told is not None
             ]
@@ -192,10 +198,10 @@ PATIENT_SAMPLE = 1000
 
 
 def _patients(conn: Connection, clinic_id: str) -> list[dict[str, Any]]:
-    """The birth date, phone and e-mail of the first :data:`PATIENT_SAMPLE` patients of the clinic,
-    as stored: a view may hand out text for a date, or a number for a phone."""
+    """The birth date, phone, e-mail and consents of the first :data:`PATIENT_SAMPLE` patients of the
+    clinic, as stored: a view may hand out text for a date, or a number for a phone."""
     p = tables.patients
-    columns = (p.c.birth_date, p.c.phone, p.c.email)
+    columns = (p.c.birth_date, p.c.phone, p.c.email, p.c.consent_messages, p.c.consent_marketing)
     rows = conn.execute(
         select(*(type_coerce(column, NullType()).label(column.name) for column in columns))
         .where(p.c.clinic_id == clinic_id)
@@ -223,7 +229,7 @@ def _birth_dates_unseen(patients: list[dict[str, Any]], clinic_id: str, trigger_
 
 
 def _addresses_unseen(
-    patients: list[dict[str, Any]], clinic_id: str, actions: tuple[tuple[str, str], ...]
+    patients: list[dict[str, Any]], clinic_id: str, actions: tuple[tuple[str, str, str], ...]
 ) -> list[Diagnostic]:
     """One warning for the actions on phone channels, one for those on e-mail, where none of the
     patients read has an address careflow can send them to: their messages would all be skipped."""
@@ -234,7 +240,7 @@ def _addresses_unseen(
         ("phone", "a mobile number", " (+821012345678, 010-1234-5678)", "mobile numbers", PHONE_CHANNELS),
         ("email", "an e-mail address", "", "e-mail addresses", ("email",)),
     ):
-        nodes = [(node_id, channel) for node_id, channel in actions if channel in channels]
+        nodes = [(node_id, channel) for node_id, channel, _ in actions if channel in channels]
         if not nodes or any(recipient_for(nodes[0][1], patient) for patient in patients):
             continue
         written = sum(
@@ -253,6 +259,55 @@ def _addresses_unseen(
             )
         )
     return told
+
+
+def _consent_unseen(
+    patients: list[dict[str, Any]], clinic_id: str, actions: tuple[tuple[str, str, str], ...]
+) -> list[Diagnostic]:
+    """One warning for the care actions, one for the marketing ones, where none of the patients
+    read consents to their messages: each would be skipped."""
+    if not patients:
+        return []  # no patients yet
+    told = []
+    for purpose, field, default in (
+        ("care", "consent_messages", "true"),
+        ("marketing", "consent_marketing", "false"),
+    ):
+        nodes = [(node_id, channel) for node_id, channel, of in actions if of == purpose]
+        if not nodes:
+            continue
+        unreadable = 0
+        for patient in patients:
+            try:
+                if (
+                    check_consent(purpose=purpose, channel=nodes[0][1], patient=patient, local_now=_NOON)
+                    is None
+                ):
+                    break
+            except ValueError:
+                unreadable += 1
+        else:
+            told.append(
+                make(
+                    "ACTION_CONSENT_UNSEEN",
+                    f"None of clinic {clinic_id}'s patients (of the first {PATIENT_SAMPLE:,} read) "
+                    f"consents to {purpose} messages ({field}, {default} where the clinic's data leaves it "
+                    f"empty){_unreadable(unreadable, field)}. "
+                    f"The messages of {_actions(nodes)} would each be skipped (no_{field}): check the "
+                    f"patients' {field} in the view careflow reads (docs/contracts.md §2)",
+                    node_id=nodes[0][0],
+                    field="data.purpose",
+                )
+            )
+    return told
+
+
+def _unreadable(count: int, field: str) -> str:
+    return f"; {count:,} {'has' if count == 1 else 'have'} a {field} careflow cannot read" if count else ""
+
+
+#: Outside the quiet hours, which hold marketing back, never skip it.
+_NOON = datetime(2000, 1, 1, 12)
 
 
 def _actions(nodes: list[tuple[str, str]]) -> str:

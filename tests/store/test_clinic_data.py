@@ -1,4 +1,5 @@
-"""How careflow tells a clinic's appointment times read hours off (APPOINTMENT_TIMES_SHIFTED)."""
+"""What careflow tells of the clinic's data at publish, from a sample: appointment times read hours
+off (APPOINTMENT_TIMES_SHIFTED), no patient consenting to an action's purpose (ACTION_CONSENT_UNSEEN)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from careflow.clinic_data import _times_shifted
+from careflow.clinic_data import _consent_unseen, _times_shifted
 
 UTC = timezone.utc
 
@@ -58,3 +59,33 @@ def test_new_york_wall_times_read_as_utc_are_told_later() -> None:
         "times, 44% of the 36 with a time (of the first 1,000 read)"
     )
     assert "5 hours later, 100% would be within it" in told.message
+
+
+ACTIONS = (("a1", "kakao", "care"), ("a2", "sms", "care"), ("m1", "kakao", "marketing"))
+
+
+@pytest.mark.parametrize(
+    ("patients", "said"),
+    [
+        ([], []),  # no patients yet
+        ([{"consent_messages": None, "consent_marketing": "Y"}], []),  # care by default; yes/no read
+        (
+            [{"consent_messages": "N", "consent_marketing": None}, {"consent_messages": 0, "consent_marketing": "no"}],
+            [("a1", "consents to care messages (consent_messages, true where the clinic's data leaves it empty). "
+                    "The messages of actions a1 (kakao), a2 (sms) would each be skipped (no_consent_messages)"),
+             ("m1", "consents to marketing messages (consent_marketing, false where the clinic's data leaves it "
+                    "empty). The messages of action m1 (kakao)")],
+        ),
+        (
+            [{"consent_messages": True, "consent_marketing": "동의"}, {"consent_messages": True, "consent_marketing": None}],
+            [("m1", "false where the clinic's data leaves it empty); 1 has a consent_marketing careflow cannot read")],
+        ),
+    ],
+)  # fmt: skip
+def test_no_patient_consenting_to_an_actions_purpose_is_told(
+    patients: list[dict[str, object]], said: list[tuple[str, str]]
+) -> None:
+    told = _consent_unseen(patients, "gangnam-01", ACTIONS)
+    assert [d.node_id for d in told] == [node for node, _ in said]
+    for diagnostic, (_, text) in zip(told, said, strict=True):
+        assert diagnostic.code == "ACTION_CONSENT_UNSEEN" and text in diagnostic.message, diagnostic.message

@@ -619,6 +619,44 @@ def test_patients_without_an_address_the_actions_can_reach_are_told_at_publish(
     assert told() == []
 
 
+def test_patients_none_of_whom_consents_to_an_actions_purpose_are_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """No patient consents to marketing (the clinic has not collected it yet), or the view hands out
+    false for care messages for all: each message of those actions would be skipped."""
+    from datetime import date
+
+    offer = EXAMPLES / "scaling-whitening-offer.json"  # a1: kakao, marketing
+
+    def told(path: Path) -> list[tuple[str | None, str | None, str]]:
+        return _told(workflows_dir, path, "ACTION_CONSENT_UNSEEN")
+
+    p = tables.patients
+    with engine.begin() as conn:
+        conn.execute(
+            p.insert(),
+            [
+                {"id": f"p{n}", "clinic_id": "gangnam-01", "name": "환자", "phone": "010-1234-5678",
+                 "birth_date": date(1990, 5, 1), "consent_messages": False, "consent_marketing": False}
+                for n in range(3)
+            ],
+        )  # fmt: skip
+    assert told(offer) == [
+        (
+            "a1",
+            "data.purpose",
+            "None of clinic gangnam-01's patients (of the first 1,000 read) consents to marketing messages "
+            "(consent_marketing, false where the clinic's data leaves it empty). The messages of action a1 "
+            "(kakao) would each be skipped (no_consent_marketing): check the patients' consent_marketing in "
+            "the view careflow reads (docs/contracts.md §2)",
+        )
+    ]
+    assert [(node, field) for node, field, _ in told(IMPLANT)] == [("a1", "data.purpose")]  # a care action
+    with engine.begin() as conn:
+        conn.execute(p.update().where(p.c.id == "p2").values(consent_messages=True, consent_marketing=True))
+    assert told(offer) == [] and told(IMPLANT) == []
+
+
 def test_appointment_times_read_hours_off_are_told_at_publish(engine: Engine, workflows_dir: Path) -> None:
     """Seoul wall times kept without a zone are read as UTC: 10:00 becomes 19:00 in Seoul, and every
     reminder and time in a message is nine hours off. Said from the first 1,000 appointments read;

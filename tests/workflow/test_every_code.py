@@ -210,6 +210,12 @@ def _published_where_no_patient_has_a_mobile_number() -> ValidationReport:
     return _published(base(), birth_dates=(None, None))  # two patients, neither with a phone
 
 
+@case("ACTION_CONSENT_UNSEEN", node_id="a1", field="data.purpose")
+def _published_a_marketing_action_where_no_patient_consents_to_marketing() -> ValidationReport:
+    # consent_marketing is false where the clinic's data leaves it empty
+    return _published(broken(lambda w: data(w, "a1").update(purpose="marketing")), birth_dates=(None,))
+
+
 @case("APPOINTMENT_STATUS_UNKNOWN", field="clinic_id")
 def _published_where_the_clinic_spells_its_statuses_its_own_way() -> ValidationReport:
     return _published(base(), statuses=("scheduled", "booked"))

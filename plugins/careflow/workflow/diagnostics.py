@@ -97,6 +97,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         "the action's channel can reach, so each of its messages would be skipped (told, not stored "
         "with the version).",
     ),
+    "ACTION_CONSENT_UNSEEN": (
+        _W,
+        "At publish: none of the clinic's patients read consents to the action's purpose (care or "
+        "marketing), so each of its messages would be skipped (told, not stored with the version).",
+    ),
     "APPOINTMENT_STATUS_UNKNOWN": (
         _W,
         "At publish: the clinic's appointments hold statuses careflow does not know (spelt the "
