@@ -2,11 +2,11 @@
 
 Where it does not match what the workflow enrolls and decides by (its clinic, the trigger's events
 and appointment types spelt the clinic's system's way, no birth dates for an age filter, no
-address its actions' channels can reach nor consent to their purpose, appointment statuses or a timezone careflow does not
-know, appointment times read hours off), the workflow does nothing, or the wrong thing, without a
-word. ``careflow workflows publish`` tells these with its result (they are not
-stored with the version: the data may be mended), and ``careflow check`` tells them again as the
-data is now.
+address its actions' channels can reach nor consent to their purpose, appointment statuses or a
+timezone careflow does not know, appointment times read hours off), the workflow does nothing, or
+the wrong thing, without a word. ``careflow workflows publish`` tells these with its result (they
+are not stored with the version: the data may be mended), and ``careflow check`` tells them again
+as the data is now.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from careflow.workflow.timezones import zone
 class Reads:
     """What a workflow reads of the clinic's data: its clinic, its trigger's (``trigger_id``) event
     and appointment ``types`` (any when empty), whether it enrolls patients of an age (``ages``),
-    and the timezone that stands in for the clinic's (the workflow's)."""
+    the timezone that stands in for the clinic's (the workflow's), and its ``actions``."""
 
     clinic_id: str
     event: str
@@ -70,10 +70,10 @@ def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
     event of its trigger's type among event types careflow does not know, none of those events of
     an appointment of its types, or no patient's birth date to tell an age by. Written another way
     than the clinic's data has it, a workflow enrolls nobody, silently. No patient's address an
-    action's channel can reach, nor consent to its purpose: its messages would all be skipped. And where the clinic's timezone
-    is a name careflow does not know, so that the workflow's stands in for it, its appointments'
-    statuses are spelt otherwise, or their times read hours off. None where the data cannot be read
-    (the run says why)."""
+    action's channel can reach, nor consent to its purpose: its messages would all be skipped. And
+    where the clinic's timezone is a name careflow does not know, so that the workflow's stands in
+    for it, its appointments' statuses are spelt otherwise, or their times read hours off. None
+    where the data cannot be read (the run says why)."""
     clinic_id, trigger_id = reads.clinic_id, reads.trigger_id
     try:
         with engine.connect() as conn:
@@ -243,9 +243,7 @@ def _addresses_unseen(
         nodes = [(node_id, channel) for node_id, channel, _ in actions if channel in channels]
         if not nodes or any(recipient_for(nodes[0][1], patient) for patient in patients):
             continue
-        written = sum(
-            str(patient[field] if patient[field] is not None else "").strip() != "" for patient in patients
-        )
+        written = sum(bool(str(patient[field] or "").strip()) for patient in patients)
         told.append(
             make(
                 "ACTION_RECIPIENT_UNSEEN",
