@@ -3,10 +3,10 @@
 * ``sms``, ``lms`` and ``kakao`` go to a mobile number in E.164 (``+821012345678``). Korean
   numbers are accepted as written by clinics (``010-1234-5678``, ``01012345678``,
   ``010 1234 5678``, ``+82 10-1234-5678``, ``+82 010-1234-5678``, and ``821012345678`` as Korean
-  systems store it, the country code without ``+``: no number dialled in Korea starts with 8),
-  full-width (``０１０－１２３４－５６７８``, as a Korean input method types it) or with the dashes a
-  word processor puts for hyphens (``010–1234–5678``), and must be mobile numbers: prefix 010
-  with 8 digits after it, or the legacy 011/016/017/018/019 with 7 or 8. Landlines
+  systems store it, the country code without ``+``: a mobile number written nationally starts
+  with 0), full-width (``０１０－１２３４－５６７８``, as a Korean input method types it) or with the
+  dashes a word processor puts for hyphens (``010–1234–5678``), and must be mobile numbers:
+  prefix 010 with 8 digits after it, or the legacy 011/016/017/018/019 with 7 or 8. Landlines
   (``02-555-0101``) cannot receive these messages and are refused.
 * Numbers with another country code are accepted as E.164 (``+`` and 8 to 15 digits): careflow
   cannot tell a foreign mobile from a landline, the provider rejects the latter per message. A
@@ -54,7 +54,7 @@ def normalize_phone(raw: Any) -> str | None:
     if text.startswith("+") and not digits.startswith("82"):
         number = f"+{digits}"
         return number if _E164.match(number) else None
-    if digits.startswith("82"):  # with "+" or without: no number dialled in Korea starts with 8
+    if digits.startswith("82"):  # with "+" or without: a mobile number written nationally starts with 0
         national = digits[2:]
         # "+82 010-…" is a common way of writing it; the trunk 0 does not belong in E.164.
         national = national[1:] if national.startswith("0") else national
