@@ -352,7 +352,7 @@ TIMES_WEIGHED_MIN = 20
 
 
 def _times_shifted(appointments: list[tuple[Any, Any]], clinic_id: str, zone_name: str) -> Diagnostic | None:
-    """Where most of the clinic's appointments fall at night on its clock as careflow reads their
+    """Where many of the clinic's appointments fall at night on its clock as careflow reads their
     times, and nearly all in the daytime read the other way round: its wall times read as UTC (a
     column without a zone, or a view's ``AT TIME ZONE`` that made one), or UTC read as its wall
     times. Every wait until an appointment, and each time a message gives, would be hours off."""

@@ -109,9 +109,9 @@ CODES: dict[str, tuple[Severity, str]] = {
     ),
     "APPOINTMENT_TIMES_SHIFTED": (
         _W,
-        "At publish: most of the clinic's appointments fall at night on its clock as careflow reads "
-        "their times, and nearly all in the daytime shifted by its UTC offset: wall times read as UTC "
-        "(told, not stored with the version).",
+        "At publish: many (over 40 %) of the clinic's appointments fall at night on its clock as "
+        "careflow reads their times, and nearly all in the daytime shifted by its UTC offset: wall "
+        "times read as UTC (told, not stored with the version).",
     ),
     "WF_CLINIC_UNKNOWN": (
         _W,
