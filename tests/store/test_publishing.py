@@ -699,6 +699,48 @@ def test_appointment_times_read_hours_off_are_told_at_publish(engine: Engine, wo
     assert _told(workflows_dir, IMPLANT, "APPOINTMENT_TIMES_SHIFTED") == []
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_view_that_hands_out_seoul_wall_times_without_a_zone_is_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """The mistake the contract warns of, made in a view: ``AT TIME ZONE`` on a column with a zone
+    gives the Seoul wall time without one, which careflow reads as UTC."""
+    from datetime import datetime, timedelta, timezone
+
+    with engine.begin() as conn:
+        conn.execute(
+            tables.appointments.insert(),
+            [
+                {
+                    "id": f"a{n}", "patient_id": "p1", "clinic_id": "gangnam-01", "type": "checkup",
+                    "status": "scheduled",  # 10:00 to 17:00 in Seoul
+                    "scheduled_at": datetime(2025, 3, 3, 1, tzinfo=timezone.utc) + timedelta(days=n // 8, hours=n % 8),
+                    "created_at": datetime(2025, 3, 1, tzinfo=timezone.utc),
+                }
+                for n in range(24)
+            ],
+        )  # fmt: skip
+        columns = [
+            c for (c,) in conn.exec_driver_sql(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'appointments' "
+                "AND table_schema = current_schema() ORDER BY ordinal_position"
+            )
+        ]  # fmt: skip
+        conn.exec_driver_sql("ALTER TABLE appointments RENAME TO appointments_stored")
+
+    def view(scheduled_at: str) -> None:
+        kept = ", ".join(scheduled_at if c == "scheduled_at" else c for c in columns)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP VIEW IF EXISTS appointments")
+            conn.exec_driver_sql(f"CREATE VIEW appointments AS SELECT {kept} FROM appointments_stored")
+
+    view("scheduled_at AT TIME ZONE 'Asia/Seoul' AS scheduled_at")
+    (told,) = _told(workflows_dir, IMPLANT, "APPOINTMENT_TIMES_SHIFTED")
+    assert "9 hours earlier, 100% would be within it. They look like Asia/Seoul wall times" in told[2]
+    view("scheduled_at")
+    assert _told(workflows_dir, IMPLANT, "APPOINTMENT_TIMES_SHIFTED") == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:
