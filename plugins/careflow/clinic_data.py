@@ -1,12 +1,12 @@
 """What the clinic's data says of a published workflow, as careflow reads it (docs/contracts.md §2).
 
 Where it does not match what the workflow enrolls and decides by (its clinic, the trigger's events
-and appointment types spelt the clinic's system's way, no birth dates for an age filter, no
-address its actions' channels can reach nor consent to their purpose, appointment statuses or a
-timezone careflow does not know, appointment times read hours off), the workflow does nothing, or
-the wrong thing, without a word. ``careflow workflows publish`` tells these with its result (they
-are not stored with the version: the data may be mended), and ``careflow check`` tells them again
-as the data is now.
+and appointment types spelt the clinic's system's way, events whose appointment and patient it
+does not hold, no birth dates for an age filter, no address its actions' channels can reach nor
+consent to their purpose, appointment statuses or a timezone careflow does not know, appointment
+times read hours off), the workflow does nothing, or the wrong thing, without a word. ``careflow
+workflows publish`` tells these with its result (they are not stored with the version: the data
+may be mended), and ``careflow check`` tells them again as the data is now.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import select, type_coerce
+from sqlalchemy import and_, case, func, select, type_coerce
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType
@@ -68,12 +68,13 @@ class Reads:
 def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
     """Warnings where the clinic's data does not match what a workflow ``reads``: no such clinic, no
     event of its trigger's type among event types careflow does not know, none of those events of
-    an appointment of its types, or no patient's birth date to tell an age by. Written another way
-    than the clinic's data has it, a workflow enrolls nobody, silently. No patient's address an
-    action's channel can reach, nor consent to its purpose: its messages would all be skipped. And
-    where the clinic's timezone is a name careflow does not know, so that the workflow's stands in
-    for it, its appointments' statuses are spelt otherwise, or their times read hours off. None
-    where the data cannot be read (the run says why)."""
+    an appointment of its types, or of an appointment and a patient it holds, or no patient's birth
+    date to tell an age by. Written another way than the clinic's data has it, a workflow enrolls
+    nobody, silently. No patient's address an action's channel can reach, nor consent to its
+    purpose: its messages would all be skipped. And where the clinic's timezone is a name careflow
+    does not know, so that the workflow's stands in for it, its appointments' statuses are spelt
+    otherwise, or their times read hours off. None where the data cannot be read (the run says
+    why)."""
     clinic_id, trigger_id = reads.clinic_id, reads.trigger_id
     try:
         with engine.connect() as conn:
@@ -90,6 +91,7 @@ def clinic_data_unmatched(engine: Engine, reads: Reads) -> list[Diagnostic]:
                     _clinic_unknown(conn, clinic_id, clinic, database_name(engine), reads.timezone),
                     _event_unseen(conn, clinic_id, reads.event, trigger_id)
                     or _types_unseen(conn, clinic_id, reads.event, trigger_id, reads.types),
+                    _events_unmatched(conn, clinic_id, reads.event, trigger_id),
                     _statuses_unknown(appointments, clinic_id),
                     _times_shifted(appointments, clinic_id, zone_name),
                     _birth_dates_unseen(patients, clinic_id, trigger_id) if reads.ages else None,
@@ -159,6 +161,45 @@ def _event_unseen(conn: Connection, clinic_id: str, event: str, trigger_id: str)
         f"The clinic's appointment_events hold no {event} event of clinic {clinic_id}, and "
         f"types careflow does not know: {_some(unknown)}. The trigger enrolls {event} events: map the "
         "clinic's types to careflow's in the view careflow reads (docs/contracts.md §2)",
+        node_id=trigger_id,
+        field="data.event",
+    )
+
+
+#: The trigger's events of a clinic whose appointment and patient are looked for.
+EVENT_SAMPLE = 1000
+
+
+def _events_unmatched(conn: Connection, clinic_id: str, event: str, trigger_id: str) -> Diagnostic | None:
+    """Where none of the clinic's events of the trigger's type (of the first :data:`EVENT_SAMPLE`,
+    through the events' index) names an appointment and a patient the clinic's data holds: a view
+    that hands out its ids another way than the events do. The enrollment's join leaves each out."""
+    e, a, p = tables.appointment_events, tables.appointments, tables.patients
+    events = (
+        select(e.c.appointment_id, e.c.patient_id)
+        .where(e.c.clinic_id == clinic_id, e.c.type == event)
+        .limit(EVENT_SAMPLE)
+        .subquery()
+    )
+    read, matched, appointments, patients = conn.execute(
+        select(
+            func.count(),
+            func.count(case((and_(a.c.id.is_not(None), p.c.id.is_not(None)), 1))),
+            func.count(a.c.id),
+            func.count(p.c.id),
+        ).select_from(
+            events.outerjoin(a, a.c.id == events.c.appointment_id).outerjoin(p, p.c.id == events.c.patient_id)
+        )
+    ).one()
+    if not read or matched:
+        return None
+    return make(
+        "TRIGGER_EVENTS_UNMATCHED",
+        f"None of clinic {clinic_id}'s {event} events (of the first {EVENT_SAMPLE:,} read, {read:,}) "
+        f"names an appointment and a patient that the clinic's appointments and patients hold: "
+        f"{read - appointments:,} name no appointment they hold, {read - patients:,} no patient. The "
+        "trigger enrolls none of them: check that the views careflow reads hand out the same ids as "
+        "its appointment_events (docs/contracts.md §2)",
         node_id=trigger_id,
         field="data.event",
     )

@@ -190,10 +190,11 @@ EVENTS_QUIET_DAYS = 7
 def _clinic_data(published: list[tuple[Snapshot, CompiledWorkflow]]) -> list[Finding]:
     """What ``publish`` warns of, for every published workflow as the clinic's data is now: its
     clinic not among the clinics or its timezone not one careflow knows, its trigger's events, its
-    filter's appointment types or its appointments' statuses spelt the clinic's system's way, no
-    birth date for its age filter, no address its actions' channels can reach nor consent to their
-    purpose, its appointments' times read hours off; and, for an active one, its trigger's events
-    none yet, or the clinic's events none for a week."""
+    filter's appointment types or its appointments' statuses spelt the clinic's system's way, its
+    trigger's events of appointments and patients the data does not hold, no birth date for its age
+    filter, no address its actions' channels can reach nor consent to their purpose, its
+    appointments' times read hours off; and, for an active one, its trigger's events none yet, or
+    the clinic's events none for a week."""
     from careflow.clinic_data import Reads, clinic_data_unmatched
     from careflow.store.db import get_engine
 

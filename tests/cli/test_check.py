@@ -99,10 +99,23 @@ def test_a_setup_careflow_can_work_with_says_ok_for_each_part(
 
     with sqlite3.connect(env["CAREFLOW_DB_URL"].removeprefix("sqlite:///")) as conn:
         conn.execute("INSERT INTO clinics (id, name, timezone) VALUES ('gangnam-01', '강남', 'Asia/Seoul')")
+        conn.execute(  # one a workflow can reach, of an age, who consents to marketing too
+            "INSERT INTO patients (id, clinic_id, name, phone, email, birth_date, consent_marketing) "
+            "VALUES ('p1', 'gangnam-01', '환자', '010-1234-5678', 'minji@example.com', '1990-05-01', 1)"
+        )
         an_hour_ago = f"{datetime.now(timezone.utc) - timedelta(hours=1):%Y-%m-%d %H:%M:%S}"
+        conn.executemany(  # of the types the triggers enroll
+            "INSERT INTO appointments (id, patient_id, clinic_id, type, status, scheduled_at, created_at) "
+            "VALUES (?, 'p1', 'gangnam-01', ?, 'completed', ?, ?)",
+            [(f"a-{kind}", kind, an_hour_ago, an_hour_ago) for kind in ("implant_surgery", "scaling")],
+        )
         conn.executemany(  # each trigger's events keep coming
-            "INSERT INTO appointment_events VALUES (?, 'a1', 'p1', 'gangnam-01', ?, ?)",
-            [(f"e-{event}", event, an_hour_ago) for event in TRIGGER_EVENTS],
+            "INSERT INTO appointment_events VALUES (?, ?, 'p1', 'gangnam-01', ?, ?)",
+            [
+                (f"e-{event}-{kind}", f"a-{kind}", event, an_hour_ago)
+                for event in TRIGGER_EVENTS
+                for kind in ("implant_surgery", "scaling")
+            ],
         )
     _heartbeat(Path(env["AIRFLOW_HOME"]), "SchedulerJob", "DagProcessorJob", "TriggererJob")
     checked = _careflow(env, "check")
@@ -527,6 +540,18 @@ def test_a_trigger_whose_events_stopped_coming_is_named(
     engine = create_engine(empty_db_url)
     with engine.begin() as conn:
         conn.execute(insert(tables.clinics).values(id="gangnam-01", name="강남", timezone="Asia/Seoul"))
+        conn.execute(  # the appointment and the patient the events below name
+            insert(tables.patients).values(
+                id="p1", clinic_id="gangnam-01", name="환자", phone="010-1234-5678"
+            )
+        )
+        at = datetime(2026, 3, 2, 1, tzinfo=timezone.utc)
+        conn.execute(
+            insert(tables.appointments).values(
+                id="a1", patient_id="p1", clinic_id="gangnam-01", type="checkup", status="no_show",
+                scheduled_at=at, created_at=at,
+            )
+        )  # fmt: skip
 
     def told() -> list[tuple[str, str, str]]:
         checked = _careflow(env, "check", "--json")

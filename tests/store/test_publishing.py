@@ -746,6 +746,50 @@ def test_a_view_that_hands_out_seoul_wall_times_without_a_zone_is_told_at_publis
             conn.exec_driver_sql("ALTER TABLE appointments_stored RENAME TO appointments")
 
 
+def test_events_whose_appointment_and_patient_the_clinic_data_lacks_are_told_at_publish(
+    engine: Engine, workflows_dir: Path
+) -> None:
+    """The clinic's views hand out ids another way than its events (``A-1`` for ``1``): the
+    enrollment's join leaves every event out, and nobody would be enrolled. Said, naming how many
+    lack which; not once one event names an appointment and a patient the data holds."""
+    from datetime import datetime, timezone
+
+    at = datetime(2026, 3, 2, 1, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        for n in range(3):
+            conn.execute(
+                tables.appointment_events.insert().values(
+                    id=f"e{n}", appointment_id=str(n), patient_id=str(n), clinic_id="gangnam-01",
+                    type="appointment_completed", occurred_at=at,
+                )
+            )  # fmt: skip
+            conn.execute(
+                tables.appointments.insert().values(
+                    id=f"A-{n}", patient_id=str(n), clinic_id="gangnam-01", type="implant_surgery",
+                    status="completed", scheduled_at=at, created_at=at,
+                )
+            )  # fmt: skip
+        conn.execute(tables.patients.insert().values(id="1", clinic_id="gangnam-01", name="환자"))
+
+    def told() -> list[tuple[str | None, str | None, str]]:
+        return _told(workflows_dir, IMPLANT, "TRIGGER_EVENTS_UNMATCHED")
+
+    assert told() == [
+        (
+            "t1",
+            "data.event",
+            "None of clinic gangnam-01's appointment_completed events (of the first 1,000 read, 3) names an "
+            "appointment and a patient that the clinic's appointments and patients hold: 3 name no "
+            "appointment they hold, 2 no patient. The trigger enrolls none of them: check that the views "
+            "careflow reads hand out the same ids as its appointment_events (docs/contracts.md §2)",
+        )
+    ]
+    with engine.begin() as conn:
+        a = tables.appointments
+        conn.execute(a.update().where(a.c.id == "A-1").values(id="1"))
+    assert told() == []
+
+
 def test_event_types_the_clinic_spells_its_own_way_are_told_at_publish(
     engine: Engine, workflows_dir: Path
 ) -> None:

@@ -200,6 +200,11 @@ def _published_where_the_clinic_names_its_appointment_types_its_own_way() -> Val
     return _published(base(), events=("appointment_completed",), statuses=("completed", "completed"))
 
 
+@case("TRIGGER_EVENTS_UNMATCHED", node_id="t1", field="data.event")
+def _published_where_the_clinic_data_holds_no_appointment_nor_patient_of_its_events() -> ValidationReport:
+    return _published(base(), events=("appointment_completed",))  # of appointment a1 and patient p1
+
+
 @case("TRIGGER_AGE_UNKNOWN", node_id="t1", field="data.filters")
 def _published_where_the_clinic_data_has_no_birth_dates() -> ValidationReport:
     return _published(broken(lambda w: data(w, "t1")["filters"].update(min_age=19)), birth_dates=(None, None))

@@ -86,6 +86,12 @@ CODES: dict[str, tuple[Severity, str]] = {
         "At publish: none of the clinic's events of the trigger's type is of an appointment of the "
         "types its filter lists (spelt the clinic's system's way; told, not stored with the version).",
     ),
+    "TRIGGER_EVENTS_UNMATCHED": (
+        _W,
+        "At publish: none of the clinic's events of the trigger's type read names an appointment and "
+        "a patient the clinic's data holds (its views hand out ids another way), so nobody would be "
+        "enrolled (told, not stored with the version).",
+    ),
     "TRIGGER_AGE_UNKNOWN": (
         _W,
         "At publish: the trigger filters by age and none of the clinic's patients read has a birth "
