@@ -407,12 +407,8 @@ def _purge_past_retention(conn: Any, ctx: RunContext, report: NodeReport) -> Non
     (:func:`_purge_stopped_workflows`: a workflow published active again after a pause): where that
     run holds it, the rows are left to it, and the next run purges what is left.
     """
-    if conn.dialect.name == "postgresql":
-        report.queries += 1
-        if not conn.execute(
-            select(func.pg_try_advisory_xact_lock(_purge_lock_key(ctx.workflow_id)))
-        ).scalar():
-            return
+    if not _purge_lock_taken(conn, ctx.workflow_id, report):
+        return
     purged = _purge(conn, ctx.workflow_id, _retention_cutoff(ctx.now, ctx.compiled.settings.retention_days))
     report.queries += 1 + (3 if purged else 0)
     if purged:
@@ -532,12 +528,8 @@ def _purge_stopped_workflows(
     try:
         for workflow_id, version, status, days in stopped:
             with st.batch_transaction(ctx, report) as conn:
-                if conn.dialect.name == "postgresql":
-                    report.queries += 1
-                    if not conn.execute(
-                        select(func.pg_try_advisory_xact_lock(_purge_lock_key(workflow_id)))
-                    ).scalar():
-                        continue
+                if not _purge_lock_taken(conn, workflow_id, report):
+                    continue
                 ended = (
                     end_archived(conn, workflow_id, version, ctx.now, report) if status == "archived" else 0
                 )
@@ -569,6 +561,15 @@ def _purge_stopped_workflows(
             ctx.workflow_id,
             what_failed(exc),
         )
+
+
+def _purge_lock_taken(conn: Any, workflow_id: str, report: NodeReport) -> bool:
+    """Whether this transaction now holds the purge lock of ``workflow_id`` (on Postgres; always on
+    SQLite, which has one writer at a time): False where another run purging it holds it."""
+    if conn.dialect.name != "postgresql":
+        return True
+    report.queries += 1
+    return bool(conn.execute(select(func.pg_try_advisory_xact_lock(_purge_lock_key(workflow_id)))).scalar())
 
 
 def _purge_lock_key(workflow_id: str) -> int:
